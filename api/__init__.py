@@ -1,0 +1,1 @@
+"""The HTTP API: routes of the public contract, auth, problems, OpenAPI."""

@@ -1,0 +1,216 @@
+"""The aiohttp application: services, the one error middleware, and the process lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api import openapi
+from api.auth import Authenticator, Principal
+from api.problems import ApiError, problem_response
+from api.ratelimit import RateLimiter
+from api.routes import ROUTES, wrap
+from ledger import db, metrics
+from ledger.bus import EventBus
+from ledger.committer import Committer
+from ledger.config import Settings
+from ledger.outbox import Outbox
+from ledger import store
+
+log = logging.getLogger("ledger.api")
+REQUEST_ID = "X-Request-Id"
+REQUEST_ID_CHARS_MAX = 128
+ACCOUNT_CACHE_MAX = 100_000
+
+
+class Watermark:
+    """The projector's latest announced position; waiters wake when it moves."""
+
+    def __init__(self) -> None:
+        self.position = 0
+        self._moved = asyncio.Event()
+
+    def announce(self, position: int) -> None:
+        if position > self.position:
+            self.position = position
+            self._moved.set()
+            self._moved = asyncio.Event()
+
+    async def wait_beyond(self, position: int, *, timeout_s: float) -> None:
+        if self.position > position:
+            return
+        try:
+            await asyncio.wait_for(self._moved.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            pass
+
+
+@dataclass
+class Services:
+    settings: Settings
+    pool: object
+    commit_pool: object
+    bus: EventBus
+    committer: Committer
+    outbox: Outbox
+    auth: Authenticator
+    limiter: RateLimiter
+    watermark: Watermark = field(default_factory=Watermark)
+    accounts: dict = field(default_factory=dict)
+
+    async def rate_limit(self, principal: Principal) -> None:
+        wait_s = self.limiter.take(principal.id)
+        if wait_s > 0:
+            raise ApiError("rate_limited", retry_after_s=max(1, int(wait_s + 0.999)))
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def problems_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """The one place errors become answers: ApiError -> its problem; aiohttp's own HTTP errors
+    (404 route, 405 method, 413) -> the matching code; anything else -> 500 without a trace."""
+    request_id = request.headers.get(REQUEST_ID, "")
+    if not request_id or len(request_id) > REQUEST_ID_CHARS_MAX or not request_id.isascii():
+        request_id = uuid.uuid4().hex
+    request["request_id"] = request_id
+    started = time.perf_counter()
+    timeout_s = request.app["services"].settings.request_timeout_ms / 1000
+    try:
+        async with asyncio.timeout(timeout_s):
+            response = await handler(request)
+    except ApiError as error:
+        response = problem_response(error)
+    except web.HTTPRequestEntityTooLarge:
+        response = problem_response(ApiError("body_too_large"))
+    except web.HTTPNotFound:
+        response = problem_response(ApiError("not_found", f"no route {request.path}"))
+    except web.HTTPMethodNotAllowed:
+        response = problem_response(ApiError("method_not_allowed", f"{request.method} is not allowed on {request.path}"))
+    except TimeoutError:
+        response = problem_response(ApiError("timeout"))
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id})
+        response = problem_response(ApiError("internal_error", f"request id {request_id}"))
+    if not response.prepared:
+        response.headers[REQUEST_ID] = request_id
+    route = _route_name(request)
+    metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
+    metrics.HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+    return response
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.json_response(request.app["openapi"])
+
+
+def build_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[problems_middleware], client_max_size=settings.body_bytes_max)
+    app["settings"] = settings
+    app.cleanup_ctx.append(_lifecycle)
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, _late_bound(route, app))
+    app.router.add_get("/openapi.json", openapi_handler)
+    if settings.metrics_port is None:
+        app.router.add_get("/metrics", metrics_handler)
+    app["openapi"] = openapi.document(ROUTES)
+    return app
+
+
+def _late_bound(route, app: web.Application):
+    """Handlers are bound to the services once they exist (after start-up)."""
+    cache = {}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        bound = cache.get("h")
+        if bound is None:
+            bound = cache["h"] = wrap(route, app["services"])
+        return await bound(request)
+
+    return handler
+
+
+async def _lifecycle(app: web.Application):
+    settings: Settings = app["settings"]
+    dialect = await db.detect_dialect(settings.database_url)
+    pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=settings.pool_size_max,
+                        dialect=dialect, name="api-read")
+    commit_pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=2, serializable=True,
+                               dialect=dialect, name="api-commit")
+    await pool.open(wait=True)
+    await commit_pool.open(wait=True)
+    bus = EventBus(settings.nats_url, name="ledger-api")
+    outbox = Outbox(pool=pool, bus=bus, sweep_interval_ms=settings.outbox_sweep_interval_ms)
+    committer = Committer(
+        pool=commit_pool,
+        batch_max=settings.batch_max,
+        queue_max=settings.queue_max,
+        batch_linger_ms=settings.batch_linger_ms,
+        commit_retries_max=settings.commit_retries_max,
+        publish=outbox.publish,
+    )
+    services = Services(
+        settings=settings, pool=pool, commit_pool=commit_pool, bus=bus, committer=committer, outbox=outbox,
+        auth=Authenticator(pool), limiter=RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst),
+    )
+    app["services"] = services
+    bus.start()
+    committer.start()
+    outbox.start()
+    watch = asyncio.create_task(_follow_watermark(services), name="watermark")
+    try:
+        yield
+    finally:
+        watch.cancel()
+        await committer.stop()
+        await outbox.stop()
+        await bus.close()
+        await asyncio.gather(watch, return_exceptions=True)
+        await commit_pool.close()
+        await pool.close()
+
+
+async def _follow_watermark(services: Services) -> None:
+    if await services.bus.wait_connected(timeout_s=3600 * 24 * 365):
+        await services.bus.on_watermark(services.watermark.announce)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the API until cancelled (SIGTERM/SIGINT): stop accepting, finish the batches in flight."""
+    app = build_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
+    await site.start()
+    metrics_runner = None
+    if settings.metrics_port is not None:
+        metrics_app = web.Application()
+        metrics_app.router.add_get("/metrics", metrics_handler)
+        metrics_runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, settings.http_host, settings.metrics_port).start()
+    log.info("API listening on http://%s:%d", settings.http_host, settings.http_port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
+        await runner.cleanup()
+
+
+__all__ = ["build_app", "serve", "store"]

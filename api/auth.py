@@ -1,0 +1,87 @@
+"""Bearer tokens and the contract's role table, enforced in one place.
+
+Tokens are random 256-bit strings shown once; the database keeps only their SHA-256. A lookup
+hashes the presented token and compares digests in constant time. Principals never change once
+created, so a found principal is cached (bounded); an unknown token is looked up every time, so
+a principal created by another process is seen at once.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from ledger import store
+from api.problems import ApiError
+
+TOKEN_PREFIX = "lt_"
+TOKEN_CHARS_MAX = 256
+CACHE_ENTRIES_MAX = 10_000
+_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-\.~+/]+=*)$")
+
+# Which roles may call each route, as the contract's role table says. Ownership (a client's own
+# wallet, a vendor's own account) is checked after this, by the handler, against the account.
+ROLES: dict[str, frozenset[str]] = {
+    "create_principal": frozenset({"admin"}),
+    "create_account": frozenset({"admin"}),
+    "get_account": frozenset({"admin", "auditor", "client", "vendor"}),
+    "create_transfer": frozenset({"admin", "client"}),
+    "get_transfer": frozenset({"admin", "auditor", "client", "vendor"}),
+    "get_verification": frozenset({"admin", "auditor", "vendor"}),
+    "list_verifications": frozenset({"admin", "auditor", "vendor"}),
+    "get_journal": frozenset({"admin", "auditor"}),
+    "get_journal_head": frozenset({"admin", "auditor"}),
+}
+READ_EVERYTHING = frozenset({"admin", "auditor"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    id: uuid.UUID
+    role: str
+    name: str
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class Authenticator:
+    def __init__(self, pool) -> None:
+        self._pool = pool
+        self._cache: collections.OrderedDict[bytes, Principal] = collections.OrderedDict()
+
+    async def authenticate(self, header: str | None) -> Principal:
+        match = _BEARER.match(header or "")
+        if match is None or len(match.group(1)) > TOKEN_CHARS_MAX:
+            raise ApiError("unauthenticated")
+        digest = store.token_digest(match.group(1))
+        cached = self._cache.get(digest)
+        if cached is not None:
+            self._cache.move_to_end(digest)
+            return cached
+        async with self._pool.connection() as conn:
+            row = await store.principal_by_token_hash(conn, digest)
+        if row is None:
+            raise ApiError("unauthenticated")
+        principal = Principal(row.id, row.role, row.name)
+        self._cache[digest] = principal
+        if len(self._cache) > CACHE_ENTRIES_MAX:
+            self._cache.popitem(last=False)
+        return principal
+
+    def remember(self, token: str, principal: Principal) -> None:
+        self._cache[store.token_digest(token)] = principal
+
+
+def require_role(principal: Principal, route: str) -> None:
+    if principal.role not in ROLES[route]:
+        raise ApiError("forbidden", f"role {principal.role} may not call {route}")
+
+
+def same_digest(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)

@@ -1,0 +1,91 @@
+"""Every error the API answers, as RFC 9457 problem details with a stable `code`.
+
+Handlers raise `ApiError(code)`; the one middleware in `api.app` turns it (and anything
+unexpected) into `application/problem+json`. The table below is the whole closed set.
+"""
+
+from __future__ import annotations
+
+import re
+
+from aiohttp import web
+
+import schemas
+
+PROBLEM_TYPE_BASE = "https://wallet-ledger.dev/problems/"
+
+# code -> (status, title)
+CODES: dict[str, tuple[int, str]] = {
+    "invalid_json": (400, "Request body is not valid JSON"),
+    "validation_error": (400, "Request does not match the schema"),
+    "idempotency_key_required": (400, "Idempotency-Key header is required"),
+    "invalid_idempotency_key": (400, "Idempotency-Key must be 1..255 printable ASCII characters"),
+    "unauthenticated": (401, "Missing, malformed or unknown bearer token"),
+    "forbidden": (403, "Not allowed for this principal"),
+    "not_found": (404, "No such resource"),
+    "method_not_allowed": (405, "Method not allowed on this route"),
+    "account_exists": (409, "An account with this id exists with other attributes"),
+    "idempotency_key_reused": (409, "Idempotency-Key was used with a different request"),
+    "body_too_large": (413, "Request body exceeds 64 KiB"),
+    "same_account": (422, "Source and destination are the same account"),
+    "account_not_found": (422, "An account of the transfer does not exist"),
+    "currency_mismatch": (422, "The accounts' currencies differ from the transfer's"),
+    "insufficient_funds": (422, "The source account cannot afford the transfer"),
+    "owner_not_found": (422, "The owner principal does not exist"),
+    "rate_limited": (429, "Too many requests for this principal"),
+    "internal_error": (500, "Internal error"),
+    "queue_full": (503, "The commit queue is full"),
+    "unavailable": (503, "A dependency is unavailable"),
+    "timeout": (503, "The request did not finish in time"),
+    "projection_behind": (503, "The projection has not reached the requested position"),
+}
+
+RETRY_AFTER_S = {"queue_full": 1, "unavailable": 1, "timeout": 1, "projection_behind": 1, "rate_limited": 1}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        code: str,
+        detail: str | None = None,
+        *,
+        errors: list[schemas.ValidationIssue] | None = None,
+        retry_after_s: int | None = None,
+    ) -> None:
+        assert code in CODES, f"undocumented problem code {code}"
+        super().__init__(code)
+        self.code = code
+        self.status, self.title = CODES[code]
+        self.detail = detail or self.title
+        self.errors = errors
+        self.retry_after_s = retry_after_s if retry_after_s is not None else RETRY_AFTER_S.get(code)
+
+
+def problem_response(error: ApiError) -> web.Response:
+    body = schemas.Problem(
+        type=PROBLEM_TYPE_BASE + error.code,
+        title=error.title,
+        status=error.status,
+        detail=error.detail,
+        code=error.code,
+        errors=error.errors,
+    )
+    headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
+    return web.Response(
+        body=schemas.encode(body), status=error.status, content_type="application/problem+json", headers=headers
+    )
+
+
+_PATH_IN_MESSAGE = re.compile(r" - at `(\$[^`]*)`$")
+
+
+def from_validation(message: str, *, root: str = "$") -> ApiError:
+    """msgspec says `Expected int >= 1 - at $.amount`; split the path out for `errors[]`."""
+    match = _PATH_IN_MESSAGE.search(message)
+    path = match.group(1) if match else "$"
+    text = message[: match.start()] if match else message
+    if root != "$":
+        path = root + path[1:]
+    return ApiError(
+        "validation_error", f"{text} at {path}", errors=[schemas.ValidationIssue(path=path, message=text)]
+    )

@@ -1,0 +1,1 @@
+"""The wallet ledger: an append-only double-entry journal with group commit."""

@@ -1,0 +1,150 @@
+"""NATS JetStream: the stream, the subjects and the headers of the ledger's events, in one place.
+
+NATS is transport, not truth: every event can be rebuilt from the journal, so a NATS outage only
+delays events (they wait in the outbox), it never loses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from ledger import domain
+
+log = logging.getLogger("ledger.bus")
+
+STREAM = "LEDGER"
+SUBJECT = "ledger.v1.transfers.committed"
+# Core NATS (not JetStream): the projector announces its watermark so readers waiting for
+# `min_position` wake at once instead of polling the database.
+WATERMARK_SUBJECT = "ledger.v1.projector.watermark"
+DUPLICATE_WINDOW_S = 300.0
+PUBLISH_ACK_TIMEOUT_S = 5.0
+CONNECT_RETRY_S = 0.5
+MSG_ID = "Nats-Msg-Id"
+REQUEST_ID = "X-Request-Id"
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_entry(entry: domain.Entry) -> bytes:
+    return _encoder.encode(domain.entry_dict(entry))
+
+
+class EventBus:
+    """A NATS connection that keeps reconnecting, and the JetStream stream of journal entries."""
+
+    def __init__(self, url: str, *, name: str) -> None:
+        self._url = url
+        self._name = name
+        self.nc: Client | None = None
+        self.js: JetStreamContext | None = None
+        self._connecting: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def start(self) -> None:
+        """Connect in the background: a service must come up, and commit, while NATS is down."""
+        self._connecting = asyncio.create_task(self._connect_forever(), name=f"{self._name}-nats-connect")
+
+    async def _connect_forever(self) -> None:
+        while True:
+            try:
+                nc = await nats.connect(
+                    self._url,
+                    name=self._name,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=CONNECT_RETRY_S,
+                    connect_timeout=2,
+                    error_cb=self._on_error,
+                )
+                self.nc, self.js = nc, nc.jetstream(timeout=PUBLISH_ACK_TIMEOUT_S)
+                await self.ensure_stream()
+                self._ready.set()
+                return
+            except Exception as error:
+                log.info("NATS not reachable yet (%s); retrying", error)
+                if self.nc is not None and not self.nc.is_closed:
+                    await self.nc.close()
+                self.nc = self.js = None
+                await asyncio.sleep(CONNECT_RETRY_S)
+
+    async def _on_error(self, error: Exception) -> None:
+        log.debug("NATS: %s", error)
+
+    async def ensure_stream(self) -> None:
+        config = StreamConfig(
+            name=STREAM,
+            subjects=[SUBJECT],
+            storage=StorageType.FILE,
+            retention=RetentionPolicy.LIMITS,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        )
+        assert self.js is not None
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError:
+            await self.js.update_stream(config)
+
+    async def publish_entries(self, entries: list[domain.Entry], *, request_id: str | None = None) -> list[int]:
+        """Publish every entry and return the positions JetStream acknowledged (duplicates included:
+        JetStream dropping a repeat inside its window still means the event is in the stream)."""
+        if not self.connected or self.js is None:
+            return []
+        futures = []
+        for entry in entries:
+            headers = {MSG_ID: str(entry.transfer_id)}
+            if request_id:
+                headers[REQUEST_ID] = request_id
+            futures.append((entry.position, await self.js.publish_async(SUBJECT, encode_entry(entry), headers=headers)))
+        done, _ = await asyncio.wait([f for _, f in futures], timeout=PUBLISH_ACK_TIMEOUT_S)
+        acked = []
+        for position, future in futures:
+            if future in done and future.exception() is None:
+                acked.append(position)
+            elif not future.done():
+                future.cancel()
+        return acked
+
+    async def announce_watermark(self, position: int) -> None:
+        if self.connected and self.nc is not None:
+            await self.nc.publish(WATERMARK_SUBJECT, str(position).encode())
+
+    async def on_watermark(self, callback: Callable[[int], Awaitable[None] | None]) -> None:
+        assert self.nc is not None
+
+        async def handler(msg) -> None:
+            result = callback(int(msg.data))
+            if asyncio.iscoroutine(result):
+                await result
+
+        await self.nc.subscribe(WATERMARK_SUBJECT, cb=handler)
+
+    async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        if self.nc is not None and not self.nc.is_closed:
+            try:
+                await asyncio.wait_for(self.nc.drain(), 2)
+            except Exception:
+                await self.nc.close()

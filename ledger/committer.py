@@ -1,0 +1,181 @@
+"""Group commit: many concurrent transfer requests, one SERIALIZABLE transaction per batch.
+
+Requests wait in a bounded queue. One committer task takes what is there (up to `batch_max`,
+lingering about a millisecond for more), reads the state the batch needs, decides every transfer
+with the pure `domain.decide_batch`, writes the result in a few multi-row statements, commits,
+answers every waiter, and only then hands the entries to the publisher. A serialization failure
+retries the whole batch with bounded, jittered backoff; the decision is simply made again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ledger import dialect, domain, metrics, store
+
+log = logging.getLogger("ledger.committer")
+
+RETRY_DELAY_MS_MIN = 2.0
+RETRY_DELAY_MS_MAX = 200.0
+
+
+class QueueFull(Exception):
+    """The commit queue is at `queue_max`: the caller answers 503 with Retry-After."""
+
+
+class Unavailable(Exception):
+    """The database failed or kept conflicting past `commit_retries_max`; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a transfer request gets back: an entry (new or replayed) or a rejection."""
+
+    entry: domain.Entry | None
+    replayed: bool = False
+    rejection: domain.Rejection | None = None
+
+
+@dataclass(slots=True)
+class _Waiter:
+    command: domain.TransferCommand
+    future: asyncio.Future
+
+
+Publisher = Callable[[list[domain.Entry]], Awaitable[None]]
+
+
+class Committer:
+    def __init__(
+        self,
+        *,
+        pool: AsyncConnectionPool,
+        batch_max: int,
+        queue_max: int,
+        batch_linger_ms: float,
+        commit_retries_max: int,
+        publish: Publisher | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
+    ) -> None:
+        self._pool = pool
+        self._batch_max = batch_max
+        self._queue: asyncio.Queue[_Waiter] = asyncio.Queue(maxsize=queue_max)
+        self._linger_s = batch_linger_ms / 1000
+        self._retries_max = commit_retries_max
+        self._publish = publish
+        self._clock = clock
+        self._task: asyncio.Task | None = None
+        self._publishing: set[asyncio.Task] = set()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="committer")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop; publishes in flight are awaited (what they miss
+        stays in the outbox for the sweeper)."""
+        if self._task is not None:
+            await self._queue.join()
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
+
+    async def submit(self, command: domain.TransferCommand) -> Answer:
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Waiter(command, future))
+        except asyncio.QueueFull:
+            raise QueueFull from None
+        metrics.QUEUE_DEPTH.set(self._queue.qsize())
+        return await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            if self._linger_s > 0 and self._queue.qsize() < self._batch_max - 1:
+                await asyncio.sleep(self._linger_s)
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            metrics.QUEUE_DEPTH.set(self._queue.qsize())
+            try:
+                await self._commit(batch)
+            except Exception as error:  # answer every waiter, whatever broke
+                log.warning("batch of %d failed: %s", len(batch), error)
+                for waiter in batch:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(Unavailable(str(error)))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit(self, batch: list[_Waiter]) -> None:
+        commands = [waiter.command for waiter in batch]
+        for attempt in range(self._retries_max + 1):
+            try:
+                started = time.perf_counter()
+                answers, entries = await self._attempt(commands)
+                metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+                break
+            except psycopg.Error as error:
+                if not dialect.is_retryable(error) or attempt == self._retries_max:
+                    raise
+                metrics.SERIALIZATION_RETRIES.inc()
+                delay_ms = min(RETRY_DELAY_MS_MAX, RETRY_DELAY_MS_MIN * 2**attempt)
+                await asyncio.sleep(random.uniform(0, delay_ms) / 1000)
+            except PoolTimeout as error:
+                raise Unavailable("database unavailable") from error
+        metrics.BATCH_SIZE.observe(len(batch))
+        for waiter, answer in zip(batch, answers):
+            if not waiter.future.done():
+                waiter.future.set_result(answer)
+        if entries and self._publish is not None:
+            task = asyncio.create_task(self._publish(entries))
+            self._publishing.add(task)
+            task.add_done_callback(self._publishing.discard)
+
+    async def _attempt(self, commands: list[domain.TransferCommand]) -> tuple[list[Answer], list[domain.Entry]]:
+        now = self._clock()
+        async with self._pool.connection() as conn:
+            async with conn.transaction():
+                head_position, head_hash = await store.read_head_for_update(conn)
+                account_ids = list({c.from_account_id for c in commands} | {c.to_account_id for c in commands})
+                accounts = await store.read_batch_accounts(conn, account_ids)
+                keys = await store.read_batch_keys(
+                    conn, [c.principal_id for c in commands], [c.idempotency_key for c in commands]
+                )
+                state = domain.BatchState(head_position, head_hash, accounts, keys)
+                result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(now))
+                if result.entries:
+                    await store.write_batch(conn, result, committed_at=now)
+                replays = await self._replayed_entries(conn, result)
+        return [self._answer(outcome, replays) for outcome in result.outcomes], result.entries
+
+    @staticmethod
+    async def _replayed_entries(conn, result: domain.BatchResult) -> dict[int, domain.Entry]:
+        known = {entry.position: entry for entry in result.entries}
+        missing = [o.position for o in result.outcomes if isinstance(o, domain.Replayed) and o.position not in known]
+        if missing:
+            known.update({entry.position: entry for entry in await store.entries_by_positions(conn, missing)})
+        return known
+
+    @staticmethod
+    def _answer(outcome: domain.Outcome, entries: dict[int, domain.Entry]) -> Answer:
+        if isinstance(outcome, domain.Committed):
+            return Answer(outcome.entry)
+        if isinstance(outcome, domain.Replayed):
+            return Answer(entries[outcome.position], replayed=True)
+        return Answer(None, rejection=outcome.reason)

@@ -1,0 +1,158 @@
+"""`ledger dev`: PostgreSQL and NATS from their wheels, migrations, API and projector, demo data.
+
+Everything lives under `.ledger/` and is reused by the next run. The demo tokens are shown once
+by the API (only their hashes are stored), so they are kept in `.ledger/dev.json` to be reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+from pathlib import Path
+
+import psycopg
+
+from ledger import cli, config, domain, store
+from ledger.embedded import EmbeddedNats, EmbeddedPostgres
+
+log = logging.getLogger("ledger.dev")
+
+PG_PORT = 54329
+NATS_PORT = 42229
+DEMO_FUNDING = 1_000_000  # 10,000.00 USD in cents for the demo wallet
+
+
+async def _existing_tokens(url: str, path: Path) -> dict | None:
+    """The previous run's demo data, if every token in it still names a principal."""
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for token in saved.get("tokens", {}).values():
+            if await store.principal_by_token_hash(conn, store.token_digest(token)) is None:
+                return None
+    return saved
+
+
+async def _demo_world(url: str) -> tuple[dict, dict]:
+    tokens, ids = {}, {}
+    for role in ("admin", "client", "vendor", "auditor"):
+        ids[role], tokens[role] = await cli.create_principal(url, role, f"demo {role}")
+    accounts = {
+        "funding": store.AccountRow(uuid.uuid4(), "system", "USD", None, "demo funding", None),
+        "wallet": store.AccountRow(uuid.uuid4(), "wallet", "USD", ids["client"], "demo wallet", None),
+        "vendor": store.AccountRow(uuid.uuid4(), "vendor", "USD", ids["vendor"], "demo coffee shop", None),
+    }
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for row in accounts.values():
+            await store.insert_account(conn, row)
+    return tokens, {name: str(row.id) for name, row in accounts.items()}
+
+
+async def _fund(api_url: str, admin: str, funding: str, wallet: str) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        await http.post(
+            f"{api_url}/v1/transfers",
+            json={"from_account_id": funding, "to_account_id": wallet, "amount": DEMO_FUNDING, "currency": "USD",
+                  "reference": "demo funding"},
+            headers={"Authorization": f"Bearer {admin}", "Idempotency-Key": "demo-funding"},
+        )
+
+
+def _examples(info: dict) -> str:
+    api, t, a = info["api_url"], info["tokens"], info["accounts"]
+    return f"""
+Ledger is running: {api}   (Ctrl-C stops everything)
+
+  # a client pays the vendor 4.50 USD
+  curl -s -X POST {api}/v1/transfers -H 'Authorization: Bearer {t['client']}' \\
+       -H 'Idempotency-Key: coffee-1' -H 'Content-Type: application/json' \\
+       -d '{{"from_account_id":"{a['wallet']}","to_account_id":"{a['vendor']}","amount":450,"currency":"USD","reference":"order 1"}}'
+
+  # the client's wallet, balance read from the write side
+  curl -s {api}/v1/accounts/{a['wallet']} -H 'Authorization: Bearer {t['client']}'
+
+  # the vendor lists what it can verify (then GET .../transfers/<id>/verification?min_position=N&wait_ms=2000)
+  curl -s {api}/v1/vendors/{a['vendor']}/transfers -H 'Authorization: Bearer {t['vendor']}'
+
+  # an auditor exports the journal and checks the head
+  curl -s {api}/v1/journal -H 'Authorization: Bearer {t['auditor']}'
+  curl -s {api}/v1/journal/head -H 'Authorization: Bearer {t['auditor']}'
+
+Tokens and ids are in .ledger/dev.json.
+"""
+
+
+async def run(*, data_dir: str, port: int) -> None:
+    root = Path(data_dir).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    postgres = EmbeddedPostgres(data_dir=root / "postgres", port=int(os.environ.get("LEDGER_DEV_PG_PORT", PG_PORT)))
+    nats_server = EmbeddedNats(data_dir=root / "nats", port=int(os.environ.get("LEDGER_DEV_NATS_PORT", NATS_PORT)))
+    await asyncio.to_thread(postgres.start)
+    await asyncio.to_thread(nats_server.start)
+    try:
+        await cli.migrate(postgres.url)
+        settings = config.Settings.from_env(
+            database_url=postgres.url, nats_url=nats_server.url, http_host="127.0.0.1", http_port=port
+        )
+        info_path = root / "dev.json"
+        saved = await _existing_tokens(postgres.url, info_path)
+        fresh = saved is None
+        if fresh:
+            tokens, accounts = await _demo_world(postgres.url)
+        else:
+            tokens, accounts = saved["tokens"], saved["accounts"]
+        api_url = f"http://{settings.http_host}:{settings.http_port}"
+        info = {"api_url": api_url, "database_url": postgres.url, "nats_url": nats_server.url,
+                "tokens": tokens, "accounts": accounts}
+        if settings.metrics_port is not None:
+            info["metrics_url"] = f"http://{settings.http_host}:{settings.metrics_port}/metrics"
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
+        await _serve(settings, info, fund=fresh)
+    finally:
+        await asyncio.to_thread(nats_server.stop)
+        await asyncio.to_thread(postgres.stop)
+        print("ledger dev: stopped")
+
+
+async def _serve(settings: config.Settings, info: dict, *, fund: bool) -> None:
+    from api.app import serve as serve_api
+    from projector.consumer import serve as serve_projector
+
+    api = asyncio.create_task(serve_api(settings), name="api")
+    projector = asyncio.create_task(serve_projector(settings), name="projector")
+    try:
+        await _wait_ready(info["api_url"])
+        if fund:
+            await _fund(info["api_url"], info["tokens"]["admin"], info["accounts"]["funding"], info["accounts"]["wallet"])
+        print(_examples(info), flush=True)
+        await asyncio.gather(api, projector)
+    finally:
+        for task in (api, projector):
+            task.cancel()
+        await asyncio.gather(api, projector, return_exceptions=True)
+
+
+async def _wait_ready(api_url: str, timeout_s: float = 30.0) -> None:
+    import aiohttp
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"{api_url}/healthz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"API did not come up at {api_url}")
+            await asyncio.sleep(0.1)
+
+
+__all__ = ["run", "domain"]

@@ -1,0 +1,55 @@
+"""The few places PostgreSQL and CockroachDB differ, chosen once from `SELECT version()`.
+
+Everything else in `ledger.store` is written in the subset both accept; this module is the only
+place that knows which database it is talking to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+# SQLSTATE 40001: serialization failure. CockroachDB reports every retryable conflict with it
+# (its messages start with "restart transaction"); PostgreSQL SERIALIZABLE uses it too, and
+# 40P01 (deadlock detected) is retried the same way.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str  # "postgresql" or "cockroachdb"
+
+    @property
+    def connection_class(self) -> type[psycopg.AsyncConnection]:
+        if self.name == "cockroachdb":
+            from psycopg import crdb
+
+            return crdb.AsyncCrdbConnection
+        return psycopg.AsyncConnection
+
+    def snapshot_begin(self) -> str:
+        """How the audit opens one consistent, read-only snapshot of the whole journal."""
+        if self.name == "cockroachdb":
+            return "BEGIN AS OF SYSTEM TIME follower_read_timestamp()"
+        return "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+    def journal_index_ddl(self) -> str:
+        """Sequential positions would pile every insert onto one range in CockroachDB; a
+        hash-sharded secondary index spreads reads by position without changing the key."""
+        if self.name == "cockroachdb":
+            return "CREATE INDEX IF NOT EXISTS journal_position_sharded ON journal (position) USING HASH"
+        return ""
+
+
+POSTGRESQL = Dialect("postgresql")
+COCKROACHDB = Dialect("cockroachdb")
+
+
+def from_version(version: str) -> Dialect:
+    return COCKROACHDB if "CockroachDB" in version else POSTGRESQL
+
+
+def is_retryable(error: BaseException) -> bool:
+    sqlstate = getattr(error, "sqlstate", None)
+    return sqlstate in RETRYABLE_SQLSTATES or "restart transaction" in str(error)

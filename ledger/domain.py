@@ -1,0 +1,239 @@
+"""The pure core: what a transfer does to the ledger, decided with no I/O.
+
+The committer reads the state a batch needs, hands it here, and writes back what comes out, so
+the decision is the same function in a live write, a replay and a unit test. Rejections are
+values with names that say what is wrong, ordered by precedence (the contract's order of checks).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+
+ZERO_HASH = "0" * 64
+
+
+class Rejection(enum.Enum):
+    """Expected refusals of a transfer. The value is the stable `code` clients see."""
+
+    idempotency_key_reused = "idempotency_key_reused"
+    forbidden = "forbidden"
+    same_account = "same_account"
+    account_not_found = "account_not_found"
+    currency_mismatch = "currency_mismatch"
+    insufficient_funds = "insufficient_funds"
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    id: uuid.UUID
+    kind: str
+    currency: str
+    owner_id: uuid.UUID | None
+    balance: int
+
+    @property
+    def may_go_negative(self) -> bool:
+        return self.kind == "system"
+
+
+@dataclass(frozen=True, slots=True)
+class TransferCommand:
+    """A validated request: shape, role and limits are already checked at the edge."""
+
+    principal_id: uuid.UUID
+    principal_role: str
+    idempotency_key: str
+    request_hash: bytes
+    from_account_id: uuid.UUID
+    to_account_id: uuid.UUID
+    amount: int
+    currency: str
+    reference: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    entry: "Entry"
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    reason: Rejection
+
+
+Outcome = Committed | Replayed | Rejected
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A journal entry, exactly as hashed, stored and published."""
+
+    position: int
+    transfer_id: uuid.UUID
+    from_account_id: uuid.UUID
+    to_account_id: uuid.UUID
+    amount: int
+    currency: str
+    reference: str
+    metadata: dict[str, str]
+    postings: tuple[tuple[uuid.UUID, int], ...]
+    committed_at: str
+    prev_hash: str
+    hash: str
+
+
+def format_timestamp(moment: dt.datetime) -> str:
+    """The one timestamp form of the journal: UTC, six fractional digits, `Z`."""
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_bytes(entry: dict) -> bytes:
+    """The bytes an entry's hash covers: every field but `hash`, as compact JSON with sorted keys,
+    ASCII-only (non-ASCII escaped), UUIDs as lower-case hyphenated strings. An auditor rebuilds
+    them from an exported line with nothing but the json module."""
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def entry_hash(prev_hash: str, canonical: bytes) -> str:
+    """hash = hex SHA-256 over the previous hash (64 ASCII hex chars) followed by the canonical bytes."""
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest()
+
+
+def entry_dict(entry: Entry) -> dict:
+    return {
+        "position": entry.position,
+        "transfer_id": str(entry.transfer_id),
+        "from_account_id": str(entry.from_account_id),
+        "to_account_id": str(entry.to_account_id),
+        "amount": entry.amount,
+        "currency": entry.currency,
+        "reference": entry.reference,
+        "metadata": entry.metadata,
+        "postings": [{"account_id": str(a), "amount": n} for a, n in entry.postings],
+        "committed_at": entry.committed_at,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+    }
+
+
+def seal(
+    *, position: int, transfer_id: uuid.UUID, command: TransferCommand, committed_at: str, prev_hash: str
+) -> Entry:
+    """Build the double entry for a decided transfer and chain it to its predecessor."""
+    postings = ((command.from_account_id, -command.amount), (command.to_account_id, command.amount))
+    assert sum(amount for _, amount in postings) == 0, "postings must sum to zero"
+    unsealed = Entry(
+        position=position,
+        transfer_id=transfer_id,
+        from_account_id=command.from_account_id,
+        to_account_id=command.to_account_id,
+        amount=command.amount,
+        currency=command.currency,
+        reference=command.reference,
+        metadata=dict(command.metadata),
+        postings=postings,
+        committed_at=committed_at,
+        prev_hash=prev_hash,
+        hash="",
+    )
+    digest = entry_hash(prev_hash, canonical_bytes(entry_dict(unsealed)))
+    return Entry(**{**_fields(unsealed), "hash": digest})
+
+
+def _fields(entry: Entry) -> dict:
+    return {name: getattr(entry, name) for name in Entry.__slots__}
+
+
+def check(command: TransferCommand, accounts: dict[uuid.UUID, AccountState]) -> Rejection | None:
+    """The contract's checks after idempotency, in its order: ownership, then business rules."""
+    source = accounts.get(command.from_account_id)
+    if command.principal_role == "client" and (source is None or source.owner_id != command.principal_id):
+        return Rejection.forbidden
+    if command.from_account_id == command.to_account_id:
+        return Rejection.same_account
+    target = accounts.get(command.to_account_id)
+    if source is None or target is None:
+        return Rejection.account_not_found
+    if source.currency != command.currency or target.currency != command.currency:
+        return Rejection.currency_mismatch
+    if not source.may_go_negative and source.balance < command.amount:
+        return Rejection.insufficient_funds
+    return None
+
+
+@dataclass(slots=True)
+class BatchState:
+    """What a batch decision reads: the journal head, the touched accounts, the stored keys."""
+
+    head_position: int
+    head_hash: str
+    accounts: dict[uuid.UUID, AccountState]
+    # (principal_id, key) -> (request_hash, position)
+    idempotency: dict[tuple[uuid.UUID, str], tuple[bytes, int]]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    balance_deltas: dict[uuid.UUID, int] = field(default_factory=dict)
+    new_keys: list[tuple[uuid.UUID, str, bytes, int]] = field(default_factory=list)
+
+
+def decide_batch(
+    commands: list[TransferCommand],
+    state: BatchState,
+    *,
+    committed_at: str,
+    new_id=uuid.uuid4,
+) -> BatchResult:
+    """Decide each command in arrival order, each seeing the effects of the ones before it."""
+    result = BatchResult()
+    position, prev_hash = state.head_position, state.head_hash
+    accounts = dict(state.accounts)
+    keys = dict(state.idempotency)
+    for command in commands:
+        scope = (command.principal_id, command.idempotency_key)
+        stored = keys.get(scope)
+        if stored is not None:
+            stored_hash, stored_position = stored
+            if stored_hash == command.request_hash:
+                result.outcomes.append(Replayed(stored_position))
+            else:
+                result.outcomes.append(Rejected(Rejection.idempotency_key_reused))
+            continue
+        rejection = check(command, accounts)
+        if rejection is not None:
+            result.outcomes.append(Rejected(rejection))
+            continue
+        position += 1
+        entry = seal(
+            position=position, transfer_id=new_id(), command=command, committed_at=committed_at, prev_hash=prev_hash
+        )
+        prev_hash = entry.hash
+        for account_id, amount in entry.postings:
+            before = accounts[account_id]
+            accounts[account_id] = AccountState(
+                before.id, before.kind, before.currency, before.owner_id, before.balance + amount
+            )
+            result.balance_deltas[account_id] = result.balance_deltas.get(account_id, 0) + amount
+        keys[scope] = (command.request_hash, position)
+        result.new_keys.append((command.principal_id, command.idempotency_key, command.request_hash, position))
+        result.entries.append(entry)
+        result.outcomes.append(Committed(entry))
+    assert all(
+        accounts[a].may_go_negative or accounts[a].balance >= 0 for a in result.balance_deltas
+    ), "a wallet or vendor account went below zero"
+    return result

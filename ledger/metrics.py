@@ -1,0 +1,33 @@
+"""Prometheus metrics, all named `ledger_*`, with units in the names."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter("ledger_http_requests_total", "HTTP requests answered.", ["route", "method", "status"])
+HTTP_SECONDS = Histogram(
+    "ledger_http_request_duration_seconds",
+    "HTTP request latency.",
+    ["route", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+BATCH_SIZE = Histogram(
+    "ledger_commit_batch_size", "Transfers per committed batch.", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+)
+COMMIT_SECONDS = Histogram(
+    "ledger_commit_duration_seconds",
+    "Time of one batch transaction.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+SERIALIZATION_RETRIES = Counter("ledger_commit_serialization_retries_total", "Batches retried on SQLSTATE 40001.")
+QUEUE_DEPTH = Gauge("ledger_commit_queue_depth", "Transfers waiting for the committer.")
+OUTBOX_BACKLOG = Gauge("ledger_outbox_backlog", "Committed entries not yet confirmed published.")
+EVENTS_PUBLISHED = Counter("ledger_events_published_total", "Journal entries published to JetStream.")
+EVENTS_FAILED = Counter("ledger_events_publish_failed_total", "Journal entries whose publish failed (left in the outbox).")
+PROJECTOR_WATERMARK = Gauge("ledger_projector_watermark_position", "Contiguous journal position applied to the read models.")
+PROJECTOR_LAG_SECONDS = Histogram(
+    "ledger_projector_lag_seconds",
+    "Commit to projected, per entry.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+PROJECTOR_GAP_FILLS = Counter("ledger_projector_gap_fills_total", "Entries read from the journal to fill a gap.")

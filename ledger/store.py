@@ -1,0 +1,415 @@
+"""Every SQL statement of the ledger, in the subset PostgreSQL and CockroachDB both accept.
+
+Driver errors are translated here, once, into the small set the service knows (`StoreError`,
+`Conflict`); nothing above this module imports psycopg's error classes except the retry loop.
+Dialect differences (there are few) come from `ledger.dialect`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib.resources
+import json
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from ledger import domain
+
+API_ROLE = "ledger_api"
+PROJECTOR_ROLE = "ledger_projector"
+AUDITOR_ROLE = "ledger_auditor"
+
+# Tables nobody but the migration role may UPDATE or DELETE: the journal is append-only.
+JOURNAL_TABLES = ("journal", "postings")
+
+GRANTS: dict[str, dict[str, str]] = {
+    API_ROLE: {
+        "principals": "SELECT, INSERT",
+        "accounts": "SELECT, INSERT",
+        "balances": "SELECT, INSERT, UPDATE",
+        "journal": "SELECT, INSERT",
+        "postings": "SELECT, INSERT",
+        "journal_head": "SELECT, UPDATE",
+        "idempotency": "SELECT, INSERT",
+        "outbox": "SELECT, INSERT, DELETE",
+        "projector_checkpoint": "SELECT",
+        "projected_balances": "SELECT",
+        "verifications": "SELECT",
+        "signed_checkpoints": "SELECT",
+    },
+    PROJECTOR_ROLE: {
+        "accounts": "SELECT",
+        "journal": "SELECT",
+        "postings": "SELECT",
+        "journal_head": "SELECT",
+        "projector_checkpoint": "SELECT, INSERT, UPDATE, DELETE",
+        "projected_balances": "SELECT, INSERT, UPDATE, DELETE",
+        "verifications": "SELECT, INSERT, UPDATE, DELETE",
+    },
+    AUDITOR_ROLE: {
+        "accounts": "SELECT",
+        "balances": "SELECT",
+        "journal": "SELECT",
+        "postings": "SELECT",
+        "journal_head": "SELECT",
+        "projector_checkpoint": "SELECT",
+        "projected_balances": "SELECT",
+        "signed_checkpoints": "SELECT, INSERT",
+    },
+}
+
+
+class StoreError(Exception):
+    """The database could not be reached or failed; the request may be retried."""
+
+
+class Conflict(Exception):
+    """A unique key already holds a different row."""
+
+
+# ---- migrations -----------------------------------------------------------------------------
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    folder = importlib.resources.files("ledger") / "migrations"
+    found = []
+    for item in folder.iterdir():
+        if item.name.endswith(".sql"):
+            version = int(item.name.split("_", 1)[0])
+            found.append((version, item.name, item.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+async def migrate(conn: psycopg.AsyncConnection) -> list[str]:
+    """Apply the versioned files not yet recorded, each in its own transaction; safe to rerun."""
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INT8 PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    await conn.commit()
+    applied = {row[0] for row in await (await conn.execute("SELECT version FROM schema_migrations")).fetchall()}
+    done = []
+    for version, name, text in migration_files():
+        if version in applied:
+            continue
+        async with conn.transaction():
+            for statement in split_statements(text):
+                await conn.execute(statement)
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+        done.append(name)
+    await grant_roles(conn)
+    return done
+
+
+def split_statements(text: str) -> list[str]:
+    """Migration files hold plain statements separated by `;` at line ends (no bodies, no quotes
+    containing `;`), which keeps them portable and lets CockroachDB run them one by one."""
+    lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
+
+
+async def grant_roles(conn: psycopg.AsyncConnection) -> None:
+    """Create the service roles if missing and give each exactly its privileges."""
+    async with conn.transaction():
+        for role, tables in GRANTS.items():
+            exists = await (await conn.execute("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (role,))).fetchone()
+            if not exists:
+                await conn.execute(sql.SQL("CREATE ROLE {}").format(sql.Identifier(role)))
+            for table, privileges in tables.items():
+                target = sql.Identifier(table)
+                await conn.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(target, sql.Identifier(role)))
+                await conn.execute(
+                    sql.SQL("GRANT " + privileges + " ON {} TO {}").format(target, sql.Identifier(role))
+                )
+
+
+async def grant_membership(conn: psycopg.AsyncConnection, login: str, role: str) -> None:
+    await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(login)))
+
+
+# ---- principals and accounts ----------------------------------------------------------------
+
+
+def token_digest(token: str) -> bytes:
+    """Tokens are 256-bit random strings, so one SHA-256 is enough to store them safely."""
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalRow:
+    id: uuid.UUID
+    role: str
+    name: str
+
+
+async def insert_principal(conn, *, principal_id: uuid.UUID, role: str, name: str, token_hash: bytes) -> None:
+    await conn.execute(
+        "INSERT INTO principals (id, role, name, token_hash) VALUES (%s, %s, %s, %s)",
+        (principal_id, role, name, token_hash),
+    )
+
+
+async def principal_by_token_hash(conn, token_hash: bytes) -> PrincipalRow | None:
+    row = await (
+        await conn.execute("SELECT id, role, name, token_hash FROM principals WHERE token_hash = %s", (token_hash,))
+    ).fetchone()
+    return PrincipalRow(row[0], row[1], row[2]) if row else None
+
+
+async def principal_exists(conn, principal_id: uuid.UUID) -> bool:
+    row = await (await conn.execute("SELECT 1 FROM principals WHERE id = %s", (principal_id,))).fetchone()
+    return row is not None
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    id: uuid.UUID
+    kind: str
+    currency: str
+    owner_id: uuid.UUID | None
+    name: str
+    created_at: dt.datetime
+
+
+_ACCOUNT_COLUMNS = "a.id, a.kind, a.currency, a.owner_id, a.name, a.created_at"
+
+
+async def insert_account(conn, account: AccountRow) -> tuple[AccountRow, bool]:
+    """Create the account and its zero balance, or return the one already stored under that id."""
+    async with conn.transaction():
+        inserted = await (
+            await conn.execute(
+                "INSERT INTO accounts (id, kind, currency, owner_id, name) VALUES (%s, %s, %s, %s, %s)"
+                " ON CONFLICT (id) DO NOTHING RETURNING created_at",
+                (account.id, account.kind, account.currency, account.owner_id, account.name),
+            )
+        ).fetchone()
+        if inserted is not None:
+            await conn.execute(
+                "INSERT INTO balances (account_id, kind, balance, position) VALUES (%s, %s, 0, 0)",
+                (account.id, account.kind),
+            )
+            return AccountRow(account.id, account.kind, account.currency, account.owner_id, account.name, inserted[0]), True
+    existing = await account_by_id(conn, account.id)
+    assert existing is not None
+    return existing, False
+
+
+async def account_by_id(conn, account_id: uuid.UUID) -> AccountRow | None:
+    row = await (
+        await conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = %s", (account_id,))
+    ).fetchone()
+    return AccountRow(*row) if row else None
+
+
+async def account_with_balance(conn, account_id: uuid.UUID) -> tuple[AccountRow, int, int] | None:
+    """The account, its committed balance and the journal head, read in one statement (one snapshot)."""
+    row = await (
+        await conn.execute(
+            f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position FROM accounts a"
+            " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
+            " WHERE a.id = %s AND h.id = 1",
+            (account_id,),
+        )
+    ).fetchone()
+    return (AccountRow(*row[:6]), row[6], row[7]) if row else None
+
+
+# ---- the journal write path -----------------------------------------------------------------
+
+
+async def read_head_for_update(conn) -> tuple[int, str]:
+    row = await (await conn.execute("SELECT position, hash FROM journal_head WHERE id = 1 FOR UPDATE")).fetchone()
+    return row[0], row[1]
+
+
+async def read_batch_accounts(conn, account_ids: list[uuid.UUID]) -> dict[uuid.UUID, domain.AccountState]:
+    rows = await (
+        await conn.execute(
+            "SELECT a.id, a.kind, a.currency, a.owner_id, b.balance FROM accounts a"
+            " JOIN balances b ON b.account_id = a.id WHERE a.id = ANY(%s)",
+            (account_ids,),
+        )
+    ).fetchall()
+    return {row[0]: domain.AccountState(*row) for row in rows}
+
+
+async def read_batch_keys(
+    conn, principal_ids: list[uuid.UUID], keys: list[str]
+) -> dict[tuple[uuid.UUID, str], tuple[bytes, int]]:
+    rows = await (
+        await conn.execute(
+            "SELECT i.principal_id, i.key, i.request_hash, i.position FROM idempotency i"
+            " JOIN unnest(%s::UUID[], %s::TEXT[]) AS k (principal_id, key)"
+            " ON i.principal_id = k.principal_id AND i.key = k.key",
+            (principal_ids, keys),
+        )
+    ).fetchall()
+    return {(row[0], row[1]): (bytes(row[2]), row[3]) for row in rows}
+
+
+async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
+    """Append the batch's entries in a few multi-row statements and move each balance once."""
+    entries = result.entries
+    assert entries, "an empty batch writes nothing"
+    await conn.execute(
+        "INSERT INTO journal (position, transfer_id, from_account_id, to_account_id, amount, currency,"
+        " reference, metadata, committed_at, prev_hash, hash)"
+        " SELECT p, t, f, o, a, c, r, m::JSONB, %s, ph, h FROM unnest("
+        "%s::INT8[], %s::UUID[], %s::UUID[], %s::UUID[], %s::INT8[], %s::TEXT[], %s::TEXT[], %s::TEXT[],"
+        " %s::TEXT[], %s::TEXT[]) AS e (p, t, f, o, a, c, r, m, ph, h)",
+        (
+            committed_at,
+            [e.position for e in entries],
+            [e.transfer_id for e in entries],
+            [e.from_account_id for e in entries],
+            [e.to_account_id for e in entries],
+            [e.amount for e in entries],
+            [e.currency for e in entries],
+            [e.reference for e in entries],
+            [json.dumps(e.metadata) for e in entries],
+            [e.prev_hash for e in entries],
+            [e.hash for e in entries],
+        ),
+    )
+    postings = [(e.position, account, amount) for e in entries for account, amount in e.postings]
+    await conn.execute(
+        "INSERT INTO postings (position, account_id, amount)"
+        " SELECT * FROM unnest(%s::INT8[], %s::UUID[], %s::INT8[])",
+        ([p[0] for p in postings], [p[1] for p in postings], [p[2] for p in postings]),
+    )
+    await conn.execute(
+        "INSERT INTO idempotency (principal_id, key, request_hash, position)"
+        " SELECT * FROM unnest(%s::UUID[], %s::TEXT[], %s::BYTEA[], %s::INT8[])",
+        tuple(list(column) for column in zip(*result.new_keys)),
+    )
+    await conn.execute(
+        "INSERT INTO outbox (position) SELECT * FROM unnest(%s::INT8[])", ([e.position for e in entries],)
+    )
+    last = entries[-1]
+    touched = list(result.balance_deltas.items())
+    await conn.execute(
+        "UPDATE balances SET balance = balances.balance + d.delta, position = %s"
+        " FROM unnest(%s::UUID[], %s::INT8[]) AS d (account_id, delta)"
+        " WHERE balances.account_id = d.account_id",
+        (last.position, [t[0] for t in touched], [t[1] for t in touched]),
+    )
+    await conn.execute(
+        "UPDATE journal_head SET position = %s, hash = %s, committed_at = %s WHERE id = 1",
+        (last.position, last.hash, committed_at),
+    )
+
+
+# ---- reading the journal --------------------------------------------------------------------
+
+_ENTRY_COLUMNS = (
+    "j.position, j.transfer_id, j.from_account_id, j.to_account_id, j.amount, j.currency, j.reference,"
+    " j.metadata, j.committed_at, j.prev_hash, j.hash"
+)
+
+
+def _entry_from_row(row: tuple, postings: list[tuple[uuid.UUID, int]]) -> domain.Entry:
+    return domain.Entry(
+        position=row[0],
+        transfer_id=row[1],
+        from_account_id=row[2],
+        to_account_id=row[3],
+        amount=row[4],
+        currency=row[5],
+        reference=row[6],
+        metadata=row[7],
+        postings=tuple(postings),
+        committed_at=domain.format_timestamp(row[8]),
+        prev_hash=row[9],
+        hash=row[10],
+    )
+
+
+async def _attach_postings(conn, rows: list[tuple]) -> list[domain.Entry]:
+    if not rows:
+        return []
+    positions = [row[0] for row in rows]
+    posting_rows = await (
+        await conn.execute(
+            "SELECT position, account_id, amount FROM postings WHERE position = ANY(%s)"
+            " ORDER BY position, amount, account_id",
+            (positions,),
+        )
+    ).fetchall()
+    by_position: dict[int, list[tuple[uuid.UUID, int]]] = {p: [] for p in positions}
+    for position, account_id, amount in posting_rows:
+        by_position[position].append((account_id, amount))
+    return [_entry_from_row(row, by_position[row[0]]) for row in rows]
+
+
+async def entries_by_positions(conn, positions: list[int]) -> list[domain.Entry]:
+    rows = await (
+        await conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM journal j WHERE j.position = ANY(%s) ORDER BY j.position", (positions,)
+        )
+    ).fetchall()
+    return await _attach_postings(conn, rows)
+
+
+async def entry_by_transfer_id(conn, transfer_id: uuid.UUID) -> domain.Entry | None:
+    rows = await (
+        await conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM journal j WHERE j.transfer_id = %s", (transfer_id,))
+    ).fetchall()
+    entries = await _attach_postings(conn, rows)
+    return entries[0] if entries else None
+
+
+async def entries_after(conn, after: int, limit: int) -> list[domain.Entry]:
+    rows = await (
+        await conn.execute(
+            f"SELECT {_ENTRY_COLUMNS} FROM journal j WHERE j.position > %s ORDER BY j.position LIMIT %s",
+            (after, limit),
+        )
+    ).fetchall()
+    return await _attach_postings(conn, rows)
+
+
+async def journal_head(conn) -> tuple[int, str, dt.datetime | None]:
+    row = await (await conn.execute("SELECT position, hash, committed_at FROM journal_head WHERE id = 1")).fetchone()
+    return row[0], row[1], row[2]
+
+
+async def account_owners(conn, account_ids: list[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID | None]:
+    rows = await (
+        await conn.execute("SELECT id, owner_id FROM accounts WHERE id = ANY(%s)", (account_ids,))
+    ).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+# ---- outbox ---------------------------------------------------------------------------------
+
+
+async def delete_outbox(conn, positions: list[int]) -> None:
+    await conn.execute("DELETE FROM outbox WHERE position = ANY(%s)", (positions,))
+
+
+async def outbox_positions(conn, *, older_than: dt.datetime, limit: int) -> list[int]:
+    rows = await (
+        await conn.execute(
+            "SELECT position FROM outbox WHERE created_at < %s ORDER BY position LIMIT %s", (older_than, limit)
+        )
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+async def outbox_size(conn) -> int:
+    row = await (await conn.execute("SELECT count(*) FROM outbox")).fetchone()
+    return row[0]
+
+
+async def ping(conn) -> None:
+    await conn.execute("SELECT 1")
+
+
+async def server_version(conn) -> str:
+    row = await (await conn.execute("SELECT version()")).fetchone()
+    return row[0]

@@ -1,0 +1,1 @@
+"""The projector: JetStream events in, read models (balances, vendor verifications) out."""

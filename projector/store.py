@@ -1,0 +1,124 @@
+"""Every SQL statement of the read models (projections), in the PostgreSQL/CockroachDB subset.
+
+The projector writes here; the API's vendor routes read here. The checkpoint row is updated in
+the same transaction as the rows it covers, so "position N is in the projection" is exact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from ledger import domain
+
+DEFAULT_NAME = "main"
+
+
+async def checkpoint(conn, name: str = DEFAULT_NAME) -> int:
+    row = await (await conn.execute("SELECT position FROM projector_checkpoint WHERE name = %s", (name,))).fetchone()
+    return row[0] if row else 0
+
+
+async def apply_entries(conn, entries: list[domain.Entry], *, name: str, projected_at: dt.datetime) -> None:
+    """Apply contiguous entries (the caller guarantees order and no gaps) and move the checkpoint."""
+    assert entries
+    deltas: dict[uuid.UUID, tuple[str, int]] = {}
+    for entry in entries:
+        for account_id, amount in entry.postings:
+            currency, total = deltas.get(account_id, (entry.currency, 0))
+            deltas[account_id] = (currency, total + amount)
+    last = entries[-1].position
+    ids = list(deltas)
+    await conn.execute(
+        "INSERT INTO projected_balances (account_id, currency, balance, position)"
+        " SELECT i, c, d, %s FROM unnest(%s::UUID[], %s::TEXT[], %s::INT8[]) AS v (i, c, d)"
+        " ON CONFLICT (account_id) DO UPDATE SET balance = projected_balances.balance + excluded.balance,"
+        " position = excluded.position",
+        (last, ids, [deltas[i][0] for i in ids], [deltas[i][1] for i in ids]),
+    )
+    vendors = await _vendor_accounts(conn, list({e.to_account_id for e in entries}))
+    rows = [e for e in entries if e.to_account_id in vendors]
+    if rows:
+        await conn.execute(
+            "INSERT INTO verifications (vendor_account_id, position, transfer_id, payer_account_id, amount,"
+            " currency, reference, committed_at, hash, projected_at)"
+            " SELECT v, p, t, f, a, c, r, ca, h, %s FROM unnest(%s::UUID[], %s::INT8[], %s::UUID[], %s::UUID[],"
+            " %s::INT8[], %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::TEXT[]) AS x (v, p, t, f, a, c, r, ca, h)"
+            " ON CONFLICT (transfer_id) DO NOTHING",
+            (
+                projected_at,
+                [e.to_account_id for e in rows],
+                [e.position for e in rows],
+                [e.transfer_id for e in rows],
+                [e.from_account_id for e in rows],
+                [e.amount for e in rows],
+                [e.currency for e in rows],
+                [e.reference for e in rows],
+                [e.committed_at for e in rows],
+                [e.hash for e in rows],
+            ),
+        )
+    await conn.execute(
+        "INSERT INTO projector_checkpoint (name, position, updated_at) VALUES (%s, %s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+        (name, last, projected_at),
+    )
+
+
+async def _vendor_accounts(conn, account_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await (
+        await conn.execute("SELECT id FROM accounts WHERE id = ANY(%s) AND kind = 'vendor'", (account_ids,))
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+async def reset(conn, name: str = DEFAULT_NAME) -> None:
+    """Drop every projected row and the checkpoint, for a rebuild from the journal."""
+    await conn.execute("DELETE FROM verifications WHERE true")
+    await conn.execute("DELETE FROM projected_balances WHERE true")
+    await conn.execute("DELETE FROM projector_checkpoint WHERE name = %s", (name,))
+
+
+_VERIFICATION_COLUMNS = (
+    "v.transfer_id, v.vendor_account_id, v.payer_account_id, v.amount, v.currency, v.reference,"
+    " v.committed_at, v.position, v.hash, v.projected_at"
+)
+
+
+async def verification(conn, vendor_account_id: uuid.UUID, transfer_id: uuid.UUID, name: str = DEFAULT_NAME):
+    """The row (or None) and the checkpoint, in one statement so the header is exact for the row."""
+    row = await (
+        await conn.execute(
+            f"SELECT c.position, {_VERIFICATION_COLUMNS} FROM (SELECT %s::TEXT AS name) n"
+            " LEFT JOIN projector_checkpoint c ON c.name = n.name"
+            " LEFT JOIN verifications v ON v.vendor_account_id = %s AND v.transfer_id = %s",
+            (name, vendor_account_id, transfer_id),
+        )
+    ).fetchone()
+    position = row[0] or 0
+    return position, (row[1:] if row[1] is not None else None)
+
+
+async def verifications_page(conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME):
+    checkpoint_position = await checkpoint(conn, name)
+    rows = await (
+        await conn.execute(
+            f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v"
+            " WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s"
+            " ORDER BY v.position LIMIT %s",
+            (vendor_account_id, after, checkpoint_position, limit),
+        )
+    ).fetchall()
+    return checkpoint_position, rows
+
+
+async def balances(conn) -> dict[uuid.UUID, int]:
+    rows = await (await conn.execute("SELECT account_id, balance FROM projected_balances")).fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+async def verification_rows(conn) -> list[tuple]:
+    rows = await (
+        await conn.execute(f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v ORDER BY v.position")
+    ).fetchall()
+    return rows

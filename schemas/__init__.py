@@ -1,0 +1,180 @@
+"""The wire shapes of the ledger, as msgspec Structs.
+
+One definition serves the API (decoding requests, encoding answers), the NATS events, the
+projector, the Python client and the OpenAPI document. Constraints live in the types, so a
+decoder built once rejects bad input with a path (`at $.amount`) before any I/O happens.
+New fields always get defaults, so older readers keep decoding newer events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+AMOUNT_MAX = 2**53 - 1
+REFERENCE_CHARS_MAX = 128
+METADATA_KEYS_MAX = 16
+METADATA_KEY_CHARS_MAX = 64
+METADATA_VALUE_CHARS_MAX = 256
+NAME_CHARS_MAX = 200
+PAGE_LIMIT_MAX = 1000
+JOURNAL_LIMIT_MAX = 10000
+
+# PostgreSQL TEXT cannot hold NUL, so it is refused at the edge instead of failing in the database.
+_NO_NUL = "^[^\x00]*$"
+
+Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX, description="Integer count of minor units.")]
+SignedAmount = Annotated[int, Meta(ge=-AMOUNT_MAX, le=AMOUNT_MAX)]
+Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="ISO-4217-like code, three upper-case letters.")]
+Reference = Annotated[str, Meta(max_length=REFERENCE_CHARS_MAX, pattern=_NO_NUL)]
+MetadataKey = Annotated[str, Meta(min_length=1, max_length=METADATA_KEY_CHARS_MAX, pattern=_NO_NUL)]
+MetadataValue = Annotated[str, Meta(max_length=METADATA_VALUE_CHARS_MAX, pattern=_NO_NUL)]
+Metadata = Annotated[dict[MetadataKey, MetadataValue], Meta(max_length=METADATA_KEYS_MAX)]
+Name = Annotated[str, Meta(min_length=1, max_length=NAME_CHARS_MAX, pattern=_NO_NUL)]
+Hash = Annotated[str, Meta(pattern="^[0-9a-f]{64}$", description="Hex SHA-256.")]
+Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with exactly six fractional digits, e.g. 2026-11-25T14:22:47.123456Z; kept as text so the hashed form is byte-exact.")]
+Role = Literal["admin", "client", "vendor", "auditor"]
+AccountKind = Literal["wallet", "vendor", "system"]
+
+
+class Strict(Struct, forbid_unknown_fields=True, omit_defaults=False):
+    """Request bodies reject fields they do not know (the contract says 400)."""
+
+
+# ---- requests -------------------------------------------------------------------------------
+
+
+class PrincipalCreate(Strict):
+    role: Role
+    name: Name
+
+
+class AccountCreate(Strict):
+    kind: AccountKind
+    currency: Currency
+    id: uuid.UUID | None = None
+    owner_id: uuid.UUID | None = None
+    name: Annotated[str, Meta(max_length=NAME_CHARS_MAX, pattern=_NO_NUL)] = ""
+
+
+class TransferCreate(Strict):
+    from_account_id: uuid.UUID
+    to_account_id: uuid.UUID
+    amount: Amount
+    currency: Currency
+    reference: Reference = ""
+    metadata: Metadata = {}
+
+
+# ---- answers --------------------------------------------------------------------------------
+
+
+class Principal(Struct):
+    id: uuid.UUID
+    role: Role
+    name: str
+    token: str
+
+
+class Account(Struct):
+    id: uuid.UUID
+    kind: AccountKind
+    currency: str
+    owner_id: uuid.UUID | None
+    name: str
+    balance: int
+    position: Annotated[int, Meta(ge=0, description="Journal head the balance is exact at.")]
+    created_at: dt.datetime
+
+
+class Transfer(Struct):
+    id: uuid.UUID
+    from_account_id: uuid.UUID
+    to_account_id: uuid.UUID
+    amount: int
+    currency: str
+    reference: str
+    metadata: dict[str, str]
+    status: Literal["committed"]
+    position: int
+    committed_at: Timestamp
+    hash: Hash
+
+
+class Posting(Struct, array_like=False):
+    account_id: uuid.UUID
+    amount: SignedAmount
+
+
+class JournalEntry(Struct):
+    """One committed transfer: the line of `GET /v1/journal`, the NATS event body, the audit unit."""
+
+    position: Annotated[int, Meta(ge=1)]
+    transfer_id: uuid.UUID
+    from_account_id: uuid.UUID
+    to_account_id: uuid.UUID
+    amount: int
+    currency: str
+    reference: str
+    metadata: dict[str, str]
+    postings: list[Posting]
+    committed_at: Timestamp
+    prev_hash: Hash
+    hash: Hash
+
+
+class JournalHead(Struct):
+    position: int
+    hash: Hash
+    committed_at: Timestamp | None
+
+
+class Verification(Struct):
+    transfer_id: uuid.UUID
+    vendor_account_id: uuid.UUID
+    payer_account_id: uuid.UUID
+    amount: int
+    currency: str
+    reference: str
+    committed_at: Timestamp
+    position: int
+    hash: Hash
+    status: Literal["verified"]
+    projected_at: dt.datetime
+
+
+class VerificationPage(Struct):
+    items: list[Verification]
+    next: str | None
+
+
+class ValidationIssue(Struct):
+    path: str
+    message: str
+
+
+class Problem(Struct, omit_defaults=True):
+    """RFC 9457 problem details; `code` is the stable, documented snake_case name."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[ValidationIssue] | None = None
+
+
+class Health(Struct):
+    status: str
+    checks: dict[str, str] = {}
+
+
+def encode(value: object) -> bytes:
+    return _encoder.encode(value)
+
+
+_encoder = msgspec.json.Encoder()
