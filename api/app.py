@@ -26,7 +26,10 @@ from ledger import store
 log = logging.getLogger("ledger.api")
 REQUEST_ID = "X-Request-Id"
 REQUEST_ID_CHARS_MAX = 128
-ACCOUNT_CACHE_MAX = 100_000
+SETTINGS = web.AppKey("settings", Settings)
+SERVICES = web.AppKey("services", object)
+OPENAPI = web.AppKey("openapi", dict)
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
 class Watermark:
@@ -82,9 +85,9 @@ async def problems_middleware(request: web.Request, handler) -> web.StreamRespon
     request_id = request.headers.get(REQUEST_ID, "")
     if not request_id or len(request_id) > REQUEST_ID_CHARS_MAX or not request_id.isascii():
         request_id = uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID_KEY] = request_id
     started = time.perf_counter()
-    timeout_s = request.app["services"].settings.request_timeout_ms / 1000
+    timeout_s = request.app[SERVICES].settings.request_timeout_ms / 1000
     try:
         async with asyncio.timeout(timeout_s):
             response = await handler(request)
@@ -116,19 +119,19 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 
 async def openapi_handler(request: web.Request) -> web.Response:
-    return web.json_response(request.app["openapi"])
+    return web.json_response(request.app[OPENAPI])
 
 
 def build_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[problems_middleware], client_max_size=settings.body_bytes_max)
-    app["settings"] = settings
+    app[SETTINGS] = settings
     app.cleanup_ctx.append(_lifecycle)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _late_bound(route, app))
     app.router.add_get("/openapi.json", openapi_handler)
     if settings.metrics_port is None:
         app.router.add_get("/metrics", metrics_handler)
-    app["openapi"] = openapi.document(ROUTES)
+    app[OPENAPI] = openapi.document(ROUTES)
     return app
 
 
@@ -139,14 +142,14 @@ def _late_bound(route, app: web.Application):
     async def handler(request: web.Request) -> web.StreamResponse:
         bound = cache.get("h")
         if bound is None:
-            bound = cache["h"] = wrap(route, app["services"])
+            bound = cache["h"] = wrap(route, app[SERVICES])
         return await bound(request)
 
     return handler
 
 
 async def _lifecycle(app: web.Application):
-    settings: Settings = app["settings"]
+    settings: Settings = app[SETTINGS]
     dialect = await db.detect_dialect(settings.database_url)
     pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=settings.pool_size_max,
                         dialect=dialect, name="api-read")
@@ -168,7 +171,7 @@ async def _lifecycle(app: web.Application):
         settings=settings, pool=pool, commit_pool=commit_pool, bus=bus, committer=committer, outbox=outbox,
         auth=Authenticator(pool), limiter=RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst),
     )
-    app["services"] = services
+    app[SERVICES] = services
     bus.start()
     committer.start()
     outbox.start()
