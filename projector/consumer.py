@@ -12,6 +12,7 @@ NATS down), the projector reads the tail from the journal itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -150,13 +151,14 @@ class Projector:
                 await self._pump(subscription)
             except asyncio.CancelledError:
                 raise
-            except (nats.errors.ConnectionClosedError, nats.errors.NoRespondersError) as error:
-                log.info("NATS unavailable (%s); following the journal meanwhile", error)
-                subscription = None
-                await asyncio.sleep(FETCH_WAIT_S)
             except Exception as error:
-                log.warning("projector round failed: %s", error)
+                # NATS or the database is away. The journal is the truth: follow it directly
+                # while it answers, and resubscribe once NATS is back.
+                log.info("projector round failed (%s); following the journal meanwhile", error)
+                subscription = None if not self._bus.connected else subscription
                 await asyncio.sleep(FETCH_WAIT_S)
+                with contextlib.suppress(Exception):
+                    await self._tail_check()
 
     async def _subscribe(self):
         await self._bus.ensure_stream()

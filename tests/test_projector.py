@@ -1,0 +1,233 @@
+"""Events, the projector and vendor verification, against real NATS JetStream and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import nats
+
+from api.app import SERVICES
+
+from ledger import bus, metrics, store
+from projector import store as projections
+from projector.consumer import Projector
+from tests.conftest import eventually
+
+
+def verification_path(vendor_account: str, transfer_id: str) -> str:
+    return f"/v1/vendors/{vendor_account}/transfers/{transfer_id}/verification"
+
+
+async def test_vendor_verifies_a_payment_in_one_call_with_min_position(stack):
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 300, reference="inv-1")
+    assert paid.status == 201
+    reply = await stack.client.get(
+        verification_path(vendor.account_id, paid.body["id"]), token=vendor.token,
+        params={"min_position": paid.body["position"], "wait_ms": 5000},
+    )
+    assert reply.status == 200, reply.text
+    assert int(reply.headers["Ledger-Projection-Position"]) >= paid.body["position"]
+    assert reply.body["status"] == "verified"
+    assert reply.body["transfer_id"] == paid.body["id"] and reply.body["amount"] == 300
+    assert reply.body["payer_account_id"] == wallet.account_id and reply.body["hash"] == paid.body["hash"]
+    assert reply.body["reference"] == "inv-1" and reply.body["position"] == paid.body["position"]
+
+
+async def test_another_vendor_is_forbidden_and_a_transfer_to_someone_else_is_not_found(stack):
+    wallet = await stack.funded_wallet(1000)
+    mine, other = await stack.vendor(), await stack.vendor()
+    to_other = await stack.transfer(wallet.token, wallet.account_id, other.account_id, 10)
+    params = {"min_position": to_other.body["position"], "wait_ms": 5000}
+    forbidden = await stack.client.get(verification_path(other.account_id, to_other.body["id"]), token=mine.token,
+                                       params=params)
+    assert forbidden.status == 403 and forbidden.code == "forbidden"
+    missing = await stack.client.get(verification_path(mine.account_id, to_other.body["id"]), token=mine.token,
+                                     params=params)
+    assert missing.status == 404 and missing.code == "not_found"
+    assert int(missing.headers["Ledger-Projection-Position"]) >= to_other.body["position"]
+
+
+async def test_a_client_cannot_read_vendor_projections(stack):
+    wallet = await stack.funded_wallet(100)
+    vendor = await stack.vendor()
+    paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
+    reply = await stack.client.get(verification_path(vendor.account_id, paid.body["id"]), token=wallet.token)
+    assert reply.status == 403
+
+
+async def test_projection_behind_is_503_with_retry_after(stack):
+    vendor = await stack.vendor()
+    reply = await stack.client.get(
+        verification_path(vendor.account_id, str(uuid.uuid4())), token=vendor.token,
+        params={"min_position": 10**12, "wait_ms": 50},
+    )
+    assert reply.status == 503 and reply.code == "projection_behind"
+    assert int(reply.headers["Retry-After"]) >= 1
+
+
+async def test_vendor_lists_its_transfers_page_by_page(stack):
+    vendor = await stack.vendor()
+    wallet = await stack.funded_wallet(1000)
+    ids = []
+    for amount in (1, 2, 3, 4, 5):
+        ids.append((await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, amount)).body["id"])
+    last = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 6)).body
+    ids.append(last["id"])
+    await stack.client.get(verification_path(vendor.account_id, last["id"]), token=vendor.token,
+                           params={"min_position": last["position"], "wait_ms": 5000})
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 4} | ({"after": cursor} if cursor else {})
+        page = await stack.client.get(f"/v1/vendors/{vendor.account_id}/transfers", token=vendor.token, params=params)
+        assert page.status == 200 and "Ledger-Projection-Position" in page.headers
+        seen += [item["transfer_id"] for item in page.body["items"]]
+        cursor = page.body["next"]
+        if cursor is None:
+            break
+    assert seen == ids
+
+
+async def test_every_committed_entry_is_published_once_with_its_transfer_id(stack):
+    wallet = await stack.funded_wallet(100)
+    vendor = await stack.vendor()
+    paid = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 7)).body
+    connection = await nats.connect(stack.nats.url)
+    try:
+        js = connection.jetstream()
+        message = await eventually(lambda: _find_event(js, paid["id"]))
+        assert message.headers[bus.MSG_ID] == paid["id"]
+        event = json.loads(message.data)
+        assert event["position"] == paid["position"] and event["hash"] == paid["hash"]
+        assert sum(p["amount"] for p in event["postings"]) == 0
+    finally:
+        await connection.close()
+
+
+async def _find_event(js, transfer_id: str):
+    """Scan the stream from the end for the event of this transfer (tests are small)."""
+    info = await js.stream_info(bus.STREAM)
+    for seq in range(info.state.last_seq, max(0, info.state.last_seq - 200), -1):
+        try:
+            message = await js.get_msg(bus.STREAM, seq)
+        except Exception:
+            continue
+        if message.headers and message.headers.get(bus.MSG_ID) == transfer_id:
+            return message
+    return None
+
+
+async def _projected_balance(stack, account_id: str) -> int | None:
+    async with await stack.superuser() as conn:
+        balances = await projections.balances(conn)
+    return balances.get(uuid.UUID(account_id))
+
+
+async def _outbox_empty(stack) -> bool:
+    async with await stack.superuser() as conn:
+        return await store.outbox_size(conn) == 0
+
+
+async def test_with_nats_down_payments_commit_and_every_event_flows_when_it_returns(stack):
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    await eventually(lambda: _outbox_empty(stack))
+    stack.nats.stop()
+    try:
+        replies = [await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10) for _ in range(5)]
+        assert [r.status for r in replies] == [201] * 5
+        ready = await eventually(lambda: _readyz_says_nats_down(stack))
+        assert ready.body["checks"]["database"] == "ok"
+        assert not await _outbox_empty(stack)
+    finally:
+        stack.nats.start()
+    await eventually(lambda: _outbox_empty(stack), timeout_s=20)
+    assert await eventually(lambda: _is(_projected_balance(stack, vendor.account_id), 50), timeout_s=20)
+    for reply in replies:
+        verified = await stack.client.get(verification_path(vendor.account_id, reply.body["id"]), token=vendor.token,
+                                          params={"min_position": reply.body["position"], "wait_ms": 5000})
+        assert verified.status == 200
+
+
+async def _readyz_says_nats_down(stack):
+    reply = await stack.client.get("/readyz")
+    return reply if reply.status == 503 and reply.body["checks"]["nats"] == "down" else None
+
+
+async def _is(awaitable, expected):
+    return (await awaitable) == expected
+
+
+async def test_a_deleted_outbox_row_is_recovered_from_the_journal(stack):
+    """An event that is never published leaves a hole; the projector fills it from the journal."""
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    fills_before = metrics.PROJECTOR_GAP_FILLS._value.get()
+    stack.nats.stop()
+    try:
+        lost = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 11)).body
+        async with await stack.superuser() as conn:
+            await conn.execute("DELETE FROM outbox WHERE position = %s", (lost["position"],))
+    finally:
+        stack.nats.start()
+    later = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 12)).body
+    for paid in (lost, later):
+        reply = await stack.client.get(verification_path(vendor.account_id, paid["id"]), token=vendor.token,
+                                       params={"min_position": later["position"], "wait_ms": 10000})
+        assert reply.status == 200, reply.text
+    assert metrics.PROJECTOR_GAP_FILLS._value.get() > fills_before
+    assert await _projected_balance(stack, vendor.account_id) == 23
+
+
+async def test_redelivered_events_are_applied_once(stack):
+    """At-least-once delivery: a projector that crashed after its commit but before its ack gets
+    the same events again, and a second projector instance may race the first. Neither applies
+    anything twice, because the checkpoint is re-read inside the applying transaction."""
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    paid = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 40)).body
+    await stack.client.get(verification_path(vendor.account_id, paid["id"]), token=vendor.token,
+                           params={"min_position": paid["position"], "wait_ms": 5000})
+    async with await stack.superuser() as conn:
+        entries = await store.entries_by_positions(conn, [paid["position"]])
+    pool = stack.app[SERVICES].pool
+    replay = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(stack.nats.url, name="replay"))
+    replay.watermark = paid["position"] - 1  # as if it had crashed before acking
+    await replay.apply(entries)
+    await replay.apply(entries)
+    assert await _projected_balance(stack, vendor.account_id) == 40
+    async with await stack.superuser() as conn:
+        rows = await (await conn.execute(
+            "SELECT count(*) FROM verifications WHERE transfer_id = %s", (uuid.UUID(paid["id"]),)
+        )).fetchone()
+    assert rows[0] == 1
+
+
+async def test_rebuild_gives_exactly_the_same_read_models(stack):
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    paid = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 5)).body
+    await stack.client.get(verification_path(vendor.account_id, paid["id"]), token=vendor.token,
+                           params={"min_position": paid["position"], "wait_ms": 5000})
+    before = await _read_models(stack)
+    from projector.consumer import rebuild
+    from ledger import db
+
+    pool = db.make_pool(stack.database_url, role="ledger_projector", size_max=2)
+    await pool.open(wait=True)
+    try:
+        position = await rebuild(stack.settings, pool)
+    finally:
+        await pool.close()
+    assert position == before[0]
+    assert await _read_models(stack) == before
+
+
+async def _read_models(stack):
+    async with await stack.superuser() as conn:
+        position = await projections.checkpoint(conn)
+        balances = await projections.balances(conn)
+        rows = [row[:9] for row in await projections.verification_rows(conn)]  # projected_at differs
+    return position, balances, rows
