@@ -1,0 +1,100 @@
+"""The pure core, without a database: the decision for each transfer and the hash chain."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+
+from ledger import domain
+from ledger.domain import AccountState, BatchState, Committed, Rejected, Rejection, Replayed
+
+CLIENT = uuid.uuid4()
+WALLET = AccountState(uuid.uuid4(), "wallet", "USD", CLIENT, 100)
+VENDOR = AccountState(uuid.uuid4(), "vendor", "USD", uuid.uuid4(), 0)
+EURO_VENDOR = AccountState(uuid.uuid4(), "vendor", "EUR", uuid.uuid4(), 0)
+SYSTEM = AccountState(uuid.uuid4(), "system", "USD", None, 0)
+STAMP = "2026-01-01T00:00:00.000000Z"
+
+
+def command(amount=10, *, source=WALLET.id, target=VENDOR.id, key="k", currency="USD", principal=CLIENT,
+            role="client", body=b"same") -> domain.TransferCommand:
+    return domain.TransferCommand(principal, role, key, body, source, target, amount, currency, "", {})
+
+
+def state(*accounts: AccountState, keys=None) -> BatchState:
+    return BatchState(0, domain.ZERO_HASH, {a.id: a for a in accounts}, keys or {})
+
+
+def decide(commands, batch_state):
+    return domain.decide_batch(commands, batch_state, committed_at=STAMP)
+
+
+def test_a_payment_commits_with_postings_that_sum_to_zero():
+    result = decide([command(30)], state(WALLET, VENDOR))
+    (outcome,) = result.outcomes
+    assert isinstance(outcome, Committed)
+    assert outcome.entry.postings == ((WALLET.id, -30), (VENDOR.id, 30))
+    assert result.balance_deltas == {WALLET.id: -30, VENDOR.id: 30}
+    assert outcome.entry.position == 1 and outcome.entry.prev_hash == domain.ZERO_HASH
+
+
+def test_later_commands_in_a_batch_see_the_earlier_ones():
+    result = decide([command(60, key="a"), command(60, key="b")], state(WALLET, VENDOR))
+    assert isinstance(result.outcomes[0], Committed)
+    assert result.outcomes[1] == Rejected(Rejection.insufficient_funds)
+
+
+def test_the_same_key_twice_in_a_batch_is_a_replay():
+    result = decide([command(10), command(10)], state(WALLET, VENDOR))
+    assert isinstance(result.outcomes[0], Committed)
+    assert result.outcomes[1] == Replayed(1)
+    assert len(result.entries) == 1
+
+
+def test_a_stored_key_with_another_body_is_reused():
+    keys = {(CLIENT, "k"): (b"other", 9)}
+    assert decide([command()], state(WALLET, VENDOR, keys=keys)).outcomes == [
+        Rejected(Rejection.idempotency_key_reused)
+    ]
+
+
+def test_rejections_follow_the_contracts_order():
+    cases = [
+        (command(source=VENDOR.id), Rejection.forbidden),  # not the client's wallet
+        (command(source=uuid.uuid4(), role="admin"), Rejection.account_not_found),
+        (command(target=WALLET.id), Rejection.same_account),
+        (command(target=uuid.uuid4()), Rejection.account_not_found),
+        (command(target=EURO_VENDOR.id), Rejection.currency_mismatch),
+        (command(currency="EUR"), Rejection.currency_mismatch),
+        (command(101), Rejection.insufficient_funds),
+    ]
+    for cmd, expected in cases:
+        assert decide([cmd], state(WALLET, VENDOR, EURO_VENDOR)).outcomes == [Rejected(expected)], expected
+
+
+def test_only_system_accounts_go_below_zero():
+    result = decide([command(500, source=SYSTEM.id, target=WALLET.id, role="admin")], state(SYSTEM, WALLET))
+    assert isinstance(result.outcomes[0], Committed)
+    assert result.balance_deltas[SYSTEM.id] == -500
+
+
+def test_the_hash_chain_links_each_entry_to_the_previous():
+    result = decide([command(10, key="a"), command(10, key="b")], state(WALLET, VENDOR))
+    first, second = result.entries
+    assert second.prev_hash == first.hash
+
+
+def test_an_auditor_recomputes_the_hash_with_the_stdlib_alone():
+    (entry,) = decide([command(10)], state(WALLET, VENDOR)).entries
+    exported = json.loads(json.dumps(domain.entry_dict(entry)))
+    digest = exported.pop("hash")
+    canonical = json.dumps(exported, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    assert hashlib.sha256(exported["prev_hash"].encode() + canonical).hexdigest() == digest
+
+
+def test_changing_any_field_changes_the_hash():
+    (entry,) = decide([command(10)], state(WALLET, VENDOR)).entries
+    body = domain.entry_dict(entry)
+    body["amount"] = 11
+    assert domain.entry_hash(entry.prev_hash, domain.canonical_bytes(body)) != entry.hash
