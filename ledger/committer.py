@@ -20,7 +20,7 @@ from typing import Awaitable, Callable
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from ledger import dialect, domain, metrics, store
+from ledger import dialect, domain, logs, metrics, store
 
 log = logging.getLogger("ledger.committer")
 
@@ -49,9 +49,11 @@ class Answer:
 class _Waiter:
     command: domain.TransferCommand
     future: asyncio.Future
+    request_id: str | None = None  # of the HTTP request that submitted it, for the event header
 
 
-Publisher = Callable[[list[domain.Entry]], Awaitable[None]]
+# Called with a batch's new entries and, per position, the id of the request that produced it.
+Publisher = Callable[[list[domain.Entry], dict[int, str]], Awaitable[None]]
 
 
 class Committer:
@@ -97,7 +99,7 @@ class Committer:
     async def submit(self, command: domain.TransferCommand) -> Answer:
         future = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Waiter(command, future))
+            self._queue.put_nowait(_Waiter(command, future, logs.REQUEST_ID.get()))
         except asyncio.QueueFull:
             raise QueueFull from None
         metrics.QUEUE_DEPTH.set(self._queue.qsize())
@@ -143,25 +145,33 @@ class Committer:
             if not waiter.future.done():
                 waiter.future.set_result(answer)
         if entries and self._publish is not None:
-            task = asyncio.create_task(self._publish(entries))
+            task = asyncio.create_task(self._publish(entries, self._request_ids(batch, answers)))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
 
+    @staticmethod
+    def _request_ids(batch: list[_Waiter], answers: list[Answer]) -> dict[int, str]:
+        """Which request wrote each new entry (a replay in the same batch wrote nothing)."""
+        return {
+            answer.entry.position: waiter.request_id
+            for waiter, answer in zip(batch, answers)
+            if answer.entry is not None and not answer.replayed and waiter.request_id
+        }
+
     async def _attempt(self, commands: list[domain.TransferCommand]) -> tuple[list[Answer], list[domain.Entry]]:
         now = self._clock()
-        async with self._pool.connection() as conn:
-            async with conn.transaction():
-                head_position, head_hash = await store.read_head_for_update(conn)
-                account_ids = list({c.from_account_id for c in commands} | {c.to_account_id for c in commands})
-                accounts = await store.read_batch_accounts(conn, account_ids)
-                keys = await store.read_batch_keys(
-                    conn, [c.principal_id for c in commands], [c.idempotency_key for c in commands]
-                )
-                state = domain.BatchState(head_position, head_hash, accounts, keys)
-                result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(now))
-                if result.entries:
-                    await store.write_batch(conn, result, committed_at=now)
-                replays = await self._replayed_entries(conn, result)
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            position, digest, accounts, keys = await store.read_batch_state(
+                conn,
+                account_ids=list({c.from_account_id for c in commands} | {c.to_account_id for c in commands}),
+                principal_ids=[c.principal_id for c in commands],
+                keys=[c.idempotency_key for c in commands],
+            )
+            state = domain.BatchState(position, digest, accounts, keys)
+            result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(now))
+            if result.entries:
+                await store.write_batch(conn, result, committed_at=now)
+            replays = await self._replayed_entries(conn, result)
         return [self._answer(outcome, replays) for outcome in result.outcomes], result.entries
 
     @staticmethod

@@ -213,3 +213,20 @@ async def _wait_for_lock_waiter(stack) -> None:
         return row[0] >= 1
 
     await eventually(waiting, timeout_s=10)
+
+
+async def test_awkward_text_round_trips_exactly(stack):
+    wallet = await stack.funded_wallet(100)
+    vendor = await stack.vendor()
+    reference = 'quote " backslash \\ braces {a,b} NULL comma, é 漢字 \\x00'
+    metadata = {'k"ey\\': 'v{a}l,ue "NULL"', "empty": ""}
+    key = 'key with "quotes" and \\ and {braces},'
+    reply = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 3, reference=reference,
+                                 metadata=metadata, key=key)
+    assert reply.status == 201, reply.text
+    read = await stack.client.get(f"/v1/transfers/{reply.body['id']}", token=stack.admin)
+    assert read.body["reference"] == reference and read.body["metadata"] == metadata
+    assert read.body["hash"] == reply.body["hash"]
+    again = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 3, reference=reference,
+                                 metadata=metadata, key=key)
+    assert again.headers["Idempotency-Replayed"] == "true" and again.body == reply.body
