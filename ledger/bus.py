@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Awaitable, Callable
 
 import msgspec
@@ -31,6 +32,9 @@ PUBLISH_ACK_TIMEOUT_S = 5.0
 CONNECT_RETRY_S = 0.5
 MSG_ID = "Nats-Msg-Id"
 REQUEST_ID = "X-Request-Id"
+# A clustered deployment sets 3 so the stream survives the loss of a NATS node; one server
+# (`ledger dev`, the tests) can only hold 1.
+STREAM_REPLICAS_ENV = "LEDGER_STREAM_REPLICAS"
 
 _encoder = msgspec.json.Encoder()
 
@@ -69,7 +73,7 @@ class EventBus:
         while True:
             try:
                 nc = await nats.connect(
-                    self._url,
+                    self._url.split(","),  # a cluster's seed servers, comma-separated
                     name=self._name,
                     allow_reconnect=True,
                     max_reconnect_attempts=-1,
@@ -98,6 +102,7 @@ class EventBus:
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
             duplicate_window=DUPLICATE_WINDOW_S,
+            num_replicas=int(os.environ.get(STREAM_REPLICAS_ENV, "1")),
         )
         assert self.js is not None
         try:
@@ -105,16 +110,21 @@ class EventBus:
         except BadRequestError:
             await self.js.update_stream(config)
 
-    async def publish_entries(self, entries: list[domain.Entry], *, request_id: str | None = None) -> list[int]:
+    async def publish_entries(
+        self, entries: list[domain.Entry], *, request_ids: dict[int, str] | None = None
+    ) -> list[int]:
         """Publish every entry and return the positions JetStream acknowledged (duplicates included:
-        JetStream dropping a repeat inside its window still means the event is in the stream)."""
+        JetStream dropping a repeat inside its window still means the event is in the stream).
+        `request_ids` maps a position to the id of the request that produced it: entries of one
+        batch come from different requests, so the header is set per entry."""
+        request_ids = request_ids or {}
         if not self.connected or self.js is None:
             return []
         futures = []
         for entry in entries:
             headers = {MSG_ID: str(entry.transfer_id)}
-            if request_id:
-                headers[REQUEST_ID] = request_id
+            if entry.position in request_ids:
+                headers[REQUEST_ID] = request_ids[entry.position]
             futures.append((entry.position, await self.js.publish_async(SUBJECT, encode_entry(entry), headers=headers)))
         done, _ = await asyncio.wait([f for _, f in futures], timeout=PUBLISH_ACK_TIMEOUT_S)
         acked = []

@@ -31,10 +31,10 @@ class Outbox:
         self._interval_s = sweep_interval_ms / 1000
         self._task: asyncio.Task | None = None
 
-    async def publish(self, entries: list[domain.Entry]) -> None:
+    async def publish(self, entries: list[domain.Entry], request_ids: dict[int, str] | None = None) -> None:
         """The committer's fast path. Failures are left for the sweeper, never raised."""
         try:
-            acked = await self._bus.publish_entries(entries)
+            acked = await self._bus.publish_entries(entries, request_ids=request_ids)
         except Exception as error:
             log.info("publish failed, left in the outbox: %s", error)
             acked = []
