@@ -8,15 +8,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import psycopg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import openapi
+from api import docs, openapi
 from api.auth import Authenticator, Principal
 from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
 from api.routes import ROUTES, wrap
-from ledger import db, metrics
+from ledger import db, logs, metrics
 from ledger.bus import EventBus
 from ledger.committer import Committer
 from ledger.config import Settings
@@ -86,6 +87,7 @@ async def problems_middleware(request: web.Request, handler) -> web.StreamRespon
     if not request_id or len(request_id) > REQUEST_ID_CHARS_MAX or not request_id.isascii():
         request_id = uuid.uuid4().hex
     request[REQUEST_ID_KEY] = request_id
+    logs.REQUEST_ID.set(request_id)  # for log lines and the committer (the event's X-Request-Id)
     started = time.perf_counter()
     timeout_s = request.app[SERVICES].settings.request_timeout_ms / 1000
     try:
@@ -101,6 +103,11 @@ async def problems_middleware(request: web.Request, handler) -> web.StreamRespon
         response = problem_response(ApiError("method_not_allowed", f"{request.method} is not allowed on {request.path}"))
     except TimeoutError:
         response = problem_response(ApiError("timeout"))
+    except psycopg.OperationalError as error:
+        # The database is down or restarting (a lost connection, an empty pool's PoolTimeout):
+        # the request can be retried, so it is a 503 like the committer's, never a 500.
+        log.warning("database unavailable: %s", error)
+        response = problem_response(ApiError("unavailable", "the database is unavailable"))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception:
@@ -110,7 +117,7 @@ async def problems_middleware(request: web.Request, handler) -> web.StreamRespon
         response.headers[REQUEST_ID] = request_id
     route = _route_name(request)
     metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
-    metrics.HTTP_SECONDS.labels(route, request.method).observe(time.perf_counter() - started)
+    metrics.HTTP_SECONDS.labels(route, request.method, str(response.status)).observe(time.perf_counter() - started)
     return response
 
 
@@ -129,9 +136,10 @@ def build_app(settings: Settings) -> web.Application:
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _late_bound(route, app))
     app.router.add_get("/openapi.json", openapi_handler)
+    docs.add_routes(app)
     if settings.metrics_port is None:
         app.router.add_get("/metrics", metrics_handler)
-    app[OPENAPI] = openapi.document(ROUTES)
+    app[OPENAPI] = openapi.document(ROUTES, metrics=settings.metrics_port is None)
     return app
 
 
@@ -150,7 +158,7 @@ def _late_bound(route, app: web.Application):
 
 async def _lifecycle(app: web.Application):
     settings: Settings = app[SETTINGS]
-    dialect = await db.detect_dialect(settings.database_url)
+    dialect = await db.wait_for_dialect(settings.database_url)
     pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=settings.pool_size_max,
                         dialect=dialect, name="api-read")
     commit_pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=2, serializable=True,

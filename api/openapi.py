@@ -6,6 +6,7 @@ import msgspec
 
 import schemas
 from api.problems import CODES
+from api.routes import PROJECTION_POSITION
 
 REF = "#/components/schemas/{name}"
 
@@ -45,7 +46,47 @@ def _parameters(route) -> list[dict]:
     return params
 
 
-def document(routes) -> dict:
+def _response(route, status: int, ref_of: dict) -> dict:
+    """One documented answer: the route's own shape below 300 (and a not-ready /readyz, which
+    answers its Health body), a problem otherwise; with the headers the API sets on it."""
+    headers = _headers(route, status)
+    if status < 300 or (route.name == "readyz" and status == 503):
+        media = "application/x-ndjson" if route.name == "get_journal" else "application/json"
+        answer = {"description": "OK" if status < 300 else "Not ready", "content": {media: {"schema": ref_of[route.answer]}}}
+    else:
+        codes = sorted(code for code, (s, _) in CODES.items() if s == status)
+        answer = {
+            "description": "Problem: " + ", ".join(codes),
+            "content": {"application/problem+json": {"schema": ref_of[schemas.Problem]}},
+        }
+    if headers:
+        answer["headers"] = headers
+    return answer
+
+
+def _header(description: str, *, required: bool) -> dict:
+    return {"description": description, "required": required, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+
+
+def _headers(route, status: int) -> dict[str, dict]:
+    """The response headers the API sets on this route's answers with this status."""
+    headers: dict[str, dict] = {}
+    if not route.public and status in (429, 503):
+        headers["Retry-After"] = _header("Seconds to wait before retrying.", required=True)
+    if route.name in ("get_verification", "list_verifications") and status in (200, 404):
+        # A 404 about the vendor account itself is answered before the projection is read.
+        position = "Every journal entry with position <= N is in the projection."
+        headers[PROJECTION_POSITION] = _header(position, required=status == 200)
+    if route.name == "create_transfer" and status == 201:
+        headers["Idempotency-Replayed"] = {
+            "description": "`true` when the answer is a replay of an earlier request with this key.",
+            "required": False, "schema": {"type": "string", "enum": ["true"]},
+        }
+    return headers
+
+
+def document(routes, *, metrics: bool = True) -> dict:
+    """`metrics`: whether `/metrics` is served on the API listener (no separate one configured)."""
     types = [r.body for r in routes if r.body] + [r.answer for r in routes if r.answer] + [schemas.Problem]
     (refs, components) = msgspec.json.schema_components(types, ref_template=REF)
     ref_of = dict(zip(types, refs))
@@ -60,19 +101,13 @@ def document(routes) -> dict:
         if route.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref_of[route.body]}}}
         for status in _statuses(route):
-            if status < 300:
-                media = "application/x-ndjson" if route.name == "get_journal" else "application/json"
-                content = {media: {"schema": ref_of[route.answer]}}
-                operation["responses"][str(status)] = {"description": "OK", "content": content}
-            else:
-                codes = sorted(code for code, (s, _) in CODES.items() if s == status)
-                operation["responses"][str(status)] = {
-                    "description": "Problem: " + ", ".join(codes),
-                    "content": {"application/problem+json": {"schema": ref_of[schemas.Problem]}},
-                }
+            operation["responses"][str(status)] = _response(route, status, ref_of)
         paths.setdefault(route.path, {})[route.method.lower()] = operation
     paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This document.",
                                       "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
+    if metrics:
+        paths["/metrics"] = {"get": {"operationId": "metrics", "summary": "Prometheus metrics.",
+                                     "responses": {"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Wallet ledger", "version": "1.0.0",

@@ -76,14 +76,17 @@ def problem_response(error: ApiError) -> web.Response:
     )
 
 
-_PATH_IN_MESSAGE = re.compile(r" - at `(\$[^`]*)`$")
+# msgspec ends a message with `- at `$.amount``, or `- at `key` in `$.metadata`` for a dict key.
+_PATH_IN_MESSAGE = re.compile(r" - at (`key` in )?`(\$[^`]*)`$")
 
 
 def from_validation(message: str, *, root: str = "$") -> ApiError:
     """msgspec says `Expected int >= 1 - at $.amount`; split the path out for `errors[]`."""
     match = _PATH_IN_MESSAGE.search(message)
-    path = match.group(1) if match else "$"
+    path = match.group(2) if match else "$"
     text = message[: match.start()] if match else message
+    if match and match.group(1):
+        text += " (in a key)"
     if root != "$":
         path = root + path[1:]
     return ApiError(

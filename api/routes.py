@@ -95,7 +95,8 @@ def wrap(route: Route, services) -> Callable[[web.Request], Awaitable[web.Stream
             await services.rate_limit(principal)
         ids = _path_ids(request, route.path_ids)
         key = _idempotency_key(request) if route.idempotency else None
-        query = _query(request, route.query)
+        # Probes (public routes) answer whatever query string a load balancer adds.
+        query = _query(request, route.query) if not route.public else None
         body = None
         if body_decoder is not None:
             raw = await _read_body(request, services.settings.body_bytes_max)
@@ -126,6 +127,9 @@ def _decode(decoder: msgspec.json.Decoder, raw: bytes):
         raise from_validation(str(error)) from None
     except msgspec.DecodeError as error:
         raise ApiError("invalid_json", f"body is not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:
+        # msgspec raises this (not DecodeError) for invalid UTF-8 inside a JSON string.
+        raise ApiError("invalid_json", f"body is not valid UTF-8: {error.reason} at byte {error.start}") from None
 
 
 def _query(request: web.Request, kind: type):
@@ -289,9 +293,11 @@ async def create_transfer(services, call: Call) -> web.Response:
 async def get_transfer(services, call: Call) -> web.Response:
     async with services.pool.connection() as conn:
         entry = await store.entry_by_transfer_id(conn, call.ids["transfer_id"])
+        reads_everything = call.principal.role in auth.READ_EVERYTHING
         if entry is None:
-            raise ApiError("not_found")
-        if call.principal.role not in auth.READ_EVERYTHING:
+            # As for accounts: an absent transfer is no one's, so others get 403 and cannot probe ids.
+            raise ApiError("not_found" if reads_everything else "forbidden")
+        if not reads_everything:
             owners = await store.account_owners(conn, [entry.from_account_id, entry.to_account_id])
             if call.principal.id not in owners.values():
                 raise ApiError("forbidden")

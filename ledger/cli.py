@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 import sys
@@ -13,7 +12,7 @@ import uuid
 
 import psycopg
 
-from ledger import config, store
+from ledger import config, logs, store
 
 
 def _run(coroutine) -> None:
@@ -78,9 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     principal.add_argument("--name", required=True)
     bench = commands.add_parser("bench", help="the benchmark (see `ledger bench --help`)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # argparse.REMAINDER drops options that come first (`bench --quick`): the bench parses
+        # everything after its name with its own parser.
+        from ledger import bench as bench_mod
+
+        return bench_mod.main(argv[1:])
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+    # `ledger dev` is watched by a person; the services' lines go to a collector as JSON.
+    logs.configure(level=args.log_level, log_format=logs.chosen_format("text" if args.command == "dev" else None))
     settings = config.Settings.from_env()
 
     if args.command == "dev":
@@ -100,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "rebuild":
             print(f"rebuilt up to position {asyncio.run(_rebuild(settings))}")
         else:
-            _run(consumer.serve(settings))
+            _run(consumer.serve(settings, metrics_listener=True))
     elif args.command == "audit":
         from ledger import audit as audit_mod
 

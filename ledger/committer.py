@@ -154,7 +154,7 @@ class Committer:
         """Which request wrote each new entry (a replay in the same batch wrote nothing)."""
         return {
             answer.entry.position: waiter.request_id
-            for waiter, answer in zip(batch, answers)
+            for waiter, answer in zip(batch, answers, strict=True)
             if answer.entry is not None and not answer.replayed and waiter.request_id
         }
 

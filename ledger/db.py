@@ -7,6 +7,9 @@ role and the journal stays append-only whatever URL it was given.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import psycopg
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
@@ -14,13 +17,27 @@ from psycopg_pool import AsyncConnectionPool
 from ledger import dialect as dialects
 from ledger import store
 
+log = logging.getLogger("ledger.db")
+
 CONNECT_TIMEOUT_S = 5.0
 POOL_TIMEOUT_S = 5.0
+STARTUP_RETRY_S = 0.5
 
 
 async def detect_dialect(url: str) -> dialects.Dialect:
     async with await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S) as conn:
         return dialects.from_version(await store.server_version(conn))
+
+
+async def wait_for_dialect(url: str) -> dialects.Dialect:
+    """`detect_dialect`, retried until the database answers: a service started while the database
+    restarts waits for it (cancellable, as by SIGTERM) instead of exiting at once."""
+    while True:
+        try:
+            return await detect_dialect(url)
+        except psycopg.OperationalError as error:
+            log.warning("database not reachable yet, retrying in %.1fs: %s", STARTUP_RETRY_S, error)
+            await asyncio.sleep(STARTUP_RETRY_S)
 
 
 def make_pool(

@@ -8,7 +8,7 @@ HTTP_REQUESTS = Counter("ledger_http_requests_total", "HTTP requests answered.",
 HTTP_SECONDS = Histogram(
     "ledger_http_request_duration_seconds",
     "HTTP request latency.",
-    ["route", "method"],
+    ["route", "method", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
 )
 BATCH_SIZE = Histogram(

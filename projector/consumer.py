@@ -19,7 +19,9 @@ import time
 
 import msgspec
 import nats.errors
+import psycopg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import start_http_server
 
 import schemas
 from ledger import db, domain, metrics, store
@@ -138,7 +140,13 @@ class Projector:
             self._behind_since = None
 
     async def run(self) -> None:
-        await self.load_checkpoint()
+        while True:  # the database may be restarting as we start: wait for it, do not exit
+            try:
+                await self.load_checkpoint()
+                break
+            except psycopg.OperationalError as error:
+                log.info("cannot read the checkpoint yet (%s); retrying", error)
+                await asyncio.sleep(FETCH_WAIT_S)
         subscription = None
         while True:
             try:
@@ -197,14 +205,22 @@ async def rebuild(settings: Settings, pool) -> int:
     return await projector.catch_up_from_journal()
 
 
-async def serve(settings: Settings) -> None:
-    dialect = await db.detect_dialect(settings.database_url)
+async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
+    """`metrics_listener`: serve /metrics on LEDGER_METRICS_PORT, when the projector runs in its own
+    process (`ledger projector`); inside `ledger dev` the API's listener already shows its metrics."""
+    dialect = await db.wait_for_dialect(settings.database_url)
     pool = db.make_pool(settings.database_url, role="ledger_projector", size_max=2, dialect=dialect, name="projector")
     await pool.open(wait=True)
     bus = EventBus(settings.nats_url, name="ledger-projector")
     bus.start()
+    metrics_server = None
+    if metrics_listener and settings.metrics_port is not None:
+        metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.http_host)
     try:
         await Projector(settings=settings, pool=pool, bus=bus).run()
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         await bus.close()
         await pool.close()
