@@ -103,8 +103,18 @@ async def migrate(conn: psycopg.AsyncConnection) -> list[str]:
                 await conn.execute(statement)
             await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
         done.append(name)
+    await _dialect_ddl(conn)
     await grant_roles(conn)
     return done
+
+
+async def _dialect_ddl(conn: psycopg.AsyncConnection) -> None:
+    """What only one database has (the hash-sharded journal index on CockroachDB)."""
+    from ledger.dialect import from_version
+
+    ddl = from_version(await server_version(conn)).journal_index_ddl()
+    if ddl:
+        await conn.execute(ddl)
 
 
 def split_statements(text: str) -> list[str]:
@@ -456,10 +466,6 @@ async def begin_snapshot(conn, begin_statement: str) -> None:
     await conn.execute(begin_statement)
 
 
-async def end_snapshot(conn) -> None:
-    await conn.execute("ROLLBACK")
-
-
 async def account_kinds(conn) -> dict[uuid.UUID, tuple[str, str]]:
     """Every account's (kind, currency): what the audit needs to judge a balance."""
     rows = await (await conn.execute("SELECT id, kind, currency FROM accounts")).fetchall()
@@ -484,10 +490,10 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
 async def stream_entries(conn, after: int) -> AsyncIterator[domain.Entry]:
     """The entries after `after` in position order, through a server-side cursor."""
     async with conn.cursor(name="audit_journal", binary=True) as cursor:
-        cursor.itersize = AUDIT_FETCH_ROWS
         await cursor.execute(_AUDIT_ENTRIES, (after,))
-        async for row in cursor:
-            yield _entry_from_row(row, list(zip(row[11] or (), row[12] or ())))
+        while rows := await cursor.fetchmany(AUDIT_FETCH_ROWS):
+            for row in rows:
+                yield _entry_from_row(row, list(zip(row[11] or (), row[12] or ())))
 
 
 async def write_model_balances(conn) -> dict[uuid.UUID, int]:
@@ -541,7 +547,7 @@ async def copy_entries(conn, entries: list[domain.Entry], *, committed_at: dt.da
     async with conn.cursor() as cursor:
         async with cursor.copy(
             "COPY journal (position, transfer_id, from_account_id, to_account_id, amount, currency, reference,"
-            " metadata, committed_at, prev_hash, hash) FROM STDIN (FORMAT BINARY)"
+            " metadata, committed_at, prev_hash, hash) FROM STDIN WITH BINARY"
         ) as copy:
             copy.set_types(_JOURNAL_COPY_TYPES)
             for e in entries:
@@ -549,7 +555,7 @@ async def copy_entries(conn, entries: list[domain.Entry], *, committed_at: dt.da
                     e.position, e.transfer_id, e.from_account_id, e.to_account_id, e.amount, e.currency,
                     e.reference, Jsonb(e.metadata), committed_at, e.prev_hash, e.hash,
                 ))
-        async with cursor.copy("COPY postings (position, account_id, amount) FROM STDIN (FORMAT BINARY)") as copy:
+        async with cursor.copy("COPY postings (position, account_id, amount) FROM STDIN WITH BINARY") as copy:
             copy.set_types(["int8", "uuid", "int8"])
             for e in entries:
                 for account_id, amount in e.postings:

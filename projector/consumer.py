@@ -123,6 +123,7 @@ class Projector:
                 return self.watermark
             before = self.watermark
             await self.apply(entries)
+            metrics.PROJECTOR_GAP_FILLS.inc(self.watermark - before)
             if self.watermark == before:
                 return self.watermark
 
