@@ -20,8 +20,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	$(VENV)/bin/ledger bench
+# The bench extra (matplotlib for the chart) on top of the test one. BENCH_ARGS=--quick skips the
+# million-entry journal; `ledger bench --help` lists the rest.
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(VENV)/bin/ledger bench $(BENCH_ARGS)
 
 chaos: $(STAMP)
 	$(PY) -m tests.chaos --duration 300

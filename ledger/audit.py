@@ -1,0 +1,428 @@
+"""The auditor: replay the journal inside one consistent snapshot and check every invariant.
+
+`Replay` is the pure part: fed entries one by one in position order, it checks each and keeps
+only a balance per account, so memory grows with accounts, not with entries. `run_audit` is the
+I/O around it: it opens a read-only snapshot as the auditor role, streams the journal through a
+server-side cursor, and hands the write model, the projection and the head row to
+`Replay.finish` for the checks that compare states. `main` is `ledger audit`.
+
+Every broken invariant is a finding under one of `CHECKS`, with the position it is located at;
+the report's first failure is the lowest such position (ties in the order of `CHECKS`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import msgspec
+import psycopg
+
+from ledger import checkpoint as signing
+from ledger import config, db, domain, store
+from projector import store as projections
+
+# The closed set of checks, in the order a tie at one position is reported.
+CHECKS: tuple[str, ...] = (
+    "contiguous",  # positions run 1, 2, 3 ... with no gap and no duplicate
+    "chain",  # each prev_hash is the previous entry's hash (64 zeros before position 1)
+    "hash",  # the hash recomputed from the entry's canonical bytes is the stored one
+    "postings",  # postings sum to zero and are exactly (from, -amount), (to, +amount)
+    "accounts",  # every posting's account exists and holds the entry's currency
+    "non_negative",  # no wallet or vendor account below zero after any entry
+    "checkpoint",  # the signature holds and the journal still hashes to the signed hash
+    "orphan_postings",  # no postings without their journal entry
+    "head",  # the journal_head row names the last entry
+    "write_model",  # recomputed balances equal the `balances` table
+    "projection",  # recomputed balances at the projector's checkpoint equal `projected_balances`
+    "conservation",  # per currency, all balances sum to zero
+)
+
+PROGRESS_EVERY_ENTRIES = 10_000
+EXAMPLES_IN_DETAIL_MAX = 3  # accounts named in a balance mismatch's detail, at most
+PROGRESS_BAR_CHARS = 40
+EXIT_CLEAN = 0
+EXIT_FAILED = 1
+EXIT_UNABLE = 2
+
+Balances = dict[uuid.UUID, int]
+Progress = Callable[[int, int], None]  # (position reached, head position)
+
+
+class Failure(msgspec.Struct, frozen=True):
+    position: int
+    check: str
+    detail: str
+
+
+class CheckResult(msgspec.Struct, frozen=True):
+    name: str
+    ok: bool
+    failures: int
+    first: Failure | None
+
+
+class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    from_position: int
+    last_position: int  # the last entry replayed
+    head_position: int  # what the journal_head row says
+    entries: int  # entries replayed in this run
+    accounts: int
+    projector_position: int
+    checkpoint_position: int | None
+    seconds: float
+    entries_per_s: float
+    checks: list[CheckResult]
+    first_failure: Failure | None
+
+
+class Findings:
+    """A count and the first failure of each check: bounded, however broken the journal is."""
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys(CHECKS, 0)
+        self._first: dict[str, Failure] = {}
+
+    def record(self, check: str, position: int, detail: str) -> None:
+        assert check in self._counts, f"unknown check {check}"
+        self._counts[check] += 1
+        self._first.setdefault(check, Failure(position, check, detail))
+
+    def results(self) -> list[CheckResult]:
+        return [
+            CheckResult(name, self._counts[name] == 0, self._counts[name], self._first.get(name)) for name in CHECKS
+        ]
+
+    def first_failure(self) -> Failure | None:
+        if not self._first:
+            return None
+        return min(self._first.values(), key=lambda f: (f.position, CHECKS.index(f.check)))
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where the replay begins: the empty journal, or a trusted state at `--from` position."""
+
+    position: int = 0
+    hash: str = domain.ZERO_HASH
+    balances: Balances = field(default_factory=dict)
+
+
+class Replay:
+    """The checks, fed one entry at a time in position order; no I/O."""
+
+    def __init__(
+        self,
+        accounts: dict[uuid.UUID, tuple[str, str]],
+        *,
+        start: Start = Start(),
+        projector_position: int = 0,
+        balances_at_projector: Balances | None = None,
+        signed: tuple[int, str] | None = None,
+    ) -> None:
+        """`accounts` maps id to (kind, currency). When the projector's checkpoint lies before
+        the start, the replay never passes it: the caller gives the balances there."""
+        assert projector_position >= start.position or balances_at_projector is not None
+        self.findings = Findings()
+        self.position = start.position
+        self.hash = start.hash
+        self.entries = 0
+        self._accounts = accounts
+        self._balances: Balances = dict(start.balances)
+        self._projector_position = projector_position
+        self._at_projector = balances_at_projector
+        if balances_at_projector is None and projector_position == start.position:
+            self._at_projector = dict(start.balances)
+        self._signed = signed
+
+    @property
+    def account_count(self) -> int:
+        return len(self._accounts)
+
+    def feed(self, entry: domain.Entry) -> None:
+        if self._at_projector is None and entry.position > self._projector_position:
+            self._at_projector = dict(self._balances)
+        self._check_position(entry)
+        recomputed = self._check_hash(entry)
+        self._check_postings(entry)
+        self._apply(entry)
+        self._check_signed(entry.position, recomputed)
+        self.position, self.hash = entry.position, entry.hash
+        self.entries += 1
+
+    def _check_position(self, entry: domain.Entry) -> None:
+        expected = self.position + 1
+        if entry.position > expected:
+            last = entry.position - 1
+            missing = f"position {expected}" if last == expected else f"positions {expected}..{last}"
+            self.findings.record("contiguous", expected, f"{missing} missing")
+        elif entry.position < expected:
+            self.findings.record("contiguous", entry.position, f"position {entry.position} follows {self.position}")
+
+    def _check_hash(self, entry: domain.Entry) -> str:
+        if entry.prev_hash != self.hash:
+            self.findings.record(
+                "chain", entry.position, f"prev_hash {entry.prev_hash} is not the previous entry's hash {self.hash}"
+            )
+        recomputed = domain.entry_hash(entry.prev_hash, domain.canonical_bytes(domain.entry_dict(entry)))
+        if recomputed != entry.hash:
+            self.findings.record("hash", entry.position, f"stored hash {entry.hash}, recomputed {recomputed}")
+        return recomputed
+
+    def _check_postings(self, entry: domain.Entry) -> None:
+        total = sum(amount for _, amount in entry.postings)
+        expected = ((entry.from_account_id, -entry.amount), (entry.to_account_id, entry.amount))
+        if total != 0:
+            self.findings.record("postings", entry.position, f"postings sum to {total}, not zero")
+        elif entry.postings != expected:
+            stored, wanted = _postings_text(entry.postings), _postings_text(expected)
+            self.findings.record("postings", entry.position, f"postings {stored} are not {wanted}")
+
+    def _apply(self, entry: domain.Entry) -> None:
+        for account_id, amount in entry.postings:
+            balance = self._balances.get(account_id, 0) + amount
+            self._balances[account_id] = balance
+            known = self._accounts.get(account_id)
+            if known is None:
+                self.findings.record("accounts", entry.position, f"account {account_id} does not exist")
+                continue
+            kind, currency = known
+            if currency != entry.currency:
+                detail = f"account {account_id} holds {currency}, the entry moves {entry.currency}"
+                self.findings.record("accounts", entry.position, detail)
+            if balance < 0 and kind != "system":
+                self.findings.record("non_negative", entry.position, f"{kind} {account_id} at {balance}")
+
+    def _check_signed(self, position: int, recomputed: str) -> None:
+        if self._signed is None or position < self._signed[0]:
+            return
+        signed_position, signed_hash = self._signed
+        self._signed = None  # judged once: at its position, or where the replay passed it
+        if position > signed_position:
+            self.findings.record("checkpoint", signed_position, f"the signed position {signed_position} is missing")
+        elif recomputed != signed_hash:
+            self.findings.record(
+                "checkpoint",
+                signed_position,
+                f"the journal up to {signed_position} hashes to {recomputed}, the checkpoint signed {signed_hash}:"
+                f" history at or before {signed_position} was rewritten",
+            )
+
+    def finish(
+        self, *, head: tuple[int, str], write_model: Balances, projected: Balances, orphan_position: int | None
+    ) -> None:
+        """The checks that compare the replayed state with what the database holds."""
+        if self._signed is not None:
+            self.findings.record(
+                "checkpoint", self._signed[0], f"the journal ends at {self.position}, before the signed position"
+            )
+        if orphan_position is not None:
+            self.findings.record("orphan_postings", orphan_position, "postings without a journal entry")
+        if head != (self.position, self.hash):
+            self.findings.record(
+                "head", max(head[0], self.position),
+                f"journal_head says {head[0]} {head[1]}, the last entry is {self.position} {self.hash}",
+            )
+        # The balances table is exact at the head row's position, so that is where it is judged.
+        self._compare("write_model", head[0], self._balances, write_model)
+        self._check_projection(projected)
+        self._check_conservation()
+
+    def _check_projection(self, projected: Balances) -> None:
+        if self._at_projector is None and self._projector_position > self.position:
+            detail = f"the projector's checkpoint is beyond the last entry {self.position}"
+            self.findings.record("projection", self._projector_position, detail)
+            return
+        at_projector = self._at_projector if self._at_projector is not None else self._balances
+        self._compare("projection", self._projector_position, at_projector, projected)
+
+    def _compare(self, check: str, position: int, replayed: Balances, stored: Balances) -> None:
+        differing = sorted(a for a in replayed.keys() | stored.keys() if replayed.get(a, 0) != stored.get(a, 0))
+        if differing:
+            examples = ", ".join(
+                f"{a}: replayed {replayed.get(a, 0)}, stored {stored.get(a, 0)}"
+                for a in differing[:EXAMPLES_IN_DETAIL_MAX]
+            )
+            self.findings.record(check, position, f"{len(differing)} accounts differ ({examples})")
+
+    def _check_conservation(self) -> None:
+        totals: dict[str, int] = {}
+        for account_id, balance in self._balances.items():
+            currency = self._accounts.get(account_id, ("", "unknown"))[1]
+            totals[currency] = totals.get(currency, 0) + balance
+        for currency, total in sorted(totals.items()):
+            if total != 0:
+                self.findings.record("conservation", self.position, f"{currency} balances sum to {total}, not zero")
+
+
+def _postings_text(postings: tuple[tuple[uuid.UUID, int], ...]) -> str:
+    return "[" + ", ".join(f"{account_id} {amount:+d}" for account_id, amount in postings) + "]"
+
+
+# ---- the I/O: one snapshot, one cursor ------------------------------------------------------
+
+
+async def run_audit(
+    database_url: str,
+    *,
+    from_position: int = 0,
+    checkpoint: signing.SignedCheckpoint | None = None,
+    projector_name: str = projections.DEFAULT_NAME,
+    progress: Progress | None = None,
+) -> AuditReport:
+    """Replay the journal after `from_position` (trusting the state there) and check it all."""
+    assert from_position >= 0, "from_position must not be negative"
+    dialect = await db.detect_dialect(database_url)
+    started = time.monotonic()
+    async with await dialect.connection_class.connect(
+        database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S
+    ) as conn:
+        # Read-only: nothing to commit, and closing the connection ends the snapshot.
+        await store.begin_snapshot(conn, dialect.snapshot_begin())
+        replay, head_position, projector_position = await _replay(
+            conn, from_position=from_position, checkpoint=checkpoint, projector_name=projector_name, progress=progress
+        )
+    seconds = time.monotonic() - started
+    return AuditReport(
+        ok=replay.findings.first_failure() is None,
+        from_position=from_position,
+        last_position=replay.position,
+        head_position=head_position,
+        entries=replay.entries,
+        accounts=replay.account_count,
+        projector_position=projector_position,
+        checkpoint_position=checkpoint.position if checkpoint else None,
+        seconds=round(seconds, 3),
+        entries_per_s=round(replay.entries / seconds, 1) if seconds > 0 else 0.0,
+        checks=replay.findings.results(),
+        first_failure=replay.findings.first_failure(),
+    )
+
+
+async def _replay(
+    conn: psycopg.AsyncConnection,
+    *,
+    from_position: int,
+    checkpoint: signing.SignedCheckpoint | None,
+    projector_name: str,
+    progress: Progress | None,
+) -> tuple[Replay, int, int]:
+    accounts = await store.account_kinds(conn)
+    head_position, head_hash, _ = await store.journal_head(conn)
+    projector_position = await projections.checkpoint(conn, projector_name)
+    start, start_missing = await _start(conn, from_position)
+    at_projector = None
+    if projector_position < from_position:
+        at_projector = await store.balances_from_postings(conn, projector_position)
+    unusable = _unusable_checkpoint(checkpoint, from_position) if checkpoint else None
+    replay = Replay(
+        accounts, start=start, projector_position=projector_position, balances_at_projector=at_projector,
+        signed=(checkpoint.position, checkpoint.hash) if checkpoint and not unusable else None,
+    )
+    if start_missing:
+        replay.findings.record("contiguous", from_position, f"there is no entry at --from position {from_position}")
+    if checkpoint and unusable:
+        replay.findings.record("checkpoint", checkpoint.position, unusable)
+    async for entry in store.stream_entries(conn, from_position):
+        replay.feed(entry)
+        if progress is not None and entry.position % PROGRESS_EVERY_ENTRIES == 0:
+            progress(entry.position, head_position)
+    if progress is not None:
+        progress(replay.position, head_position)
+    replay.finish(
+        head=(head_position, head_hash),
+        write_model=await store.write_model_balances(conn),
+        projected=await projections.balances(conn),
+        orphan_position=await store.first_orphan_posting(conn, from_position),
+    )
+    return replay, head_position, projector_position
+
+
+async def _start(conn: psycopg.AsyncConnection, from_position: int) -> tuple[Start, bool]:
+    """The trusted state at `--from`: its stored hash and the balances its postings imply.
+    Returns whether the entry at that position is missing."""
+    if from_position == 0:
+        return Start(), False
+    digest = await store.stored_hash(conn, from_position)
+    balances = await store.balances_from_postings(conn, from_position)
+    return Start(from_position, digest or domain.ZERO_HASH, balances), digest is None
+
+
+def _unusable_checkpoint(checkpoint: signing.SignedCheckpoint, from_position: int) -> str | None:
+    """Why the replay cannot prove this checkpoint, or None when it can."""
+    if not signing.verify(checkpoint):
+        return "the signature does not verify"
+    if checkpoint.position <= from_position:
+        return f"the checkpoint is not after --from {from_position}, so the replay cannot prove it"
+    return None
+
+
+# ---- `ledger audit` -------------------------------------------------------------------------
+
+
+def main(settings: config.Settings, *, as_json: bool, from_position: int, checkpoint: str | None) -> int:
+    """0 when every check holds, 1 when one fails, 2 when the audit could not run."""
+    try:
+        signed = signing.read_file(Path(checkpoint)) if checkpoint else None
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as error:
+        print(f"ledger audit: cannot read the checkpoint {checkpoint}: {error}", file=sys.stderr)
+        return EXIT_UNABLE
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        report = asyncio.run(run_audit(settings.database_url, from_position=from_position, checkpoint=signed,
+                                       projector_name=settings.projector_name, progress=bar))
+    except psycopg.Error as error:
+        print(f"ledger audit: cannot read the journal: {error}", file=sys.stderr)
+        return EXIT_UNABLE
+    finally:
+        if bar is not None:
+            bar.close()
+    sys.stdout.write(msgspec.json.encode(report).decode() + "\n" if as_json else render(report))
+    return EXIT_CLEAN if report.ok else EXIT_FAILED
+
+
+def render(report: AuditReport) -> str:
+    """The human report: the verdict, a table of checks, then the counts and the speed."""
+    first = report.first_failure
+    if first is None:
+        verdict = "ok: every check holds"
+    else:
+        verdict = f"FAIL: first bad position {first.position}, check {first.check}: {first.detail}"
+    lines = [f"ledger audit {verdict}", "", f"{'check':<16} {'result':<6} {'failures':>8}  first at"]
+    for check in report.checks:
+        where = str(check.first.position) if check.first else ""
+        lines.append(f"{check.name:<16} {'ok' if check.ok else 'FAIL':<6} {check.failures:>8}  {where}")
+    lines += [
+        "",
+        f"entries {report.entries:,} (positions {report.from_position + 1}..{report.last_position}),"
+        f" accounts {report.accounts:,}, {report.seconds:.2f} s, {report.entries_per_s:,.0f} entries/s",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class ProgressBar:
+    """A one-line bar on a terminal's stderr, redrawn in place."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._drawn = False
+
+    def __call__(self, position: int, head: int) -> None:
+        share = min(position / head, 1.0) if head else 1.0
+        filled = int(share * PROGRESS_BAR_CHARS)
+        bar = "#" * filled + "." * (PROGRESS_BAR_CHARS - filled)
+        self._out.write(f"\r[{bar}] {share:4.0%} {position:,}/{head:,}")
+        self._out.flush()
+        self._drawn = True
+
+    def close(self) -> None:
+        if self._drawn:
+            self._out.write("\n")
+            self._out.flush()

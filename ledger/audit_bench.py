@@ -1,0 +1,101 @@
+"""Measure `ledger audit` on a large journal: replay speed and peak memory as the journal grows.
+
+Starts a dedicated PostgreSQL in a temporary directory, seeds it (`ledger.seed`) up to each size
+in turn, and after each runs `ledger audit --json` in a child process, as an operator would,
+reading the child's own peak resident set size from `wait4`. Memory that does not grow between
+sizes is the point: the replay keeps a balance per account, nothing per entry.
+
+    python -m ledger.audit_bench [--sizes 100000,1000000] [--accounts 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger import cli
+from ledger.embedded import EmbeddedPostgres, free_port
+from ledger.seed import seed_journal
+
+DEFAULT_SIZES = (100_000, 1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    entries: int
+    seed_entries_per_s: float
+    audit_ok: bool
+    audit_entries_per_s: float
+    audit_wall_s: float
+    audit_cpu_s: float  # the child's user + system time: comparable across loaded machines
+    peak_rss_mib: float
+
+
+def audit_in_child(database_url: str, workdir: Path) -> tuple[dict, float, os.struct_rusage]:
+    """Run `ledger audit --json` in a child; returns its report, wall seconds and resource usage."""
+    report_path = workdir / "audit.json"
+    started = time.monotonic()
+    with open(report_path, "wb") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ledger.cli", "audit", "--json"],
+            env={**os.environ, "LEDGER_DATABASE_URL": database_url}, stdout=out, stdin=subprocess.DEVNULL,
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)  # already reaped: keep Popen from waiting again
+    return json.loads(report_path.read_bytes()), time.monotonic() - started, usage
+
+
+def measure(sizes: list[int], *, accounts: int, workdir: Path) -> list[Measurement]:
+    postgres = EmbeddedPostgres(data_dir=workdir / "pg", port=free_port())
+    postgres.start()
+    try:
+        asyncio.run(cli.migrate(postgres.url))
+        results, seeded = [], 0
+        for size in sizes:
+            started = time.monotonic()
+            asyncio.run(seed_journal(postgres.url, entries=size - seeded, accounts=accounts))
+            seed_s = time.monotonic() - started
+            report, wall_s, usage = audit_in_child(postgres.url, workdir)
+            results.append(Measurement(
+                entries=size,
+                seed_entries_per_s=round((size - seeded) / seed_s),
+                audit_ok=report["ok"],
+                audit_entries_per_s=report["entries_per_s"],
+                audit_wall_s=round(wall_s, 1),
+                audit_cpu_s=round(usage.ru_utime + usage.ru_stime, 1),
+                peak_rss_mib=round(usage.ru_maxrss / 1024, 1),  # Linux reports ru_maxrss in KiB
+            ))
+            print(results[-1], file=sys.stderr, flush=True)
+            seeded = size
+        return results
+    finally:
+        postgres.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ledger.audit_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="journal sizes, ascending")
+    parser.add_argument("--accounts", type=int, default=1000, help="accounts each seeding step creates")
+    args = parser.parse_args(argv)
+    sizes = [int(size) for size in args.sizes.split(",")]
+    assert sizes == sorted(sizes) and sizes[0] > 0, "sizes must be positive and ascending"
+    with tempfile.TemporaryDirectory(prefix="ledger-audit-bench-") as root:
+        results = measure(sizes, accounts=args.accounts, workdir=Path(root))
+    print("| entries | seed entries/s | audit ok | audit entries/s | audit wall s | audit CPU s | peak RSS MiB |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r.entries:,} | {r.seed_entries_per_s:,.0f} | {r.audit_ok} | {r.audit_entries_per_s:,.0f}"
+              f" | {r.audit_wall_s} | {r.audit_cpu_s} | {r.peak_rss_mib} |")
+    return 0 if all(r.audit_ok for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Grow the journal fast with valid entries, bypassing the API: for the audit's tests and the benchmark.
+
+Entries are sealed by `ledger.domain.seal`, chained to the current head, and appended with COPY
+in one transaction per batch that locks the head row first, exactly as the committer orders its
+batches, so the result is a journal the audit accepts. No events are published (the outbox stays
+empty); a running projector reads seeded entries from the journal once it sees it is behind the
+head. Run it as the migration role: the service roles may not write this way.
+
+    python -m ledger.seed --database-url URL --entries N [--accounts 1000] [--batch 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import itertools
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+
+from ledger import domain, store
+
+SEED_AMOUNT_MAX = 10_000  # minor units one seeded transfer moves, at most
+SEED_ACCOUNTS_MIN = 3  # one system account, at least one wallet and one vendor
+SEED_BATCH_MAX = 100_000  # entries in one transaction, at most
+# Seeded transfers are the admin moving money; nobody can replay them, so no key is stored.
+_SEED_PRINCIPAL = uuid.UUID(int=0)
+
+
+@dataclass(frozen=True, slots=True)
+class SeedAccounts:
+    system: uuid.UUID
+    wallets: list[uuid.UUID]
+    vendors: list[uuid.UUID]
+
+
+async def seed_journal(
+    database_url: str, *, entries: int, accounts: int = 1000, currency: str = "USD", batch: int = 10_000
+) -> None:
+    """Append `entries` entries between `accounts` new accounts: a system account funds each
+    wallet, and the wallet then pays a vendor the same amount, so no wallet ever goes negative."""
+    assert entries >= 0, "entries must not be negative"
+    assert accounts >= SEED_ACCOUNTS_MIN, f"accounts must be at least {SEED_ACCOUNTS_MIN}"
+    assert 1 <= batch <= SEED_BATCH_MAX, f"batch must be in 1..{SEED_BATCH_MAX}"
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        seeded = await _create_accounts(conn, accounts, currency)
+        plan = _transfers(seeded, currency)
+        for start in range(0, entries, batch):
+            async with conn.transaction():
+                await _append_batch(conn, list(itertools.islice(plan, min(batch, entries - start))))
+
+
+async def _create_accounts(conn: psycopg.AsyncConnection, count: int, currency: str) -> SeedAccounts:
+    wallet_count = (count - 1) // 2
+    seeded = SeedAccounts(
+        system=uuid.uuid4(),
+        wallets=[uuid.uuid4() for _ in range(wallet_count)],
+        vendors=[uuid.uuid4() for _ in range(count - 1 - wallet_count)],
+    )
+    rows = [(seeded.system, "system", currency, "seed funding")]
+    rows += [(account, "wallet", currency, f"seed wallet {n}") for n, account in enumerate(seeded.wallets)]
+    rows += [(account, "vendor", currency, f"seed vendor {n}") for n, account in enumerate(seeded.vendors)]
+    async with conn.transaction():
+        await store.insert_accounts(conn, rows)
+    return seeded
+
+
+def _transfers(seeded: SeedAccounts, currency: str) -> Iterator[domain.TransferCommand]:
+    """Endless pairs: fund a wallet, then spend exactly that on a vendor. Amounts vary
+    deterministically, so two seeds of the same size move the same money."""
+    for n in itertools.count():
+        wallet = seeded.wallets[n % len(seeded.wallets)]
+        vendor = seeded.vendors[n % len(seeded.vendors)]
+        amount = 1 + (n * 7919) % SEED_AMOUNT_MAX
+        yield _command(seeded.system, wallet, amount, currency)
+        yield _command(wallet, vendor, amount, currency)
+
+
+def _command(source: uuid.UUID, target: uuid.UUID, amount: int, currency: str) -> domain.TransferCommand:
+    return domain.TransferCommand(
+        principal_id=_SEED_PRINCIPAL,
+        principal_role="admin",
+        idempotency_key="",
+        request_hash=b"",
+        from_account_id=source,
+        to_account_id=target,
+        amount=amount,
+        currency=currency,
+        reference="seed",
+        metadata={},
+    )
+
+
+async def _append_batch(conn: psycopg.AsyncConnection, commands: list[domain.TransferCommand]) -> None:
+    """Seal the batch on top of the locked head, COPY it in, move each balance once, advance the head."""
+    position, prev_hash = await store.lock_head(conn)
+    committed_at = dt.datetime.now(dt.timezone.utc)
+    stamp = domain.format_timestamp(committed_at)
+    entries: list[domain.Entry] = []
+    deltas: dict[uuid.UUID, int] = {}
+    for command in commands:
+        position += 1
+        entry = domain.seal(
+            position=position, transfer_id=uuid.uuid4(), command=command, committed_at=stamp, prev_hash=prev_hash
+        )
+        entries.append(entry)
+        prev_hash = entry.hash
+        for account_id, amount in entry.postings:
+            deltas[account_id] = deltas.get(account_id, 0) + amount
+    await store.copy_entries(conn, entries, committed_at=committed_at)
+    await store.add_to_balances(conn, deltas, position=position)
+    await store.advance_head(conn, position=position, digest=prev_hash, committed_at=committed_at)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ledger.seed", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database-url", required=True, help="a login allowed to write the journal directly")
+    parser.add_argument("--entries", type=int, required=True)
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--currency", default="USD")
+    parser.add_argument("--batch", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    asyncio.run(seed_journal(
+        args.database_url, entries=args.entries, accounts=args.accounts, currency=args.currency, batch=args.batch
+    ))
+    seconds = time.monotonic() - started
+    print(f"seeded {args.entries} entries in {seconds:.1f} s ({args.entries / seconds:,.0f} entries/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,451 @@
+"""The audit: an honest journal passes, and every tamper is caught at the position it was made.
+
+Tampering happens directly in the database as the superuser, in a database of the test's own
+(created on the session's server and dropped after), because the shared one must keep auditing
+clean for every other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import stat
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import psycopg
+import pytest_asyncio
+from psycopg import sql
+
+from ledger import audit, cli, domain, store
+from ledger import checkpoint as signing
+from ledger.seed import seed_journal
+from projector import store as projections
+from tests.conftest import eventually
+
+SEEDED_ENTRIES = 50
+SEEDED_ACCOUNTS = 12
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
+JOURNAL_PAGE_LIMIT = 10_000  # the contract's largest `limit` on GET /v1/journal
+TEMPORARY_POSITION = 1_000_000_000  # a free position to park a row on while swapping two
+
+
+# ---- fixtures and helpers -------------------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def own_database(postgres) -> AsyncIterator[str]:
+    """A fresh, migrated database on the session's server, dropped after the test."""
+    name = f"audit_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    await cli.migrate(url)
+    yield url
+    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest_asyncio.fixture
+async def seeded(own_database) -> str:
+    await seed_journal(own_database, entries=SEEDED_ENTRIES, accounts=SEEDED_ACCOUNTS)
+    return own_database
+
+
+async def execute(url: str, *statements: tuple[str, tuple]) -> None:
+    """Run statements as the superuser in one transaction: the tamperer's privileges."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        for statement, params in statements:
+            await conn.execute(statement, params)
+
+
+async def all_entries(url: str) -> list[domain.Entry]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await store.entries_after(conn, 0, JOURNAL_PAGE_LIMIT)
+
+
+async def rewrite_history(url: str, position: int, **changes) -> None:
+    """Edit the entry at `position` and recompute every hash from it on, head included: a
+    rewrite that leaves the chain itself consistent."""
+    entries = await all_entries(url)
+    prev_hash = entries[position - 2].hash if position > 1 else domain.ZERO_HASH
+    statements = []
+    for entry in entries[position - 1:]:
+        edited = dataclasses.replace(entry, prev_hash=prev_hash, **(changes if entry.position == position else {}))
+        digest = domain.entry_hash(prev_hash, domain.canonical_bytes(domain.entry_dict(edited)))
+        statements.append((
+            "UPDATE journal SET reference = %s, amount = %s, prev_hash = %s, hash = %s WHERE position = %s",
+            (edited.reference, edited.amount, prev_hash, digest, entry.position),
+        ))
+        statements += [
+            ("UPDATE postings SET amount = %s WHERE position = %s AND account_id = %s",
+             (amount, entry.position, account))
+            for account, amount in edited.postings
+        ]
+        prev_hash = digest
+    statements.append(("UPDATE journal_head SET hash = %s WHERE id = 1", (prev_hash,)))
+    await execute(url, *statements)
+
+
+def first_failure(report: audit.AuditReport) -> tuple[int, str]:
+    assert not report.ok and report.first_failure is not None, report
+    return report.first_failure.position, report.first_failure.check
+
+
+def failed_checks(report: audit.AuditReport) -> set[str]:
+    return {check.name for check in report.checks if not check.ok}
+
+
+# ---- honest journals ------------------------------------------------------------------------
+
+
+async def test_an_honest_journal_written_through_the_api_audits_clean(stack):
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    for amount in (100, 250, 5):
+        assert (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, amount)).status == 201
+
+    async def projector_caught_up() -> bool:
+        async with await stack.superuser() as conn:
+            head, _, _ = await store.journal_head(conn)
+            return await projections.checkpoint(conn, stack.settings.projector_name) >= head
+
+    await eventually(projector_caught_up)
+    report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
+    assert report.ok, report.first_failure
+    assert failed_checks(report) == set()
+    assert report.entries == report.last_position == report.head_position >= 4
+    assert report.projector_position == report.last_position
+
+
+async def test_a_seeded_journal_continued_twice_audits_clean(own_database):
+    await seed_journal(own_database, entries=30, accounts=5)
+    await seed_journal(own_database, entries=21, accounts=5, batch=4)
+    report = await audit.run_audit(own_database)
+    assert report.ok, report.first_failure
+    assert (report.entries, report.last_position, report.accounts) == (51, 51, 10)
+
+
+async def test_a_projection_exact_at_its_checkpoint_passes_while_the_journal_is_ahead(seeded):
+    async with await psycopg.AsyncConnection.connect(seeded) as conn:
+        entries = await store.entries_after(conn, 0, 30)
+        await projections.apply_entries(conn, entries, name="main", projected_at=dt.datetime.now(dt.timezone.utc))
+    report = await audit.run_audit(seeded)
+    assert report.ok, report.first_failure
+    assert (report.projector_position, report.last_position) == (30, SEEDED_ENTRIES)
+
+
+async def test_audit_from_a_position_trusts_the_entries_up_to_it(seeded):
+    await execute(seeded, ("UPDATE journal SET reference = 'edited' WHERE position = 10", ()))
+    assert first_failure(await audit.run_audit(seeded)) == (10, "hash")
+    report = await audit.run_audit(seeded, from_position=20)
+    assert report.ok, report.first_failure
+    assert report.entries == SEEDED_ENTRIES - 20
+
+
+# ---- tampering, caught and located ----------------------------------------------------------
+
+
+async def test_a_posting_changed_with_its_twin_is_caught_at_its_position(seeded):
+    await execute(
+        seeded,
+        ("UPDATE postings SET amount = amount - 7 WHERE position = 20 AND amount < 0", ()),
+        ("UPDATE postings SET amount = amount + 7 WHERE position = 20 AND amount > 0", ()),
+    )
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (20, "hash")
+    assert {"hash", "postings", "write_model"} <= failed_checks(report)
+    postings = next(check for check in report.checks if check.name == "postings")
+    assert postings.first is not None and postings.first.position == 20
+
+
+async def test_a_posting_changed_alone_breaks_the_sum_and_conservation(seeded):
+    await execute(seeded, ("UPDATE postings SET amount = amount + 1 WHERE position = 33 AND amount > 0", ()))
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (33, "hash")
+    assert {"postings", "conservation"} <= failed_checks(report)
+
+
+async def test_a_deleted_entry_is_caught_at_its_position(seeded):
+    await execute(
+        seeded,
+        ("DELETE FROM postings WHERE position = 25", ()),
+        ("DELETE FROM journal WHERE position = 25", ()),
+    )
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (25, "contiguous")
+    assert report.first_failure.detail == "position 25 missing"
+
+
+async def test_a_deleted_last_entry_is_caught_by_the_head(seeded):
+    await execute(
+        seeded,
+        ("DELETE FROM postings WHERE position = %s", (SEEDED_ENTRIES,)),
+        ("DELETE FROM journal WHERE position = %s", (SEEDED_ENTRIES,)),
+    )
+    assert first_failure(await audit.run_audit(seeded)) == (SEEDED_ENTRIES, "head")
+
+
+async def test_two_swapped_entries_are_caught_at_the_first(seeded):
+    moves = [(10, TEMPORARY_POSITION), (30, 10), (TEMPORARY_POSITION, 30)]
+    await execute(seeded, *[
+        (f"UPDATE {table} SET position = %s WHERE position = %s", (target, source))
+        for source, target in moves for table in ("journal", "postings")
+    ])
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (10, "chain")
+    assert {"chain", "hash"} <= failed_checks(report)
+
+
+async def test_a_rehashed_overdraft_is_caught_at_its_position(seeded):
+    # Position 2 is a wallet paying a vendor what position 1 funded it with; a rewrite asking
+    # one unit more overdraws the wallet, however consistent the rehashed chain is.
+    entry = (await all_entries(seeded))[1]
+    more = entry.amount + 1
+    overdrawn = ((entry.from_account_id, -more), (entry.to_account_id, more))
+    await rewrite_history(seeded, 2, amount=more, postings=overdrawn)
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (2, "non_negative")
+    assert not {"chain", "hash", "head"} & failed_checks(report)
+
+
+async def test_postings_left_without_their_entry_are_caught(seeded):
+    await execute(seeded, ("DELETE FROM journal WHERE position = 40", ()))
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (40, "contiguous")
+    orphans = next(check for check in report.checks if check.name == "orphan_postings")
+    assert orphans.first is not None and orphans.first.position == 40
+
+
+async def test_a_write_model_balance_that_drifted_is_caught(seeded):
+    await execute(seeded, ("UPDATE balances SET balance = balance + 5 WHERE kind = 'vendor'", ()))
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (SEEDED_ENTRIES, "write_model")
+    assert failed_checks(report) == {"write_model"}
+
+
+async def test_a_projection_that_drifted_is_caught_at_its_checkpoint(seeded):
+    async with await psycopg.AsyncConnection.connect(seeded) as conn:
+        entries = await store.entries_after(conn, 0, 30)
+        await projections.apply_entries(conn, entries, name="main", projected_at=dt.datetime.now(dt.timezone.utc))
+        await conn.execute("UPDATE projected_balances SET balance = balance + 1 WHERE account_id = %s",
+                           (entries[0].to_account_id,))
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (30, "projection")
+    assert failed_checks(report) == {"projection"}
+
+
+# ---- signed checkpoints ---------------------------------------------------------------------
+
+
+async def test_a_rehashed_history_passes_every_check_without_a_checkpoint(seeded):
+    await rewrite_history(seeded, 20, reference="rewritten")
+    report = await audit.run_audit(seeded)
+    assert report.ok, report.first_failure
+
+
+async def test_a_checkpoint_signed_before_a_rehash_catches_it(seeded, tmp_path):
+    signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
+    assert (await audit.run_audit(seeded, checkpoint=signed)).ok
+    await seed_journal(seeded, entries=10, accounts=3)
+    await rewrite_history(seeded, 20, reference="rewritten")
+    report = await audit.run_audit(seeded, checkpoint=signed)
+    # A consistent rewrite leaves no trace of where it began: the checkpoint bounds it.
+    assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
+    assert failed_checks(report) == {"checkpoint"}
+    assert f"at or before {SEEDED_ENTRIES}" in report.first_failure.detail
+
+
+async def test_a_checkpoint_whose_hash_was_edited_does_not_verify(seeded, tmp_path):
+    signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
+    forged = signing.SignedCheckpoint(**{**msgspec.structs.asdict(signed), "hash": "f" * 64})
+    report = await audit.run_audit(seeded, checkpoint=forged)
+    assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
+    assert report.first_failure.detail == "the signature does not verify"
+
+
+async def test_a_checkpoint_beyond_a_truncated_journal_is_caught(seeded, tmp_path):
+    signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
+    await execute(
+        seeded,
+        ("DELETE FROM postings WHERE position > 45", ()),
+        ("DELETE FROM journal WHERE position > 45", ()),
+        ("UPDATE journal_head SET position = 45, hash = (SELECT hash FROM journal WHERE position = 45)", ()),
+        ("UPDATE balances SET balance = s.total FROM (SELECT a.id, coalesce(sum(p.amount), 0) AS total"
+         " FROM accounts a LEFT JOIN postings p ON p.account_id = a.id GROUP BY a.id) s"
+         " WHERE balances.account_id = s.id", ()),
+    )
+    report = await audit.run_audit(seeded, checkpoint=signed)
+    assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
+    assert failed_checks(report) == {"checkpoint"}
+
+
+async def test_the_checkpoint_command_signs_the_head_and_the_audit_command_proves_it(seeded, tmp_path):
+    key, out = tmp_path / "keys" / "signing.pem", tmp_path / "checkpoint.json"
+    signed = await run_cli(seeded, "checkpoint", "--key", str(key), "--out", str(out))
+    assert signed.returncode == 0, signed.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    body = json.loads(out.read_text())
+    assert body["position"] == SEEDED_ENTRIES and re.fullmatch("[0-9a-f]{128}", body["signature"])
+    exported = await run_cli(seeded, "checkpoint", "--key", str(key), "--export-public-key")
+    assert exported.stdout.strip() == body["public_key"]
+    async with await psycopg.AsyncConnection.connect(seeded) as conn:
+        row = await (await conn.execute("SELECT hash, signature FROM signed_checkpoints")).fetchone()
+    assert row == (body["hash"], body["signature"])
+    audited = await run_cli(seeded, "audit", "--checkpoint", str(out))
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert audited.stdout.startswith("ledger audit ok")
+
+
+async def test_the_audit_command_exits_1_and_names_the_first_bad_position(seeded):
+    await execute(seeded, ("UPDATE journal SET amount = amount + 1 WHERE position = 17", ()))
+    human = await run_cli(seeded, "audit")
+    assert human.returncode == 1
+    assert "first bad position 17, check hash" in human.stdout
+    machine = await run_cli(seeded, "audit", "--json")
+    assert machine.returncode == 1
+    assert json.loads(machine.stdout)["first_failure"]["position"] == 17
+
+
+@dataclasses.dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(database_url: str, *args: str) -> Completed:
+    """`ledger ...` in a child process, as an operator runs it."""
+    env = {**os.environ, "LEDGER_DATABASE_URL": database_url}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ledger.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await child.communicate()
+    return Completed(child.returncode, stdout.decode(), stderr.decode())
+
+
+# ---- the pure replay ------------------------------------------------------------------------
+
+
+def sealed_journal(count: int) -> tuple[dict[uuid.UUID, tuple[str, str]], list[domain.Entry]]:
+    """A system account paying one wallet `count` times, sealed as the committer seals."""
+    system, wallet = uuid.uuid4(), uuid.uuid4()
+    accounts = {system: ("system", "EUR"), wallet: ("wallet", "EUR")}
+    entries, prev_hash = [], domain.ZERO_HASH
+    for position in range(1, count + 1):
+        command = domain.TransferCommand(
+            principal_id=uuid.uuid4(), principal_role="admin", idempotency_key=str(position), request_hash=b"",
+            from_account_id=system, to_account_id=wallet, amount=position, currency="EUR", reference="",
+            metadata={},
+        )
+        entry = domain.seal(position=position, transfer_id=uuid.uuid4(), command=command,
+                            committed_at="2025-01-31T12:00:00.000000Z", prev_hash=prev_hash)
+        entries.append(entry)
+        prev_hash = entry.hash
+    return accounts, entries
+
+
+def test_the_replay_of_sealed_entries_finds_nothing():
+    accounts, entries = sealed_journal(5)
+    replay = audit.Replay(accounts)
+    for entry in entries:
+        replay.feed(entry)
+    balances = {entries[0].from_account_id: -15, entries[0].to_account_id: 15}
+    replay.finish(head=(5, entries[-1].hash), write_model=balances, projected={}, orphan_position=None)
+    assert replay.findings.first_failure() is None
+
+
+def test_the_replay_locates_a_missing_entry_and_the_broken_chain_after_it():
+    accounts, entries = sealed_journal(5)
+    replay = audit.Replay(accounts)
+    for entry in entries[:2] + entries[3:]:
+        replay.feed(entry)
+    results = {check.name: check for check in replay.findings.results()}
+    assert results["contiguous"].first == audit.Failure(3, "contiguous", "position 3 missing")
+    assert results["chain"].first is not None and results["chain"].first.position == 4
+
+
+# ---- the auditor's HTTP view and the documented verifier ------------------------------------
+
+
+async def test_an_auditor_reads_the_journal_and_its_head_and_a_client_is_forbidden(stack):
+    wallet = await stack.funded_wallet(100)
+    _, auditor = await stack.principal("auditor")
+    head = await stack.client.get("/v1/journal/head", token=auditor)
+    assert head.status == 200 and head.body["position"] >= 1 and len(head.body["hash"]) == 64
+    page = await stack.client.get("/v1/journal", token=auditor, params={"after": head.body["position"] - 1})
+    assert page.status == 200
+    assert json.loads(page.text.splitlines()[0])["hash"] == head.body["hash"]
+    for path in ("/v1/journal", "/v1/journal/head"):
+        denied = await stack.client.get(path, token=wallet.token)
+        assert denied.status == 403 and denied.code == "forbidden"
+
+
+async def export_journal(stack, path: Path) -> int:
+    """Page through GET /v1/journal as an auditor into one NDJSON file; returns the last position."""
+    _, auditor = await stack.principal("auditor")
+    after, lines = 0, []
+    while True:
+        params = {"after": after, "limit": JOURNAL_PAGE_LIMIT}
+        page = await stack.client.get("/v1/journal", token=auditor, params=params)
+        assert page.status == 200, page.text
+        batch = page.text.splitlines()
+        if not batch:
+            break
+        lines += batch
+        after = json.loads(batch[-1])["position"]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return after
+
+
+def documented_verifier(tmp_path: Path) -> Path:
+    """The snippet of docs/audit.md between its marker comments, as a script."""
+    text = DOCS.read_text(encoding="utf-8")
+    block = text.split("<!-- verifier:start -->", 1)[1].split("<!-- verifier:end -->", 1)[0]
+    code = block.strip().removeprefix("```python").removesuffix("```")
+    assert len(code.strip().splitlines()) <= 20, "the documented verifier must stay short"
+    script = tmp_path / "verify.py"
+    script.write_text(code, encoding="utf-8")
+    return script
+
+
+async def run_verifier(script: Path, export: Path) -> Completed:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-I", str(script), str(export), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await child.communicate()
+    return Completed(child.returncode, stdout.decode(), stderr.decode())
+
+
+async def test_the_documented_verifier_accepts_a_real_export(stack, tmp_path):
+    wallet = await stack.funded_wallet(500)
+    vendor = await stack.vendor()
+    paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 120, reference="café ☕",
+                                metadata={"note": "naïve ✓"})
+    assert paid.status == 201
+    export = tmp_path / "journal.ndjson"
+    last = await export_journal(stack, export)
+    verified = await run_verifier(documented_verifier(tmp_path), export)
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.strip().startswith(f"ok: {last} entries, head ")
+
+
+async def test_the_documented_verifier_rejects_an_edited_export(stack, tmp_path):
+    await stack.funded_wallet(500)
+    export = tmp_path / "journal.ndjson"
+    await export_journal(stack, export)
+    lines = export.read_text(encoding="utf-8").splitlines()
+    edited = json.loads(lines[-1])
+    edited["reference"] = "edited"
+    export.write_text("\n".join(lines[:-1] + [json.dumps(edited)]) + "\n", encoding="utf-8")
+    verified = await run_verifier(documented_verifier(tmp_path), export)
+    assert verified.returncode == 1
+    assert verified.stderr.strip() == f"FAIL: the hash of {edited['position']} does not match its content"

@@ -1,0 +1,204 @@
+"""The authorization matrix: every kind of caller against every route, including resources that
+belong to someone else and resources that do not exist.
+
+The expectations are generated from the contract's role table, written out below as data (not
+imported from `api.auth`), so this checks the implementation against CONTRACT.md:
+- no token, an unknown token or a malformed header: 401 `unauthenticated` (public routes: 200);
+- a role the route's row does not name: 403 `forbidden`;
+- a role that may act only on what it owns, on something it does not own (or that does not
+  exist): 403 `forbidden`;
+- otherwise the route's own answer for that resource: 2xx, or 404/422 when it does not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from typing import Any, Callable
+
+import pytest
+import pytest_asyncio
+
+EVERYTHING = "everything"  # the role reaches every resource of the route
+OWN = "own"  # the role reaches only resources its principal owns
+
+# CONTRACT.md, "Auth" and "Routes": who may call each route, and on what.
+CONTRACT_ROLES: dict[str, dict[str, str]] = {
+    "create_principal": {"admin": EVERYTHING},
+    "create_account": {"admin": EVERYTHING},
+    "get_account": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
+    "create_transfer": {"admin": EVERYTHING, "client": OWN},
+    "get_transfer": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
+    "get_verification": {"admin": EVERYTHING, "auditor": EVERYTHING, "vendor": OWN},
+    "list_verifications": {"admin": EVERYTHING, "auditor": EVERYTHING, "vendor": OWN},
+    "get_journal": {"admin": EVERYTHING, "auditor": EVERYTHING},
+    "get_journal_head": {"admin": EVERYTHING, "auditor": EVERYTHING},
+}
+PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
+
+# Callers: a principal of each role, a second client and a second vendor (to own other things),
+# and three ways of not being anyone.
+ACTORS: dict[str, str | None] = {
+    "admin": "admin",
+    "auditor": "auditor",
+    "client": "client",
+    "other_client": "client",
+    "vendor": "vendor",
+    "other_vendor": "vendor",
+    "no_token": None,
+    "unknown_token": None,
+    "malformed_header": None,
+}
+WAIT = {"wait_ms": 5000}
+FUNDS = 10_000
+PAID = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One request; `owners` are the actors who own the resource it acts on; `found` is the answer
+    when the caller may act on it (a 2xx, or the route's 404/422 for what does not exist)."""
+
+    route: str
+    method: str
+    path: str
+    found: int
+    owners: frozenset[str] = frozenset()
+    json: Any = None
+    params: dict | None = None
+    code: str | None = None
+
+
+@dataclasses.dataclass
+class World:
+    ids: dict[str, str]  # actor -> principal id
+    tokens: dict[str, str]  # actor -> Authorization header value ("" for none)
+    client_wallet: str
+    other_wallet: str
+    vendor_account: str
+    other_vendor_account: str
+    paid: dict  # a transfer from client_wallet to vendor_account
+
+
+def _transfer(source: str, target: str) -> dict:
+    return {"from_account_id": source, "to_account_id": target, "amount": 1, "currency": "USD"}
+
+
+def _verification(account: str, transfer: str) -> str:
+    return f"/v1/vendors/{account}/transfers/{transfer}/verification"
+
+
+ABSENT = str(uuid.UUID(int=1))
+
+# Every request of the matrix, by name; each acts on the world built below.
+PROBES: dict[str, Callable[[World], Probe]] = {
+    "create principal": lambda w: Probe("create_principal", "POST", "/v1/principals", 201,
+                                        json={"role": "client", "name": "authz"}),
+    "create account": lambda w: Probe("create_account", "POST", "/v1/accounts", 201,
+                                      json={"kind": "wallet", "currency": "USD", "owner_id": w.ids["client"]}),
+    "read client's wallet": lambda w: Probe("get_account", "GET", f"/v1/accounts/{w.client_wallet}", 200,
+                                            owners=frozenset({"client"})),
+    "read vendor's account": lambda w: Probe("get_account", "GET", f"/v1/accounts/{w.vendor_account}", 200,
+                                             owners=frozenset({"vendor"})),
+    "read absent account": lambda w: Probe("get_account", "GET", f"/v1/accounts/{ABSENT}", 404, code="not_found"),
+    "pay from client's wallet": lambda w: Probe("create_transfer", "POST", "/v1/transfers", 201,
+                                                owners=frozenset({"client"}),
+                                                json=_transfer(w.client_wallet, w.vendor_account)),
+    "pay from other client's wallet": lambda w: Probe("create_transfer", "POST", "/v1/transfers", 201,
+                                                      owners=frozenset({"other_client"}),
+                                                      json=_transfer(w.other_wallet, w.vendor_account)),
+    "pay from vendor's account": lambda w: Probe("create_transfer", "POST", "/v1/transfers", 201,
+                                                 owners=frozenset({"vendor"}),
+                                                 json=_transfer(w.vendor_account, w.client_wallet)),
+    "pay from absent account": lambda w: Probe("create_transfer", "POST", "/v1/transfers", 422,
+                                               json=_transfer(ABSENT, w.vendor_account), code="account_not_found"),
+    "read transfer": lambda w: Probe("get_transfer", "GET", f"/v1/transfers/{w.paid['id']}", 200,
+                                     owners=frozenset({"client", "vendor"})),
+    "read absent transfer": lambda w: Probe("get_transfer", "GET", f"/v1/transfers/{ABSENT}", 404, code="not_found"),
+    "verify transfer": lambda w: Probe("get_verification", "GET", _verification(w.vendor_account, w.paid["id"]), 200,
+                                       owners=frozenset({"vendor"}),
+                                       params={"min_position": w.paid["position"], **WAIT}),
+    "verify absent transfer": lambda w: Probe("get_verification", "GET", _verification(w.vendor_account, ABSENT),
+                                              404, owners=frozenset({"vendor"}),
+                                              params={"min_position": w.paid["position"], **WAIT}, code="not_found"),
+    "verify at other vendor": lambda w: Probe("get_verification", "GET",
+                                              _verification(w.other_vendor_account, w.paid["id"]), 404,
+                                              owners=frozenset({"other_vendor"}),
+                                              params={"min_position": w.paid["position"], **WAIT}, code="not_found"),
+    "verify at a wallet": lambda w: Probe("get_verification", "GET", _verification(w.client_wallet, w.paid["id"]),
+                                          404, code="not_found"),
+    "verify at absent account": lambda w: Probe("get_verification", "GET", _verification(ABSENT, w.paid["id"]),
+                                                404, code="not_found"),
+    "list vendor's transfers": lambda w: Probe("list_verifications", "GET",
+                                               f"/v1/vendors/{w.vendor_account}/transfers", 200,
+                                               owners=frozenset({"vendor"})),
+    "list other vendor's transfers": lambda w: Probe("list_verifications", "GET",
+                                                     f"/v1/vendors/{w.other_vendor_account}/transfers", 200,
+                                                     owners=frozenset({"other_vendor"})),
+    "list a wallet's transfers": lambda w: Probe("list_verifications", "GET",
+                                                 f"/v1/vendors/{w.client_wallet}/transfers", 404, code="not_found"),
+    "read journal": lambda w: Probe("get_journal", "GET", "/v1/journal", 200, params={"limit": 1}),
+    "read journal head": lambda w: Probe("get_journal_head", "GET", "/v1/journal/head", 200),
+    "liveness": lambda w: Probe("healthz", "GET", "/healthz", 200),
+    "readiness": lambda w: Probe("readyz", "GET", "/readyz", 200),
+    "openapi document": lambda w: Probe("openapi", "GET", "/openapi.json", 200),
+    "metrics": lambda w: Probe("metrics", "GET", "/metrics", 200),
+}
+MATRIX_CASES = 225  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+
+
+def expected(probe: Probe, actor: str) -> tuple[int, str | None]:
+    """What the contract says `actor` gets for `probe`: (status, problem code or None)."""
+    if probe.route in PUBLIC_ROUTES:
+        return probe.found, None
+    role = ACTORS[actor]
+    if role is None:
+        return 401, "unauthenticated"
+    reach = CONTRACT_ROLES[probe.route].get(role)
+    if reach is None or (reach == OWN and actor not in probe.owners):
+        return 403, "forbidden"
+    return probe.found, probe.code
+
+
+def test_the_matrix_covers_every_route_of_the_contract_with_every_caller():
+    routes = {probe(_placeholder_world()).route for probe in PROBES.values()}
+    assert routes == set(CONTRACT_ROLES) | PUBLIC_ROUTES
+    assert len(PROBES) * len(ACTORS) == MATRIX_CASES
+    print(f"\nauthorization matrix: {len(PROBES)} requests x {len(ACTORS)} callers = {MATRIX_CASES} cases")
+
+
+def _placeholder_world() -> World:
+    ids = {actor: ABSENT for actor in ACTORS}
+    return World(ids, {}, ABSENT, ABSENT, ABSENT, ABSENT, {"id": ABSENT, "position": 0})
+
+
+@pytest_asyncio.fixture(scope="module")
+async def world(stack) -> World:
+    client = await stack.funded_wallet(FUNDS)
+    other = await stack.funded_wallet(FUNDS)
+    vendor, other_vendor = await stack.vendor(), await stack.vendor()
+    auditor_id, auditor = await stack.principal("auditor")
+    paid = await stack.transfer(client.token, client.account_id, vendor.account_id, PAID)
+    assert paid.status == 201, paid.text
+    tokens = {
+        "admin": f"Bearer {stack.admin}", "auditor": f"Bearer {auditor}", "client": f"Bearer {client.token}",
+        "other_client": f"Bearer {other.token}", "vendor": f"Bearer {vendor.token}",
+        "other_vendor": f"Bearer {other_vendor.token}", "no_token": "",
+        "unknown_token": "Bearer lt_" + uuid.uuid4().hex, "malformed_header": f"Basic {client.token}",
+    }
+    ids = {"client": client.owner_id, "other_client": other.owner_id, "vendor": vendor.owner_id,
+           "other_vendor": other_vendor.owner_id, "auditor": auditor_id}
+    return World(ids, tokens, client.account_id, other.account_id, vendor.account_id, other_vendor.account_id,
+                 paid.body)
+
+
+@pytest.mark.parametrize("actor", list(ACTORS))
+@pytest.mark.parametrize("probe_name", list(PROBES))
+async def test_authorization(stack, world: World, probe_name: str, actor: str):
+    probe = PROBES[probe_name](world)
+    headers = {"Authorization": world.tokens[actor]} if world.tokens[actor] else {}
+    key = str(uuid.uuid4()) if probe.method == "POST" else None
+    reply = await stack.client.request(probe.method, probe.path, json=probe.json, params=probe.params,
+                                       headers=headers, key=key)
+    status, code = expected(probe, actor)
+    assert (reply.status, reply.code) == (status, code), reply.text
