@@ -9,7 +9,6 @@ a principal created by another process is seen at once.
 from __future__ import annotations
 
 import collections
-import hmac
 import re
 import secrets
 import uuid
@@ -21,7 +20,8 @@ from api.problems import ApiError
 TOKEN_PREFIX = "lt_"
 TOKEN_CHARS_MAX = 256
 CACHE_ENTRIES_MAX = 10_000
-_BEARER = re.compile(r"^Bearer ([A-Za-z0-9_\-\.~+/]+=*)$")
+# RFC 9110: the scheme name is case-insensitive; the token itself is not.
+_BEARER = re.compile(r"^[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9_\-\.~+/]+=*)$")
 
 # Which roles may call each route, as the contract's role table says. Ownership (a client's own
 # wallet, a vendor's own account) is checked after this, by the handler, against the account.
@@ -82,6 +82,3 @@ def require_role(principal: Principal, route: str) -> None:
     if principal.role not in ROLES[route]:
         raise ApiError("forbidden", f"role {principal.role} may not call {route}")
 
-
-def same_digest(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)

@@ -31,6 +31,7 @@ CODES: dict[str, tuple[int, str]] = {
     "account_not_found": (422, "An account of the transfer does not exist"),
     "currency_mismatch": (422, "The accounts' currencies differ from the transfer's"),
     "insufficient_funds": (422, "The source account cannot afford the transfer"),
+    "balance_limit_exceeded": (422, "The transfer would carry a balance beyond the ledger's range (INT8)"),
     "owner_not_found": (422, "The owner principal does not exist"),
     "rate_limited": (429, "Too many requests for this principal"),
     "internal_error": (500, "Internal error"),

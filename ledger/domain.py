@@ -14,7 +14,12 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
+import msgspec
+
 ZERO_HASH = "0" * 64
+# Balances are INT8 in the database; a transfer that would carry one past it is refused, never
+# left to fail the whole batch in the database.
+BALANCE_MAX = 2**63 - 1
 
 
 class Rejection(enum.Enum):
@@ -26,6 +31,7 @@ class Rejection(enum.Enum):
     account_not_found = "account_not_found"
     currency_mismatch = "currency_mismatch"
     insufficient_funds = "insufficient_funds"
+    balance_limit_exceeded = "balance_limit_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +109,16 @@ def canonical_bytes(entry: dict) -> bytes:
     ASCII-only (non-ASCII escaped), UUIDs as lower-case hyphenated strings. An auditor rebuilds
     them from an exported line with nothing but the json module."""
     body = {k: v for k, v in entry.items() if k != "hash"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    fast = _sorted_json.encode(body)
+    # msgspec writes the same bytes as json.dumps(ensure_ascii=True) for every ASCII character
+    # but DEL, which it leaves raw; anything else (non-ASCII, DEL) takes the reference path.
+    if fast.isascii() and b"\x7f" not in fast:
+        return fast
+    plain = json.loads(fast)
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+_sorted_json = msgspec.json.Encoder(order="sorted")
 
 
 def entry_hash(prev_hash: str, canonical: bytes) -> str:
@@ -134,7 +149,20 @@ def seal(
     """Build the double entry for a decided transfer and chain it to its predecessor."""
     postings = ((command.from_account_id, -command.amount), (command.to_account_id, command.amount))
     assert sum(amount for _, amount in postings) == 0, "postings must sum to zero"
-    unsealed = Entry(
+    body = {
+        "position": position,
+        "transfer_id": transfer_id,
+        "from_account_id": command.from_account_id,
+        "to_account_id": command.to_account_id,
+        "amount": command.amount,
+        "currency": command.currency,
+        "reference": command.reference,
+        "metadata": command.metadata,
+        "postings": [{"account_id": a, "amount": n} for a, n in postings],
+        "committed_at": committed_at,
+        "prev_hash": prev_hash,
+    }
+    return Entry(
         position=position,
         transfer_id=transfer_id,
         from_account_id=command.from_account_id,
@@ -146,14 +174,8 @@ def seal(
         postings=postings,
         committed_at=committed_at,
         prev_hash=prev_hash,
-        hash="",
+        hash=entry_hash(prev_hash, canonical_bytes(body)),
     )
-    digest = entry_hash(prev_hash, canonical_bytes(entry_dict(unsealed)))
-    return Entry(**{**_fields(unsealed), "hash": digest})
-
-
-def _fields(entry: Entry) -> dict:
-    return {name: getattr(entry, name) for name in Entry.__slots__}
 
 
 def check(command: TransferCommand, accounts: dict[uuid.UUID, AccountState]) -> Rejection | None:
@@ -170,6 +192,8 @@ def check(command: TransferCommand, accounts: dict[uuid.UUID, AccountState]) -> 
         return Rejection.currency_mismatch
     if not source.may_go_negative and source.balance < command.amount:
         return Rejection.insufficient_funds
+    if target.balance + command.amount > BALANCE_MAX or source.balance - command.amount < -BALANCE_MAX:
+        return Rejection.balance_limit_exceeded
     return None
 
 

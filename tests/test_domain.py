@@ -98,3 +98,27 @@ def test_changing_any_field_changes_the_hash():
     body = domain.entry_dict(entry)
     body["amount"] = 11
     assert domain.entry_hash(entry.prev_hash, domain.canonical_bytes(body)) != entry.hash
+
+
+def test_the_fast_canonical_form_equals_the_documented_one_for_awkward_text():
+    for text in ("plain", "é 漢字", "\x7f", "\x00\x01\x1f", 'q"b\\s/', "\n\r\t\b\f", "\ud7ff\ue000"):
+        body = {"reference": text, "metadata": {text: text}, "id": str(uuid.UUID(int=7)), "amount": 2**53 - 1}
+        reference = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        assert domain.canonical_bytes(body) == reference, repr(text)
+
+
+def test_sealed_hash_matches_the_hash_recomputed_from_the_export():
+    awkward = command(5, key="x")
+    awkward = domain.TransferCommand(**{**{f: getattr(awkward, f) for f in domain.TransferCommand.__slots__},
+                                        "reference": "é\x7f", "metadata": {"z": "1", "a": "漢"}})
+    (entry,) = decide([awkward], state(WALLET, VENDOR)).entries
+    exported = json.loads(json.dumps(domain.entry_dict(entry)))
+    digest = exported.pop("hash")
+    canonical = json.dumps(exported, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    assert hashlib.sha256(exported["prev_hash"].encode() + canonical).hexdigest() == digest
+
+
+def test_a_balance_past_int8_is_refused_not_left_to_the_database():
+    rich = AccountState(VENDOR.id, "vendor", "USD", None, domain.BALANCE_MAX - 5)
+    result = decide([command(10)], state(WALLET, rich))
+    assert result.outcomes == [Rejected(Rejection.balance_limit_exceeded)]

@@ -230,3 +230,18 @@ async def test_awkward_text_round_trips_exactly(stack):
     again = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 3, reference=reference,
                                  metadata=metadata, key=key)
     assert again.headers["Idempotency-Replayed"] == "true" and again.body == reply.body
+
+
+async def test_the_bearer_scheme_is_case_insensitive(stack):
+    reply = await stack.client.get("/v1/journal/head", headers={"Authorization": f"bearer {stack.admin}"})
+    assert reply.status == 200
+
+
+async def test_a_credit_past_the_int8_range_is_a_422_not_a_failed_batch(stack):
+    funding = await stack.account("system")
+    vendor = await stack.vendor()
+    big = 2**53 - 1
+    replies = await asyncio.gather(*[stack.transfer(stack.admin, funding, vendor.account_id, big) for _ in range(1025)])
+    assert {r.status for r in replies} == {201, 422}
+    assert {r.code for r in replies if r.status == 422} == {"balance_limit_exceeded"}
+    assert await stack.balance(vendor.account_id) == sum(big for r in replies if r.status == 201)
