@@ -39,6 +39,15 @@ STREAM_REPLICAS_ENV = "LEDGER_STREAM_REPLICAS"
 _encoder = msgspec.json.Encoder()
 
 
+def raise_if_cancelled() -> None:
+    """nats-py waits through `asyncio.wait_for`, which on Python 3.11 can swallow a cancellation
+    that arrives as the inner wait completes; a loop around NATS calls would then never stop.
+    The task still counts the request (`cancelling()`), so loops check it on every round."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def encode_entry(entry: domain.Entry) -> bytes:
     return _encoder.encode(domain.entry_dict(entry))
 
@@ -71,6 +80,7 @@ class EventBus:
 
     async def _connect_forever(self) -> None:
         while True:
+            raise_if_cancelled()
             try:
                 nc = await nats.connect(
                     self._url.split(","),  # a cluster's seed servers, comma-separated

@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 
 import schemas
 from ledger import db, domain, metrics, store
-from ledger.bus import STREAM, SUBJECT, EventBus
+from ledger.bus import STREAM, SUBJECT, EventBus, raise_if_cancelled
 from ledger.config import Settings
 from projector import store as projections
 
@@ -150,6 +150,7 @@ class Projector:
                 await asyncio.sleep(FETCH_WAIT_S)
         subscription = None
         while True:
+            raise_if_cancelled()
             try:
                 if subscription is None and self._bus.connected:
                     subscription = await self._subscribe()

@@ -174,9 +174,32 @@ async def stack(migrated, postgres, nats_server):
     async with aiohttp.ClientSession() as session:
         client = Client(session, f"http://{settings.http_host}:{settings.http_port}")
         yield Stack(settings, client, admin, migrated, postgres, nats_server, app)
-    projector.cancel()
-    await asyncio.gather(projector, return_exceptions=True)
-    await runner.cleanup()
+    async def teardown() -> None:
+        projector.cancel()
+        await asyncio.gather(projector, return_exceptions=True)
+        await runner.cleanup()
+
+    closing = asyncio.create_task(teardown(), name="stack-teardown")
+    done, _ = await asyncio.wait([closing], timeout=TEARDOWN_S_MAX)
+    if not done:
+        _print_pending_tasks()
+        raise AssertionError(f"the stack did not shut down within {TEARDOWN_S_MAX}s")
+    closing.result()
+
+
+TEARDOWN_S_MAX = 30
+
+
+def _print_pending_tasks() -> None:
+    """A shutdown that hangs is a bug: say where every task is stuck (the whole await chain)."""
+    for task in asyncio.all_tasks():
+        chain, awaited = [], task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+            if frame is not None:
+                chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+        print(f"--- pending task {task.get_name()}: " + " -> ".join(chain))
 
 
 async def eventually(check, *, timeout_s: float = 10.0, interval_s: float = 0.05):
