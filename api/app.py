@@ -27,6 +27,7 @@ from ledger import store
 log = logging.getLogger("ledger.api")
 REQUEST_ID = "X-Request-Id"
 REQUEST_ID_CHARS_MAX = 128
+ACCOUNT_CACHE_MAX = 100_000
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", object)
 OPENAPI = web.AppKey("openapi", dict)
@@ -66,7 +67,14 @@ class Services:
     auth: Authenticator
     limiter: RateLimiter
     watermark: Watermark = field(default_factory=Watermark)
-    accounts: dict = field(default_factory=dict)
+    accounts: dict = field(default_factory=dict)  # id -> AccountRow; accounts never change
+
+    def remember_account(self, account) -> None:
+        """Accounts are immutable once created, so a cached row never goes stale; the cache is
+        bounded by dropping everything when full (a cheap, safe reset)."""
+        if len(self.accounts) >= ACCOUNT_CACHE_MAX:
+            self.accounts.clear()
+        self.accounts[account.id] = account
 
     async def rate_limit(self, principal: Principal) -> None:
         wait_s = self.limiter.take(principal.id)

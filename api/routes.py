@@ -196,7 +196,7 @@ async def create_account(services, call: Call) -> web.Response:
         if not created and not _same_account(stored, wanted):
             raise ApiError("account_exists")
         _, balance, position = await store.account_with_balance(conn, stored.id)
-    services.accounts[stored.id] = stored
+    services.remember_account(stored)
     return json_response(_account(stored, balance, position), status=201 if created else 200)
 
 
@@ -283,7 +283,11 @@ async def create_transfer(services, call: Call) -> web.Response:
     except committer_mod.QueueFull:
         raise ApiError("queue_full") from None
     except committer_mod.Unavailable as error:
-        raise ApiError("unavailable", f"the transfer was not committed: {error}") from None
+        # The connection may have died after COMMIT was sent: the outcome is unknown, and only a
+        # retry with the same key tells (a replay if it committed, a fresh decision if not).
+        raise ApiError(
+            "unavailable", f"the transfer may or may not be committed; retry with the same Idempotency-Key: {error}"
+        ) from None
     if answer.rejection is not None:
         raise ApiError(answer.rejection.value)
     headers = {"Idempotency-Replayed": "true"} if answer.replayed else None
@@ -313,7 +317,7 @@ async def _authorize_vendor(services, principal: Principal, account_id: uuid.UUI
         async with services.pool.connection() as conn:
             account = await store.account_by_id(conn, account_id)
         if account is not None:
-            services.accounts[account_id] = account
+            services.remember_account(account)
     if principal.role in auth.READ_EVERYTHING:
         if account is None or account.kind != "vendor":
             raise ApiError("not_found", "no such vendor account")

@@ -33,7 +33,9 @@ class QueueFull(Exception):
 
 
 class Unavailable(Exception):
-    """The database failed or kept conflicting past `commit_retries_max`; nothing was written."""
+    """The database failed or kept conflicting past `commit_retries_max`. After a conflict nothing
+    was written; after a lost connection the batch may have committed (the COMMIT was sent, its
+    answer never came), so the outcome is unknown until the same key is retried."""
 
 
 @dataclass(frozen=True, slots=True)
