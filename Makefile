@@ -33,7 +33,7 @@ bench: $(BENCH_STAMP)
 	$(VENV)/bin/ledger bench $(BENCH_ARGS)
 
 chaos: $(STAMP)
-	$(PY) -m tests.chaos --duration 300
+	$(VENV)/bin/ledger chaos --duration 300
 
 clean:
 	rm -rf .ledger $(VENV) build *.egg-info

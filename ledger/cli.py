@@ -75,9 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     principal = commands.add_parser("principal", help="create a principal and print its token (bootstrap)")
     principal.add_argument("--role", required=True, choices=["admin", "client", "vendor", "auditor"])
     principal.add_argument("--name", required=True)
+    commands.add_parser("chaos", help="the bank test under faults (see `ledger chaos --help`)")
     bench = commands.add_parser("bench", help="the benchmark (see `ledger bench --help`)")
     bench.add_argument("rest", nargs=argparse.REMAINDER)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["chaos"]:
+        from ledger import chaos
+
+        return chaos.main(argv[1:])
     if argv[:1] == ["bench"]:
         # argparse.REMAINDER drops options that come first (`bench --quick`): the bench parses
         # everything after its name with its own parser.

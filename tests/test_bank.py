@@ -1,0 +1,40 @@
+"""The bank test under faults, short: the chaos harness (`ledger/chaos.py`) in-process, on its own
+PostgreSQL and NATS, with two API processes, a projector, and every kind of fault at least once.
+
+`make chaos` runs the long version (300 s, twenty faults of each kind and more).
+"""
+
+from __future__ import annotations
+
+from ledger import chaos
+
+OPTIONS = dict(
+    duration_s=22.0,
+    api_processes=2,
+    wallets=12,
+    vendors=3,
+    workers=24,
+    fault_interval_s=1.0,
+    quiet_s=3.0,
+    min_faults_per_kind=1,
+    overrun_s_max=60.0,
+    drain_s=30.0,
+)
+
+
+async def test_every_invariant_holds_under_every_kind_of_fault(tmp_path):
+    options = chaos.Options(seed=20240611, data_dir=tmp_path / "chaos", **OPTIONS)
+    report = await chaos.run(options)
+    summary = "\n".join(report.lines())
+    print(summary)
+
+    assert report.ok, summary
+    assert report.lost == report.duplicated == report.phantom == report.unresolved == report.negative == 0, summary
+    assert report.conservation.startswith("ok"), summary
+    assert report.converged_s is not None, summary
+    assert report.audit.startswith(("ok", "SKIPPED")), summary
+    for kind in chaos.FAULT_KINDS:
+        assert report.faults[kind] >= 1, summary
+        assert report.acknowledged_after_last.get(kind, 0) > 0, summary
+    assert report.acknowledged_after_first_fault > 0, summary
+    assert report.rejected["422 insufficient_funds"] > 0, summary
