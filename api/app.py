@@ -182,6 +182,7 @@ async def _lifecycle(app: web.Application):
         batch_linger_ms=settings.batch_linger_ms,
         commit_retries_max=settings.commit_retries_max,
         publish=outbox.publish,
+        sql_dialect=dialect,
     )
     services = Services(
         settings=settings, pool=pool, commit_pool=commit_pool, bus=bus, committer=committer, outbox=outbox,

@@ -26,8 +26,15 @@ def _run(coroutine) -> None:
     with runner:
         loop = runner.get_loop()
         task = loop.create_task(coroutine)
+
+        def stop_once() -> None:
+            # A second Ctrl-C or SIGTERM must not cut the graceful stop short (batches in flight
+            # are finished, the outbox is left consistent); SIGKILL is there for impatience.
+            if not task.cancelling():
+                task.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, stop_once)
         with contextlib.suppress(asyncio.CancelledError):
             runner.run(_await(task))
 

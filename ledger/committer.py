@@ -68,6 +68,7 @@ class Committer:
         batch_linger_ms: float,
         commit_retries_max: int,
         publish: Publisher | None = None,
+        sql_dialect: dialect.Dialect = dialect.POSTGRESQL,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
     ) -> None:
         self._pool = pool
@@ -76,6 +77,7 @@ class Committer:
         self._linger_s = batch_linger_ms / 1000
         self._retries_max = commit_retries_max
         self._publish = publish
+        self._batch_lock = sql_dialect.batch_lock()
         self._clock = clock
         self._task: asyncio.Task | None = None
         self._publishing: set[asyncio.Task] = set()
@@ -165,6 +167,7 @@ class Committer:
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             position, digest, accounts, keys = await store.read_batch_state(
                 conn,
+                batch_lock=self._batch_lock,
                 account_ids=list({c.from_account_id for c in commands} | {c.to_account_id for c in commands}),
                 principal_ids=[c.principal_id for c in commands],
                 keys=[c.idempotency_key for c in commands],

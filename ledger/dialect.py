@@ -28,6 +28,20 @@ class Dialect:
             return crdb.AsyncCrdbConnection
         return psycopg.AsyncConnection
 
+    def batch_lock(self) -> str | None:
+        """The statement a commit batch runs first, before anything takes a snapshot.
+
+        On PostgreSQL SERIALIZABLE the snapshot is taken by the first query; a batch that then
+        waits for the head row lock held by another process's batch fails with 40001 once that
+        batch commits (measured: 0.6 retries per batch with two API processes). LOCK TABLE takes
+        no snapshot (PostgreSQL's documented recipe), so the batch waits its turn first and its
+        reads then see the winner's writes: SERIALIZABLE, without the retry storm. Plain reads
+        (ACCESS SHARE) are not blocked by EXCLUSIVE mode. CockroachDB has no LOCK TABLE and needs
+        none: its SELECT FOR UPDATE waits and the transaction refreshes its read timestamp."""
+        if self.name == "cockroachdb":
+            return None
+        return "LOCK TABLE journal_head IN EXCLUSIVE MODE"
+
     def snapshot_begin(self) -> str:
         """How the audit opens one consistent, read-only snapshot of the whole journal."""
         if self.name == "cockroachdb":

@@ -235,11 +235,19 @@ async def account_with_balance(conn, account_id: uuid.UUID) -> tuple[AccountRow,
 
 
 async def read_batch_state(
-    conn, *, account_ids: list[uuid.UUID], principal_ids: list[uuid.UUID], keys: list[str]
+    conn,
+    *,
+    batch_lock: str | None,
+    account_ids: list[uuid.UUID],
+    principal_ids: list[uuid.UUID],
+    keys: list[str],
 ) -> tuple[int, str, dict[uuid.UUID, domain.AccountState], dict[tuple[uuid.UUID, str], tuple[bytes, int]]]:
-    """Lock the journal head, then read the batch's accounts and stored keys. The three
-    statements are sent before any result is awaited, so in pipeline mode they cost one round
-    trip; the head lock comes first, so it orders batches across processes."""
+    """Lock the journal head, then read the batch's accounts and stored keys. The statements are
+    sent before any result is awaited, so in pipeline mode they cost one round trip; the head
+    lock comes first, so it orders batches across processes. `batch_lock` is the dialect's
+    statement that waits for the previous batch before any snapshot is taken."""
+    if batch_lock:
+        await conn.execute(batch_lock)
     head_cursor = await conn.execute("SELECT position, hash FROM journal_head WHERE id = 1 FOR UPDATE")
     accounts_cursor = await conn.execute(
         "SELECT a.id, a.kind, a.currency, a.owner_id, b.balance FROM accounts a"

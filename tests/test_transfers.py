@@ -182,8 +182,8 @@ async def test_the_api_role_cannot_update_or_delete_the_journal(stack):
 
 
 async def test_a_serialization_failure_is_retried_and_succeeds(stack):
-    """A second connection holds a conflicting SERIALIZABLE transaction on the journal head, so
-    the committer's first attempt fails with 40001; the retry commits."""
+    """A second SERIALIZABLE transaction holds the wallet's balance row and then writes it, so the
+    committer's UPDATE, whose snapshot predates that commit, fails with 40001; the retry commits."""
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()
     from ledger import metrics
@@ -191,15 +191,37 @@ async def test_a_serialization_failure_is_retried_and_succeeds(stack):
     retries_before = metrics.SERIALIZATION_RETRIES._value.get()
     async with await stack.superuser() as blocker:
         await blocker.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
-        await blocker.execute("SELECT position FROM journal_head WHERE id = 1 FOR UPDATE")
+        await blocker.execute("SELECT balance FROM balances WHERE account_id = %s FOR UPDATE",
+                              (uuid.UUID(wallet.account_id),))
         pending = asyncio.create_task(stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10))
         await _wait_for_lock_waiter(stack)
-        await blocker.execute("UPDATE journal_head SET hash = hash WHERE id = 1")
+        await blocker.execute("UPDATE balances SET balance = balance WHERE account_id = %s",
+                              (uuid.UUID(wallet.account_id),))
         await blocker.execute("COMMIT")
         reply = await pending
     assert reply.status == 201, reply.text
     assert metrics.SERIALIZATION_RETRIES._value.get() > retries_before
     assert await stack.balance(wallet.account_id) == 90
+
+
+async def test_a_batch_waits_for_the_head_without_a_serialization_failure(stack):
+    """Another writer holding the journal head makes the next batch wait its turn (LOCK TABLE
+    before any snapshot), not fail and retry: several API processes do not storm on 40001."""
+    wallet = await stack.funded_wallet(100)
+    vendor = await stack.vendor()
+    from ledger import metrics
+
+    retries_before = metrics.SERIALIZATION_RETRIES._value.get()
+    async with await stack.superuser() as other:
+        await other.execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+        await other.execute("LOCK TABLE journal_head IN EXCLUSIVE MODE")
+        await other.execute("UPDATE journal_head SET hash = hash WHERE id = 1")
+        pending = asyncio.create_task(stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10))
+        await _wait_for_lock_waiter(stack)
+        await other.execute("COMMIT")
+        reply = await pending
+    assert reply.status == 201, reply.text
+    assert metrics.SERIALIZATION_RETRIES._value.get() == retries_before
 
 
 async def _wait_for_lock_waiter(stack) -> None:
