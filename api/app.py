@@ -215,7 +215,10 @@ async def serve(settings: Settings) -> None:
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
     await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True)
+    # With LEDGER_HTTP_REUSE_PORT several API processes share one port and the kernel spreads
+    # connections between them: Python's HTTP handling then uses every core.
+    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True,
+                       reuse_port=settings.http_reuse_port or None)
     await site.start()
     metrics_runner = None
     if settings.metrics_port is not None:

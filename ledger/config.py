@@ -6,6 +6,7 @@
 | LEDGER_DB_ROLE | ledger_api | role the API switches to (`SET ROLE`) on every connection |
 | LEDGER_NATS_URL | nats://127.0.0.1:4222 | NATS with JetStream |
 | LEDGER_HTTP_HOST / LEDGER_HTTP_PORT | 127.0.0.1 / 8080 | API listener |
+| LEDGER_HTTP_REUSE_PORT | (unset) | `1`: several API processes share the port (SO_REUSEPORT) |
 | LEDGER_METRICS_PORT | (unset) | a separate metrics listener; unset serves /metrics on the API |
 | LEDGER_BATCH_MAX | 256 | transfers committed in one transaction at most |
 | LEDGER_QUEUE_MAX | 4096 | transfers waiting for the committer; a full queue answers 503 |
@@ -37,6 +38,7 @@ class Settings:
     nats_url: str = "nats://127.0.0.1:4222"
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    http_reuse_port: bool = False
     metrics_port: int | None = None
     batch_max: int = 256
     queue_max: int = 4096
@@ -68,6 +70,7 @@ class Settings:
             nats_url=env.get("LEDGER_NATS_URL", cls.nats_url),
             http_host=env.get("LEDGER_HTTP_HOST", cls.http_host),
             http_port=_int("LEDGER_HTTP_PORT", cls.http_port),
+            http_reuse_port=env.get("LEDGER_HTTP_REUSE_PORT", "") in ("1", "true", "yes"),
             metrics_port=int(metrics) if metrics else None,
             batch_max=_int("LEDGER_BATCH_MAX", cls.batch_max),
             queue_max=_int("LEDGER_QUEUE_MAX", cls.queue_max),
