@@ -234,6 +234,10 @@ async def account_with_balance(conn, account_id: uuid.UUID) -> tuple[AccountRow,
 # ---- the journal write path -----------------------------------------------------------------
 
 
+# Every writer of the journal takes the head row first: it orders writers and makes positions gap-free.
+_HEAD_FOR_UPDATE = "SELECT position, hash FROM journal_head WHERE id = 1 FOR UPDATE"
+
+
 async def read_batch_state(
     conn,
     *,
@@ -248,7 +252,7 @@ async def read_batch_state(
     statement that waits for the previous batch before any snapshot is taken."""
     if batch_lock:
         await conn.execute(batch_lock)
-    head_cursor = await conn.execute("SELECT position, hash FROM journal_head WHERE id = 1 FOR UPDATE")
+    head_cursor = await conn.execute(_HEAD_FOR_UPDATE)
     accounts_cursor = await conn.execute(
         "SELECT a.id, a.kind, a.currency, a.owner_id, b.balance FROM accounts a"
         " JOIN balances b ON b.account_id = a.id WHERE a.id = ANY(%s::UUID[])",
@@ -572,7 +576,7 @@ async def copy_entries(conn, entries: list[domain.Entry], *, committed_at: dt.da
 
 async def lock_head(conn) -> tuple[int, str]:
     """The head (position, hash), locked until the transaction ends, as the committer takes it."""
-    row = await (await conn.execute("SELECT position, hash FROM journal_head WHERE id = 1 FOR UPDATE")).fetchone()
+    row = await (await conn.execute(_HEAD_FOR_UPDATE)).fetchone()
     return row[0], row[1]
 
 
