@@ -22,7 +22,6 @@ from ledger.bus import EventBus
 from ledger.committer import Committer
 from ledger.config import Settings
 from ledger.outbox import Outbox
-from ledger import store
 
 log = logging.getLogger("ledger.api")
 REQUEST_ID = "X-Request-Id"
@@ -235,5 +234,3 @@ async def serve(settings: Settings) -> None:
             await metrics_runner.cleanup()
         await runner.cleanup()
 
-
-__all__ = ["build_app", "serve", "store"]

@@ -50,6 +50,16 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+async def create_principal(conn, *, role: str, name: str) -> tuple[Principal, str]:
+    """Store a new principal under the digest of a fresh token; the token itself is returned once."""
+    token = new_token()
+    principal = Principal(uuid.uuid4(), role, name)
+    await store.insert_principal(
+        conn, principal_id=principal.id, role=role, name=name, token_hash=store.token_digest(token)
+    )
+    return principal, token
+
+
 class Authenticator:
     def __init__(self, pool) -> None:
         self._pool = pool

@@ -21,7 +21,7 @@ from aiohttp import web
 import schemas
 from api import auth
 from api.auth import Principal
-from api.problems import ApiError, from_validation
+from api.problems import ApiError, from_validation, problem_response
 from ledger import committer as committer_mod
 from ledger import config, domain, store
 from projector import store as projections
@@ -80,13 +80,8 @@ class Call:
     idempotency_key: str | None
 
 
-def _decoders(route: Route):
-    body = msgspec.json.Decoder(route.body) if route.body is not None else None
-    return body
-
-
 def wrap(route: Route, services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    body_decoder = _decoders(route)
+    body_decoder = msgspec.json.Decoder(route.body) if route.body is not None else None
 
     async def handler(request: web.Request) -> web.StreamResponse:
         principal = None
@@ -174,14 +169,10 @@ def json_response(value: Any, *, status: int = 200, headers: dict[str, str] | No
 
 async def create_principal(services, call: Call) -> web.Response:
     body: schemas.PrincipalCreate = call.body
-    token = auth.new_token()
-    principal_id = uuid.uuid4()
     async with services.pool.connection() as conn:
-        await store.insert_principal(
-            conn, principal_id=principal_id, role=body.role, name=body.name, token_hash=store.token_digest(token)
-        )
-    services.auth.remember(token, Principal(principal_id, body.role, body.name))
-    return json_response(schemas.Principal(id=principal_id, role=body.role, name=body.name, token=token), status=201)
+        principal, token = await auth.create_principal(conn, role=body.role, name=body.name)
+    services.auth.remember(token, principal)
+    return json_response(schemas.Principal(id=principal.id, role=body.role, name=body.name, token=token), status=201)
 
 
 async def create_account(services, call: Call) -> web.Response:
@@ -369,8 +360,6 @@ async def get_verification(services, call: Call) -> web.Response:
 
 
 def _problem_with_headers(error: ApiError, headers: dict[str, str]) -> web.Response:
-    from api.problems import problem_response
-
     response = problem_response(error)
     response.headers.update(headers)
     return response

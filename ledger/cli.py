@@ -49,15 +49,11 @@ async def migrate(database_url: str) -> list[str]:
 
 
 async def create_principal(database_url: str, role: str, name: str) -> tuple[uuid.UUID, str]:
-    from api.auth import new_token
+    from api import auth
 
-    token = new_token()
-    principal_id = uuid.uuid4()
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await store.insert_principal(
-            conn, principal_id=principal_id, role=role, name=name, token_hash=store.token_digest(token)
-        )
-    return principal_id, token
+        principal, token = await auth.create_principal(conn, role=role, name=name)
+    return principal.id, token
 
 
 def main(argv: list[str] | None = None) -> int:

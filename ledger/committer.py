@@ -82,10 +82,6 @@ class Committer:
         self._task: asyncio.Task | None = None
         self._publishing: set[asyncio.Task] = set()
 
-    @property
-    def depth(self) -> int:
-        return self._queue.qsize()
-
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="committer")
 

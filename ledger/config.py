@@ -21,7 +21,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 BODY_BYTES_MAX = 64 * 1024
 IDEMPOTENCY_KEY_CHARS_MAX = 255
@@ -52,7 +52,6 @@ class Settings:
     body_bytes_max: int = BODY_BYTES_MAX
     outbox_sweep_interval_ms: int = 500
     projector_name: str = "main"
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert 1 <= self.batch_max <= 10_000, "batch_max out of range"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from ledger import cli, config, domain, store
+from ledger import cli, config, store
 from ledger.embedded import EmbeddedNats, EmbeddedPostgres
 
 log = logging.getLogger("ledger.dev")
@@ -154,5 +154,3 @@ async def _wait_ready(api_url: str, timeout_s: float = 30.0) -> None:
                 raise RuntimeError(f"API did not come up at {api_url}")
             await asyncio.sleep(0.1)
 
-
-__all__ = ["run", "domain"]

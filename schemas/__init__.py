@@ -105,7 +105,7 @@ class Transfer(Struct):
     hash: Hash
 
 
-class Posting(Struct, array_like=False):
+class Posting(Struct):
     account_id: uuid.UUID
     amount: SignedAmount
 
