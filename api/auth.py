@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import collections
 import re
-import secrets
-import uuid
-from dataclasses import dataclass
 
 from ledger import store
+from ledger.principals import Principal, token_digest
 from api.problems import ApiError
 
-TOKEN_PREFIX = "lt_"
 TOKEN_CHARS_MAX = 256
 CACHE_ENTRIES_MAX = 10_000
 # RFC 9110: the scheme name is case-insensitive; the token itself is not.
@@ -39,27 +36,6 @@ ROLES: dict[str, frozenset[str]] = {
 READ_EVERYTHING = frozenset({"admin", "auditor"})
 
 
-@dataclass(frozen=True, slots=True)
-class Principal:
-    id: uuid.UUID
-    role: str
-    name: str
-
-
-def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-async def create_principal(conn, *, role: str, name: str) -> tuple[Principal, str]:
-    """Store a new principal under the digest of a fresh token; the token itself is returned once."""
-    token = new_token()
-    principal = Principal(uuid.uuid4(), role, name)
-    await store.insert_principal(
-        conn, principal_id=principal.id, role=role, name=name, token_hash=store.token_digest(token)
-    )
-    return principal, token
-
-
 class Authenticator:
     def __init__(self, pool) -> None:
         self._pool = pool
@@ -69,7 +45,7 @@ class Authenticator:
         match = _BEARER.match(header or "")
         if match is None or len(match.group(1)) > TOKEN_CHARS_MAX:
             raise ApiError("unauthenticated")
-        digest = store.token_digest(match.group(1))
+        digest = token_digest(match.group(1))
         cached = self._cache.get(digest)
         if cached is not None:
             self._cache.move_to_end(digest)
@@ -85,7 +61,7 @@ class Authenticator:
         return principal
 
     def remember(self, token: str, principal: Principal) -> None:
-        self._cache[store.token_digest(token)] = principal
+        self._cache[token_digest(token)] = principal
 
 
 def require_role(principal: Principal, route: str) -> None:

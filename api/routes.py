@@ -23,7 +23,7 @@ from api import auth
 from api.auth import Principal
 from api.problems import ApiError, from_validation, problem_response
 from ledger import committer as committer_mod
-from ledger import config, domain, store
+from ledger import config, domain, principals, store
 from projector import store as projections
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -170,7 +170,7 @@ def json_response(value: Any, *, status: int = 200, headers: dict[str, str] | No
 async def create_principal(services, call: Call) -> web.Response:
     body: schemas.PrincipalCreate = call.body
     async with services.pool.connection() as conn:
-        principal, token = await auth.create_principal(conn, role=body.role, name=body.name)
+        principal, token = await principals.create(conn, role=body.role, name=body.name)
     services.auth.remember(token, principal)
     return json_response(schemas.Principal(id=principal.id, role=body.role, name=body.name, token=token), status=201)
 

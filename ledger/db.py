@@ -40,6 +40,12 @@ async def wait_for_dialect(url: str) -> dialects.Dialect:
             await asyncio.sleep(STARTUP_RETRY_S)
 
 
+async def migrate(url: str) -> list[str]:
+    """Apply the schema migrations with the login in `url` (it must own the schema)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+        return await store.migrate(conn)
+
+
 def make_pool(
     url: str,
     *,

@@ -8,7 +8,6 @@ Dialect differences (there are few) come from `ledger.dialect`.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import importlib.resources
 import json
 import uuid
@@ -139,16 +138,7 @@ async def grant_roles(conn: psycopg.AsyncConnection) -> None:
                 )
 
 
-async def grant_membership(conn: psycopg.AsyncConnection, login: str, role: str) -> None:
-    await conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(login)))
-
-
 # ---- principals and accounts ----------------------------------------------------------------
-
-
-def token_digest(token: str) -> bytes:
-    """Tokens are 256-bit random strings, so one SHA-256 is enough to store them safely."""
-    return hashlib.sha256(token.encode("utf-8")).digest()
 
 
 @dataclass(frozen=True, slots=True)

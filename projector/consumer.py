@@ -207,11 +207,21 @@ async def rebuild(settings: Settings, pool) -> int:
     return await projector.catch_up_from_journal()
 
 
+async def rebuild_at(settings: Settings) -> int:
+    """`ledger projector rebuild`: `rebuild` on a pool of its own."""
+    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2)
+    await pool.open(wait=True)
+    try:
+        return await rebuild(settings, pool)
+    finally:
+        await pool.close()
+
+
 async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     """`metrics_listener`: serve /metrics on LEDGER_METRICS_PORT, when the projector runs in its own
     process (`ledger projector`); inside `ledger dev` the API's listener already shows its metrics."""
     dialect = await db.wait_for_dialect(settings.database_url)
-    pool = db.make_pool(settings.database_url, role="ledger_projector", size_max=2, dialect=dialect, name="projector")
+    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, dialect=dialect, name="projector")
     await pool.open(wait=True)
     bus = EventBus(settings.nats_url, name="ledger-projector")
     bus.start()

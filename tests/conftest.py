@@ -20,9 +20,9 @@ import pytest_asyncio
 from aiohttp import web
 
 from api.app import build_app
-from ledger import cli
+from ledger import db, principals
 from ledger.config import Settings
-from ledger.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from projector import consumer
 
 
@@ -50,7 +50,7 @@ def nats_server(servers) -> EmbeddedNats:
 
 @pytest_asyncio.fixture(scope="session")
 async def migrated(postgres) -> str:
-    await cli.migrate(postgres.url)
+    await db.migrate(postgres.url)
     return postgres.url
 
 
@@ -170,7 +170,7 @@ async def stack(migrated, postgres, nats_server):
     await runner.setup()
     await web.TCPSite(runner, settings.http_host, settings.http_port).start()
     projector = asyncio.create_task(consumer.serve(settings), name="test-projector")
-    _, admin = await cli.create_principal(migrated, "admin", "test admin")
+    _, admin = await principals.create_at(migrated, role="admin", name="test admin")
     async with aiohttp.ClientSession() as session:
         client = Client(session, f"http://{settings.http_host}:{settings.http_port}")
         yield Stack(settings, client, admin, migrated, postgres, nats_server, app)

@@ -24,9 +24,9 @@ import psycopg
 import pytest_asyncio
 from psycopg import sql
 
-from ledger import audit, cli, domain, store
+from ledger import audit, db, domain, store
 from ledger import checkpoint as signing
-from ledger.seed import seed_journal
+from tools.seed import seed_journal
 from projector import store as projections
 from tests.conftest import eventually
 
@@ -47,7 +47,7 @@ async def own_database(postgres) -> AsyncIterator[str]:
     async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
         await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = postgres.url.rsplit("/", 1)[0] + "/" + name
-    await cli.migrate(url)
+    await db.migrate(url)
     yield url
     async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
         await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -6,7 +6,7 @@ PostgreSQL and NATS, with two API processes, a projector, and every kind of faul
 
 from __future__ import annotations
 
-from ledger import chaos
+from tools import chaos
 
 OPTIONS = dict(
     duration_s=22.0,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import psycopg
 
-from ledger.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 
 def test_postgres_survives_kill(tmp_path: Path) -> None:

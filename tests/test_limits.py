@@ -17,7 +17,7 @@ from aiohttp import web
 
 from api.app import build_app
 from api.ratelimit import RateLimiter
-from ledger.embedded import free_port
+from tools.embedded import free_port
 
 
 @contextlib.asynccontextmanager

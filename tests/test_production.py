@@ -23,8 +23,8 @@ from psycopg import crdb
 import schemas
 from api import docs
 from ledger import bus, dialect, logs, store
-from ledger.client import LedgerClient, LedgerProblem
-from ledger.embedded import free_port
+from client import LedgerClient, LedgerProblem
+from tools.embedded import free_port
 from projector import consumer
 from tests.conftest import eventually
 

@@ -19,9 +19,9 @@ import aiohttp
 import psycopg
 import pytest
 
-from ledger import cli, db
-from ledger.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from ledger.chaos import Child, metric_value
+from ledger import db, principals
+from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tools.chaos import Child, metric_value
 
 BURST = 300
 EXIT_S_MAX = 15.0
@@ -95,7 +95,7 @@ async def test_sigterm_stops_accepting_finishes_the_batches_in_flight_and_exits_
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         await _started(child, session)
         try:
-            _, admin = await cli.create_principal(migrated, "admin", "shutdown admin")
+            _, admin = await principals.create_at(migrated, role="admin", name="shutdown admin")
             api = Api(session, child, admin)
             token, wallet = await api.funded_wallet(10 * BURST)
             vendor = await api.vendor_account()
@@ -200,8 +200,8 @@ async def _timed(call) -> tuple[float, int, dict]:
 
 async def test_database_down_answers_503_fast_and_recovers_by_itself(tmp_path, own_servers):
     postgres, nats_server = own_servers
-    await cli.migrate(postgres.url)
-    _, admin = await cli.create_principal(postgres.url, "admin", "outage admin")
+    await db.migrate(postgres.url)
+    _, admin = await principals.create_at(postgres.url, role="admin", name="outage admin")
     child = _api(tmp_path, postgres.url, nats_server.url)
     async with aiohttp.ClientSession() as session:
         await _started(child, session)

@@ -1,11 +1,11 @@
 """Measure `ledger audit` on a large journal: replay speed and peak memory as the journal grows.
 
-Starts a dedicated PostgreSQL in a temporary directory, seeds it (`ledger.seed`) up to each size
+Starts a dedicated PostgreSQL in a temporary directory, seeds it (`tools.seed`) up to each size
 in turn, and after each runs `ledger audit --json` in a child process, as an operator would,
 reading the child's own peak resident set size from `wait4`. Memory that does not grow between
 sizes is the point: the replay keeps a balance per account, nothing per entry.
 
-    python -m ledger.audit_bench [--sizes 100000,1000000] [--accounts 1000]
+    python -m tools.audit_bench [--sizes 100000,1000000] [--accounts 1000]
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import cli
-from ledger.embedded import EmbeddedPostgres, free_port
-from ledger.seed import seed_journal
+from ledger import db, principals
+from tools.embedded import EmbeddedPostgres, free_port
+from tools.seed import seed_journal
 
 DEFAULT_SIZES = (100_000, 1_000_000)
 
@@ -57,7 +57,7 @@ def measure(sizes: list[int], *, accounts: int, workdir: Path) -> list[Measureme
     postgres = EmbeddedPostgres(data_dir=workdir / "pg", port=free_port())
     postgres.start()
     try:
-        asyncio.run(cli.migrate(postgres.url))
+        asyncio.run(db.migrate(postgres.url))
         results, seeded = [], 0
         for size in sizes:
             started = time.monotonic()
@@ -81,7 +81,7 @@ def measure(sizes: list[int], *, accounts: int, workdir: Path) -> list[Measureme
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ledger.audit_bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.audit_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="journal sizes, ascending")
     parser.add_argument("--accounts", type=int, default=1000, help="accounts each seeding step creates")
     args = parser.parse_args(argv)

@@ -4,13 +4,13 @@ PostgreSQL's own TPC-B (pgbench) on the same server, in the same run.
 The bench starts its own stack (embedded PostgreSQL with its durable defaults and NATS, or the
 services named by `--database-url`/`--nats-url`), one API process and one projector process,
 creates its world through the API, and drives `POST /v1/transfers` from a separate load-generating
-process (`ledger.loadgen`). Phases, each `--duration` seconds after a short unrecorded warm-up:
+process (`tools.loadgen`). Phases, each `--duration` seconds after a short unrecorded warm-up:
 
 1. pgbench TPC-B (`-c 8 -j 2 -M prepared`) into a database of its own on the same server;
 2. uniform, closed loop: payments spread over every wallet and vendor, as fast as they go;
 3. uniform, open loop at 50% of what phase 2 reached, latency measured from the due time;
 4. hot vendor, closed loop: 90% of the payments go to one vendor;
-5. with `--big-journal N`: the journal is grown to N entries (`ledger.seed`) and phase 2 again.
+5. with `--big-journal N`: the journal is grown to N entries (`tools.seed`) and phase 2 again.
 
 It prints the table (figures and the issue's targets, met or not) and writes `result.json` and
 `chart.png` (throughput and latency per 1 s bucket) under `.ledger/bench/run-<timestamp>/`.
@@ -41,8 +41,9 @@ import msgspec
 import psycopg
 from psycopg import conninfo
 
-from ledger import cli, loadgen
-from ledger.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from ledger import db, principals
+from tools import loadgen
+from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 # The issue's targets.
 UNIFORM_VS_PGBENCH_MIN = 1.5
@@ -73,7 +74,7 @@ PGBENCH_THREADS = 2
 HOTSPOTS_SHOWN = 15
 PROFILE_RATE_HZ = 200
 # Frames under every sample of the API (start-up and the event loop's entry): no information inclusive.
-_ROOT_FRAMES = ("(<frozen runpy>)", "(ledger/cli.py)", "(asyncio/runners.py)")
+_ROOT_FRAMES = ("(<frozen runpy>)", "(ledger/cli.py)", "(tools/bench.py)", "(asyncio/runners.py)")
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
 _LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
@@ -391,7 +392,7 @@ class _Api:
 async def create_world(stack: Stack, *, clients: int, wallets: int, vendors: int) -> loadgen.World:
     """Clients each owning wallets/clients wallets, all funded from one system account; vendors."""
     assert clients >= 1 and wallets >= clients and vendors >= 1
-    _, admin = await cli.create_principal(stack.database_url, "admin", "bench admin")
+    _, admin = await principals.create_at(stack.database_url, role="admin", name="bench admin")
     async with aiohttp.ClientSession() as http:
         api = _Api(http, stack.api_url, admin)
         funding = await api.account("system", None, "bench funding")
@@ -593,7 +594,7 @@ async def run_phase(stack: Stack, sampler: Sampler, options: Options, *, name: s
     phase = Phase(name=name, scenario=scenario, mode="open" if rate_per_s else "closed",
                   concurrency=options.concurrency, rate_per_s=round(rate_per_s, 1), duration_s=options.duration_s)
     await _execute(stack.database_url, "CHECKPOINT")
-    command = [sys.executable, "-m", "ledger.loadgen", "--world", str(options.world_path), "--out", str(out),
+    command = [sys.executable, "-m", "tools.loadgen", "--world", str(options.world_path), "--out", str(out),
                "--scenario", scenario, "--concurrency", str(options.concurrency), "--rate", str(rate_per_s),
                "--duration", str(options.duration_s), "--warmup", str(options.warmup_s),
                "--key-prefix", f"{options.run_id}-{name}"]
@@ -697,14 +698,14 @@ class BigJournal:
 
 
 async def grow_journal(stack: Stack, *, target_entries: int) -> BigJournal:
-    """Append valid entries with `ledger.seed` until the journal holds `target_entries`, then let
+    """Append valid entries with `tools.seed` until the journal holds `target_entries`, then let
     the database settle (checkpoint, statistics) and the projector replay them, as a production
     database that reached this size would have."""
     result = BigJournal(target_entries=target_entries)
     try:
-        from ledger.seed import seed_journal
+        from tools.seed import seed_journal
     except ImportError as error:
-        result.skipped = f"ledger.seed is not available ({error})"
+        result.skipped = f"tools.seed is not available ({error})"
         return result
     missing = target_entries - await journal_head(stack.database_url)
     started = time.monotonic()
@@ -931,7 +932,7 @@ def _stop_stack(stack: Stack, *, keep_data: bool) -> None:
 
 
 async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
-    await cli.migrate(stack.database_url)
+    await db.migrate(stack.database_url)
     port = free_port()
     stack.api_url = f"http://127.0.0.1:{port}"
     stack.api = _spawn(stack, "api", port)
@@ -968,7 +969,7 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
         profile = await _profile(stack, sampler, options, native=args.profile == "native")
     big = None
     if args.big_journal > 0:
-        progress(f"growing the journal to {args.big_journal:,} entries (ledger.seed)")
+        progress(f"growing the journal to {args.big_journal:,} entries (tools.seed)")
         big = await grow_journal(stack, target_entries=args.big_journal)
         if big.skipped is None:
             progress(f"seeded in {big.seed_s} s, projector at the head {big.projector_replay_s} s later;"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import psycopg
 
-from ledger import cli, config, store
-from ledger.embedded import EmbeddedNats, EmbeddedPostgres
+from ledger import config, db, logs, principals, store
+from tools.embedded import EmbeddedNats, EmbeddedPostgres
 
 log = logging.getLogger("ledger.dev")
 
@@ -32,7 +32,7 @@ async def _existing_tokens(url: str, path: Path) -> dict | None:
     saved = json.loads(path.read_text())
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         for token in saved.get("tokens", {}).values():
-            if await store.principal_by_token_hash(conn, store.token_digest(token)) is None:
+            if await store.principal_by_token_hash(conn, principals.token_digest(token)) is None:
                 return None
     return saved
 
@@ -40,7 +40,8 @@ async def _existing_tokens(url: str, path: Path) -> dict | None:
 async def _demo_world(url: str) -> tuple[dict, dict]:
     tokens, ids = {}, {}
     for role in ("admin", "client", "vendor", "auditor"):
-        ids[role], tokens[role] = await cli.create_principal(url, role, f"demo {role}")
+        principal, tokens[role] = await principals.create_at(url, role=role, name=f"demo {role}")
+        ids[role] = principal.id
     accounts = {
         "funding": store.AccountRow(uuid.uuid4(), "system", "USD", None, "demo funding", None),
         "wallet": store.AccountRow(uuid.uuid4(), "wallet", "USD", ids["client"], "demo wallet", None),
@@ -96,7 +97,7 @@ async def run(*, data_dir: str, port: int) -> None:
     await asyncio.to_thread(postgres.start)
     await asyncio.to_thread(nats_server.start)
     try:
-        await cli.migrate(postgres.url)
+        await db.migrate(postgres.url)
         settings = config.Settings.from_env(
             database_url=postgres.url, nats_url=nats_server.url, http_host="127.0.0.1", http_port=port
         )
@@ -154,3 +155,19 @@ async def _wait_ready(api_url: str, timeout_s: float = 30.0) -> None:
                 raise RuntimeError(f"API did not come up at {api_url}")
             await asyncio.sleep(0.1)
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from ledger.cli import run_until_signal
+
+    parser = argparse.ArgumentParser(prog="ledger dev", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=".ledger")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LEDGER_HTTP_PORT", 8080)))
+    parser.add_argument("--log-level", default=os.environ.get("LEDGER_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    # `ledger dev` is watched by a person; the services' lines go to a collector as JSON.
+    logs.configure(level=args.log_level, log_format=logs.chosen_format("text"))
+    run_until_signal(run(data_dir=args.data_dir, port=args.port))
+    return 0

@@ -1,6 +1,6 @@
 """The benchmark's load generator: `POST /v1/transfers` from a process of its own.
 
-`ledger bench` runs it as a subprocess (`python -m ledger.loadgen ...`) so that the client's CPU
+`ledger bench` runs it as a subprocess (`python -m tools.loadgen ...`) so that the client's CPU
 is not the API's and its event loop never delays the server's. It reads the bench's world (client
 tokens with their wallets, vendor accounts) from a JSON file, sends for a fixed time, and writes
 one record per request to a JSON file: when it was due, how long its answer took, its status.
@@ -201,7 +201,7 @@ async def run(world: World, *, scenario: str, concurrency: int, rate_per_s: floa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ledger.loadgen", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m tools.loadgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--world", required=True, type=Path, help="the bench's world JSON")
     parser.add_argument("--out", required=True, type=Path, help="where to write the records (JSON)")

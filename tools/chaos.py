@@ -46,8 +46,8 @@ from pathlib import Path
 import aiohttp
 import psycopg
 
-from ledger import cli
-from ledger.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from ledger import db, principals
+from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CURRENCY = "USD"
@@ -354,8 +354,9 @@ class Chaos:
 
     async def start_stack(self) -> None:
         await asyncio.gather(asyncio.to_thread(self.pg.start), asyncio.to_thread(self.nats.start))
-        await cli.migrate(self.pg.url)
-        self.admin_id, self.admin_token = (str(x) for x in await cli.create_principal(self.pg.url, "admin", "chaos"))
+        await db.migrate(self.pg.url)
+        admin, self.admin_token = await principals.create_at(self.pg.url, role="admin", name="chaos")
+        self.admin_id = str(admin.id)
         command = [sys.executable, "-m", "ledger.cli"]
         for index in range(self.o.api_processes):
             port = free_port()

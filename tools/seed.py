@@ -6,7 +6,7 @@ batches, so the result is a journal the audit accepts. No events are published (
 empty); a running projector reads seeded entries from the journal once it sees it is behind the
 head. Run it as the migration role: the service roles may not write this way.
 
-    python -m ledger.seed --database-url URL --entries N [--accounts 1000] [--batch 10000]
+    ledger seed --database-url URL --entries N [--accounts 1000] [--batch 10000]
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ async def _append_batch(conn: psycopg.AsyncConnection, commands: list[domain.Tra
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ledger.seed", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="ledger seed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", required=True, help="a login allowed to write the journal directly")
     parser.add_argument("--entries", type=int, required=True)
     parser.add_argument("--accounts", type=int, default=1000)
