@@ -7,6 +7,7 @@ by the API (only their hashes are stored), so they are kept in `.ledger/dev.json
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 import psycopg
 
 from ledger import config, db, logs, principals, store
-from tools.embedded import EmbeddedNats, EmbeddedPostgres
+from tools.embedded import EmbeddedNats, EmbeddedPostgres, write_private
 
 log = logging.getLogger("ledger.dev")
 
@@ -91,15 +92,18 @@ Tokens and ids are in .ledger/dev.json.
 
 async def run(*, data_dir: str, port: int) -> None:
     root = Path(data_dir).absolute()
-    root.mkdir(parents=True, exist_ok=True)
+    # Tokens, passwords and the superuser URL live here: nobody but this user may read them.
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    root.chmod(0o700)
     postgres = EmbeddedPostgres(data_dir=root / "postgres", port=int(os.environ.get("LEDGER_DEV_PG_PORT", PG_PORT)))
-    nats_server = EmbeddedNats(data_dir=root / "nats", port=int(os.environ.get("LEDGER_DEV_NATS_PORT", NATS_PORT)))
+    nats_server = EmbeddedNats(data_dir=root / "nats", port=int(os.environ.get("LEDGER_DEV_NATS_PORT", NATS_PORT)),
+                               auth=True)
     await asyncio.to_thread(postgres.start)
     await asyncio.to_thread(nats_server.start)
     try:
         await db.migrate(postgres.url)
         settings = config.Settings.from_env(
-            database_url=postgres.url, nats_url=nats_server.url, http_host="127.0.0.1", http_port=port
+            database_url=postgres.url, nats_url=nats_server.url_for("api"), http_host="127.0.0.1", http_port=port
         )
         info_path = root / "dev.json"
         saved = await _existing_tokens(postgres.url, info_path)
@@ -109,24 +113,25 @@ async def run(*, data_dir: str, port: int) -> None:
         else:
             tokens, accounts = saved["tokens"], saved["accounts"]
         api_url = f"http://{settings.http_host}:{settings.http_port}"
-        info = {"api_url": api_url, "database_url": postgres.url, "nats_url": nats_server.url,
+        info = {"api_url": api_url, "database_url": postgres.url, "nats_url": nats_server.url_for("reader"),
                 "tokens": tokens, "accounts": accounts}
         if settings.metrics_port is not None:
             info["metrics_url"] = f"http://{settings.http_host}:{settings.metrics_port}/metrics"
-        info_path.write_text(json.dumps(info, indent=2) + "\n")
-        await _serve(settings, info, fund=fresh)
+        write_private(info_path, json.dumps(info, indent=2) + "\n")
+        await _serve(settings, dataclasses.replace(settings, nats_url=nats_server.url_for("projector")), info,
+                     fund=fresh)
     finally:
         await asyncio.to_thread(nats_server.stop)
         await asyncio.to_thread(postgres.stop)
         print("ledger dev: stopped")
 
 
-async def _serve(settings: config.Settings, info: dict, *, fund: bool) -> None:
+async def _serve(settings: config.Settings, projector_settings: config.Settings, info: dict, *, fund: bool) -> None:
     from api.app import serve as serve_api
     from projector.consumer import serve as serve_projector
 
     api = asyncio.create_task(serve_api(settings), name="api")
-    projector = asyncio.create_task(serve_projector(settings), name="projector")
+    projector = asyncio.create_task(serve_projector(projector_settings), name="projector")
     try:
         await _wait_ready(info["api_url"])
         if fund:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import socket
@@ -134,7 +135,8 @@ class _ChildServer:
         return f"; log {self.log_path}:\n{text or '(empty)'}"
 
     def _prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Logs, stores and passwords: for this user only.
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _command(self) -> list[str]:
         raise NotImplementedError
@@ -167,8 +169,18 @@ class EmbeddedPostgres(_ChildServer):
             self._popen_user = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
 
     @property
+    def password_path(self) -> Path:
+        """The superuser's generated password, 0600, beside (not inside) the data directory."""
+        return self.data_dir.with_name(self.data_dir.name + ".password")
+
+    @property
+    def password(self) -> str:
+        return _secret(self.password_path)
+
+    @property
     def url(self) -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+        """TCP with the generated password (SCRAM): no other local user gets in without it."""
+        return f"postgresql://postgres:{self.password}@{self.host}:{self.port}/postgres"
 
     def bin(self, name: str) -> Path:
         """Path of a bundled program such as `psql` or `pgbench`, of the server's version."""
@@ -204,6 +216,35 @@ class EmbeddedPostgres(_ChildServer):
             )
             if done.returncode != 0:
                 raise ServerStartError(f"initdb failed with code {done.returncode}:\n{done.stdout}{done.stderr}")
+        self._write_hba()
+
+    def _write_hba(self) -> None:
+        """Password (SCRAM) for every TCP connection; trust only on the unix socket, whose directory
+        is 0700, so only this user reaches it. Rewritten on every start, so a data directory made
+        by an older version (which trusted TCP) is closed too."""
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(
+            "# Written by tools.embedded on every start.\n"
+            "local all all trust\n"
+            "host all all 127.0.0.1/32 scram-sha-256\n"
+            "host all all ::1/128 scram-sha-256\n"
+        )
+        if self._user is not None:
+            os.chown(hba, self._user.pw_uid, self._user.pw_gid)
+        hba.chmod(0o600)
+
+    def start(self) -> None:
+        super().start()
+        self._set_password()
+
+    def _set_password(self) -> None:
+        """Give the superuser the generated password, over the unix socket (trusted, 0700)."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(host=str(self.socket_dir), port=self.port, user="postgres", dbname="postgres",
+                             autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(sql.Literal(self.password)))
 
     def _command(self) -> list[str]:
         options = {
@@ -235,23 +276,67 @@ class EmbeddedPostgres(_ChildServer):
         return len(lines) >= 8 and lines[0].strip() == str(self._proc.pid) and lines[7].strip() == "ready"
 
 
+# Who may publish and subscribe where, when the server runs with `auth=True` (`ledger dev`, the
+# bank test). deploy/nats.conf grants the same. Only the API publishes journal events, only the
+# projector announces its watermark; `reader` (a webhook worker, a monitor) may only consume.
+# `$JS.API.STREAM.*.LEDGER` lets each service create or update the stream it depends on.
+_STREAM_ADMIN = ["$JS.API.INFO", "$JS.API.STREAM.CREATE.LEDGER", "$JS.API.STREAM.UPDATE.LEDGER",
+                 "$JS.API.STREAM.INFO.LEDGER"]
+_CONSUME = ["$JS.API.CONSUMER.>", "$JS.ACK.LEDGER.>"]
+NATS_PERMISSIONS: dict[str, dict[str, list[str]]] = {
+    "api": {"publish": ["ledger.v1.transfers.committed", *_STREAM_ADMIN],
+            "subscribe": ["_INBOX.>", "ledger.v1.projector.watermark"]},
+    "projector": {"publish": ["ledger.v1.projector.watermark", *_STREAM_ADMIN, *_CONSUME],
+                  "subscribe": ["_INBOX.>"]},
+    "reader": {"publish": ["$JS.API.STREAM.INFO.LEDGER", *_CONSUME],
+               "subscribe": ["_INBOX.>", "ledger.v1.projector.watermark"]},
+}
+
+
 class EmbeddedNats(_ChildServer):
-    """A NATS server with JetStream; its store in `data_dir/jetstream` outlives restarts."""
+    """A NATS server with JetStream; its store in `data_dir/jetstream` outlives restarts.
+
+    With `auth=True` every client must log in as one of `NATS_PERMISSIONS`' users, with a password
+    generated once and kept 0600 in `data_dir`; `url_for(user)` carries it."""
 
     name = "nats-server"
 
-    def __init__(self, *, data_dir: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, *, data_dir: Path, port: int, host: str = "127.0.0.1", auth: bool = False) -> None:
         super().__init__(data_dir=data_dir, port=port, host=host, log_name="nats-server.log")
         beside_python = Path(sys.executable).parent / "nats-server"
         self.binary = beside_python if beside_python.is_file() else Path(shutil.which("nats-server") or "nats-server")
+        self.auth = auth
 
     @property
     def url(self) -> str:
+        """Without credentials: the URL to use when `auth` is off (and to prove it is refused when on)."""
         return f"nats://{self.host}:{self.port}"
 
+    def url_for(self, user: str) -> str:
+        assert self.auth and user in NATS_PERMISSIONS, f"no NATS user {user}"
+        return f"nats://{user}:{_secret(self.data_dir / f'{user}.password')}@{self.host}:{self.port}"
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        if self.auth:
+            self._write_config()
+
+    def _write_config(self) -> None:
+        users = []
+        for user, permissions in NATS_PERMISSIONS.items():
+            allow = {kind: {"allow": subjects} for kind, subjects in permissions.items()}
+            password = _secret(self.data_dir / f"{user}.password")
+            users.append({"user": user, "password": password, "permissions": allow})
+        # JSON is valid NATS configuration syntax.
+        config = self.data_dir / "nats.conf"
+        write_private(config, "authorization " + json.dumps({"users": users}, indent=2) + "\n")
+
     def _command(self) -> list[str]:
-        return [str(self.binary), "-js", "-sd", str(self.data_dir / "jetstream"),
-                "-a", self.host, "-p", str(self.port)]
+        command = [str(self.binary), "-js", "-sd", str(self.data_dir / "jetstream"),
+                   "-a", self.host, "-p", str(self.port)]
+        if self.auth:
+            command += ["-c", str(self.data_dir / "nats.conf")]
+        return command
 
     def _ready(self) -> bool:
         """Ready once a client connection gets an INFO line that announces JetStream."""
@@ -261,6 +346,22 @@ class EmbeddedNats(_ChildServer):
             return line.startswith(b"INFO ") and json.loads(line[5:]).get("jetstream") is True
         except (OSError, ValueError):  # not listening yet, or a cut-off line
             return False
+
+
+def _secret(path: Path) -> str:
+    """A generated password kept in `path` (0600), made on first use and reused afterwards."""
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, never briefly readable by others."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    path.chmod(0o600)
 
 
 def _system_user(name: str) -> pwd.struct_passwd:

@@ -1,0 +1,113 @@
+"""`ledger dev` keeps its secrets to its own user: files 0600, passwords on PostgreSQL's TCP port,
+NATS logins with per-service publish rights (security review, finding 6, and NATS auth of finding 1).
+
+One real `ledger dev` in a subprocess, on free ports, in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import nats
+import psycopg
+import pytest
+
+from tools.embedded import free_port
+
+START_S_MAX = 60
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dev")
+    data = root / ".ledger"
+    env = {**os.environ, "LEDGER_DEV_PG_PORT": str(free_port()), "LEDGER_DEV_NATS_PORT": str(free_port())}
+    log = open(root / "dev.log", "wb")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "dev", "--data-dir", str(data), "--port", str(free_port())],
+        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        _wait_for_text(root / "dev.log", "Ledger is running", child)
+        yield data, json.loads((data / "dev.json").read_text())
+    finally:
+        child.send_signal(signal.SIGINT)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait(10)
+        log.close()
+
+
+def _wait_for_text(path: Path, text: str, child: subprocess.Popen) -> None:
+    import time
+
+    deadline = time.monotonic() + START_S_MAX
+    while text not in path.read_text(errors="replace"):
+        assert child.poll() is None, f"ledger dev exited:\n{path.read_text(errors='replace')[-3000:]}"
+        assert time.monotonic() < deadline, f"ledger dev not up in {START_S_MAX}s"
+        time.sleep(0.1)
+
+
+def _private(path: Path) -> bool:
+    """No read or write bit for group or others (a root-run stack keeps o+x on directories so the
+    unprivileged PostgreSQL user can traverse them, but never r or w)."""
+    return stat.S_IMODE(path.stat().st_mode) & 0o066 == 0
+
+
+def test_dev_files_are_readable_by_their_owner_only(dev_stack):
+    data, _ = dev_stack
+    assert _private(data)
+    for name in ("dev.json", "postgres.password", "nats/nats.conf", "nats/api.password", "nats/projector.password"):
+        assert (data / name).exists(), name
+        assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+    assert _private(data / "nats")
+
+
+def test_postgres_refuses_tcp_without_the_password(dev_stack):
+    _, info = dev_stack
+    url = info["database_url"]
+    without = url.replace(url.split("//", 1)[1].split("@", 1)[0], "postgres")
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(without, connect_timeout=5).close()
+    with psycopg.connect(url, connect_timeout=5) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+async def test_nats_refuses_anonymous_clients(dev_stack):
+    _, info = dev_stack
+    anonymous = "nats://" + info["nats_url"].split("@", 1)[1]
+    with pytest.raises(Exception):
+        await nats.connect(anonymous, allow_reconnect=False, connect_timeout=2, max_reconnect_attempts=0)
+
+
+async def test_only_the_api_may_publish_ledger_events(dev_stack):
+    data, info = dev_stack
+    for user, subject in (("reader", "ledger.v1.transfers.committed"), ("projector", "ledger.v1.transfers.committed"),
+                          ("api", "ledger.v1.projector.watermark"), ("reader", "ledger.v1.projector.watermark")):
+        password = (data / "nats" / f"{user}.password").read_text().strip()
+        url = f"nats://{user}:{password}@" + info["nats_url"].split("@", 1)[1]
+        violations: list[str] = []
+
+        async def on_error(error: Exception) -> None:
+            violations.append(str(error))
+
+        client = await nats.connect(url, allow_reconnect=False, error_cb=on_error)
+        try:
+            await client.publish(subject, b'{"position": 999999999}')
+            await client.flush()
+            for _ in range(100):  # the server's -ERR arrives asynchronously; bounded wait
+                if violations:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await client.close()
+        assert any("permissions violation" in v.lower() for v in violations), (user, subject, violations)
