@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
@@ -22,6 +23,43 @@ log = logging.getLogger("ledger.db")
 CONNECT_TIMEOUT_S = 5.0
 POOL_TIMEOUT_S = 5.0
 STARTUP_RETRY_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """What the database enforces on every service connection, so nothing waits forever: a paused
+    or partitioned process holding the journal head lock is cut off by the server, and a dead peer
+    is noticed by TCP keepalives instead of the kernel's hours-long default.
+
+    `lock_ms`: a statement waiting longer for a lock fails with 55P03 (retried like a conflict);
+    `statement_ms`: one statement at most (57014); `idle_in_transaction_ms`: a session idle inside
+    an open transaction is terminated and its locks released; `keepalive_idle_s` and friends: the
+    libpq keepalive parameters. CockroachDB accepts the same three session settings."""
+
+    lock_ms: int = 5_000
+    statement_ms: int = 10_000
+    idle_in_transaction_ms: int = 10_000
+    keepalive_idle_s: int = 10
+    keepalive_interval_s: int = 5
+    keepalive_count: int = 3
+
+    def session_settings(self) -> dict[str, str]:
+        return {
+            "lock_timeout": f"{self.lock_ms}ms",
+            "statement_timeout": f"{self.statement_ms}ms",
+            "idle_in_transaction_session_timeout": f"{self.idle_in_transaction_ms}ms",
+        }
+
+    def connect_kwargs(self) -> dict[str, int]:
+        return {
+            "keepalives": 1,
+            "keepalives_idle": self.keepalive_idle_s,
+            "keepalives_interval": self.keepalive_interval_s,
+            "keepalives_count": self.keepalive_count,
+        }
+
+
+DEFAULT_TIMEOUTS = Timeouts()
 
 
 async def detect_dialect(url: str) -> dialects.Dialect:
@@ -54,12 +92,10 @@ def make_pool(
     serializable: bool = False,
     dialect: dialects.Dialect = dialects.POSTGRESQL,
     name: str = "ledger",
+    timeouts: Timeouts = DEFAULT_TIMEOUTS,
 ) -> AsyncConnectionPool:
     async def configure(conn: psycopg.AsyncConnection) -> None:
-        if role:
-            await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
-        if serializable:
-            await conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        await configure_session(conn, role=role, serializable=serializable, timeouts=timeouts)
 
     return AsyncConnectionPool(
         url,
@@ -68,7 +104,19 @@ def make_pool(
         open=False,
         configure=configure,
         connection_class=dialect.connection_class,
-        kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True},
+        kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True, **timeouts.connect_kwargs()},
         timeout=POOL_TIMEOUT_S,
         name=name,
     )
+
+
+async def configure_session(
+    conn: psycopg.AsyncConnection, *, role: str | None, serializable: bool = False, timeouts: Timeouts = DEFAULT_TIMEOUTS
+) -> None:
+    """What every service connection runs first: its role, its isolation, its timeouts."""
+    if role:
+        await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+    if serializable:
+        await conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+    for name, value in timeouts.session_settings().items():
+        await conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))

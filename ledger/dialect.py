@@ -12,8 +12,9 @@ import psycopg
 
 # SQLSTATE 40001: serialization failure. CockroachDB reports every retryable conflict with it
 # (its messages start with "restart transaction"); PostgreSQL SERIALIZABLE uses it too, and
-# 40P01 (deadlock detected) is retried the same way.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+# 40P01 (deadlock detected) and 55P03 (lock_timeout: the head lock was held too long, for
+# example by a paused process) are retried the same way: nothing was written.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 
 
 @dataclass(frozen=True, slots=True)
