@@ -44,6 +44,9 @@ RETRY_ATTEMPTS_MAX_DEFAULT = 10
 BACKOFF_FIRST_S = 0.1
 BACKOFF_MAX_S = 5.0
 BACKOFF_DOUBLINGS_MAX = 16  # past BACKOFF_MAX_S long before; keeps 2**n small
+# The least a retry's own timeout may be: a wait that overshoots the deadline a little must not leave
+# the attempt no time at all (aiohttp reads a total of 0 as "no timeout").
+RETRY_ATTEMPT_S_MIN = 0.1
 # Added at random to the server's Retry-After, so clients told the same second do not all come back
 # in the same millisecond.
 RETRY_AFTER_JITTER_S_MAX = 0.25
@@ -343,7 +346,8 @@ class LedgerClient:
                         error.add_note(f"gave up after {attempt_number} attempts in {loop.time() - started:.1f}s")
                     raise
             await asyncio.sleep(delay_s)
-            timeout = aiohttp.ClientTimeout(total=min(self._timeout_s, deadline - loop.time()))
+            left_s = max(RETRY_ATTEMPT_S_MIN, deadline - loop.time())
+            timeout = aiohttp.ClientTimeout(total=min(self._timeout_s, left_s))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
 
