@@ -4,6 +4,13 @@ Answers are decoded into the same msgspec Structs the server encodes them from (
 field the server adds later is ignored, not an error. Every problem answer (RFC 9457) is raised
 as `LedgerProblem` carrying its `status`, stable `code`, `detail` and validation `errors`.
 
+The client retries by itself what the contract says may be retried (429 `rate_limited`, 503
+`queue_full`, `unavailable`, `timeout`, a dropped connection), but only where a repeat cannot apply
+a request twice: reads, transfers (the same `Idempotency-Key` on every attempt, so a repeat after an
+unknown outcome is a replay) and account creation (the client chooses the id, so a repeat is a
+replay). Principal creation is not idempotent and is repeated only when the server provably did
+not process it. `retry_total_s` and `retry_attempts_max` bound it all; `retry_total_s=0` turns it off.
+
     async with LedgerClient("http://127.0.0.1:8080", token=admin_token) as ledger:
         transfer = await ledger.transfer(from_account_id=a, to_account_id=b, amount=450,
                                          currency="USD", idempotency_key="order-17")
@@ -13,8 +20,10 @@ See docs/client.md.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -24,7 +33,33 @@ import schemas
 
 T = TypeVar("T")
 
+# One attempt of one request, the streaming of its answer included.
 TIMEOUT_S_DEFAULT = 30.0
+# No retry starts, and no wait before one ends, later than this after the call began.
+RETRY_TOTAL_S_DEFAULT = 30.0
+# Attempts of one call, the first one included.
+RETRY_ATTEMPTS_MAX_DEFAULT = 10
+# Exponential backoff when the server did not say when to come back: the n-th retry waits between
+# half and all of min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**n), so retries spread out but never at once.
+BACKOFF_FIRST_S = 0.1
+BACKOFF_MAX_S = 5.0
+BACKOFF_DOUBLINGS_MAX = 16  # past BACKOFF_MAX_S long before; keeps 2**n small
+# The least a retry's own timeout may be: a wait that overshoots the deadline a little must not leave
+# the attempt no time at all (aiohttp reads a total of 0 as "no timeout").
+RETRY_ATTEMPT_S_MIN = 0.1
+# Added at random to the server's Retry-After, so clients told the same second do not all come back
+# in the same millisecond.
+RETRY_AFTER_JITTER_S_MAX = 0.25
+# Problem codes that mean "not done now, try again" (contract: 429, 503). For `unavailable` and
+# `timeout` the request may or may not have been applied, so only idempotent requests repeat them.
+RETRYABLE_CODES = frozenset({"rate_limited", "queue_full", "unavailable", "timeout"})
+# A request that is not idempotent repeats only answers given before it was processed: the rate
+# limiter answers before any handler runs.
+UNPROCESSED_CODES = frozenset({"rate_limited"})
+# Failures of the connection: the request may or may not have reached the server.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError,
+)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # What a non-problem error answer (a proxy's HTML page, say) keeps of its body in `detail`.
 FOREIGN_DETAIL_CHARS_MAX = 200
@@ -72,14 +107,28 @@ class LedgerClient:
         token: str | None = None,
         session: aiohttp.ClientSession | None = None,
         timeout_s: float = TIMEOUT_S_DEFAULT,
+        retry_total_s: float = RETRY_TOTAL_S_DEFAULT,
+        retry_attempts_max: int = RETRY_ATTEMPTS_MAX_DEFAULT,
     ) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, not {timeout_s}")
+        if retry_total_s < 0:
+            raise ValueError(f"retry_total_s must be 0 (no retries) or more, not {retry_total_s}")
+        if retry_attempts_max < 1:
+            raise ValueError(f"retry_attempts_max counts the first attempt: at least 1, not {retry_attempts_max}")
         self.base_url = base_url.rstrip("/")
         self._token = token
+        self._timeout_s = timeout_s
+        self._retry_total_s = retry_total_s
+        self._retry_attempts_max = retry_attempts_max
         self._owns_session = session is None
         self._session = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
 
     def as_principal(self, token: str) -> LedgerClient:
-        return LedgerClient(self.base_url, token=token, session=self._session)
+        return LedgerClient(
+            self.base_url, token=token, session=self._session, timeout_s=self._timeout_s,
+            retry_total_s=self._retry_total_s, retry_attempts_max=self._retry_attempts_max,
+        )
 
     async def close(self) -> None:
         if self._owns_session:
@@ -94,9 +143,11 @@ class LedgerClient:
     # ---- principals and accounts ------------------------------------------------------------
 
     async def create_principal(self, *, role: schemas.Role, name: str) -> schemas.Principal:
-        """The token in the answer is shown once; keep it."""
+        """The token in the answer is shown once; keep it. Creating a principal is not idempotent
+        (a repeat makes a second one), so it is retried only when the server provably did not
+        process it: the connection could not be opened, or the rate limiter answered 429."""
         body = schemas.PrincipalCreate(role=role, name=name)
-        return await self._call("POST", "/v1/principals", schemas.Principal, body=body)
+        return await self._call("POST", "/v1/principals", schemas.Principal, body=body, idempotent=False)
 
     async def create_account(
         self,
@@ -107,8 +158,10 @@ class LedgerClient:
         owner_id: uuid.UUID | None = None,
         name: str = "",
     ) -> schemas.Account:
-        """Idempotent by `id`: the same id with the same kind, currency and owner returns it again."""
-        body = schemas.AccountCreate(kind=kind, currency=currency, id=id, owner_id=owner_id, name=name)
+        """Idempotent by `id`: the same id with the same kind, currency and owner returns it again.
+        Without an `id` the client chooses one (a random UUID, as the contract allows), so that a
+        retry after a lost answer returns the same account instead of creating a second one."""
+        body = schemas.AccountCreate(kind=kind, currency=currency, id=id or uuid.uuid4(), owner_id=owner_id, name=name)
         return await self._call("POST", "/v1/accounts", schemas.Account, body=body)
 
     async def get_account(self, account_id: uuid.UUID) -> schemas.Account:
@@ -127,8 +180,8 @@ class LedgerClient:
         reference: str = "",
         metadata: dict[str, str] | None = None,
     ) -> schemas.Transfer:
-        """Commit a transfer. Retrying with the same `idempotency_key` and arguments (after a
-        timeout or a 503) is safe: it is applied at most once and answers the same transfer."""
+        """Commit a transfer. Every retry, the client's own and the caller's, sends the same
+        `idempotency_key`: the transfer is applied at most once and every repeat answers it."""
         body = schemas.TransferCreate(
             from_account_id=from_account_id,
             to_account_id=to_account_id,
@@ -149,10 +202,13 @@ class LedgerClient:
         self, vendor_account_id: uuid.UUID, transfer_id: uuid.UUID, *, min_position: int = 0, wait_ms: int = 0
     ) -> schemas.Verification:
         """Pass the `position` of the transfer as `min_position` to read your own write: the call
-        waits up to `wait_ms` for the projection, then raises `projection_behind` (503)."""
+        waits up to `wait_ms` for the projection, and while it is behind asks again (within the
+        retry bounds); then it raises `projection_behind` (503). With `wait_ms=0` the caller asked
+        not to wait, so `projection_behind` is raised at once."""
         path = f"/v1/vendors/{vendor_account_id}/transfers/{transfer_id}/verification"
         params = {"min_position": min_position, "wait_ms": wait_ms}
-        return await self._call("GET", path, schemas.Verification, params=params)
+        also = frozenset({"projection_behind"}) if wait_ms > 0 else frozenset()
+        return await self._call("GET", path, schemas.Verification, params=params, also_retry=also)
 
     async def vendor_transfers(
         self, vendor_account_id: uuid.UUID, *, limit: int = 100, after: str = ""
@@ -184,10 +240,22 @@ class LedgerClient:
             left = None if left is None else left - received
 
     async def _journal_page(self, after: int, limit: int) -> AsyncIterator[schemas.JournalEntry]:
+        """Opening the page is retried; a connection lost in the middle of the stream is raised."""
         decoder = _decoder(schemas.JournalEntry)
         params = {"after": after, "limit": limit}
-        async with self._session.get(self.base_url + "/v1/journal", params=params, headers=self._headers()) as response:
-            await _raise_for_problem(response)
+
+        async def attempt(timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
+            response = await self._session.get(
+                self.base_url + "/v1/journal", params=params, headers=self._headers(), timeout=timeout
+            )
+            try:
+                await _raise_for_problem(response)
+            except BaseException:
+                response.release()
+                raise
+            return response
+
+        async with await self._retrying(attempt, idempotent=True) as response:
             async for line in response.content:
                 if line.strip():
                     yield decoder.decode(line)
@@ -202,10 +270,14 @@ class LedgerClient:
 
     async def ready(self) -> schemas.Health:
         """Which dependencies answer; `status` is "ready" or "not_ready" (a 503 is not raised)."""
-        async with self._session.get(self.base_url + "/readyz", headers=self._headers()) as response:
-            if response.status not in (200, 503):
-                await _raise_for_problem(response)
-            return _decoder(schemas.Health).decode(await response.read())
+
+        async def attempt(timeout: aiohttp.ClientTimeout) -> schemas.Health:
+            async with self._session.get(self.base_url + "/readyz", headers=self._headers(), timeout=timeout) as response:
+                if response.status not in (200, 503):
+                    await _raise_for_problem(response)
+                return _decoder(schemas.Health).decode(await response.read())
+
+        return await self._retrying(attempt, idempotent=True)
 
     async def openapi(self) -> dict[str, Any]:
         return await self._call("GET", "/openapi.json", dict[str, Any])
@@ -227,16 +299,81 @@ class LedgerClient:
         body: msgspec.Struct | None = None,
         params: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        idempotent: bool = True,
+        also_retry: frozenset[str] = frozenset(),
     ) -> T:
+        """One call, retried as `_retrying` says; every attempt sends the same bytes and headers
+        (the `Idempotency-Key` included)."""
         sent = self._headers(headers)
         data = None
         if body is not None:
             data = schemas.encode(body)
             sent["Content-Type"] = "application/json"
         url = self.base_url + path
-        async with self._session.request(method, url, data=data, params=params, headers=sent) as response:
-            await _raise_for_problem(response)
-            return _decoder(answer).decode(await response.read())
+
+        async def attempt(timeout: aiohttp.ClientTimeout) -> T:
+            async with self._session.request(
+                method, url, data=data, params=params, headers=sent, timeout=timeout
+            ) as response:
+                await _raise_for_problem(response)
+                return _decoder(answer).decode(await response.read())
+
+        return await self._retrying(attempt, idempotent=idempotent, also_retry=also_retry)
+
+    async def _retrying(
+        self,
+        attempt: Callable[[aiohttp.ClientTimeout], Awaitable[T]],
+        *,
+        idempotent: bool,
+        also_retry: frozenset[str] = frozenset(),
+    ) -> T:
+        """Run `attempt` until it succeeds, fails in a way that must not be repeated, or the
+        bounds are reached: `retry_attempts_max` attempts, and no retry (nor the wait before it)
+        ending later than `retry_total_s` after the start. The first attempt has `timeout_s`;
+        a retry has what is left of `retry_total_s`, at most `timeout_s`. The last failure is
+        raised as it was, with a note of the attempts made."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self._retry_total_s
+        timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+        for attempt_number in range(1, self._retry_attempts_max + 1):
+            try:
+                return await attempt(timeout)
+            except Exception as error:
+                delay_s = _retry_delay_s(error, attempt_number, idempotent=idempotent, also_retry=also_retry)
+                if delay_s is None or attempt_number == self._retry_attempts_max or loop.time() + delay_s >= deadline:
+                    if attempt_number > 1:
+                        error.add_note(f"gave up after {attempt_number} attempts in {loop.time() - started:.1f}s")
+                    raise
+            await asyncio.sleep(delay_s)
+            left_s = max(RETRY_ATTEMPT_S_MIN, deadline - loop.time())
+            timeout = aiohttp.ClientTimeout(total=min(self._timeout_s, left_s))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _retry_delay_s(error: Exception, attempt_number: int, *, idempotent: bool, also_retry: frozenset[str]) -> float | None:
+    """How long to wait before repeating a request that failed with `error`, or None when it
+    must not be repeated. A request that is not idempotent is repeated only when it provably was
+    not processed: the connection was never opened, or the rate limiter refused it."""
+    if isinstance(error, LedgerProblem):
+        codes = (RETRYABLE_CODES | also_retry) if idempotent else UNPROCESSED_CODES
+        if error.code not in codes:
+            return None
+        if error.retry_after_s is not None:
+            return error.retry_after_s + random.uniform(0, RETRY_AFTER_JITTER_S_MAX)
+        return _backoff_s(attempt_number)
+    if isinstance(error, aiohttp.ClientSSLError):
+        return None  # a certificate does not get better by asking again
+    unsent = isinstance(error, aiohttp.ClientConnectorError)
+    if unsent or (idempotent and isinstance(error, CONNECTION_ERRORS)):
+        return _backoff_s(attempt_number)
+    return None
+
+
+def _backoff_s(attempt_number: int) -> float:
+    doublings = min(attempt_number - 1, BACKOFF_DOUBLINGS_MAX)
+    ceiling_s = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**doublings)
+    return ceiling_s / 2 + random.uniform(0, ceiling_s / 2)
 
 
 async def _raise_for_problem(response: aiohttp.ClientResponse) -> None:
