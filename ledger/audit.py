@@ -378,8 +378,10 @@ def main(settings: config.Settings, *, as_json: bool, from_position: int, checkp
     try:
         report = asyncio.run(run_audit(settings.database_url, from_position=from_position, checkpoint=signed,
                                        projector_name=settings.projector_name, progress=bar))
+    except psycopg.OperationalError:
+        raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:
-        print(f"ledger audit: cannot read the journal: {error}", file=sys.stderr)
+        print(f"ledger audit: cannot read the journal: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return EXIT_UNABLE
     finally:
         if bar is not None:

@@ -133,8 +133,11 @@ def main(settings: config.Settings, *, key_path: str, out: str | None, export_pu
     except EmptyJournal:
         print("ledger checkpoint: the journal is empty, nothing to sign", file=sys.stderr)
         return EXIT_NOTHING_TO_SIGN
+    except psycopg.OperationalError:
+        raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:
-        print(f"ledger checkpoint: cannot read the journal head: {error}", file=sys.stderr)
+        print(f"ledger checkpoint: cannot read the journal head: {str(error).strip().splitlines()[0]}",
+              file=sys.stderr)
         return EXIT_UNABLE
     if out is None:
         sys.stdout.buffer.write(encode(checkpoint))

@@ -100,3 +100,27 @@ def _ready(url: str, process: subprocess.Popen) -> bool:
         except OSError:
             time.sleep(0.1)
     return False
+
+
+# ---- unreachable dependencies and usage errors -------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["migrate", "audit", "checkpoint", "principal"])
+def test_an_unreachable_database_is_one_line_and_exit_3(command, tmp_path):
+    argv = {"checkpoint": ["--key", str(tmp_path / "key.pem")],
+            "principal": ["--role", "admin", "--name", "ops"]}.get(command, [])
+    done = ledger(command, *argv, LEDGER_DATABASE_URL=UNREACHABLE_DATABASE_URL)
+    assert done.returncode == cli.EXIT_UNREACHABLE, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"ledger {command}: the database is unreachable: "), done.stderr
+
+
+def test_a_negative_audit_position_is_a_usage_error():
+    done = ledger("audit", "--from", "-1")
+    assert_one_line(done, cli.EXIT_USAGE,
+                    "ledger audit: argument --from: -1 is negative; positions start at 0 (see `ledger audit --help`)")
+
+
+def test_an_unknown_command_is_a_usage_error():
+    done = ledger("frobnicate")
+    assert done.returncode == cli.EXIT_USAGE and len(done.stderr.splitlines()) == 1, done.stderr
