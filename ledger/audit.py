@@ -368,7 +368,8 @@ def _unusable_checkpoint(checkpoint: signing.SignedCheckpoint, from_position: in
 
 
 def main(settings: config.Settings, *, as_json: bool, from_position: int, checkpoint: str | None) -> int:
-    """0 when every check holds, 1 when one fails, 2 when the audit could not run."""
+    """0 when every check holds, 1 when one fails, 2 when the audit could not run; an unreachable
+    database is raised to the command line, which exits 3."""
     try:
         signed = signing.read_file(Path(checkpoint)) if checkpoint else None
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as error:

@@ -119,7 +119,8 @@ async def take_checkpoint(database_url: str, key: Ed25519PrivateKey) -> SignedCh
 
 
 def main(settings: config.Settings, *, key_path: str, out: str | None, export_public_key: bool) -> int:
-    """`ledger checkpoint`: 0 signed (or key printed), 1 nothing to sign yet, 2 could not run."""
+    """`ledger checkpoint`: 0 signed (or key printed), 1 nothing to sign yet, 2 could not run; an
+    unreachable database is raised to the command line, which exits 3."""
     try:
         key = load_or_create_key(Path(key_path))
     except (OSError, ValueError) as error:
