@@ -368,7 +368,8 @@ def _unusable_checkpoint(checkpoint: signing.SignedCheckpoint, from_position: in
 
 
 def main(settings: config.Settings, *, as_json: bool, from_position: int, checkpoint: str | None) -> int:
-    """0 when every check holds, 1 when one fails, 2 when the audit could not run."""
+    """0 when every check holds, 1 when one fails, 2 when the audit could not run; an unreachable
+    database is raised to the command line, which exits 3."""
     try:
         signed = signing.read_file(Path(checkpoint)) if checkpoint else None
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as error:
@@ -378,8 +379,10 @@ def main(settings: config.Settings, *, as_json: bool, from_position: int, checkp
     try:
         report = asyncio.run(run_audit(settings.database_url, from_position=from_position, checkpoint=signed,
                                        projector_name=settings.projector_name, progress=bar))
+    except psycopg.OperationalError:
+        raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:
-        print(f"ledger audit: cannot read the journal: {error}", file=sys.stderr)
+        print(f"ledger audit: cannot read the journal: {str(error).strip().splitlines()[0]}", file=sys.stderr)
         return EXIT_UNABLE
     finally:
         if bar is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from typing import Awaitable, Callable
 
 import msgspec
@@ -34,9 +33,6 @@ CONNECT_RETRY_S = 0.5
 CLOSE_TIMEOUT_S = 2.0
 MSG_ID = "Nats-Msg-Id"
 REQUEST_ID = "X-Request-Id"
-# A clustered deployment sets 3 so the stream survives the loss of a NATS node; one server
-# (`ledger dev`, the tests) can only hold 1.
-STREAM_REPLICAS_ENV = "LEDGER_STREAM_REPLICAS"
 
 _encoder = msgspec.json.Encoder()
 
@@ -57,9 +53,12 @@ def encode_entry(entry: domain.Entry) -> bytes:
 class EventBus:
     """A NATS connection that keeps reconnecting, and the JetStream stream of journal entries."""
 
-    def __init__(self, url: str, *, name: str) -> None:
+    def __init__(self, url: str, *, name: str, stream_replicas: int) -> None:
+        """`stream_replicas` is `Settings.stream_replicas`: a clustered deployment sets 3 so the
+        stream survives the loss of a NATS node; one server (`ledger dev`, the tests) holds 1."""
         self._url = url
         self._name = name
+        self._stream_replicas = stream_replicas
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._connecting: asyncio.Task | None = None
@@ -114,7 +113,7 @@ class EventBus:
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
             duplicate_window=DUPLICATE_WINDOW_S,
-            num_replicas=int(os.environ.get(STREAM_REPLICAS_ENV, "1")),
+            num_replicas=self._stream_replicas,
         )
         assert self.js is not None
         try:

@@ -119,7 +119,8 @@ async def take_checkpoint(database_url: str, key: Ed25519PrivateKey) -> SignedCh
 
 
 def main(settings: config.Settings, *, key_path: str, out: str | None, export_public_key: bool) -> int:
-    """`ledger checkpoint`: 0 signed (or key printed), 1 nothing to sign yet, 2 could not run."""
+    """`ledger checkpoint`: 0 signed (or key printed), 1 nothing to sign yet, 2 could not run; an
+    unreachable database is raised to the command line, which exits 3."""
     try:
         key = load_or_create_key(Path(key_path))
     except (OSError, ValueError) as error:
@@ -133,8 +134,11 @@ def main(settings: config.Settings, *, key_path: str, out: str | None, export_pu
     except EmptyJournal:
         print("ledger checkpoint: the journal is empty, nothing to sign", file=sys.stderr)
         return EXIT_NOTHING_TO_SIGN
+    except psycopg.OperationalError:
+        raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:
-        print(f"ledger checkpoint: cannot read the journal head: {error}", file=sys.stderr)
+        print(f"ledger checkpoint: cannot read the journal head: {str(error).strip().splitlines()[0]}",
+              file=sys.stderr)
         return EXIT_UNABLE
     if out is None:
         sys.stdout.buffer.write(encode(checkpoint))

@@ -5,7 +5,7 @@ runs. The tooling commands (dev, bench, chaos, seed) live in the `tools` package
 `dev` extra, and are imported only when called, so the runtime never depends on them.
 
 Exit codes: 0 done; 1 a check failed (audit); 2 usage or configuration error; 3 a dependency
-(database, NATS) could not be reached.
+(database, NATS) could not be reached. Every error is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -61,8 +61,15 @@ async def _await(task):
     return await task
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage itself is one `--help` away)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ledger", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="ledger", description=__doc__.split("\n\n")[0])
     parser.add_argument("--log-level", default=os.environ.get("LEDGER_LOG_LEVEL", "INFO"))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="apply the schema migrations (LEDGER_DATABASE_URL)")

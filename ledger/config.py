@@ -1,38 +1,83 @@
-"""Configuration: every limit named, with its unit, read from the environment once.
+"""Configuration: every limit named, with its unit, read from the environment once and checked.
 
-| variable | default | meaning |
-|---|---|---|
-| LEDGER_DATABASE_URL | postgresql://postgres@127.0.0.1:5432/postgres | the journal database |
-| LEDGER_DB_ROLE | ledger_api | role the API switches to (`SET ROLE`) on every connection |
-| LEDGER_NATS_URL | nats://127.0.0.1:4222 | NATS with JetStream |
-| LEDGER_HTTP_HOST / LEDGER_HTTP_PORT | 127.0.0.1 / 8080 | API listener |
-| LEDGER_HTTP_REUSE_PORT | (unset) | `1`: several API processes share the port (SO_REUSEPORT) |
-| LEDGER_METRICS_PORT | (unset) | a separate metrics listener; unset serves /metrics on the API |
-| LEDGER_BATCH_MAX | 256 | transfers committed in one transaction at most |
-| LEDGER_QUEUE_MAX | 4096 | transfers waiting for the committer; a full queue answers 503 |
-| LEDGER_BATCH_LINGER_MS | 1 | how long the committer waits for a batch to fill once work arrives |
-| LEDGER_COMMIT_RETRIES_MAX | 8 | whole-batch retries on a serialization failure |
-| LEDGER_POOL_SIZE_MAX | 8 | database connections of one API process for reads |
-| LEDGER_WAIT_MS_MAX | 10000 | longest `wait_ms` a projection read may ask for |
-| LEDGER_REQUEST_TIMEOUT_MS | 15000 | a request is answered by then, whatever happens below |
-| LEDGER_RATE_PER_S / LEDGER_RATE_BURST | 0 (off) / 200 | per-principal token bucket |
+| variable | default | range | meaning |
+|---|---|---|---|
+| LEDGER_DATABASE_URL | postgresql://postgres@127.0.0.1:5432/postgres | not empty | the journal database |
+| LEDGER_DB_ROLE | ledger_api | not empty | role the API switches to (`SET ROLE`) on every connection |
+| LEDGER_NATS_URL | nats://127.0.0.1:4222 | not empty | NATS with JetStream (a cluster's seeds, comma-separated) |
+| LEDGER_HTTP_HOST / LEDGER_HTTP_PORT | 127.0.0.1 / 8080 | not empty / 0..65535 | API listener |
+| LEDGER_HTTP_REUSE_PORT | (unset) | 1, true, yes / 0, false, no | `1`: several API processes share the port (SO_REUSEPORT) |
+| LEDGER_METRICS_PORT | (unset) | 0..65535 | a separate metrics listener; unset serves /metrics on the API |
+| LEDGER_BATCH_MAX | 256 | 1..10000 | transfers committed in one transaction at most |
+| LEDGER_QUEUE_MAX | 4096 | 1..1000000 | transfers waiting for the committer; a full queue answers 503 |
+| LEDGER_BATCH_LINGER_MS | 1 | 0..1000 | how long the committer waits for a batch to fill once work arrives |
+| LEDGER_COMMIT_RETRIES_MAX | 8 | 0..100 | whole-batch retries on a serialization failure |
+| LEDGER_POOL_SIZE_MAX | 8 | 1..200 | database connections of one API process for reads |
+| LEDGER_WAIT_MS_MAX | 10000 | 0..600000 | longest `wait_ms` a projection read may ask for |
+| LEDGER_REQUEST_TIMEOUT_MS | 15000 | 1..600000 | a request is answered by then, whatever happens below |
+| LEDGER_RATE_PER_S / LEDGER_RATE_BURST | 0 (off) / 200 | 0..1000000 / 1..1000000 | per-principal token bucket |
+| LEDGER_STREAM_REPLICAS | 1 | 1..5 | JetStream replicas of the `LEDGER` stream (3 on a NATS cluster) |
+
+A value that does not parse or is out of range raises `ConfigError`, whose message names the
+variable and says why (`LEDGER_BATCH_MAX='abc' is not a whole number`); `ledger` prints it on one
+line and exits 2. The checks are plain `if`s, not `assert`s, so `python -O` keeps them, and they
+run in `__post_init__`, so `Settings(...)` built in code is checked the same way.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 BODY_BYTES_MAX = 64 * 1024
 IDEMPOTENCY_KEY_CHARS_MAX = 255
+
+PORT_MAX = 65535
+_TRUE = ("1", "true", "yes")
+_FALSE = ("", "0", "false", "no")
 
 
 class ConfigError(ValueError):
     """A setting is missing, malformed or out of range; the message names the variable."""
 
 
-def _int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
+# The environment variable of each setting read from the environment; the others are set in code.
+VARIABLES: dict[str, str] = {
+    "database_url": "LEDGER_DATABASE_URL",
+    "db_role": "LEDGER_DB_ROLE",
+    "nats_url": "LEDGER_NATS_URL",
+    "http_host": "LEDGER_HTTP_HOST",
+    "http_port": "LEDGER_HTTP_PORT",
+    "http_reuse_port": "LEDGER_HTTP_REUSE_PORT",
+    "metrics_port": "LEDGER_METRICS_PORT",
+    "batch_max": "LEDGER_BATCH_MAX",
+    "queue_max": "LEDGER_QUEUE_MAX",
+    "batch_linger_ms": "LEDGER_BATCH_LINGER_MS",
+    "commit_retries_max": "LEDGER_COMMIT_RETRIES_MAX",
+    "pool_size_max": "LEDGER_POOL_SIZE_MAX",
+    "wait_ms_max": "LEDGER_WAIT_MS_MAX",
+    "request_timeout_ms": "LEDGER_REQUEST_TIMEOUT_MS",
+    "rate_per_s": "LEDGER_RATE_PER_S",
+    "rate_burst": "LEDGER_RATE_BURST",
+    "stream_replicas": "LEDGER_STREAM_REPLICAS",
+}
+# The inclusive range of every numeric setting. Strings must not be empty; booleans are booleans.
+RANGES: dict[str, tuple[int, int]] = {
+    "http_port": (0, PORT_MAX),
+    "metrics_port": (0, PORT_MAX),
+    "batch_max": (1, 10_000),
+    "queue_max": (1, 1_000_000),
+    "batch_linger_ms": (0, 1_000),
+    "commit_retries_max": (0, 100),
+    "pool_size_max": (1, 200),
+    "wait_ms_max": (0, 600_000),
+    "request_timeout_ms": (1, 600_000),
+    "rate_per_s": (0, 1_000_000),
+    "rate_burst": (1, 1_000_000),
+    "stream_replicas": (1, 5),
+    "body_bytes_max": (1, 16 * 1024 * 1024),
+    "outbox_sweep_interval_ms": (1, 60_000),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,37 +98,78 @@ class Settings:
     request_timeout_ms: int = 15_000
     rate_per_s: float = 0.0
     rate_burst: int = 200
+    stream_replicas: int = 1
     body_bytes_max: int = BODY_BYTES_MAX
     outbox_sweep_interval_ms: int = 500
     projector_name: str = "main"
 
     def __post_init__(self) -> None:
-        assert 1 <= self.batch_max <= 10_000, "batch_max out of range"
-        assert 1 <= self.queue_max, "queue_max must be positive"
-        assert 0 <= self.commit_retries_max <= 100, "commit_retries_max out of range"
-        assert 1 <= self.pool_size_max <= 200, "pool_size_max out of range"
+        for field in fields(self):
+            _check(field.name, field.type, getattr(self, field.name))
+        _check_conninfo(self.database_url)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
-        env = os.environ
-        metrics = env.get("LEDGER_METRICS_PORT")
-        values = dict(
-            database_url=env.get("LEDGER_DATABASE_URL", cls.database_url),
-            db_role=env.get("LEDGER_DB_ROLE", cls.db_role),
-            nats_url=env.get("LEDGER_NATS_URL", cls.nats_url),
-            http_host=env.get("LEDGER_HTTP_HOST", cls.http_host),
-            http_port=_int("LEDGER_HTTP_PORT", cls.http_port),
-            http_reuse_port=env.get("LEDGER_HTTP_REUSE_PORT", "") in ("1", "true", "yes"),
-            metrics_port=int(metrics) if metrics else None,
-            batch_max=_int("LEDGER_BATCH_MAX", cls.batch_max),
-            queue_max=_int("LEDGER_QUEUE_MAX", cls.queue_max),
-            batch_linger_ms=float(env.get("LEDGER_BATCH_LINGER_MS", cls.batch_linger_ms)),
-            commit_retries_max=_int("LEDGER_COMMIT_RETRIES_MAX", cls.commit_retries_max),
-            pool_size_max=_int("LEDGER_POOL_SIZE_MAX", cls.pool_size_max),
-            wait_ms_max=_int("LEDGER_WAIT_MS_MAX", cls.wait_ms_max),
-            request_timeout_ms=_int("LEDGER_REQUEST_TIMEOUT_MS", cls.request_timeout_ms),
-            rate_per_s=float(env.get("LEDGER_RATE_PER_S", cls.rate_per_s)),
-            rate_burst=_int("LEDGER_RATE_BURST", cls.rate_burst),
-        )
+        """Settings from the environment (unset variables keep their defaults), then `overrides`."""
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            variable = VARIABLES.get(field.name)
+            text = os.environ.get(variable) if variable else None
+            if text is not None and field.name not in overrides:
+                values[field.name] = _parse(variable, field.type, text)
         values.update(overrides)
         return cls(**values)
+
+
+def _check_conninfo(url: str) -> None:
+    """A URL libpq cannot parse is a configuration error, not a failure to reach the database."""
+    from psycopg import ProgrammingError, conninfo  # the server extra; the client never builds Settings
+
+    try:
+        conninfo.conninfo_to_dict(url)
+    except ProgrammingError as error:
+        message = str(error).strip().splitlines()[0]
+        # The URL itself is left out of the message: it may hold a password.
+        raise ConfigError(f"{VARIABLES['database_url']} is not a connection string: {message}") from None
+
+
+def _parse(variable: str, kind: str, text: str) -> object:
+    """One variable's text as its field's type (annotations are strings: `from __future__`)."""
+    if kind == "str":
+        return text
+    if kind == "bool":
+        if text.strip().lower() not in _TRUE + _FALSE:
+            raise ConfigError(f"{variable}={text!r} is not one of 1, true, yes, 0, false, no")
+        return text.strip().lower() in _TRUE
+    if kind == "int | None" and text == "":
+        return None
+    if kind in ("int", "int | None"):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"{variable}={text!r} is not a whole number") from None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{variable}={text!r} is not a number") from None
+
+
+def _check(name: str, kind: str, value: object) -> None:
+    """Raise `ConfigError` naming the variable (or, for a setting made only in code, the field)."""
+    label = VARIABLES.get(name, name)
+    if kind == "str":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{label}={value!r} must not be empty")
+        return
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{label}={value!r} is not true or false")
+        return
+    if value is None and kind == "int | None":
+        return
+    whole = kind in ("int", "int | None")
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+        raise ConfigError(f"{label}={value!r} is not a {'whole number' if whole else 'number'}")
+    low, high = RANGES[name]
+    if not low <= value <= high:  # NaN fails this too
+        raise ConfigError(f"{label}={value!r} is out of range {low}..{high}")

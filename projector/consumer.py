@@ -203,7 +203,7 @@ async def rebuild(settings: Settings, pool) -> int:
     async with pool.connection() as conn:
         async with conn.transaction():
             await projections.reset(conn, settings.projector_name)
-    projector = Projector(settings=settings, pool=pool, bus=EventBus(settings.nats_url, name="ledger-rebuild"))
+    projector = Projector(settings=settings, pool=pool, bus=EventBus(settings.nats_url, name="ledger-rebuild", stream_replicas=settings.stream_replicas))
     return await projector.catch_up_from_journal()
 
 
@@ -223,7 +223,7 @@ async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     dialect = await db.wait_for_dialect(settings.database_url)
     pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, dialect=dialect, name="projector")
     await pool.open(wait=True)
-    bus = EventBus(settings.nats_url, name="ledger-projector")
+    bus = EventBus(settings.nats_url, name="ledger-projector", stream_replicas=settings.stream_replicas)
     bus.start()
     metrics_server = None
     if metrics_listener and settings.metrics_port is not None:

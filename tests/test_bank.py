@@ -1,4 +1,4 @@
-"""The bank test under faults, short: the chaos harness (`ledger/chaos.py`) in-process, on its own
+"""The bank test under faults, short: the chaos harness (`tools/chaos/`) in-process, on its own
 PostgreSQL and NATS, with two API processes, a projector, and every kind of fault at least once.
 
 `make chaos` runs the long version (300 s, twenty faults of each kind and more).

@@ -22,7 +22,7 @@ from psycopg import crdb
 
 import schemas
 from api import docs
-from ledger import bus, dialect, logs, store
+from ledger import bus, config, dialect, logs, store
 from client import LedgerClient, LedgerProblem
 from tools.embedded import free_port
 from projector import consumer
@@ -352,7 +352,7 @@ def test_compose_file_has_the_production_shape():
     assert services["migrate"]["depends_on"]["db-setup"]["condition"] == "service_completed_successfully"
     assert services["api"]["command"] == ["api"] and services["api"]["deploy"]["replicas"] == 2
     assert services["projector"]["environment"]["LEDGER_METRICS_PORT"] == "9100"
-    assert services["api"]["environment"][bus.STREAM_REPLICAS_ENV] == "3"
+    assert services["api"]["environment"][config.VARIABLES["stream_replicas"]] == "3"
     for name in ("nats1", "nats2", "nats3"):
         assert services[name]["command"][-2:] == ["--name", name]
     scraped = (ROOT / "deploy" / "prometheus.yml").read_text()

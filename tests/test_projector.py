@@ -193,7 +193,8 @@ async def test_redelivered_events_are_applied_once(stack):
     async with await stack.superuser() as conn:
         entries = await store.entries_by_positions(conn, [paid["position"]])
     pool = stack.app[SERVICES].pool
-    replay = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(stack.nats.url, name="replay"))
+    replay = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(stack.nats.url, name="replay",
+                                                                              stream_replicas=stack.settings.stream_replicas))
     replay.watermark = paid["position"] - 1  # as if it had crashed before acking
     await replay.apply(entries)
     await replay.apply(entries)

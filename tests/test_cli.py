@@ -1,0 +1,126 @@
+"""The command line as an operator meets it: every error is one line on stderr, never a traceback,
+with the exit code `ledger/cli.py` documents (2 usage or configuration, 3 a dependency is down).
+
+Each test runs the real `ledger` command as a subprocess.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from ledger import cli
+from ledger.config import ConfigError, Settings
+from tools.embedded import free_port
+
+UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
+COMMAND_S_MAX = 60.0
+READY_S_MAX = 30.0
+
+
+def ledger(*argv: str, python_flags: tuple[str, ...] = (), **variables: str) -> subprocess.CompletedProcess:
+    """`ledger argv...` with only `variables` of the LEDGER_ settings set."""
+    return subprocess.run([sys.executable, *python_flags, "-m", "ledger.cli", *argv], env=_environment(**variables),
+                          capture_output=True, text=True, timeout=COMMAND_S_MAX)
+
+
+def _environment(**variables: str) -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}, **variables}
+
+
+def assert_one_line(done: subprocess.CompletedProcess, exit_code: int, line: str) -> None:
+    assert (done.returncode, done.stderr.splitlines(), done.stdout) == (exit_code, [line], ""), done.stderr
+
+
+# ---- settings ----------------------------------------------------------------------------------
+
+
+def test_a_setting_that_is_not_a_whole_number_is_one_line_and_exit_2():
+    done = ledger("api", LEDGER_BATCH_MAX="abc")
+    assert_one_line(done, cli.EXIT_USAGE, "ledger: LEDGER_BATCH_MAX='abc' is not a whole number")
+
+
+def test_a_setting_out_of_range_is_one_line_and_exit_2():
+    done = ledger("api", LEDGER_STREAM_REPLICAS="7")
+    assert_one_line(done, cli.EXIT_USAGE, "ledger: LEDGER_STREAM_REPLICAS=7 is out of range 1..5")
+
+
+def test_settings_are_checked_under_python_minus_o_too():
+    done = ledger("projector", python_flags=("-O",), LEDGER_BATCH_MAX="0")
+    assert_one_line(done, cli.EXIT_USAGE, "ledger: LEDGER_BATCH_MAX=0 is out of range 1..10000")
+
+
+def test_a_database_url_libpq_cannot_parse_is_a_configuration_error():
+    done = ledger("migrate", LEDGER_DATABASE_URL="nonsense")
+    assert done.returncode == cli.EXIT_USAGE and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("ledger: LEDGER_DATABASE_URL is not a connection string"), done.stderr
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("batch_max", 0, "LEDGER_BATCH_MAX=0 is out of range 1..10000"),
+    ("pool_size_max", 2.5, "LEDGER_POOL_SIZE_MAX=2.5 is not a whole number"),
+    ("rate_per_s", float("nan"), "LEDGER_RATE_PER_S=nan is out of range 0..1000000"),
+    ("stream_replicas", 6, "LEDGER_STREAM_REPLICAS=6 is out of range 1..5"),
+    ("db_role", "", "LEDGER_DB_ROLE='' must not be empty"),
+    ("outbox_sweep_interval_ms", 0, "outbox_sweep_interval_ms=0 is out of range 1..60000"),
+])
+def test_settings_built_in_code_are_checked_the_same_way(field, value, message):
+    with pytest.raises(ConfigError) as raised:
+        Settings(**{field: value})
+    assert str(raised.value) == message
+
+
+async def test_a_valid_environment_starts_the_api_and_it_stops_cleanly(migrated, nats_server, tmp_path):
+    port = free_port()
+    variables = dict(LEDGER_DATABASE_URL=migrated, LEDGER_NATS_URL=nats_server.url, LEDGER_HTTP_PORT=str(port),
+                     LEDGER_BATCH_MAX="64", LEDGER_STREAM_REPLICAS="1", LEDGER_HTTP_REUSE_PORT="no")
+    with open(tmp_path / "api.log", "wb") as log:
+        api = subprocess.Popen([sys.executable, "-m", "ledger.cli", "api"], env=_environment(**variables),
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert _ready(f"http://127.0.0.1:{port}/healthz", api), (tmp_path / "api.log").read_text()[-3000:]
+    finally:
+        api.send_signal(signal.SIGTERM)
+        code = api.wait(COMMAND_S_MAX)
+    assert code == cli.EXIT_OK, (tmp_path / "api.log").read_text()[-3000:]
+
+
+def _ready(url: str, process: subprocess.Popen) -> bool:
+    deadline = time.monotonic() + READY_S_MAX
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                return reply.status == 200
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+# ---- unreachable dependencies and usage errors -------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["migrate", "audit", "checkpoint", "principal"])
+def test_an_unreachable_database_is_one_line_and_exit_3(command, tmp_path):
+    argv = {"checkpoint": ["--key", str(tmp_path / "key.pem")],
+            "principal": ["--role", "admin", "--name", "ops"]}.get(command, [])
+    done = ledger(command, *argv, LEDGER_DATABASE_URL=UNREACHABLE_DATABASE_URL)
+    assert done.returncode == cli.EXIT_UNREACHABLE, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith(f"ledger {command}: the database is unreachable: "), done.stderr
+
+
+def test_a_negative_audit_position_is_a_usage_error():
+    done = ledger("audit", "--from", "-1")
+    assert_one_line(done, cli.EXIT_USAGE,
+                    "ledger audit: argument --from: -1 is negative; positions start at 0 (see `ledger audit --help`)")
+
+
+def test_an_unknown_command_is_a_usage_error():
+    done = ledger("frobnicate")
+    assert done.returncode == cli.EXIT_USAGE and len(done.stderr.splitlines()) == 1, done.stderr
