@@ -15,8 +15,16 @@
 | LEDGER_POOL_SIZE_MAX | 8 | 1..200 | database connections of one API process for reads |
 | LEDGER_WAIT_MS_MAX | 10000 | 0..600000 | longest `wait_ms` a projection read may ask for |
 | LEDGER_REQUEST_TIMEOUT_MS | 15000 | 1..600000 | a request is answered by then, whatever happens below |
-| LEDGER_RATE_PER_S / LEDGER_RATE_BURST | 0 (off) / 200 | 0..1000000 / 1..1000000 | per-principal token bucket |
+| LEDGER_RATE_PER_S / LEDGER_RATE_BURST | 500 / 1000 | 0..1000000 / 1..1000000 | per-principal token bucket, per API process (0: off) |
 | LEDGER_STREAM_REPLICAS | 1 | 1..5 | JetStream replicas of the `LEDGER` stream (3 on a NATS cluster) |
+| LEDGER_STREAM_MAX_AGE_S | 604800 (7 days) | 1..31536000 | how long the `LEDGER` stream keeps an event (the journal keeps it forever) |
+| LEDGER_STREAM_MAX_BYTES | 1073741824 (1 GiB) | 1048576..1099511627776 | the stream's size cap; the oldest events go first |
+| LEDGER_LOCK_TIMEOUT_MS | 5000 | 100..600000 | a statement waiting longer for a lock fails (55P03) and its batch is retried |
+| LEDGER_STATEMENT_TIMEOUT_MS | 10000 | 100..600000 | one SQL statement at most |
+| LEDGER_IDLE_IN_TRANSACTION_TIMEOUT_MS | 10000 | 100..600000 | the database ends a session idle inside a transaction (a paused process) |
+| LEDGER_WAITERS_MAX | 1000 | 1..100000 | concurrent `min_position` waits per API process; past it 503 `too_many_waiters` |
+| LEDGER_AUTH_CACHE_MS | 500 | 0..1000 | how long a token lookup (found or not) is reused; a revoked token fails everywhere within 1 s |
+| LEDGER_IDEMPOTENCY_RETENTION_S | 604800 (7 days) | 86400..31536000 | how long an idempotency key is remembered; a retry after it is a new request |
 
 A value that does not parse or is out of range raises `ConfigError`, whose message names the
 variable and says why (`LEDGER_BATCH_MAX='abc' is not a whole number`); `ledger` prints it on one
@@ -60,6 +68,14 @@ VARIABLES: dict[str, str] = {
     "rate_per_s": "LEDGER_RATE_PER_S",
     "rate_burst": "LEDGER_RATE_BURST",
     "stream_replicas": "LEDGER_STREAM_REPLICAS",
+    "stream_max_age_s": "LEDGER_STREAM_MAX_AGE_S",
+    "stream_max_bytes": "LEDGER_STREAM_MAX_BYTES",
+    "lock_timeout_ms": "LEDGER_LOCK_TIMEOUT_MS",
+    "statement_timeout_ms": "LEDGER_STATEMENT_TIMEOUT_MS",
+    "idle_in_transaction_timeout_ms": "LEDGER_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+    "waiters_max": "LEDGER_WAITERS_MAX",
+    "auth_cache_ms": "LEDGER_AUTH_CACHE_MS",
+    "idempotency_retention_s": "LEDGER_IDEMPOTENCY_RETENTION_S",
 }
 # The inclusive range of every numeric setting. Strings must not be empty; booleans are booleans.
 RANGES: dict[str, tuple[int, int]] = {
@@ -75,6 +91,14 @@ RANGES: dict[str, tuple[int, int]] = {
     "rate_per_s": (0, 1_000_000),
     "rate_burst": (1, 1_000_000),
     "stream_replicas": (1, 5),
+    "stream_max_age_s": (1, 365 * 86_400),
+    "stream_max_bytes": (1024 * 1024, 1024**4),
+    "lock_timeout_ms": (100, 600_000),
+    "statement_timeout_ms": (100, 600_000),
+    "idle_in_transaction_timeout_ms": (100, 600_000),
+    "waiters_max": (1, 100_000),
+    "auth_cache_ms": (0, 1_000),
+    "idempotency_retention_s": (86_400, 365 * 86_400),
     "body_bytes_max": (1, 16 * 1024 * 1024),
     "outbox_sweep_interval_ms": (1, 60_000),
 }
@@ -96,9 +120,17 @@ class Settings:
     pool_size_max: int = 8
     wait_ms_max: int = 10_000
     request_timeout_ms: int = 15_000
-    rate_per_s: float = 0.0
-    rate_burst: int = 200
+    rate_per_s: float = 500.0
+    rate_burst: int = 1000
     stream_replicas: int = 1
+    stream_max_age_s: int = 7 * 86_400
+    stream_max_bytes: int = 1024**3
+    lock_timeout_ms: int = 5_000
+    statement_timeout_ms: int = 10_000
+    idle_in_transaction_timeout_ms: int = 10_000
+    waiters_max: int = 1_000
+    auth_cache_ms: int = 500
+    idempotency_retention_s: int = 7 * 86_400
     body_bytes_max: int = BODY_BYTES_MAX
     outbox_sweep_interval_ms: int = 500
     projector_name: str = "main"
