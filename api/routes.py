@@ -239,20 +239,8 @@ def request_hash(body: schemas.TransferCreate) -> bytes:
     return hashlib.sha256(canonical).digest()
 
 
-def transfer_body(entry: domain.Entry) -> schemas.Transfer:
-    return schemas.Transfer(
-        id=entry.transfer_id,
-        from_account_id=entry.from_account_id,
-        to_account_id=entry.to_account_id,
-        amount=entry.amount,
-        currency=entry.currency,
-        reference=entry.reference,
-        metadata=entry.metadata,
-        status="committed",
-        position=entry.position,
-        committed_at=entry.committed_at,
-        hash=entry.hash,
-    )
+def transfer_body(entry: schemas.JournalEntry) -> schemas.Transfer:
+    return schemas.transfer_from_entry(entry)
 
 
 async def create_transfer(services, call: Call) -> web.Response:
@@ -420,7 +408,7 @@ async def get_journal(services, call: Call) -> web.StreamResponse:
             break
         buffer = bytearray()
         for entry in entries:
-            encoder.encode_into(domain.entry_dict(entry), buffer, len(buffer))
+            encoder.encode_into(entry, buffer, len(buffer))
             buffer.extend(b"\n")
         await response.write(bytes(buffer))
         after, left = entries[-1].position, left - len(entries)

@@ -11,13 +11,14 @@ import datetime as dt
 import importlib.resources
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+import schemas
 from ledger import domain
 
 API_ROLE = "ledger_api"
@@ -296,7 +297,7 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
             _numbers([e.hash for e in entries]),
         ),
     )
-    postings = [(e.position, account, amount) for e in entries for account, amount in e.postings]
+    postings = [(e.position, p.account_id, p.amount) for e in entries for p in e.postings]
     await conn.execute(
         "INSERT INTO postings (position, account_id, amount)"
         " SELECT * FROM unnest(%s::INT8[], %s::UUID[], %s::INT8[])",
@@ -329,71 +330,48 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
 
 # ---- reading the journal --------------------------------------------------------------------
 
-_ENTRY_COLUMNS = (
-    "j.position, j.transfer_id, j.from_account_id, j.to_account_id, j.amount, j.currency, j.reference,"
-    " j.metadata, j.committed_at, j.prev_hash, j.hash"
+# Each entry with its postings in the order the write path sealed them (debit first), as the
+# columns of `schemas.JournalEntry`: `_entry_row` builds the entry straight from them.
+_ENTRIES = (
+    "SELECT j.position, j.transfer_id, j.from_account_id, j.to_account_id, j.amount, j.currency, j.reference,"
+    " j.metadata, j.committed_at, j.prev_hash, j.hash, p.account_ids, p.amounts FROM journal j"
+    " LEFT JOIN LATERAL (SELECT array_agg(q.account_id ORDER BY q.amount, q.account_id) AS account_ids,"
+    " array_agg(q.amount ORDER BY q.amount, q.account_id) AS amounts"
+    " FROM postings q WHERE q.position = j.position) p ON true"
 )
 
 
-def _entry_from_row(row: tuple, postings: list[tuple[uuid.UUID, int]]) -> domain.Entry:
-    return domain.Entry(
-        position=row[0],
-        transfer_id=row[1],
-        from_account_id=row[2],
-        to_account_id=row[3],
-        amount=row[4],
-        currency=row[5],
-        reference=row[6],
-        metadata=row[7],
-        postings=tuple(postings),
-        committed_at=domain.format_timestamp(row[8]),
-        prev_hash=row[9],
-        hash=row[10],
-    )
+def _entry_row(cursor) -> Callable[[Sequence], schemas.JournalEntry]:
+    """A psycopg row factory: the row of `_ENTRIES` as the one entry type. Only what the database
+    stores differently is converted: the timestamp to its journal text, the postings from arrays."""
+    names = [column.name for column in cursor.description]
+
+    def make(values: Sequence) -> schemas.JournalEntry:
+        row = dict(zip(names, values))
+        row["committed_at"] = domain.format_timestamp(row["committed_at"])
+        row["postings"] = [schemas.Posting(*p) for p in zip(row.pop("account_ids") or (), row.pop("amounts") or ())]
+        return schemas.JournalEntry(**row)
+
+    return make
 
 
-async def _attach_postings(conn, rows: list[tuple]) -> list[domain.Entry]:
-    if not rows:
-        return []
-    positions = [row[0] for row in rows]
-    posting_rows = await (
-        await conn.execute(
-            "SELECT position, account_id, amount FROM postings WHERE position = ANY(%s)"
-            " ORDER BY position, amount, account_id",
-            (positions,),
-        )
-    ).fetchall()
-    by_position: dict[int, list[tuple[uuid.UUID, int]]] = {p: [] for p in positions}
-    for position, account_id, amount in posting_rows:
-        by_position[position].append((account_id, amount))
-    return [_entry_from_row(row, by_position[row[0]]) for row in rows]
+async def _entries(conn, where: str, params: tuple) -> list[schemas.JournalEntry]:
+    async with conn.cursor(row_factory=_entry_row) as cursor:
+        await cursor.execute(f"{_ENTRIES} {where}", params)
+        return await cursor.fetchall()
 
 
-async def entries_by_positions(conn, positions: list[int]) -> list[domain.Entry]:
-    rows = await (
-        await conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM journal j WHERE j.position = ANY(%s) ORDER BY j.position", (positions,)
-        )
-    ).fetchall()
-    return await _attach_postings(conn, rows)
+async def entries_by_positions(conn, positions: list[int]) -> list[schemas.JournalEntry]:
+    return await _entries(conn, "WHERE j.position = ANY(%s) ORDER BY j.position", (positions,))
 
 
-async def entry_by_transfer_id(conn, transfer_id: uuid.UUID) -> domain.Entry | None:
-    rows = await (
-        await conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM journal j WHERE j.transfer_id = %s", (transfer_id,))
-    ).fetchall()
-    entries = await _attach_postings(conn, rows)
+async def entry_by_transfer_id(conn, transfer_id: uuid.UUID) -> schemas.JournalEntry | None:
+    entries = await _entries(conn, "WHERE j.transfer_id = %s", (transfer_id,))
     return entries[0] if entries else None
 
 
-async def entries_after(conn, after: int, limit: int) -> list[domain.Entry]:
-    rows = await (
-        await conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM journal j WHERE j.position > %s ORDER BY j.position LIMIT %s",
-            (after, limit),
-        )
-    ).fetchall()
-    return await _attach_postings(conn, rows)
+async def entries_after(conn, after: int, limit: int) -> list[schemas.JournalEntry]:
+    return await _entries(conn, "WHERE j.position > %s ORDER BY j.position LIMIT %s", (after, limit))
 
 
 async def journal_head(conn) -> tuple[int, str, dt.datetime | None]:
@@ -446,17 +424,6 @@ async def server_version(conn) -> str:
 # small enough that memory does not grow with the journal.
 AUDIT_FETCH_ROWS = 5_000
 
-# Each entry with its postings in the order the write path sealed them (debit first): the
-# audit rehashes exactly what is stored, and one cursor keeps the stream in position order.
-_AUDIT_ENTRIES = (
-    f"SELECT {_ENTRY_COLUMNS}, p.account_ids, p.amounts FROM journal j"
-    " LEFT JOIN LATERAL (SELECT array_agg(q.account_id ORDER BY q.amount, q.account_id) AS account_ids,"
-    " array_agg(q.amount ORDER BY q.amount, q.account_id) AS amounts"
-    " FROM postings q WHERE q.position = j.position) p ON true"
-    " WHERE j.position > %s ORDER BY j.position"
-)
-
-
 async def use_auditor_role(conn) -> None:
     """Whatever the login, the audit holds only the auditor's privileges: it can read, not write."""
     await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(AUDITOR_ROLE)))
@@ -489,13 +456,14 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
     return {row[0]: row[1] for row in rows}
 
 
-async def stream_entries(conn, after: int) -> AsyncIterator[domain.Entry]:
-    """The entries after `after` in position order, through a server-side cursor."""
-    async with conn.cursor(name="audit_journal", binary=True) as cursor:
-        await cursor.execute(_AUDIT_ENTRIES, (after,))
-        while rows := await cursor.fetchmany(AUDIT_FETCH_ROWS):
-            for row in rows:
-                yield _entry_from_row(row, list(zip(row[11] or (), row[12] or ())))
+async def stream_entries(conn, after: int) -> AsyncIterator[schemas.JournalEntry]:
+    """The entries after `after` in position order, through a server-side cursor: the audit
+    rehashes exactly what is stored, and one cursor keeps the stream in position order."""
+    async with conn.cursor(name="audit_journal", binary=True, row_factory=_entry_row) as cursor:
+        await cursor.execute(f"{_ENTRIES} WHERE j.position > %s ORDER BY j.position", (after,))
+        while entries := await cursor.fetchmany(AUDIT_FETCH_ROWS):
+            for entry in entries:
+                yield entry
 
 
 async def write_model_balances(conn) -> dict[uuid.UUID, int]:
@@ -544,7 +512,7 @@ async def insert_accounts(conn, accounts: list[tuple[uuid.UUID, str, str, str]])
 _JOURNAL_COPY_TYPES = ["int8", "uuid", "uuid", "uuid", "int8", "text", "text", "jsonb", "timestamptz", "text", "text"]
 
 
-async def copy_entries(conn, entries: list[domain.Entry], *, committed_at: dt.datetime) -> None:
+async def copy_entries(conn, entries: list[schemas.JournalEntry], *, committed_at: dt.datetime) -> None:
     """Append sealed entries and their postings with COPY (the bulk path; no outbox rows)."""
     async with conn.cursor() as cursor:
         async with cursor.copy(
@@ -560,8 +528,8 @@ async def copy_entries(conn, entries: list[domain.Entry], *, committed_at: dt.da
         async with cursor.copy("COPY postings (position, account_id, amount) FROM STDIN WITH BINARY") as copy:
             copy.set_types(["int8", "uuid", "int8"])
             for e in entries:
-                for account_id, amount in e.postings:
-                    await copy.write_row((e.position, account_id, amount))
+                for p in e.postings:
+                    await copy.write_row((e.position, p.account_id, p.amount))
 
 
 async def lock_head(conn) -> tuple[int, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from ledger import domain
+import schemas
 
 DEFAULT_NAME = "main"
 
@@ -19,14 +19,14 @@ async def checkpoint(conn, name: str = DEFAULT_NAME) -> int:
     return row[0] if row else 0
 
 
-async def apply_entries(conn, entries: list[domain.Entry], *, name: str, projected_at: dt.datetime) -> None:
+async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str, projected_at: dt.datetime) -> None:
     """Apply contiguous entries (the caller guarantees order and no gaps) and move the checkpoint."""
     assert entries
     deltas: dict[uuid.UUID, tuple[str, int]] = {}
     for entry in entries:
-        for account_id, amount in entry.postings:
-            currency, total = deltas.get(account_id, (entry.currency, 0))
-            deltas[account_id] = (currency, total + amount)
+        for posting in entry.postings:
+            currency, total = deltas.get(posting.account_id, (entry.currency, 0))
+            deltas[posting.account_id] = (currency, total + posting.amount)
     last = entries[-1].position
     ids = list(deltas)
     await conn.execute(

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+import schemas
 from ledger import domain, store
 
 SEED_AMOUNT_MAX = 10_000  # minor units one seeded transfer moves, at most
@@ -101,7 +102,7 @@ async def _append_batch(conn: psycopg.AsyncConnection, commands: list[domain.Tra
     position, prev_hash = await store.lock_head(conn)
     committed_at = dt.datetime.now(dt.timezone.utc)
     stamp = domain.format_timestamp(committed_at)
-    entries: list[domain.Entry] = []
+    entries: list[schemas.JournalEntry] = []
     deltas: dict[uuid.UUID, int] = {}
     for command in commands:
         position += 1
@@ -110,8 +111,8 @@ async def _append_batch(conn: psycopg.AsyncConnection, commands: list[domain.Tra
         )
         entries.append(entry)
         prev_hash = entry.hash
-        for account_id, amount in entry.postings:
-            deltas[account_id] = deltas.get(account_id, 0) + amount
+        for posting in entry.postings:
+            deltas[posting.account_id] = deltas.get(posting.account_id, 0) + posting.amount
     await store.copy_entries(conn, entries, committed_at=committed_at)
     await store.add_to_balances(conn, deltas, position=position)
     await store.advance_head(conn, position=position, digest=prev_hash, committed_at=committed_at)
