@@ -162,14 +162,13 @@ class Committer:
     async def _attempt(self, commands: list[domain.TransferCommand]) -> tuple[list[Answer], list[schemas.JournalEntry]]:
         now = self._clock()
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            position, digest, accounts, keys = await store.read_batch_state(
+            state = await store.read_batch_state(
                 conn,
                 batch_lock=self._batch_lock,
                 account_ids=list({c.from_account_id for c in commands} | {c.to_account_id for c in commands}),
                 principal_ids=[c.principal_id for c in commands],
                 keys=[c.idempotency_key for c in commands],
             )
-            state = domain.BatchState(position, digest, accounts, keys)
             result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(now))
             if result.entries:
                 await store.write_batch(conn, result, committed_at=now)

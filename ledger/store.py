@@ -236,7 +236,7 @@ async def read_batch_state(
     account_ids: list[uuid.UUID],
     principal_ids: list[uuid.UUID],
     keys: list[str],
-) -> tuple[int, str, dict[uuid.UUID, domain.AccountState], dict[tuple[uuid.UUID, str], tuple[bytes, int]]]:
+) -> domain.BatchState:
     """Lock the journal head, then read the batch's accounts and stored keys. The statements are
     sent before any result is awaited, so in pipeline mode they cost one round trip; the head
     lock comes first, so it orders batches across processes. `batch_lock` is the dialect's
@@ -258,7 +258,7 @@ async def read_batch_state(
     position, digest = await head_cursor.fetchone()
     accounts = {row[0]: domain.AccountState(*row) for row in await accounts_cursor.fetchall()}
     stored = {(row[0], row[1]): (bytes(row[2]), row[3]) for row in await keys_cursor.fetchall()}
-    return position, digest, accounts, stored
+    return domain.BatchState(position, digest, accounts, stored)
 
 
 def _numbers(values) -> str:
@@ -314,7 +314,12 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
         ),
     )
     await conn.execute("INSERT INTO outbox (position) SELECT * FROM unnest(%s::INT8[])", (_numbers([e.position for e in entries]),))
-    last = entries[-1]
+    await _move_balances_and_head(conn, result, committed_at=committed_at)
+
+
+async def _move_balances_and_head(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
+    """Move each touched balance once and the head to the batch's last entry."""
+    last = result.entries[-1]
     touched = list(result.balance_deltas.items())
     await conn.execute(
         "UPDATE balances SET balance = balances.balance + d.delta, position = %s"
@@ -512,8 +517,11 @@ async def insert_accounts(conn, accounts: list[tuple[uuid.UUID, str, str, str]])
 _JOURNAL_COPY_TYPES = ["int8", "uuid", "uuid", "uuid", "int8", "text", "text", "jsonb", "timestamptz", "text", "text"]
 
 
-async def copy_entries(conn, entries: list[schemas.JournalEntry], *, committed_at: dt.datetime) -> None:
-    """Append sealed entries and their postings with COPY (the bulk path; no outbox rows)."""
+async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
+    """The bulk twin of `write_batch` for `tools.seed`: the same entries, postings, balances and
+    head, appended with COPY, without outbox rows (nothing is published) or idempotency keys."""
+    entries = result.entries
+    assert entries, "an empty batch writes nothing"
     async with conn.cursor() as cursor:
         async with cursor.copy(
             "COPY journal (position, transfer_id, from_account_id, to_account_id, amount, currency, reference,"
@@ -530,24 +538,4 @@ async def copy_entries(conn, entries: list[schemas.JournalEntry], *, committed_a
             for e in entries:
                 for p in e.postings:
                     await copy.write_row((e.position, p.account_id, p.amount))
-
-
-async def lock_head(conn) -> tuple[int, str]:
-    """The head (position, hash), locked until the transaction ends, as the committer takes it."""
-    row = await (await conn.execute(_HEAD_FOR_UPDATE)).fetchone()
-    return row[0], row[1]
-
-
-async def add_to_balances(conn, deltas: dict[uuid.UUID, int], *, position: int) -> None:
-    await conn.execute(
-        "UPDATE balances SET balance = balances.balance + d.delta, position = %s"
-        " FROM unnest(%s::UUID[], %s::INT8[]) AS d (account_id, delta) WHERE balances.account_id = d.account_id",
-        (position, list(deltas), list(deltas.values())),
-    )
-
-
-async def advance_head(conn, *, position: int, digest: str, committed_at: dt.datetime) -> None:
-    await conn.execute(
-        "UPDATE journal_head SET position = %s, hash = %s, committed_at = %s WHERE id = 1",
-        (position, digest, committed_at),
-    )
+    await _move_balances_and_head(conn, result, committed_at=committed_at)
