@@ -317,7 +317,8 @@ async def _replay(
     progress: Progress | None,
 ) -> tuple[Replay, int, int]:
     accounts = await store.account_kinds(conn)
-    head_position, head_hash, _ = await store.journal_head(conn)
+    head = await store.journal_head(conn)
+    head_position, head_hash = head.position, head.hash
     projector_position = await projections.checkpoint(conn, projector_name)
     start, start_missing = await _start(conn, from_position)
     at_projector = None

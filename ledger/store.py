@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import args_row, class_row, kwargs_row
 from psycopg.types.json import Jsonb
 
 import schemas
@@ -157,10 +158,15 @@ async def insert_principal(conn, *, principal_id: uuid.UUID, role: str, name: st
 
 
 async def principal_by_token_hash(conn, token_hash: bytes) -> PrincipalRow | None:
-    row = await (
-        await conn.execute("SELECT id, role, name, token_hash FROM principals WHERE token_hash = %s", (token_hash,))
-    ).fetchone()
-    return PrincipalRow(row[0], row[1], row[2]) if row else None
+    return await _fetch_one(
+        conn, class_row(PrincipalRow), "SELECT id, role, name FROM principals WHERE token_hash = %s", (token_hash,)
+    )
+
+
+async def _fetch_one(conn, row_factory, query: str, params: tuple = ()):
+    async with conn.cursor(row_factory=row_factory) as cursor:
+        await cursor.execute(query, params)
+        return await cursor.fetchone()
 
 
 async def principal_exists(conn, principal_id: uuid.UUID) -> bool:
@@ -203,23 +209,22 @@ async def insert_account(conn, account: AccountRow) -> tuple[AccountRow, bool]:
 
 
 async def account_by_id(conn, account_id: uuid.UUID) -> AccountRow | None:
-    row = await (
-        await conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = %s", (account_id,))
-    ).fetchone()
-    return AccountRow(*row) if row else None
+    return await _fetch_one(
+        conn, class_row(AccountRow), f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = %s", (account_id,)
+    )
 
 
-async def account_with_balance(conn, account_id: uuid.UUID) -> tuple[AccountRow, int, int] | None:
-    """The account, its committed balance and the journal head, read in one statement (one snapshot)."""
-    row = await (
-        await conn.execute(
-            f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position FROM accounts a"
-            " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
-            " WHERE a.id = %s AND h.id = 1",
-            (account_id,),
-        )
-    ).fetchone()
-    return (AccountRow(*row[:6]), row[6], row[7]) if row else None
+async def account_with_balance(conn, account_id: uuid.UUID) -> schemas.Account | None:
+    """The account with its committed balance and the journal head it is exact at, read in one
+    statement (one snapshot)."""
+    return await _fetch_one(
+        conn,
+        kwargs_row(schemas.Account),
+        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position FROM accounts a"
+        " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
+        " WHERE a.id = %s AND h.id = 1",
+        (account_id,),
+    )
 
 
 # ---- the journal write path -----------------------------------------------------------------
@@ -244,7 +249,7 @@ async def read_batch_state(
     if batch_lock:
         await conn.execute(batch_lock)
     head_cursor = await conn.execute(_HEAD_FOR_UPDATE)
-    accounts_cursor = await conn.execute(
+    accounts_cursor = await conn.cursor(row_factory=class_row(domain.AccountState)).execute(
         "SELECT a.id, a.kind, a.currency, a.owner_id, b.balance FROM accounts a"
         " JOIN balances b ON b.account_id = a.id WHERE a.id = ANY(%s::UUID[])",
         (_numbers(account_ids),),
@@ -256,7 +261,7 @@ async def read_batch_state(
         (_numbers(principal_ids), _texts(keys)),
     )
     position, digest = await head_cursor.fetchone()
-    accounts = {row[0]: domain.AccountState(*row) for row in await accounts_cursor.fetchall()}
+    accounts = {account.id: account for account in await accounts_cursor.fetchall()}
     stored = {(row[0], row[1]): (bytes(row[2]), row[3]) for row in await keys_cursor.fetchall()}
     return domain.BatchState(position, digest, accounts, stored)
 
@@ -379,9 +384,15 @@ async def entries_after(conn, after: int, limit: int) -> list[schemas.JournalEnt
     return await _entries(conn, "WHERE j.position > %s ORDER BY j.position LIMIT %s", (after, limit))
 
 
-async def journal_head(conn) -> tuple[int, str, dt.datetime | None]:
-    row = await (await conn.execute("SELECT position, hash, committed_at FROM journal_head WHERE id = 1")).fetchone()
-    return row[0], row[1], row[2]
+async def journal_head(conn) -> schemas.JournalHead:
+    return await _fetch_one(
+        conn, args_row(_journal_head), "SELECT position, hash, committed_at FROM journal_head WHERE id = 1"
+    )
+
+
+def _journal_head(position: int, digest: str, committed_at: dt.datetime | None) -> schemas.JournalHead:
+    stamp = domain.format_timestamp(committed_at) if committed_at is not None else None
+    return schemas.JournalHead(position=position, hash=digest, committed_at=stamp)
 
 
 async def account_owners(conn, account_ids: list[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID | None]:

@@ -111,7 +111,7 @@ class Projector:
 
     async def _tail_check(self) -> None:
         async with self._pool.connection() as conn:
-            head, _, _ = await store.journal_head(conn)
+            head = (await store.journal_head(conn)).position
         if head <= self.watermark:
             self._behind_since = None
             return
