@@ -86,7 +86,6 @@ _VERIFICATION_COLUMNS = (
     "v.transfer_id, v.vendor_account_id, v.payer_account_id, v.amount, v.currency, v.reference,"
     " v.committed_at, v.position, v.hash, 'verified' AS status, v.projected_at"
 )
-_verification_row = kwargs_row(schemas.Verification)
 
 
 async def verification(
@@ -109,14 +108,12 @@ async def verifications_page(
     conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME
 ) -> tuple[int, list[schemas.Verification]]:
     checkpoint_position = await checkpoint(conn, name)
-    async with conn.cursor(row_factory=_verification_row) as cursor:
-        await cursor.execute(
-            f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v"
-            " WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s"
-            " ORDER BY v.position LIMIT %s",
-            (vendor_account_id, after, checkpoint_position, limit),
-        )
-        return checkpoint_position, await cursor.fetchall()
+    page = await _verifications(
+        conn,
+        "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s",
+        (vendor_account_id, after, checkpoint_position, limit),
+    )
+    return checkpoint_position, page
 
 
 async def balances(conn) -> dict[uuid.UUID, int]:
@@ -126,6 +123,10 @@ async def balances(conn) -> dict[uuid.UUID, int]:
 
 async def verifications(conn) -> list[schemas.Verification]:
     """Every verification in position order (the rebuild test compares them)."""
-    async with conn.cursor(row_factory=_verification_row) as cursor:
-        await cursor.execute(f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v ORDER BY v.position")
+    return await _verifications(conn, "ORDER BY v.position", ())
+
+
+async def _verifications(conn, where: str, params: tuple) -> list[schemas.Verification]:
+    async with conn.cursor(row_factory=kwargs_row(schemas.Verification)) as cursor:
+        await cursor.execute(f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v {where}", params)
         return await cursor.fetchall()
