@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import hashlib
 import json
 import uuid
@@ -105,13 +106,17 @@ _sorted_json = msgspec.json.Encoder(order="sorted")
 
 # Fields outside the hashed form whatever they hold.
 _UNHASHED = ("hash",)
-# Fields left out of the hashed form while they hold their default (as builtins): what lets a
-# field added with a default keep the bytes of every entry written before it existed.
-_OMITTED_AT_DEFAULT = {
-    field.encode_name: msgspec.to_builtins(field.default)
-    for field in msgspec.structs.fields(JournalEntry)
-    if field.default is not msgspec.NODEFAULT
-}
+
+
+@functools.cache
+def _omitted_at_default(entry_type: type) -> dict[str, object]:
+    """Fields left out of the hashed form while they hold their default (as builtins): what lets
+    a field added with a default keep the bytes of every entry written before it existed."""
+    return {
+        spec.encode_name: msgspec.to_builtins(spec.default)
+        for spec in msgspec.structs.fields(entry_type)
+        if spec.default is not msgspec.NODEFAULT
+    }
 
 
 def canonical_bytes(entry: JournalEntry) -> bytes:
@@ -120,7 +125,7 @@ def canonical_bytes(entry: JournalEntry) -> bytes:
     body = msgspec.to_builtins(entry)
     for name in _UNHASHED:
         del body[name]
-    for name, default in _OMITTED_AT_DEFAULT.items():
+    for name, default in _omitted_at_default(type(entry)).items():
         if body.get(name, default) == default:
             body.pop(name, None)
     return canonical_json(body)

@@ -8,6 +8,7 @@ entry type or its canonical form must leave every one of these hashes and bytes 
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import msgspec
@@ -32,3 +33,19 @@ def test_a_v1_journal_export_verifies_hash_for_hash_and_reencodes_byte_for_byte(
         assert domain.recompute_hash(entry) == entry.hash, f"the hash of {position} changed"
         assert schemas.encode(entry) + b"\n" == line, f"the export of {position} changed"
         prev_hash = entry.hash
+
+
+class _EntryWithLaterFields(schemas.JournalEntry, frozen=True):
+    """The entry as a later version may extend it: new fields, each with a default."""
+
+    kind: str = "transfer"
+    refund_of: uuid.UUID | None = None
+
+
+def test_fields_added_with_defaults_leave_the_hash_of_a_v1_entry_unchanged():
+    later = msgspec.json.Decoder(_EntryWithLaterFields)
+    for line in FIXTURE.read_bytes().splitlines():
+        entry = later.decode(line)
+        assert domain.recompute_hash(entry) == entry.hash
+        refund = msgspec.structs.replace(entry, kind="refund", refund_of=entry.transfer_id)
+        assert domain.recompute_hash(refund) != entry.hash
