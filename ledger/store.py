@@ -7,6 +7,7 @@ Dialect differences (there are few) come from `ledger.dialect`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.resources
 import json
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import args_row, class_row, kwargs_row
+from psycopg.rows import args_row, class_row, kwargs_row, namedtuple_row
 from psycopg.types.json import Jsonb
 
 import schemas
@@ -202,7 +203,7 @@ async def insert_account(conn, account: AccountRow) -> tuple[AccountRow, bool]:
                 "INSERT INTO balances (account_id, kind, balance, position) VALUES (%s, %s, 0, 0)",
                 (account.id, account.kind),
             )
-            return AccountRow(account.id, account.kind, account.currency, account.owner_id, account.name, inserted[0]), True
+            return dataclasses.replace(account, created_at=inserted[0]), True
     existing = await account_by_id(conn, account.id)
     assert existing is not None
     return existing, False
@@ -254,7 +255,7 @@ async def read_batch_state(
         " JOIN balances b ON b.account_id = a.id WHERE a.id = ANY(%s::UUID[])",
         (_numbers(account_ids),),
     )
-    keys_cursor = await conn.execute(
+    keys_cursor = await conn.cursor(row_factory=namedtuple_row).execute(
         "SELECT i.principal_id, i.key, i.request_hash, i.position FROM idempotency i"
         " JOIN unnest(%s::UUID[], %s::TEXT[]) AS k (principal_id, key)"
         " ON i.principal_id = k.principal_id AND i.key = k.key",
@@ -262,7 +263,7 @@ async def read_batch_state(
     )
     position, digest = await head_cursor.fetchone()
     accounts = {account.id: account for account in await accounts_cursor.fetchall()}
-    stored = {(row[0], row[1]): (bytes(row[2]), row[3]) for row in await keys_cursor.fetchall()}
+    stored = {(k.principal_id, k.key): (bytes(k.request_hash), k.position) for k in await keys_cursor.fetchall()}
     return domain.BatchState(position, digest, accounts, stored)
 
 
@@ -399,7 +400,7 @@ async def account_owners(conn, account_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
     rows = await (
         await conn.execute("SELECT id, owner_id FROM accounts WHERE id = ANY(%s)", (account_ids,))
     ).fetchall()
-    return {row[0]: row[1] for row in rows}
+    return dict(rows)
 
 
 # ---- outbox ---------------------------------------------------------------------------------
@@ -469,7 +470,7 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
             "SELECT account_id, sum(amount)::INT8 FROM postings WHERE position <= %s GROUP BY account_id", (position,)
         )
     ).fetchall()
-    return {row[0]: row[1] for row in rows}
+    return dict(rows)
 
 
 async def stream_entries(conn, after: int) -> AsyncIterator[schemas.JournalEntry]:
@@ -484,7 +485,7 @@ async def stream_entries(conn, after: int) -> AsyncIterator[schemas.JournalEntry
 
 async def write_model_balances(conn) -> dict[uuid.UUID, int]:
     rows = await (await conn.execute("SELECT account_id, balance FROM balances")).fetchall()
-    return {row[0]: row[1] for row in rows}
+    return dict(rows)
 
 
 async def first_orphan_posting(conn, after: int) -> int | None:
