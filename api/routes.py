@@ -186,37 +186,23 @@ async def create_account(services, call: Call) -> web.Response:
         stored, created = await store.insert_account(conn, wanted)
         if not created and not _same_account(stored, wanted):
             raise ApiError("account_exists")
-        _, balance, position = await store.account_with_balance(conn, stored.id)
+        answer = await store.account_with_balance(conn, stored.id)
     services.remember_account(stored)
-    return json_response(_account(stored, balance, position), status=201 if created else 200)
+    return json_response(answer, status=201 if created else 200)
 
 
 def _same_account(a: store.AccountRow, b: store.AccountRow) -> bool:
     return (a.kind, a.currency, a.owner_id) == (b.kind, b.currency, b.owner_id)
 
 
-def _account(row: store.AccountRow, balance: int, position: int) -> schemas.Account:
-    return schemas.Account(
-        id=row.id,
-        kind=row.kind,
-        currency=row.currency,
-        owner_id=row.owner_id,
-        name=row.name,
-        balance=balance,
-        position=position,
-        created_at=row.created_at,
-    )
-
-
 async def get_account(services, call: Call) -> web.Response:
     async with services.pool.connection() as conn:
-        found = await store.account_with_balance(conn, call.ids["account_id"])
-    _authorize_account(call.principal, found[0] if found else None)
-    row, balance, position = found
-    return json_response(_account(row, balance, position))
+        account = await store.account_with_balance(conn, call.ids["account_id"])
+    _authorize_account(call.principal, account)
+    return json_response(account)
 
 
-def _authorize_account(principal: Principal, account: store.AccountRow | None) -> None:
+def _authorize_account(principal: Principal, account: schemas.Account | None) -> None:
     """Admin and auditor read everything (404 when absent); others only what they own, and an
     absent account is not theirs either (403, so ids cannot be probed)."""
     if principal.role in auth.READ_EVERYTHING:
@@ -239,20 +225,8 @@ def request_hash(body: schemas.TransferCreate) -> bytes:
     return hashlib.sha256(canonical).digest()
 
 
-def transfer_body(entry: domain.Entry) -> schemas.Transfer:
-    return schemas.Transfer(
-        id=entry.transfer_id,
-        from_account_id=entry.from_account_id,
-        to_account_id=entry.to_account_id,
-        amount=entry.amount,
-        currency=entry.currency,
-        reference=entry.reference,
-        metadata=entry.metadata,
-        status="committed",
-        position=entry.position,
-        committed_at=entry.committed_at,
-        hash=entry.hash,
-    )
+def transfer_body(entry: schemas.JournalEntry) -> schemas.Transfer:
+    return schemas.transfer_from_entry(entry)
 
 
 async def create_transfer(services, call: Call) -> web.Response:
@@ -317,22 +291,6 @@ async def _authorize_vendor(services, principal: Principal, account_id: uuid.UUI
         raise ApiError("forbidden")
 
 
-def _verification(row) -> schemas.Verification:
-    return schemas.Verification(
-        transfer_id=row[0],
-        vendor_account_id=row[1],
-        payer_account_id=row[2],
-        amount=row[3],
-        currency=row[4],
-        reference=row[5],
-        committed_at=row[6],
-        position=row[7],
-        hash=row[8],
-        status="verified",
-        projected_at=row[9],
-    )
-
-
 async def get_verification(services, call: Call) -> web.Response:
     vendor_id, transfer_id = call.ids["account_id"], call.ids["transfer_id"]
     await _authorize_vendor(services, call.principal, vendor_id)
@@ -340,7 +298,9 @@ async def get_verification(services, call: Call) -> web.Response:
     deadline = time.monotonic() + min(query.wait_ms, services.settings.wait_ms_max) / 1000
     while True:
         async with services.pool.connection() as conn:
-            position, row = await projections.verification(conn, vendor_id, transfer_id, services.settings.projector_name)
+            position, verification = await projections.verification(
+                conn, vendor_id, transfer_id, services.settings.projector_name
+            )
         if position >= query.min_position:
             break
         remaining = deadline - time.monotonic()
@@ -352,11 +312,11 @@ async def get_verification(services, call: Call) -> web.Response:
             )
         await services.watermark.wait_beyond(position, timeout_s=min(remaining, WAIT_POLL_S_MAX))
     headers = {PROJECTION_POSITION: str(position)}
-    if row is None:
+    if verification is None:
         error = ApiError("not_found", "no such transfer to this vendor in the projection")
         response = _problem_with_headers(error, headers)
         return response
-    return json_response(_verification(row), headers=headers)
+    return json_response(verification, headers=headers)
 
 
 def _problem_with_headers(error: ApiError, headers: dict[str, str]) -> web.Response:
@@ -393,10 +353,9 @@ async def list_verifications(services, call: Call) -> web.Response:
     after = decode_cursor(query.after)
     await _authorize_vendor(services, call.principal, vendor_id)
     async with services.pool.connection() as conn:
-        position, rows = await projections.verifications_page(
+        position, items = await projections.verifications_page(
             conn, vendor_id, after=after, limit=query.limit, name=services.settings.projector_name
         )
-    items = [_verification(row) for row in rows]
     next_cursor = encode_cursor(items[-1].position) if len(items) == query.limit else None
     return json_response(schemas.VerificationPage(items=items, next=next_cursor), headers={PROJECTION_POSITION: str(position)})
 
@@ -420,7 +379,7 @@ async def get_journal(services, call: Call) -> web.StreamResponse:
             break
         buffer = bytearray()
         for entry in entries:
-            encoder.encode_into(domain.entry_dict(entry), buffer, len(buffer))
+            encoder.encode_into(entry, buffer, len(buffer))
             buffer.extend(b"\n")
         await response.write(bytes(buffer))
         after, left = entries[-1].position, left - len(entries)
@@ -430,9 +389,8 @@ async def get_journal(services, call: Call) -> web.StreamResponse:
 
 async def get_journal_head(services, call: Call) -> web.Response:
     async with services.pool.connection() as conn:
-        position, digest, committed_at = await store.journal_head(conn)
-    stamp = domain.format_timestamp(committed_at) if committed_at is not None else None
-    return json_response(schemas.JournalHead(position=position, hash=digest, committed_at=stamp))
+        head = await store.journal_head(conn)
+    return json_response(head)
 
 
 # ---- operations -----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import psycopg
 from ledger import checkpoint as signing
 from ledger import config, db, domain, store
 from projector import store as projections
+from schemas import JournalEntry, Posting
 
 # The closed set of checks, in the order a tie at one position is reported.
 CHECKS: tuple[str, ...] = (
@@ -146,7 +147,7 @@ class Replay:
     def account_count(self) -> int:
         return len(self._accounts)
 
-    def feed(self, entry: domain.Entry) -> None:
+    def feed(self, entry: JournalEntry) -> None:
         if self._at_projector is None and entry.position > self._projector_position:
             self._at_projector = dict(self._balances)
         self._check_position(entry)
@@ -157,7 +158,7 @@ class Replay:
         self.position, self.hash = entry.position, entry.hash
         self.entries += 1
 
-    def _check_position(self, entry: domain.Entry) -> None:
+    def _check_position(self, entry: JournalEntry) -> None:
         expected = self.position + 1
         if entry.position > expected:
             last = entry.position - 1
@@ -166,28 +167,29 @@ class Replay:
         elif entry.position < expected:
             self.findings.record("contiguous", entry.position, f"position {entry.position} follows {self.position}")
 
-    def _check_hash(self, entry: domain.Entry) -> str:
+    def _check_hash(self, entry: JournalEntry) -> str:
         if entry.prev_hash != self.hash:
             self.findings.record(
                 "chain", entry.position, f"prev_hash {entry.prev_hash} is not the previous entry's hash {self.hash}"
             )
-        recomputed = domain.entry_hash(entry.prev_hash, domain.canonical_bytes(domain.entry_dict(entry)))
+        recomputed = domain.recompute_hash(entry)
         if recomputed != entry.hash:
             self.findings.record("hash", entry.position, f"stored hash {entry.hash}, recomputed {recomputed}")
         return recomputed
 
-    def _check_postings(self, entry: domain.Entry) -> None:
-        total = sum(amount for _, amount in entry.postings)
-        expected = ((entry.from_account_id, -entry.amount), (entry.to_account_id, entry.amount))
+    def _check_postings(self, entry: JournalEntry) -> None:
+        total = sum(p.amount for p in entry.postings)
+        expected = [Posting(entry.from_account_id, -entry.amount), Posting(entry.to_account_id, entry.amount)]
         if total != 0:
             self.findings.record("postings", entry.position, f"postings sum to {total}, not zero")
         elif entry.postings != expected:
             stored, wanted = _postings_text(entry.postings), _postings_text(expected)
             self.findings.record("postings", entry.position, f"postings {stored} are not {wanted}")
 
-    def _apply(self, entry: domain.Entry) -> None:
-        for account_id, amount in entry.postings:
-            balance = self._balances.get(account_id, 0) + amount
+    def _apply(self, entry: JournalEntry) -> None:
+        for posting in entry.postings:
+            account_id = posting.account_id
+            balance = self._balances.get(account_id, 0) + posting.amount
             self._balances[account_id] = balance
             known = self._accounts.get(account_id)
             if known is None:
@@ -262,8 +264,8 @@ class Replay:
                 self.findings.record("conservation", self.position, f"{currency} balances sum to {total}, not zero")
 
 
-def _postings_text(postings: tuple[tuple[uuid.UUID, int], ...]) -> str:
-    return "[" + ", ".join(f"{account_id} {amount:+d}" for account_id, amount in postings) + "]"
+def _postings_text(postings: list[Posting]) -> str:
+    return "[" + ", ".join(f"{p.account_id} {p.amount:+d}" for p in postings) + "]"
 
 
 # ---- the I/O: one snapshot, one cursor ------------------------------------------------------
@@ -315,7 +317,8 @@ async def _replay(
     progress: Progress | None,
 ) -> tuple[Replay, int, int]:
     accounts = await store.account_kinds(conn)
-    head_position, head_hash, _ = await store.journal_head(conn)
+    head = await store.journal_head(conn)
+    head_position, head_hash = head.position, head.hash
     projector_position = await projections.checkpoint(conn, projector_name)
     start, start_missing = await _start(conn, from_position)
     at_projector = None

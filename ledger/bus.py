@@ -11,14 +11,13 @@ import contextlib
 import logging
 from typing import Awaitable, Callable
 
-import msgspec
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
-from ledger import domain
+import schemas
 
 log = logging.getLogger("ledger.bus")
 
@@ -34,8 +33,6 @@ CLOSE_TIMEOUT_S = 2.0
 MSG_ID = "Nats-Msg-Id"
 REQUEST_ID = "X-Request-Id"
 
-_encoder = msgspec.json.Encoder()
-
 
 def raise_if_cancelled() -> None:
     """nats-py waits through `asyncio.wait_for`, which on Python 3.11 can swallow a cancellation
@@ -44,10 +41,6 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
-
-
-def encode_entry(entry: domain.Entry) -> bytes:
-    return _encoder.encode(domain.entry_dict(entry))
 
 
 class EventBus:
@@ -122,7 +115,7 @@ class EventBus:
             await self.js.update_stream(config)
 
     async def publish_entries(
-        self, entries: list[domain.Entry], *, request_ids: dict[int, str] | None = None
+        self, entries: list[schemas.JournalEntry], *, request_ids: dict[int, str] | None = None
     ) -> list[int]:
         """Publish every entry and return the positions JetStream acknowledged (duplicates included:
         JetStream dropping a repeat inside its window still means the event is in the stream).
@@ -136,7 +129,7 @@ class EventBus:
             headers = {MSG_ID: str(entry.transfer_id)}
             if entry.position in request_ids:
                 headers[REQUEST_ID] = request_ids[entry.position]
-            futures.append((entry.position, await self.js.publish_async(SUBJECT, encode_entry(entry), headers=headers)))
+            futures.append((entry.position, await self.js.publish_async(SUBJECT, schemas.encode(entry), headers=headers)))
         done, _ = await asyncio.wait([f for _, f in futures], timeout=PUBLISH_ACK_TIMEOUT_S)
         acked = []
         for position, future in futures:

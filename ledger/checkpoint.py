@@ -106,13 +106,13 @@ async def take_checkpoint(database_url: str, key: Ed25519PrivateKey) -> SignedCh
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await store.use_auditor_role(conn)
         async with conn.transaction():
-            position, digest, _ = await store.journal_head(conn)
-            if position == 0:
+            head = await store.journal_head(conn)
+            if head.position == 0:
                 raise EmptyJournal()
             signed_at = dt.datetime.now(dt.timezone.utc)
-            checkpoint = sign(key, position=position, digest=digest, signed_at=domain.format_timestamp(signed_at))
+            checkpoint = sign(key, position=head.position, digest=head.hash, signed_at=domain.format_timestamp(signed_at))
             await store.insert_signed_checkpoint(
-                conn, position=position, digest=digest, public_key=checkpoint.public_key,
+                conn, position=head.position, digest=head.hash, public_key=checkpoint.public_key,
                 signature=checkpoint.signature, signed_at=signed_at,
             )
     return checkpoint

@@ -20,6 +20,7 @@ from typing import Awaitable, Callable
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+import schemas
 from ledger import dialect, domain, logs, metrics, store
 
 log = logging.getLogger("ledger.committer")
@@ -42,7 +43,7 @@ class Unavailable(Exception):
 class Answer:
     """What a transfer request gets back: an entry (new or replayed) or a rejection."""
 
-    entry: domain.Entry | None
+    entry: schemas.JournalEntry | None
     replayed: bool = False
     rejection: domain.Rejection | None = None
 
@@ -55,7 +56,7 @@ class _Waiter:
 
 
 # Called with a batch's new entries and, per position, the id of the request that produced it.
-Publisher = Callable[[list[domain.Entry], dict[int, str]], Awaitable[None]]
+Publisher = Callable[[list[schemas.JournalEntry], dict[int, str]], Awaitable[None]]
 
 
 class Committer:
@@ -158,17 +159,16 @@ class Committer:
             if answer.entry is not None and not answer.replayed and waiter.request_id
         }
 
-    async def _attempt(self, commands: list[domain.TransferCommand]) -> tuple[list[Answer], list[domain.Entry]]:
+    async def _attempt(self, commands: list[domain.TransferCommand]) -> tuple[list[Answer], list[schemas.JournalEntry]]:
         now = self._clock()
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
-            position, digest, accounts, keys = await store.read_batch_state(
+            state = await store.read_batch_state(
                 conn,
                 batch_lock=self._batch_lock,
                 account_ids=list({c.from_account_id for c in commands} | {c.to_account_id for c in commands}),
                 principal_ids=[c.principal_id for c in commands],
                 keys=[c.idempotency_key for c in commands],
             )
-            state = domain.BatchState(position, digest, accounts, keys)
             result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(now))
             if result.entries:
                 await store.write_batch(conn, result, committed_at=now)
@@ -176,7 +176,7 @@ class Committer:
         return [self._answer(outcome, replays) for outcome in result.outcomes], result.entries
 
     @staticmethod
-    async def _replayed_entries(conn, result: domain.BatchResult) -> dict[int, domain.Entry]:
+    async def _replayed_entries(conn, result: domain.BatchResult) -> dict[int, schemas.JournalEntry]:
         known = {entry.position: entry for entry in result.entries}
         missing = [o.position for o in result.outcomes if isinstance(o, domain.Replayed) and o.position not in known]
         if missing:
@@ -184,7 +184,7 @@ class Committer:
         return known
 
     @staticmethod
-    def _answer(outcome: domain.Outcome, entries: dict[int, domain.Entry]) -> Answer:
+    def _answer(outcome: domain.Outcome, entries: dict[int, schemas.JournalEntry]) -> Answer:
         if isinstance(outcome, domain.Committed):
             return Answer(outcome.entry)
         if isinstance(outcome, domain.Replayed):

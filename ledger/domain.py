@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
 
 import msgspec
+
+from schemas import JournalEntry, Posting
 
 ZERO_HASH = "0" * 64
 # Balances are INT8 in the database; a transfer that would carry one past it is refused, never
@@ -65,7 +68,7 @@ class TransferCommand:
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    entry: "Entry"
+    entry: JournalEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,34 +84,15 @@ class Rejected:
 Outcome = Committed | Replayed | Rejected
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A journal entry, exactly as hashed, stored and published."""
-
-    position: int
-    transfer_id: uuid.UUID
-    from_account_id: uuid.UUID
-    to_account_id: uuid.UUID
-    amount: int
-    currency: str
-    reference: str
-    metadata: dict[str, str]
-    postings: tuple[tuple[uuid.UUID, int], ...]
-    committed_at: str
-    prev_hash: str
-    hash: str
-
-
 def format_timestamp(moment: dt.datetime) -> str:
     """The one timestamp form of the journal: UTC, six fractional digits, `Z`."""
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def canonical_bytes(entry: dict) -> bytes:
-    """The bytes an entry's hash covers: every field but `hash`, as compact JSON with sorted keys,
-    ASCII-only (non-ASCII escaped), UUIDs as lower-case hyphenated strings. An auditor rebuilds
-    them from an exported line with nothing but the json module."""
-    body = {k: v for k, v in entry.items() if k != "hash"}
+def canonical_json(body: dict) -> bytes:
+    """The documented byte form of a JSON object: compact, keys sorted at every level, ASCII-only
+    (non-ASCII escaped), UUIDs as lower-case hyphenated strings. An auditor rebuilds it from an
+    exported line with nothing but the json module."""
     fast = _sorted_json.encode(body)
     # msgspec writes the same bytes as json.dumps(ensure_ascii=True) for every ASCII character
     # but DEL, which it leaves raw; anything else (non-ASCII, DEL) takes the reference path.
@@ -120,49 +104,50 @@ def canonical_bytes(entry: dict) -> bytes:
 
 _sorted_json = msgspec.json.Encoder(order="sorted")
 
+# Fields outside the hashed form whatever they hold.
+_UNHASHED = ("hash",)
+
+
+@functools.cache
+def _omitted_at_default(entry_type: type) -> dict[str, object]:
+    """Fields left out of the hashed form while they hold their default (as builtins): what lets
+    a field added with a default keep the bytes of every entry written before it existed."""
+    return {
+        spec.encode_name: msgspec.to_builtins(spec.default)
+        for spec in msgspec.structs.fields(entry_type)
+        if spec.default is not msgspec.NODEFAULT
+    }
+
+
+def canonical_bytes(entry: JournalEntry) -> bytes:
+    """The bytes an entry's hash covers: `canonical_json` of every field but `hash`, leaving out
+    the fields that have a default and hold it (docs/audit.md)."""
+    body = msgspec.to_builtins(entry)
+    for name in _UNHASHED:
+        del body[name]
+    for name, default in _omitted_at_default(type(entry)).items():
+        if body.get(name, default) == default:
+            body.pop(name, None)
+    return canonical_json(body)
+
 
 def entry_hash(prev_hash: str, canonical: bytes) -> str:
     """hash = hex SHA-256 over the previous hash (64 ASCII hex chars) followed by the canonical bytes."""
     return hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest()
 
 
-def entry_dict(entry: Entry) -> dict:
-    return {
-        "position": entry.position,
-        "transfer_id": str(entry.transfer_id),
-        "from_account_id": str(entry.from_account_id),
-        "to_account_id": str(entry.to_account_id),
-        "amount": entry.amount,
-        "currency": entry.currency,
-        "reference": entry.reference,
-        "metadata": entry.metadata,
-        "postings": [{"account_id": str(a), "amount": n} for a, n in entry.postings],
-        "committed_at": entry.committed_at,
-        "prev_hash": entry.prev_hash,
-        "hash": entry.hash,
-    }
+def recompute_hash(entry: JournalEntry) -> str:
+    """The hash the entry's content and its `prev_hash` call for, whatever `hash` it carries."""
+    return entry_hash(entry.prev_hash, canonical_bytes(entry))
 
 
 def seal(
     *, position: int, transfer_id: uuid.UUID, command: TransferCommand, committed_at: str, prev_hash: str
-) -> Entry:
+) -> JournalEntry:
     """Build the double entry for a decided transfer and chain it to its predecessor."""
-    postings = ((command.from_account_id, -command.amount), (command.to_account_id, command.amount))
-    assert sum(amount for _, amount in postings) == 0, "postings must sum to zero"
-    body = {
-        "position": position,
-        "transfer_id": transfer_id,
-        "from_account_id": command.from_account_id,
-        "to_account_id": command.to_account_id,
-        "amount": command.amount,
-        "currency": command.currency,
-        "reference": command.reference,
-        "metadata": command.metadata,
-        "postings": [{"account_id": a, "amount": n} for a, n in postings],
-        "committed_at": committed_at,
-        "prev_hash": prev_hash,
-    }
-    return Entry(
+    postings = [Posting(command.from_account_id, -command.amount), Posting(command.to_account_id, command.amount)]
+    assert sum(p.amount for p in postings) == 0, "postings must sum to zero"
+    unsealed = JournalEntry(
         position=position,
         transfer_id=transfer_id,
         from_account_id=command.from_account_id,
@@ -174,8 +159,9 @@ def seal(
         postings=postings,
         committed_at=committed_at,
         prev_hash=prev_hash,
-        hash=entry_hash(prev_hash, canonical_bytes(body)),
+        hash="",
     )
+    return msgspec.structs.replace(unsealed, hash=recompute_hash(unsealed))
 
 
 def check(command: TransferCommand, accounts: dict[uuid.UUID, AccountState]) -> Rejection | None:
@@ -211,7 +197,7 @@ class BatchState:
 @dataclass(slots=True)
 class BatchResult:
     outcomes: list[Outcome] = field(default_factory=list)
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[JournalEntry] = field(default_factory=list)
     balance_deltas: dict[uuid.UUID, int] = field(default_factory=dict)
     new_keys: list[tuple[uuid.UUID, str, bytes, int]] = field(default_factory=list)
 
@@ -247,12 +233,13 @@ def decide_batch(
             position=position, transfer_id=new_id(), command=command, committed_at=committed_at, prev_hash=prev_hash
         )
         prev_hash = entry.hash
-        for account_id, amount in entry.postings:
-            before = accounts[account_id]
-            accounts[account_id] = AccountState(
-                before.id, before.kind, before.currency, before.owner_id, before.balance + amount
+        for posting in entry.postings:
+            before = accounts[posting.account_id]
+            accounts[posting.account_id] = AccountState(
+                before.id, before.kind, before.currency, before.owner_id, before.balance + posting.amount
             )
-            result.balance_deltas[account_id] = result.balance_deltas.get(account_id, 0) + amount
+            deltas = result.balance_deltas
+            deltas[posting.account_id] = deltas.get(posting.account_id, 0) + posting.amount
         keys[scope] = (command.request_hash, position)
         result.new_keys.append((command.principal_id, command.idempotency_key, command.request_hash, position))
         result.entries.append(entry)

@@ -15,7 +15,8 @@ import logging
 
 from psycopg_pool import AsyncConnectionPool
 
-from ledger import domain, metrics, store
+import schemas
+from ledger import metrics, store
 from ledger.bus import EventBus
 
 log = logging.getLogger("ledger.outbox")
@@ -31,7 +32,7 @@ class Outbox:
         self._interval_s = sweep_interval_ms / 1000
         self._task: asyncio.Task | None = None
 
-    async def publish(self, entries: list[domain.Entry], request_ids: dict[int, str] | None = None) -> None:
+    async def publish(self, entries: list[schemas.JournalEntry], request_ids: dict[int, str] | None = None) -> None:
         """The committer's fast path. Failures are left for the sweeper, never raised."""
         try:
             acked = await self._bus.publish_entries(entries, request_ids=request_ids)

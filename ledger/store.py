@@ -7,17 +7,20 @@ Dialect differences (there are few) come from `ledger.dialect`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.resources
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import args_row, class_row, kwargs_row, namedtuple_row
 from psycopg.types.json import Jsonb
 
+import schemas
 from ledger import domain
 
 API_ROLE = "ledger_api"
@@ -156,10 +159,15 @@ async def insert_principal(conn, *, principal_id: uuid.UUID, role: str, name: st
 
 
 async def principal_by_token_hash(conn, token_hash: bytes) -> PrincipalRow | None:
-    row = await (
-        await conn.execute("SELECT id, role, name, token_hash FROM principals WHERE token_hash = %s", (token_hash,))
-    ).fetchone()
-    return PrincipalRow(row[0], row[1], row[2]) if row else None
+    return await _fetch_one(
+        conn, class_row(PrincipalRow), "SELECT id, role, name FROM principals WHERE token_hash = %s", (token_hash,)
+    )
+
+
+async def _fetch_one(conn, row_factory, query: str, params: tuple = ()):
+    async with conn.cursor(row_factory=row_factory) as cursor:
+        await cursor.execute(query, params)
+        return await cursor.fetchone()
 
 
 async def principal_exists(conn, principal_id: uuid.UUID) -> bool:
@@ -195,30 +203,29 @@ async def insert_account(conn, account: AccountRow) -> tuple[AccountRow, bool]:
                 "INSERT INTO balances (account_id, kind, balance, position) VALUES (%s, %s, 0, 0)",
                 (account.id, account.kind),
             )
-            return AccountRow(account.id, account.kind, account.currency, account.owner_id, account.name, inserted[0]), True
+            return dataclasses.replace(account, created_at=inserted[0]), True
     existing = await account_by_id(conn, account.id)
     assert existing is not None
     return existing, False
 
 
 async def account_by_id(conn, account_id: uuid.UUID) -> AccountRow | None:
-    row = await (
-        await conn.execute(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = %s", (account_id,))
-    ).fetchone()
-    return AccountRow(*row) if row else None
+    return await _fetch_one(
+        conn, class_row(AccountRow), f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = %s", (account_id,)
+    )
 
 
-async def account_with_balance(conn, account_id: uuid.UUID) -> tuple[AccountRow, int, int] | None:
-    """The account, its committed balance and the journal head, read in one statement (one snapshot)."""
-    row = await (
-        await conn.execute(
-            f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position FROM accounts a"
-            " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
-            " WHERE a.id = %s AND h.id = 1",
-            (account_id,),
-        )
-    ).fetchone()
-    return (AccountRow(*row[:6]), row[6], row[7]) if row else None
+async def account_with_balance(conn, account_id: uuid.UUID) -> schemas.Account | None:
+    """The account with its committed balance and the journal head it is exact at, read in one
+    statement (one snapshot)."""
+    return await _fetch_one(
+        conn,
+        kwargs_row(schemas.Account),
+        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position FROM accounts a"
+        " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
+        " WHERE a.id = %s AND h.id = 1",
+        (account_id,),
+    )
 
 
 # ---- the journal write path -----------------------------------------------------------------
@@ -235,7 +242,7 @@ async def read_batch_state(
     account_ids: list[uuid.UUID],
     principal_ids: list[uuid.UUID],
     keys: list[str],
-) -> tuple[int, str, dict[uuid.UUID, domain.AccountState], dict[tuple[uuid.UUID, str], tuple[bytes, int]]]:
+) -> domain.BatchState:
     """Lock the journal head, then read the batch's accounts and stored keys. The statements are
     sent before any result is awaited, so in pipeline mode they cost one round trip; the head
     lock comes first, so it orders batches across processes. `batch_lock` is the dialect's
@@ -243,21 +250,21 @@ async def read_batch_state(
     if batch_lock:
         await conn.execute(batch_lock)
     head_cursor = await conn.execute(_HEAD_FOR_UPDATE)
-    accounts_cursor = await conn.execute(
+    accounts_cursor = await conn.cursor(row_factory=class_row(domain.AccountState)).execute(
         "SELECT a.id, a.kind, a.currency, a.owner_id, b.balance FROM accounts a"
         " JOIN balances b ON b.account_id = a.id WHERE a.id = ANY(%s::UUID[])",
         (_numbers(account_ids),),
     )
-    keys_cursor = await conn.execute(
+    keys_cursor = await conn.cursor(row_factory=namedtuple_row).execute(
         "SELECT i.principal_id, i.key, i.request_hash, i.position FROM idempotency i"
         " JOIN unnest(%s::UUID[], %s::TEXT[]) AS k (principal_id, key)"
         " ON i.principal_id = k.principal_id AND i.key = k.key",
         (_numbers(principal_ids), _texts(keys)),
     )
     position, digest = await head_cursor.fetchone()
-    accounts = {row[0]: domain.AccountState(*row) for row in await accounts_cursor.fetchall()}
-    stored = {(row[0], row[1]): (bytes(row[2]), row[3]) for row in await keys_cursor.fetchall()}
-    return position, digest, accounts, stored
+    accounts = {account.id: account for account in await accounts_cursor.fetchall()}
+    stored = {(k.principal_id, k.key): (bytes(k.request_hash), k.position) for k in await keys_cursor.fetchall()}
+    return domain.BatchState(position, digest, accounts, stored)
 
 
 def _numbers(values) -> str:
@@ -296,7 +303,7 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
             _numbers([e.hash for e in entries]),
         ),
     )
-    postings = [(e.position, account, amount) for e in entries for account, amount in e.postings]
+    postings = [(e.position, p.account_id, p.amount) for e in entries for p in e.postings]
     await conn.execute(
         "INSERT INTO postings (position, account_id, amount)"
         " SELECT * FROM unnest(%s::INT8[], %s::UUID[], %s::INT8[])",
@@ -313,7 +320,12 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
         ),
     )
     await conn.execute("INSERT INTO outbox (position) SELECT * FROM unnest(%s::INT8[])", (_numbers([e.position for e in entries]),))
-    last = entries[-1]
+    await _move_balances_and_head(conn, result, committed_at=committed_at)
+
+
+async def _move_balances_and_head(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
+    """Move each touched balance once and the head to the batch's last entry."""
+    last = result.entries[-1]
     touched = list(result.balance_deltas.items())
     await conn.execute(
         "UPDATE balances SET balance = balances.balance + d.delta, position = %s"
@@ -329,83 +341,66 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
 
 # ---- reading the journal --------------------------------------------------------------------
 
-_ENTRY_COLUMNS = (
-    "j.position, j.transfer_id, j.from_account_id, j.to_account_id, j.amount, j.currency, j.reference,"
-    " j.metadata, j.committed_at, j.prev_hash, j.hash"
+# Each entry with its postings in the order the write path sealed them (debit first), as the
+# columns of `schemas.JournalEntry`: `_entry_row` builds the entry straight from them.
+_ENTRIES = (
+    "SELECT j.position, j.transfer_id, j.from_account_id, j.to_account_id, j.amount, j.currency, j.reference,"
+    " j.metadata, j.committed_at, j.prev_hash, j.hash, p.account_ids, p.amounts FROM journal j"
+    " LEFT JOIN LATERAL (SELECT array_agg(q.account_id ORDER BY q.amount, q.account_id) AS account_ids,"
+    " array_agg(q.amount ORDER BY q.amount, q.account_id) AS amounts"
+    " FROM postings q WHERE q.position = j.position) p ON true"
 )
 
 
-def _entry_from_row(row: tuple, postings: list[tuple[uuid.UUID, int]]) -> domain.Entry:
-    return domain.Entry(
-        position=row[0],
-        transfer_id=row[1],
-        from_account_id=row[2],
-        to_account_id=row[3],
-        amount=row[4],
-        currency=row[5],
-        reference=row[6],
-        metadata=row[7],
-        postings=tuple(postings),
-        committed_at=domain.format_timestamp(row[8]),
-        prev_hash=row[9],
-        hash=row[10],
-    )
+def _entry_row(cursor) -> Callable[[Sequence], schemas.JournalEntry]:
+    """A psycopg row factory: the row of `_ENTRIES` as the one entry type. Only what the database
+    stores differently is converted: the timestamp to its journal text, the postings from arrays."""
+    names = [column.name for column in cursor.description]
+
+    def make(values: Sequence) -> schemas.JournalEntry:
+        row = dict(zip(names, values))
+        row["committed_at"] = domain.format_timestamp(row["committed_at"])
+        row["postings"] = [schemas.Posting(*p) for p in zip(row.pop("account_ids") or (), row.pop("amounts") or ())]
+        return schemas.JournalEntry(**row)
+
+    return make
 
 
-async def _attach_postings(conn, rows: list[tuple]) -> list[domain.Entry]:
-    if not rows:
-        return []
-    positions = [row[0] for row in rows]
-    posting_rows = await (
-        await conn.execute(
-            "SELECT position, account_id, amount FROM postings WHERE position = ANY(%s)"
-            " ORDER BY position, amount, account_id",
-            (positions,),
-        )
-    ).fetchall()
-    by_position: dict[int, list[tuple[uuid.UUID, int]]] = {p: [] for p in positions}
-    for position, account_id, amount in posting_rows:
-        by_position[position].append((account_id, amount))
-    return [_entry_from_row(row, by_position[row[0]]) for row in rows]
+async def _entries(conn, where: str, params: tuple) -> list[schemas.JournalEntry]:
+    async with conn.cursor(row_factory=_entry_row) as cursor:
+        await cursor.execute(f"{_ENTRIES} {where}", params)
+        return await cursor.fetchall()
 
 
-async def entries_by_positions(conn, positions: list[int]) -> list[domain.Entry]:
-    rows = await (
-        await conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM journal j WHERE j.position = ANY(%s) ORDER BY j.position", (positions,)
-        )
-    ).fetchall()
-    return await _attach_postings(conn, rows)
+async def entries_by_positions(conn, positions: list[int]) -> list[schemas.JournalEntry]:
+    return await _entries(conn, "WHERE j.position = ANY(%s) ORDER BY j.position", (positions,))
 
 
-async def entry_by_transfer_id(conn, transfer_id: uuid.UUID) -> domain.Entry | None:
-    rows = await (
-        await conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM journal j WHERE j.transfer_id = %s", (transfer_id,))
-    ).fetchall()
-    entries = await _attach_postings(conn, rows)
+async def entry_by_transfer_id(conn, transfer_id: uuid.UUID) -> schemas.JournalEntry | None:
+    entries = await _entries(conn, "WHERE j.transfer_id = %s", (transfer_id,))
     return entries[0] if entries else None
 
 
-async def entries_after(conn, after: int, limit: int) -> list[domain.Entry]:
-    rows = await (
-        await conn.execute(
-            f"SELECT {_ENTRY_COLUMNS} FROM journal j WHERE j.position > %s ORDER BY j.position LIMIT %s",
-            (after, limit),
-        )
-    ).fetchall()
-    return await _attach_postings(conn, rows)
+async def entries_after(conn, after: int, limit: int) -> list[schemas.JournalEntry]:
+    return await _entries(conn, "WHERE j.position > %s ORDER BY j.position LIMIT %s", (after, limit))
 
 
-async def journal_head(conn) -> tuple[int, str, dt.datetime | None]:
-    row = await (await conn.execute("SELECT position, hash, committed_at FROM journal_head WHERE id = 1")).fetchone()
-    return row[0], row[1], row[2]
+async def journal_head(conn) -> schemas.JournalHead:
+    return await _fetch_one(
+        conn, args_row(_journal_head), "SELECT position, hash, committed_at FROM journal_head WHERE id = 1"
+    )
+
+
+def _journal_head(position: int, digest: str, committed_at: dt.datetime | None) -> schemas.JournalHead:
+    stamp = domain.format_timestamp(committed_at) if committed_at is not None else None
+    return schemas.JournalHead(position=position, hash=digest, committed_at=stamp)
 
 
 async def account_owners(conn, account_ids: list[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID | None]:
     rows = await (
         await conn.execute("SELECT id, owner_id FROM accounts WHERE id = ANY(%s)", (account_ids,))
     ).fetchall()
-    return {row[0]: row[1] for row in rows}
+    return dict(rows)
 
 
 # ---- outbox ---------------------------------------------------------------------------------
@@ -446,17 +441,6 @@ async def server_version(conn) -> str:
 # small enough that memory does not grow with the journal.
 AUDIT_FETCH_ROWS = 5_000
 
-# Each entry with its postings in the order the write path sealed them (debit first): the
-# audit rehashes exactly what is stored, and one cursor keeps the stream in position order.
-_AUDIT_ENTRIES = (
-    f"SELECT {_ENTRY_COLUMNS}, p.account_ids, p.amounts FROM journal j"
-    " LEFT JOIN LATERAL (SELECT array_agg(q.account_id ORDER BY q.amount, q.account_id) AS account_ids,"
-    " array_agg(q.amount ORDER BY q.amount, q.account_id) AS amounts"
-    " FROM postings q WHERE q.position = j.position) p ON true"
-    " WHERE j.position > %s ORDER BY j.position"
-)
-
-
 async def use_auditor_role(conn) -> None:
     """Whatever the login, the audit holds only the auditor's privileges: it can read, not write."""
     await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(AUDITOR_ROLE)))
@@ -486,21 +470,22 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
             "SELECT account_id, sum(amount)::INT8 FROM postings WHERE position <= %s GROUP BY account_id", (position,)
         )
     ).fetchall()
-    return {row[0]: row[1] for row in rows}
+    return dict(rows)
 
 
-async def stream_entries(conn, after: int) -> AsyncIterator[domain.Entry]:
-    """The entries after `after` in position order, through a server-side cursor."""
-    async with conn.cursor(name="audit_journal", binary=True) as cursor:
-        await cursor.execute(_AUDIT_ENTRIES, (after,))
-        while rows := await cursor.fetchmany(AUDIT_FETCH_ROWS):
-            for row in rows:
-                yield _entry_from_row(row, list(zip(row[11] or (), row[12] or ())))
+async def stream_entries(conn, after: int) -> AsyncIterator[schemas.JournalEntry]:
+    """The entries after `after` in position order, through a server-side cursor: the audit
+    rehashes exactly what is stored, and one cursor keeps the stream in position order."""
+    async with conn.cursor(name="audit_journal", binary=True, row_factory=_entry_row) as cursor:
+        await cursor.execute(f"{_ENTRIES} WHERE j.position > %s ORDER BY j.position", (after,))
+        while entries := await cursor.fetchmany(AUDIT_FETCH_ROWS):
+            for entry in entries:
+                yield entry
 
 
 async def write_model_balances(conn) -> dict[uuid.UUID, int]:
     rows = await (await conn.execute("SELECT account_id, balance FROM balances")).fetchall()
-    return {row[0]: row[1] for row in rows}
+    return dict(rows)
 
 
 async def first_orphan_posting(conn, after: int) -> int | None:
@@ -544,8 +529,11 @@ async def insert_accounts(conn, accounts: list[tuple[uuid.UUID, str, str, str]])
 _JOURNAL_COPY_TYPES = ["int8", "uuid", "uuid", "uuid", "int8", "text", "text", "jsonb", "timestamptz", "text", "text"]
 
 
-async def copy_entries(conn, entries: list[domain.Entry], *, committed_at: dt.datetime) -> None:
-    """Append sealed entries and their postings with COPY (the bulk path; no outbox rows)."""
+async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
+    """The bulk twin of `write_batch` for `tools.seed`: the same entries, postings, balances and
+    head, appended with COPY, without outbox rows (nothing is published) or idempotency keys."""
+    entries = result.entries
+    assert entries, "an empty batch writes nothing"
     async with conn.cursor() as cursor:
         async with cursor.copy(
             "COPY journal (position, transfer_id, from_account_id, to_account_id, amount, currency, reference,"
@@ -560,26 +548,6 @@ async def copy_entries(conn, entries: list[domain.Entry], *, committed_at: dt.da
         async with cursor.copy("COPY postings (position, account_id, amount) FROM STDIN WITH BINARY") as copy:
             copy.set_types(["int8", "uuid", "int8"])
             for e in entries:
-                for account_id, amount in e.postings:
-                    await copy.write_row((e.position, account_id, amount))
-
-
-async def lock_head(conn) -> tuple[int, str]:
-    """The head (position, hash), locked until the transaction ends, as the committer takes it."""
-    row = await (await conn.execute(_HEAD_FOR_UPDATE)).fetchone()
-    return row[0], row[1]
-
-
-async def add_to_balances(conn, deltas: dict[uuid.UUID, int], *, position: int) -> None:
-    await conn.execute(
-        "UPDATE balances SET balance = balances.balance + d.delta, position = %s"
-        " FROM unnest(%s::UUID[], %s::INT8[]) AS d (account_id, delta) WHERE balances.account_id = d.account_id",
-        (position, list(deltas), list(deltas.values())),
-    )
-
-
-async def advance_head(conn, *, position: int, digest: str, committed_at: dt.datetime) -> None:
-    await conn.execute(
-        "UPDATE journal_head SET position = %s, hash = %s, committed_at = %s WHERE id = 1",
-        (position, digest, committed_at),
-    )
+                for p in e.postings:
+                    await copy.write_row((e.position, p.account_id, p.amount))
+    await _move_balances_and_head(conn, result, committed_at=committed_at)

@@ -24,7 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import start_http_server
 
 import schemas
-from ledger import db, domain, metrics, store
+from ledger import db, metrics, store
 from ledger.bus import STREAM, SUBJECT, EventBus, raise_if_cancelled
 from ledger.config import Settings
 from projector import store as projections
@@ -39,24 +39,6 @@ ACK_PENDING_MAX = 20_000
 ACK_WAIT_S = 30
 
 _decoder = msgspec.json.Decoder(schemas.JournalEntry)
-
-
-def entry_from_event(data: bytes) -> domain.Entry:
-    event = _decoder.decode(data)
-    return domain.Entry(
-        position=event.position,
-        transfer_id=event.transfer_id,
-        from_account_id=event.from_account_id,
-        to_account_id=event.to_account_id,
-        amount=event.amount,
-        currency=event.currency,
-        reference=event.reference,
-        metadata=event.metadata,
-        postings=tuple((p.account_id, p.amount) for p in event.postings),
-        committed_at=event.committed_at,
-        prev_hash=event.prev_hash,
-        hash=event.hash,
-    )
 
 
 class Projector:
@@ -74,7 +56,7 @@ class Projector:
         metrics.PROJECTOR_WATERMARK.set(self.watermark)
         return self.watermark
 
-    async def apply(self, entries: list[domain.Entry]) -> int:
+    async def apply(self, entries: list[schemas.JournalEntry]) -> int:
         """Apply what extends the watermark, filling holes from the journal; returns new watermark."""
         fresh = sorted({e.position: e for e in entries if e.position > self.watermark}.values(), key=lambda e: e.position)
         if not fresh:
@@ -109,7 +91,7 @@ class Projector:
         return current
 
     @staticmethod
-    def _observe_lag(run: list[domain.Entry], now: dt.datetime) -> None:
+    def _observe_lag(run: list[schemas.JournalEntry], now: dt.datetime) -> None:
         for entry in run:
             committed = dt.datetime.strptime(entry.committed_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
             metrics.PROJECTOR_LAG_SECONDS.observe(max(0.0, (now - committed).total_seconds()))
@@ -129,7 +111,7 @@ class Projector:
 
     async def _tail_check(self) -> None:
         async with self._pool.connection() as conn:
-            head, _, _ = await store.journal_head(conn)
+            head = (await store.journal_head(conn)).position
         if head <= self.watermark:
             self._behind_since = None
             return
@@ -190,7 +172,7 @@ class Projector:
         entries = []
         for message in messages:
             try:
-                entries.append(entry_from_event(message.data))
+                entries.append(_decoder.decode(message.data))
             except msgspec.MsgspecError:
                 log.error("undecodable event on %s; acked and ignored (the journal fills its place)", SUBJECT)
         await self.apply(entries)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from ledger import domain
+from psycopg.rows import dict_row, kwargs_row
+
+import schemas
 
 DEFAULT_NAME = "main"
 
@@ -19,14 +21,14 @@ async def checkpoint(conn, name: str = DEFAULT_NAME) -> int:
     return row[0] if row else 0
 
 
-async def apply_entries(conn, entries: list[domain.Entry], *, name: str, projected_at: dt.datetime) -> None:
+async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str, projected_at: dt.datetime) -> None:
     """Apply contiguous entries (the caller guarantees order and no gaps) and move the checkpoint."""
     assert entries
     deltas: dict[uuid.UUID, tuple[str, int]] = {}
     for entry in entries:
-        for account_id, amount in entry.postings:
-            currency, total = deltas.get(account_id, (entry.currency, 0))
-            deltas[account_id] = (currency, total + amount)
+        for posting in entry.postings:
+            currency, total = deltas.get(posting.account_id, (entry.currency, 0))
+            deltas[posting.account_id] = (currency, total + posting.amount)
     last = entries[-1].position
     ids = list(deltas)
     await conn.execute(
@@ -79,46 +81,52 @@ async def reset(conn, name: str = DEFAULT_NAME) -> None:
     await conn.execute("DELETE FROM projector_checkpoint WHERE name = %s", (name,))
 
 
+# The columns of `schemas.Verification`, by name: rows are built straight into it.
 _VERIFICATION_COLUMNS = (
     "v.transfer_id, v.vendor_account_id, v.payer_account_id, v.amount, v.currency, v.reference,"
-    " v.committed_at, v.position, v.hash, v.projected_at"
+    " v.committed_at, v.position, v.hash, 'verified' AS status, v.projected_at"
 )
 
 
-async def verification(conn, vendor_account_id: uuid.UUID, transfer_id: uuid.UUID, name: str = DEFAULT_NAME):
-    """The row (or None) and the checkpoint, in one statement so the header is exact for the row."""
-    row = await (
-        await conn.execute(
-            f"SELECT c.position, {_VERIFICATION_COLUMNS} FROM (SELECT %s::TEXT AS name) n"
+async def verification(
+    conn, vendor_account_id: uuid.UUID, transfer_id: uuid.UUID, name: str = DEFAULT_NAME
+) -> tuple[int, schemas.Verification | None]:
+    """The checkpoint and the verification (or None), in one statement so the header is exact for it."""
+    async with conn.cursor(row_factory=dict_row) as cursor:
+        await cursor.execute(
+            f"SELECT c.position AS projection_position, {_VERIFICATION_COLUMNS} FROM (SELECT %s::TEXT AS name) n"
             " LEFT JOIN projector_checkpoint c ON c.name = n.name"
             " LEFT JOIN verifications v ON v.vendor_account_id = %s AND v.transfer_id = %s",
             (name, vendor_account_id, transfer_id),
         )
-    ).fetchone()
-    position = row[0] or 0
-    return position, (row[1:] if row[1] is not None else None)
+        row = await cursor.fetchone()
+    position = row.pop("projection_position") or 0
+    return position, (schemas.Verification(**row) if row["transfer_id"] is not None else None)
 
 
-async def verifications_page(conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME):
+async def verifications_page(
+    conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME
+) -> tuple[int, list[schemas.Verification]]:
     checkpoint_position = await checkpoint(conn, name)
-    rows = await (
-        await conn.execute(
-            f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v"
-            " WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s"
-            " ORDER BY v.position LIMIT %s",
-            (vendor_account_id, after, checkpoint_position, limit),
-        )
-    ).fetchall()
-    return checkpoint_position, rows
+    page = await _verifications(
+        conn,
+        "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s",
+        (vendor_account_id, after, checkpoint_position, limit),
+    )
+    return checkpoint_position, page
 
 
 async def balances(conn) -> dict[uuid.UUID, int]:
     rows = await (await conn.execute("SELECT account_id, balance FROM projected_balances")).fetchall()
-    return {row[0]: row[1] for row in rows}
+    return dict(rows)
 
 
-async def verification_rows(conn) -> list[tuple]:
-    rows = await (
-        await conn.execute(f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v ORDER BY v.position")
-    ).fetchall()
-    return rows
+async def verifications(conn) -> list[schemas.Verification]:
+    """Every verification in position order (the rebuild test compares them)."""
+    return await _verifications(conn, "ORDER BY v.position", ())
+
+
+async def _verifications(conn, where: str, params: tuple) -> list[schemas.Verification]:
+    async with conn.cursor(row_factory=kwargs_row(schemas.Verification)) as cursor:
+        await cursor.execute(f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v {where}", params)
+        return await cursor.fetchall()

@@ -110,8 +110,15 @@ class Posting(Struct):
     amount: SignedAmount
 
 
-class JournalEntry(Struct):
-    """One committed transfer: the line of `GET /v1/journal`, the NATS event body, the audit unit."""
+class JournalEntry(Struct, frozen=True):
+    """One committed transfer, the one shape of a journal entry: sealed by the domain, stored and
+    read back by the store, the line of `GET /v1/journal`, the NATS event body, what the projector
+    applies and the audit replays. Encoded and decoded directly, never copied field by field.
+
+    Its hash covers `ledger.domain.canonical_bytes`: every field but `hash`, and a field that has
+    a default only when it differs from it. So a field added later with a default (as new event
+    fields always are) leaves the bytes, and the hash, of every older entry unchanged.
+    """
 
     position: Annotated[int, Meta(ge=1)]
     transfer_id: uuid.UUID
@@ -125,6 +132,17 @@ class JournalEntry(Struct):
     committed_at: Timestamp
     prev_hash: Hash
     hash: Hash
+
+
+# What the answer to a transfer shares with its journal entry, under the same names.
+_TRANSFER_FROM_ENTRY = tuple(name for name in Transfer.__struct_fields__ if name in JournalEntry.__struct_fields__)
+
+
+def transfer_from_entry(entry: JournalEntry) -> Transfer:
+    """The answer of `POST /v1/transfers` and `GET /v1/transfers/{id}`, derived from the entry:
+    its shared fields as they are, the transfer id as `id`, and the status."""
+    shared = {name: getattr(entry, name) for name in _TRANSFER_FROM_ENTRY}
+    return Transfer(id=entry.transfer_id, status="committed", **shared)
 
 
 class JournalHead(Struct):

@@ -24,6 +24,7 @@ import psycopg
 import pytest_asyncio
 from psycopg import sql
 
+import schemas
 from ledger import audit, db, domain, store
 from ledger import checkpoint as signing
 from tools.seed import seed_journal
@@ -66,7 +67,7 @@ async def execute(url: str, *statements: tuple[str, tuple]) -> None:
             await conn.execute(statement, params)
 
 
-async def all_entries(url: str) -> list[domain.Entry]:
+async def all_entries(url: str) -> list[schemas.JournalEntry]:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         return await store.entries_after(conn, 0, JOURNAL_PAGE_LIMIT)
 
@@ -78,16 +79,16 @@ async def rewrite_history(url: str, position: int, **changes) -> None:
     prev_hash = entries[position - 2].hash if position > 1 else domain.ZERO_HASH
     statements = []
     for entry in entries[position - 1:]:
-        edited = dataclasses.replace(entry, prev_hash=prev_hash, **(changes if entry.position == position else {}))
-        digest = domain.entry_hash(prev_hash, domain.canonical_bytes(domain.entry_dict(edited)))
+        edited = msgspec.structs.replace(entry, prev_hash=prev_hash, **(changes if entry.position == position else {}))
+        digest = domain.recompute_hash(edited)
         statements.append((
             "UPDATE journal SET reference = %s, amount = %s, prev_hash = %s, hash = %s WHERE position = %s",
             (edited.reference, edited.amount, prev_hash, digest, entry.position),
         ))
         statements += [
             ("UPDATE postings SET amount = %s WHERE position = %s AND account_id = %s",
-             (amount, entry.position, account))
-            for account, amount in edited.postings
+             (posting.amount, entry.position, posting.account_id))
+            for posting in edited.postings
         ]
         prev_hash = digest
     statements.append(("UPDATE journal_head SET hash = %s WHERE id = 1", (prev_hash,)))
@@ -114,7 +115,7 @@ async def test_an_honest_journal_written_through_the_api_audits_clean(stack):
 
     async def projector_caught_up() -> bool:
         async with await stack.superuser() as conn:
-            head, _, _ = await store.journal_head(conn)
+            head = (await store.journal_head(conn)).position
             return await projections.checkpoint(conn, stack.settings.projector_name) >= head
 
     await eventually(projector_caught_up)
@@ -209,7 +210,7 @@ async def test_a_rehashed_overdraft_is_caught_at_its_position(seeded):
     # one unit more overdraws the wallet, however consistent the rehashed chain is.
     entry = (await all_entries(seeded))[1]
     more = entry.amount + 1
-    overdrawn = ((entry.from_account_id, -more), (entry.to_account_id, more))
+    overdrawn = [schemas.Posting(entry.from_account_id, -more), schemas.Posting(entry.to_account_id, more)]
     await rewrite_history(seeded, 2, amount=more, postings=overdrawn)
     report = await audit.run_audit(seeded)
     assert first_failure(report) == (2, "non_negative")
@@ -335,7 +336,7 @@ async def run_cli(database_url: str, *args: str) -> Completed:
 # ---- the pure replay ------------------------------------------------------------------------
 
 
-def sealed_journal(count: int) -> tuple[dict[uuid.UUID, tuple[str, str]], list[domain.Entry]]:
+def sealed_journal(count: int) -> tuple[dict[uuid.UUID, tuple[str, str]], list[schemas.JournalEntry]]:
     """A system account paying one wallet `count` times, sealed as the committer seals."""
     system, wallet = uuid.uuid4(), uuid.uuid4()
     accounts = {system: ("system", "EUR"), wallet: ("wallet", "EUR")}

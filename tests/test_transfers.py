@@ -105,7 +105,7 @@ async def test_business_rejections_are_422_and_write_nothing(stack, case):
     }[case]
     amount = 1000 if case == "insufficient_funds" else 10
     async with await stack.superuser() as conn:
-        head_before = (await store.journal_head(conn))[0]
+        head_before = (await store.journal_head(conn)).position
     reply = await stack.transfer(wallet.token, wallet.account_id, target, amount)
     assert reply.status == 422 and reply.code == case, reply.text
     assert reply.headers["Content-Type"].startswith("application/problem+json")

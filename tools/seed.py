@@ -1,8 +1,8 @@
 """Grow the journal fast with valid entries, bypassing the API: for the audit's tests and the benchmark.
 
-Entries are sealed by `ledger.domain.seal`, chained to the current head, and appended with COPY
-in one transaction per batch that locks the head row first, exactly as the committer orders its
-batches, so the result is a journal the audit accepts. No events are published (the outbox stays
+Each batch is decided by `ledger.domain.decide_batch` on the state the committer reads (the
+locked head, the touched accounts), exactly as a live write, and appended with COPY in the same
+transaction, so the result is a journal the audit accepts. No events are published (the outbox stays
 empty); a running projector reads seeded entries from the journal once it sees it is behind the
 head. Run it as the migration role: the service roles may not write this way.
 
@@ -28,7 +28,8 @@ from ledger import domain, store
 SEED_AMOUNT_MAX = 10_000  # minor units one seeded transfer moves, at most
 SEED_ACCOUNTS_MIN = 3  # one system account, at least one wallet and one vendor
 SEED_BATCH_MAX = 100_000  # entries in one transaction, at most
-# Seeded transfers are the admin moving money; nobody can replay them, so no key is stored.
+# Seeded transfers are the admin moving money under a principal that does not exist, so nobody
+# can ever repeat one: their keys only keep them apart inside a decision, and are not stored.
 _SEED_PRINCIPAL = uuid.UUID(int=0)
 
 
@@ -77,15 +78,15 @@ def _transfers(seeded: SeedAccounts, currency: str) -> Iterator[domain.TransferC
         wallet = seeded.wallets[n % len(seeded.wallets)]
         vendor = seeded.vendors[n % len(seeded.vendors)]
         amount = 1 + (n * 7919) % SEED_AMOUNT_MAX
-        yield _command(seeded.system, wallet, amount, currency)
-        yield _command(wallet, vendor, amount, currency)
+        yield _command(f"seed {n} fund", seeded.system, wallet, amount, currency)
+        yield _command(f"seed {n} pay", wallet, vendor, amount, currency)
 
 
-def _command(source: uuid.UUID, target: uuid.UUID, amount: int, currency: str) -> domain.TransferCommand:
+def _command(key: str, source: uuid.UUID, target: uuid.UUID, amount: int, currency: str) -> domain.TransferCommand:
     return domain.TransferCommand(
         principal_id=_SEED_PRINCIPAL,
         principal_role="admin",
-        idempotency_key="",
+        idempotency_key=key,
         request_hash=b"",
         from_account_id=source,
         to_account_id=target,
@@ -97,24 +98,18 @@ def _command(source: uuid.UUID, target: uuid.UUID, amount: int, currency: str) -
 
 
 async def _append_batch(conn: psycopg.AsyncConnection, commands: list[domain.TransferCommand]) -> None:
-    """Seal the batch on top of the locked head, COPY it in, move each balance once, advance the head."""
-    position, prev_hash = await store.lock_head(conn)
+    """Decide the batch on top of the locked head, as the committer does, and COPY it in."""
+    state = await store.read_batch_state(
+        conn,
+        batch_lock=None,
+        account_ids=list({c.from_account_id for c in commands} | {c.to_account_id for c in commands}),
+        principal_ids=[],
+        keys=[],
+    )
     committed_at = dt.datetime.now(dt.timezone.utc)
-    stamp = domain.format_timestamp(committed_at)
-    entries: list[domain.Entry] = []
-    deltas: dict[uuid.UUID, int] = {}
-    for command in commands:
-        position += 1
-        entry = domain.seal(
-            position=position, transfer_id=uuid.uuid4(), command=command, committed_at=stamp, prev_hash=prev_hash
-        )
-        entries.append(entry)
-        prev_hash = entry.hash
-        for account_id, amount in entry.postings:
-            deltas[account_id] = deltas.get(account_id, 0) + amount
-    await store.copy_entries(conn, entries, committed_at=committed_at)
-    await store.add_to_balances(conn, deltas, position=position)
-    await store.advance_head(conn, position=position, digest=prev_hash, committed_at=committed_at)
+    result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(committed_at))
+    assert len(result.entries) == len(commands), "a seeded transfer was refused: the plan is wrong"
+    await store.copy_batch(conn, result, committed_at=committed_at)
 
 
 def main(argv: list[str] | None = None) -> int:
