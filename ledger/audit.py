@@ -276,10 +276,12 @@ async def run_audit(
     *,
     from_position: int = 0,
     checkpoint: signing.SignedCheckpoint | None = None,
+    public_key: str | None = None,
     projector_name: str = projections.DEFAULT_NAME,
     progress: Progress | None = None,
 ) -> AuditReport:
-    """Replay the journal after `from_position` (trusting the state there) and check it all."""
+    """Replay the journal after `from_position` (trusting the state there) and check it all. A
+    `checkpoint` counts only when signed by `public_key`, the key the auditor pinned."""
     assert from_position >= 0, "from_position must not be negative"
     dialect = await db.detect_dialect(database_url)
     started = time.monotonic()
@@ -289,7 +291,8 @@ async def run_audit(
         # Read-only: nothing to commit, and closing the connection ends the snapshot.
         await store.begin_snapshot(conn, dialect.snapshot_begin())
         replay, head_position, projector_position = await _replay(
-            conn, from_position=from_position, checkpoint=checkpoint, projector_name=projector_name, progress=progress
+            conn, from_position=from_position, checkpoint=checkpoint, public_key=public_key,
+            projector_name=projector_name, progress=progress,
         )
     seconds = time.monotonic() - started
     return AuditReport(
@@ -313,6 +316,7 @@ async def _replay(
     *,
     from_position: int,
     checkpoint: signing.SignedCheckpoint | None,
+    public_key: str | None,
     projector_name: str,
     progress: Progress | None,
 ) -> tuple[Replay, int, int]:
@@ -324,7 +328,7 @@ async def _replay(
     at_projector = None
     if projector_position < from_position:
         at_projector = await store.balances_from_postings(conn, projector_position)
-    unusable = _unusable_checkpoint(checkpoint, from_position) if checkpoint else None
+    unusable = _unusable_checkpoint(checkpoint, from_position, public_key) if checkpoint else None
     replay = Replay(
         accounts, start=start, projector_position=projector_position, balances_at_projector=at_projector,
         signed=(checkpoint.position, checkpoint.hash) if checkpoint and not unusable else None,
@@ -358,9 +362,15 @@ async def _start(conn: psycopg.AsyncConnection, from_position: int) -> tuple[Sta
     return Start(from_position, digest or domain.ZERO_HASH, balances), digest is None
 
 
-def _unusable_checkpoint(checkpoint: signing.SignedCheckpoint, from_position: int) -> str | None:
+def _unusable_checkpoint(
+    checkpoint: signing.SignedCheckpoint, from_position: int, public_key: str | None
+) -> str | None:
     """Why the replay cannot prove this checkpoint, or None when it can."""
-    if not signing.verify(checkpoint):
+    if public_key is None:
+        return "no public key is pinned, so the signature proves nothing (pass --public-key)"
+    if checkpoint.public_key != public_key:
+        return f"signed by key {checkpoint.public_key}, not by the pinned key {public_key}"
+    if not signing.verify(checkpoint, public_key):
         return "the signature does not verify"
     if checkpoint.position <= from_position:
         return f"the checkpoint is not after --from {from_position}, so the replay cannot prove it"
@@ -370,18 +380,25 @@ def _unusable_checkpoint(checkpoint: signing.SignedCheckpoint, from_position: in
 # ---- `ledger audit` -------------------------------------------------------------------------
 
 
-def main(settings: config.Settings, *, as_json: bool, from_position: int, checkpoint: str | None) -> int:
+def main(
+    settings: config.Settings, *, as_json: bool, from_position: int, checkpoint: str | None, public_key: str | None
+) -> int:
     """0 when every check holds, 1 when one fails, 2 when the audit could not run; an unreachable
     database is raised to the command line, which exits 3."""
+    if checkpoint and not public_key:
+        print("ledger audit: --checkpoint needs --public-key (or LEDGER_AUDIT_PUBLIC_KEY): a checkpoint is"
+              " proof only when signed by a key you pinned", file=sys.stderr)
+        return EXIT_UNABLE
     try:
         signed = signing.read_file(Path(checkpoint)) if checkpoint else None
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as error:
-        print(f"ledger audit: cannot read the checkpoint {checkpoint}: {error}", file=sys.stderr)
+        pinned = signing.read_public_key(public_key) if public_key else None
+    except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as error:
+        print(f"ledger audit: cannot read the checkpoint or the public key: {error}", file=sys.stderr)
         return EXIT_UNABLE
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
         report = asyncio.run(run_audit(settings.database_url, from_position=from_position, checkpoint=signed,
-                                       projector_name=settings.projector_name, progress=bar))
+                                       public_key=pinned, projector_name=settings.projector_name, progress=bar))
     except psycopg.OperationalError:
         raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:

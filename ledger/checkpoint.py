@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -80,16 +81,29 @@ def sign(key: Ed25519PrivateKey, *, position: int, digest: str, signed_at: str) 
     )
 
 
-def verify(checkpoint: SignedCheckpoint) -> bool:
-    """True when the signature is the file's public key's over the file's head. Whether that key
-    is the one you trust is for you to compare (`ledger checkpoint --export-public-key`)."""
-    public_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(checkpoint.public_key))
+def verify(checkpoint: SignedCheckpoint, trusted_public_key: str) -> bool:
+    """True when `trusted_public_key` (hex, pinned by the verifier: `ledger checkpoint
+    --export-public-key` prints it) signed the file's head. The key written inside the file is
+    only a label: whoever rewrote the database can sign a new file with a key of their own."""
+    if checkpoint.public_key != trusted_public_key.strip().lower():
+        return False
+    public_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(trusted_public_key.strip()))
     message = signed_bytes(checkpoint.position, checkpoint.hash, checkpoint.signed_at)
     try:
         public_key.verify(bytes.fromhex(checkpoint.signature), message)
     except InvalidSignature:
         return False
     return True
+
+
+def read_public_key(text: str) -> str:
+    """A pinned public key: 64 hex characters, given as such or as the path of a file holding them."""
+    candidate = text.strip()
+    if not re.fullmatch(_HEX64, candidate.lower()) and Path(candidate).is_file():
+        candidate = Path(candidate).read_text().strip()
+    if not re.fullmatch(_HEX64, candidate.lower()):
+        raise ValueError("not 64 hex characters (an Ed25519 public key, raw) nor a file holding them")
+    return candidate.lower()
 
 
 def read_file(path: Path) -> SignedCheckpoint:

@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help="machine-readable report")
     audit.add_argument("--from", dest="from_position", type=_non_negative, default=0)
     audit.add_argument("--checkpoint", help="a signed checkpoint file to prove the journal against")
+    audit.add_argument("--public-key", default=os.environ.get("LEDGER_AUDIT_PUBLIC_KEY"),
+                       help="the pinned Ed25519 public key (hex, or a file holding it) a checkpoint must be signed"
+                            " by (default: LEDGER_AUDIT_PUBLIC_KEY)")
     checkpoint = commands.add_parser("checkpoint", help="sign the current journal head (Ed25519)")
     checkpoint.add_argument("--key", default=os.environ.get("LEDGER_SIGNING_KEY", ".ledger/signing-key.pem"))
     checkpoint.add_argument("--out", help="write the signed checkpoint to this file")
@@ -162,7 +165,8 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
     elif args.command == "audit":
         from ledger import audit
 
-        return audit.main(settings, as_json=args.json, from_position=args.from_position, checkpoint=args.checkpoint)
+        return audit.main(settings, as_json=args.json, from_position=args.from_position, checkpoint=args.checkpoint,
+                          public_key=args.public_key)
     elif args.command == "checkpoint":
         from ledger import checkpoint
 

@@ -254,10 +254,10 @@ async def test_a_rehashed_history_passes_every_check_without_a_checkpoint(seeded
 
 async def test_a_checkpoint_signed_before_a_rehash_catches_it(seeded, tmp_path):
     signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
-    assert (await audit.run_audit(seeded, checkpoint=signed)).ok
+    assert (await audit.run_audit(seeded, checkpoint=signed, public_key=signed.public_key)).ok
     await seed_journal(seeded, entries=10, accounts=3)
     await rewrite_history(seeded, 20, reference="rewritten")
-    report = await audit.run_audit(seeded, checkpoint=signed)
+    report = await audit.run_audit(seeded, checkpoint=signed, public_key=signed.public_key)
     # A consistent rewrite leaves no trace of where it began: the checkpoint bounds it.
     assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
     assert failed_checks(report) == {"checkpoint"}
@@ -267,7 +267,7 @@ async def test_a_checkpoint_signed_before_a_rehash_catches_it(seeded, tmp_path):
 async def test_a_checkpoint_whose_hash_was_edited_does_not_verify(seeded, tmp_path):
     signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
     forged = signing.SignedCheckpoint(**{**msgspec.structs.asdict(signed), "hash": "f" * 64})
-    report = await audit.run_audit(seeded, checkpoint=forged)
+    report = await audit.run_audit(seeded, checkpoint=forged, public_key=signed.public_key)
     assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
     assert report.first_failure.detail == "the signature does not verify"
 
@@ -283,7 +283,7 @@ async def test_a_checkpoint_beyond_a_truncated_journal_is_caught(seeded, tmp_pat
          " FROM accounts a LEFT JOIN postings p ON p.account_id = a.id GROUP BY a.id) s"
          " WHERE balances.account_id = s.id", ()),
     )
-    report = await audit.run_audit(seeded, checkpoint=signed)
+    report = await audit.run_audit(seeded, checkpoint=signed, public_key=signed.public_key)
     assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
     assert failed_checks(report) == {"checkpoint"}
 
@@ -300,9 +300,38 @@ async def test_the_checkpoint_command_signs_the_head_and_the_audit_command_prove
     async with await psycopg.AsyncConnection.connect(seeded) as conn:
         row = await (await conn.execute("SELECT hash, signature FROM signed_checkpoints")).fetchone()
     assert row == (body["hash"], body["signature"])
-    audited = await run_cli(seeded, "audit", "--checkpoint", str(out))
+    audited = await run_cli(seeded, "audit", "--checkpoint", str(out), "--public-key", body["public_key"])
     assert audited.returncode == 0, audited.stdout + audited.stderr
     assert audited.stdout.startswith("ledger audit ok")
+
+
+async def test_a_checkpoint_without_a_pinned_key_is_refused_by_the_command(seeded, tmp_path):
+    out = tmp_path / "checkpoint.json"
+    signed = await run_cli(seeded, "checkpoint", "--key", str(tmp_path / "key.pem"), "--out", str(out))
+    assert signed.returncode == 0, signed.stderr
+    audited = await run_cli(seeded, "audit", "--checkpoint", str(out))
+    assert audited.returncode == 2
+    assert "--public-key" in audited.stderr and len(audited.stderr.strip().splitlines()) == 1
+
+
+async def test_a_rewritten_journal_with_a_re_signed_checkpoint_fails_against_the_pinned_key(seeded, tmp_path):
+    """The attack: rewrite the database, then sign a fresh checkpoint over it with a key of one's
+    own. The file verifies against the key written inside it; the audit must not believe that."""
+    honest_key = signing.load_or_create_key(tmp_path / "honest.pem")
+    pinned = signing.public_key_hex(honest_key)
+    await rewrite_history(seeded, 20, reference="rewritten")
+    forger_key = signing.load_or_create_key(tmp_path / "forger.pem")
+    forged = await signing.take_checkpoint(seeded, forger_key)
+    report = await audit.run_audit(seeded, checkpoint=forged, public_key=pinned)
+    assert failed_checks(report) == {"checkpoint"}
+    assert "not by the pinned key" in report.first_failure.detail
+    key_file = tmp_path / "pinned.hex"
+    key_file.write_text(pinned + "\n")
+    out = tmp_path / "forged.json"
+    out.write_bytes(signing.encode(forged))
+    audited = await run_cli(seeded, "audit", "--checkpoint", str(out), "--public-key", str(key_file))
+    assert audited.returncode == 1, audited.stdout + audited.stderr
+    assert "check checkpoint" in audited.stdout
 
 
 async def test_the_audit_command_exits_1_and_names_the_first_bad_position(seeded):
