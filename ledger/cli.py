@@ -87,12 +87,36 @@ def _parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--key", default=os.environ.get("LEDGER_SIGNING_KEY", ".ledger/signing-key.pem"))
     checkpoint.add_argument("--out", help="write the signed checkpoint to this file")
     checkpoint.add_argument("--export-public-key", action="store_true")
-    principal = commands.add_parser("principal", help="create a principal and print its token (bootstrap)")
-    principal.add_argument("--role", required=True, choices=["admin", "client", "vendor", "auditor"])
-    principal.add_argument("--name", required=True)
+    _principal_parser(commands)
     for name, (_, help_text) in TOOLS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def _principal_parser(commands) -> None:
+    principal = commands.add_parser("principal", help="principals and their tokens: create, token, revoke, list")
+    actions = principal.add_subparsers(dest="action", required=True)
+    create = actions.add_parser("create", help="a new principal; its first token is printed once")
+    create.add_argument("--role", required=True, choices=["admin", "client", "vendor", "auditor"])
+    create.add_argument("--name", required=True)
+    token = actions.add_parser("token", help="one more token for a principal (rotation), printed once")
+    token.add_argument("principal_id", type=_uuid)
+    revoke = actions.add_parser("revoke", help="revoke a token: refused on every API process within 1 s")
+    revoke.add_argument("principal_id", type=_uuid)
+    revoke.add_argument("token_id", type=_uuid)
+    listing = actions.add_parser("list", help="a principal's tokens (never the tokens themselves)")
+    listing.add_argument("principal_id", type=_uuid)
+    for action in (create, token, revoke, listing):
+        action.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _uuid(text: str):
+    import uuid
+
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a UUID") from None
 
 
 def _non_negative(text: str) -> int:
@@ -172,10 +196,41 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
 
         return checkpoint.main(settings, key_path=args.key, out=args.out, export_public_key=args.export_public_key)
     elif args.command == "principal":
-        from ledger import principals
+        return _principal(args, settings)
+    return EXIT_OK
 
-        principal, token = asyncio.run(principals.create_at(settings.database_url, role=args.role, name=args.name))
-        print(f"id: {principal.id}\ntoken: {token}")
+
+def _principal(args: argparse.Namespace, settings) -> int:
+    """`ledger principal create|token|revoke|list`: what the admin routes do, for bootstrap and scripts."""
+    import msgspec
+
+    from ledger import principals
+
+    url = settings.database_url
+    try:
+        if args.action == "create":
+            principal, token = asyncio.run(principals.create_at(url, role=args.role, name=args.name))
+            shown = {"id": principal.id, "role": principal.role, "name": principal.name, "token": token}
+        elif args.action == "token":
+            row, token = asyncio.run(principals.issue_token_at(url, args.principal_id))
+            shown = {"id": row.id, "token": token, "created_at": row.created_at}
+        elif args.action == "revoke":
+            asyncio.run(principals.revoke_at(url, args.principal_id, args.token_id))
+            shown = {"revoked": args.token_id}
+        else:
+            shown = {"items": asyncio.run(principals.tokens_at(url, args.principal_id))}
+    except principals.NoSuchPrincipal as error:
+        print(f"ledger principal {args.action}: {error}", file=sys.stderr)
+        return EXIT_CHECK_FAILED
+    text = msgspec.json.encode(shown).decode()
+    if args.json:
+        print(text)
+    elif args.action == "list":
+        for item in shown["items"]:
+            state = f"revoked {item.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if item.revoked_at else "active"
+            print(f"{item.id}  created {item.created_at:%Y-%m-%dT%H:%M:%SZ}  {state}")
+    else:
+        print("\n".join(f"{key}: {value}" for key, value in msgspec.to_builtins(shown).items()))
     return EXIT_OK
 
 

@@ -33,12 +33,13 @@ JOURNAL_TABLES = ("journal", "postings")
 GRANTS: dict[str, dict[str, str]] = {
     API_ROLE: {
         "principals": "SELECT, INSERT",
+        "tokens": "SELECT, INSERT, UPDATE",
         "accounts": "SELECT, INSERT",
         "balances": "SELECT, INSERT, UPDATE",
         "journal": "SELECT, INSERT",
         "postings": "SELECT, INSERT",
         "journal_head": "SELECT, UPDATE",
-        "idempotency": "SELECT, INSERT",
+        "idempotency": "SELECT, INSERT, DELETE",
         "outbox": "SELECT, INSERT, DELETE",
         "projector_checkpoint": "SELECT",
         "projected_balances": "SELECT",
@@ -151,17 +152,83 @@ class PrincipalRow:
     name: str
 
 
-async def insert_principal(conn, *, principal_id: uuid.UUID, role: str, name: str, token_hash: bytes) -> None:
-    await conn.execute(
-        "INSERT INTO principals (id, role, name, token_hash) VALUES (%s, %s, %s, %s)",
-        (principal_id, role, name, token_hash),
-    )
+@dataclass(frozen=True, slots=True)
+class TokenOwnerRow:
+    """The principal a live (unrevoked) token belongs to, and which of its tokens it is."""
+
+    id: uuid.UUID
+    role: str
+    name: str
+    token_id: uuid.UUID
 
 
-async def principal_by_token_hash(conn, token_hash: bytes) -> PrincipalRow | None:
+@dataclass(frozen=True, slots=True)
+class TokenRow:
+    id: uuid.UUID
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+async def insert_principal(conn, *, principal_id: uuid.UUID, role: str, name: str) -> None:
+    await conn.execute("INSERT INTO principals (id, role, name) VALUES (%s, %s, %s)", (principal_id, role, name))
+
+
+async def insert_token(conn, *, token_id: uuid.UUID, principal_id: uuid.UUID, token_hash: bytes) -> TokenRow:
     return await _fetch_one(
-        conn, class_row(PrincipalRow), "SELECT id, role, name FROM principals WHERE token_hash = %s", (token_hash,)
+        conn, class_row(TokenRow),
+        "INSERT INTO tokens (id, principal_id, token_hash) VALUES (%s, %s, %s)"
+        " RETURNING id, created_at, last_used_at, revoked_at",
+        (token_id, principal_id, token_hash),
     )
+
+
+async def principal_by_token_hash(conn, token_hash: bytes) -> TokenOwnerRow | None:
+    return await _fetch_one(
+        conn, class_row(TokenOwnerRow),
+        "SELECT p.id, p.role, p.name, t.id AS token_id FROM tokens t JOIN principals p ON p.id = t.principal_id"
+        " WHERE t.token_hash = %s AND t.revoked_at IS NULL",
+        (token_hash,),
+    )
+
+
+async def tokens_of(conn, principal_id: uuid.UUID) -> list[TokenRow]:
+    async with conn.cursor(row_factory=class_row(TokenRow)) as cursor:
+        await cursor.execute(
+            "SELECT id, created_at, last_used_at, revoked_at FROM tokens WHERE principal_id = %s"
+            " ORDER BY created_at, id",
+            (principal_id,),
+        )
+        return await cursor.fetchall()
+
+
+async def revoke_token(conn, *, principal_id: uuid.UUID, token_id: uuid.UUID) -> bool:
+    """Revoke the token (keeping the first revocation time); False when the principal has no such token."""
+    await conn.execute(
+        "UPDATE tokens SET revoked_at = now() WHERE id = %s AND principal_id = %s AND revoked_at IS NULL",
+        (token_id, principal_id),
+    )
+    row = await (
+        await conn.execute("SELECT 1 FROM tokens WHERE id = %s AND principal_id = %s", (token_id, principal_id))
+    ).fetchone()
+    return row is not None
+
+
+async def mark_tokens_used(conn, token_ids: list[uuid.UUID], *, at: dt.datetime) -> None:
+    """Record use in bulk (the authenticator flushes this now and then, not on every request)."""
+    await conn.execute(
+        "UPDATE tokens SET last_used_at = %s WHERE id = ANY(%s::UUID[])", (at, _numbers(token_ids))
+    )
+
+
+async def delete_idempotency_before(conn, *, before: dt.datetime, limit: int) -> int:
+    """Forget up to `limit` idempotency keys stored before `before`; returns how many went."""
+    cursor = await conn.execute(
+        "DELETE FROM idempotency WHERE (principal_id, key) IN"
+        " (SELECT principal_id, key FROM idempotency WHERE created_at < %s LIMIT %s)",
+        (before, limit),
+    )
+    return cursor.rowcount
 
 
 async def _fetch_one(conn, row_factory, query: str, params: tuple = ()):

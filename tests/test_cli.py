@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 
 import pytest
 
@@ -108,7 +109,7 @@ def _ready(url: str, process: subprocess.Popen) -> bool:
 @pytest.mark.parametrize("command", ["migrate", "audit", "checkpoint", "principal"])
 def test_an_unreachable_database_is_one_line_and_exit_3(command, tmp_path):
     argv = {"checkpoint": ["--key", str(tmp_path / "key.pem")],
-            "principal": ["--role", "admin", "--name", "ops"]}.get(command, [])
+            "principal": ["create", "--role", "admin", "--name", "ops"]}.get(command, [])
     done = ledger(command, *argv, LEDGER_DATABASE_URL=UNREACHABLE_DATABASE_URL)
     assert done.returncode == cli.EXIT_UNREACHABLE, done.stderr
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -124,3 +125,34 @@ def test_a_negative_audit_position_is_a_usage_error():
 def test_an_unknown_command_is_a_usage_error():
     done = ledger("frobnicate")
     assert done.returncode == cli.EXIT_USAGE and len(done.stderr.splitlines()) == 1, done.stderr
+
+
+# ---- principals and tokens ----------------------------------------------------------------------
+
+
+async def test_principal_commands_create_rotate_list_and_revoke_tokens(stack):
+    import asyncio
+    import json
+
+    async def run(*argv: str) -> subprocess.CompletedProcess:
+        return await asyncio.to_thread(ledger, "principal", *argv, "--json", LEDGER_DATABASE_URL=stack.database_url)
+
+    created = await run("create", "--role", "client", "--name", "cli client")
+    assert created.returncode == 0, created.stderr
+    principal = json.loads(created.stdout)
+    assert principal["role"] == "client" and principal["token"].startswith("lt_")
+    rotated = await run("token", principal["id"])
+    assert rotated.returncode == 0, rotated.stderr
+    second = json.loads(rotated.stdout)
+    listed = json.loads((await run("list", principal["id"])).stdout)["items"]
+    assert [item["id"] for item in listed][-1] == second["id"] and len(listed) == 2
+    assert all("token" not in item and item["revoked_at"] is None for item in listed)
+    first_id = listed[0]["id"]
+    for token in (principal["token"], second["token"]):
+        assert (await stack.client.get(f"/v1/accounts/{uuid.uuid4()}", token=token)).status == 403
+    revoked = await run("revoke", principal["id"], first_id)
+    assert revoked.returncode == 0, revoked.stderr
+    listed = json.loads((await run("list", principal["id"])).stdout)["items"]
+    assert [item["revoked_at"] is not None for item in listed] == [True, False]
+    unknown = await run("revoke", principal["id"], str(uuid.uuid4()))
+    assert unknown.returncode == 1 and len(unknown.stderr.splitlines()) == 1, unknown.stderr
