@@ -16,7 +16,8 @@ from api import docs, openapi
 from api.auth import Authenticator, Principal
 from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
-from api.routes import ROUTES, wrap
+from api.framework import wrap
+from api.routes import ROUTES
 from ledger import db, logs, metrics
 from ledger.bus import EventBus
 from ledger.committer import Committer
