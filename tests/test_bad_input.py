@@ -385,12 +385,15 @@ async def test_unknown_route_is_a_404_problem(stack, path):
     assert_problem(await stack.client.get(path), 404, "not_found")
 
 
-@pytest.mark.parametrize("method, path", [
-    ("GET", "/v1/transfers"), ("PUT", "/v1/transfers"), ("DELETE", f"/v1/accounts/{ABSENT}"),
-    ("POST", "/v1/journal"), ("PATCH", "/v1/principals"), ("POST", "/healthz"),
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/v1/transfers", "POST"), ("PUT", "/v1/transfers", "POST"), ("TRACE", "/v1/transfers", "POST"),
+    ("DELETE", f"/v1/accounts/{ABSENT}", "GET"), ("POST", "/v1/journal", "GET"), ("PATCH", "/v1/principals", "POST"),
+    ("POST", "/healthz", "GET"),
 ])
-async def test_wrong_method_is_a_405_problem(stack, method, path):
-    assert_problem(await stack.client.request(method, path, token=stack.admin), 405, "method_not_allowed")
+async def test_wrong_method_is_a_405_problem_that_says_what_is_allowed(stack, method, path, allowed):
+    reply = await stack.client.request(method, path, token=stack.admin)
+    assert_problem(reply, 405, "method_not_allowed")
+    assert reply.headers["Allow"] == allowed
 
 
 BAD_AUTHORIZATION = {
