@@ -137,7 +137,7 @@ def wrap(route: Route, services) -> Callable[[web.Request], Awaitable[web.Stream
         body = None
         if body_decoder is not None:
             raw = await _read_body(request, services.settings.body_bytes_max)
-            body = _decode(body_decoder, raw)
+            body = _decode(body_decoder, route.body, raw)
         if principal is not None:
             auth.require_role(principal, route.roles, route.name)
         return await route.handler(services, Call(request, principal, body, query, ids, key))
@@ -157,16 +157,53 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _decode(decoder: msgspec.json.Decoder, raw: bytes):
+def _decode(decoder: msgspec.json.Decoder, kind: type, raw: bytes):
     try:
         return decoder.decode(raw)
     except msgspec.ValidationError as error:
-        raise from_validation(str(error)) from None
+        return _decode_integral_floats(kind, raw, error)
     except msgspec.DecodeError as error:
         raise ApiError("invalid_json", f"body is not valid JSON: {error}") from None
     except UnicodeDecodeError as error:
         # msgspec raises this (not DecodeError) for invalid UTF-8 inside a JSON string.
         raise ApiError("invalid_json", f"body is not valid UTF-8: {error.reason} at byte {error.start}") from None
+
+
+def _decode_integral_floats(kind: type, raw: bytes, error: msgspec.ValidationError):
+    """JSON Schema counts 584.0 as an integer, msgspec does not. Only once the typed decoder has
+    refused a body (so the fast path stays fast): decode it generically, turn integral floats into
+    ints and convert strictly, so "584" and 584.5 are still refused. Any other refusal is the
+    typed decoder's, with its path."""
+    try:
+        loose = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise from_validation(str(error)) from None
+    if not _has_float(loose):
+        raise from_validation(str(error)) from None
+    try:
+        return msgspec.convert(_integral_floats_as_ints(loose), kind, strict=True)
+    except msgspec.ValidationError:
+        raise from_validation(str(error)) from None
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_float(item) for item in value)
+    return False
 
 
 def _query(request: web.Request, kind: type):
