@@ -91,6 +91,11 @@ def _components(routes: list[Route]) -> tuple[dict, dict]:
     types = [r.body for r in routes if r.body] + [t for r in routes for t in r.answers.values()] + [schemas.Problem]
     types = list(dict.fromkeys(types))
     refs, components = msgspec.json.schema_components(types, ref_template=REF)
+    for kind in types:
+        # Rules across fields, which msgspec's schema cannot say (checked in the type's __post_init__).
+        extra = getattr(kind, "json_schema_extra", None)
+        if extra:
+            components[kind.__name__].update(extra)
     return dict(zip(types, refs)), components
 
 

@@ -22,7 +22,7 @@ from api.framework import (
     ALL_ROLES, NDJSON, PROJECTION_POSITION, Call, Header, JournalQuery, PageQuery, Route, WaitQuery, decode_cursor,
     encode_cursor, json_response,
 )
-from api.problems import ApiError, from_validation, problem_response
+from api.problems import ApiError, problem_response
 from ledger import committer as committer_mod
 from ledger import domain, principals, store
 from projector import store as projections
@@ -43,8 +43,6 @@ async def create_principal(services, call: Call) -> web.Response:
 
 async def create_account(services, call: Call) -> web.Response:
     body: schemas.AccountCreate = call.body
-    if body.kind == "system" and body.owner_id is not None:
-        raise from_validation("system accounts have no owner - at `$.owner_id`")
     wanted = store.AccountRow(body.id or uuid.uuid4(), body.kind, body.currency, body.owner_id, body.name, None)
     async with services.pool.connection() as conn:
         if body.owner_id is not None and not await store.principal_exists(conn, body.owner_id):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -59,6 +59,18 @@ class AccountCreate(Strict):
     id: uuid.UUID | None = None
     owner_id: uuid.UUID | None = None
     name: Annotated[str, Meta(max_length=NAME_CHARS_MAX, pattern=_NO_NUL)] = ""
+
+    # What __post_init__ checks, in JSON Schema, for the OpenAPI document to add to this type's.
+    json_schema_extra: ClassVar[dict] = {
+        "if": {"properties": {"kind": {"const": "system"}}, "required": ["kind"]},
+        "then": {"properties": {"owner_id": {"type": "null"}}},
+    }
+
+    def __post_init__(self) -> None:
+        # The decoder turns this ValueError into a ValidationError; a body is decoded at the top
+        # level, so the message is kept as it is, path included.
+        if self.kind == "system" and self.owner_id is not None:
+            raise ValueError("system accounts have no owner - at `$.owner_id`")
 
 
 class TransferCreate(Strict):

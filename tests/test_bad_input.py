@@ -483,6 +483,12 @@ async def test_client_with_bad_query_on_the_journal_is_400_shape_before_role(sta
     assert_problem(await stack.client.get("/v1/journal", token=payer.token), 403, "forbidden")
 
 
+async def test_client_creating_a_system_account_with_an_owner_is_400_shape_before_role(stack, payer):
+    body = {"kind": "system", "currency": "USD", "owner_id": ABSENT}
+    assert_problem(await stack.client.post("/v1/accounts", token=payer.token, json=body), 400, "validation_error",
+                   "$.owner_id")
+
+
 async def test_vendor_with_bad_path_id_is_400_shape_before_role(stack, payer):
     reply = await stack.client.get("/v1/accounts/not-a-uuid", token=payer.vendor_token)
     assert_problem(reply, 400, "validation_error", "$.path.account_id")
