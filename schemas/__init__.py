@@ -29,7 +29,10 @@ _NO_NUL = "^[^\x00]*$"
 
 Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX, description="Integer count of minor units.")]
 SignedAmount = Annotated[int, Meta(ge=-AMOUNT_MAX, le=AMOUNT_MAX)]
-Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="ISO-4217-like code, three upper-case letters.")]
+# The length bounds keep out "USD\n": Python's `$` (msgspec's) also matches before a final newline,
+# where JSON Schema's does not.
+Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", min_length=3, max_length=3,
+                               description="ISO-4217-like code, three upper-case letters.")]
 Reference = Annotated[str, Meta(max_length=REFERENCE_CHARS_MAX, pattern=_NO_NUL)]
 MetadataKey = Annotated[str, Meta(min_length=1, max_length=METADATA_KEY_CHARS_MAX, pattern=_NO_NUL)]
 MetadataValue = Annotated[str, Meta(max_length=METADATA_VALUE_CHARS_MAX, pattern=_NO_NUL)]

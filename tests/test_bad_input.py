@@ -141,6 +141,7 @@ INVALID_FIELDS: dict[str, tuple[dict, str]] = {
     "currency two letters": ({"currency": "US"}, "$.currency"),
     "currency four letters": ({"currency": "USDD"}, "$.currency"),
     "currency empty": ({"currency": ""}, "$.currency"),
+    "currency with a final newline": ({"currency": "USD\n"}, "$.currency"),
     "currency non-ASCII": ({"currency": "ÜSD"}, "$.currency"),
     "currency as a number": ({"currency": 840}, "$.currency"),
     "source not a UUID": ({"from_account_id": "not-a-uuid"}, "$.from_account_id"),
