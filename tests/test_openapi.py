@@ -28,7 +28,7 @@ ROLES = ("admin", "client", "vendor", "auditor")
 RUN_S_MAX = 8  # per role: the coverage phase takes a few seconds, fuzzing gets the rest
 EXAMPLES_PER_OPERATION = 5
 REQUEST_TIMEOUT_S = 10
-REQUESTS_MIN = 300
+REQUESTS_MIN = 100  # a floor only: the count varies with the machine's load
 # A schema-valid request may still meet a business rule (422: an account or an owner that does
 # not exist) or a conflict (409): the document cannot say which ids exist.
 ACCEPTED = ["2xx", 401, 403, 404, 409, 422, 429]
