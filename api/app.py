@@ -16,7 +16,8 @@ from api import docs, openapi
 from api.auth import Authenticator, Principal
 from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
-from api.routes import ROUTES, wrap
+from api.framework import wrap
+from api.routes import ROUTES
 from ledger import db, logs, metrics
 from ledger.bus import EventBus
 from ledger.committer import Committer
@@ -106,8 +107,9 @@ async def problems_middleware(request: web.Request, handler) -> web.StreamRespon
         response = problem_response(ApiError("body_too_large"))
     except web.HTTPNotFound:
         response = problem_response(ApiError("not_found", f"no route {request.path}"))
-    except web.HTTPMethodNotAllowed:
+    except web.HTTPMethodNotAllowed as error:
         response = problem_response(ApiError("method_not_allowed", f"{request.method} is not allowed on {request.path}"))
+        response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))  # RFC 9110: a 405 says what is
     except TimeoutError:
         response = problem_response(ApiError("timeout"))
     except psycopg.OperationalError as error:

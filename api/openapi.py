@@ -1,36 +1,31 @@
-"""The OpenAPI 3.1 document, generated from the routes and the msgspec schemas (never by hand)."""
+"""The OpenAPI 3.1 document, generated from the route declarations and the msgspec schemas (never by
+hand). Each operation lists exactly the statuses its route can answer; each problem status names,
+as an enum on `code`, exactly the codes that route can answer with it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 
 import schemas
-from api.problems import CODES
-from api.routes import PROJECTION_POSITION
+from api.framework import IDEMPOTENCY_KEY, Header, Route
+from api.problems import CODES, RETRY_AFTER_S
 
 REF = "#/components/schemas/{name}"
+PROBLEM = "application/problem+json"
+RETRY_AFTER = "Retry-After"
 
 
-def _statuses(route) -> list[int]:
-    statuses = {200 if route.status == 200 else route.status}
-    if route.name == "create_account":
-        statuses |= {200, 201, 409, 422}
-    if not route.public:
-        statuses |= {400, 401, 403, 429, 503}
-    if route.path_ids:
-        statuses.add(404)
-    if route.body is not None:
-        statuses |= {413}
-    if route.name == "create_transfer":
-        statuses |= {409, 422}
-    if route.name in ("get_verification", "list_verifications"):
-        statuses.add(404)
-    if route.name == "readyz":
-        statuses.add(503)
-    return sorted(statuses)
+def _problem_statuses(route: Route) -> dict[int, list[str]]:
+    """status -> the problem codes this route answers with it."""
+    statuses: dict[int, list[str]] = {}
+    for code in sorted(route.problem_codes):
+        statuses.setdefault(CODES[code][0], []).append(code)
+    return statuses
 
 
-def _parameters(route) -> list[dict]:
+def _parameters(route: Route) -> list[dict]:
     params = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
         for name in route.path_ids
@@ -40,69 +35,76 @@ def _parameters(route) -> list[dict]:
         params.append({"name": name, "in": "query", "required": False, "schema": prop})
     if route.idempotency:
         params.append({
-            "name": "Idempotency-Key", "in": "header", "required": True,
+            "name": IDEMPOTENCY_KEY, "in": "header", "required": True,
             "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
         })
     return params
 
 
-def _response(route, status: int, ref_of: dict) -> dict:
-    """One documented answer: the route's own shape below 300 (and a not-ready /readyz, which
-    answers its Health body), a problem otherwise; with the headers the API sets on it."""
-    headers = _headers(route, status)
-    if status < 300 or (route.name == "readyz" and status == 503):
-        media = "application/x-ndjson" if route.name == "get_journal" else "application/json"
-        answer = {"description": "OK" if status < 300 else "Not ready", "content": {media: {"schema": ref_of[route.answer]}}}
-    else:
-        codes = sorted(code for code, (s, _) in CODES.items() if s == status)
-        answer = {
-            "description": "Problem: " + ", ".join(codes),
-            "content": {"application/problem+json": {"schema": ref_of[schemas.Problem]}},
-        }
-    if headers:
-        answer["headers"] = headers
-    return answer
+def _answer(route: Route, status: int, ref_of: dict) -> dict:
+    description = "OK" if status < 300 else "Not ready"
+    return {"description": description, "content": {route.media: {"schema": ref_of[route.answers[status]]}}}
 
 
-def _header(description: str, *, required: bool) -> dict:
-    return {"description": description, "required": required, "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+def _problem(status: int, codes: list[str], ref_of: dict) -> dict:
+    schema = {"allOf": [
+        ref_of[schemas.Problem],
+        {"properties": {"status": {"const": status}, "code": {"enum": codes}}},
+    ]}
+    return {"description": "Problem: " + ", ".join(codes), "content": {PROBLEM: {"schema": schema}}}
 
 
-def _headers(route, status: int) -> dict[str, dict]:
+def _header(header: Header, status: int) -> dict:
+    return {"description": header.description, "required": header.on[status], "schema": dict(header.schema)}
+
+
+def _headers(route: Route, status: int, codes: list[str]) -> dict[str, dict]:
     """The response headers the API sets on this route's answers with this status."""
-    headers: dict[str, dict] = {}
-    if not route.public and status in (429, 503):
-        headers["Retry-After"] = _header("Seconds to wait before retrying.", required=True)
-    if route.name in ("get_verification", "list_verifications") and status in (200, 404):
-        # A 404 about the vendor account itself is answered before the projection is read.
-        position = "Every journal entry with position <= N is in the projection."
-        headers[PROJECTION_POSITION] = _header(position, required=status == 200)
-    if route.name == "create_transfer" and status == 201:
-        headers["Idempotency-Replayed"] = {
-            "description": "`true` when the answer is a replay of an earlier request with this key.",
-            "required": False, "schema": {"type": "string", "enum": ["true"]},
-        }
+    headers = {h.name: _header(h, status) for h in route.headers if status in h.on}
+    if codes and any(code in RETRY_AFTER_S for code in codes):
+        retry = Header(RETRY_AFTER, "Seconds to wait before retrying.", on={status: all(c in RETRY_AFTER_S for c in codes)})
+        headers[RETRY_AFTER] = _header(retry, status)
     return headers
 
 
-def document(routes, *, metrics: bool = True) -> dict:
+def _operation(route: Route, ref_of: dict) -> dict:
+    operation: dict[str, Any] = {"operationId": route.name, "summary": route.summary, "responses": {}}
+    if not route.public:
+        operation["security"] = [{"bearer": []}]
+    params = _parameters(route)
+    if params:
+        operation["parameters"] = params
+    if route.body is not None:
+        operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref_of[route.body]}}}
+    problems = _problem_statuses(route)
+    for status in sorted(route.answers.keys() | problems.keys()):
+        codes = problems.get(status, [])
+        response = _problem(status, codes, ref_of) if codes else _answer(route, status, ref_of)
+        headers = _headers(route, status, codes)
+        if headers:
+            response["headers"] = headers
+        operation["responses"][str(status)] = response
+    return operation
+
+
+def _components(routes: list[Route]) -> tuple[dict, dict]:
+    types = [r.body for r in routes if r.body] + [t for r in routes for t in r.answers.values()] + [schemas.Problem]
+    types = list(dict.fromkeys(types))
+    refs, components = msgspec.json.schema_components(types, ref_template=REF)
+    for kind in types:
+        # Rules across fields, which msgspec's schema cannot say (checked in the type's __post_init__).
+        extra = getattr(kind, "json_schema_extra", None)
+        if extra:
+            components[kind.__name__].update(extra)
+    return dict(zip(types, refs)), components
+
+
+def document(routes: list[Route], *, metrics: bool = True) -> dict:
     """`metrics`: whether `/metrics` is served on the API listener (no separate one configured)."""
-    types = [r.body for r in routes if r.body] + [r.answer for r in routes if r.answer] + [schemas.Problem]
-    (refs, components) = msgspec.json.schema_components(types, ref_template=REF)
-    ref_of = dict(zip(types, refs))
+    ref_of, components = _components(routes)
     paths: dict[str, dict] = {}
     for route in routes:
-        operation: dict = {"operationId": route.name, "summary": route.summary, "responses": {}}
-        if not route.public:
-            operation["security"] = [{"bearer": []}]
-        params = _parameters(route)
-        if params:
-            operation["parameters"] = params
-        if route.body is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": ref_of[route.body]}}}
-        for status in _statuses(route):
-            operation["responses"][str(status)] = _response(route, status, ref_of)
-        paths.setdefault(route.path, {})[route.method.lower()] = operation
+        paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, ref_of)
     paths["/openapi.json"] = {"get": {"operationId": "openapi", "summary": "This document.",
                                       "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}}
     if metrics:

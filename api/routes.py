@@ -1,19 +1,16 @@
 """The HTTP routes of the contract. Each handler reads straight down: decode, authorize, act.
 
-`Route` declares what the wrapper checks before the handler runs, in the contract's order:
-authentication (401), request shape (400/413: headers, query, body), role (403). Ownership and
-business rules come after, in the handler and the committer.
+`ROUTES` at the end declares each route once: who may call it, what it answers and which problems
+its handler can raise. `api.framework` runs the checks before the handler and `api.openapi`
+documents the declarations.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Annotated, Any, Awaitable, Callable
 
 import msgspec
 from aiohttp import web
@@ -21,147 +18,16 @@ from aiohttp import web
 import schemas
 from api import auth
 from api.auth import Principal
-from api.problems import ApiError, from_validation, problem_response
+from api.framework import (
+    ALL_ROLES, NDJSON, PROJECTION_POSITION, Call, Header, JournalQuery, PageQuery, Route, WaitQuery, decode_cursor,
+    encode_cursor, json_response,
+)
+from api.problems import ApiError, problem_response
 from ledger import committer as committer_mod
-from ledger import config, domain, principals, store
+from ledger import domain, principals, store
 from projector import store as projections
 
-IDEMPOTENCY_KEY = "Idempotency-Key"
-PROJECTION_POSITION = "Ledger-Projection-Position"
-JSON = "application/json"
-NDJSON = "application/x-ndjson"
 WAIT_POLL_S_MAX = 0.05
-
-
-class JournalQuery(msgspec.Struct, forbid_unknown_fields=True):
-    after: Annotated[int, msgspec.Meta(ge=0)] = 0
-    limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.JOURNAL_LIMIT_MAX)] = 1000
-
-
-class PageQuery(msgspec.Struct, forbid_unknown_fields=True):
-    after: str = ""
-    limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100
-
-
-class WaitQuery(msgspec.Struct, forbid_unknown_fields=True):
-    min_position: Annotated[int, msgspec.Meta(ge=0)] = 0
-    wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
-
-
-class EmptyQuery(msgspec.Struct, forbid_unknown_fields=True):
-    pass
-
-
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    name: str  # key of auth.ROLES; None for public routes
-    handler: Callable[..., Awaitable[web.StreamResponse]]
-    body: type | None = None
-    query: type = EmptyQuery
-    path_ids: tuple[str, ...] = ()
-    idempotency: bool = False
-    public: bool = False
-    summary: str = ""
-    answer: Any = None
-    status: int = 200
-
-
-@dataclass
-class Call:
-    """What a handler receives once the wrapper's checks passed."""
-
-    request: web.Request
-    principal: Principal | None
-    body: Any
-    query: Any
-    ids: dict[str, uuid.UUID]
-    idempotency_key: str | None
-
-
-def wrap(route: Route, services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    body_decoder = msgspec.json.Decoder(route.body) if route.body is not None else None
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        principal = None
-        if not route.public:
-            principal = await services.auth.authenticate(request.headers.get("Authorization"))
-            await services.rate_limit(principal)
-        ids = _path_ids(request, route.path_ids)
-        key = _idempotency_key(request) if route.idempotency else None
-        # Probes (public routes) answer whatever query string a load balancer adds.
-        query = _query(request, route.query) if not route.public else None
-        body = None
-        if body_decoder is not None:
-            raw = await _read_body(request, services.settings.body_bytes_max)
-            body = _decode(body_decoder, raw)
-        if principal is not None:
-            auth.require_role(principal, route.name)
-        return await route.handler(services, Call(request, principal, body, query, ids, key))
-
-    return handler
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError("body_too_large")
-    chunks, size = [], 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError("body_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _decode(decoder: msgspec.json.Decoder, raw: bytes):
-    try:
-        return decoder.decode(raw)
-    except msgspec.ValidationError as error:
-        raise from_validation(str(error)) from None
-    except msgspec.DecodeError as error:
-        raise ApiError("invalid_json", f"body is not valid JSON: {error}") from None
-    except UnicodeDecodeError as error:
-        # msgspec raises this (not DecodeError) for invalid UTF-8 inside a JSON string.
-        raise ApiError("invalid_json", f"body is not valid UTF-8: {error.reason} at byte {error.start}") from None
-
-
-def _query(request: web.Request, kind: type):
-    params = dict(request.query)
-    if len(params) != len(request.query):
-        raise ApiError("validation_error", "a query parameter is repeated")
-    try:
-        return msgspec.convert(params, kind, strict=False)
-    except msgspec.ValidationError as error:
-        raise from_validation(str(error), root="$.query") from None
-
-
-def _path_ids(request: web.Request, names: tuple[str, ...]) -> dict[str, uuid.UUID]:
-    ids = {}
-    for name in names:
-        try:
-            ids[name] = uuid.UUID(request.match_info[name])
-        except ValueError:
-            raise ApiError(
-                "validation_error",
-                f"{name} is not a UUID",
-                errors=[schemas.ValidationIssue(path=f"$.path.{name}", message="Invalid UUID")],
-            ) from None
-    return ids
-
-
-def _idempotency_key(request: web.Request) -> str:
-    key = request.headers.get(IDEMPOTENCY_KEY)
-    if key is None:
-        raise ApiError("idempotency_key_required")
-    if not 1 <= len(key) <= config.IDEMPOTENCY_KEY_CHARS_MAX or not all(" " <= c <= "~" for c in key):
-        raise ApiError("invalid_idempotency_key")
-    return key
-
-
-def json_response(value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=schemas.encode(value), status=status, content_type=JSON, headers=headers)
 
 
 # ---- principals and accounts ----------------------------------------------------------------
@@ -177,8 +43,6 @@ async def create_principal(services, call: Call) -> web.Response:
 
 async def create_account(services, call: Call) -> web.Response:
     body: schemas.AccountCreate = call.body
-    if body.kind == "system" and body.owner_id is not None:
-        raise from_validation("system accounts have no owner - at `$.owner_id`")
     wanted = store.AccountRow(body.id or uuid.uuid4(), body.kind, body.currency, body.owner_id, body.name, None)
     async with services.pool.connection() as conn:
         if body.owner_id is not None and not await store.principal_exists(conn, body.owner_id):
@@ -325,28 +189,6 @@ def _problem_with_headers(error: ApiError, headers: dict[str, str]) -> web.Respo
     return response
 
 
-def encode_cursor(position: int) -> str:
-    return base64.urlsafe_b64encode(f"p:{position}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    if not cursor:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        kind, _, value = text.partition(":")
-        position = int(value)
-        if kind != "p" or position < 0:
-            raise ValueError(cursor)
-        return position
-    except ValueError:
-        raise ApiError(
-            "validation_error",
-            "after is not a cursor this API gave out",
-            errors=[schemas.ValidationIssue(path="$.query.after", message="Invalid cursor")],
-        ) from None
-
-
 async def list_verifications(services, call: Call) -> web.Response:
     vendor_id = call.ids["account_id"]
     query: PageQuery = call.query
@@ -412,29 +254,52 @@ async def readyz(services, call: Call) -> web.Response:
     return json_response(schemas.Health(status="ready" if ready else "not_ready", checks=checks), status=200 if ready else 503)
 
 
+# ---- the declarations -----------------------------------------------------------------------
+
+EVERYONE = ALL_ROLES
+READERS = auth.READ_EVERYTHING
+VENDOR_READERS = auth.READ_EVERYTHING | {"vendor"}
+REJECTIONS = frozenset(rejection.value for rejection in domain.Rejection)
+
+PROJECTED = Header(
+    PROJECTION_POSITION, "Every journal entry with position <= N is in the projection.",
+    # A 404 about the vendor account itself is answered before the projection is read.
+    on={200: True, 404: False},
+)
+REPLAYED = Header(
+    "Idempotency-Replayed", "`true` when the answer is a replay of an earlier request with this key.",
+    on={201: False}, schema={"type": "string", "enum": ["true"]},
+)
+
 ROUTES: list[Route] = [
-    Route("POST", "/v1/principals", "create_principal", create_principal, body=schemas.PrincipalCreate,
-          summary="Create a principal; its token is shown once.", answer=schemas.Principal, status=201),
-    Route("POST", "/v1/accounts", "create_account", create_account, body=schemas.AccountCreate,
-          summary="Create an account (idempotent by id).", answer=schemas.Account, status=201),
-    Route("GET", "/v1/accounts/{account_id}", "get_account", get_account, path_ids=("account_id",),
-          summary="An account with its committed balance.", answer=schemas.Account),
-    Route("POST", "/v1/transfers", "create_transfer", create_transfer, body=schemas.TransferCreate, idempotency=True,
-          summary="Move money between two accounts of one currency.", answer=schemas.Transfer, status=201),
-    Route("GET", "/v1/transfers/{transfer_id}", "get_transfer", get_transfer, path_ids=("transfer_id",),
-          summary="A committed transfer, read from the journal.", answer=schemas.Transfer),
-    Route("GET", "/v1/vendors/{account_id}/transfers/{transfer_id}/verification", "get_verification",
-          get_verification, path_ids=("account_id", "transfer_id"), query=WaitQuery,
-          summary="Verify a transfer into a vendor account, from the projection.", answer=schemas.Verification),
-    Route("GET", "/v1/vendors/{account_id}/transfers", "list_verifications", list_verifications,
+    Route("POST", "/v1/principals", create_principal, {201: schemas.Principal}, roles=frozenset({"admin"}),
+          body=schemas.PrincipalCreate, summary="Create a principal; its token is shown once."),
+    Route("POST", "/v1/accounts", create_account, {200: schemas.Account, 201: schemas.Account},
+          roles=frozenset({"admin"}), codes=frozenset({"owner_not_found", "account_exists"}),
+          body=schemas.AccountCreate, summary="Create an account (idempotent by id)."),
+    Route("GET", "/v1/accounts/{account_id}", get_account, {200: schemas.Account}, roles=EVERYONE,
+          codes=frozenset({"forbidden", "not_found"}), path_ids=("account_id",),
+          summary="An account with its committed balance."),
+    Route("POST", "/v1/transfers", create_transfer, {201: schemas.Transfer}, roles=frozenset({"admin", "client"}),
+          codes=REJECTIONS | {"queue_full"}, headers=(REPLAYED,),
+          body=schemas.TransferCreate, idempotency=True, summary="Move money between two accounts of one currency."),
+    Route("GET", "/v1/transfers/{transfer_id}", get_transfer, {200: schemas.Transfer}, roles=EVERYONE,
+          codes=frozenset({"forbidden", "not_found"}), path_ids=("transfer_id",),
+          summary="A committed transfer, read from the journal."),
+    Route("GET", "/v1/vendors/{account_id}/transfers/{transfer_id}/verification", get_verification,
+          {200: schemas.Verification}, roles=VENDOR_READERS,
+          codes=frozenset({"forbidden", "not_found", "projection_behind"}), headers=(PROJECTED,),
+          path_ids=("account_id", "transfer_id"), query=WaitQuery,
+          summary="Verify a transfer into a vendor account, from the projection."),
+    Route("GET", "/v1/vendors/{account_id}/transfers", list_verifications, {200: schemas.VerificationPage},
+          roles=VENDOR_READERS, codes=frozenset({"forbidden", "not_found"}), headers=(PROJECTED,),
           path_ids=("account_id",), query=PageQuery,
-          summary="Transfers into a vendor account, from the projection, oldest first.",
-          answer=schemas.VerificationPage),
-    Route("GET", "/v1/journal", "get_journal", get_journal, query=JournalQuery,
-          summary="Journal entries in position order, as NDJSON.", answer=schemas.JournalEntry),
-    Route("GET", "/v1/journal/head", "get_journal_head", get_journal_head,
-          summary="Position and hash of the last entry.", answer=schemas.JournalHead),
-    Route("GET", "/healthz", "healthz", healthz, public=True, summary="Liveness.", answer=schemas.Health),
-    Route("GET", "/readyz", "readyz", readyz, public=True, summary="Database and NATS reachable.",
-          answer=schemas.Health),
+          summary="Transfers into a vendor account, from the projection, oldest first."),
+    Route("GET", "/v1/journal", get_journal, {200: schemas.JournalEntry}, roles=READERS, query=JournalQuery,
+          media=NDJSON, summary="Journal entries in position order, as NDJSON."),
+    Route("GET", "/v1/journal/head", get_journal_head, {200: schemas.JournalHead}, roles=READERS,
+          summary="Position and hash of the last entry."),
+    Route("GET", "/healthz", healthz, {200: schemas.Health}, public=True, summary="Liveness."),
+    Route("GET", "/readyz", readyz, {200: schemas.Health, 503: schemas.Health}, public=True,
+          summary="Database and NATS reachable."),
 ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -29,7 +29,10 @@ _NO_NUL = "^[^\x00]*$"
 
 Amount = Annotated[int, Meta(ge=1, le=AMOUNT_MAX, description="Integer count of minor units.")]
 SignedAmount = Annotated[int, Meta(ge=-AMOUNT_MAX, le=AMOUNT_MAX)]
-Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", description="ISO-4217-like code, three upper-case letters.")]
+# The length bounds keep out "USD\n": Python's `$` (msgspec's) also matches before a final newline,
+# where JSON Schema's does not.
+Currency = Annotated[str, Meta(pattern="^[A-Z]{3}$", min_length=3, max_length=3,
+                               description="ISO-4217-like code, three upper-case letters.")]
 Reference = Annotated[str, Meta(max_length=REFERENCE_CHARS_MAX, pattern=_NO_NUL)]
 MetadataKey = Annotated[str, Meta(min_length=1, max_length=METADATA_KEY_CHARS_MAX, pattern=_NO_NUL)]
 MetadataValue = Annotated[str, Meta(max_length=METADATA_VALUE_CHARS_MAX, pattern=_NO_NUL)]
@@ -59,6 +62,18 @@ class AccountCreate(Strict):
     id: uuid.UUID | None = None
     owner_id: uuid.UUID | None = None
     name: Annotated[str, Meta(max_length=NAME_CHARS_MAX, pattern=_NO_NUL)] = ""
+
+    # What __post_init__ checks, in JSON Schema, for the OpenAPI document to add to this type's.
+    json_schema_extra: ClassVar[dict] = {
+        "if": {"properties": {"kind": {"const": "system"}}, "required": ["kind"]},
+        "then": {"properties": {"owner_id": {"type": "null"}}},
+    }
+
+    def __post_init__(self) -> None:
+        # The decoder turns this ValueError into a ValidationError; a body is decoded at the top
+        # level, so the message is kept as it is, path included.
+        if self.kind == "system" and self.owner_id is not None:
+            raise ValueError("system accounts have no owner - at `$.owner_id`")
 
 
 class TransferCreate(Strict):

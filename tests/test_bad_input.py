@@ -130,7 +130,6 @@ async def test_a_good_body_wrapped_in_an_array_is_400(stack, payer):
 INVALID_FIELDS: dict[str, tuple[dict, str]] = {
     "amount as a string": ({"amount": "5"}, "$.amount"),
     "amount as a float": ({"amount": 1.5}, "$.amount"),
-    "amount as an integral float": ({"amount": 5.0}, "$.amount"),
     "amount as a bool": ({"amount": True}, "$.amount"),
     "amount null": ({"amount": None}, "$.amount"),
     "amount zero": ({"amount": 0}, "$.amount"),
@@ -142,6 +141,7 @@ INVALID_FIELDS: dict[str, tuple[dict, str]] = {
     "currency two letters": ({"currency": "US"}, "$.currency"),
     "currency four letters": ({"currency": "USDD"}, "$.currency"),
     "currency empty": ({"currency": ""}, "$.currency"),
+    "currency with a final newline": ({"currency": "USD\n"}, "$.currency"),
     "currency non-ASCII": ({"currency": "ÜSD"}, "$.currency"),
     "currency as a number": ({"currency": 840}, "$.currency"),
     "source not a UUID": ({"from_account_id": "not-a-uuid"}, "$.from_account_id"),
@@ -175,8 +175,19 @@ async def test_invalid_field_is_400_with_its_path(stack, payer, name):
     assert_problem(reply, 400, "validation_error", path)
 
 
-async def test_amount_as_exponent_literal_is_400(stack, payer):
-    body = raw(payer, amount=123456789).replace(b"123456789", b"1e3")
+@pytest.mark.parametrize("literal", [b"1001.0", b"1.001e3", b"100100e-2"])
+async def test_amount_written_as_an_integral_number_passes_the_shape_checks(stack, payer, literal):
+    """JSON Schema (and so the OpenAPI document) calls 1001.0 an integer; so does the API. It
+    reaches the business rules as the integer 1001, one more than the wallet holds."""
+    body = raw(payer, amount=123456789).replace(b"123456789", literal)
+    async with NothingWritten(stack, payer):
+        reply = await post_transfer(stack, payer, data=body)
+    assert_problem(reply, 422, "insufficient_funds")
+
+
+@pytest.mark.parametrize("literal", [b"1.5", b"1e-1", b"1000.5"])
+async def test_amount_with_a_fraction_is_400(stack, payer, literal):
+    body = raw(payer, amount=123456789).replace(b"123456789", literal)
     async with NothingWritten(stack, payer):
         reply = await post_transfer(stack, payer, data=body)
     assert_problem(reply, 400, "validation_error", "$.amount")
@@ -327,6 +338,12 @@ BAD_QUERIES = {
     "page limit 1001": ("/v1/vendors/{vendor}/transfers", {"limit": "1001"}, "$.query.limit"),
     "page cursor not ours": ("/v1/vendors/{vendor}/transfers", {"after": "bm9wZQ"}, "$.query.after"),
     "page cursor with NUL": ("/v1/vendors/{vendor}/transfers", {"after": "\u0000"}, "$.query.after"),
+    "page cursor of the old form": ("/v1/vendors/{vendor}/transfers", {"after": "cDo1"}, "$.query.after"),
+    "page cursor past 2^63-1": ("/v1/vendors/{vendor}/transfers", {"after": "gAAAAAAAAAA"}, "$.query.after"),
+    "page cursor with unused bits set": ("/v1/vendors/{vendor}/transfers", {"after": "AAAAAAAAAAB"}, "$.query.after"),
+    "page cursor a newline": ("/v1/vendors/{vendor}/transfers", {"after": "\n"}, "$.query.after"),
+    "page cursor with a final newline": ("/v1/vendors/{vendor}/transfers", {"after": "AAAAAAAAAAA\n"},
+                                         "$.query.after"),
     "wait_ms over 10000": ("/v1/vendors/{vendor}/transfers/{absent}/verification", {"wait_ms": "10001"},
                            "$.query.wait_ms"),
     "min_position negative": ("/v1/vendors/{vendor}/transfers/{absent}/verification", {"min_position": "-1"},
@@ -385,12 +402,15 @@ async def test_unknown_route_is_a_404_problem(stack, path):
     assert_problem(await stack.client.get(path), 404, "not_found")
 
 
-@pytest.mark.parametrize("method, path", [
-    ("GET", "/v1/transfers"), ("PUT", "/v1/transfers"), ("DELETE", f"/v1/accounts/{ABSENT}"),
-    ("POST", "/v1/journal"), ("PATCH", "/v1/principals"), ("POST", "/healthz"),
+@pytest.mark.parametrize("method, path, allowed", [
+    ("GET", "/v1/transfers", "POST"), ("PUT", "/v1/transfers", "POST"), ("TRACE", "/v1/transfers", "POST"),
+    ("DELETE", f"/v1/accounts/{ABSENT}", "GET"), ("POST", "/v1/journal", "GET"), ("PATCH", "/v1/principals", "POST"),
+    ("POST", "/healthz", "GET"),
 ])
-async def test_wrong_method_is_a_405_problem(stack, method, path):
-    assert_problem(await stack.client.request(method, path, token=stack.admin), 405, "method_not_allowed")
+async def test_wrong_method_is_a_405_problem_that_says_what_is_allowed(stack, method, path, allowed):
+    reply = await stack.client.request(method, path, token=stack.admin)
+    assert_problem(reply, 405, "method_not_allowed")
+    assert reply.headers["Allow"] == allowed
 
 
 BAD_AUTHORIZATION = {
@@ -468,6 +488,12 @@ async def test_client_with_bad_query_on_the_journal_is_400_shape_before_role(sta
     reply = await stack.client.get("/v1/journal", token=payer.token, params={"limit": "0"})
     assert_problem(reply, 400, "validation_error", "$.query.limit")
     assert_problem(await stack.client.get("/v1/journal", token=payer.token), 403, "forbidden")
+
+
+async def test_client_creating_a_system_account_with_an_owner_is_400_shape_before_role(stack, payer):
+    body = {"kind": "system", "currency": "USD", "owner_id": ABSENT}
+    assert_problem(await stack.client.post("/v1/accounts", token=payer.token, json=body), 400, "validation_error",
+                   "$.owner_id")
 
 
 async def test_vendor_with_bad_path_id_is_400_shape_before_role(stack, payer):

@@ -1,0 +1,265 @@
+"""The API's small routing framework: what a route declares, and the checks run before its handler.
+
+A `Route` says once who may call it (`roles`), which problems its handler can answer (`codes`),
+which answers it gives and which response headers it sets. `wrap` enforces the roles and
+`api.openapi` documents all of it; the problems every route of a kind can answer (401 for a route
+that needs a token, 413 for one with a body, ...) are added here from what the route declares.
+
+The wrapper checks in the contract's order: authentication (401), request shape (400/413:
+path, headers, query, body), role (403). Ownership and business rules come after, in the handler
+and the committer.
+"""
+
+from __future__ import annotations
+
+import base64
+import typing
+import uuid
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Awaitable, Callable, Mapping
+
+import msgspec
+from aiohttp import web
+
+import schemas
+from api import auth
+from api.auth import Principal
+from api.problems import CODES, ApiError, from_validation
+from ledger import config
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+PROJECTION_POSITION = "Ledger-Projection-Position"
+JSON = "application/json"
+NDJSON = "application/x-ndjson"
+ALL_ROLES: frozenset[str] = frozenset(typing.get_args(schemas.Role))
+
+# A page cursor is the unpadded base64url of the position as 8 big-endian bytes, below 2^63, or ""
+# for the first page: the pattern accepts exactly the strings that decode to such a position. The
+# empty alternative is `(?!\n)` rather than nothing because Python's `$` (msgspec's) also matches
+# before a final newline, where JSON Schema's does not; the length bounds the other alternative.
+CURSOR_BYTES = 8
+CURSOR_CHARS = 11  # unpadded base64 of CURSOR_BYTES
+CURSOR_PATTERN = "^(?:[A-Za-f][A-Za-z0-9_-]{9}[AEIMQUYcgkosw048]|(?!\\n))$"
+Cursor = Annotated[str, msgspec.Meta(pattern=CURSOR_PATTERN, max_length=CURSOR_CHARS,
+                                     description="Opaque: `next` of the previous page, or empty for the first.")]
+
+
+class JournalQuery(msgspec.Struct, forbid_unknown_fields=True):
+    after: Annotated[int, msgspec.Meta(ge=0)] = 0
+    limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.JOURNAL_LIMIT_MAX)] = 1000
+
+
+class PageQuery(msgspec.Struct, forbid_unknown_fields=True):
+    after: Cursor = ""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100
+
+
+class WaitQuery(msgspec.Struct, forbid_unknown_fields=True):
+    min_position: Annotated[int, msgspec.Meta(ge=0)] = 0
+    wait_ms: Annotated[int, msgspec.Meta(ge=0, le=10_000)] = 0
+
+
+class EmptyQuery(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+@dataclass(frozen=True)
+class Header:
+    """A response header a route sets: `on` maps each status it comes with to whether it is
+    always there (True) or only on some answers of that status (False)."""
+
+    name: str
+    description: str
+    on: Mapping[int, bool]
+    schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string", "pattern": "^[0-9]+$"})
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Callable[..., Awaitable[web.StreamResponse]]
+    answers: Mapping[int, type]  # status -> the body of a successful (or, for /readyz, a not-ready) answer
+    roles: frozenset[str] = frozenset()  # who may call it; none for a public route
+    codes: frozenset[str] = frozenset()  # problems the handler can answer beyond those `problem_codes` adds
+    headers: tuple[Header, ...] = ()
+    body: type | None = None
+    query: type = EmptyQuery
+    path_ids: tuple[str, ...] = ()
+    idempotency: bool = False
+    public: bool = False
+    media: str = JSON
+    summary: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.public == (not self.roles), f"{self.name}: a route is public exactly when it names no roles"
+        assert self.roles <= ALL_ROLES, f"{self.name}: unknown roles {self.roles - ALL_ROLES}"
+        assert self.codes <= CODES.keys(), f"{self.name}: undocumented codes {self.codes - CODES.keys()}"
+        clash = {CODES[code][0] for code in self.problem_codes} & self.answers.keys()
+        assert not clash, f"{self.name}: statuses {clash} are both an answer and a problem"
+
+    @property
+    def name(self) -> str:
+        return self.handler.__name__
+
+    @property
+    def problem_codes(self) -> frozenset[str]:
+        """Every problem code this route can answer: its own and those of the checks `wrap` runs."""
+        codes = set(self.codes)
+        if not self.public:
+            # A token is looked up (the database may be down, the request may time out), the caller
+            # is rate limited, and the query string is checked (unknown parameters are refused).
+            codes |= {"unauthenticated", "rate_limited", "unavailable", "timeout", "validation_error"}
+            if self.roles != ALL_ROLES:
+                codes.add("forbidden")
+        if self.path_ids:
+            codes.add("validation_error")
+        if self.idempotency:
+            codes |= {"idempotency_key_required", "invalid_idempotency_key"}
+        if self.body is not None:
+            codes |= {"invalid_json", "validation_error", "body_too_large"}
+        return frozenset(codes)
+
+
+@dataclass
+class Call:
+    """What a handler receives once the wrapper's checks passed."""
+
+    request: web.Request
+    principal: Principal | None
+    body: Any
+    query: Any
+    ids: dict[str, uuid.UUID]
+    idempotency_key: str | None
+
+
+def wrap(route: Route, services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    body_decoder = msgspec.json.Decoder(route.body) if route.body is not None else None
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        principal = None
+        if not route.public:
+            principal = await services.auth.authenticate(request.headers.get("Authorization"))
+            await services.rate_limit(principal)
+        ids = _path_ids(request, route.path_ids)
+        key = _idempotency_key(request) if route.idempotency else None
+        # Probes (public routes) answer whatever query string a load balancer adds.
+        query = _query(request, route.query) if not route.public else None
+        body = None
+        if body_decoder is not None:
+            raw = await _read_body(request, services.settings.body_bytes_max)
+            body = _decode(body_decoder, route.body, raw)
+        if principal is not None:
+            auth.require_role(principal, route.roles, route.name)
+        return await route.handler(services, Call(request, principal, body, query, ids, key))
+
+    return handler
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError("body_too_large")
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError("body_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(decoder: msgspec.json.Decoder, kind: type, raw: bytes):
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError as error:
+        return _decode_integral_floats(kind, raw, error)
+    except msgspec.DecodeError as error:
+        raise ApiError("invalid_json", f"body is not valid JSON: {error}") from None
+    except UnicodeDecodeError as error:
+        # msgspec raises this (not DecodeError) for invalid UTF-8 inside a JSON string.
+        raise ApiError("invalid_json", f"body is not valid UTF-8: {error.reason} at byte {error.start}") from None
+
+
+def _decode_integral_floats(kind: type, raw: bytes, error: msgspec.ValidationError):
+    """JSON Schema counts 584.0 as an integer, msgspec does not. Only once the typed decoder has
+    refused a body (so the fast path stays fast): decode it generically, turn integral floats into
+    ints and convert strictly, so "584" and 584.5 are still refused. Any other refusal is the
+    typed decoder's, with its path."""
+    try:
+        loose = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise from_validation(str(error)) from None
+    if not _has_float(loose):
+        raise from_validation(str(error)) from None
+    try:
+        return msgspec.convert(_integral_floats_as_ints(loose), kind, strict=True)
+    except msgspec.ValidationError:
+        raise from_validation(str(error)) from None
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(item) for item in value.values())
+    if isinstance(value, list):
+        return any(_has_float(item) for item in value)
+    return False
+
+
+def _query(request: web.Request, kind: type):
+    params = dict(request.query)
+    if len(params) != len(request.query):
+        raise ApiError("validation_error", "a query parameter is repeated")
+    try:
+        return msgspec.convert(params, kind, strict=False)
+    except msgspec.ValidationError as error:
+        raise from_validation(str(error), root="$.query") from None
+
+
+def _path_ids(request: web.Request, names: tuple[str, ...]) -> dict[str, uuid.UUID]:
+    ids = {}
+    for name in names:
+        try:
+            ids[name] = uuid.UUID(request.match_info[name])
+        except ValueError:
+            raise ApiError(
+                "validation_error",
+                f"{name} is not a UUID",
+                errors=[schemas.ValidationIssue(path=f"$.path.{name}", message="Invalid UUID")],
+            ) from None
+    return ids
+
+
+def _idempotency_key(request: web.Request) -> str:
+    key = request.headers.get(IDEMPOTENCY_KEY)
+    if key is None:
+        raise ApiError("idempotency_key_required")
+    if not 1 <= len(key) <= config.IDEMPOTENCY_KEY_CHARS_MAX or not all(" " <= c <= "~" for c in key):
+        raise ApiError("invalid_idempotency_key")
+    return key
+
+
+def json_response(value: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=schemas.encode(value), status=status, content_type=JSON, headers=headers)
+
+
+def encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(position.to_bytes(CURSOR_BYTES, "big")).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    """`cursor` already matched CURSOR_PATTERN (the query's type says so): it decodes."""
+    if not cursor:
+        return 0
+    return int.from_bytes(base64.urlsafe_b64decode(cursor + "="), "big")
