@@ -92,11 +92,15 @@ class Projector:
         return self.watermark
 
     async def _apply_page(self) -> list[schemas.JournalEntry]:
-        """One transaction: read the checkpoint, read the journal after it, apply, move it."""
+        """One transaction: lock the checkpoint row, read the journal after it, apply, move it.
+
+        The lock makes a second projector instance (or a restarted one racing the old) wait and
+        then read the moved checkpoint, so no entry is ever applied twice. Under READ COMMITTED
+        a plain SELECT would let both read the same checkpoint and both apply the range."""
         now = dt.datetime.now(dt.timezone.utc)
         async with self._pool.connection() as conn:
             async with conn.transaction():
-                current = await projections.checkpoint(conn, self._name)
+                current = await projections.lock_checkpoint(conn, self._name, now=now)
                 entries = await store.entries_after(conn, current, JOURNAL_PAGE_MAX)
                 run = _contiguous(entries, after=current)
                 if run:

@@ -21,6 +21,19 @@ async def checkpoint(conn, name: str = DEFAULT_NAME) -> int:
     return row[0] if row else 0
 
 
+async def lock_checkpoint(conn, name: str, *, now: dt.datetime) -> int:
+    """The checkpoint, its row created if missing and locked until the transaction ends: whoever
+    applies entries holds it, so two projector instances take turns instead of both applying."""
+    await conn.execute(
+        "INSERT INTO projector_checkpoint (name, position, updated_at) VALUES (%s, 0, %s) ON CONFLICT (name) DO NOTHING",
+        (name, now),
+    )
+    row = await (
+        await conn.execute("SELECT position FROM projector_checkpoint WHERE name = %s FOR UPDATE", (name,))
+    ).fetchone()
+    return row[0]
+
+
 async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str, projected_at: dt.datetime) -> None:
     """Apply contiguous entries (the caller guarantees order and no gaps) and move the checkpoint."""
     assert entries

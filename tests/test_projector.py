@@ -8,7 +8,6 @@ import uuid
 import msgspec
 import nats
 
-from api.app import SERVICES
 
 from ledger import bus, metrics, store
 from projector import store as projections
@@ -185,7 +184,7 @@ async def test_a_deleted_outbox_row_is_recovered_from_the_journal(stack):
 async def test_redelivered_events_are_applied_once(stack):
     """At-least-once delivery: a projector that crashed after its commit but before its ack gets
     the same events again, and a second projector instance may race the first. Neither applies
-    anything twice, because the checkpoint is re-read inside the applying transaction."""
+    anything twice, because the checkpoint row is locked and re-read inside the applying transaction."""
     wallet = await stack.funded_wallet(1000)
     vendor = await stack.vendor()
     paid = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 40)).body
@@ -193,12 +192,18 @@ async def test_redelivered_events_are_applied_once(stack):
                            params={"min_position": paid["position"], "wait_ms": 5000})
     async with await stack.superuser() as conn:
         entries = await store.entries_by_positions(conn, [paid["position"]])
-    pool = stack.app[SERVICES].pool
-    replay = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(stack.nats.url, name="replay",
-                                                                              stream_replicas=stack.settings.stream_replicas))
-    replay.watermark = paid["position"] - 1  # as if it had crashed before acking
-    await replay.apply(entries)
-    await replay.apply(entries)
+    from ledger import db
+
+    pool = db.make_pool(stack.database_url, role=store.PROJECTOR_ROLE, size_max=2)
+    await pool.open(wait=True)
+    try:
+        replay = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(
+            stack.nats.url, name="replay", stream_replicas=stack.settings.stream_replicas))
+        replay.watermark = paid["position"] - 1  # as if it had crashed before acking
+        await replay.apply(entries)
+        await replay.apply(entries)
+    finally:
+        await pool.close()
     assert await _projected_balance(stack, vendor.account_id) == 40
     async with await stack.superuser() as conn:
         rows = await (await conn.execute(
