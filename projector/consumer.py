@@ -213,7 +213,7 @@ async def rebuild(settings: Settings, pool) -> int:
 
 async def rebuild_at(settings: Settings) -> int:
     """`ledger projector rebuild`: `rebuild` on a pool of its own."""
-    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2)
+    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, timeouts=db.timeouts_from(settings))
     await pool.open(wait=True)
     try:
         return await rebuild(settings, pool)
@@ -225,7 +225,8 @@ async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     """`metrics_listener`: serve /metrics on LEDGER_METRICS_PORT, when the projector runs in its own
     process (`ledger projector`); inside `ledger dev` the API's listener already shows its metrics."""
     dialect = await db.wait_for_dialect(settings.database_url)
-    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, dialect=dialect, name="projector")
+    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, dialect=dialect, name="projector",
+                        timeouts=db.timeouts_from(settings))
     await pool.open(wait=True)
     bus = EventBus(settings.nats_url, name="ledger-projector", stream_replicas=settings.stream_replicas)
     bus.start()
