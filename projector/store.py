@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
 
 from psycopg.rows import dict_row, kwargs_row
 
@@ -137,6 +138,24 @@ async def balances(conn) -> dict[uuid.UUID, int]:
 async def verifications(conn) -> list[schemas.Verification]:
     """Every verification in position order (the rebuild test compares them)."""
     return await _verifications(conn, "ORDER BY v.position", ())
+
+
+# Rows the audit's server-side cursor over the verifications fetches per round trip.
+AUDIT_FETCH_ROWS = 5_000
+
+
+async def stream_verifications(conn, after: int) -> AsyncIterator[schemas.Verification]:
+    """Every verification after position `after` in position order, through a server-side cursor,
+    so the audit walks them alongside the journal with bounded memory."""
+    async with conn.cursor(name="audit_verifications", row_factory=kwargs_row(schemas.Verification)) as cursor:
+        await cursor.execute(
+            f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v WHERE v.position > %s"
+            " ORDER BY v.position, v.transfer_id",
+            (after,),
+        )
+        while rows := await cursor.fetchmany(AUDIT_FETCH_ROWS):
+            for row in rows:
+                yield row
 
 
 async def _verifications(conn, where: str, params: tuple) -> list[schemas.Verification]:
