@@ -202,12 +202,17 @@ class Projector:
             await message.ack()
 
 
+def _bus(settings: Settings, name: str) -> EventBus:
+    return EventBus(settings.nats_url, name=name, stream_replicas=settings.stream_replicas,
+                    stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes)
+
+
 async def rebuild(settings: Settings, pool) -> int:
     """Drop the read models and replay them from the journal (stop the projector first)."""
     async with pool.connection() as conn:
         async with conn.transaction():
             await projections.reset(conn, settings.projector_name)
-    projector = Projector(settings=settings, pool=pool, bus=EventBus(settings.nats_url, name="ledger-rebuild", stream_replicas=settings.stream_replicas))
+    projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "ledger-rebuild"))
     return await projector.catch_up_from_journal()
 
 
@@ -228,7 +233,7 @@ async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, dialect=dialect, name="projector",
                         timeouts=db.timeouts_from(settings))
     await pool.open(wait=True)
-    bus = EventBus(settings.nats_url, name="ledger-projector", stream_replicas=settings.stream_replicas)
+    bus = _bus(settings, "ledger-projector")
     bus.start()
     metrics_server = None
     if metrics_listener and settings.metrics_port is not None:

@@ -239,3 +239,61 @@ async def _read_models(stack):
         # projected_at differs
         rows = [msgspec.structs.replace(v, projected_at=None) for v in await projections.verifications(conn)]
     return position, balances, rows
+
+
+async def test_events_aged_out_of_the_stream_are_caught_up_from_the_journal(tmp_path):
+    """The stream is bounded; what ages out before a projector reads it is read from the journal."""
+    import asyncio
+    import contextlib
+
+    from ledger import db
+    from ledger.config import Settings
+    from projector.consumer import serve
+    from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+    from tools.seed import seed_journal
+
+    postgres = EmbeddedPostgres(data_dir=tmp_path / "pg", port=free_port(), settings={"fsync": "off"})
+    nats_server = EmbeddedNats(data_dir=tmp_path / "nats", port=free_port())
+    postgres.start()
+    nats_server.start()
+    try:
+        await db.migrate(postgres.url)
+        await seed_journal(postgres.url, entries=40, accounts=10)  # no outbox rows: nothing published
+        settings = Settings(database_url=postgres.url, nats_url=nats_server.url, stream_max_age_s=1)
+        publisher = bus.EventBus(nats_server.url, name="aged", stream_replicas=1, stream_max_age_s=1)
+        publisher.start()
+        assert await publisher.wait_connected(10)
+        async with await psycopg_connect(postgres.url) as conn:
+            entries = await store.entries_after(conn, 0, 100)
+            head = (await store.journal_head(conn)).position
+        assert len(entries) == head == 40
+        assert await publisher.publish_entries(entries) == [e.position for e in entries]
+        info = await publisher.js.stream_info(bus.STREAM)
+        assert info.config.max_age == 1
+
+        async def aged_out() -> bool:
+            return (await publisher.js.stream_info(bus.STREAM)).state.messages == 0
+
+        await eventually(aged_out, timeout_s=15)
+        await publisher.close()
+        projector = asyncio.create_task(serve(settings))
+        try:
+            async def converged() -> bool:
+                async with await psycopg_connect(postgres.url) as conn:
+                    return (await projections.checkpoint(conn) == head
+                            and await projections.balances(conn) == await store.write_model_balances(conn))
+
+            await eventually(converged, timeout_s=20)
+        finally:
+            projector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await projector
+    finally:
+        nats_server.stop()
+        postgres.stop()
+
+
+async def psycopg_connect(url: str):
+    import psycopg
+
+    return await psycopg.AsyncConnection.connect(url, autocommit=True)
