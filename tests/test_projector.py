@@ -297,3 +297,41 @@ async def psycopg_connect(url: str):
     import psycopg
 
     return await psycopg.AsyncConnection.connect(url, autocommit=True)
+
+
+async def test_concurrent_instances_applying_the_same_range_apply_it_once(stack):
+    """Several projector instances racing over one range: the checkpoint row lock lets one apply
+    it and makes the others see the moved checkpoint, so nothing is counted twice."""
+    import asyncio
+
+    from ledger import db
+
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    paid = [(await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 3)).body for _ in range(5)]
+    last = paid[-1]["position"]
+    await stack.client.get(verification_path(vendor.account_id, paid[-1]["id"]), token=vendor.token,
+                           params={"min_position": last, "wait_ms": 5000})
+    async with await stack.superuser() as conn:
+        entries = await store.entries_by_positions(conn, [p["position"] for p in paid])
+        await conn.execute("UPDATE projector_checkpoint SET position = %s WHERE name = %s",
+                           (last - 1, stack.settings.projector_name))
+        await conn.execute("UPDATE projected_balances SET balance = balance - 3 WHERE account_id = %s",
+                           (uuid.UUID(vendor.account_id),))
+        await conn.execute("UPDATE projected_balances SET balance = balance + 3 WHERE account_id = %s",
+                           (uuid.UUID(wallet.account_id),))
+        await conn.execute("DELETE FROM verifications WHERE transfer_id = %s", (uuid.UUID(paid[-1]["id"]),))
+    # One pool each, opened beforehand, as separate processes would have: they really race.
+    pools = [db.make_pool(stack.database_url, role=store.PROJECTOR_ROLE, size_max=1) for _ in range(8)]
+    await asyncio.gather(*(pool.open(wait=True) for pool in pools))
+    try:
+        racers = []
+        for n, pool in enumerate(pools):
+            racer = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(
+                stack.nats.url, name=f"racer-{n}", stream_replicas=stack.settings.stream_replicas))
+            racer.watermark = last - 1
+            racers.append(racer)
+        await asyncio.gather(*(racer.apply(entries) for racer in racers))
+    finally:
+        await asyncio.gather(*(pool.close() for pool in pools))
+    assert await _projected_balance(stack, vendor.account_id) == 15
