@@ -174,7 +174,7 @@ async def _lifecycle(app: web.Application):
                                dialect=dialect, name="api-commit")
     await pool.open(wait=True)
     await commit_pool.open(wait=True)
-    bus = EventBus(settings.nats_url, name="ledger-api", stream_replicas=settings.stream_replicas)
+    bus = EventBus(settings.nats_url, name="ledger-api", stream_replicas=settings.stream_replicas, stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes)
     outbox = Outbox(pool=pool, bus=bus, sweep_interval_ms=settings.outbox_sweep_interval_ms)
     committer = Committer(
         pool=commit_pool,

@@ -27,7 +27,7 @@ import psycopg
 from ledger import checkpoint as signing
 from ledger import config, db, domain, store
 from projector import store as projections
-from schemas import JournalEntry, Posting
+from schemas import JournalEntry, Posting, Verification
 
 # The closed set of checks, in the order a tie at one position is reported.
 CHECKS: tuple[str, ...] = (
@@ -42,6 +42,7 @@ CHECKS: tuple[str, ...] = (
     "head",  # the journal_head row names the last entry
     "write_model",  # recomputed balances equal the `balances` table
     "projection",  # recomputed balances at the projector's checkpoint equal `projected_balances`
+    "verifications",  # one verification per vendor payment up to the projector's checkpoint, equal to its entry
     "conservation",  # per currency, all balances sum to zero
 )
 
@@ -202,6 +203,33 @@ class Replay:
             if balance < 0 and kind != "system":
                 self.findings.record("non_negative", entry.position, f"{kind} {account_id} at {balance}")
 
+    def check_verifications(self, entry: JournalEntry, rows: list[Verification]) -> None:
+        """The verification rows at `entry`'s position against the entry: a payment to a vendor
+        account up to the projector's checkpoint has exactly one, equal to it; nothing else has any."""
+        kind = self._accounts.get(entry.to_account_id, ("unknown", ""))[0]
+        expected = kind == "vendor" and entry.position <= self._projector_position
+        if not expected:
+            for row in rows:
+                why = "is not a payment to a vendor account" if kind != "vendor" else "is past the projector's checkpoint"
+                self.findings.record("verifications", entry.position,
+                                     f"a verification of {row.transfer_id} exists, but the entry {why}")
+            return
+        if not rows:
+            self.findings.record("verifications", entry.position, f"the payment {entry.transfer_id} has no verification")
+            return
+        if len(rows) > 1:
+            self.findings.record("verifications", entry.position, f"{len(rows)} verifications at one position")
+        for row in rows:
+            differing = [name for name, value in _verified_fields(entry).items() if getattr(row, name) != value]
+            if differing:
+                self.findings.record("verifications", entry.position,
+                                     f"the verification of {row.transfer_id} differs from its entry in {', '.join(differing)}")
+
+    def stray_verification(self, row: Verification) -> None:
+        """A verification at a position the replay has no entry for."""
+        self.findings.record("verifications", row.position,
+                             f"the verification of {row.transfer_id} names position {row.position}, which has no entry")
+
     def _check_signed(self, position: int, recomputed: str) -> None:
         if self._signed is None or position < self._signed[0]:
             return
@@ -262,6 +290,16 @@ class Replay:
         for currency, total in sorted(totals.items()):
             if total != 0:
                 self.findings.record("conservation", self.position, f"{currency} balances sum to {total}, not zero")
+
+
+def _verified_fields(entry: JournalEntry) -> dict[str, object]:
+    """What a verification must say, field by field, to be the projection of `entry`."""
+    return {
+        "transfer_id": entry.transfer_id, "vendor_account_id": entry.to_account_id,
+        "payer_account_id": entry.from_account_id, "amount": entry.amount, "currency": entry.currency,
+        "reference": entry.reference, "committed_at": entry.committed_at, "position": entry.position,
+        "hash": entry.hash,
+    }
 
 
 def _postings_text(postings: list[Posting]) -> str:
@@ -337,10 +375,25 @@ async def _replay(
         replay.findings.record("contiguous", from_position, f"there is no entry at --from position {from_position}")
     if checkpoint and unusable:
         replay.findings.record("checkpoint", checkpoint.position, unusable)
+    # The verifications are walked alongside the journal, both in position order, so memory
+    # stays bounded by a page of each however long the journal is.
+    verifications = aiter(projections.stream_verifications(conn, from_position))
+    pending = await anext(verifications, None)
     async for entry in store.stream_entries(conn, from_position):
         replay.feed(entry)
+        rows = []
+        while pending is not None and pending.position <= entry.position:
+            if pending.position < entry.position:
+                replay.stray_verification(pending)
+            else:
+                rows.append(pending)
+            pending = await anext(verifications, None)
+        replay.check_verifications(entry, rows)
         if progress is not None and entry.position % PROGRESS_EVERY_ENTRIES == 0:
             progress(entry.position, head_position)
+    while pending is not None:
+        replay.stray_verification(pending)
+        pending = await anext(verifications, None)
     if progress is not None:
         progress(replay.position, head_position)
     replay.finish(

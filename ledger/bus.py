@@ -1,7 +1,10 @@
 """NATS JetStream: the stream, the subjects and the headers of the ledger's events, in one place.
 
 NATS is transport, not truth: every event can be rebuilt from the journal, so a NATS outage only
-delays events (they wait in the outbox), it never loses them.
+delays events (they wait in the outbox), it never loses them. For the same reason the stream is
+bounded (`Settings.stream_max_age_s`, `Settings.stream_max_bytes`, oldest discarded first): an
+event that ages out before a projector read it costs nothing, because the projector follows the
+journal from its own checkpoint whenever the journal head is ahead of it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Awaitable, Callable
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 import schemas
@@ -27,6 +30,8 @@ SUBJECT = "ledger.v1.transfers.committed"
 # `min_position` wake at once instead of polling the database.
 WATERMARK_SUBJECT = "ledger.v1.projector.watermark"
 DUPLICATE_WINDOW_S = 300.0
+STREAM_MAX_AGE_S_DEFAULT = 7 * 86_400.0  # as `Settings.stream_max_age_s`
+STREAM_MAX_BYTES_DEFAULT = 1024**3  # as `Settings.stream_max_bytes`
 PUBLISH_ACK_TIMEOUT_S = 5.0
 CONNECT_RETRY_S = 0.5
 CLOSE_TIMEOUT_S = 2.0
@@ -46,12 +51,19 @@ def raise_if_cancelled() -> None:
 class EventBus:
     """A NATS connection that keeps reconnecting, and the JetStream stream of journal entries."""
 
-    def __init__(self, url: str, *, name: str, stream_replicas: int) -> None:
+    def __init__(
+        self, url: str, *, name: str, stream_replicas: int, stream_max_age_s: float = STREAM_MAX_AGE_S_DEFAULT,
+        stream_max_bytes: int = STREAM_MAX_BYTES_DEFAULT,
+    ) -> None:
         """`stream_replicas` is `Settings.stream_replicas`: a clustered deployment sets 3 so the
-        stream survives the loss of a NATS node; one server (`ledger dev`, the tests) holds 1."""
+        stream survives the loss of a NATS node; one server (`ledger dev`, the tests) holds 1.
+        `stream_max_age_s` and `stream_max_bytes` are the stream's retention (`Settings` of the
+        same names); whichever is reached first discards the oldest events."""
         self._url = url
         self._name = name
         self._stream_replicas = stream_replicas
+        self._stream_max_age_s = stream_max_age_s
+        self._stream_max_bytes = stream_max_bytes
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._connecting: asyncio.Task | None = None
@@ -105,8 +117,11 @@ class EventBus:
             subjects=[SUBJECT],
             storage=StorageType.FILE,
             retention=RetentionPolicy.LIMITS,
-            duplicate_window=DUPLICATE_WINDOW_S,
+            duplicate_window=min(DUPLICATE_WINDOW_S, self._stream_max_age_s),
             num_replicas=self._stream_replicas,
+            max_age=self._stream_max_age_s,
+            max_bytes=self._stream_max_bytes,
+            discard=DiscardPolicy.OLD,
         )
         assert self.js is not None
         try:

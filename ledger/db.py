@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
@@ -17,6 +18,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from ledger import dialect as dialects
 from ledger import store
+
+if TYPE_CHECKING:
+    from ledger.config import Settings
 
 log = logging.getLogger("ledger.db")
 
@@ -60,6 +64,15 @@ class Timeouts:
 
 
 DEFAULT_TIMEOUTS = Timeouts()
+
+
+def timeouts_from(settings: Settings) -> Timeouts:
+    """The database timeouts a service's `Settings` ask for (the keepalives keep their defaults)."""
+    return Timeouts(
+        lock_ms=settings.lock_timeout_ms,
+        statement_ms=settings.statement_timeout_ms,
+        idle_in_transaction_ms=settings.idle_in_transaction_timeout_ms,
+    )
 
 
 async def detect_dialect(url: str) -> dialects.Dialect:

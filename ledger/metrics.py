@@ -30,4 +30,7 @@ PROJECTOR_LAG_SECONDS = Histogram(
     "Commit to projected, per entry.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-PROJECTOR_GAP_FILLS = Counter("ledger_projector_gap_fills_total", "Entries read from the journal to fill a gap.")
+PROJECTOR_GAP_FILLS = Counter("ledger_projector_gap_fills_total", "Entries applied from the journal without an event for them.")
+PROJECTOR_FORGED_EVENTS = Counter(
+    "ledger_projector_mismatched_events_total", "Events whose transfer_id or hash differ from the journal at their position."
+)

@@ -63,6 +63,7 @@ GRANTS: dict[str, dict[str, str]] = {
         "journal_head": "SELECT",
         "projector_checkpoint": "SELECT",
         "projected_balances": "SELECT",
+        "verifications": "SELECT",
         "signed_checkpoints": "SELECT, INSERT",
     },
 }

@@ -1,12 +1,14 @@
 """The projector: a durable JetStream pull consumer that builds the read models.
 
-Each fetched batch is sorted by position; what is at or below the checkpoint is skipped (at
-least once delivery means repeats); a hole between the checkpoint and the batch is filled by
-reading those positions from the journal (the source of truth); the contiguous run is applied
-in one transaction with the checkpoint; only then are the messages acked. A crash anywhere in
-between re-delivers, and the checkpoint makes the repeat a no-op. When no events arrive but
-the journal head is ahead for longer than `GAP_GRACE_MS` (an event that was never published,
-NATS down), the projector reads the tail from the journal itself.
+The journal is the only truth; an event is a doorbell. A fetched batch only says how far the
+journal goes (its highest position), and the projector then reads the journal itself from its
+checkpoint, a page (`JOURNAL_PAGE_MAX` entries) per transaction, applying each page together
+with the checkpoint; only then are the messages acked. So a forged, corrupt or repeated event
+can make the projector look, never make it apply anything the journal does not hold, and a
+position past the journal head finds nothing. A crash anywhere in between re-delivers, and the
+checkpoint makes the repeat a no-op. When no events arrive but the journal head is ahead for
+longer than `GAP_GRACE_MS` (an event that was never published, NATS down, an event aged out of
+the stream), the projector reads the tail from the journal all the same.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ ACK_WAIT_S = 30
 _decoder = msgspec.json.Decoder(schemas.JournalEntry)
 
 
+def _contiguous(entries: list[schemas.JournalEntry], *, after: int) -> list[schemas.JournalEntry]:
+    """The run of `entries` (in position order) that extends `after` without a hole."""
+    run = []
+    for entry in entries:
+        if entry.position != after + len(run) + 1:
+            break
+        run.append(entry)
+    return run
+
+
 class Projector:
     def __init__(self, *, settings: Settings, pool, bus: EventBus) -> None:
         self._settings = settings
@@ -56,39 +68,58 @@ class Projector:
         metrics.PROJECTOR_WATERMARK.set(self.watermark)
         return self.watermark
 
-    async def apply(self, entries: list[schemas.JournalEntry]) -> int:
-        """Apply what extends the watermark, filling holes from the journal; returns new watermark."""
-        fresh = sorted({e.position: e for e in entries if e.position > self.watermark}.values(), key=lambda e: e.position)
-        if not fresh:
+    async def apply(self, claims: list[schemas.JournalEntry]) -> int:
+        """Follow the journal as far as the events claim it goes; returns the new watermark.
+
+        An event is only a doorbell: its position says where to look, and what is applied is what
+        the journal holds there. A forged or corrupt event therefore changes nothing but how far
+        the projector reads, and a position past the journal head finds nothing to read."""
+        claimed = {e.position: e for e in claims if e.position > self.watermark}
+        if not claimed:
             return self.watermark
-        wanted = range(self.watermark + 1, fresh[-1].position + 1)
-        have = {e.position: e for e in fresh}
-        missing = [p for p in wanted if p not in have]
+        return await self.follow_journal(until=max(claimed), claimed=claimed)
+
+    async def follow_journal(self, *, until: int | None = None, claimed: dict | None = None) -> int:
+        """Apply the journal page by page from the checkpoint, until `until` or the head."""
+        while until is None or self.watermark < until:
+            before = self.watermark
+            run = await self._apply_page()
+            if run:
+                self._check_claims(run, claimed or {})
+                metrics.PROJECTOR_GAP_FILLS.inc(sum(1 for e in run if e.position not in (claimed or {})))
+            if self.watermark == before:
+                break
+        return self.watermark
+
+    async def _apply_page(self) -> list[schemas.JournalEntry]:
+        """One transaction: lock the checkpoint row, read the journal after it, apply, move it.
+
+        The lock makes a second projector instance (or a restarted one racing the old) wait and
+        then read the moved checkpoint, so no entry is ever applied twice. Under READ COMMITTED
+        a plain SELECT would let both read the same checkpoint and both apply the range."""
+        now = dt.datetime.now(dt.timezone.utc)
         async with self._pool.connection() as conn:
-            if missing:
-                for entry in await store.entries_by_positions(conn, missing):
-                    have[entry.position] = entry
-                metrics.PROJECTOR_GAP_FILLS.inc(len(missing))
-            run = []
-            for position in wanted:
-                if position not in have:
-                    break  # not committed yet (a racing writer); the rest waits for the next round
-                run.append(have[position])
-            if not run:
-                return self.watermark
-            now = dt.datetime.now(dt.timezone.utc)
             async with conn.transaction():
-                # Another projector instance may have moved on; never apply twice.
-                current = await projections.checkpoint(conn, self._name)
-                run = [e for e in run if e.position > current]
-                if run and run[0].position == current + 1:
+                current = await projections.lock_checkpoint(conn, self._name, now=now)
+                entries = await store.entries_after(conn, current, JOURNAL_PAGE_MAX)
+                run = _contiguous(entries, after=current)
+                if run:
                     await projections.apply_entries(conn, run, name=self._name, projected_at=now)
-                    current = run[-1].position
-        self._observe_lag(run, now)
-        self.watermark = current
-        metrics.PROJECTOR_WATERMARK.set(current)
-        await self._bus.announce_watermark(current)
-        return current
+        self.watermark = run[-1].position if run else current
+        metrics.PROJECTOR_WATERMARK.set(self.watermark)
+        if run:
+            self._observe_lag(run, now)
+            await self._bus.announce_watermark(self.watermark)
+        return run
+
+    @staticmethod
+    def _check_claims(run: list[schemas.JournalEntry], claimed: dict[int, schemas.JournalEntry]) -> None:
+        for entry in run:
+            claim = claimed.get(entry.position)
+            if claim is not None and (claim.transfer_id, claim.hash) != (entry.transfer_id, entry.hash):
+                metrics.PROJECTOR_FORGED_EVENTS.inc()
+                log.warning("the event at position %d does not match the journal; the journal's entry was applied",
+                            entry.position)
 
     @staticmethod
     def _observe_lag(run: list[schemas.JournalEntry], now: dt.datetime) -> None:
@@ -98,16 +129,7 @@ class Projector:
 
     async def catch_up_from_journal(self) -> int:
         """Read the tail straight from the journal, page by page, until the head is reached."""
-        while True:
-            async with self._pool.connection() as conn:
-                entries = await store.entries_after(conn, self.watermark, JOURNAL_PAGE_MAX)
-            if not entries:
-                return self.watermark
-            before = self.watermark
-            await self.apply(entries)
-            metrics.PROJECTOR_GAP_FILLS.inc(self.watermark - before)
-            if self.watermark == before:
-                return self.watermark
+        return await self.follow_journal()
 
     async def _tail_check(self) -> None:
         async with self._pool.connection() as conn:
@@ -174,10 +196,15 @@ class Projector:
             try:
                 entries.append(_decoder.decode(message.data))
             except msgspec.MsgspecError:
-                log.error("undecodable event on %s; acked and ignored (the journal fills its place)", SUBJECT)
+                log.warning("undecodable event on %s; acked and ignored (the journal fills its place)", SUBJECT)
         await self.apply(entries)
         for message in messages:
             await message.ack()
+
+
+def _bus(settings: Settings, name: str) -> EventBus:
+    return EventBus(settings.nats_url, name=name, stream_replicas=settings.stream_replicas,
+                    stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes)
 
 
 async def rebuild(settings: Settings, pool) -> int:
@@ -185,13 +212,13 @@ async def rebuild(settings: Settings, pool) -> int:
     async with pool.connection() as conn:
         async with conn.transaction():
             await projections.reset(conn, settings.projector_name)
-    projector = Projector(settings=settings, pool=pool, bus=EventBus(settings.nats_url, name="ledger-rebuild", stream_replicas=settings.stream_replicas))
+    projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "ledger-rebuild"))
     return await projector.catch_up_from_journal()
 
 
 async def rebuild_at(settings: Settings) -> int:
     """`ledger projector rebuild`: `rebuild` on a pool of its own."""
-    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2)
+    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, timeouts=db.timeouts_from(settings))
     await pool.open(wait=True)
     try:
         return await rebuild(settings, pool)
@@ -203,9 +230,10 @@ async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     """`metrics_listener`: serve /metrics on LEDGER_METRICS_PORT, when the projector runs in its own
     process (`ledger projector`); inside `ledger dev` the API's listener already shows its metrics."""
     dialect = await db.wait_for_dialect(settings.database_url)
-    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, dialect=dialect, name="projector")
+    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, dialect=dialect, name="projector",
+                        timeouts=db.timeouts_from(settings))
     await pool.open(wait=True)
-    bus = EventBus(settings.nats_url, name="ledger-projector", stream_replicas=settings.stream_replicas)
+    bus = _bus(settings, "ledger-projector")
     bus.start()
     metrics_server = None
     if metrics_listener and settings.metrics_port is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
 
 from psycopg.rows import dict_row, kwargs_row
 
@@ -19,6 +20,19 @@ DEFAULT_NAME = "main"
 async def checkpoint(conn, name: str = DEFAULT_NAME) -> int:
     row = await (await conn.execute("SELECT position FROM projector_checkpoint WHERE name = %s", (name,))).fetchone()
     return row[0] if row else 0
+
+
+async def lock_checkpoint(conn, name: str, *, now: dt.datetime) -> int:
+    """The checkpoint, its row created if missing and locked until the transaction ends: whoever
+    applies entries holds it, so two projector instances take turns instead of both applying."""
+    await conn.execute(
+        "INSERT INTO projector_checkpoint (name, position, updated_at) VALUES (%s, 0, %s) ON CONFLICT (name) DO NOTHING",
+        (name, now),
+    )
+    row = await (
+        await conn.execute("SELECT position FROM projector_checkpoint WHERE name = %s FOR UPDATE", (name,))
+    ).fetchone()
+    return row[0]
 
 
 async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str, projected_at: dt.datetime) -> None:
@@ -124,6 +138,24 @@ async def balances(conn) -> dict[uuid.UUID, int]:
 async def verifications(conn) -> list[schemas.Verification]:
     """Every verification in position order (the rebuild test compares them)."""
     return await _verifications(conn, "ORDER BY v.position", ())
+
+
+# Rows the audit's server-side cursor over the verifications fetches per round trip.
+AUDIT_FETCH_ROWS = 5_000
+
+
+async def stream_verifications(conn, after: int) -> AsyncIterator[schemas.Verification]:
+    """Every verification after position `after` in position order, through a server-side cursor,
+    so the audit walks them alongside the journal with bounded memory."""
+    async with conn.cursor(name="audit_verifications", row_factory=kwargs_row(schemas.Verification)) as cursor:
+        await cursor.execute(
+            f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v WHERE v.position > %s"
+            " ORDER BY v.position, v.transfer_id",
+            (after,),
+        )
+        while rows := await cursor.fetchmany(AUDIT_FETCH_ROWS):
+            for row in rows:
+                yield row
 
 
 async def _verifications(conn, where: str, params: tuple) -> list[schemas.Verification]:

@@ -23,6 +23,7 @@ METADATA_VALUE_CHARS_MAX = 256
 NAME_CHARS_MAX = 200
 PAGE_LIMIT_MAX = 1000
 JOURNAL_LIMIT_MAX = 10000
+POSITION_MAX = 2**63 - 1  # the journal's INT8 position column
 
 # PostgreSQL TEXT cannot hold NUL, so it is refused at the edge instead of failing in the database.
 _NO_NUL = "^[^\x00]*$"
@@ -135,7 +136,7 @@ class JournalEntry(Struct, frozen=True):
     fields always are) leaves the bytes, and the hash, of every older entry unchanged.
     """
 
-    position: Annotated[int, Meta(ge=1)]
+    position: Annotated[int, Meta(ge=1, le=POSITION_MAX)]
     transfer_id: uuid.UUID
     from_account_id: uuid.UUID
     to_account_id: uuid.UUID

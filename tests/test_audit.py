@@ -243,6 +243,48 @@ async def test_a_projection_that_drifted_is_caught_at_its_checkpoint(seeded):
     assert failed_checks(report) == {"projection"}
 
 
+async def _project(url: str, count: int) -> list[schemas.JournalEntry]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        entries = await store.entries_after(conn, 0, count)
+        await projections.apply_entries(conn, entries, name="main", projected_at=dt.datetime.now(dt.timezone.utc))
+    return entries
+
+
+async def test_a_projection_with_its_verifications_intact_audits_clean(seeded):
+    await _project(seeded, 30)
+    report = await audit.run_audit(seeded)
+    assert report.ok, report.first_failure
+
+
+async def test_a_deleted_verification_is_caught_at_its_payment(seeded):
+    entries = await _project(seeded, 30)
+    async with await psycopg.AsyncConnection.connect(seeded) as conn:
+        victim = (await projections.verifications(conn))[0]
+        await conn.execute("DELETE FROM verifications WHERE transfer_id = %s", (victim.transfer_id,))
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (victim.position, "verifications")
+    assert failed_checks(report) == {"verifications"}
+    assert victim.position <= entries[-1].position
+
+
+async def test_a_forged_verification_of_no_entry_is_caught(seeded):
+    await _project(seeded, 30)
+    paid = (await projections_rows(seeded))[0]
+    await execute(seeded, (
+        "INSERT INTO verifications (transfer_id, vendor_account_id, position, payer_account_id, amount, currency,"
+        " reference, committed_at, hash, projected_at) VALUES (%s, %s, %s, %s, 7, 'USD', '', '', '', now())",
+        (uuid.uuid4(), paid.vendor_account_id, 10**9, paid.payer_account_id),
+    ))
+    report = await audit.run_audit(seeded)
+    assert first_failure(report) == (10**9, "verifications")
+    assert failed_checks(report) == {"verifications"}
+
+
+async def projections_rows(url: str) -> list[schemas.Verification]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        return await projections.verifications(conn)
+
+
 # ---- signed checkpoints ---------------------------------------------------------------------
 
 

@@ -1,5 +1,6 @@
 """The bank test under faults, short: the chaos harness (`tools/chaos/`) in-process, on its own
-PostgreSQL and NATS, with two API processes, a projector, and every kind of fault at least once.
+PostgreSQL and NATS, with two API processes, two projector processes, a forger publishing junk
+on every ledger subject, and every kind of fault at least once.
 
 `make chaos` runs the long version (300 s, twenty faults of each kind and more).
 """
@@ -11,6 +12,8 @@ from tools import chaos
 OPTIONS = dict(
     duration_s=22.0,
     api_processes=2,
+    projectors=2,
+    forger=True,
     wallets=12,
     vendors=3,
     workers=24,
@@ -38,3 +41,4 @@ async def test_every_invariant_holds_under_every_kind_of_fault(tmp_path):
         assert report.acknowledged_after_last.get(kind, 0) > 0, summary
     assert report.acknowledged_after_first_fault > 0, summary
     assert report.rejected["422 insufficient_funds"] > 0, summary
+    assert sum(report.forged.values()) > 0, summary

@@ -124,3 +124,21 @@ def test_a_balance_past_int8_is_refused_not_left_to_the_database():
     rich = AccountState(VENDOR.id, "vendor", "USD", None, domain.BALANCE_MAX - 5)
     result = decide([command(10)], state(WALLET, rich))
     assert result.outcomes == [Rejected(Rejection.balance_limit_exceeded)]
+
+
+def test_an_event_position_past_the_journal_column_range_is_rejected_when_decoded():
+    """A forged far-ahead position is refused by the type, before the projector sees it."""
+    entry = {
+        "position": schemas.POSITION_MAX, "transfer_id": str(uuid.uuid4()), "from_account_id": str(WALLET.id),
+        "to_account_id": str(VENDOR.id), "amount": 5, "currency": "USD", "reference": "", "metadata": {},
+        "postings": [{"account_id": str(WALLET.id), "amount": -5}, {"account_id": str(VENDOR.id), "amount": 5}],
+        "committed_at": "2026-11-26T12:00:00.000000Z", "prev_hash": "0" * 64, "hash": "ab" * 32,
+    }
+    decoder = msgspec.json.Decoder(schemas.JournalEntry)
+    assert decoder.decode(json.dumps(entry)).position == schemas.POSITION_MAX
+    try:
+        decoder.decode(json.dumps({**entry, "position": schemas.POSITION_MAX + 1}))
+    except msgspec.ValidationError as error:
+        assert "$.position" in str(error)
+    else:
+        raise AssertionError("a position past 2**63-1 was accepted")

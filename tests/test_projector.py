@@ -8,7 +8,6 @@ import uuid
 import msgspec
 import nats
 
-from api.app import SERVICES
 
 from ledger import bus, metrics, store
 from projector import store as projections
@@ -185,7 +184,7 @@ async def test_a_deleted_outbox_row_is_recovered_from_the_journal(stack):
 async def test_redelivered_events_are_applied_once(stack):
     """At-least-once delivery: a projector that crashed after its commit but before its ack gets
     the same events again, and a second projector instance may race the first. Neither applies
-    anything twice, because the checkpoint is re-read inside the applying transaction."""
+    anything twice, because the checkpoint row is locked and re-read inside the applying transaction."""
     wallet = await stack.funded_wallet(1000)
     vendor = await stack.vendor()
     paid = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 40)).body
@@ -193,12 +192,18 @@ async def test_redelivered_events_are_applied_once(stack):
                            params={"min_position": paid["position"], "wait_ms": 5000})
     async with await stack.superuser() as conn:
         entries = await store.entries_by_positions(conn, [paid["position"]])
-    pool = stack.app[SERVICES].pool
-    replay = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(stack.nats.url, name="replay",
-                                                                              stream_replicas=stack.settings.stream_replicas))
-    replay.watermark = paid["position"] - 1  # as if it had crashed before acking
-    await replay.apply(entries)
-    await replay.apply(entries)
+    from ledger import db
+
+    pool = db.make_pool(stack.database_url, role=store.PROJECTOR_ROLE, size_max=2)
+    await pool.open(wait=True)
+    try:
+        replay = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(
+            stack.nats.url, name="replay", stream_replicas=stack.settings.stream_replicas))
+        replay.watermark = paid["position"] - 1  # as if it had crashed before acking
+        await replay.apply(entries)
+        await replay.apply(entries)
+    finally:
+        await pool.close()
     assert await _projected_balance(stack, vendor.account_id) == 40
     async with await stack.superuser() as conn:
         rows = await (await conn.execute(
@@ -234,3 +239,99 @@ async def _read_models(stack):
         # projected_at differs
         rows = [msgspec.structs.replace(v, projected_at=None) for v in await projections.verifications(conn)]
     return position, balances, rows
+
+
+async def test_events_aged_out_of_the_stream_are_caught_up_from_the_journal(tmp_path):
+    """The stream is bounded; what ages out before a projector reads it is read from the journal."""
+    import asyncio
+    import contextlib
+
+    from ledger import db
+    from ledger.config import Settings
+    from projector.consumer import serve
+    from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+    from tools.seed import seed_journal
+
+    postgres = EmbeddedPostgres(data_dir=tmp_path / "pg", port=free_port(), settings={"fsync": "off"})
+    nats_server = EmbeddedNats(data_dir=tmp_path / "nats", port=free_port())
+    postgres.start()
+    nats_server.start()
+    try:
+        await db.migrate(postgres.url)
+        await seed_journal(postgres.url, entries=40, accounts=10)  # no outbox rows: nothing published
+        settings = Settings(database_url=postgres.url, nats_url=nats_server.url, stream_max_age_s=1)
+        publisher = bus.EventBus(nats_server.url, name="aged", stream_replicas=1, stream_max_age_s=1)
+        publisher.start()
+        assert await publisher.wait_connected(10)
+        async with await psycopg_connect(postgres.url) as conn:
+            entries = await store.entries_after(conn, 0, 100)
+            head = (await store.journal_head(conn)).position
+        assert len(entries) == head == 40
+        assert await publisher.publish_entries(entries) == [e.position for e in entries]
+        info = await publisher.js.stream_info(bus.STREAM)
+        assert info.config.max_age == 1
+
+        async def aged_out() -> bool:
+            return (await publisher.js.stream_info(bus.STREAM)).state.messages == 0
+
+        await eventually(aged_out, timeout_s=15)
+        await publisher.close()
+        projector = asyncio.create_task(serve(settings))
+        try:
+            async def converged() -> bool:
+                async with await psycopg_connect(postgres.url) as conn:
+                    return (await projections.checkpoint(conn) == head
+                            and await projections.balances(conn) == await store.write_model_balances(conn))
+
+            await eventually(converged, timeout_s=20)
+        finally:
+            projector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await projector
+    finally:
+        nats_server.stop()
+        postgres.stop()
+
+
+async def psycopg_connect(url: str):
+    import psycopg
+
+    return await psycopg.AsyncConnection.connect(url, autocommit=True)
+
+
+async def test_concurrent_instances_applying_the_same_range_apply_it_once(stack):
+    """Several projector instances racing over one range: the checkpoint row lock lets one apply
+    it and makes the others see the moved checkpoint, so nothing is counted twice."""
+    import asyncio
+
+    from ledger import db
+
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    paid = [(await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 3)).body for _ in range(5)]
+    last = paid[-1]["position"]
+    await stack.client.get(verification_path(vendor.account_id, paid[-1]["id"]), token=vendor.token,
+                           params={"min_position": last, "wait_ms": 5000})
+    async with await stack.superuser() as conn:
+        entries = await store.entries_by_positions(conn, [p["position"] for p in paid])
+        await conn.execute("UPDATE projector_checkpoint SET position = %s WHERE name = %s",
+                           (last - 1, stack.settings.projector_name))
+        await conn.execute("UPDATE projected_balances SET balance = balance - 3 WHERE account_id = %s",
+                           (uuid.UUID(vendor.account_id),))
+        await conn.execute("UPDATE projected_balances SET balance = balance + 3 WHERE account_id = %s",
+                           (uuid.UUID(wallet.account_id),))
+        await conn.execute("DELETE FROM verifications WHERE transfer_id = %s", (uuid.UUID(paid[-1]["id"]),))
+    # One pool each, opened beforehand, as separate processes would have: they really race.
+    pools = [db.make_pool(stack.database_url, role=store.PROJECTOR_ROLE, size_max=1) for _ in range(8)]
+    await asyncio.gather(*(pool.open(wait=True) for pool in pools))
+    try:
+        racers = []
+        for n, pool in enumerate(pools):
+            racer = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(
+                stack.nats.url, name=f"racer-{n}", stream_replicas=stack.settings.stream_replicas))
+            racer.watermark = last - 1
+            racers.append(racer)
+        await asyncio.gather(*(racer.apply(entries) for racer in racers))
+    finally:
+        await asyncio.gather(*(pool.close() for pool in pools))
+    assert await _projected_balance(stack, vendor.account_id) == 15

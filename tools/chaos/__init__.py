@@ -2,8 +2,9 @@
 
 A world of client wallets and vendors, funded once from a system account, is driven by many
 concurrent clients paying each other and the vendors through several `ledger api` processes,
-while a fault injector SIGKILLs API processes and the projector and restarts NATS and
-PostgreSQL. Every client retries its own idempotency key, with the same body, until it gets a
+while a fault injector SIGKILLs API processes and projectors (two by default, sharing one
+checkpoint) and restarts NATS and PostgreSQL, and a forger publishes junk on every ledger
+subject (random bytes, entries forged at the head + 1 and far past it, forged watermarks). Every client retries its own idempotency key, with the same body, until it gets a
 definitive answer (201 or 4xx). Afterwards the harness stops injecting, lets every pending key
 settle, and checks the ledger's promises against the database itself:
 
@@ -12,14 +13,15 @@ settle, and checks the ledger's promises against the database itself:
 - no wallet or vendor balance is negative; balances per currency sum to zero and equal funding;
 - the balances, recomputed from the postings and from the acknowledgements, equal the write model;
 - the projection and the outbox converge to the journal within `converge_s` of the last fault;
-- `ledger audit` passes (when it exists); every process stops cleanly on SIGTERM.
+- `ledger audit` passes, its `verifications` check included (no forged payment was verified); every process stops cleanly on SIGTERM.
 
 The fault schedule comes from `random.Random(seed)`, and the seed is printed, so a failing
 schedule can be replayed (the interleaving with the clients cannot: timing is not seeded).
 Every loop has a deadline. Exit status 1 on any violation.
 
 The package: `workload` (the world, the clients and the record of every key), `faults` (the
-servers, the `ledger` child processes and the seeded fault injector), `checks` (the verification
+servers, the `ledger` child processes and the seeded fault injector), `forger` (the junk on the
+ledger subjects), `checks` (the verification
 after the run and the scraped committer counters), `report` (the report and the progress lines),
 `options` (the options and the named limits); here, the run that ties them together.
 """
@@ -38,6 +40,7 @@ import aiohttp
 
 from tools.chaos.checks import Checks, Metrics, metric_value
 from tools.chaos.faults import Child, FaultInjector, Stack, supervise
+from tools.chaos.forger import Forger
 from tools.chaos.options import FAULT_KINDS, KeyResult, Options
 from tools.chaos.report import Observer, Report
 from tools.chaos.workload import Workload
@@ -92,6 +95,11 @@ class Chaos:
                      f"{'every ~' + format(self.o.fault_interval_s, 'g') + ' s, seed ' + str(self.o.seed) if self.o.faults else 'off'}")
         workers = [asyncio.create_task(workload.worker(i), name=f"worker-{i}") for i in range(self.o.workers)]
         workers.append(asyncio.create_task(workload.treasurer(), name="treasurer"))
+        if self.o.forger:
+            forger = Forger(self.o, self.stack, self.log, self.report,
+                            wallets=[wallet for _, _, wallet in workload.world.clients],
+                            vendors=workload.world.vendor_accounts)
+            workers.append(asyncio.create_task(forger.run(workload.stopped), name="forger"))
         if self.o.faults:
             await self.injector.run(run_end)
         if faults:  # recovery from the last fault is seen under traffic, not only in the drain
@@ -130,6 +138,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of traffic (default 300)")
     parser.add_argument("--seed", type=int, default=None, help="fault schedule seed (default: random, printed)")
     parser.add_argument("--api-processes", type=int, default=2)
+    parser.add_argument("--projectors", type=int, default=2, help="projector processes (default 2)")
+    parser.add_argument("--forger", action=argparse.BooleanOptionalAction, default=True,
+                        help="publish junk on every ledger subject during the run (default on)")
     parser.add_argument("--wallets", type=int, default=20)
     parser.add_argument("--vendors", type=int, default=3)
     parser.add_argument("--workers", type=int, default=32, help="concurrent clients")
@@ -146,7 +157,8 @@ def parse_args(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     return Options(
-        duration_s=args.duration, seed=seed, api_processes=args.api_processes, wallets=args.wallets,
+        duration_s=args.duration, seed=seed, api_processes=args.api_processes, projectors=args.projectors,
+        forger=args.forger, wallets=args.wallets,
         vendors=args.vendors, workers=args.workers, faults=not args.no_faults, fault_interval_s=args.fault_interval,
         quiet_s=args.quiet, min_faults_per_kind=args.min_faults, drain_s=args.drain, converge_s=args.converge, data_dir=args.data_dir,
         keep_data=args.keep_data,

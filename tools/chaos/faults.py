@@ -94,7 +94,7 @@ class Child:
 
 
 class Stack:
-    """PostgreSQL, NATS, the API processes and the projector of one run, and the admin's token."""
+    """PostgreSQL, NATS, the API processes and the projectors of one run, and the admin's token."""
 
     def __init__(self, options: Options, root: Path, log: Observer) -> None:
         self.o = options
@@ -103,14 +103,14 @@ class Stack:
         self.pg = EmbeddedPostgres(data_dir=root / "pg", port=free_port())
         self.nats = EmbeddedNats(data_dir=root / "nats", port=free_port())
         self.apis: list[Child] = []
-        self.projector: Child | None = None
+        self.projectors: list[Child] = []
         self.session: aiohttp.ClientSession | None = None
         self.admin_id = ""
         self.admin_token = ""
 
     @property
     def children(self) -> list[Child]:
-        return [c for c in [*self.apis, self.projector] if c is not None]
+        return [*self.apis, *self.projectors]
 
     def env(self, port: int | None = None) -> dict[str, str]:
         env = dict(os.environ)
@@ -137,7 +137,8 @@ class Stack:
             port = free_port()
             self.apis.append(Child(f"api-{index}", command + ["api"], self.env(port), self.root / f"api-{index}.log",
                                    url=f"http://127.0.0.1:{port}"))
-        self.projector = Child("projector", command + ["projector"], self.env(), self.root / "projector.log")
+        self.projectors = [Child(f"projector-{index}", command + ["projector"], self.env(), self.root / f"projector-{index}.log")
+                           for index in range(self.o.projectors)]
         for child in self.children:
             child.start()
         ready = await asyncio.gather(*(api.wait_ready(self.session, PROCESS_READY_S_MAX) for api in self.apis))
@@ -219,10 +220,11 @@ class FaultInjector:
         return f"SIGKILL {api.name}, down {down_s:.2f}s"
 
     async def _fault_projector_kill(self, rng: random.Random) -> str:
+        projector = rng.choice(self.stack.projectors)
         down_s = rng.uniform(0.0, 1.0)
-        await self._kill_child(self.stack.projector, down_s)
-        self.stack.projector.expected_down = False
-        return f"SIGKILL projector, down {down_s:.2f}s"
+        await self._kill_child(projector, down_s)
+        projector.expected_down = False
+        return f"SIGKILL {projector.name}, down {down_s:.2f}s"
 
     async def _kill_child(self, child: Child, down_s: float) -> None:
         child.expected_down = True

@@ -37,6 +37,7 @@ SHARE_TWIN = 0.03
 # money ends up with the vendors and almost every payment is refused for insufficient funds.
 REFUND_INTERVAL_S = 0.2
 READ_BACK_WAIT_MS = 2000
+FORGER_RATE_PER_S = 20.0  # junk messages the forger publishes per second, at most
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -44,6 +45,10 @@ class Options:
     duration_s: float = 300.0
     seed: int = 0
     api_processes: int = 2
+    # Projector processes sharing one checkpoint: each entry must still be applied exactly once.
+    projectors: int = 2
+    # An attacker publishing junk on every ledger subject during the run (`tools/chaos/forger.py`).
+    forger: bool = True
     wallets: int = 20
     vendors: int = 3
     workers: int = 32
@@ -67,7 +72,7 @@ class Options:
     echo: bool = True
 
     def __post_init__(self) -> None:
-        assert self.duration_s > 0 and self.api_processes >= 1 and self.wallets >= 2 and self.vendors >= 1
+        assert self.duration_s > 0 and self.api_processes >= 1 and self.projectors >= 1 and self.wallets >= 2 and self.vendors >= 1
         assert self.workers >= 1 and self.fault_interval_s > 0 and self.drain_s > 0
         assert self.client_timeout_s * 1000 > self.server_request_timeout_ms, "the server must answer first"
 

@@ -47,6 +47,7 @@ class Report:
     drain_s: float = 0.0
     wall_s: float = 0.0
     violations: list = dataclasses.field(default_factory=list)
+    forged: Counter = dataclasses.field(default_factory=Counter)  # junk messages published, by subject
 
     @property
     def ok(self) -> bool:
@@ -72,9 +73,12 @@ class Report:
             f" after the last write ({self.converged_after_last_fault_s:.2f} s after the last fault)"
         )
         return [
-            f"seed {self.seed}; duration {o.duration_s:g} s; {o.api_processes} API processes; {o.wallets} wallets;"
+            f"seed {self.seed}; duration {o.duration_s:g} s; {o.api_processes} API processes;"
+            f" {o.projectors} projector processes; {o.wallets} wallets;"
             f" {o.vendors} vendors; {o.workers} workers; fault interval {o.fault_interval_s:g} s",
             f"transfers attempted: {self.keys} keys, {self.requests} requests",
+            "forged messages published: " + (", ".join(f"{k}={v}" for k, v in sorted(self.forged.items()))
+                                             or ("none" if o.forger else "off")),
             f"acknowledged: {self.acknowledged} (replayed answers {self.replayed}; after the first fault"
             f" {self.acknowledged_after_first_fault}; after the last fault of each kind: {after})",
             "committed although the answer was lost (a replay of a key sent once), after: "
