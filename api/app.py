@@ -8,21 +8,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-import psycopg
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import docs, openapi
+from api import docs, housekeeping, openapi
 from api.auth import Authenticator, Principal
+from api.housekeeping import Readiness, Watermark
 from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
-from api.framework import wrap
+from api.framework import ANSWER_STARTED, IDEMPOTENCY_KEY, wrap
 from api.routes import ROUTES
 from ledger import db, logs, metrics
 from ledger.bus import EventBus
 from ledger.committer import Committer
 from ledger.config import Settings
 from ledger.outbox import Outbox
+from ledger.store import StoreUnavailable
 
 log = logging.getLogger("ledger.api")
 REQUEST_ID = "X-Request-Id"
@@ -32,28 +33,6 @@ SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", object)
 OPENAPI = web.AppKey("openapi", dict)
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
-
-
-class Watermark:
-    """The projector's latest announced position; waiters wake when it moves."""
-
-    def __init__(self) -> None:
-        self.position = 0
-        self._moved = asyncio.Event()
-
-    def announce(self, position: int) -> None:
-        if position > self.position:
-            self.position = position
-            self._moved.set()
-            self._moved = asyncio.Event()
-
-    async def wait_beyond(self, position: int, *, timeout_s: float) -> None:
-        if self.position > position:
-            return
-        try:
-            await asyncio.wait_for(self._moved.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            pass
 
 
 @dataclass
@@ -66,8 +45,10 @@ class Services:
     outbox: Outbox
     auth: Authenticator
     limiter: RateLimiter
+    readiness: Readiness
     watermark: Watermark = field(default_factory=Watermark)
     accounts: dict = field(default_factory=dict)  # id -> AccountRow; accounts never change
+    waiters: int = 0  # requests inside a `min_position` wait now; at most settings.waiters_max
 
     def remember_account(self, account) -> None:
         """Accounts are immutable once created, so a cached row never goes stale; the cache is
@@ -101,33 +82,54 @@ async def problems_middleware(request: web.Request, handler) -> web.StreamRespon
     try:
         async with asyncio.timeout(timeout_s):
             response = await handler(request)
-    except ApiError as error:
-        response = problem_response(error)
-    except web.HTTPRequestEntityTooLarge:
-        response = problem_response(ApiError("body_too_large"))
-    except web.HTTPNotFound:
-        response = problem_response(ApiError("not_found", f"no route {request.path}"))
-    except web.HTTPMethodNotAllowed as error:
-        response = problem_response(ApiError("method_not_allowed", f"{request.method} is not allowed on {request.path}"))
-        response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))  # RFC 9110: a 405 says what is
-    except TimeoutError:
-        response = problem_response(ApiError("timeout"))
-    except psycopg.OperationalError as error:
-        # The database is down or restarting (a lost connection, an empty pool's PoolTimeout):
-        # the request can be retried, so it is a 503 like the committer's, never a 500.
-        log.warning("database unavailable: %s", error)
-        response = problem_response(ApiError("unavailable", "the database is unavailable"))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
-    except Exception:
-        log.exception("unhandled error", extra={"request_id": request_id})
-        response = problem_response(ApiError("internal_error", f"request id {request_id}"))
+    except Exception as error:
+        if request.get(ANSWER_STARTED):
+            _cut(request, error)
+        response = _problem_for(request, error, request_id)
     if not response.prepared:
         response.headers[REQUEST_ID] = request_id
     route = _route_name(request)
     metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
     metrics.HTTP_SECONDS.labels(route, request.method, str(response.status)).observe(time.perf_counter() - started)
     return response
+
+
+def _cut(request: web.Request, error: Exception) -> None:
+    log.warning("%s %s failed after its answer began; closing the connection: %r", request.method, request.path, error)
+    if request.transport is not None:
+        request.transport.abort()
+    raise ConnectionResetError("the answer was cut short") from error
+
+
+def _problem_for(request: web.Request, error: Exception, request_id: str) -> web.Response:
+    """The one mapping of every error to its problem answer."""
+    if isinstance(error, ApiError):
+        return problem_response(error)
+    if isinstance(error, web.HTTPRequestEntityTooLarge):
+        return problem_response(ApiError("body_too_large"))
+    if isinstance(error, web.HTTPNotFound):
+        return problem_response(ApiError("not_found", f"no route {request.path}"))
+    if isinstance(error, web.HTTPMethodNotAllowed):
+        response = problem_response(ApiError("method_not_allowed", f"{request.method} is not allowed on {request.path}"))
+        response.headers["Allow"] = ", ".join(sorted(error.allowed_methods))  # RFC 9110: a 405 says what is
+        return response
+    if isinstance(error, TimeoutError):
+        # A write that timed out may still commit (its batch is in flight): say so, as for
+        # `unavailable`, since only a retry with the same key can tell.
+        detail = UNKNOWN_OUTCOME if request.headers.get(IDEMPOTENCY_KEY) else None
+        return problem_response(ApiError("timeout", detail))
+    if isinstance(error, StoreUnavailable):
+        # The database is down or restarting (a lost connection, an empty pool's PoolTimeout):
+        # the request can be retried, so it is a 503 like the committer's, never a 500.
+        log.warning("database unavailable: %s", error)
+        return problem_response(ApiError("unavailable", "the database is unavailable"))
+    log.error("unhandled error", exc_info=error, extra={"request_id": request_id})
+    return problem_response(ApiError("internal_error", f"request id {request_id}"))
+
+
+UNKNOWN_OUTCOME = "the request may or may not have been committed; retry with the same Idempotency-Key"
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -168,13 +170,15 @@ def _late_bound(route, app: web.Application):
 async def _lifecycle(app: web.Application):
     settings: Settings = app[SETTINGS]
     dialect = await db.wait_for_dialect(settings.database_url)
+    timeouts = db.timeouts_from(settings)
     pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=settings.pool_size_max,
-                        dialect=dialect, name="api-read")
+                        dialect=dialect, name="api-read", timeouts=timeouts)
     commit_pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=2, serializable=True,
-                               dialect=dialect, name="api-commit")
+                               dialect=dialect, name="api-commit", timeouts=timeouts)
     await pool.open(wait=True)
     await commit_pool.open(wait=True)
-    bus = EventBus(settings.nats_url, name="ledger-api", stream_replicas=settings.stream_replicas, stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes)
+    bus = EventBus(settings.nats_url, name="ledger-api", stream_replicas=settings.stream_replicas,
+                   stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes)
     outbox = Outbox(pool=pool, bus=bus, sweep_interval_ms=settings.outbox_sweep_interval_ms)
     committer = Committer(
         pool=commit_pool,
@@ -187,23 +191,44 @@ async def _lifecycle(app: web.Application):
     )
     services = Services(
         settings=settings, pool=pool, commit_pool=commit_pool, bus=bus, committer=committer, outbox=outbox,
-        auth=Authenticator(pool), limiter=RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst),
+        auth=Authenticator(pool, cache_ms=settings.auth_cache_ms),
+        limiter=RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst), readiness=Readiness(pool),
     )
     app[SERVICES] = services
     bus.start()
     committer.start()
     outbox.start()
-    watch = asyncio.create_task(_follow_watermark(services), name="watermark")
+    await services.readiness.probe_once()
+    background = _start_background(services)
     try:
         yield
     finally:
-        watch.cancel()
+        for task in background:
+            task.cancel()
         await committer.stop()
         await outbox.stop()
         await bus.close()
-        await asyncio.gather(watch, return_exceptions=True)
+        await asyncio.gather(*background, return_exceptions=True)
         await commit_pool.close()
         await pool.close()
+
+
+def _start_background(services: Services) -> list[asyncio.Task]:
+    settings = services.settings
+
+    async def forget_keys() -> None:
+        deleted = await housekeeping.forget_idempotency_keys(services.pool, retention_s=settings.idempotency_retention_s)
+        if deleted:
+            log.info("forgot %d idempotency keys older than %d s", deleted, settings.idempotency_retention_s)
+
+    return [
+        asyncio.create_task(_follow_watermark(services), name="watermark"),
+        asyncio.create_task(services.readiness.probe_forever(), name="readiness"),
+        asyncio.create_task(housekeeping.every(housekeeping.IDEMPOTENCY_SWEEP_INTERVAL_S, forget_keys,
+                                               "idempotency sweep"), name="idempotency-sweep"),
+        asyncio.create_task(housekeeping.every(housekeeping.TOKEN_USAGE_FLUSH_INTERVAL_S, services.auth.flush_usage,
+                                               "token usage flush"), name="token-usage"),
+    ]
 
 
 async def _follow_watermark(services: Services) -> None:

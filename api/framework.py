@@ -32,6 +32,10 @@ PROJECTION_POSITION = "Ledger-Projection-Position"
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
 ALL_ROLES: frozenset[str] = frozenset(typing.get_args(schemas.Role))
+# Set by a handler once its 200 has started (a stream): from then on a failure cannot become a
+# problem answer, only a cut connection (a second response written into the body would look like
+# data to the reader).
+ANSWER_STARTED = web.RequestKey("answer_started", bool)
 
 # A page cursor is the unpadded base64url of the position as 8 big-endian bytes, below 2^63, or ""
 # for the first page: the pattern accepts exactly the strings that decode to such a position. The

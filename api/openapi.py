@@ -42,6 +42,8 @@ def _parameters(route: Route) -> list[dict]:
 
 
 def _answer(route: Route, status: int, ref_of: dict) -> dict:
+    if route.answers[status] is None:
+        return {"description": "No content"}
     description = "OK" if status < 300 else "Not ready"
     return {"description": description, "content": {route.media: {"schema": ref_of[route.answers[status]]}}}
 
@@ -88,7 +90,7 @@ def _operation(route: Route, ref_of: dict) -> dict:
 
 
 def _components(routes: list[Route]) -> tuple[dict, dict]:
-    types = [r.body for r in routes if r.body] + [t for r in routes for t in r.answers.values()] + [schemas.Problem]
+    types = [r.body for r in routes if r.body] + [t for r in routes for t in r.answers.values() if t] + [schemas.Problem]
     types = list(dict.fromkeys(types))
     refs, components = msgspec.json.schema_components(types, ref_template=REF)
     for kind in types:

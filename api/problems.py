@@ -39,9 +39,11 @@ CODES: dict[str, tuple[int, str]] = {
     "unavailable": (503, "A dependency is unavailable"),
     "timeout": (503, "The request did not finish in time"),
     "projection_behind": (503, "The projection has not reached the requested position"),
+    "too_many_waiters": (503, "Too many requests are waiting for the projection in this process"),
 }
 
-RETRY_AFTER_S = {"queue_full": 1, "unavailable": 1, "timeout": 1, "projection_behind": 1, "rate_limited": 1}
+RETRY_AFTER_S = {"queue_full": 1, "unavailable": 1, "timeout": 1, "projection_behind": 1, "rate_limited": 1,
+                "too_many_waiters": 1}
 
 
 class ApiError(Exception):

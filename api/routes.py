@@ -19,15 +19,16 @@ import schemas
 from api import auth
 from api.auth import Principal
 from api.framework import (
-    ALL_ROLES, NDJSON, PROJECTION_POSITION, Call, Header, JournalQuery, PageQuery, Route, WaitQuery, decode_cursor,
+    ALL_ROLES, ANSWER_STARTED, NDJSON, PROJECTION_POSITION, Call, Header, JournalQuery, PageQuery, Route, WaitQuery, decode_cursor,
     encode_cursor, json_response,
 )
 from api.problems import ApiError, problem_response
 from ledger import committer as committer_mod
-from ledger import domain, principals, store
+from ledger import domain, metrics, principals, store
 from projector import store as projections
 
-WAIT_POLL_S_MAX = 0.05
+WAIT_POLL_S_MAX = 0.05  # a waiter re-reads the projection at least this often
+WAIT_RECHECK_S_MIN = 0.01  # and at most this often, whatever the watermark announces
 
 
 # ---- principals and accounts ----------------------------------------------------------------
@@ -37,8 +38,36 @@ async def create_principal(services, call: Call) -> web.Response:
     body: schemas.PrincipalCreate = call.body
     async with services.pool.connection() as conn:
         principal, token = await principals.create(conn, role=body.role, name=body.name)
-    services.auth.remember(token, principal)
     return json_response(schemas.Principal(id=principal.id, role=body.role, name=body.name, token=token), status=201)
+
+
+async def create_token(services, call: Call) -> web.Response:
+    async with services.pool.connection() as conn:
+        if not await store.principal_exists(conn, call.ids["principal_id"]):
+            raise ApiError("not_found", "no such principal")
+        row, token = await principals.issue_token(conn, call.ids["principal_id"])
+    return json_response(schemas.TokenCreated(id=row.id, token=token, created_at=row.created_at), status=201)
+
+
+async def list_tokens(services, call: Call) -> web.Response:
+    try:
+        async with services.pool.connection() as conn:
+            rows = await principals.tokens(conn, call.ids["principal_id"])
+    except principals.NoSuchPrincipal:
+        raise ApiError("not_found", "no such principal") from None
+    items = [schemas.TokenInfo(id=r.id, created_at=r.created_at, last_used_at=r.last_used_at, revoked_at=r.revoked_at)
+             for r in rows]
+    return json_response(schemas.TokenList(items=items))
+
+
+async def revoke_token(services, call: Call) -> web.Response:
+    try:
+        async with services.pool.connection() as conn:
+            await principals.revoke(conn, call.ids["principal_id"], call.ids["token_id"])
+    except principals.NoSuchPrincipal:
+        raise ApiError("not_found", "no such token for this principal") from None
+    services.auth.forget()  # refused here at once; other processes within their cache time
+    return web.Response(status=204)
 
 
 async def create_account(services, call: Call) -> web.Response:
@@ -159,28 +188,46 @@ async def get_verification(services, call: Call) -> web.Response:
     vendor_id, transfer_id = call.ids["account_id"], call.ids["transfer_id"]
     await _authorize_vendor(services, call.principal, vendor_id)
     query: WaitQuery = call.query
-    deadline = time.monotonic() + min(query.wait_ms, services.settings.wait_ms_max) / 1000
-    while True:
-        async with services.pool.connection() as conn:
-            position, verification = await projections.verification(
-                conn, vendor_id, transfer_id, services.settings.projector_name
-            )
-        if position >= query.min_position:
-            break
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ApiError(
-                "projection_behind",
-                f"projection is at {position}, below min_position {query.min_position}",
-                retry_after_s=1,
-            )
-        await services.watermark.wait_beyond(position, timeout_s=min(remaining, WAIT_POLL_S_MAX))
+    async with services.pool.connection() as conn:
+        position, verification = await projections.verification(conn, vendor_id, transfer_id, services.settings.projector_name)
+    if position < query.min_position:
+        position, verification = await _wait_for_projection(services, call, query)
     headers = {PROJECTION_POSITION: str(position)}
     if verification is None:
         error = ApiError("not_found", "no such transfer to this vendor in the projection")
         response = _problem_with_headers(error, headers)
         return response
     return json_response(verification, headers=headers)
+
+
+async def _wait_for_projection(services, call: Call, query: WaitQuery):
+    """Read-your-writes: re-read the projection until it reaches `min_position` or `wait_ms` runs
+    out. The database says where the projection is; the projector's announcements only wake the
+    wait early, and never more often than `WAIT_RECHECK_S_MIN`, so a forged or stale watermark
+    cannot turn the wait into a busy loop. Waiters per process are capped (`waiters_max`)."""
+    if services.waiters >= services.settings.waiters_max:
+        raise ApiError("too_many_waiters", f"{services.waiters} requests are already waiting in this process")
+    vendor_id, transfer_id = call.ids["account_id"], call.ids["transfer_id"]
+    deadline = time.monotonic() + min(query.wait_ms, services.settings.wait_ms_max) / 1000
+    services.waiters += 1
+    metrics.WAITERS.set(services.waiters)
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ApiError("projection_behind", f"the projection has not reached min_position {query.min_position}")
+            checked = time.monotonic()
+            await services.watermark.next_announcement(timeout_s=min(remaining, WAIT_POLL_S_MAX))
+            await asyncio.sleep(max(0.0, WAIT_RECHECK_S_MIN - (time.monotonic() - checked)))
+            async with services.pool.connection() as conn:
+                position, verification = await projections.verification(
+                    conn, vendor_id, transfer_id, services.settings.projector_name
+                )
+            if position >= query.min_position:
+                return position, verification
+    finally:
+        services.waiters -= 1
+        metrics.WAITERS.set(services.waiters)
 
 
 def _problem_with_headers(error: ApiError, headers: dict[str, str]) -> web.Response:
@@ -212,6 +259,7 @@ async def get_journal(services, call: Call) -> web.StreamResponse:
     query: JournalQuery = call.query
     response = web.StreamResponse(status=200, headers={"Content-Type": NDJSON})
     await response.prepare(call.request)
+    call.request[ANSWER_STARTED] = True  # a failure from here on cuts the connection
     after, left = query.after, query.limit
     encoder = msgspec.json.Encoder()
     while left > 0:
@@ -243,13 +291,8 @@ async def healthz(services, call: Call) -> web.Response:
 
 
 async def readyz(services, call: Call) -> web.Response:
-    checks = {"database": "ok", "nats": "ok" if services.bus.connected else "down"}
-    try:
-        async with asyncio.timeout(2):
-            async with services.pool.connection(timeout=2) as conn:
-                await store.ping(conn)
-    except Exception:
-        checks["database"] = "down"
+    """From the last background probe (once a second): a probe request takes no connection."""
+    checks = {"database": services.readiness.database, "nats": "ok" if services.bus.connected else "down"}
     ready = all(v == "ok" for v in checks.values())
     return json_response(schemas.Health(status="ready" if ready else "not_ready", checks=checks), status=200 if ready else 503)
 
@@ -288,7 +331,7 @@ ROUTES: list[Route] = [
           summary="A committed transfer, read from the journal."),
     Route("GET", "/v1/vendors/{account_id}/transfers/{transfer_id}/verification", get_verification,
           {200: schemas.Verification}, roles=VENDOR_READERS,
-          codes=frozenset({"forbidden", "not_found", "projection_behind"}), headers=(PROJECTED,),
+          codes=frozenset({"forbidden", "not_found", "projection_behind", "too_many_waiters"}), headers=(PROJECTED,),
           path_ids=("account_id", "transfer_id"), query=WaitQuery,
           summary="Verify a transfer into a vendor account, from the projection."),
     Route("GET", "/v1/vendors/{account_id}/transfers", list_verifications, {200: schemas.VerificationPage},
@@ -299,6 +342,15 @@ ROUTES: list[Route] = [
           media=NDJSON, summary="Journal entries in position order, as NDJSON."),
     Route("GET", "/v1/journal/head", get_journal_head, {200: schemas.JournalHead}, roles=READERS,
           summary="Position and hash of the last entry."),
+    Route("POST", "/v1/principals/{principal_id}/tokens", create_token, {201: schemas.TokenCreated},
+          roles=frozenset({"admin"}), codes=frozenset({"not_found"}), path_ids=("principal_id",),
+          summary="An extra token for the principal (rotation); shown once."),
+    Route("GET", "/v1/principals/{principal_id}/tokens", list_tokens, {200: schemas.TokenList},
+          roles=frozenset({"admin"}), codes=frozenset({"not_found"}), path_ids=("principal_id",),
+          summary="The principal's tokens, never the tokens themselves."),
+    Route("DELETE", "/v1/principals/{principal_id}/tokens/{token_id}", revoke_token, {204: None},
+          roles=frozenset({"admin"}), codes=frozenset({"not_found"}), path_ids=("principal_id", "token_id"),
+          summary="Revoke a token: refused on every API process within a second."),
     Route("GET", "/healthz", healthz, {200: schemas.Health}, public=True, summary="Liveness."),
     Route("GET", "/readyz", readyz, {200: schemas.Health, 503: schemas.Health}, public=True,
           summary="Database and NATS reachable."),

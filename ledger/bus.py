@@ -29,6 +29,7 @@ SUBJECT = "ledger.v1.transfers.committed"
 # Core NATS (not JetStream): the projector announces its watermark so readers waiting for
 # `min_position` wake at once instead of polling the database.
 WATERMARK_SUBJECT = "ledger.v1.projector.watermark"
+WATERMARK_BYTES_MAX = 19  # the digits of the largest position, 2^63 - 1
 DUPLICATE_WINDOW_S = 300.0
 STREAM_MAX_AGE_S_DEFAULT = 7 * 86_400.0  # as `Settings.stream_max_age_s`
 STREAM_MAX_BYTES_DEFAULT = 1024**3  # as `Settings.stream_max_bytes`
@@ -162,7 +163,12 @@ class EventBus:
         assert self.nc is not None
 
         async def handler(msg) -> None:
-            result = callback(int(msg.data))
+            # Anyone allowed on the subject could send anything: a watermark is a hint, never a
+            # fact, and one that is not a plain position is dropped.
+            text = msg.data[:WATERMARK_BYTES_MAX]
+            if not text.isdigit() or len(msg.data) > WATERMARK_BYTES_MAX:
+                return
+            result = callback(int(text))
             if asyncio.iscoroutine(result):
                 await result
 

@@ -17,8 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 import schemas
 from ledger import dialect, domain, logs, metrics, store
@@ -133,14 +132,14 @@ class Committer:
                 answers, entries = await self._attempt(commands)
                 metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
                 break
-            except psycopg.Error as error:
-                if not dialect.is_retryable(error) or attempt == self._retries_max:
-                    raise
+            except store.Conflict as error:
+                if attempt == self._retries_max:
+                    raise Unavailable(f"still conflicting after {attempt} retries: {error}") from error
                 metrics.SERIALIZATION_RETRIES.inc()
                 delay_ms = min(RETRY_DELAY_MS_MAX, RETRY_DELAY_MS_MIN * 2**attempt)
                 await asyncio.sleep(random.uniform(0, delay_ms) / 1000)
-            except PoolTimeout as error:
-                raise Unavailable("database unavailable") from error
+            except store.StoreUnavailable as error:
+                raise Unavailable(str(error)) from error
         metrics.BATCH_SIZE.observe(len(batch))
         for waiter, answer in zip(batch, answers):
             if not waiter.future.done():

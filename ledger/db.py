@@ -8,6 +8,7 @@ role and the journal stays append-only whatever URL it was given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -97,6 +98,22 @@ async def migrate(url: str) -> list[str]:
         return await store.migrate(conn)
 
 
+class Pool(AsyncConnectionPool):
+    """A pool whose connections report driver errors as the store's (`store.translate`): a lost
+    connection or an empty pool is `StoreUnavailable`, a serialization failure `Conflict`."""
+
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float | None = None):
+        try:
+            async with super().connection(timeout) as conn:
+                yield conn
+        except psycopg.Error as error:
+            translated = store.translate(error)
+            if translated is None:
+                raise
+            raise translated from error
+
+
 def make_pool(
     url: str,
     *,
@@ -106,11 +123,11 @@ def make_pool(
     dialect: dialects.Dialect = dialects.POSTGRESQL,
     name: str = "ledger",
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
-) -> AsyncConnectionPool:
+) -> Pool:
     async def configure(conn: psycopg.AsyncConnection) -> None:
         await configure_session(conn, role=role, serializable=serializable, timeouts=timeouts)
 
-    return AsyncConnectionPool(
+    return Pool(
         url,
         min_size=1,
         max_size=size_max,

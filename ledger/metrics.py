@@ -34,3 +34,8 @@ PROJECTOR_GAP_FILLS = Counter("ledger_projector_gap_fills_total", "Entries appli
 PROJECTOR_FORGED_EVENTS = Counter(
     "ledger_projector_mismatched_events_total", "Events whose transfer_id or hash differ from the journal at their position."
 )
+AUTH_LOOKUPS = Counter(
+    "ledger_auth_lookups_total", "Token lookups that reached the database (the rest came from the cache).", ["result"]
+)
+READINESS_PROBES = Counter("ledger_readiness_probes_total", "Database probes behind /readyz.", ["result"])
+WAITERS = Gauge("ledger_projection_waiters", "Requests waiting for the projection to reach their min_position.")

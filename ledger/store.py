@@ -1,7 +1,8 @@
 """Every SQL statement of the ledger, in the subset PostgreSQL and CockroachDB both accept.
 
-Driver errors are translated here, once, into the small set the service knows (`StoreError`,
-`Conflict`); nothing above this module imports psycopg's error classes except the retry loop.
+Driver errors are translated once, into the small set the service knows (`StoreUnavailable`,
+`Conflict`, both `StoreError`s) by `translate`, which the pool of `ledger.db` applies to
+everything done on its connections; nothing above imports psycopg's error classes.
 Dialect differences (there are few) come from `ledger.dialect`.
 """
 
@@ -70,11 +71,29 @@ GRANTS: dict[str, dict[str, str]] = {
 
 
 class StoreError(Exception):
-    """The database could not be reached or failed; the request may be retried."""
+    """A failure of the database, not of the request."""
 
 
-class Conflict(Exception):
-    """A unique key already holds a different row."""
+class StoreUnavailable(StoreError):
+    """The database could not be reached, or failed or timed out mid-way. A write in flight may or
+    may not have committed (the COMMIT may have been lost): only a retry with its key tells."""
+
+
+class Conflict(StoreError):
+    """A retryable conflict (serialization failure, deadlock, lock timeout): nothing was written,
+    and the same transaction run again may succeed."""
+
+
+def translate(error: BaseException) -> StoreError | None:
+    """The service's error for a driver error, or None for one that is a bug, not an outage (a
+    syntax or constraint error: those stay as they are and surface as a 500)."""
+    from ledger.dialect import is_retryable
+
+    if isinstance(error, psycopg.Error) and is_retryable(error):
+        return Conflict(str(error).strip())
+    if isinstance(error, psycopg.OperationalError):  # includes psycopg_pool.PoolTimeout
+        return StoreUnavailable(str(error).strip())
+    return None
 
 
 # ---- migrations -----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import time
 
 import msgspec
 import nats.errors
-import psycopg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import start_http_server
 
@@ -149,7 +148,7 @@ class Projector:
             try:
                 await self.load_checkpoint()
                 break
-            except psycopg.OperationalError as error:
+            except store.StoreUnavailable as error:
                 log.info("cannot read the checkpoint yet (%s); retrying", error)
                 await asyncio.sleep(FETCH_WAIT_S)
         subscription = None

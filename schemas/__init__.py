@@ -107,6 +107,25 @@ class Account(Struct):
     created_at: dt.datetime
 
 
+class TokenCreated(Struct):
+    """A new bearer token, shown only in this answer."""
+
+    id: uuid.UUID
+    token: str
+    created_at: dt.datetime
+
+
+class TokenInfo(Struct):
+    id: uuid.UUID
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class TokenList(Struct):
+    items: list[TokenInfo]
+
+
 class Transfer(Struct):
     id: uuid.UUID
     from_account_id: uuid.UUID

@@ -163,8 +163,9 @@ class Vendor:
 
 @pytest_asyncio.fixture(scope="session")
 async def stack(migrated, postgres, nats_server):
+    # A small waiters cap, so the test of the cap stays within one client's 100 connections.
     settings = Settings(database_url=migrated, nats_url=nats_server.url, http_port=free_port(),
-                        outbox_sweep_interval_ms=200)
+                        outbox_sweep_interval_ms=200, waiters_max=50)
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

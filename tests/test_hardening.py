@@ -1,0 +1,297 @@
+"""The security review's findings (issue 11), each reproduced against the real servers.
+
+Nothing but the journal is believed (a forged event, a forged watermark), two projectors never
+count an entry twice, nothing waits forever, and an export that fails mid-stream is cut, not
+answered twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import aiohttp
+import nats
+import nats.js.errors
+from aiohttp import web
+
+from api.app import build_app
+from ledger import bus
+from tests.conftest import eventually
+from tools.embedded import free_port
+
+
+def verification_path(vendor_account: str, transfer_id: str) -> str:
+    return f"/v1/vendors/{vendor_account}/transfers/{transfer_id}/verification"
+
+
+async def journal_head(stack) -> dict:
+    reply = await stack.client.get("/v1/journal/head", token=stack.admin)
+    assert reply.status == 200, reply.text
+    return reply.body
+
+
+async def publish_raw(stack, subject: str, payload: bytes, *, msg_id: str | None = None) -> None:
+    """What an attacker on the machine can do: connect to NATS and publish anything. A forged event
+    is waited for until the projector has taken and acknowledged it, as an attacker would time it."""
+    client = await nats.connect(stack.nats.url, allow_reconnect=False)
+    try:
+        if subject != bus.SUBJECT:
+            await client.publish(subject, payload)
+            await client.flush()
+            return
+        js = client.jetstream()
+        ack = await js.publish(subject, payload, headers={"Nats-Msg-Id": msg_id or str(uuid.uuid4())})
+
+        async def consumed() -> bool:
+            try:
+                info = await js.consumer_info(bus.STREAM, f"projector-{stack.settings.projector_name}")
+            except nats.js.errors.NotFoundError:  # the projector has not subscribed yet
+                return False
+            return info.ack_floor.stream_seq >= ack.seq
+
+        await eventually(consumed, timeout_s=10)
+    finally:
+        await client.close()
+
+
+def forged_entry(position: int, prev_hash: str, source: str, target: str, amount: int) -> dict:
+    transfer_id = str(uuid.uuid4())
+    return {
+        "position": position, "transfer_id": transfer_id, "from_account_id": source, "to_account_id": target,
+        "amount": amount, "currency": "USD", "reference": "forged", "metadata": {},
+        "postings": [{"account_id": source, "amount": -amount}, {"account_id": target, "amount": amount}],
+        "committed_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "prev_hash": prev_hash, "hash": "ab" * 32,
+    }
+
+
+async def projected_matches_journal(stack, account_ids: list[str]) -> bool:
+    async with await stack.superuser() as conn:
+        rows = await (await conn.execute(
+            "SELECT b.account_id, b.balance, coalesce(p.balance, 0) FROM balances b"
+            " LEFT JOIN projected_balances p ON p.account_id = b.account_id WHERE b.account_id = ANY(%s::UUID[])",
+            ([uuid.UUID(a) for a in account_ids],),
+        )).fetchall()
+    return len(rows) == len(account_ids) and all(row[1] == row[2] for row in rows)
+
+
+# ---- finding 1: the projector believes any NATS message --------------------------------------
+
+
+async def test_a_forged_event_at_the_next_position_is_never_projected(stack):
+    wallet = await stack.funded_wallet(1_000)
+    vendor = await stack.vendor()
+    head = await journal_head(stack)
+    forged = forged_entry(head["position"] + 1, head["hash"], wallet.account_id, vendor.account_id, 5_000_000)
+    await publish_raw(stack, bus.SUBJECT, json.dumps(forged).encode(), msg_id=forged["transfer_id"])
+    real = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 100)
+    assert real.status == 201, real.text
+    params = {"min_position": real.body["position"], "wait_ms": 5000}
+    verified = await stack.client.get(verification_path(vendor.account_id, real.body["id"]), token=vendor.token,
+                                      params=params)
+    assert verified.status == 200, verified.text
+    assert verified.body["amount"] == 100 and verified.body["hash"] == real.body["hash"]
+    fake = await stack.client.get(verification_path(vendor.account_id, forged["transfer_id"]), token=vendor.token,
+                                  params=params)
+    assert fake.status == 404 and fake.code == "not_found"
+    assert await projected_matches_journal(stack, [wallet.account_id, vendor.account_id])
+
+
+async def test_events_past_the_journal_head_are_ignored_and_projection_goes_on(stack):
+    wallet = await stack.funded_wallet(1_000)
+    vendor = await stack.vendor()
+    head = await journal_head(stack)
+    # Far ahead: the projector must neither believe it nor build a list of every position up to it.
+    far = forged_entry(head["position"] + 10**12, head["hash"], wallet.account_id, vendor.account_id, 7)
+    await publish_raw(stack, bus.SUBJECT, json.dumps(far).encode())
+    near = forged_entry(head["position"] + 3, head["hash"], wallet.account_id, vendor.account_id, 7)
+    await publish_raw(stack, bus.SUBJECT, json.dumps(near).encode())
+    paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 5)
+    reply = await stack.client.get(verification_path(vendor.account_id, paid.body["id"]), token=vendor.token,
+                                   params={"min_position": paid.body["position"], "wait_ms": 5000})
+    assert reply.status == 200, reply.text
+    assert int(reply.headers["Ledger-Projection-Position"]) < head["position"] + 10**6
+    assert await projected_matches_journal(stack, [wallet.account_id, vendor.account_id])
+
+
+async def test_the_audit_checks_every_verification_against_its_entry(stack):
+    from ledger import audit
+
+    wallet = await stack.funded_wallet(1_000)
+    vendor = await stack.vendor()
+    paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 40)
+    await stack.client.get(verification_path(vendor.account_id, paid.body["id"]), token=vendor.token,
+                           params={"min_position": paid.body["position"], "wait_ms": 5000})
+    async with await stack.superuser() as conn:
+        await conn.execute("UPDATE verifications SET amount = 4000 WHERE transfer_id = %s", (paid.body["id"],))
+    try:
+        report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
+        failed = [c for c in report.checks if not c.ok]
+        assert [c.name for c in failed] == ["verifications"], [(c.name, c.first) for c in failed]
+        assert failed[0].first.position == paid.body["position"]
+    finally:
+        async with await stack.superuser() as conn:
+            await conn.execute("UPDATE verifications SET amount = 40 WHERE transfer_id = %s", (paid.body["id"],))
+    report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
+    assert report.ok, report.first_failure
+
+
+# ---- finding 2: two projector instances count entries twice ----------------------------------
+
+
+def projector_process(stack, tmp_path, name: str) -> subprocess.Popen:
+    env = {**os.environ, "LEDGER_DATABASE_URL": stack.database_url, "LEDGER_NATS_URL": stack.nats.url,
+           "LEDGER_LOG_LEVEL": "WARNING"}
+    env.pop("LEDGER_METRICS_PORT", None)
+    return subprocess.Popen([sys.executable, "-m", "ledger.cli", "projector"], env=env,
+                            stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+async def test_two_projector_processes_under_load_apply_each_entry_once(stack, tmp_path):
+    extra = [projector_process(stack, tmp_path, f"projector-{n}") for n in range(2)]
+    try:
+        wallets = [await stack.funded_wallet(100_000) for _ in range(8)]
+        vendors = [await stack.vendor() for _ in range(4)]
+
+        async def pay(n: int):
+            wallet, vendor = wallets[n % len(wallets)], vendors[n % len(vendors)]
+            return await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 1 + n % 7)
+
+        replies = await asyncio.gather(*(pay(n) for n in range(400)))
+        assert all(r.status == 201 for r in replies), {r.status for r in replies}
+        last = max(r.body["position"] for r in replies)
+        accounts = [w.account_id for w in wallets] + [v.account_id for v in vendors]
+
+        async def converged() -> bool:
+            async with await stack.superuser() as conn:
+                row = await (await conn.execute(
+                    "SELECT position FROM projector_checkpoint WHERE name = %s", (stack.settings.projector_name,)
+                )).fetchone()
+            return row is not None and row[0] >= last and await projected_matches_journal(stack, accounts)
+
+        await eventually(converged, timeout_s=30)
+        assert all(p.poll() is None for p in extra), "a projector process died"
+    finally:
+        for process in extra:
+            process.send_signal(signal.SIGTERM)
+        for process in extra:
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+    assert await projected_matches_journal(stack, accounts)
+
+
+# ---- finding 3: a forged watermark turns waits into a busy loop -------------------------------
+
+
+async def test_a_forged_watermark_does_not_turn_a_wait_into_a_busy_loop(stack):
+    wallet = await stack.funded_wallet(100)
+    vendor = await stack.vendor()
+    paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
+    await publish_raw(stack, bus.WATERMARK_SUBJECT, b"999999999")
+    await asyncio.sleep(0.2)  # the forged announcement has to reach the API before the wait starts
+    cpu_before, started = time.process_time(), time.monotonic()
+    reply = await stack.client.get(verification_path(vendor.account_id, paid.body["id"]), token=vendor.token,
+                                   params={"min_position": paid.body["position"] + 10**9, "wait_ms": 1000})
+    cpu_s, wall_s = time.process_time() - cpu_before, time.monotonic() - started
+    assert reply.status == 503 and reply.code == "projection_behind"
+    assert wall_s >= 0.9
+    # Polling the database every 50 ms for a second is about 20 reads: well under a tenth of a core.
+    assert cpu_s < 0.25, f"the wait burned {cpu_s:.2f} s of CPU in {wall_s:.2f} s"
+
+
+async def test_waiters_past_the_cap_get_503_with_retry_after(stack):
+    wallet = await stack.funded_wallet(100)
+    vendor = await stack.vendor()
+    paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
+    cap = stack.settings.waiters_max
+    params = {"min_position": paid.body["position"] + 10**9, "wait_ms": 1500}
+    replies = await asyncio.gather(*(
+        stack.client.get(verification_path(vendor.account_id, paid.body["id"]), token=vendor.token, params=params)
+        for _ in range(cap + 20)
+    ))
+    codes = [r.code for r in replies]
+    assert codes.count("too_many_waiters") >= 20, sorted(set(codes))
+    assert all(r.headers.get("Retry-After") for r in replies if r.code == "too_many_waiters")
+    assert set(codes) <= {"too_many_waiters", "projection_behind"}
+
+
+# ---- finding 5: an export that fails mid-stream answers twice ---------------------------------
+
+
+async def test_a_journal_export_that_fails_mid_stream_is_cut_not_answered_twice(stack, tmp_path):
+    from tools.seed import seed_journal
+
+    await seed_journal(stack.database_url, entries=3000, accounts=10)
+    name = f"export-{uuid.uuid4().hex[:8]}"
+    separator = "&" if "?" in stack.database_url else "?"
+    settings = stack.settings.__class__(**{**stack.settings.__dict__,
+                                           "database_url": f"{stack.database_url}{separator}application_name={name}",
+                                           "http_port": free_port()})
+    runner = web.AppRunner(build_app(settings), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    try:
+        url = f"http://{settings.http_host}:{settings.http_port}/v1/journal"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(url, params={"limit": 10000},
+                                   headers={"Authorization": f"Bearer {stack.admin}"}) as response:
+                assert response.status == 200
+                first = await response.content.readline()
+                async with await stack.superuser() as conn:
+                    await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                                       " WHERE application_name = %s", (name,))
+                body, cut = first, False
+                try:
+                    async with asyncio.timeout(20):
+                        body += await response.content.read()
+                except aiohttp.ClientPayloadError:
+                    cut = True
+    finally:
+        await runner.cleanup()
+    lines = body.decode(errors="replace").splitlines()
+    assert "problems/" not in body.decode(errors="replace"), "a problem answer was written into the 200 body"
+    assert all(line.startswith('{"position"') for line in lines[:-1])
+    assert cut or len(lines) == 10000, "the export ended early without cutting the connection"
+
+
+# ---- finding 4: nothing times out in the database --------------------------------------------
+
+
+async def test_a_paused_process_holding_the_head_lock_is_cut_off_by_the_database(stack):
+    import psycopg
+
+    from ledger import db, store
+
+    wallet = await stack.funded_wallet(1_000)
+    vendor = await stack.vendor()
+    # A connection set up exactly as the API's are, which then stops answering mid-transaction
+    # while holding the journal head, as a SIGSTOPped API replica would.
+    paused = await psycopg.AsyncConnection.connect(stack.database_url)
+    await db.configure_session(paused, role=store.API_ROLE, timeouts=db.Timeouts(idle_in_transaction_ms=1_000))
+    await paused.execute("SELECT position FROM journal_head WHERE id = 1 FOR UPDATE")
+    try:
+        started = time.monotonic()
+        reply = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
+        elapsed_s = time.monotonic() - started
+        assert reply.status == 201, reply.text
+        assert elapsed_s < 8, f"the write waited {elapsed_s:.1f} s behind a paused lock holder"
+        try:
+            await paused.execute("SELECT 1")
+            cut = False
+        except psycopg.Error:  # 25P03: terminating connection due to idle-in-transaction timeout
+            cut = True
+        assert cut, "the paused session still holds its transaction"
+    finally:
+        await paused.close()
