@@ -149,6 +149,19 @@ class LedgerClient:
         body = schemas.PrincipalCreate(role=role, name=name)
         return await self._call("POST", "/v1/principals", schemas.Principal, body=body, idempotent=False)
 
+    async def create_token(self, principal_id: uuid.UUID) -> schemas.TokenCreated:
+        """Another token for the principal (rotation: issue, move over, `revoke_token` the old).
+        Not idempotent, so retried only when the server provably did not process it."""
+        return await self._call("POST", f"/v1/principals/{principal_id}/tokens", schemas.TokenCreated,
+                                idempotent=False)
+
+    async def tokens(self, principal_id: uuid.UUID) -> schemas.TokenList:
+        return await self._call("GET", f"/v1/principals/{principal_id}/tokens", schemas.TokenList)
+
+    async def revoke_token(self, principal_id: uuid.UUID, token_id: uuid.UUID) -> None:
+        """Refused on every API process within a second; revoking twice is harmless."""
+        await self._call("DELETE", f"/v1/principals/{principal_id}/tokens/{token_id}", None)
+
     async def create_account(
         self,
         *,
@@ -294,7 +307,7 @@ class LedgerClient:
         self,
         method: str,
         path: str,
-        answer: type[T],
+        answer: type[T] | None,
         *,
         body: msgspec.Struct | None = None,
         params: dict[str, Any] | None = None,
@@ -316,6 +329,8 @@ class LedgerClient:
                 method, url, data=data, params=params, headers=sent, timeout=timeout
             ) as response:
                 await _raise_for_problem(response)
+                if answer is None:  # 204
+                    return None
                 return _decoder(answer).decode(await response.read())
 
         return await self._retrying(attempt, idempotent=idempotent, also_retry=also_retry)

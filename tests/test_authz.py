@@ -33,6 +33,10 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "list_verifications": {"admin": EVERYTHING, "auditor": EVERYTHING, "vendor": OWN},
     "get_journal": {"admin": EVERYTHING, "auditor": EVERYTHING},
     "get_journal_head": {"admin": EVERYTHING, "auditor": EVERYTHING},
+    # v2 "Principals and tokens"
+    "create_token": {"admin": EVERYTHING},
+    "list_tokens": {"admin": EVERYTHING},
+    "revoke_token": {"admin": EVERYTHING},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -139,12 +143,17 @@ PROBES: dict[str, Callable[[World], Probe]] = {
                                                  f"/v1/vendors/{w.client_wallet}/transfers", 404, code="not_found"),
     "read journal": lambda w: Probe("get_journal", "GET", "/v1/journal", 200, params={"limit": 1}),
     "read journal head": lambda w: Probe("get_journal_head", "GET", "/v1/journal/head", 200),
+    "issue a token": lambda w: Probe("create_token", "POST", f"/v1/principals/{w.ids['other_client']}/tokens", 201),
+    "list tokens": lambda w: Probe("list_tokens", "GET", f"/v1/principals/{w.ids['other_client']}/tokens", 200),
+    "revoke an absent token": lambda w: Probe("revoke_token", "DELETE",
+                                              f"/v1/principals/{w.ids['other_client']}/tokens/{ABSENT}", 404,
+                                              code="not_found"),
     "liveness": lambda w: Probe("healthz", "GET", "/healthz", 200),
     "readiness": lambda w: Probe("readyz", "GET", "/readyz", 200),
     "openapi document": lambda w: Probe("openapi", "GET", "/openapi.json", 200),
     "metrics": lambda w: Probe("metrics", "GET", "/metrics", 200),
 }
-MATRIX_CASES = 225  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 252  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 def expected(probe: Probe, actor: str) -> tuple[int, str | None]:

@@ -337,3 +337,24 @@ def test_the_sync_client_raises_problems_and_closes_its_loop():
     assert ledger._loop.is_closed() and not ledger._thread.is_alive()
     with pytest.raises(RuntimeError, match="closed"):
         view.health()
+
+
+async def test_the_client_rotates_and_revokes_tokens(stack):
+    from client import LedgerClient, LedgerProblem
+
+    async with LedgerClient(stack.client.base, token=stack.admin) as admin:
+        someone = await admin.create_principal(role="auditor", name="rotating auditor")
+        fresh = await admin.create_token(someone.id)
+        listed = await admin.tokens(someone.id)
+        assert [t.id for t in listed.items][-1] == fresh.id and len(listed.items) == 2
+        await admin.revoke_token(someone.id, listed.items[0].id)
+        await admin.revoke_token(someone.id, listed.items[0].id)  # twice: harmless
+        old = admin.as_principal(someone.token)
+        new = admin.as_principal(fresh.token)
+        assert (await new.journal_head()).position >= 0
+        try:
+            await old.journal_head()
+            refused = None
+        except LedgerProblem as problem:
+            refused = problem.code
+        assert refused == "unauthenticated"
