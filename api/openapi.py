@@ -31,8 +31,9 @@ def _parameters(route: Route) -> list[dict]:
         for name in route.path_ids
     ]
     query_schema = msgspec.json.schema(route.query)
-    for name, prop in query_schema.get("$defs", {}).get(route.query.__name__, {}).get("properties", {}).items():
-        params.append({"name": name, "in": "query", "required": False, "schema": prop})
+    query_def = query_schema.get("$defs", {}).get(route.query.__name__, {})
+    for name, prop in query_def.get("properties", {}).items():
+        params.append({"name": name, "in": "query", "required": name in query_def.get("required", ()), "schema": prop})
     if route.idempotency:
         params.append({
             "name": IDEMPOTENCY_KEY, "in": "header", "required": True,

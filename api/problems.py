@@ -40,10 +40,13 @@ CODES: dict[str, tuple[int, str]] = {
     "timeout": (503, "The request did not finish in time"),
     "projection_behind": (503, "The projection has not reached the requested position"),
     "too_many_waiters": (503, "Too many requests are waiting for the projection in this process"),
+    "tree_size_out_of_range": (422, "A tree size is past the journal head (or from_size past to_size)"),
+    "position_out_of_range": (422, "The position is past the journal head or the asked tree size"),
+    "tree_behind": (503, "The Merkle tree is too far behind the journal to answer now"),
 }
 
 RETRY_AFTER_S = {"queue_full": 1, "unavailable": 1, "timeout": 1, "projection_behind": 1, "rate_limited": 1,
-                "too_many_waiters": 1}
+                "too_many_waiters": 1, "tree_behind": 1}
 
 
 class ApiError(Exception):

@@ -25,7 +25,7 @@ import msgspec
 import psycopg
 
 from ledger import checkpoint as signing
-from ledger import config, db, domain, store
+from ledger import config, db, domain, merkle, store, tree_store
 from projector import store as projections
 from schemas import JournalEntry, Posting, Verification
 
@@ -44,6 +44,8 @@ CHECKS: tuple[str, ...] = (
     "projection",  # recomputed balances at the projector's checkpoint equal `projected_balances`
     "verifications",  # one verification per vendor payment up to the projector's checkpoint, equal to its entry
     "conservation",  # per currency, all balances sum to zero
+    "tree",  # the stored Merkle subtrees are those recomputed from the replayed entry hashes
+    "tree_heads",  # every signed tree head: its root and hash recomputed, its signature by the pinned key
 )
 
 PROGRESS_EVERY_ENTRIES = 10_000
@@ -83,6 +85,9 @@ class AuditReport(msgspec.Struct, frozen=True, kw_only=True):
     entries_per_s: float
     checks: list[CheckResult]
     first_failure: Failure | None
+    tree_size: int = 0  # leaves of the stored Merkle tree checked (0 when the replay starts --from)
+    tree_heads: int = 0  # signed tree heads checked
+    tree_head_signatures: str = "none"  # "verified" against the pinned key, or "unverified" without one
 
 
 class Findings:
@@ -306,6 +311,69 @@ def _postings_text(postings: list[Posting]) -> str:
     return "[" + ", ".join(f"{p.account_id} {p.amount:+d}" for p in postings) + "]"
 
 
+class TreeCheck:
+    """The Merkle tree recomputed from the replayed entry hashes with a frontier (a stack of
+    complete subtree roots: O(log n) memory), compared with the stored subtrees as each completes,
+    and with every signed tree head at its size. The heads' roots all come from one sequence of
+    leaves, so two heads that both match are consistent with each other by construction."""
+
+    def __init__(self, findings: Findings, *, stored_size: int, heads: list, public_key: str | None) -> None:
+        self._findings = findings
+        self._frontier = merkle.Frontier()
+        self.stored_size = stored_size
+        self._heads = list(heads)
+        self._public_key = public_key
+        self.heads_checked = 0
+
+    def feed(self, position: int, entry_hash: str, stored: dict[merkle.Key, bytes]) -> None:
+        completed = self._frontier.append(merkle.entry_leaf(entry_hash))
+        if position <= self.stored_size:
+            for key, digest in completed:
+                found = stored.pop(key, None)
+                if found != digest:
+                    what = "is missing" if found is None else f"is {found.hex()}, recomputed {digest.hex()}"
+                    self._findings.record("tree", position, f"the stored subtree {key} (level, index) {what}")
+        for key in stored:
+            self._findings.record("tree", position, f"the stored subtree {key} completes no subtree of the tree")
+        while self._heads and self._heads[0].tree_size <= position:
+            self._check_head(self._heads.pop(0), position, entry_hash)
+
+    def _check_head(self, head, position: int, entry_hash: str) -> None:
+        self.heads_checked += 1
+        root = self._frontier.root().hex()
+        if head.tree_size != position:
+            self._findings.record("tree_heads", head.tree_size, f"the signed tree size {head.tree_size} is missing")
+        elif (head.root_hash, head.hash) != (root, entry_hash):
+            self._findings.record(
+                "tree_heads", position,
+                f"the tree head signed at {head.signed_at} says root {head.root_hash} and hash {head.hash}; the journal"
+                f" gives {root} and {entry_hash}: history at or before {position} was rewritten",
+            )
+        if self._public_key is not None and not signing.verify_tree_head(
+            tree_size=head.tree_size, root_hash=head.root_hash, digest=head.hash, signed_at=head.signed_at,
+            signature=head.signature, trusted_public_key=self._public_key,
+        ):
+            self._findings.record("tree_heads", head.tree_size, "the tree head is not signed by the pinned key")
+
+    def finish(self, last_position: int, nodes_beyond: int | None) -> None:
+        if self.stored_size > last_position:
+            self._findings.record("tree", last_position + 1, f"the stored tree has {self.stored_size} leaves,"
+                                  f" the journal ends at {last_position}")
+        if nodes_beyond is not None:
+            self._findings.record("tree", nodes_beyond, "a stored subtree lies past the stored tree size")
+        for head in self._heads:
+            self.heads_checked += 1
+            self._findings.record("tree_heads", head.tree_size, f"the journal ends at {last_position},"
+                                  f" before the signed tree size {head.tree_size}")
+        self._heads = []
+
+    @property
+    def signatures(self) -> str:
+        if not self.heads_checked:
+            return "none"
+        return "verified" if self._public_key is not None else "unverified"
+
+
 # ---- the I/O: one snapshot, one cursor ------------------------------------------------------
 
 
@@ -328,7 +396,7 @@ async def run_audit(
     ) as conn:
         # Read-only: nothing to commit, and closing the connection ends the snapshot.
         await store.begin_snapshot(conn, dialect.snapshot_begin())
-        replay, head_position, projector_position = await _replay(
+        replay, head_position, projector_position, tree_check = await _replay(
             conn, from_position=from_position, checkpoint=checkpoint, public_key=public_key,
             projector_name=projector_name, progress=progress,
         )
@@ -346,6 +414,9 @@ async def run_audit(
         entries_per_s=round(replay.entries / seconds, 1) if seconds > 0 else 0.0,
         checks=replay.findings.results(),
         first_failure=replay.findings.first_failure(),
+        tree_size=tree_check.stored_size if tree_check else 0,
+        tree_heads=tree_check.heads_checked if tree_check else 0,
+        tree_head_signatures=tree_check.signatures if tree_check else "none",
     )
 
 
@@ -357,7 +428,7 @@ async def _replay(
     public_key: str | None,
     projector_name: str,
     progress: Progress | None,
-) -> tuple[Replay, int, int]:
+) -> tuple[Replay, int, int, TreeCheck | None]:
     accounts = await store.account_kinds(conn)
     head = await store.journal_head(conn)
     head_position, head_hash = head.position, head.hash
@@ -379,8 +450,21 @@ async def _replay(
     # stays bounded by a page of each however long the journal is.
     verifications = aiter(projections.stream_verifications(conn, from_position))
     pending = await anext(verifications, None)
+    # The tree is recomputed from the first leaf, so only a replay from the start checks it.
+    tree_check, stored_size = None, await tree_store.tree_size(conn)
+    if from_position == 0:
+        tree_check = TreeCheck(replay.findings, stored_size=stored_size, heads=await tree_store.tree_heads(conn),
+                               public_key=public_key)
+    nodes = aiter(tree_store.stream_nodes(conn, after=from_position, upto=stored_size if tree_check else 0))
+    node = await anext(nodes, None)
     async for entry in store.stream_entries(conn, from_position):
         replay.feed(entry)
+        if tree_check is not None:
+            stored = {}
+            while node is not None and node[0] <= entry.position:
+                stored[node[1]] = node[2]
+                node = await anext(nodes, None)
+            tree_check.feed(entry.position, entry.hash, stored)
         rows = []
         while pending is not None and pending.position <= entry.position:
             if pending.position < entry.position:
@@ -396,13 +480,15 @@ async def _replay(
         pending = await anext(verifications, None)
     if progress is not None:
         progress(replay.position, head_position)
+    if tree_check is not None:
+        tree_check.finish(replay.position, await tree_store.nodes_beyond(conn, stored_size))
     replay.finish(
         head=(head_position, head_hash),
         write_model=await store.write_model_balances(conn),
         projected=await projections.balances(conn),
         orphan_position=await store.first_orphan_posting(conn, from_position),
     )
-    return replay, head_position, projector_position
+    return replay, head_position, projector_position, tree_check
 
 
 async def _start(conn: psycopg.AsyncConnection, from_position: int) -> tuple[Start, bool]:
@@ -479,6 +565,8 @@ def render(report: AuditReport) -> str:
         "",
         f"entries {report.entries:,} (positions {report.from_position + 1}..{report.last_position}),"
         f" accounts {report.accounts:,}, {report.seconds:.2f} s, {report.entries_per_s:,.0f} entries/s",
+        f"merkle tree {report.tree_size:,} leaves checked, {report.tree_heads:,} signed tree heads"
+        f" (signatures {report.tree_head_signatures})",
     ]
     return "\n".join(lines) + "\n"
 

@@ -132,6 +132,15 @@ async def take_checkpoint(database_url: str, key: Ed25519PrivateKey) -> SignedCh
     return checkpoint
 
 
+async def take_tree_head(database_url: str, key: Ed25519PrivateKey, *, tree_size: int):
+    """Sign the Merkle tree head at `tree_size` and record it in `signed_tree_heads`, as the auditor."""
+    from ledger import tree
+
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await store.use_auditor_role(conn)
+        return await tree.sign_head(conn, key, tree_size=tree_size)
+
+
 def main(settings: config.Settings, *, key_path: str, out: str | None, export_public_key: bool) -> int:
     """`ledger checkpoint`: 0 signed (or key printed), 1 nothing to sign yet, 2 could not run; an
     unreachable database is raised to the command line, which exits 3."""
@@ -154,9 +163,39 @@ def main(settings: config.Settings, *, key_path: str, out: str | None, export_pu
         print(f"ledger checkpoint: cannot read the journal head: {str(error).strip().splitlines()[0]}",
               file=sys.stderr)
         return EXIT_UNABLE
+    head = asyncio.run(take_tree_head(settings.database_url, key, tree_size=checkpoint.position))
+    print(f"signed tree head {head.tree_size} root {head.root_hash}", file=sys.stderr)
     if out is None:
         sys.stdout.buffer.write(encode(checkpoint))
     else:
         Path(out).write_bytes(encode(checkpoint))
         print(f"signed position {checkpoint.position} ({checkpoint.hash}) into {out}", file=sys.stderr)
     return EXIT_SIGNED
+
+
+# ---- signed tree heads (v2: the Merkle root as well as the head) ------------------------------
+
+TREE_HEAD_FORMAT_VERSION = "ledger-tree-head-v1"
+
+
+def tree_head_bytes(tree_size: int, root_hash: str, digest: str, signed_at: str) -> bytes:
+    """What a tree head's signature covers: a version line (so that neither kind of signature
+    passes for the other), then the tree size, the hex Merkle root, the hex hash of the entry at
+    position `tree_size` and the signing time, one per line, ASCII, each line ending in \\n."""
+    return f"{TREE_HEAD_FORMAT_VERSION}\n{tree_size}\n{root_hash}\n{digest}\n{signed_at}\n".encode("ascii")
+
+
+def sign_tree_head(key: Ed25519PrivateKey, *, tree_size: int, root_hash: str, digest: str, signed_at: str) -> tuple[str, str]:
+    """(public key, signature), both hex."""
+    return public_key_hex(key), key.sign(tree_head_bytes(tree_size, root_hash, digest, signed_at)).hex()
+
+
+def verify_tree_head(*, tree_size: int, root_hash: str, digest: str, signed_at: str, signature: str,
+                     trusted_public_key: str) -> bool:
+    """True when the pinned key signed this tree head (the key stored beside it is only a label)."""
+    public_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(trusted_public_key))
+    try:
+        public_key.verify(bytes.fromhex(signature), tree_head_bytes(tree_size, root_hash, digest, signed_at))
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -25,6 +25,8 @@
 | LEDGER_WAITERS_MAX | 1000 | 1..100000 | concurrent `min_position` waits per API process; past it 503 `too_many_waiters` |
 | LEDGER_AUTH_CACHE_MS | 500 | 0..1000 | how long a token lookup (found or not) is reused; a revoked token fails everywhere within 1 s |
 | LEDGER_IDEMPOTENCY_RETENTION_S | 604800 (7 days) | 86400..31536000 | how long an idempotency key is remembered; a retry after it is a new request |
+| LEDGER_CHECKPOINT_INTERVAL_S | 0 (off) | 0..86400 | the tree follower signs the Merkle tree head this often (when it grew) |
+| LEDGER_SIGNING_KEY | .ledger/signing-key.pem | not empty | the Ed25519 private key (PEM) that signs tree heads; created 0600 if missing |
 
 A value that does not parse or is out of range raises `ConfigError`, whose message names the
 variable and says why (`LEDGER_BATCH_MAX='abc' is not a whole number`); `ledger` prints it on one
@@ -76,6 +78,8 @@ VARIABLES: dict[str, str] = {
     "waiters_max": "LEDGER_WAITERS_MAX",
     "auth_cache_ms": "LEDGER_AUTH_CACHE_MS",
     "idempotency_retention_s": "LEDGER_IDEMPOTENCY_RETENTION_S",
+    "checkpoint_interval_s": "LEDGER_CHECKPOINT_INTERVAL_S",
+    "signing_key": "LEDGER_SIGNING_KEY",
 }
 # The inclusive range of every numeric setting. Strings must not be empty; booleans are booleans.
 RANGES: dict[str, tuple[int, int]] = {
@@ -101,6 +105,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "idempotency_retention_s": (86_400, 365 * 86_400),
     "body_bytes_max": (1, 16 * 1024 * 1024),
     "outbox_sweep_interval_ms": (1, 60_000),
+    "checkpoint_interval_s": (0, 86_400),
 }
 
 
@@ -134,6 +139,8 @@ class Settings:
     body_bytes_max: int = BODY_BYTES_MAX
     outbox_sweep_interval_ms: int = 500
     projector_name: str = "main"
+    checkpoint_interval_s: int = 0
+    signing_key: str = ".ledger/signing-key.pem"
 
     def __post_init__(self) -> None:
         for field in fields(self):

@@ -46,6 +46,9 @@ GRANTS: dict[str, dict[str, str]] = {
         "projected_balances": "SELECT",
         "verifications": "SELECT",
         "signed_checkpoints": "SELECT",
+        "merkle_nodes": "SELECT",
+        "merkle_state": "SELECT",
+        "signed_tree_heads": "SELECT",
     },
     PROJECTOR_ROLE: {
         "accounts": "SELECT",
@@ -55,6 +58,9 @@ GRANTS: dict[str, dict[str, str]] = {
         "projector_checkpoint": "SELECT, INSERT, UPDATE, DELETE",
         "projected_balances": "SELECT, INSERT, UPDATE, DELETE",
         "verifications": "SELECT, INSERT, UPDATE, DELETE",
+        "merkle_nodes": "SELECT, INSERT, DELETE",
+        "merkle_state": "SELECT, UPDATE",
+        "signed_tree_heads": "SELECT, INSERT",
     },
     AUDITOR_ROLE: {
         "accounts": "SELECT",
@@ -66,6 +72,9 @@ GRANTS: dict[str, dict[str, str]] = {
         "projected_balances": "SELECT",
         "verifications": "SELECT",
         "signed_checkpoints": "SELECT, INSERT",
+        "merkle_nodes": "SELECT",
+        "merkle_state": "SELECT",
+        "signed_tree_heads": "SELECT, INSERT",
     },
 }
 

@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import start_http_server
 
 import schemas
-from ledger import db, metrics, store
+from ledger import db, metrics, store, tree
 from ledger.bus import STREAM, SUBJECT, EventBus, raise_if_cancelled
 from ledger.config import Settings
 from projector import store as projections
@@ -212,7 +212,9 @@ async def rebuild(settings: Settings, pool) -> int:
         async with conn.transaction():
             await projections.reset(conn, settings.projector_name)
     projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "ledger-rebuild"))
-    return await projector.catch_up_from_journal()
+    position = await projector.catch_up_from_journal()
+    await tree.rebuild(pool)
+    return position
 
 
 async def rebuild_at(settings: Settings) -> int:
@@ -237,9 +239,14 @@ async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     metrics_server = None
     if metrics_listener and settings.metrics_port is not None:
         metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.http_host)
+    # The Merkle tree follows the journal beside the projector, with its own checkpoint.
+    follower = tree.TreeFollower(pool, sign_interval_s=settings.checkpoint_interval_s, key_path=settings.signing_key)
+    tree_task = asyncio.create_task(follower.run(), name="tree-follower")
     try:
         await Projector(settings=settings, pool=pool, bus=bus).run()
     finally:
+        tree_task.cancel()
+        await asyncio.gather(tree_task, return_exceptions=True)
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()

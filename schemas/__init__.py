@@ -231,3 +231,43 @@ def encode(value: object) -> bytes:
 
 
 _encoder = msgspec.json.Encoder()
+
+
+# ---- proofs: the journal as a Merkle tree (RFC 9162) ---------------------------------------
+
+Signature = Annotated[str, Meta(pattern="^[0-9a-f]{128}$", description="Hex Ed25519 signature.")]
+PublicKey = Annotated[str, Meta(pattern="^[0-9a-f]{64}$", description="Hex raw Ed25519 public key.")]
+
+
+class TreeHead(Struct):
+    tree_size: int
+    root_hash: Hash
+
+
+class InclusionProof(Struct):
+    """RFC 9162 §2.1.3: `audit_path` from the leaf up; `leaf_hash` = SHA-256(0x00 ‖ entry hash bytes)."""
+
+    position: int
+    tree_size: int
+    leaf_hash: Hash
+    audit_path: list[Hash]
+
+
+class ConsistencyProof(Struct):
+    """RFC 9162 §2.1.4: the tree of `from_size` leaves is a prefix of the tree of `to_size`."""
+
+    from_size: int
+    to_size: int
+    proof: list[Hash]
+
+
+class SignedTreeHead(Struct):
+    """Ed25519 over `ledger-tree-head-v1\\n{tree_size}\\n{root_hash}\\n{hash}\\n{signed_at}\\n` (ASCII);
+    `hash` is the journal entry's hash at position `tree_size`. Trust it only with a pinned key."""
+
+    tree_size: int
+    root_hash: Hash
+    hash: Hash
+    signed_at: Timestamp
+    signature: Signature
+    public_key: PublicKey

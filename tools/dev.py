@@ -24,6 +24,7 @@ log = logging.getLogger("ledger.dev")
 PG_PORT = 54329
 NATS_PORT = 42229
 DEMO_FUNDING = 1_000_000  # 10,000.00 USD in cents for the demo wallet
+DEV_CHECKPOINT_INTERVAL_S = 10  # `ledger dev` signs the Merkle tree head this often (LEDGER_CHECKPOINT_INTERVAL_S overrides)
 
 
 async def _existing_tokens(url: str, path: Path) -> dict | None:
@@ -118,7 +119,10 @@ async def run(*, data_dir: str, port: int) -> None:
         if settings.metrics_port is not None:
             info["metrics_url"] = f"http://{settings.http_host}:{settings.metrics_port}/metrics"
         write_private(info_path, json.dumps(info, indent=2) + "\n")
-        await _serve(settings, dataclasses.replace(settings, nats_url=nats_server.url_for("projector")), info,
+        # The tree follower signs tree heads often in development, with a key kept beside the data.
+        signing = {"checkpoint_interval_s": settings.checkpoint_interval_s or DEV_CHECKPOINT_INTERVAL_S,
+                   "signing_key": os.environ.get("LEDGER_SIGNING_KEY", str(root / "signing-key.pem"))}
+        await _serve(settings, dataclasses.replace(settings, nats_url=nats_server.url_for("projector"), **signing), info,
                      fund=fresh)
     finally:
         await asyncio.to_thread(nats_server.stop)

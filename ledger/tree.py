@@ -1,0 +1,173 @@
+"""The Merkle tree as a follower of the journal: appends the complete subtrees, answers proofs,
+signs tree heads.
+
+The tree is kept by a task of its own (`TreeFollower`, run beside the projector by
+`projector.consumer.serve`), not by the projector's apply transaction: it has its own
+checkpoint (`merkle_state.tree_size`), reads only `(position, hash)` from the journal and needs
+no event, so the projector stays as it was. Each round locks its checkpoint row, reads up to
+`PAGE_ENTRIES_MAX` hashes after it, appends them to the frontier (the O(log n) complete subtrees
+of the stored size, read back from `merkle_nodes`) and writes every subtree they complete, with
+the new size, in one transaction.
+
+A proof for any size up to the journal head reads O(log n) stored subtrees in one statement
+(`ledger.merkle` plans which). When the follower is behind the asked size, the tail (at most
+`TAIL_ENTRIES_MAX` entries) is hashed on the fly from the journal, so a proof never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger import checkpoint as signing
+from ledger import domain, merkle, store, tree_store
+from ledger.merkle import Key
+
+log = logging.getLogger("ledger.tree")
+
+PAGE_ENTRIES_MAX = 10_000  # leaves appended per transaction
+POLL_S = 0.05  # how often a caught-up follower looks for new entries
+RETRY_S = 0.5  # after a failed round (the database away)
+TAIL_ENTRIES_MAX = 10_000  # entries a proof may hash on the fly past the stored tree
+
+
+class TreeBehind(Exception):
+    """The stored tree is more than `TAIL_ENTRIES_MAX` entries behind the asked size."""
+
+
+# ---- reading: roots and proofs --------------------------------------------------------------
+
+
+async def read_nodes(conn, keys: set[Key], size: int, *, tail_max: int = TAIL_ENTRIES_MAX) -> dict[Key, bytes]:
+    """The subtrees `keys` of a tree of `size` leaves (size <= the journal head): stored ones read
+    in one statement, those the follower has not written yet computed from the journal's tail."""
+    stored_size = await tree_store.tree_size(conn)
+    done = {key for key in keys if merkle.key_end(key) <= stored_size}
+    found = await tree_store.nodes(conn, done | (merkle.root_keys(stored_size) if len(done) < len(keys) else set()))
+    if len(done) == len(keys):
+        return found
+    if size - stored_size > tail_max:
+        raise TreeBehind(f"the stored tree is at {stored_size}, {size - stored_size} entries behind {size}")
+    frontier = merkle.Frontier.of(stored_size, found)
+    for _, digest in await tree_store.journal_hashes(conn, after=stored_size, until=size, limit=size - stored_size):
+        for key, node in frontier.append(merkle.entry_leaf(digest)):
+            if key in keys:
+                found[key] = node
+    return found
+
+
+async def root_at(conn, size: int) -> bytes:
+    """MTH of the first `size` leaves; the tail past the stored tree streamed, however long."""
+    stored_size = min(await tree_store.tree_size(conn), size)
+    frontier = merkle.Frontier.of(stored_size, await tree_store.nodes(conn, merkle.root_keys(stored_size)))
+    while frontier.size < size:
+        page = await tree_store.journal_hashes(conn, after=frontier.size, until=size, limit=PAGE_ENTRIES_MAX)
+        assert page and page[0][0] == frontier.size + 1, "the journal has a gap below its head"
+        for _, digest in page:
+            frontier.append(merkle.entry_leaf(digest))
+    return frontier.root()
+
+
+# ---- writing: the follower ------------------------------------------------------------------
+
+
+async def append_page(conn, *, limit: int = PAGE_ENTRIES_MAX) -> int:
+    """One transaction: lock the tree's size, append the next journal entries; returns how many."""
+    async with conn.transaction():
+        size = await tree_store.lock_tree_size(conn)
+        page = await tree_store.journal_hashes(conn, after=size, limit=limit)
+        run = [digest for n, (position, digest) in enumerate(page) if position == size + n + 1]
+        if not run:
+            return 0
+        frontier = merkle.Frontier.of(size, await tree_store.nodes(conn, merkle.root_keys(size)))
+        completed = [node for digest in run for node in frontier.append(merkle.entry_leaf(digest))]
+        await tree_store.insert_nodes(conn, completed)
+        await tree_store.set_tree_size(conn, frontier.size)
+    return len(run)
+
+
+async def catch_up(pool) -> int:
+    """Append pages until the tree reaches the journal's end; returns the tree size."""
+    while True:
+        async with pool.connection() as conn:
+            if await append_page(conn) < PAGE_ENTRIES_MAX:
+                return await tree_store.tree_size(conn)
+
+
+async def rebuild(pool) -> int:
+    """Forget the tree and replay it from the journal (derived data, like the read models)."""
+    async with pool.connection() as conn:
+        async with conn.transaction():
+            await tree_store.reset_tree(conn)
+    return await catch_up(pool)
+
+
+# ---- signing tree heads ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTreeHead:
+    tree_size: int
+    root_hash: str
+    hash: str
+    public_key: str
+    signature: str
+    signed_at: str
+
+
+async def sign_head(conn, key, *, tree_size: int | None = None) -> SignedTreeHead | None:
+    """Sign the tree head at `tree_size` (default: the journal head) and store it; None when the
+    journal is empty. A size already signed keeps its first signature."""
+    if tree_size is None:
+        tree_size = (await store.journal_head(conn)).position
+    if tree_size == 0:
+        return None
+    root_hash = (await root_at(conn, tree_size)).hex()
+    digest = await tree_store.journal_hash_at(conn, tree_size)
+    assert digest is not None, "a position at or below the head has an entry"
+    now = dt.datetime.now(dt.timezone.utc)
+    signed_at = domain.format_timestamp(now)
+    public_key, signature = signing.sign_tree_head(key, tree_size=tree_size, root_hash=root_hash, digest=digest,
+                                                   signed_at=signed_at)
+    await tree_store.insert_tree_head(conn, tree_size=tree_size, root_hash=root_hash, digest=digest,
+                                      public_key=public_key, signature=signature, signed_at=now)
+    return SignedTreeHead(tree_size, root_hash, digest, public_key, signature, signed_at)
+
+
+class TreeFollower:
+    """Follows the journal by polling (`POLL_S`); signs the tree head every `sign_interval_s`
+    (0: never) with the key at `key_path`, when the tree has grown since the last signature."""
+
+    def __init__(self, pool, *, sign_interval_s: int = 0, key_path: str | None = None) -> None:
+        self._pool = pool
+        self._interval_s = sign_interval_s
+        self._key = signing.load_or_create_key(Path(key_path)) if sign_interval_s and key_path else None
+        self._signed_size = 0
+        self._next_sign = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with self._pool.connection() as conn:
+                    appended = await append_page(conn)
+                    if self._key is not None and time.monotonic() >= self._next_sign:
+                        await self._sign(conn)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # the database away: the journal waits for us
+                log.info("tree round failed (%s); retrying", error)
+                await asyncio.sleep(RETRY_S)
+                continue
+            if appended < PAGE_ENTRIES_MAX:
+                await asyncio.sleep(POLL_S)
+
+    async def _sign(self, conn) -> None:
+        self._next_sign = time.monotonic() + self._interval_s
+        size = await tree_store.tree_size(conn)
+        if size > self._signed_size:
+            await sign_head(conn, self._key, tree_size=size)
+            self._signed_size = size
