@@ -37,6 +37,11 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "create_token": {"admin": EVERYTHING},
     "list_tokens": {"admin": EVERYTHING},
     "revoke_token": {"admin": EVERYTHING},
+    # v2 "Proofs"
+    "get_tree": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
+    "get_inclusion_proof": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
+    "get_consistency_proof": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
+    "get_latest_checkpoint": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -152,8 +157,16 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "readiness": lambda w: Probe("readyz", "GET", "/readyz", 200),
     "openapi document": lambda w: Probe("openapi", "GET", "/openapi.json", 200),
     "metrics": lambda w: Probe("metrics", "GET", "/metrics", 200),
+    "read the tree": lambda w: Probe("get_tree", "GET", "/v1/journal/tree", 200),
+    "prove inclusion": lambda w: Probe("get_inclusion_proof", "GET", "/v1/journal/proofs/inclusion", 200,
+                                       owners=frozenset({"client", "vendor"}), params={"position": w.paid["position"]}),
+    "prove inclusion past the head": lambda w: Probe("get_inclusion_proof", "GET", "/v1/journal/proofs/inclusion", 422,
+                                                     params={"position": 2**62}, code="position_out_of_range"),
+    "prove consistency": lambda w: Probe("get_consistency_proof", "GET", "/v1/journal/proofs/consistency", 200,
+                                         params={"from_size": 1}),
+    "read the latest tree head": lambda w: Probe("get_latest_checkpoint", "GET", "/v1/journal/checkpoints/latest", 200),
 }
-MATRIX_CASES = 252  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 297  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 def expected(probe: Probe, actor: str) -> tuple[int, str | None]:
@@ -211,3 +224,13 @@ async def test_authorization(stack, world: World, probe_name: str, actor: str):
                                        headers=headers, key=key)
     status, code = expected(probe, actor)
     assert (reply.status, reply.code) == (status, code), reply.text
+
+
+@pytest_asyncio.fixture(scope="module", autouse=True)
+async def signed_tree_head(stack, world, tmp_path_factory) -> None:
+    """A signed tree head exists, so that the latest one can be read (404 before the first)."""
+    from ledger import checkpoint, tree
+
+    key = checkpoint.load_or_create_key(tmp_path_factory.mktemp("authz") / "key.pem")
+    async with await stack.superuser() as conn:
+        await tree.sign_head(conn, key)
