@@ -21,6 +21,7 @@ See docs/client.md.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -275,6 +276,44 @@ class LedgerClient:
 
     async def journal_head(self) -> schemas.JournalHead:
         return await self._call("GET", "/v1/journal/head", schemas.JournalHead)
+
+    # ---- proofs (docs/proofs.md) -------------------------------------------------------------
+
+    async def tree(self, *, tree_size: int | None = None) -> schemas.TreeHead:
+        params = {"tree_size": tree_size} if tree_size is not None else None
+        return await self._call("GET", "/v1/journal/tree", schemas.TreeHead, params=params)
+
+    async def inclusion_proof(self, position: int, *, tree_size: int | None = None) -> schemas.InclusionProof:
+        params = {"position": position, **({"tree_size": tree_size} if tree_size is not None else {})}
+        return await self._call("GET", "/v1/journal/proofs/inclusion", schemas.InclusionProof, params=params)
+
+    async def consistency_proof(self, from_size: int, *, to_size: int | None = None) -> schemas.ConsistencyProof:
+        params = {"from_size": from_size, **({"to_size": to_size} if to_size is not None else {})}
+        return await self._call("GET", "/v1/journal/proofs/consistency", schemas.ConsistencyProof, params=params)
+
+    async def latest_checkpoint(self) -> schemas.SignedTreeHead:
+        return await self._call("GET", "/v1/journal/checkpoints/latest", schemas.SignedTreeHead)
+
+    @staticmethod
+    def verify_inclusion(entry_hash: str, proof: schemas.InclusionProof, root_hash: str) -> bool:
+        """Pure (no I/O): the entry with this `hash` is leaf `proof.position - 1` of the tree whose
+        root is `root_hash` (hex; take it from a tree head whose signature you checked against a
+        pinned key). RFC 9162 §2.1.3.2, the leaf being SHA-256(0x00 ‖ bytes.fromhex(entry_hash))."""
+        leaf = hashlib.sha256(b"\x00" + bytes.fromhex(entry_hash)).digest()
+        if proof.leaf_hash != leaf.hex() or not 1 <= proof.position <= proof.tree_size:
+            return False
+        fn, sn, digest = proof.position - 1, proof.tree_size - 1, leaf
+        for sibling in (bytes.fromhex(h) for h in proof.audit_path):
+            if sn == 0:
+                return False
+            if fn & 1 or fn == sn:
+                digest = hashlib.sha256(b"\x01" + sibling + digest).digest()
+                while not fn & 1 and fn != 0:
+                    fn, sn = fn >> 1, sn >> 1
+            else:
+                digest = hashlib.sha256(b"\x01" + digest + sibling).digest()
+            fn, sn = fn >> 1, sn >> 1
+        return sn == 0 and digest.hex() == root_hash
 
     # ---- operations -------------------------------------------------------------------------
 

@@ -140,6 +140,8 @@ def _forward_public_methods() -> None:
             continue
         if inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
             setattr(SyncLedgerClient, name, _blocking(name, method))
+        elif isinstance(method, staticmethod):  # pure helpers (verify_inclusion): the same function
+            setattr(SyncLedgerClient, name, method)
 
 
 _forward_public_methods()

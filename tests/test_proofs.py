@@ -210,3 +210,20 @@ class _OnePool:
                 return False
 
         return _Borrow()
+
+
+async def test_the_typed_client_fetches_and_verifies_an_inclusion_proof(stack, tmp_path):
+    from client import LedgerClient, SyncLedgerClient
+
+    _, vendor, payment = await paid(stack)
+    async with await stack.superuser() as conn:
+        await tree.sign_head(conn, signing.load_or_create_key(tmp_path / "key.pem"))
+    async with LedgerClient(stack.client.base, token=vendor.token) as ledger:
+        head = await ledger.tree()
+        proof = await ledger.inclusion_proof(payment["position"], tree_size=head.tree_size)
+        assert LedgerClient.verify_inclusion(payment["hash"], proof, head.root_hash)
+        assert not LedgerClient.verify_inclusion("00" * 32, proof, head.root_hash)
+        consistency = await ledger.consistency_proof(1, to_size=head.tree_size)
+        assert consistency.to_size == head.tree_size
+        assert (await ledger.latest_checkpoint()).tree_size >= 1
+    assert SyncLedgerClient.verify_inclusion(payment["hash"], proof, head.root_hash)
