@@ -1,0 +1,117 @@
+"""Proof latency and tree rebuild, on an embedded PostgreSQL of its own.
+
+    python -m tools.proof_bench --entries 1000000 --samples 2000
+
+Seeds `--entries` journal entries (`tools.seed.seed_journal`, bypassing the API), rebuilds the
+Merkle tree from scratch in a child process (`ledger.tree.rebuild`: wall time and the child's
+peak RSS), then times random inclusion proofs (random position, random size at or above it) and
+consistency proofs (random pair of sizes) exactly as the API computes them (`tree.read_nodes`
+on one connection, then the hashing), and prints p50/p99 in milliseconds. HTTP is not included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from ledger import db, merkle, tree
+from tools.embedded import EmbeddedPostgres, free_port
+from tools.seed import seed_journal
+
+
+class _OnePool:
+    def __init__(self, conn) -> None:
+        self._conn = conn
+
+    def connection(self):
+        conn = self._conn
+
+        class _Borrow:
+            async def __aenter__(self):
+                return conn
+
+            async def __aexit__(self, *exc):
+                return False
+
+        return _Borrow()
+
+
+async def _rebuild(url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await tree.rebuild(_OnePool(conn))
+
+
+def rebuild_in_child(url: str) -> tuple[float, float]:
+    """(wall seconds, peak RSS MiB) of a tree rebuild from scratch in a child process."""
+    started = time.monotonic()
+    child = subprocess.Popen([sys.executable, "-m", "tools.proof_bench", "--rebuild-only", url])
+    _, status, usage = os.wait4(child.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    return time.monotonic() - started, usage.ru_maxrss / 1024
+
+
+async def proofs(url: str, size: int, samples: int) -> dict[str, list[float]]:
+    rng = random.Random(7)
+    timings: dict[str, list[float]] = {"inclusion": [], "consistency": []}
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for _ in range(samples):
+            n = rng.randint(1, size)
+            index = rng.randrange(n)
+            started = time.perf_counter()
+            nodes = await tree.read_nodes(conn, merkle.inclusion_keys(index, n), n)
+            merkle.inclusion_proof(index, n, nodes)
+            timings["inclusion"].append((time.perf_counter() - started) * 1000)
+            old = rng.randint(1, n)
+            started = time.perf_counter()
+            nodes = await tree.read_nodes(conn, merkle.consistency_keys(old, n), n)
+            merkle.consistency_proof(old, n, nodes)
+            timings["consistency"].append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def _percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.proof_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--rebuild-only", metavar="URL", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rebuild_only:
+        asyncio.run(_rebuild(args.rebuild_only))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="ledger-proof-bench-") as root:
+        postgres = EmbeddedPostgres(data_dir=Path(root) / "pg", port=free_port())
+        postgres.start()
+        try:
+            asyncio.run(db.migrate(postgres.url))
+            started = time.monotonic()
+            asyncio.run(seed_journal(postgres.url, entries=args.entries, accounts=args.accounts))
+            print(f"seeded {args.entries:,} entries in {time.monotonic() - started:.1f} s", flush=True)
+            wall_s, rss_mib = rebuild_in_child(postgres.url)
+            print(f"tree rebuilt from scratch: {wall_s:.1f} s, {args.entries / wall_s:,.0f} leaves/s,"
+                  f" peak RSS {rss_mib:.0f} MiB", flush=True)
+            timings = asyncio.run(proofs(postgres.url, args.entries, args.samples))
+            for kind, values in timings.items():
+                print(f"{kind} proof (read O(log n) nodes + hash), {len(values)} samples:"
+                      f" p50 {_percentile(values, 0.5):.2f} ms, p99 {_percentile(values, 0.99):.2f} ms", flush=True)
+        finally:
+            postgres.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
