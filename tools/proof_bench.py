@@ -7,17 +7,24 @@ Merkle tree from scratch in a child process (`ledger.tree.rebuild`: wall time an
 peak RSS), then times random inclusion proofs (random position, random size at or above it) and
 consistency proofs (random pair of sizes) exactly as the API computes them (`tree.read_nodes`
 on one connection, then the hashing), and prints p50/p99 in milliseconds. HTTP is not included.
+
+Then, with `--write-entries N`, the follower under write load: N more entries appended without
+the follower (entries/s), then N more with the follower running in a child process, sampling
+its lag behind the journal head every `LAG_SAMPLE_S`. The writer is `seed_journal` (bulk COPY,
+about 13,000 entries/s): a heavier stream than the API's, so the lag is an upper bound.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +33,10 @@ import psycopg
 from ledger import db, merkle, tree
 from tools.embedded import EmbeddedPostgres, free_port
 from tools.seed import seed_journal
+
+
+LAG_SAMPLE_S = 0.1
+CATCH_UP_TIMEOUT_S = 600
 
 
 class _OnePool:
@@ -48,6 +59,57 @@ class _OnePool:
 async def _rebuild(url: str) -> int:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         return await tree.rebuild(_OnePool(conn))
+
+
+async def _follow(url: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await tree.TreeFollower(_OnePool(conn)).run()
+
+
+def _lag(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as conn:
+        head, size = conn.execute(
+            "SELECT (SELECT position FROM journal_head), (SELECT tree_size FROM merkle_state)").fetchone()
+    return head - size
+
+
+def _wait_caught_up(url: str) -> float:
+    started = time.monotonic()
+    while _lag(url) > 0:
+        assert time.monotonic() - started < CATCH_UP_TIMEOUT_S, "the follower did not catch up"
+        time.sleep(LAG_SAMPLE_S)
+    return time.monotonic() - started
+
+
+def write_load(url: str, entries: int, accounts: int) -> None:
+    started = time.monotonic()
+    asyncio.run(seed_journal(url, entries=entries, accounts=accounts))
+    print(f"write load without the follower: {entries / (time.monotonic() - started):,.0f} entries/s", flush=True)
+    child = subprocess.Popen([sys.executable, "-m", "tools.proof_bench", "--follow-only", url])
+    try:
+        _wait_caught_up(url)
+        samples: list[int] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                samples.append(_lag(url))
+                time.sleep(LAG_SAMPLE_S)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        started = time.monotonic()
+        asyncio.run(seed_journal(url, entries=entries, accounts=accounts))
+        rate = entries / (time.monotonic() - started)
+        done.set()
+        sampler.join()
+        tail_s = _wait_caught_up(url)
+        print(f"write load with the follower: {rate:,.0f} entries/s; lag behind the head over {len(samples)}"
+              f" samples: p50 {_percentile(samples, 0.5):,} p99 {_percentile(samples, 0.99):,} max {max(samples):,}"
+              f" entries; caught up {tail_s:.1f} s after the load stopped", flush=True)
+    finally:
+        child.terminate()
+        child.wait()
 
 
 def rebuild_in_child(url: str) -> tuple[float, float]:
@@ -88,10 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--accounts", type=int, default=1000)
+    parser.add_argument("--write-entries", type=int, default=0, help="entries per write-load phase (0: skip)")
     parser.add_argument("--rebuild-only", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--follow-only", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rebuild_only:
         asyncio.run(_rebuild(args.rebuild_only))
+        return 0
+    if args.follow_only:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_follow(args.follow_only))
         return 0
     with tempfile.TemporaryDirectory(prefix="ledger-proof-bench-") as root:
         postgres = EmbeddedPostgres(data_dir=Path(root) / "pg", port=free_port())
@@ -108,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind, values in timings.items():
                 print(f"{kind} proof (read O(log n) nodes + hash), {len(values)} samples:"
                       f" p50 {_percentile(values, 0.5):.2f} ms, p99 {_percentile(values, 0.99):.2f} ms", flush=True)
+            if args.write_entries:
+                write_load(postgres.url, args.write_entries, args.accounts)
         finally:
             postgres.stop()
     return 0
