@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
 import psycopg
 from psycopg import sql
 from psycopg.rows import args_row, class_row, kwargs_row, namedtuple_row
@@ -553,6 +554,11 @@ _ENTRIES = (
 )
 
 
+_ENTRY_DEFAULTS = {
+    spec.name: spec.default for spec in msgspec.structs.fields(schemas.JournalEntry) if spec.default is not msgspec.NODEFAULT
+}
+
+
 def _entry_row(cursor) -> Callable[[Sequence], schemas.JournalEntry]:
     """A psycopg row factory: the row of `_ENTRIES` as the one entry type. Only what the database
     stores differently is converted: the timestamp to its journal text, the postings from arrays."""
@@ -561,6 +567,11 @@ def _entry_row(cursor) -> Callable[[Sequence], schemas.JournalEntry]:
     def make(values: Sequence) -> schemas.JournalEntry:
         row = dict(zip(names, values))
         row.pop("balances_after")
+        for name, default in _ENTRY_DEFAULTS.items():
+            if row[name] == default:
+                # The struct's own default object: msgspec omits a default by identity when
+                # encoding, and an export must leave out what the hash leaves out.
+                del row[name]
         row["committed_at"] = domain.format_timestamp(row["committed_at"])
         row["postings"] = [schemas.Posting(*p) for p in zip(row.pop("account_ids") or (), row.pop("amounts") or ())]
         return schemas.JournalEntry(**row)

@@ -5,6 +5,8 @@ processes (two committers with their own connections, sharing the database)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import contextlib
 import dataclasses
 import uuid
@@ -149,3 +151,18 @@ async def test_the_verification_shows_the_refunded_amount(stack):
     after = await stack.client.get(path, token=vendor.token, params={"min_position": second.body["position"],
                                                                      "wait_ms": 5000})
     assert first.status == 201 and after.status == 200 and after.body["refunded_amount"] == 300
+
+
+async def test_the_journal_line_of_a_refund_carries_kind_and_refund_of_and_a_payment_neither(stack):
+    wallet, vendor, paid = await _paid(stack)
+    refund = await _refund(stack.client, vendor.token, paid["id"], 10)
+    lines = {}
+    for position in (paid["position"], refund.body["position"]):
+        reply = await stack.client.get("/v1/journal", token=stack.admin, params={"after": position - 1, "limit": 1})
+        lines[position] = json.loads(reply.text)
+    assert "kind" not in lines[paid["position"]] and "refund_of" not in lines[paid["position"]]
+    line = lines[refund.body["position"]]
+    assert (line["kind"], line["refund_of"], "hold_id" in line) == ("refund", paid["id"], False)
+    body = {key: value for key, value in line.items() if key != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    assert hashlib.sha256(line["prev_hash"].encode() + canonical).hexdigest() == line["hash"]
