@@ -324,22 +324,19 @@ class PastAccount:
 
 
 # The balance of account %(id)s right after position %(at)s: the `balance_after` of its last
-# posting at or before it (one lookup on postings_by_account), 0 before its first entry.
+# posting at or before it (one lookup on postings_by_account), 0 before its first entry. The
+# order names account_id first, as postings_by_account does, so the planner walks that index and
+# not the primary key (position, account_id), which for a rarely used account would scan far.
 _BALANCE_AT = (
     "coalesce((SELECT p.balance_after FROM postings p WHERE p.account_id = a.id AND p.position <= {at}"
-    " ORDER BY p.position DESC LIMIT 1), 0)"
+    " ORDER BY p.account_id DESC, p.position DESC LIMIT 1), 0)"
 )
 
 
 async def account_at_position(conn, account_id: uuid.UUID, position: int) -> PastAccount | None:
     """The account as it was right after journal position `position` (not checked against the head,
     which is returned for the caller to judge), read in one statement."""
-    row = await _fetch_one(
-        conn, namedtuple_row,
-        f"SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='%(at)s')} AS balance, h.position AS head"
-        " FROM accounts a CROSS JOIN journal_head h WHERE a.id = %(id)s AND h.id = 1",
-        {"id": account_id, "at": position},
-    )
+    row = await _fetch_one(conn, namedtuple_row, ACCOUNT_AT_POSITION_SQL, {"id": account_id, "at": position})
     return _past_account(row, position) if row is not None else None
 
 
@@ -358,6 +355,12 @@ async def account_as_of(conn, account_id: uuid.UUID, moment: dt.datetime) -> Pas
     return _past_account(row, row.at) if row is not None else None
 
 
+ACCOUNT_AT_POSITION_SQL = (
+    f"SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='%(at)s')} AS balance, h.position AS head"
+    " FROM accounts a CROSS JOIN journal_head h WHERE a.id = %(id)s AND h.id = 1"
+)
+
+
 def _past_account(row, position: int) -> PastAccount:
     account = schemas.Account(
         id=row.id, kind=row.kind, currency=row.currency, owner_id=row.owner_id, name=row.name,
@@ -370,19 +373,25 @@ async def statement(
     conn, account_id: uuid.UUID, *, after: int, limit: int, reference: str | None
 ) -> list[schemas.StatementItem]:
     """The entries touching the account after position `after`, as the account sees them: a range
-    scan on postings_by_account joined to each entry, in one statement. A `reference` filter
-    still walks the account's postings (there is no index on reference)."""
+    scan on postings_by_account (ordered as that index is), each posting's entry looked up by its
+    position (a lateral join whose LIMIT 1 keeps the planner from flattening it, so the plan is a
+    nested loop that stops at `limit`, never a merge join walking the journal from its start),
+    in one statement. A `reference` filter still walks
+    the account's postings (there is no index on reference)."""
     return await _fetch_all(
-        conn,
-        kwargs_row(_statement_item),
-        "SELECT p.position, j.transfer_id, j.kind, p.amount, p.balance_after,"
-        " CASE WHEN j.from_account_id = p.account_id THEN j.to_account_id ELSE j.from_account_id END"
-        " AS counterparty_account_id, j.reference, j.committed_at"
-        " FROM postings p JOIN journal j ON j.position = p.position"
-        " WHERE p.account_id = %s AND p.position > %s AND (%s::TEXT IS NULL OR j.reference = %s)"
-        " ORDER BY p.position LIMIT %s",
-        (account_id, after, reference, reference, limit),
+        conn, kwargs_row(_statement_item), STATEMENT_SQL, (account_id, after, reference, reference, limit)
     )
+
+
+STATEMENT_SQL = (
+    "SELECT p.position, j.transfer_id, j.kind, p.amount, p.balance_after,"
+    " CASE WHEN j.from_account_id = p.account_id THEN j.to_account_id ELSE j.from_account_id END"
+    " AS counterparty_account_id, j.reference, j.committed_at"
+    " FROM postings p JOIN LATERAL (SELECT e.transfer_id, e.kind, e.from_account_id, e.to_account_id,"
+    " e.reference, e.committed_at FROM journal e WHERE e.position = p.position LIMIT 1) j ON true"
+    " WHERE p.account_id = %s AND p.position > %s AND (%s::TEXT IS NULL OR j.reference = %s)"
+    " ORDER BY p.account_id, p.position LIMIT %s"
+)
 
 
 def _statement_item(*, committed_at: dt.datetime, **row) -> schemas.StatementItem:

@@ -48,7 +48,7 @@ async def measure(url: str, *, entries: int, hot_share: float, queries: int, pag
     started = time.monotonic()
     seeded = await seed_journal(url, entries=entries, accounts=accounts, hot_share=hot_share)
     seed_s = time.monotonic() - started
-    hot = seeded.vendors[0]
+    hot, cold = seeded.vendors[0], seeded.wallets[0]
     rng = random.Random(7)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("ANALYZE")
@@ -58,13 +58,17 @@ async def measure(url: str, *, entries: int, hot_share: float, queries: int, pag
         first, last = (await (await conn.execute("SELECT min(committed_at), max(committed_at) FROM journal")).fetchone())
         span_s = (last - first).total_seconds()
 
-        async def statement():
-            items = await store.statement(conn, hot, after=rng.randrange(head), limit=page, reference=None)
-            assert items or True
+        async def statement(account=hot):
+            await store.statement(conn, account, after=rng.randrange(head), limit=page, reference=None)
 
-        async def at_position():
-            past = await store.account_at_position(conn, hot, rng.randrange(head + 1))
-            assert past is not None
+        async def at_position(account=hot):
+            assert await store.account_at_position(conn, account, rng.randrange(head + 1)) is not None
+
+        async def statement_cold():
+            await statement(cold)
+
+        async def at_position_cold():
+            await at_position(cold)
 
         async def as_of():
             moment = first + (last - first) * rng.random()
@@ -72,18 +76,22 @@ async def measure(url: str, *, entries: int, hot_share: float, queries: int, pag
 
         for call in (statement, at_position, as_of):  # warm the cache as a running service would be
             await _timed(call, min(queries, 200))
-        results = {name: await _timed(call, queries) for name, call in
-                   (("statement", statement), ("at_position", at_position), ("as_of", as_of))}
+        cold_entries = (await (await conn.execute("SELECT count(*) FROM postings WHERE account_id = %s",
+                                                  (cold,))).fetchone())[0]
+        calls = (("statement", statement), ("at_position", at_position), ("as_of", as_of),
+                 ("statement_cold", statement_cold), ("at_position_cold", at_position_cold))
+        results = {name: await _timed(call, queries) for name, call in calls}
         plans = {}
-        for name, sql, params in (
-            ("statement", "EXPLAIN SELECT p.position FROM postings p JOIN journal j ON j.position = p.position"
-                          " WHERE p.account_id = %s AND p.position > %s ORDER BY p.position LIMIT %s", (hot, head // 2, page)),
-            ("at_position", "EXPLAIN SELECT p.balance_after FROM postings p WHERE p.account_id = %s AND p.position <= %s"
-                            " ORDER BY p.position DESC LIMIT 1", (hot, head // 2)),
-        ):
-            plans[name] = [row[0] for row in await (await conn.execute(sql, params)).fetchall()]
+        # The plans of the store's own statements, for the hot and the cold account at mid-journal.
+        for account, label in ((hot, "hot"), (cold, "cold")):
+            for name, sql, params in (
+                ("statement", store.STATEMENT_SQL, (account, head // 2, None, None, page)),
+                ("at_position", store.ACCOUNT_AT_POSITION_SQL, {"id": account, "at": head // 2}),
+            ):
+                rows = await (await conn.execute("EXPLAIN " + sql, params)).fetchall()
+                plans[f"{name} ({label})"] = [row[0] for row in rows]
     return {
-        "entries": entries, "hot_account_entries": hot_entries, "seed_s": round(seed_s, 1),
+        "entries": entries, "hot_account_entries": hot_entries, "cold_account_entries": cold_entries, "seed_s": round(seed_s, 1),
         "seed_entries_per_s": round(entries / seed_s), "history_span_s": round(span_s, 1),
         **{f"{name}_ms": {"p50": round(_percentile_ms(s, 0.5), 3), "p99": round(_percentile_ms(s, 0.99), 3),
                           "mean": round(1000 * statistics.fmean(s), 3)} for name, s in results.items()},
@@ -108,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                                          queries=args.queries, page=args.page, accounts=args.accounts))
         finally:
             postgres.stop()
-    for name in ("statement", "at_position", "as_of"):
+    for name in ("statement", "at_position", "as_of", "statement_cold", "at_position_cold"):
         figures = result[f"{name}_ms"]
         print(f"{name:<12} p50 {figures['p50']:.3f} ms  p99 {figures['p99']:.3f} ms  mean {figures['mean']:.3f} ms")
-    print(f"journal {result['entries']:,} entries, hot account {result['hot_account_entries']:,} entries;"
+    print(f"journal {result['entries']:,} entries, hot account {result['hot_account_entries']:,} entries,"
+          f" cold account {result['cold_account_entries']:,};"
           f" seeded in {result['seed_s']} s ({result['seed_entries_per_s']:,} entries/s)")
     for name, plan in result["plans"].items():
         print(f"plan of {name}:\n  " + "\n  ".join(plan))

@@ -6,16 +6,10 @@ ALTER TABLE journal ADD COLUMN IF NOT EXISTS hold_id UUID;
 -- Each posting keeps its account's balance right after the entry, written by the committer in
 -- the entry's own transaction: a statement is one range scan and a balance at a position one
 -- lookup on postings_by_account (account_id, position). Postings written before this migration
--- get theirs from a running sum (a window function, which CockroachDB has too).
+-- get theirs from a running sum in 0005, and the column becomes NOT NULL in 0006: schema changes
+-- and writes stay in separate transactions, as CockroachDB requires.
 ALTER TABLE postings ADD COLUMN IF NOT EXISTS balance_after INT8;
 
-UPDATE postings SET balance_after = r.balance_after
-FROM (SELECT position, account_id,
-             sum(amount) OVER (PARTITION BY account_id ORDER BY position) AS balance_after
-      FROM postings) AS r
-WHERE postings.position = r.position AND postings.account_id = r.account_id AND postings.balance_after IS NULL;
-
-ALTER TABLE postings ALTER COLUMN balance_after SET NOT NULL;
 
 -- A balance as of a time: the last entry committed at or before it. The committer keeps
 -- committed_at non-decreasing along positions, so this index answers with one lookup.
