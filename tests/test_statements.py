@@ -5,6 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
+import psycopg
+from psycopg import sql
+
+from ledger import store
+
 
 async def _history(stack):
     """A wallet funded with 1000 that pays a vendor 100, 200 (ref "b") and 300, then gets 50 back."""
@@ -131,3 +136,34 @@ async def test_the_committer_writes_the_running_sum_the_migration_backfills_with
             "SELECT balance_after, sum(amount) OVER (PARTITION BY account_id ORDER BY position) FROM postings"
             " WHERE account_id = %s ORDER BY position", (uuid.UUID(wallet.account_id),))).fetchall()
     assert rows and all(stored == running for stored, running in rows)
+
+
+async def test_migration_0005_backfills_balance_after_of_a_journal_written_before_it(postgres):
+    """A database at v1's schema (0001..0003) with postings and no balance_after: migrating on
+    fills each posting's with its account's running sum, so an old journal answers too."""
+    name = f"backfill_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    a, b = uuid.uuid4(), uuid.uuid4()
+    try:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("CREATE TABLE schema_migrations (version INT8 PRIMARY KEY, name TEXT NOT NULL,"
+                               " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            for version, file_name, text in store.migration_files():
+                if version <= 3:
+                    for statement in store.split_statements(text):
+                        await conn.execute(statement)
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                       (version, file_name))
+            for position, (source, target, amount) in enumerate([(a, b, 5), (a, b, 7), (b, a, 3)], start=1):
+                await conn.execute("INSERT INTO postings (position, account_id, amount) VALUES (%s, %s, %s), (%s, %s, %s)",
+                                   (position, source, -amount, position, target, amount))
+            applied = await store.migrate(conn)
+            assert [n.split("_", 1)[0] for n in applied] == ["0004", "0005", "0006"]
+            rows = await (await conn.execute(
+                "SELECT account_id, balance_after FROM postings ORDER BY position, account_id = %s", (b,))).fetchall()
+        assert rows == [(a, -5), (b, 5), (a, -12), (b, 12), (a, -9), (b, 9)]
+    finally:
+        async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
+            await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
