@@ -15,7 +15,6 @@ import aiohttp
 from aiohttp import web
 
 from api.app import build_app
-from tests.conftest import eventually
 from tools.embedded import free_port
 
 PAID = 1000
