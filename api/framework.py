@@ -13,6 +13,8 @@ and the committer.
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import re
 import typing
 import uuid
 from dataclasses import dataclass, field
@@ -48,6 +50,16 @@ Cursor = Annotated[str, msgspec.Meta(pattern=CURSOR_PATTERN, max_length=CURSOR_C
                                      description="Opaque: `next` of the previous page, or empty for the first.")]
 
 
+# The cursor of a list in id order (accounts): the unpadded base64url of the last id's 16 bytes.
+# 22 characters carry 132 bits, so the last one has its 4 low bits clear; every string the
+# pattern accepts decodes to a UUID.
+ID_CURSOR_BYTES = 16
+ID_CURSOR_CHARS = 22
+ID_CURSOR_PATTERN = "^(?:[A-Za-z0-9_-]{21}[AQgw]|(?!\\n))$"
+IdCursor = Annotated[str, msgspec.Meta(pattern=ID_CURSOR_PATTERN, max_length=ID_CURSOR_CHARS,
+                                       description="Opaque: `next` of the previous page, or empty for the first.")]
+
+
 class JournalQuery(msgspec.Struct, forbid_unknown_fields=True):
     after: Annotated[int, msgspec.Meta(ge=0)] = 0
     limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.JOURNAL_LIMIT_MAX)] = 1000
@@ -56,6 +68,60 @@ class JournalQuery(msgspec.Struct, forbid_unknown_fields=True):
 class PageQuery(msgspec.Struct, forbid_unknown_fields=True):
     after: Cursor = ""
     limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100
+
+
+class IdPageQuery(msgspec.Struct, forbid_unknown_fields=True):
+    after: IdCursor = ""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100
+
+
+class StatementQuery(msgspec.Struct, forbid_unknown_fields=True):
+    after: Cursor = ""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100
+    reference: Annotated[schemas.Reference, msgspec.Meta(description="Only entries with exactly this reference.")] | None = None
+
+
+# An RFC 3339 date-time with its offset, as JSON Schema's `date-time` format means it; the pattern
+# keeps out what msgspec alone would take for a time (a bare number is a Unix time to it).
+RFC3339_PATTERN = (
+    "^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_FRACTION = re.compile(r"\.([0-9]+)")
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An RFC 3339 date-time (already matching RFC3339_PATTERN) as an aware datetime; ValueError
+    when it names no real moment. A leap second counts as the end of its minute's 59th second,
+    digits past microseconds are dropped, and year 0 (before any entry anyway) as year 1."""
+    text = text.upper()
+    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text, count=1)
+    if text[17:19] == "60":
+        text = text[:17] + "59" + (text[19:] if text[19:20] == "." else ".999999" + text[19:])
+    if text.startswith("0000-"):
+        text = "0001-" + text[5:]
+    return dt.datetime.fromisoformat(text)
+
+
+class PointQuery(msgspec.Struct, forbid_unknown_fields=True):
+    """A balance as it was: after a journal position, or after the last entry at or before a time.
+    At most one of the two (OpenAPI cannot say so; the answer is 400 `validation_error`)."""
+
+    at_position: Annotated[int, msgspec.Meta(
+        ge=0, le=schemas.POSITION_MAX, description="Balance right after this journal position (at most one of the two)."
+    )] | None = None
+    as_of: Annotated[str, msgspec.Meta(
+        pattern=RFC3339_PATTERN, extra_json_schema={"format": "date-time"},
+        description="Balance after the last entry committed at or before this RFC 3339 time (at most one of the two).",
+    )] | None = None
+
+    def __post_init__(self) -> None:
+        if self.at_position is not None and self.as_of is not None:
+            raise ValueError("give at most one of at_position and as_of - at `$.as_of`")
+        if self.as_of is not None:
+            try:
+                parse_time(self.as_of)
+            except ValueError:
+                raise ValueError("not a real RFC 3339 date-time - at `$.as_of`") from None
 
 
 class WaitQuery(msgspec.Struct, forbid_unknown_fields=True):
@@ -260,6 +326,17 @@ def json_response(value: Any, *, status: int = 200, headers: dict[str, str] | No
 
 def encode_cursor(position: int) -> str:
     return base64.urlsafe_b64encode(position.to_bytes(CURSOR_BYTES, "big")).decode().rstrip("=")
+
+
+def encode_id_cursor(last: uuid.UUID) -> str:
+    return base64.urlsafe_b64encode(last.bytes).decode().rstrip("=")
+
+
+def decode_id_cursor(cursor: str) -> uuid.UUID | None:
+    """`cursor` already matched ID_CURSOR_PATTERN: it decodes to an id, or is empty (None)."""
+    if not cursor:
+        return None
+    return uuid.UUID(bytes=base64.urlsafe_b64decode(cursor + "=="))
 
 
 def decode_cursor(cursor: str) -> int:

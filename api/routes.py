@@ -23,6 +23,7 @@ from api.framework import (
     ALL_ROLES, ANSWER_STARTED, NDJSON, PROJECTION_POSITION, Call, Header, JournalQuery, PageQuery, Route, WaitQuery, decode_cursor,
     encode_cursor, json_response,
 )
+from api.framework import IdPageQuery, PointQuery, StatementQuery, decode_id_cursor, encode_id_cursor, parse_time
 from api.problems import ApiError, problem_response
 from ledger import committer as committer_mod
 from ledger import domain, merkle, metrics, principals, store, tree, tree_store
@@ -90,13 +91,56 @@ def _same_account(a: store.AccountRow, b: store.AccountRow) -> bool:
 
 
 async def get_account(services, call: Call) -> web.Response:
+    query: PointQuery = call.query
+    if query.at_position is not None or query.as_of is not None:
+        return await _get_past_account(services, call, query)
     async with services.pool.connection() as conn:
         account = await store.account_with_balance(conn, call.ids["account_id"])
     _authorize_account(call.principal, account)
     return json_response(account)
 
 
-def _authorize_account(principal: Principal, account: schemas.Account | None) -> None:
+async def _get_past_account(services, call: Call, query: PointQuery) -> web.Response:
+    """The balance as it was, from the postings' stored `balance_after`: one index lookup."""
+    async with services.pool.connection() as conn:
+        if query.at_position is not None:
+            past = await store.account_at_position(conn, call.ids["account_id"], query.at_position)
+        else:
+            past = await store.account_as_of(conn, call.ids["account_id"], parse_time(query.as_of))
+    _authorize_account(call.principal, past.account if past is not None else None)
+    if past.account.position > past.head:
+        raise ApiError("position_out_of_range", f"position {past.account.position} is past the journal head {past.head}")
+    return json_response(past.account)
+
+
+async def list_accounts(services, call: Call) -> web.Response:
+    """The caller's own accounts (admin and auditor: all), in id order."""
+    query: IdPageQuery = call.query
+    owner = None if call.principal.role in auth.READ_EVERYTHING else call.principal.id
+    async with services.pool.connection() as conn:
+        items = await store.accounts_page(conn, owner_id=owner, after=decode_id_cursor(query.after), limit=query.limit)
+    next_cursor = encode_id_cursor(items[-1].id) if len(items) == query.limit else None
+    return json_response(schemas.AccountPage(items=items, next=next_cursor))
+
+
+async def get_statement(services, call: Call) -> web.Response:
+    """The account's entries from the journal (never stale), one consistent read."""
+    query: StatementQuery = call.query
+    account_id = call.ids["account_id"]
+    account = services.accounts.get(account_id)
+    async with services.pool.connection() as conn:
+        if account is None:
+            account = await store.account_by_id(conn, account_id)
+        _authorize_account(call.principal, account)
+        items = await store.statement(
+            conn, account_id, after=decode_cursor(query.after), limit=query.limit, reference=query.reference
+        )
+    services.remember_account(account)
+    next_cursor = encode_cursor(items[-1].position) if len(items) == query.limit else None
+    return json_response(schemas.StatementPage(items=items, next=next_cursor))
+
+
+def _authorize_account(principal: Principal, account: schemas.Account | store.AccountRow | None) -> None:
     """Admin and auditor read everything (404 when absent); others only what they own, and an
     absent account is not theirs either (403, so ids cannot be probed)."""
     if principal.role in auth.READ_EVERYTHING:
@@ -146,6 +190,62 @@ async def create_transfer(services, call: Call) -> web.Response:
         # retry with the same key tells (a replay if it committed, a fresh decision if not).
         raise ApiError(
             "unavailable", f"the transfer may or may not be committed; retry with the same Idempotency-Key: {error}"
+        ) from None
+    if answer.rejection is not None:
+        raise ApiError(answer.rejection.value)
+    headers = {"Idempotency-Replayed": "true"} if answer.replayed else None
+    return json_response(transfer_body(answer.entry), status=201, headers=headers)
+
+
+def refund_request_hash(transfer_id: uuid.UUID, body: schemas.RefundCreate) -> bytes:
+    """As `request_hash`, for a refund: tagged, so one key cannot mean a transfer and a refund."""
+    canonical = msgspec.json.encode(
+        ["refund", str(transfer_id), body.amount, body.reference, sorted(body.metadata.items())]
+    )
+    return hashlib.sha256(canonical).digest()
+
+
+async def create_refund(services, call: Call) -> web.Response:
+    """Return (part of) a payment to a vendor account. What cannot change (the original's accounts,
+    kind and amount) is checked here; how much of it is already refunded is decided by the
+    committer in batch order, so racing refunds never pass the original."""
+    body: schemas.RefundCreate = call.body
+    transfer_id = call.ids["transfer_id"]
+    async with services.pool.connection() as conn:
+        original = await store.entry_by_transfer_id(conn, transfer_id)
+        receiver = await store.account_by_id(conn, original.to_account_id) if original is not None else None
+    if call.principal.role != "admin" and (receiver is None or receiver.owner_id != call.principal.id):
+        raise ApiError("forbidden")  # an absent transfer is no one's, as for reads
+    if original is None:
+        raise ApiError("not_found")
+    if original.kind != "transfer" or receiver is None or receiver.kind != "vendor":
+        raise ApiError("not_refundable")
+    command = domain.TransferCommand(
+        principal_id=call.principal.id,
+        principal_role=call.principal.role,
+        idempotency_key=call.idempotency_key,
+        request_hash=refund_request_hash(transfer_id, body),
+        from_account_id=original.to_account_id,
+        to_account_id=original.from_account_id,
+        amount=body.amount,
+        currency=original.currency,
+        reference=body.reference,
+        metadata=body.metadata,
+        kind="refund",
+        refund_of=transfer_id,
+        refundable_amount=original.amount,
+    )
+    return await _commit(services, command)
+
+
+async def _commit(services, command: domain.TransferCommand) -> web.Response:
+    try:
+        answer = await services.committer.submit(command)
+    except committer_mod.QueueFull:
+        raise ApiError("queue_full") from None
+    except committer_mod.Unavailable as error:
+        raise ApiError(
+            "unavailable", f"the refund may or may not be committed; retry with the same Idempotency-Key: {error}"
         ) from None
     if answer.rejection is not None:
         raise ApiError(answer.rejection.value)
@@ -398,7 +498,13 @@ async def readyz(services, call: Call) -> web.Response:
 EVERYONE = ALL_ROLES
 READERS = auth.READ_EVERYTHING
 VENDOR_READERS = auth.READ_EVERYTHING | {"vendor"}
-REJECTIONS = frozenset(rejection.value for rejection in domain.Rejection)
+REJECTIONS = frozenset(rejection.value for rejection in domain.Rejection if rejection not in domain.REFUND_ONLY)
+# A refund's accounts and currency are the original's, so same_account, account_not_found and
+# currency_mismatch cannot happen; what it can meet, in the contract's order.
+REFUND_CODES = frozenset({
+    "forbidden", "not_found", "idempotency_key_reused", "not_refundable", "refund_exceeds_transfer",
+    "insufficient_funds", "balance_limit_exceeded", "queue_full",
+})
 
 PROJECTED = Header(
     PROJECTION_POSITION, "Every journal entry with position <= N is in the projection.",
@@ -417,8 +523,18 @@ ROUTES: list[Route] = [
           roles=frozenset({"admin"}), codes=frozenset({"owner_not_found", "account_exists"}),
           body=schemas.AccountCreate, summary="Create an account (idempotent by id)."),
     Route("GET", "/v1/accounts/{account_id}", get_account, {200: schemas.Account}, roles=EVERYONE,
-          codes=frozenset({"forbidden", "not_found"}), path_ids=("account_id",),
-          summary="An account with its committed balance."),
+          codes=frozenset({"forbidden", "not_found", "position_out_of_range"}), path_ids=("account_id",),
+          query=PointQuery, summary="An account with its committed balance, or its balance at a position or time."),
+    Route("GET", "/v1/accounts", list_accounts, {200: schemas.AccountPage}, roles=EVERYONE, query=IdPageQuery,
+          summary="The caller's own accounts (admin, auditor: all), in id order."),
+    Route("GET", "/v1/accounts/{account_id}/entries", get_statement, {200: schemas.StatementPage}, roles=EVERYONE,
+          codes=frozenset({"forbidden", "not_found"}), path_ids=("account_id",), query=StatementQuery,
+          summary="The account's statement, read from the journal, oldest first."),
+    Route("POST", "/v1/transfers/{transfer_id}/refunds", create_refund, {201: schemas.Transfer},
+          roles=frozenset({"admin", "vendor"}),
+          codes=REFUND_CODES,
+          headers=(REPLAYED,), body=schemas.RefundCreate, path_ids=("transfer_id",), idempotency=True,
+          summary="Refund (part of) a payment to a vendor account, back to the payer."),
     Route("POST", "/v1/transfers", create_transfer, {201: schemas.Transfer}, roles=frozenset({"admin", "client"}),
           codes=REJECTIONS | {"queue_full"}, headers=(REPLAYED,),
           body=schemas.TransferCreate, idempotency=True, summary="Move money between two accounts of one currency."),

@@ -20,6 +20,8 @@ See docs/client.md.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import asyncio
 import hashlib
 import random
@@ -181,6 +183,42 @@ class LedgerClient:
     async def get_account(self, account_id: uuid.UUID) -> schemas.Account:
         return await self._call("GET", f"/v1/accounts/{account_id}", schemas.Account)
 
+    async def account(
+        self, account_id: uuid.UUID, *, at_position: int | None = None, as_of: dt.datetime | None = None
+    ) -> schemas.Account:
+        """The account now, or with its balance as it was right after journal position
+        `at_position`, or after the last entry committed at or before `as_of` (at most one)."""
+        if at_position is not None and as_of is not None:
+            raise ValueError("give at most one of at_position and as_of")
+        params: dict[str, Any] = {}
+        if at_position is not None:
+            params["at_position"] = at_position
+        if as_of is not None:
+            params["as_of"] = as_of.astimezone(dt.timezone.utc).isoformat()
+        return await self._call("GET", f"/v1/accounts/{account_id}", schemas.Account, params=params)
+
+    async def accounts(self, *, limit: int = 100, after: str = "") -> AsyncIterator[schemas.AccountPage]:
+        """Every page of the caller's accounts (admin, auditor: all), in id order, until `next` is null."""
+        cursor: str | None = after
+        while cursor is not None:
+            page = await self._call("GET", "/v1/accounts", schemas.AccountPage, params={"limit": limit, "after": cursor})
+            yield page
+            cursor = page.next
+
+    async def statement(
+        self, account_id: uuid.UUID, *, limit: int = 100, after: str = "", reference: str | None = None
+    ) -> AsyncIterator[schemas.StatementPage]:
+        """Every page of the account's statement from the journal, oldest first, until `next` is
+        null; only entries with exactly `reference` when given."""
+        cursor: str | None = after
+        while cursor is not None:
+            params: dict[str, Any] = {"limit": limit, "after": cursor}
+            if reference is not None:
+                params["reference"] = reference
+            page = await self._call("GET", f"/v1/accounts/{account_id}/entries", schemas.StatementPage, params=params)
+            yield page
+            cursor = page.next
+
     # ---- transfers --------------------------------------------------------------------------
 
     async def transfer(
@@ -206,6 +244,22 @@ class LedgerClient:
         )
         headers = {"Idempotency-Key": idempotency_key}
         return await self._call("POST", "/v1/transfers", schemas.Transfer, body=body, headers=headers)
+
+    async def refund(
+        self,
+        transfer_id: uuid.UUID,
+        *,
+        amount: int,
+        idempotency_key: str,
+        reference: str = "",
+        metadata: dict[str, str] | None = None,
+    ) -> schemas.Transfer:
+        """Refund `amount` of a payment to a vendor account back to its payer (the vendor's owner
+        or admin). Retried with the same `idempotency_key`, so it is applied at most once."""
+        body = schemas.RefundCreate(amount=amount, reference=reference, metadata=metadata or {})
+        headers = {"Idempotency-Key": idempotency_key}
+        return await self._call("POST", f"/v1/transfers/{transfer_id}/refunds", schemas.Transfer, body=body,
+                                headers=headers)
 
     async def get_transfer(self, transfer_id: uuid.UUID) -> schemas.Transfer:
         return await self._call("GET", f"/v1/transfers/{transfer_id}", schemas.Transfer)

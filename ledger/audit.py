@@ -37,6 +37,8 @@ CHECKS: tuple[str, ...] = (
     "postings",  # postings sum to zero and are exactly (from, -amount), (to, +amount)
     "accounts",  # every posting's account exists and holds the entry's currency
     "non_negative",  # no wallet or vendor account below zero after any entry
+    "balance_after",  # every posting's stored balance_after is the replayed balance after its entry
+    "refunds",  # a refund returns an earlier payment to a vendor (not a refund), never more than it in total
     "checkpoint",  # the signature holds and the journal still hashes to the signed hash
     "orphan_postings",  # no postings without their journal entry
     "head",  # the journal_head row names the last entry
@@ -120,10 +122,23 @@ class Start:
     position: int = 0
     hash: str = domain.ZERO_HASH
     balances: Balances = field(default_factory=dict)
+    refunded: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)  # original -> (amount, refunded)
+
+
+@dataclass(frozen=True, slots=True)
+class Original:
+    """What the journal holds about the entry a refund names (`store.refund_originals`)."""
+
+    position: int
+    kind: str
+    from_account_id: uuid.UUID
+    to_account_id: uuid.UUID
+    amount: int
 
 
 class Replay:
-    """The checks, fed one entry at a time in position order; no I/O."""
+    """The checks, fed one entry at a time in position order; no I/O. Memory: a balance per
+    account, and a refunded total per payment that has refunds."""
 
     def __init__(
         self,
@@ -148,18 +163,28 @@ class Replay:
         if balances_at_projector is None and projector_position == start.position:
             self._at_projector = dict(start.balances)
         self._signed = signed
+        # original transfer id -> (its amount, refunded so far): bounded by the payments refunded
+        self._refunded: dict[uuid.UUID, tuple[int, int]] = dict(start.refunded)
 
     @property
     def account_count(self) -> int:
         return len(self._accounts)
 
-    def feed(self, entry: JournalEntry) -> None:
+    def feed(
+        self, entry: JournalEntry, balances_after: list[int] | None = None, original: Original | None = None
+    ) -> None:
+        """`balances_after`: the stored balance after the entry of each of its postings, in order;
+        `original`: for a refund, the entry it names (None when there is none)."""
         if self._at_projector is None and entry.position > self._projector_position:
             self._at_projector = dict(self._balances)
         self._check_position(entry)
         recomputed = self._check_hash(entry)
         self._check_postings(entry)
         self._apply(entry)
+        if balances_after is not None:
+            self._check_balances_after(entry, balances_after)
+        if entry.kind == "refund" or entry.refund_of is not None:
+            self._check_refund(entry, original)
         self._check_signed(entry.position, recomputed)
         self.position, self.hash = entry.position, entry.hash
         self.entries += 1
@@ -208,6 +233,32 @@ class Replay:
             if balance < 0 and kind != "system":
                 self.findings.record("non_negative", entry.position, f"{kind} {account_id} at {balance}")
 
+    def _check_balances_after(self, entry: JournalEntry, balances_after: list[int]) -> None:
+        replayed = [self._balances[p.account_id] for p in entry.postings]
+        if balances_after != replayed:
+            self.findings.record("balance_after", entry.position,
+                                 f"stored balances after {balances_after}, replayed {replayed}")
+
+    def _check_refund(self, entry: JournalEntry, original: Original | None) -> None:
+        if entry.kind != "refund" or entry.refund_of is None:
+            self.findings.record("refunds", entry.position, f"kind {entry.kind} with refund_of {entry.refund_of}")
+            return
+        why = None
+        if original is None or original.position >= entry.position:
+            why = "names no earlier entry"
+        elif original.kind != "transfer" or self._accounts.get(original.to_account_id, ("",))[0] != "vendor":
+            why = f"names a {original.kind} that was not a payment to a vendor account"
+        elif (entry.from_account_id, entry.to_account_id) != (original.to_account_id, original.from_account_id):
+            why = "does not return the payment from the vendor to its payer"
+        if why is not None:
+            self.findings.record("refunds", entry.position, f"the refund of {entry.refund_of} {why}")
+            return
+        total = self._refunded.get(entry.refund_of, (original.amount, 0))[1] + entry.amount
+        self._refunded[entry.refund_of] = (original.amount, total)
+        if total > original.amount:
+            self.findings.record("refunds", entry.position,
+                                 f"refunds of {entry.refund_of} add up to {total}, more than its {original.amount}")
+
     def check_verifications(self, entry: JournalEntry, rows: list[Verification]) -> None:
         """The verification rows at `entry`'s position against the entry: a payment to a vendor
         account up to the projector's checkpoint has exactly one, equal to it; nothing else has any."""
@@ -251,7 +302,8 @@ class Replay:
             )
 
     def finish(
-        self, *, head: tuple[int, str], write_model: Balances, projected: Balances, orphan_position: int | None
+        self, *, head: tuple[int, str], write_model: Balances, projected: Balances, orphan_position: int | None,
+        refund_totals: dict[uuid.UUID, int] | None = None,
     ) -> None:
         """The checks that compare the replayed state with what the database holds."""
         if self._signed is not None:
@@ -269,6 +321,13 @@ class Replay:
         self._compare("write_model", head[0], self._balances, write_model)
         self._check_projection(projected)
         self._check_conservation()
+        if refund_totals is not None:
+            replayed = {original: total for original, (_, total) in self._refunded.items()}
+            differing = sorted(t for t in replayed.keys() | refund_totals.keys()
+                               if replayed.get(t, 0) != refund_totals.get(t, 0))
+            if differing:
+                self.findings.record("refunds", head[0], f"{len(differing)} refund totals differ from refund_totals"
+                                     f" (first {differing[0]})")
 
     def _check_projection(self, projected: Balances) -> None:
         if self._at_projector is None and self._projector_position > self.position:
@@ -457,8 +516,15 @@ async def _replay(
                                public_key=public_key)
     nodes = aiter(tree_store.stream_nodes(conn, after=from_position, upto=stored_size if tree_check else 0))
     node = await anext(nodes, None)
-    async for entry in store.stream_entries(conn, from_position):
-        replay.feed(entry)
+    # The originals of the refunds, walked alongside too (in the refunds' position order).
+    originals = aiter(store.refund_originals(conn, from_position))
+    next_original = await anext(originals, None)
+    async for entry, balances_after in store.stream_entries(conn, from_position):
+        original = None
+        if next_original is not None and next_original[0] == entry.position:
+            original = Original(*next_original[1:]) if next_original[1] is not None else None
+            next_original = await anext(originals, None)
+        replay.feed(entry, balances_after, original)
         if tree_check is not None:
             stored = {}
             while node is not None and node[0] <= entry.position:
@@ -487,6 +553,7 @@ async def _replay(
         write_model=await store.write_model_balances(conn),
         projected=await projections.balances(conn),
         orphan_position=await store.first_orphan_posting(conn, from_position),
+        refund_totals=await store.refund_totals(conn),
     )
     return replay, head_position, projector_position, tree_check
 
@@ -498,7 +565,8 @@ async def _start(conn: psycopg.AsyncConnection, from_position: int) -> tuple[Sta
         return Start(), False
     digest = await store.stored_hash(conn, from_position)
     balances = await store.balances_from_postings(conn, from_position)
-    return Start(from_position, digest or domain.ZERO_HASH, balances), digest is None
+    refunded = await store.refunded_up_to(conn, from_position)
+    return Start(from_position, digest or domain.ZERO_HASH, balances, refunded), digest is None
 
 
 def _unusable_checkpoint(

@@ -167,7 +167,9 @@ class Committer:
                 account_ids=list({c.from_account_id for c in commands} | {c.to_account_id for c in commands}),
                 principal_ids=[c.principal_id for c in commands],
                 keys=[c.idempotency_key for c in commands],
+                refunded_ids=list({c.refund_of for c in commands if c.refund_of is not None}),
             )
+            now = domain.stamp_after(now, state.head_committed_at)
             result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(now))
             if result.entries:
                 await store.write_batch(conn, result, committed_at=now)

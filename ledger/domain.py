@@ -33,8 +33,13 @@ class Rejection(enum.Enum):
     same_account = "same_account"
     account_not_found = "account_not_found"
     currency_mismatch = "currency_mismatch"
+    refund_exceeds_transfer = "refund_exceeds_transfer"
     insufficient_funds = "insufficient_funds"
     balance_limit_exceeded = "balance_limit_exceeded"
+
+
+# Rejections only a refund can get (a transfer's route does not document them).
+REFUND_ONLY = frozenset({Rejection.refund_exceeds_transfer})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +69,12 @@ class TransferCommand:
     currency: str
     reference: str
     metadata: dict[str, str]
+    kind: str = "transfer"
+    # A refund: the original transfer and its amount, the most its refunds may add up to. What
+    # cannot change (the original's accounts, kind and amount) is checked before submitting; the
+    # running refunded total, which concurrent refunds change, is decided here in batch order.
+    refund_of: uuid.UUID | None = None
+    refundable_amount: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +98,13 @@ Outcome = Committed | Replayed | Rejected
 def format_timestamp(moment: dt.datetime) -> str:
     """The one timestamp form of the journal: UTC, six fractional digits, `Z`."""
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def stamp_after(now: dt.datetime, head_committed_at: dt.datetime | None) -> dt.datetime:
+    """A batch's commit time: now, but never before the previous entry's, so `committed_at` does
+    not decrease along positions (clocks of API processes differ) and "the last entry committed at
+    or before T" is one index lookup."""
+    return now if head_committed_at is None or now >= head_committed_at else head_committed_at
 
 
 def canonical_json(body: dict) -> bytes:
@@ -160,11 +178,15 @@ def seal(
         committed_at=committed_at,
         prev_hash=prev_hash,
         hash="",
+        kind=command.kind,
+        refund_of=command.refund_of,
     )
     return msgspec.structs.replace(unsealed, hash=recompute_hash(unsealed))
 
 
-def check(command: TransferCommand, accounts: dict[uuid.UUID, AccountState]) -> Rejection | None:
+def check(
+    command: TransferCommand, accounts: dict[uuid.UUID, AccountState], refunded: dict[uuid.UUID, int]
+) -> Rejection | None:
     """The contract's checks after idempotency, in its order: ownership, then business rules."""
     source = accounts.get(command.from_account_id)
     if command.principal_role == "client" and (source is None or source.owner_id != command.principal_id):
@@ -176,6 +198,8 @@ def check(command: TransferCommand, accounts: dict[uuid.UUID, AccountState]) -> 
         return Rejection.account_not_found
     if source.currency != command.currency or target.currency != command.currency:
         return Rejection.currency_mismatch
+    if command.refund_of is not None and refunded.get(command.refund_of, 0) + command.amount > command.refundable_amount:
+        return Rejection.refund_exceeds_transfer
     if not source.may_go_negative and source.balance < command.amount:
         return Rejection.insufficient_funds
     if target.balance + command.amount > BALANCE_MAX or source.balance - command.amount < -BALANCE_MAX:
@@ -192,6 +216,10 @@ class BatchState:
     accounts: dict[uuid.UUID, AccountState]
     # (principal_id, key) -> (request_hash, position)
     idempotency: dict[tuple[uuid.UUID, str], tuple[bytes, int]]
+    # original transfer id -> the total of its committed refunds, for the batch's refunds
+    refunded: dict[uuid.UUID, int] = field(default_factory=dict)
+    # when the last entry was committed: a batch is never stamped earlier (see `stamp_after`)
+    head_committed_at: dt.datetime | None = None
 
 
 @dataclass(slots=True)
@@ -200,6 +228,11 @@ class BatchResult:
     entries: list[JournalEntry] = field(default_factory=list)
     balance_deltas: dict[uuid.UUID, int] = field(default_factory=dict)
     new_keys: list[tuple[uuid.UUID, str, bytes, int]] = field(default_factory=list)
+    # Each entry's account balances right after it, in the order of its postings: stored on the
+    # postings, so a statement and a balance at a position are index reads, not sums.
+    balances_after: dict[int, list[int]] = field(default_factory=dict)
+    # original transfer id -> (its amount, the new total refunded), for the originals refunded here
+    refunded: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
 
 
 def decide_batch(
@@ -214,6 +247,7 @@ def decide_batch(
     position, prev_hash = state.head_position, state.head_hash
     accounts = dict(state.accounts)
     keys = dict(state.idempotency)
+    refunded = dict(state.refunded)
     for command in commands:
         scope = (command.principal_id, command.idempotency_key)
         stored = keys.get(scope)
@@ -224,7 +258,7 @@ def decide_batch(
             else:
                 result.outcomes.append(Rejected(Rejection.idempotency_key_reused))
             continue
-        rejection = check(command, accounts)
+        rejection = check(command, accounts, refunded)
         if rejection is not None:
             result.outcomes.append(Rejected(rejection))
             continue
@@ -233,13 +267,19 @@ def decide_batch(
             position=position, transfer_id=new_id(), command=command, committed_at=committed_at, prev_hash=prev_hash
         )
         prev_hash = entry.hash
+        after = result.balances_after[position] = []
         for posting in entry.postings:
             before = accounts[posting.account_id]
             accounts[posting.account_id] = AccountState(
                 before.id, before.kind, before.currency, before.owner_id, before.balance + posting.amount
             )
+            after.append(before.balance + posting.amount)
             deltas = result.balance_deltas
             deltas[posting.account_id] = deltas.get(posting.account_id, 0) + posting.amount
+        if command.refund_of is not None:
+            total = refunded[command.refund_of] = refunded.get(command.refund_of, 0) + command.amount
+            assert total <= command.refundable_amount, "refunds passed the original amount"
+            result.refunded[command.refund_of] = (command.refundable_amount, total)
         keys[scope] = (command.request_hash, position)
         result.new_keys.append((command.principal_id, command.idempotency_key, command.request_hash, position))
         result.entries.append(entry)

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
 import psycopg
 from psycopg import sql
 from psycopg.rows import args_row, class_row, kwargs_row, namedtuple_row
@@ -42,6 +43,7 @@ GRANTS: dict[str, dict[str, str]] = {
         "journal_head": "SELECT, UPDATE",
         "idempotency": "SELECT, INSERT, DELETE",
         "outbox": "SELECT, INSERT, DELETE",
+        "refund_totals": "SELECT, INSERT, UPDATE",
         "projector_checkpoint": "SELECT",
         "projected_balances": "SELECT",
         "verifications": "SELECT",
@@ -68,6 +70,7 @@ GRANTS: dict[str, dict[str, str]] = {
         "journal": "SELECT",
         "postings": "SELECT",
         "journal_head": "SELECT",
+        "refund_totals": "SELECT",
         "projector_checkpoint": "SELECT",
         "projected_balances": "SELECT",
         "verifications": "SELECT",
@@ -324,11 +327,116 @@ async def account_with_balance(conn, account_id: uuid.UUID) -> schemas.Account |
     )
 
 
+async def accounts_page(
+    conn, *, owner_id: uuid.UUID | None, after: uuid.UUID | None, limit: int
+) -> list[schemas.Account]:
+    """Accounts by id after `after` (all of them when `owner_id` is None), each with its committed
+    balance and the head it is exact at, in one statement."""
+    return await _fetch_all(
+        conn,
+        kwargs_row(schemas.Account),
+        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position FROM accounts a"
+        " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
+        " WHERE h.id = 1 AND (%s::UUID IS NULL OR a.owner_id = %s) AND (%s::UUID IS NULL OR a.id > %s)"
+        " ORDER BY a.id LIMIT %s",
+        (owner_id, owner_id, after, after, limit),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PastAccount:
+    """An account with its balance right after `position`, and the journal head when it was read."""
+
+    account: schemas.Account
+    head: int
+
+
+# The balance of account %(id)s right after position %(at)s: the `balance_after` of its last
+# posting at or before it (one lookup on postings_by_account), 0 before its first entry. The
+# order names account_id first, as postings_by_account does, so the planner walks that index and
+# not the primary key (position, account_id), which for a rarely used account would scan far.
+_BALANCE_AT = (
+    "coalesce((SELECT p.balance_after FROM postings p WHERE p.account_id = a.id AND p.position <= {at}"
+    " ORDER BY p.account_id DESC, p.position DESC LIMIT 1), 0)"
+)
+
+
+async def account_at_position(conn, account_id: uuid.UUID, position: int) -> PastAccount | None:
+    """The account as it was right after journal position `position` (not checked against the head,
+    which is returned for the caller to judge), read in one statement."""
+    row = await _fetch_one(conn, namedtuple_row, ACCOUNT_AT_POSITION_SQL, {"id": account_id, "at": position})
+    return _past_account(row, position) if row is not None else None
+
+
+async def account_as_of(conn, account_id: uuid.UUID, moment: dt.datetime) -> PastAccount | None:
+    """The account as it was right after the last entry committed at or before `moment` (position
+    0 when none): the entry is one lookup on journal_by_time, since committed_at never decreases
+    along positions; read in one statement."""
+    row = await _fetch_one(
+        conn, namedtuple_row,
+        "WITH t AS (SELECT coalesce((SELECT j.position FROM journal j WHERE j.committed_at <= %(moment)s"
+        " ORDER BY j.committed_at DESC, j.position DESC LIMIT 1), 0) AS at)"
+        f" SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='t.at')} AS balance, h.position AS head, t.at"
+        " FROM accounts a CROSS JOIN journal_head h CROSS JOIN t WHERE a.id = %(id)s AND h.id = 1",
+        {"id": account_id, "moment": moment},
+    )
+    return _past_account(row, row.at) if row is not None else None
+
+
+ACCOUNT_AT_POSITION_SQL = (
+    f"SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='%(at)s')} AS balance, h.position AS head"
+    " FROM accounts a CROSS JOIN journal_head h WHERE a.id = %(id)s AND h.id = 1"
+)
+
+
+def _past_account(row, position: int) -> PastAccount:
+    account = schemas.Account(
+        id=row.id, kind=row.kind, currency=row.currency, owner_id=row.owner_id, name=row.name,
+        balance=row.balance, position=position, created_at=row.created_at,
+    )
+    return PastAccount(account, row.head)
+
+
+async def statement(
+    conn, account_id: uuid.UUID, *, after: int, limit: int, reference: str | None
+) -> list[schemas.StatementItem]:
+    """The entries touching the account after position `after`, as the account sees them: a range
+    scan on postings_by_account (ordered as that index is), each posting's entry looked up by its
+    position (a lateral join whose LIMIT 1 keeps the planner from flattening it, so the plan is a
+    nested loop that stops at `limit`, never a merge join walking the journal from its start),
+    in one statement. A `reference` filter still walks
+    the account's postings (there is no index on reference)."""
+    return await _fetch_all(
+        conn, kwargs_row(_statement_item), STATEMENT_SQL, (account_id, after, reference, reference, limit)
+    )
+
+
+STATEMENT_SQL = (
+    "SELECT p.position, j.transfer_id, j.kind, p.amount, p.balance_after,"
+    " CASE WHEN j.from_account_id = p.account_id THEN j.to_account_id ELSE j.from_account_id END"
+    " AS counterparty_account_id, j.reference, j.committed_at"
+    " FROM postings p JOIN LATERAL (SELECT e.transfer_id, e.kind, e.from_account_id, e.to_account_id,"
+    " e.reference, e.committed_at FROM journal e WHERE e.position = p.position LIMIT 1) j ON true"
+    " WHERE p.account_id = %s AND p.position > %s AND (%s::TEXT IS NULL OR j.reference = %s)"
+    " ORDER BY p.account_id, p.position LIMIT %s"
+)
+
+
+def _statement_item(*, committed_at: dt.datetime, **row) -> schemas.StatementItem:
+    return schemas.StatementItem(committed_at=domain.format_timestamp(committed_at), **row)
+
+
+async def _fetch_all(conn, row_factory, query: str, params) -> list:
+    async with conn.cursor(row_factory=row_factory) as cursor:
+        await cursor.execute(query, params)
+        return await cursor.fetchall()
+
+
 # ---- the journal write path -----------------------------------------------------------------
 
 
 # Every writer of the journal takes the head row first: it orders writers and makes positions gap-free.
-_HEAD_FOR_UPDATE = "SELECT position, hash FROM journal_head WHERE id = 1 FOR UPDATE"
+_HEAD_FOR_UPDATE = "SELECT position, hash, committed_at FROM journal_head WHERE id = 1 FOR UPDATE"
 
 
 async def read_batch_state(
@@ -338,6 +446,7 @@ async def read_batch_state(
     account_ids: list[uuid.UUID],
     principal_ids: list[uuid.UUID],
     keys: list[str],
+    refunded_ids: list[uuid.UUID] = (),
 ) -> domain.BatchState:
     """Lock the journal head, then read the batch's accounts and stored keys. The statements are
     sent before any result is awaited, so in pipeline mode they cost one round trip; the head
@@ -357,10 +466,17 @@ async def read_batch_state(
         " ON i.principal_id = k.principal_id AND i.key = k.key",
         (_numbers(principal_ids), _texts(keys)),
     )
-    position, digest = await head_cursor.fetchone()
+    refunds_cursor = None
+    if refunded_ids:
+        refunds_cursor = await conn.execute(
+            "SELECT transfer_id, refunded FROM refund_totals WHERE transfer_id = ANY(%s::UUID[])",
+            (_numbers(refunded_ids),),
+        )
+    position, digest, committed_at = await head_cursor.fetchone()
     accounts = {account.id: account for account in await accounts_cursor.fetchall()}
     stored = {(k.principal_id, k.key): (bytes(k.request_hash), k.position) for k in await keys_cursor.fetchall()}
-    return domain.BatchState(position, digest, accounts, stored)
+    refunded = dict(await refunds_cursor.fetchall()) if refunds_cursor is not None else {}
+    return domain.BatchState(position, digest, accounts, stored, refunded, committed_at)
 
 
 def _numbers(values) -> str:
@@ -368,6 +484,11 @@ def _numbers(values) -> str:
     element by element in Python, which cost about a tenth of the API's CPU under load; one
     string that the server casts (`%s::UUID[]`) costs almost nothing and both databases accept it."""
     return "{" + ",".join(map(str, values)) + "}"
+
+
+def _nullable(values) -> str:
+    """An array literal of numbers or UUIDs where None is SQL NULL."""
+    return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
 
 
 def _texts(values) -> str:
@@ -381,10 +502,10 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
     assert entries, "an empty batch writes nothing"
     await conn.execute(
         "INSERT INTO journal (position, transfer_id, from_account_id, to_account_id, amount, currency,"
-        " reference, metadata, committed_at, prev_hash, hash)"
-        " SELECT p, t, f, o, a, c, r, m::JSONB, %s, ph, h FROM unnest("
+        " reference, metadata, committed_at, prev_hash, hash, kind, refund_of)"
+        " SELECT p, t, f, o, a, c, r, m::JSONB, %s, ph, h, k, ro FROM unnest("
         "%s::INT8[], %s::UUID[], %s::UUID[], %s::UUID[], %s::INT8[], %s::TEXT[], %s::TEXT[], %s::TEXT[],"
-        " %s::TEXT[], %s::TEXT[]) AS e (p, t, f, o, a, c, r, m, ph, h)",
+        " %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::UUID[]) AS e (p, t, f, o, a, c, r, m, ph, h, k, ro)",
         (
             committed_at,
             _numbers([e.position for e in entries]),
@@ -397,13 +518,15 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
             _texts([json.dumps(e.metadata) for e in entries]),
             _numbers([e.prev_hash for e in entries]),
             _numbers([e.hash for e in entries]),
+            _numbers([e.kind for e in entries]),
+            _nullable([e.refund_of for e in entries]),
         ),
     )
-    postings = [(e.position, p.account_id, p.amount) for e in entries for p in e.postings]
+    postings = _postings_rows(result)
     await conn.execute(
-        "INSERT INTO postings (position, account_id, amount)"
-        " SELECT * FROM unnest(%s::INT8[], %s::UUID[], %s::INT8[])",
-        (_numbers([p[0] for p in postings]), _numbers([p[1] for p in postings]), _numbers([p[2] for p in postings])),
+        "INSERT INTO postings (position, account_id, amount, balance_after)"
+        " SELECT * FROM unnest(%s::INT8[], %s::UUID[], %s::INT8[], %s::INT8[])",
+        tuple(_numbers([p[i] for p in postings]) for i in range(4)),
     )
     await conn.execute(
         "INSERT INTO idempotency (principal_id, key, request_hash, position)"
@@ -419,8 +542,17 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
     await _move_balances_and_head(conn, result, committed_at=committed_at)
 
 
+def _postings_rows(result: domain.BatchResult) -> list[tuple[int, uuid.UUID, int, int]]:
+    """(position, account_id, amount, balance_after) of every posting of the batch."""
+    return [
+        (e.position, p.account_id, p.amount, after)
+        for e in result.entries
+        for p, after in zip(e.postings, result.balances_after[e.position], strict=True)
+    ]
+
+
 async def _move_balances_and_head(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
-    """Move each touched balance once and the head to the batch's last entry."""
+    """Move each touched balance once, the refunded totals, and the head to the batch's last entry."""
     last = result.entries[-1]
     touched = list(result.balance_deltas.items())
     await conn.execute(
@@ -429,6 +561,15 @@ async def _move_balances_and_head(conn, result: domain.BatchResult, *, committed
         " WHERE balances.account_id = d.account_id",
         (last.position, _numbers([t[0] for t in touched]), _numbers([t[1] for t in touched])),
     )
+    if result.refunded:
+        refunded = list(result.refunded.items())
+        await conn.execute(
+            "INSERT INTO refund_totals (transfer_id, transfer_amount, refunded)"
+            " SELECT * FROM unnest(%s::UUID[], %s::INT8[], %s::INT8[])"
+            " ON CONFLICT (transfer_id) DO UPDATE SET refunded = excluded.refunded",
+            (_numbers([r[0] for r in refunded]), _numbers([r[1][0] for r in refunded]),
+             _numbers([r[1][1] for r in refunded])),
+        )
     await conn.execute(
         "UPDATE journal_head SET position = %s, hash = %s, committed_at = %s WHERE id = 1",
         (last.position, last.hash, committed_at),
@@ -441,11 +582,18 @@ async def _move_balances_and_head(conn, result: domain.BatchResult, *, committed
 # columns of `schemas.JournalEntry`: `_entry_row` builds the entry straight from them.
 _ENTRIES = (
     "SELECT j.position, j.transfer_id, j.from_account_id, j.to_account_id, j.amount, j.currency, j.reference,"
-    " j.metadata, j.committed_at, j.prev_hash, j.hash, p.account_ids, p.amounts FROM journal j"
+    " j.metadata, j.committed_at, j.prev_hash, j.hash, j.kind, j.refund_of, j.hold_id, p.account_ids, p.amounts,"
+    " p.balances_after FROM journal j"
     " LEFT JOIN LATERAL (SELECT array_agg(q.account_id ORDER BY q.amount, q.account_id) AS account_ids,"
-    " array_agg(q.amount ORDER BY q.amount, q.account_id) AS amounts"
+    " array_agg(q.amount ORDER BY q.amount, q.account_id) AS amounts,"
+    " array_agg(q.balance_after ORDER BY q.amount, q.account_id) AS balances_after"
     " FROM postings q WHERE q.position = j.position) p ON true"
 )
+
+
+_ENTRY_DEFAULTS = {
+    spec.name: spec.default for spec in msgspec.structs.fields(schemas.JournalEntry) if spec.default is not msgspec.NODEFAULT
+}
 
 
 def _entry_row(cursor) -> Callable[[Sequence], schemas.JournalEntry]:
@@ -455,9 +603,26 @@ def _entry_row(cursor) -> Callable[[Sequence], schemas.JournalEntry]:
 
     def make(values: Sequence) -> schemas.JournalEntry:
         row = dict(zip(names, values))
+        row.pop("balances_after")
+        for name, default in _ENTRY_DEFAULTS.items():
+            if row[name] == default:
+                # The struct's own default object: msgspec omits a default by identity when
+                # encoding, and an export must leave out what the hash leaves out.
+                del row[name]
         row["committed_at"] = domain.format_timestamp(row["committed_at"])
         row["postings"] = [schemas.Posting(*p) for p in zip(row.pop("account_ids") or (), row.pop("amounts") or ())]
         return schemas.JournalEntry(**row)
+
+    return make
+
+
+def _audited_entry_row(cursor) -> Callable[[Sequence], tuple[schemas.JournalEntry, list[int]]]:
+    """As `_entry_row`, with the stored `balance_after` of each posting, in the postings' order."""
+    make_entry = _entry_row(cursor)
+    index = [column.name for column in cursor.description].index("balances_after")
+
+    def make(values: Sequence) -> tuple[schemas.JournalEntry, list[int]]:
+        return make_entry(values), list(values[index] or ())
 
     return make
 
@@ -569,14 +734,47 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
     return dict(rows)
 
 
-async def stream_entries(conn, after: int) -> AsyncIterator[schemas.JournalEntry]:
-    """The entries after `after` in position order, through a server-side cursor: the audit
-    rehashes exactly what is stored, and one cursor keeps the stream in position order."""
-    async with conn.cursor(name="audit_journal", binary=True, row_factory=_entry_row) as cursor:
+async def stream_entries(conn, after: int) -> AsyncIterator[tuple[schemas.JournalEntry, list[int]]]:
+    """The entries after `after` in position order, each with its postings' stored balances after,
+    through a server-side cursor: the audit rehashes exactly what is stored, and one cursor keeps
+    the stream in position order."""
+    async with conn.cursor(name="audit_journal", binary=True, row_factory=_audited_entry_row) as cursor:
         await cursor.execute(f"{_ENTRIES} WHERE j.position > %s ORDER BY j.position", (after,))
         while entries := await cursor.fetchmany(AUDIT_FETCH_ROWS):
             for entry in entries:
                 yield entry
+
+
+async def refund_originals(conn, after: int) -> AsyncIterator[tuple]:
+    """For each refund after `after`, in position order: (its position, then the position, kind,
+    from and to accounts and amount of the entry it names, all None when there is none)."""
+    async with conn.cursor(name="audit_refunds") as cursor:
+        await cursor.execute(
+            "SELECT r.position, o.position, o.kind, o.from_account_id, o.to_account_id, o.amount"
+            " FROM journal r LEFT JOIN journal o ON o.transfer_id = r.refund_of"
+            " WHERE r.position > %s AND (r.kind = 'refund' OR r.refund_of IS NOT NULL) ORDER BY r.position",
+            (after,),
+        )
+        while rows := await cursor.fetchmany(AUDIT_FETCH_ROWS):
+            for row in rows:
+                yield row
+
+
+async def refunded_up_to(conn, position: int) -> dict[uuid.UUID, tuple[int, int]]:
+    """original -> (its amount, refunded by entries up to `position`): the trusted start of `--from`."""
+    rows = await (
+        await conn.execute(
+            "SELECT r.refund_of, o.amount, sum(r.amount)::INT8 FROM journal r JOIN journal o ON o.transfer_id = r.refund_of"
+            " WHERE r.kind = 'refund' AND r.position <= %s GROUP BY r.refund_of, o.amount",
+            (position,),
+        )
+    ).fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+async def refund_totals(conn) -> dict[uuid.UUID, int]:
+    rows = await (await conn.execute("SELECT transfer_id, refunded FROM refund_totals")).fetchall()
+    return dict(rows)
 
 
 async def write_model_balances(conn) -> dict[uuid.UUID, int]:
@@ -622,7 +820,9 @@ async def insert_accounts(conn, accounts: list[tuple[uuid.UUID, str, str, str]])
     )
 
 
-_JOURNAL_COPY_TYPES = ["int8", "uuid", "uuid", "uuid", "int8", "text", "text", "jsonb", "timestamptz", "text", "text"]
+_JOURNAL_COPY_TYPES = [
+    "int8", "uuid", "uuid", "uuid", "int8", "text", "text", "jsonb", "timestamptz", "text", "text", "text", "uuid",
+]
 
 
 async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
@@ -633,17 +833,18 @@ async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datet
     async with conn.cursor() as cursor:
         async with cursor.copy(
             "COPY journal (position, transfer_id, from_account_id, to_account_id, amount, currency, reference,"
-            " metadata, committed_at, prev_hash, hash) FROM STDIN WITH BINARY"
+            " metadata, committed_at, prev_hash, hash, kind, refund_of) FROM STDIN WITH BINARY"
         ) as copy:
             copy.set_types(_JOURNAL_COPY_TYPES)
             for e in entries:
                 await copy.write_row((
                     e.position, e.transfer_id, e.from_account_id, e.to_account_id, e.amount, e.currency,
-                    e.reference, Jsonb(e.metadata), committed_at, e.prev_hash, e.hash,
+                    e.reference, Jsonb(e.metadata), committed_at, e.prev_hash, e.hash, e.kind, e.refund_of,
                 ))
-        async with cursor.copy("COPY postings (position, account_id, amount) FROM STDIN WITH BINARY") as copy:
-            copy.set_types(["int8", "uuid", "int8"])
-            for e in entries:
-                for p in e.postings:
-                    await copy.write_row((e.position, p.account_id, p.amount))
+        async with cursor.copy(
+            "COPY postings (position, account_id, amount, balance_after) FROM STDIN WITH BINARY"
+        ) as copy:
+            copy.set_types(["int8", "uuid", "int8", "int8"])
+            for row in _postings_rows(result):
+                await copy.write_row(row)
     await _move_balances_and_head(conn, result, committed_at=committed_at)

@@ -74,11 +74,29 @@ async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str,
                 [e.hash for e in rows],
             ),
         )
+    await _add_refunds(conn, entries)
     await conn.execute(
         "INSERT INTO projector_checkpoint (name, position, updated_at) VALUES (%s, %s, %s)"
         " ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
         (name, last, projected_at),
     )
+
+
+async def _add_refunds(conn, entries: list[schemas.JournalEntry]) -> None:
+    """Add each refund to its original's `refunded_amount`. Entries are applied once (under the
+    locked checkpoint) and after their originals (position order), so the sum is exact."""
+    refunded: dict[uuid.UUID, int] = {}
+    for entry in entries:
+        if entry.kind == "refund" and entry.refund_of is not None:
+            refunded[entry.refund_of] = refunded.get(entry.refund_of, 0) + entry.amount
+    if refunded:
+        originals = list(refunded)
+        await conn.execute(
+            "UPDATE verifications SET refunded_amount = verifications.refunded_amount + r.amount"
+            " FROM unnest(%s::UUID[], %s::INT8[]) AS r (transfer_id, amount)"
+            " WHERE verifications.transfer_id = r.transfer_id",
+            (originals, [refunded[t] for t in originals]),
+        )
 
 
 async def _vendor_accounts(conn, account_ids: list[uuid.UUID]) -> set[uuid.UUID]:
@@ -98,7 +116,7 @@ async def reset(conn, name: str = DEFAULT_NAME) -> None:
 # The columns of `schemas.Verification`, by name: rows are built straight into it.
 _VERIFICATION_COLUMNS = (
     "v.transfer_id, v.vendor_account_id, v.payer_account_id, v.amount, v.currency, v.reference,"
-    " v.committed_at, v.position, v.hash, 'verified' AS status, v.projected_at"
+    " v.committed_at, v.position, v.hash, 'verified' AS status, v.projected_at, v.refunded_amount"
 )
 
 

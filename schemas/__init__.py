@@ -43,6 +43,7 @@ Hash = Annotated[str, Meta(pattern="^[0-9a-f]{64}$", description="Hex SHA-256.")
 Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with exactly six fractional digits, e.g. 2026-11-25T14:22:47.123456Z; kept as text so the hashed form is byte-exact.")]
 Role = Literal["admin", "client", "vendor", "auditor"]
 AccountKind = Literal["wallet", "vendor", "system"]
+EntryKind = Literal["transfer", "refund", "hold", "capture", "void", "expire"]
 
 
 class Strict(Struct, forbid_unknown_fields=True, omit_defaults=False):
@@ -82,6 +83,15 @@ class TransferCreate(Strict):
     to_account_id: uuid.UUID
     amount: Amount
     currency: Currency
+    reference: Reference = ""
+    metadata: Metadata = {}
+
+
+class RefundCreate(Strict):
+    """A refund of (part of) a payment to a vendor account: the accounts and the currency are the
+    original's, reversed."""
+
+    amount: Amount
     reference: Reference = ""
     metadata: Metadata = {}
 
@@ -138,6 +148,31 @@ class Transfer(Struct):
     position: int
     committed_at: Timestamp
     hash: Hash
+    kind: EntryKind = "transfer"
+    refund_of: uuid.UUID | None = None
+
+
+class AccountPage(Struct):
+    items: list[Account]
+    next: str | None
+
+
+class StatementItem(Struct):
+    """One entry of an account's statement, as the account sees it."""
+
+    position: int
+    transfer_id: uuid.UUID
+    kind: EntryKind
+    amount: Annotated[int, Meta(description="Signed for this account: + in, - out.")]
+    balance_after: Annotated[int, Meta(description="The account's committed balance right after this entry.")]
+    counterparty_account_id: uuid.UUID
+    reference: str
+    committed_at: Timestamp
+
+
+class StatementPage(Struct):
+    items: list[StatementItem]
+    next: str | None
 
 
 class Posting(Struct):
@@ -145,14 +180,16 @@ class Posting(Struct):
     amount: SignedAmount
 
 
-class JournalEntry(Struct, frozen=True):
+class JournalEntry(Struct, frozen=True, omit_defaults=True):
     """One committed transfer, the one shape of a journal entry: sealed by the domain, stored and
     read back by the store, the line of `GET /v1/journal`, the NATS event body, what the projector
     applies and the audit replays. Encoded and decoded directly, never copied field by field.
 
     Its hash covers `ledger.domain.canonical_bytes`: every field but `hash`, and a field that has
     a default only when it differs from it. So a field added later with a default (as new event
-    fields always are) leaves the bytes, and the hash, of every older entry unchanged.
+    fields always are) leaves the bytes, and the hash, of every older entry unchanged. The encoded
+    entry leaves them out the same way (`omit_defaults`), so an exported line minus `hash` is
+    exactly the hashed form, and a v1 export re-encodes byte for byte.
     """
 
     position: Annotated[int, Meta(ge=1, le=POSITION_MAX)]
@@ -167,6 +204,10 @@ class JournalEntry(Struct, frozen=True):
     committed_at: Timestamp
     prev_hash: Hash
     hash: Hash
+    # v2. Defaults keep a v1 entry's canonical bytes (and hash) unchanged.
+    kind: EntryKind = "transfer"
+    refund_of: uuid.UUID | None = None
+    hold_id: uuid.UUID | None = None  # reserved for holds
 
 
 # What the answer to a transfer shares with its journal entry, under the same names.
@@ -198,6 +239,7 @@ class Verification(Struct):
     hash: Hash
     status: Literal["verified"]
     projected_at: dt.datetime
+    refunded_amount: int = 0
 
 
 class VerificationPage(Struct):

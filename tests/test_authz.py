@@ -42,6 +42,10 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "get_inclusion_proof": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
     "get_consistency_proof": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
     "get_latest_checkpoint": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
+    # v2
+    "list_accounts": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
+    "get_statement": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
+    "create_refund": {"admin": EVERYTHING, "vendor": OWN},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -146,6 +150,29 @@ PROBES: dict[str, Callable[[World], Probe]] = {
                                                      owners=frozenset({"other_vendor"})),
     "list a wallet's transfers": lambda w: Probe("list_verifications", "GET",
                                                  f"/v1/vendors/{w.client_wallet}/transfers", 404, code="not_found"),
+    "list own accounts": lambda w: Probe("list_accounts", "GET", "/v1/accounts", 200, params={"limit": 5}),
+    "read client's statement": lambda w: Probe("get_statement", "GET", f"/v1/accounts/{w.client_wallet}/entries", 200,
+                                               owners=frozenset({"client"})),
+    "read vendor's statement": lambda w: Probe("get_statement", "GET", f"/v1/accounts/{w.vendor_account}/entries",
+                                               200, owners=frozenset({"vendor"}), params={"reference": "x"}),
+    "read absent statement": lambda w: Probe("get_statement", "GET", f"/v1/accounts/{ABSENT}/entries", 404,
+                                             code="not_found"),
+    "read client's wallet at position 0": lambda w: Probe("get_account", "GET", f"/v1/accounts/{w.client_wallet}",
+                                                          200, owners=frozenset({"client"}),
+                                                          params={"at_position": 0}),
+    "read client's wallet as of a time": lambda w: Probe("get_account", "GET", f"/v1/accounts/{w.client_wallet}",
+                                                         200, owners=frozenset({"client"}),
+                                                         params={"as_of": "2026-01-01T00:00:00Z"}),
+    "read client's wallet past the head": lambda w: Probe("get_account", "GET", f"/v1/accounts/{w.client_wallet}",
+                                                          422, owners=frozenset({"client"}),
+                                                          params={"at_position": 2**62},
+                                                          code="position_out_of_range"),
+    "read absent account at a position": lambda w: Probe("get_account", "GET", f"/v1/accounts/{ABSENT}", 404,
+                                                         params={"at_position": 1}, code="not_found"),
+    "refund payment": lambda w: Probe("create_refund", "POST", f"/v1/transfers/{w.paid['id']}/refunds", 201,
+                                      owners=frozenset({"vendor"}), json={"amount": 1}),
+    "refund absent transfer": lambda w: Probe("create_refund", "POST", f"/v1/transfers/{ABSENT}/refunds", 404,
+                                              json={"amount": 1}, code="not_found"),
     "read journal": lambda w: Probe("get_journal", "GET", "/v1/journal", 200, params={"limit": 1}),
     "read journal head": lambda w: Probe("get_journal_head", "GET", "/v1/journal/head", 200),
     "issue a token": lambda w: Probe("create_token", "POST", f"/v1/principals/{w.ids['other_client']}/tokens", 201),
@@ -166,7 +193,7 @@ PROBES: dict[str, Callable[[World], Probe]] = {
                                          params={"from_size": 1}),
     "read the latest tree head": lambda w: Probe("get_latest_checkpoint", "GET", "/v1/journal/checkpoints/latest", 200),
 }
-MATRIX_CASES = 297  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 387  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 def expected(probe: Probe, actor: str) -> tuple[int, str | None]:

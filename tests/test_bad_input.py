@@ -320,6 +320,7 @@ BAD_PATHS = {
     "/v1/transfers/not-a-uuid": "$.path.transfer_id",
     "/v1/vendors/not-a-uuid/transfers": "$.path.account_id",
     f"/v1/vendors/{ABSENT}/transfers/xyz/verification": "$.path.transfer_id",
+    "/v1/accounts/not-a-uuid/entries": "$.path.account_id",
 }
 
 
@@ -348,6 +349,25 @@ BAD_QUERIES = {
                            "$.query.wait_ms"),
     "min_position negative": ("/v1/vendors/{vendor}/transfers/{absent}/verification", {"min_position": "-1"},
                               "$.query.min_position"),
+    # v2: account lists, statements, balances at a point
+    "accounts limit 0": ("/v1/accounts", {"limit": "0"}, "$.query.limit"),
+    "accounts limit 1001": ("/v1/accounts", {"limit": "1001"}, "$.query.limit"),
+    "accounts cursor of a position list": ("/v1/accounts", {"after": "AAAAAAAAAAA"}, "$.query.after"),
+    "accounts cursor with unused bits set": ("/v1/accounts", {"after": "A" * 21 + "B"}, "$.query.after"),
+    "accounts unknown parameter": ("/v1/accounts", {"owner": "x"}, "$.query"),
+    "statement limit 0": ("/v1/accounts/{vendor}/entries", {"limit": "0"}, "$.query.limit"),
+    "statement cursor not ours": ("/v1/accounts/{vendor}/entries", {"after": "bm9wZQ"}, "$.query.after"),
+    "statement reference too long": ("/v1/accounts/{vendor}/entries", {"reference": "r" * 129}, "$.query.reference"),
+    "statement reference with NUL": ("/v1/accounts/{vendor}/entries", {"reference": "a\u0000"},
+                                     "$.query.reference"),
+    "at_position negative": ("/v1/accounts/{vendor}", {"at_position": "-1"}, "$.query.at_position"),
+    "at_position past 2^63-1": ("/v1/accounts/{vendor}", {"at_position": str(2**63)}, "$.query.at_position"),
+    "at_position not a number": ("/v1/accounts/{vendor}", {"at_position": "head"}, "$.query.at_position"),
+    "as_of not a time": ("/v1/accounts/{vendor}", {"as_of": "yesterday"}, "$.query.as_of"),
+    "as_of without a zone": ("/v1/accounts/{vendor}", {"as_of": "2026-01-01T00:00:00"}, "$.query.as_of"),
+    "as_of a date": ("/v1/accounts/{vendor}", {"as_of": "2026-01-01"}, "$.query.as_of"),
+    "at_position and as_of": ("/v1/accounts/{vendor}", {"at_position": "1", "as_of": "2026-01-01T00:00:00Z"},
+                              "$.query.as_of"),
 }
 
 
@@ -569,3 +589,61 @@ async def test_a_client_proving_someone_elses_entry_with_a_bad_tree_size_is_400_
 async def test_a_size_past_the_head_is_422_tree_size_out_of_range(stack, payer, path, params):
     assert_problem(await stack.client.get(path, token=payer.token, params=params), 422, "tree_size_out_of_range")
 
+# ---- refunds --------------------------------------------------------------------------------
+
+@pytest_asyncio.fixture(scope="module")
+async def paid(stack, payer) -> dict:
+    reply = await post_transfer(stack, payer, json=good(payer, amount=10), key=str(uuid.uuid4()))
+    assert reply.status == 201, reply.text
+    return reply.body
+
+
+BAD_REFUNDS = {
+    "amount zero": ({"amount": 0}, "$.amount"),
+    "amount negative": ({"amount": -1}, "$.amount"),
+    "amount a string": ({"amount": "5"}, "$.amount"),
+    "amount with a fraction": ({"amount": 1.5}, "$.amount"),
+    "amount past 2^53-1": ({"amount": AMOUNT_MAX + 1}, "$.amount"),
+    "amount missing": ({"reference": "x"}, "$"),
+    "reference too long": ({"amount": 1, "reference": "r" * 129}, "$.reference"),
+    "metadata not strings": ({"amount": 1, "metadata": {"a": 1}}, "$.metadata[...]"),
+    "currency is not the refund's to choose": ({"amount": 1, "currency": "USD"}, "$"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_REFUNDS))
+async def test_an_invalid_refund_body_is_400_and_writes_nothing(stack, payer, paid, name):
+    body, path = BAD_REFUNDS[name]
+    async with NothingWritten(stack, payer):
+        reply = await stack.client.post(f"/v1/transfers/{paid['id']}/refunds", token=payer.vendor_token, json=body,
+                                        key=str(uuid.uuid4()))
+    assert_problem(reply, 400, "validation_error", path)
+
+
+async def test_a_refund_without_idempotency_key_is_400(stack, payer, paid):
+    async with NothingWritten(stack, payer):
+        reply = await stack.client.post(f"/v1/transfers/{paid['id']}/refunds", token=payer.vendor_token,
+                                        json={"amount": 1})
+    assert_problem(reply, 400, "idempotency_key_required")
+
+
+async def test_a_refund_of_a_bad_transfer_id_is_400(stack, payer):
+    reply = await stack.client.post("/v1/transfers/nope/refunds", token=payer.vendor_token, json={"amount": 1},
+                                    key="k")
+    assert_problem(reply, 400, "validation_error", "$.path.transfer_id")
+
+
+async def test_a_client_refunding_with_a_bad_body_is_400_shape_before_role(stack, payer, paid):
+    reply = await stack.client.post(f"/v1/transfers/{paid['id']}/refunds", token=payer.token, json={"amount": 0},
+                                    key="k")
+    assert_problem(reply, 400, "validation_error", "$.amount")
+    reply = await stack.client.post(f"/v1/transfers/{paid['id']}/refunds", token=payer.token, json={"amount": 1},
+                                    key="k")
+    assert_problem(reply, 403, "forbidden")
+
+
+async def test_a_refund_beyond_the_payment_is_422_and_writes_nothing(stack, payer, paid):
+    async with NothingWritten(stack, payer):
+        reply = await stack.client.post(f"/v1/transfers/{paid['id']}/refunds", token=payer.vendor_token,
+                                        json={"amount": paid["amount"] + 1}, key=str(uuid.uuid4()))
+    assert_problem(reply, 422, "refund_exceeds_transfer")

@@ -358,3 +358,35 @@ async def test_the_client_rotates_and_revokes_tokens(stack):
         except LedgerProblem as problem:
             refused = problem.code
         assert refused == "unauthenticated"
+
+
+def _script_pays_refunds_half_and_reads_statements(base_url: str, admin_token: str) -> dict:
+    """The README's worked example, as a plain script: pay, list the statement, refund half,
+    the statement again, and the balance before the refund."""
+    with SyncLedgerClient(base_url, token=admin_token) as admin:
+        alice = admin.create_principal(role="client", name="sync Alice")
+        shop_owner = admin.create_principal(role="vendor", name="sync shop")
+        wallet = admin.create_account(kind="wallet", currency="USD", owner_id=alice.id)
+        shop = admin.create_account(kind="vendor", currency="USD", owner_id=shop_owner.id)
+        funding = admin.create_account(kind="system", currency="USD")
+        admin.transfer(from_account_id=funding.id, to_account_id=wallet.id, amount=1000, currency="USD",
+                       idempotency_key=str(uuid.uuid4()))
+        payer, vendor = admin.as_principal(alice.token), admin.as_principal(shop_owner.token)
+        paid = payer.transfer(from_account_id=wallet.id, to_account_id=shop.id, amount=400, currency="USD",
+                              idempotency_key=str(uuid.uuid4()), reference="order 9")
+        before = [item for page in payer.statement(wallet.id) for item in page.items]
+        refund = vendor.refund(paid.id, amount=200, idempotency_key=str(uuid.uuid4()), reference="order 9")
+        after = [item for page in payer.statement(wallet.id, limit=1) for item in page.items]
+        own = [account.id for page in payer.accounts() for account in page.items]
+        return {"paid": paid, "refund": refund, "before": before, "after": after, "own": own, "wallet": wallet.id,
+                "at_paid": payer.account(wallet.id, at_position=paid.position),
+                "by_reference": [i for page in payer.statement(wallet.id, reference="order 9") for i in page.items]}
+
+
+async def test_the_client_pays_refunds_and_reads_statements(stack):
+    seen = await asyncio.to_thread(_script_pays_refunds_half_and_reads_statements, stack.client.base, stack.admin)
+    assert [(i.amount, i.balance_after) for i in seen["before"]] == [(1000, 1000), (-400, 600)]
+    assert [(i.amount, i.balance_after, i.kind) for i in seen["after"]][-1] == (200, 800, "refund")
+    assert (seen["refund"].kind, seen["refund"].refund_of) == ("refund", seen["paid"].id)
+    assert seen["own"] == [seen["wallet"]] and seen["at_paid"].balance == 600
+    assert [i.kind for i in seen["by_reference"]] == ["transfer", "refund"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import uuid
@@ -142,3 +143,42 @@ def test_an_event_position_past_the_journal_column_range_is_rejected_when_decode
         assert "$.position" in str(error)
     else:
         raise AssertionError("a position past 2**63-1 was accepted")
+
+
+def _refund(amount, *, key, original, refundable=100) -> domain.TransferCommand:
+    vendor_owner = VENDOR.owner_id
+    return domain.TransferCommand(vendor_owner, "vendor", key, key.encode(), VENDOR.id, WALLET.id, amount, "USD", "",
+                                  {}, kind="refund", refund_of=original, refundable_amount=refundable)
+
+
+def test_refunds_in_one_batch_are_decided_in_order_against_the_running_total():
+    original = uuid.uuid4()
+    rich_vendor = AccountState(VENDOR.id, "vendor", "USD", VENDOR.owner_id, 1000)
+    batch_state = BatchState(0, domain.ZERO_HASH, {WALLET.id: WALLET, VENDOR.id: rich_vendor}, {}, {original: 30})
+    result = decide([_refund(50, key="a", original=original), _refund(30, key="b", original=original),
+                     _refund(20, key="c", original=original)], batch_state)
+    assert [type(o) for o in result.outcomes] == [Committed, Rejected, Committed]
+    assert result.outcomes[1].reason is Rejection.refund_exceeds_transfer
+    assert result.refunded == {original: (100, 100)}
+    assert [(e.kind, e.refund_of) for e in result.entries] == [("refund", original)] * 2
+
+
+def test_a_refund_over_the_total_is_refused_before_insufficient_funds():
+    original = uuid.uuid4()
+    result = decide([_refund(101, key="a", original=original)], state(WALLET, VENDOR))
+    assert result.outcomes == [Rejected(Rejection.refund_exceeds_transfer)]
+    result = decide([_refund(10, key="a", original=original)], state(WALLET, VENDOR))
+    assert result.outcomes == [Rejected(Rejection.insufficient_funds)]
+
+
+def test_each_posting_carries_its_account_balance_after_the_entry():
+    result = decide([command(30), command(20, key="k2")], state(WALLET, VENDOR))
+    first, second = result.entries
+    assert result.balances_after == {first.position: [70, 30], second.position: [50, 50]}
+
+
+def test_a_batch_is_never_stamped_before_the_previous_entry():
+    earlier = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    later = earlier + dt.timedelta(microseconds=1)
+    assert domain.stamp_after(earlier, later) == later and domain.stamp_after(later, earlier) == later
+    assert domain.stamp_after(earlier, None) == earlier

@@ -6,7 +6,11 @@ transaction, so the result is a journal the audit accepts. No events are publish
 empty); a running projector reads seeded entries from the journal once it sees it is behind the
 head. Run it as the migration role: the service roles may not write this way.
 
-    ledger seed --database-url URL --entries N [--accounts 1000] [--batch 10000]
+    ledger seed --database-url URL --entries N [--accounts 1000] [--batch 10000] [--hot-share 0.2]
+
+`--hot-share S` sends that share of the payments to the first vendor account, so one account
+gathers many entries (the statement benchmark's account: 0.2 of 1,000,000 entries puts 100,000
+on it, since every second entry is a payment).
 """
 
 from __future__ import annotations
@@ -41,19 +45,23 @@ class SeedAccounts:
 
 
 async def seed_journal(
-    database_url: str, *, entries: int, accounts: int = 1000, currency: str = "USD", batch: int = 10_000
-) -> None:
+    database_url: str, *, entries: int, accounts: int = 1000, currency: str = "USD", batch: int = 10_000,
+    hot_share: float = 0.0,
+) -> SeedAccounts:
     """Append `entries` entries between `accounts` new accounts: a system account funds each
-    wallet, and the wallet then pays a vendor the same amount, so no wallet ever goes negative."""
+    wallet, and the wallet then pays a vendor the same amount, so no wallet ever goes negative.
+    `hot_share` of the payments go to the first vendor account (`SeedAccounts.vendors[0]`)."""
     assert entries >= 0, "entries must not be negative"
+    assert 0.0 <= hot_share <= 1.0, "hot_share must be in 0..1"
     assert accounts >= SEED_ACCOUNTS_MIN, f"accounts must be at least {SEED_ACCOUNTS_MIN}"
     assert 1 <= batch <= SEED_BATCH_MAX, f"batch must be in 1..{SEED_BATCH_MAX}"
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         seeded = await _create_accounts(conn, accounts, currency)
-        plan = _transfers(seeded, currency)
+        plan = _transfers(seeded, currency, hot_share)
         for start in range(0, entries, batch):
             async with conn.transaction():
                 await _append_batch(conn, list(itertools.islice(plan, min(batch, entries - start))))
+    return seeded
 
 
 async def _create_accounts(conn: psycopg.AsyncConnection, count: int, currency: str) -> SeedAccounts:
@@ -71,12 +79,13 @@ async def _create_accounts(conn: psycopg.AsyncConnection, count: int, currency: 
     return seeded
 
 
-def _transfers(seeded: SeedAccounts, currency: str) -> Iterator[domain.TransferCommand]:
+def _transfers(seeded: SeedAccounts, currency: str, hot_share: float) -> Iterator[domain.TransferCommand]:
     """Endless pairs: fund a wallet, then spend exactly that on a vendor. Amounts vary
     deterministically, so two seeds of the same size move the same money."""
     for n in itertools.count():
         wallet = seeded.wallets[n % len(seeded.wallets)]
-        vendor = seeded.vendors[n % len(seeded.vendors)]
+        hot = int((n + 1) * hot_share) > int(n * hot_share)
+        vendor = seeded.vendors[0] if hot else seeded.vendors[n % len(seeded.vendors)]
         amount = 1 + (n * 7919) % SEED_AMOUNT_MAX
         yield _command(f"seed {n} fund", seeded.system, wallet, amount, currency)
         yield _command(f"seed {n} pay", wallet, vendor, amount, currency)
@@ -106,7 +115,7 @@ async def _append_batch(conn: psycopg.AsyncConnection, commands: list[domain.Tra
         principal_ids=[],
         keys=[],
     )
-    committed_at = dt.datetime.now(dt.timezone.utc)
+    committed_at = domain.stamp_after(dt.datetime.now(dt.timezone.utc), state.head_committed_at)
     result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(committed_at))
     assert len(result.entries) == len(commands), "a seeded transfer was refused: the plan is wrong"
     await store.copy_batch(conn, result, committed_at=committed_at)
@@ -119,10 +128,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=int, default=1000)
     parser.add_argument("--currency", default="USD")
     parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--hot-share", type=float, default=0.0, help="share of payments to the first vendor")
     args = parser.parse_args(argv)
     started = time.monotonic()
     asyncio.run(seed_journal(
-        args.database_url, entries=args.entries, accounts=args.accounts, currency=args.currency, batch=args.batch
+        args.database_url, entries=args.entries, accounts=args.accounts, currency=args.currency, batch=args.batch,
+        hot_share=args.hot_share,
     ))
     seconds = time.monotonic() - started
     print(f"seeded {args.entries} entries in {seconds:.1f} s ({args.entries / seconds:,.0f} entries/s)")

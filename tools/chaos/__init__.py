@@ -4,13 +4,17 @@ A world of client wallets and vendors, funded once from a system account, is dri
 concurrent clients paying each other and the vendors through several `ledger api` processes,
 while a fault injector SIGKILLs API processes and projectors (two by default, sharing one
 checkpoint) and restarts NATS and PostgreSQL, and a forger publishes junk on every ledger
-subject (random bytes, entries forged at the head + 1 and far past it, forged watermarks). Every client retries its own idempotency key, with the same body, until it gets a
+subject (random bytes, entries forged at the head + 1 and far past it, forged watermarks). A share
+of the payments to vendors is partly refunded by the vendor (`POST /v1/transfers/{id}/refunds`),
+some by two racing refunds that cannot both fit. Every client retries its own idempotency key, with the same body, until it gets a
 definitive answer (201 or 4xx). Afterwards the harness stops injecting, lets every pending key
 settle, and checks the ledger's promises against the database itself:
 
 - every acknowledged transfer is in the journal exactly once, as acknowledged (nothing lost);
 - no key produced two entries, and no entry exists that no client was acknowledged for;
 - no wallet or vendor balance is negative; balances per currency sum to zero and equal funding;
+- no payment's refunds add up to more than it, and every acknowledged refund is a `refund` entry
+  of its payment;
 - the balances, recomputed from the postings and from the acknowledgements, equal the write model;
 - the projection and the outbox converge to the journal within `converge_s` of the last fault;
 - `ledger audit` passes, its `verifications` check included (no forged payment was verified); every process stops cleanly on SIGTERM.

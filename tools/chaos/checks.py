@@ -97,7 +97,8 @@ class Snapshot:
 
             return cls(
                 journal=await rows("SELECT position, transfer_id::TEXT, from_account_id::TEXT, to_account_id::TEXT,"
-                                   " amount, currency, reference FROM journal ORDER BY position"),
+                                   " amount, currency, reference, kind, refund_of::TEXT FROM journal"
+                                   " ORDER BY position"),
                 head=(await rows("SELECT position FROM journal_head WHERE id = 1"))[0][0],
                 balances=await rows("SELECT b.account_id::TEXT, b.kind, a.currency, b.balance FROM balances b"
                                     " JOIN accounts a ON a.id = b.account_id"),
@@ -134,6 +135,26 @@ class Checks:
         self._check_journal(snapshot, by_id, acked, unresolved)
         self._check_keys(snapshot, by_id)
         self._check_balances(snapshot, acked)
+        self._check_refunds(snapshot, by_id)
+
+    def _check_refunds(self, snapshot: Snapshot, by_id: dict) -> None:
+        """No payment is refunded more than its amount; every refund names a payment and is a refund."""
+        refunded: dict[str, int] = defaultdict(int)
+        for row in snapshot.journal:
+            if row[7] == "refund":
+                refunded[row[8]] += row[4]
+        for original, total in refunded.items():
+            paid = by_id.get(original)
+            if paid is None or paid[7] != "transfer" or total > paid[4]:
+                self.report.over_refunded += 1
+                self.log.violation(f"refunds of {original} add up to {total}, its payment is"
+                                   f" {paid[4] if paid else 'missing'}")
+        vendor_refunds = [r for r in self.results if r.purpose == "vendor_refund"]
+        self.report.refunds = (sum(r.status == 201 for r in vendor_refunds), len(vendor_refunds), len(refunded))
+        for r in vendor_refunds:
+            row = by_id.get(r.transfer_id) if r.status == 201 else None
+            if row is not None and (row[7], row[8]) != ("refund", r.refund_of):
+                self.log.violation(f"refund {r.key} is in the journal as {row[7]} of {row[8]}")
 
     def _count_acknowledgements(self, payments: list[KeyResult]) -> None:
         report = self.report
@@ -184,7 +205,7 @@ class Checks:
         acked_ids = {}
         for r in acked:
             row = by_id.get(r.transfer_id)
-            b = r.body
+            b = r.entry
             if row is None:
                 report.lost += 1
                 self.log.violation(f"acknowledged transfer {r.transfer_id} (key {r.key}) is not in the journal")
@@ -220,8 +241,8 @@ class Checks:
         report = self.report
         expected: dict[str, int] = defaultdict(int)
         for r in acked:
-            expected[r.body["from_account_id"]] -= r.body["amount"]
-            expected[r.body["to_account_id"]] += r.body["amount"]
+            expected[r.entry["from_account_id"]] -= r.entry["amount"]
+            expected[r.entry["to_account_id"]] += r.entry["amount"]
         sums: dict[str, int] = defaultdict(int)
         funding = sum(r.body["amount"] for r in acked if r.purpose == "funding")
         held = 0

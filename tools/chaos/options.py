@@ -9,7 +9,8 @@ REPO = Path(__file__).resolve().parents[2]
 CURRENCY = "USD"
 OTHER_CURRENCY = "EUR"
 FAULT_KINDS = ("api_kill", "projector_kill", "nats_restart", "postgres_restart")
-EXPECTED_REJECTIONS = frozenset({"insufficient_funds", "same_account", "account_not_found", "currency_mismatch"})
+EXPECTED_REJECTIONS = frozenset({"insufficient_funds", "same_account", "account_not_found", "currency_mismatch",
+                                 "refund_exceeds_transfer"})
 # Answers that say "not now, try again": the key is retried, with the same body.
 RETRIED_STATUSES = frozenset({429, 503})
 
@@ -33,6 +34,10 @@ SHARE_LARGE = 0.15  # of wallet-to-wallet payments: up to twice the funding, oft
 SHARE_READ_BACK = 0.05
 # How often a client sends the same request twice at once (an impatient retry, a double click).
 SHARE_TWIN = 0.03
+# Of acknowledged payments to a vendor, the share its owner partly refunds (half of it), and of
+# those the share refunded twice at once with two keys (60% each: at most one may commit).
+SHARE_REFUNDED = 0.2
+SHARE_REFUND_RACE = 0.25
 # The admin pays the vendors' takings back to the wallets at this pace, or in a long run the
 # money ends up with the vendors and almost every payment is refused for insufficient funds.
 REFUND_INTERVAL_S = 0.2
@@ -84,7 +89,7 @@ class KeyResult:
     principal_id: str
     key: str
     body: dict
-    purpose: str  # "funding", "payment" or "refund"
+    purpose: str  # "funding", "payment", "refund" (the treasurer's) or "vendor_refund" (POST .../refunds)
     status: int | None = None  # the definitive status; None while (or if it stayed) unresolved
     code: str | None = None
     transfer_id: str | None = None
@@ -94,6 +99,14 @@ class KeyResult:
     copies: int = 1
     failures: set = dataclasses.field(default_factory=set)  # how the retried attempts ended
     ids_seen: set = dataclasses.field(default_factory=set)
+    path: str = "/v1/transfers"
+    # The journal entry a 201 must be: the body for a transfer; the reversed original for a refund.
+    entry: dict = dataclasses.field(default_factory=dict)
+    refund_of: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.entry:
+            self.entry = self.body
 
 
 @dataclasses.dataclass

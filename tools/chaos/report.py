@@ -34,6 +34,8 @@ class Report:
     phantom: int = 0
     unresolved: int = 0
     negative: int = 0
+    over_refunded: int = 0  # payments whose refunds add up to more than them
+    refunds: tuple = (0, 0, 0)  # vendor refunds acknowledged, asked, payments refunded in the journal
     read_backs: Counter = dataclasses.field(default_factory=Counter)
     conservation: str = "not checked"
     converged_s: float | None = None
@@ -89,7 +91,9 @@ class Report:
             f"faults injected: {faults} (mean duration: {timing or 'n/a'})",
             f"first acknowledgement after a fault ended: {recovery or 'n/a'}",
             f"lost {self.lost}, duplicated {self.duplicated}, phantom {self.phantom}, unresolved {self.unresolved},"
-            f" negative {self.negative}",
+            f" negative {self.negative}, refunded above the payment {self.over_refunded}",
+            f"vendor refunds: {self.refunds[0]} committed of {self.refunds[1]} asked, {self.refunds[2]} payments"
+            " refunded",
             f"conservation {self.conservation}",
             f"projection converged in {converged}{since_fault}",
             f"audit: {self.audit}",

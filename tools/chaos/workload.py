@@ -20,7 +20,8 @@ from tools.chaos.faults import Stack
 from tools.chaos.options import (
     BACKOFF_S_MAX, BACKOFF_S_MIN, CURRENCY, EXPECTED_REJECTIONS, OTHER_CURRENCY, PROCESS_READY_S_MAX,
     READ_BACK_WAIT_MS, REFUND_INTERVAL_S, RETRIED_STATUSES, SHARE_LARGE, SHARE_OTHER_CURRENCY, SHARE_READ_BACK,
-    SHARE_SAME_ACCOUNT, SHARE_TWIN, SHARE_UNKNOWN_TARGET, SHARE_VENDOR, SMALL_AMOUNT_MAX, KeyResult, Options,
+    SHARE_REFUND_RACE, SHARE_REFUNDED, SHARE_SAME_ACCOUNT, SHARE_TWIN, SHARE_UNKNOWN_TARGET, SHARE_VENDOR,
+    SMALL_AMOUNT_MAX, KeyResult, Options,
 )
 from tools.chaos.report import Observer, Report
 
@@ -57,6 +58,7 @@ class World:
         self.o = options
         self.clients: list[tuple[str, str, str]] = []  # (principal id, token, wallet id)
         self.vendor_accounts: list[str] = []
+        self.vendor_owners: dict[str, tuple[str, str]] = {}  # vendor account -> (principal id, token)
         self.other_currency_vendor = ""
         self.funding_account = ""
 
@@ -75,6 +77,7 @@ class World:
             account = await _admin_post(stack, "/v1/accounts", {"kind": "vendor", "currency": CURRENCY,
                                                                  "owner_id": vendor["id"], "name": f"vendor {index}"})
             self.vendor_accounts.append(account["id"])
+            self.vendor_owners[account["id"]] = (vendor["id"], vendor["token"])
         self.other_currency_vendor = (await _admin_post(
             stack, "/v1/accounts", {"kind": "vendor", "currency": OTHER_CURRENCY, "owner_id": vendor_owner, "name": "eur"}
         ))["id"]
@@ -130,7 +133,7 @@ class Workload:
     # ---- clients -----------------------------------------------------------------------
 
     async def settle(self, rng: random.Random, principal_id: str, token: str, key: str, body: dict,
-                     purpose: str, *, copies: int = 1) -> KeyResult:
+                     purpose: str, *, copies: int = 1, refund_of: KeyResult | None = None) -> KeyResult:
         """Send one key until it gets a definitive answer (201 or 4xx), or the drain deadline.
 
         With `copies` > 1 the same request is sent that many times concurrently, as an impatient
@@ -138,6 +141,11 @@ class Workload:
         answer (a 4xx does not use up a key, so a copy decided earlier may have been refused)."""
         body = {**body, "reference": body.get("reference", key)}
         result = KeyResult(principal_id, key, body, purpose, copies=copies)
+        if refund_of is not None:
+            paid = refund_of.body
+            result.path, result.refund_of = f"/v1/transfers/{refund_of.transfer_id}/refunds", refund_of.transfer_id
+            result.entry = {"from_account_id": paid["to_account_id"], "to_account_id": paid["from_account_id"],
+                            "amount": body["amount"], "currency": paid["currency"], "reference": body["reference"]}
         self.results.append(result)
         headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": key}
         rngs = [rng] + [random.Random(rng.random()) for _ in range(copies - 1)]
@@ -158,7 +166,7 @@ class Workload:
             timeout_s = min(self.o.client_timeout_s, remaining)
             sent = time.monotonic()
             try:
-                async with self.stack.session.post(api.url + "/v1/transfers", json=result.body, headers=headers,
+                async with self.stack.session.post(api.url + result.path, json=result.body, headers=headers,
                                                    timeout=aiohttp.ClientTimeout(total=timeout_s)) as reply:
                     status, raw, replayed = reply.status, await reply.read(), reply.headers.get("Idempotency-Replayed")
             except (asyncio.TimeoutError, TimeoutError):
@@ -204,7 +212,7 @@ class Workload:
         return False
 
     def _acknowledged(self, result: KeyResult, answer: dict, replayed: bool, api_name: str) -> None:
-        body = result.body
+        body = result.entry
         result.status, result.answered_at = 201, time.monotonic()
         result.transfer_id = answer.get("id") if isinstance(answer, dict) else None
         result.position = answer.get("position", 0) if isinstance(answer, dict) else 0
@@ -233,10 +241,29 @@ class Workload:
             number += 1
             if result.status == 201 and rng.random() < SHARE_READ_BACK:
                 await self.read_back(rng, client, result)
+            target = result.body["to_account_id"]
+            if result.status == 201 and target in self.world.vendor_owners and rng.random() < SHARE_REFUNDED:
+                await self.refund(rng, f"chaos-{index}-{number - 1}", result)
+
+    async def refund(self, rng: random.Random, key: str, paid: KeyResult) -> None:
+        """The vendor refunds half of the payment; sometimes twice at once with two keys, 60% each,
+        so at most one of the two may commit (`refund_exceeds_transfer` for the other)."""
+        owner_id, token = self.world.vendor_owners[paid.body["to_account_id"]]
+        amount = paid.body["amount"]
+        if rng.random() < SHARE_REFUND_RACE and amount >= 2:
+            share = max(1, amount * 6 // 10)
+            await asyncio.gather(*(
+                self.settle(random.Random(rng.random()), owner_id, token, f"{key}-refund-{n}", {"amount": share},
+                            "vendor_refund", refund_of=paid)
+                for n in range(2)
+            ))
+        else:
+            await self.settle(rng, owner_id, token, f"{key}-refund", {"amount": max(1, amount // 2)},
+                              "vendor_refund", refund_of=paid)
 
     async def treasurer(self) -> None:
-        """Refund each vendor's whole balance to a random wallet, one vendor at a time. A vendor
-        only ever receives between the read and the refund, so the refund is always affordable."""
+        """Pay each vendor's whole balance back to a random wallet, one vendor at a time. A vendor's
+        own refunds between the read and this transfer may leave it short (422, counted)."""
         rng = random.Random(f"{self.o.seed}/treasurer")
         number = 0
         while not self.stopped.is_set():
@@ -248,7 +275,9 @@ class Workload:
                         "currency": CURRENCY}
                 result = await self.settle(rng, self.stack.admin_id, self.stack.admin_token, f"refund-{number}", body,
                                            "refund")
-                if result.status is not None and result.status != 201:
+                # Vendors now also refund payments, so a vendor may have paid some back between
+                # the read and this transfer: insufficient funds is then an answer, not a fault.
+                if result.status is not None and result.status != 201 and result.code != "insufficient_funds":
                     self.log.violation(f"refund of {balance} from vendor {vendor} answered {result.status}"
                                        f" {result.code}")
             number += 1
