@@ -40,6 +40,8 @@ CODES: dict[str, tuple[int, str]] = {
     "timeout": (503, "The request did not finish in time"),
     "projection_behind": (503, "The projection has not reached the requested position"),
     "too_many_waiters": (503, "Too many requests are waiting for the projection in this process"),
+    "webhook_url_not_allowed": (422, "The webhook URL is not http(s) or resolves to a loopback, private or link-local address"),
+    "too_many_webhooks": (422, "The vendor account has as many webhook endpoints as it may"),
 }
 
 RETRY_AFTER_S = {"queue_full": 1, "unavailable": 1, "timeout": 1, "projection_behind": 1, "rate_limited": 1,
