@@ -390,3 +390,46 @@ async def test_rotate_key_re_encrypts_every_secret_so_the_old_key_can_go(stack):
 
 async def _true(value) -> bool:
     return bool(value)
+
+
+# ---- the typed client and the metrics -------------------------------------------------------
+
+
+async def test_the_client_registers_lists_reads_deliveries_and_deletes(stack, worker, receivers):
+    from client import LedgerClient, LedgerProblem
+
+    receiver = await receivers()
+    vendor = await stack.vendor()
+    base = stack.client.base
+    async with LedgerClient(base, token=vendor.token) as ledger:
+        created = await ledger.create_webhook(uuid.UUID(vendor.account_id), url=receiver.url,
+                                              event_types=["transfer.received"])
+        assert created.secret.startswith("whsec_") and created.event_types == ["transfer.received"]
+        pages = [page async for page in ledger.webhooks(uuid.UUID(vendor.account_id))]
+        assert [item.id for item in pages[0].items] == [created.id]
+        await _pay(stack, vendor)
+
+        async def delivered():
+            pages = [p async for p in ledger.webhook_deliveries(uuid.UUID(vendor.account_id), created.id)]
+            items = pages[0].items
+            return items if items and items[0].status == "delivered" else None
+
+        [item] = await eventually(delivered, timeout_s=DELIVERY_S_MAX)
+        assert item.type == "transfer.received" and item.attempts == 1 and item.next_attempt_at is None
+        await ledger.delete_webhook(uuid.UUID(vendor.account_id), created.id)
+        with pytest.raises(LedgerProblem) as problem:
+            await ledger.delete_webhook(uuid.UUID(vendor.account_id), created.id)
+        assert problem.value.code == "not_found"
+
+
+async def test_metrics_count_deliveries_by_outcome_attempt_latency_and_the_oldest_undelivered(stack, worker, receivers):
+    receiver = await receivers()
+    vendor = await stack.vendor()
+    await _register(stack, vendor, receiver.url)
+    await _pay(stack, vendor)
+    await eventually(lambda: _true(receiver.requests), timeout_s=DELIVERY_S_MAX)
+    reply = await stack.client.get("/metrics")
+    for name in ('ledger_webhook_deliveries_total{outcome="delivered"}', "ledger_webhook_attempt_duration_seconds_count",
+                 "ledger_webhook_delivery_latency_seconds_count", "ledger_webhook_oldest_undelivered_age_seconds",
+                 "ledger_webhook_checkpoint_position"):
+        assert name in reply.text, name
