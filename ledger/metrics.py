@@ -55,4 +55,4 @@ WEBHOOK_OLDEST_UNDELIVERED_SECONDS = Gauge(
     "ledger_webhook_oldest_undelivered_age_seconds", "Age (since commit) of the oldest event not yet delivered or failed."
 )
 WEBHOOK_CHECKPOINT = Gauge("ledger_webhook_checkpoint_position", "Journal position up to which deliveries are written.")
-WEBHOOK_IN_FLIGHT = Gauge("ledger_webhook_attempts_in_flight", "Webhook attempts in flight in this worker process.")
+WEBHOOK_IN_FLIGHT = Gauge("ledger_webhook_deliveries_held", "Claimed webhook deliveries in this worker process: in flight or waiting for a slot.")

@@ -182,34 +182,29 @@ class Claimed:
     committed_at: dt.datetime
 
 
-async def claim_due(conn, *, limit: int, lease_s: float, skip_endpoints: list[uuid.UUID]) -> list[Claimed]:
-    """Take up to `limit` due pending rows of live endpoints (not of `skip_endpoints`, which are
-    busy), oldest first, and lease them: `next_attempt_at` moves `lease_s` ahead, so a worker that
-    dies mid-attempt leaves the row to be retried once the lease ends, never lost. Rows another
-    worker holds locked are skipped, not waited for."""
+async def claim_due(conn, *, limit: int, per_endpoint: int, lease_s: float,
+                    skip_endpoints: list[uuid.UUID]) -> list[Claimed]:
+    """Take due pending rows, oldest first: at most `per_endpoint` of each live endpoint (none of
+    `skip_endpoints`, which the caller holds enough of) and `limit` in all, so one endpoint's
+    backlog never crowds out the others. They are leased: `next_attempt_at` moves `lease_s` ahead,
+    so a worker that dies mid-attempt leaves each row to be retried once its lease ends, never
+    lost. Rows another worker holds locked are skipped, not waited for. One index probe per live
+    endpoint (`webhook_deliveries_due`)."""
     async with conn.transaction():
         async with conn.cursor(row_factory=class_row(Claimed)) as cursor:
             await cursor.execute(
                 "UPDATE webhook_deliveries d SET next_attempt_at = now() + %s * INTERVAL '1 second'"
-                " FROM (SELECT q.endpoint_id, q.event_seq FROM webhook_deliveries q"
-                "  JOIN webhook_endpoints e ON e.id = q.endpoint_id"
-                "  WHERE q.status = 'pending' AND q.next_attempt_at <= now() AND e.deleted_at IS NULL"
-                "  AND NOT (q.endpoint_id = ANY(%s::UUID[]))"
-                "  ORDER BY q.next_attempt_at LIMIT %s FOR UPDATE OF q SKIP LOCKED) due"
+                " FROM (SELECT q.endpoint_id, q.event_seq FROM webhook_endpoints e CROSS JOIN LATERAL"
+                "  (SELECT endpoint_id, event_seq, next_attempt_at FROM webhook_deliveries"
+                "   WHERE endpoint_id = e.id AND status = 'pending' AND next_attempt_at <= now()"
+                "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) q"
+                "  WHERE e.deleted_at IS NULL AND NOT (e.id = ANY(%s::UUID[]))"
+                "  ORDER BY q.next_attempt_at LIMIT %s) due"
                 " WHERE d.endpoint_id = due.endpoint_id AND d.event_seq = due.event_seq AND d.status = 'pending'"
                 " RETURNING d.endpoint_id, d.event_seq, d.event_id, d.payload, d.attempts, d.committed_at",
-                (lease_s, skip_endpoints, limit),
+                (lease_s, per_endpoint, skip_endpoints, limit),
             )
             return await cursor.fetchall()
-
-
-async def release(conn, claimed: Claimed, *, delay_s: float) -> None:
-    """Give a claimed row back, not attempted (its endpoint was busy): due again in `delay_s`."""
-    await conn.execute(
-        "UPDATE webhook_deliveries SET next_attempt_at = now() + %s * INTERVAL '1 second'"
-        " WHERE endpoint_id = %s AND event_seq = %s AND status = 'pending'",
-        (delay_s, claimed.endpoint_id, claimed.event_seq),
-    )
 
 
 async def record_attempt(conn, claimed: Claimed, *, status: str, status_code: int | None, error: str | None,

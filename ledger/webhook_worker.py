@@ -48,9 +48,12 @@ JOURNAL_PAGE_MAX = 1000
 ACK_PENDING_MAX = 20_000
 ACK_WAIT_S = 30
 ATTEMPT_S_MAX = 10.0  # the contract: a 2xx within 10 s ends it
-LEASE_S = ATTEMPT_S_MAX + 5.0  # longer than an attempt, so a live sender always records first
+# A claimed row waits at most one attempt for a slot, then is attempted: the lease outlasts both,
+# so a live sender always records first, and a dead one's rows are due again after it.
+LEASE_S = 2 * ATTEMPT_S_MAX + 10.0
 SENDER_POLL_S = 0.5  # due retries are looked for this often; new rows wake the senders at once
-BUSY_ENDPOINT_DELAY_S = 1.0  # a row claimed for an endpoint at its cap is due again after this
+CLAIM_COALESCE_S = 0.005  # after a wake-up, so the attempts that end together free one claim
+HELD_PER_SLOT = 2  # rows held (in flight or waiting for a slot) per slot: a bounded queue
 RESPONSE_BYTES_MAX = 64 * 1024  # what is read of a receiver's answer, at most
 ERROR_CHARS_MAX = 500
 ENDPOINT_CACHE_MAX = 10_000
@@ -173,7 +176,9 @@ class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
 
 
 class Sender:
-    """Claims due deliveries and POSTs them, `concurrency_max` at once and `endpoint_max` per endpoint."""
+    """Claims due deliveries and POSTs them, `concurrency_max` at once and `endpoint_max` per
+    endpoint. It holds at most `HELD_PER_SLOT` times as many claimed rows as it has slots, overall
+    and per endpoint (the bounded queue), so a claimed row waits at most one attempt for its slot."""
 
     def __init__(self, *, pool, keyring: webhooks.Keyring, wake: asyncio.Event, concurrency_max: int,
                  endpoint_max: int, allow_private: bool) -> None:
@@ -183,8 +188,10 @@ class Sender:
         self._concurrency_max = concurrency_max
         self._endpoint_max = endpoint_max
         self._allow_private = allow_private
-        self._in_flight: set[asyncio.Task] = set()
-        self._per_endpoint: dict[uuid.UUID, int] = {}
+        self._in_flight: set[asyncio.Task] = set()  # held rows: in flight or waiting for a slot
+        self._per_endpoint: dict[uuid.UUID, int] = {}  # held rows per endpoint
+        self._endpoint_slots: dict[uuid.UUID, asyncio.Semaphore] = {}
+        self._slots = asyncio.Semaphore(concurrency_max)
         self._endpoints: dict[uuid.UUID, tuple[str, str]] = {}  # id -> (url, secret); endpoints never change
         self._http: aiohttp.ClientSession | None = None
 
@@ -207,6 +214,7 @@ class Sender:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(SENDER_POLL_S):
                             await self._wake.wait()
+                    await asyncio.sleep(CLAIM_COALESCE_S)
                 self._wake.clear()
         finally:
             for task in self._in_flight:
@@ -215,22 +223,22 @@ class Sender:
             await self._http.close()
 
     async def _claim_round(self) -> bool:
-        """Claim what the free slots allow; True when every slot was filled (look again at once)."""
-        free = self._concurrency_max - len(self._in_flight)
+        """Claim what the queue has room for; True when it was all taken (look again at once)."""
+        free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight)
         if free <= 0:
             return False
-        busy = [endpoint for endpoint, count in self._per_endpoint.items() if count >= self._endpoint_max]
+        full = [endpoint for endpoint, count in self._per_endpoint.items() if count >= self._endpoint_max]
         async with self._pool.connection() as conn:
-            claimed = await ws.claim_due(conn, limit=free, lease_s=LEASE_S, skip_endpoints=busy)
-            for row in claimed:
-                if self._per_endpoint.get(row.endpoint_id, 0) >= self._endpoint_max:
-                    await ws.release(conn, row, delay_s=BUSY_ENDPOINT_DELAY_S)
-                    continue
-                self._start(row)
+            claimed = await ws.claim_due(conn, limit=free, per_endpoint=self._endpoint_max, lease_s=LEASE_S,
+                                         skip_endpoints=full)
+        for row in claimed:
+            self._start(row)
         return len(claimed) == free
 
     def _start(self, row: ws.Claimed) -> None:
         self._per_endpoint[row.endpoint_id] = self._per_endpoint.get(row.endpoint_id, 0) + 1
+        if row.endpoint_id not in self._endpoint_slots:
+            self._endpoint_slots[row.endpoint_id] = asyncio.Semaphore(self._endpoint_max)
         task = asyncio.create_task(self._deliver(row), name=f"webhook-{row.event_id}")
         self._in_flight.add(task)
         metrics.WEBHOOK_IN_FLIGHT.set(len(self._in_flight))
@@ -244,11 +252,16 @@ class Sender:
             self._per_endpoint[endpoint_id] = left
         else:
             self._per_endpoint.pop(endpoint_id, None)
+            self._endpoint_slots.pop(endpoint_id, None)
         self._wake.set()  # a slot is free
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
 
     async def _deliver(self, row: ws.Claimed) -> None:
+        async with self._endpoint_slots[row.endpoint_id], self._slots:
+            await self._attempt(row)
+
+    async def _attempt(self, row: ws.Claimed) -> None:
         endpoint = await self._endpoint(row.endpoint_id)
         if endpoint is None:
             return  # deleted since the claim: nothing starts after a delete

@@ -142,7 +142,8 @@ class Bench:
             nonlocal done
             number = index
             while time.monotonic() < until:
-                done += await self.pay(http, number)
+                ok = await self.pay(http, number)  # not `done += await ...`: that reads `done` before the wait
+                done += ok
                 number += self.args.concurrency
 
         started = time.monotonic()

@@ -36,8 +36,9 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     PRIMARY KEY (endpoint_id, event_seq)
 );
 
--- What the senders look for: due pending rows, oldest first.
-CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
+-- What the senders look for: each live endpoint's due pending rows, oldest first.
+CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (endpoint_id, next_attempt_at)
+    WHERE status = 'pending';
 
 CREATE TABLE IF NOT EXISTS webhook_checkpoint (
     name        TEXT PRIMARY KEY,

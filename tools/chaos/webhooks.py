@@ -30,7 +30,7 @@ from tools.embedded import free_port
 FAIL_FIRST_SHARE = 0.05
 HANG_FIRST_SHARE = 0.01
 HANG_S = 12.0  # past the worker's 10 s per attempt
-DELIVERY_GRACE_S = 30.0  # past the projection's convergence: a lease (15 s) and a 5 s retry
+DELIVERY_GRACE_S = 45.0  # past the projection's convergence: a lease (30 s) and a 5 s retry
 POLL_S = 0.2
 
 
