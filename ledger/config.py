@@ -28,7 +28,7 @@
 | LEDGER_WEBHOOK_KEY | (unset) | Fernet keys, comma-separated | encrypts webhook secrets at rest: the first key encrypts, every key decrypts (rotation) |
 | LEDGER_WEBHOOK_ALLOW_PRIVATE | (unset) | 1, true, yes / 0, false, no | `1`: webhook URLs may resolve to loopback, private or link-local addresses (`ledger dev`) |
 | LEDGER_WEBHOOK_CONCURRENCY_MAX | 64 | 1..10000 | webhook attempts in flight in one worker process |
-| LEDGER_WEBHOOK_ENDPOINT_CONCURRENCY_MAX | 4 | 1..1000 | webhook attempts in flight to one endpoint, per worker process |
+| LEDGER_WEBHOOK_ENDPOINT_CONCURRENCY_MAX | 16 | 1..1000 | webhook attempts in flight to one endpoint, per worker process |
 
 A value that does not parse or is out of range raises `ConfigError`, whose message names the
 variable and says why (`LEDGER_BATCH_MAX='abc' is not a whole number`); `ledger` prints it on one
@@ -148,7 +148,7 @@ class Settings:
     webhook_key: str | None = None
     webhook_allow_private: bool = False
     webhook_concurrency_max: int = 64
-    webhook_endpoint_concurrency_max: int = 4
+    webhook_endpoint_concurrency_max: int = 16
 
     def __post_init__(self) -> None:
         for field in fields(self):

@@ -207,16 +207,35 @@ async def claim_due(conn, *, limit: int, per_endpoint: int, lease_s: float,
             return await cursor.fetchall()
 
 
-async def record_attempt(conn, claimed: Claimed, *, status: str, status_code: int | None, error: str | None,
-                         retry_in_s: float | None) -> None:
-    """Count the attempt and its outcome: `delivered`, `failed`, or `pending` again in `retry_in_s`."""
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of one attempt: `delivered`, `failed`, or `pending` again in `retry_in_s`."""
+
+    claimed: Claimed
+    status: str
+    status_code: int | None
+    error: str | None
+    retry_in_s: float | None
+
+
+async def record_attempts(conn, attempts: list[Attempt]) -> None:
+    """Count each attempt and its outcome, all in one statement."""
     await conn.execute(
-        "UPDATE webhook_deliveries SET attempts = attempts + 1, status = %s, last_status_code = %s, last_error = %s,"
-        " next_attempt_at = CASE WHEN %s::FLOAT8 IS NULL THEN next_attempt_at"
-        "  ELSE now() + %s::FLOAT8 * INTERVAL '1 second' END,"
-        " delivered_at = CASE WHEN %s = 'delivered' THEN now() END"
-        " WHERE endpoint_id = %s AND event_seq = %s AND status = 'pending'",
-        (status, status_code, error, retry_in_s, retry_in_s, status, claimed.endpoint_id, claimed.event_seq),
+        "UPDATE webhook_deliveries d SET attempts = d.attempts + 1, status = o.status, last_status_code = o.code,"
+        " last_error = o.error, next_attempt_at = CASE WHEN o.retry_s IS NULL THEN d.next_attempt_at"
+        "  ELSE now() + o.retry_s * INTERVAL '1 second' END,"
+        " delivered_at = CASE WHEN o.status = 'delivered' THEN now() END"
+        " FROM unnest(%s::UUID[], %s::INT8[], %s::TEXT[], %s::INT8[], %s::TEXT[], %s::FLOAT8[])"
+        "  AS o (endpoint_id, event_seq, status, code, error, retry_s)"
+        " WHERE d.endpoint_id = o.endpoint_id AND d.event_seq = o.event_seq AND d.status = 'pending'",
+        (
+            [a.claimed.endpoint_id for a in attempts],
+            [a.claimed.event_seq for a in attempts],
+            [a.status for a in attempts],
+            [a.status_code for a in attempts],
+            [a.error for a in attempts],
+            [a.retry_in_s for a in attempts],
+        ),
     )
 
 

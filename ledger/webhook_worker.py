@@ -52,13 +52,14 @@ ATTEMPT_S_MAX = 10.0  # the contract: a 2xx within 10 s ends it
 # so a live sender always records first, and a dead one's rows are due again after it.
 LEASE_S = 2 * ATTEMPT_S_MAX + 10.0
 SENDER_POLL_S = 0.5  # due retries are looked for this often; new rows wake the senders at once
-CLAIM_COALESCE_S = 0.005  # after a wake-up, so the attempts that end together free one claim
+CLAIM_COALESCE_S = 0.002  # after a wake-up, so the attempts that end together free one claim
 HELD_PER_SLOT = 2  # rows held (in flight or waiting for a slot) per slot: a bounded queue
 RESPONSE_BYTES_MAX = 64 * 1024  # what is read of a receiver's answer, at most
 ERROR_CHARS_MAX = 500
 ENDPOINT_CACHE_MAX = 10_000
 GAUGE_INTERVAL_S = 5.0
 RECORD_TRIES_MAX = 3
+RECORD_BATCH_MAX = 500  # attempts recorded in one statement at most
 USER_AGENT = "wallet-ledger-webhooks/1"
 
 
@@ -194,6 +195,8 @@ class Sender:
         self._slots = asyncio.Semaphore(concurrency_max)
         self._endpoints: dict[uuid.UUID, tuple[str, str]] = {}  # id -> (url, secret); endpoints never change
         self._http: aiohttp.ClientSession | None = None
+        self._outcomes: list[ws.Attempt] = []  # attempts made, not yet recorded (at most the rows held)
+        self._outcome_ready = asyncio.Event()
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -202,6 +205,7 @@ class Sender:
         )
         self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=ATTEMPT_S_MAX),
                                            headers={"User-Agent": USER_AGENT}, auto_decompress=False)
+        recorder = asyncio.create_task(self._record_forever(), name="webhook-recorder")
         try:
             while True:
                 raise_if_cancelled()
@@ -217,9 +221,9 @@ class Sender:
                     await asyncio.sleep(CLAIM_COALESCE_S)
                 self._wake.clear()
         finally:
-            for task in self._in_flight:
+            for task in (*self._in_flight, recorder):
                 task.cancel()
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await asyncio.gather(*self._in_flight, recorder, return_exceptions=True)
             await self._http.close()
 
     async def _claim_round(self) -> bool:
@@ -278,7 +282,8 @@ class Sender:
             retry_in_s = webhooks.retry_delay_s(attempts)
             outcome = "pending" if retry_in_s is not None else "failed"
         metrics.WEBHOOK_DELIVERIES.labels("retried" if outcome == "pending" else outcome).inc()
-        await self._record(row, status=outcome, status_code=status_code, error=error, retry_in_s=retry_in_s)
+        self._outcomes.append(ws.Attempt(row, outcome, status_code, error, retry_in_s))
+        self._outcome_ready.set()
 
     async def _post(self, url: str, secret: str, row: ws.Claimed) -> tuple[int | None, str | None]:
         body = row.payload.encode()
@@ -296,16 +301,25 @@ class Sender:
         except Exception as error:  # a refused URL, DNS, TLS, a reset connection: all are a failed attempt
             return None, f"{type(error).__name__}: {error}"[:ERROR_CHARS_MAX]
 
-    async def _record(self, row: ws.Claimed, **outcome) -> None:
-        """Record the attempt; if the database is away, the row's lease runs out and it is simply
-        attempted again (at least once, never lost)."""
+    async def _record_forever(self) -> None:
+        """Record the attempts made since the last round, in one statement. If the database stays
+        away, they are dropped: each row's lease runs out and it is simply attempted again (at
+        least once, never lost)."""
+        while True:
+            await self._outcome_ready.wait()
+            self._outcome_ready.clear()
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes[:RECORD_BATCH_MAX], self._outcomes[RECORD_BATCH_MAX:]
+                await self._record(batch)
+
+    async def _record(self, batch: list[ws.Attempt]) -> None:
         for _ in range(RECORD_TRIES_MAX):
             try:
                 async with self._pool.connection() as conn:
-                    await ws.record_attempt(conn, row, **outcome)
+                    await ws.record_attempts(conn, batch)
                 return
             except store.StoreError as error:
-                log.info("cannot record a webhook attempt (%s); retrying", error)
+                log.info("cannot record %d webhook attempts (%s); retrying", len(batch), error)
                 await asyncio.sleep(SENDER_POLL_S)
 
     async def _endpoint(self, endpoint_id: uuid.UUID) -> tuple[str, str] | None:
