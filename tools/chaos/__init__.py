@@ -14,6 +14,10 @@ settle, and checks the ledger's promises against the database itself:
 - the balances, recomputed from the postings and from the acknowledgements, equal the write model;
 - the projection and the outbox converge to the journal within `converge_s` of the last fault;
 - `ledger audit` passes, its `verifications` check included (no forged payment was verified); every process stops cleanly on SIGTERM.
+- with `--webhooks` (the default), a receiver on every vendor account and a `ledger webhooks`
+  process that the injector also SIGKILLs: every payment to a vendor reached the receiver at
+  least once, correctly signed, and no event names a transfer the journal does not hold
+  (`webhooks.py`).
 
 The fault schedule comes from `random.Random(seed)`, and the seed is printed, so a failing
 schedule can be replayed (the interleaving with the clients cannot: timing is not seeded).
