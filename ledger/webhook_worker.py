@@ -133,10 +133,14 @@ class Mapper:
             except asyncio.CancelledError:
                 raise
             except Exception as error:
-                log.info("webhook mapper round failed (%s); retrying", error)
+                # NATS (or the stream) is away, or the database is: the journal is the truth, so
+                # follow it directly while it answers, and subscribe again once NATS is back.
+                log.info("webhook mapper round failed (%s); following the journal meanwhile", error)
                 if not self._bus.connected:
                     subscription = None
                 await asyncio.sleep(FETCH_WAIT_S)
+                with contextlib.suppress(store.StoreError):
+                    await self.follow_journal()
 
     @staticmethod
     async def _fetch(subscription) -> list:
