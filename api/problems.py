@@ -46,6 +46,8 @@ CODES: dict[str, tuple[int, str]] = {
     "tree_size_out_of_range": (422, "A tree size is past the journal head (or from_size past to_size)"),
     "position_out_of_range": (422, "The position is past the journal head or the asked tree size"),
     "tree_behind": (503, "The Merkle tree is too far behind the journal to answer now"),
+    "webhook_url_not_allowed": (422, "The webhook URL is not http(s) or resolves to a loopback, private or link-local address"),
+    "too_many_webhooks": (422, "The vendor account has as many webhook endpoints as it may"),
 }
 
 RETRY_AFTER_S = {"queue_full": 1, "unavailable": 1, "timeout": 1, "projection_behind": 1, "rate_limited": 1,

@@ -26,7 +26,7 @@ from api.framework import (
 from api.framework import IdPageQuery, PointQuery, StatementQuery, decode_id_cursor, encode_id_cursor, parse_time
 from api.problems import ApiError, problem_response
 from ledger import committer as committer_mod
-from ledger import domain, merkle, metrics, principals, store, tree, tree_store
+from ledger import domain, merkle, metrics, principals, store, tree, tree_store, webhook_store, webhooks
 from projector import store as projections
 
 WAIT_POLL_S_MAX = 0.05  # a waiter re-reads the projection at least this often
@@ -493,11 +493,71 @@ async def readyz(services, call: Call) -> web.Response:
     return json_response(schemas.Health(status="ready" if ready else "not_ready", checks=checks), status=200 if ready else 503)
 
 
+# ---- vendor webhooks ------------------------------------------------------------------------
+# Who: the vendor account's owner and admin (`_authorize_vendor`: others 403, admin 404 for an
+# account that is not a vendor's); the role list of the routes keeps out clients and auditors.
+
+
+async def create_webhook(services, call: Call) -> web.Response:
+    body: schemas.WebhookCreate = call.body
+    vendor_id = call.ids["account_id"]
+    await _authorize_vendor(services, call.principal, vendor_id)
+    if services.settings.webhook_key is None:
+        raise ApiError("unavailable", "webhooks are not configured on this service (LEDGER_WEBHOOK_KEY)", retry_after_s=60)
+    try:
+        await webhooks.check_url(body.url, allow_private=services.settings.webhook_allow_private)
+    except webhooks.UrlNotAllowed as error:
+        raise ApiError("webhook_url_not_allowed", str(error)) from None
+    event_types = [name for name in schemas.WEBHOOK_EVENT_TYPES if body.event_types is None or name in body.event_types]
+    secret, endpoint_id = webhooks.new_secret(), uuid.uuid4()
+    encrypted = webhooks.Keyring(services.settings.webhook_key).encrypt(secret)
+    async with services.pool.connection() as conn:
+        created_at = await webhook_store.insert_endpoint(
+            conn, endpoint_id=endpoint_id, vendor_account_id=vendor_id, url=body.url, event_types=event_types,
+            secret_encrypted=encrypted, live_max=webhooks.ENDPOINTS_PER_VENDOR_MAX,
+        )
+    if created_at is None:
+        raise ApiError("too_many_webhooks", f"a vendor account has at most {webhooks.ENDPOINTS_PER_VENDOR_MAX} endpoints")
+    answer = schemas.WebhookCreated(id=endpoint_id, url=body.url, event_types=event_types, secret=secret,
+                                    created_at=created_at)
+    return json_response(answer, status=201)
+
+
+async def list_webhooks(services, call: Call) -> web.Response:
+    vendor_id, query = call.ids["account_id"], call.query
+    await _authorize_vendor(services, call.principal, vendor_id)
+    async with services.pool.connection() as conn:
+        page = await webhook_store.endpoints_page(conn, vendor_id, after=decode_cursor(query.after), limit=query.limit)
+    next_cursor = encode_cursor(page[-1][0]) if len(page) == query.limit else None
+    return json_response(schemas.WebhookPage(items=[item for _, item in page], next=next_cursor))
+
+
+async def delete_webhook(services, call: Call) -> web.Response:
+    vendor_id = call.ids["account_id"]
+    await _authorize_vendor(services, call.principal, vendor_id)
+    async with services.pool.connection() as conn:
+        if not await webhook_store.delete_endpoint(conn, vendor_id, call.ids["webhook_id"]):
+            raise ApiError("not_found", "no such webhook endpoint for this vendor account")
+    return web.Response(status=204)
+
+
+async def list_webhook_deliveries(services, call: Call) -> web.Response:
+    vendor_id, endpoint_id, query = call.ids["account_id"], call.ids["webhook_id"], call.query
+    await _authorize_vendor(services, call.principal, vendor_id)
+    async with services.pool.connection() as conn:
+        if not await webhook_store.live_endpoint_exists(conn, vendor_id, endpoint_id):
+            raise ApiError("not_found", "no such webhook endpoint for this vendor account")
+        page = await webhook_store.deliveries_page(conn, endpoint_id, after=decode_cursor(query.after), limit=query.limit)
+    next_cursor = encode_cursor(page[-1][0]) if len(page) == query.limit else None
+    return json_response(schemas.WebhookDeliveryPage(items=[item for _, item in page], next=next_cursor))
+
+
 # ---- the declarations -----------------------------------------------------------------------
 
 EVERYONE = ALL_ROLES
 READERS = auth.READ_EVERYTHING
 VENDOR_READERS = auth.READ_EVERYTHING | {"vendor"}
+WEBHOOK_OWNERS = frozenset({"admin", "vendor"})
 REJECTIONS = frozenset(rejection.value for rejection in domain.Rejection if rejection not in domain.REFUND_ONLY)
 # A refund's accounts and currency are the original's, so same_account, account_not_found and
 # currency_mismatch cannot happen; what it can meet, in the contract's order.
@@ -579,4 +639,18 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/journal/checkpoints/latest", get_latest_checkpoint, {200: schemas.SignedTreeHead},
           roles=EVERYONE, codes=frozenset({"not_found"}),
           summary="The latest signed tree head (Ed25519); verify it against a pinned public key."),
+    Route("POST", "/v1/vendors/{account_id}/webhooks", create_webhook, {201: schemas.WebhookCreated},
+          roles=WEBHOOK_OWNERS, codes=frozenset({"forbidden", "not_found", "webhook_url_not_allowed", "too_many_webhooks"}),
+          body=schemas.WebhookCreate, path_ids=("account_id",),
+          summary="Register a webhook endpoint; its signing secret is shown once."),
+    Route("GET", "/v1/vendors/{account_id}/webhooks", list_webhooks, {200: schemas.WebhookPage},
+          roles=WEBHOOK_OWNERS, codes=frozenset({"forbidden", "not_found"}), path_ids=("account_id",), query=PageQuery,
+          summary="The vendor account's webhook endpoints, without their secrets."),
+    Route("DELETE", "/v1/vendors/{account_id}/webhooks/{webhook_id}", delete_webhook, {204: None},
+          roles=WEBHOOK_OWNERS, codes=frozenset({"forbidden", "not_found"}), path_ids=("account_id", "webhook_id"),
+          summary="Delete a webhook endpoint: no delivery to it starts afterwards."),
+    Route("GET", "/v1/vendors/{account_id}/webhooks/{webhook_id}/deliveries", list_webhook_deliveries,
+          {200: schemas.WebhookDeliveryPage}, roles=WEBHOOK_OWNERS, codes=frozenset({"forbidden", "not_found"}),
+          path_ids=("account_id", "webhook_id"), query=PageQuery,
+          summary="The endpoint's deliveries, in journal order, with their attempts."),
 ]

@@ -291,6 +291,46 @@ class LedgerClient:
             yield page
             cursor = page.next
 
+    # ---- vendor webhooks ----------------------------------------------------------------------
+
+    async def create_webhook(
+        self, vendor_account_id: uuid.UUID, *, url: str, event_types: list[schemas.WebhookEventType] | None = None
+    ) -> schemas.WebhookCreated:
+        """Register an endpoint; keep `secret` (shown only here) to verify signatures. Not
+        idempotent (a repeat registers a second endpoint), so retried only when the server
+        provably did not process it."""
+        body = schemas.WebhookCreate(url=url, event_types=event_types)
+        return await self._call("POST", f"/v1/vendors/{vendor_account_id}/webhooks", schemas.WebhookCreated,
+                                body=body, idempotent=False)
+
+    async def webhooks(
+        self, vendor_account_id: uuid.UUID, *, limit: int = 100, after: str = ""
+    ) -> AsyncIterator[schemas.WebhookPage]:
+        """Every page of the vendor's endpoints (without secrets), until `next` is null."""
+        cursor: str | None = after
+        while cursor is not None:
+            page = await self._call("GET", f"/v1/vendors/{vendor_account_id}/webhooks", schemas.WebhookPage,
+                                    params={"limit": limit, "after": cursor})
+            yield page
+            cursor = page.next
+
+    async def delete_webhook(self, vendor_account_id: uuid.UUID, webhook_id: uuid.UUID) -> None:
+        """No delivery to the endpoint starts afterwards. A repeat after a lost answer gets 404."""
+        await self._call("DELETE", f"/v1/vendors/{vendor_account_id}/webhooks/{webhook_id}", None)
+
+    async def webhook_deliveries(
+        self, vendor_account_id: uuid.UUID, webhook_id: uuid.UUID, *, limit: int = 100, after: str = ""
+    ) -> AsyncIterator[schemas.WebhookDeliveryPage]:
+        """Every page of the endpoint's deliveries, in journal order, until `next` is null."""
+        cursor: str | None = after
+        while cursor is not None:
+            page = await self._call(
+                "GET", f"/v1/vendors/{vendor_account_id}/webhooks/{webhook_id}/deliveries", schemas.WebhookDeliveryPage,
+                params={"limit": limit, "after": cursor},
+            )
+            yield page
+            cursor = page.next
+
     # ---- the journal ------------------------------------------------------------------------
 
     async def journal(self, *, after: int = 0, limit: int | None = None) -> AsyncIterator[schemas.JournalEntry]:

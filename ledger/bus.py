@@ -54,17 +54,20 @@ class EventBus:
 
     def __init__(
         self, url: str, *, name: str, stream_replicas: int, stream_max_age_s: float = STREAM_MAX_AGE_S_DEFAULT,
-        stream_max_bytes: int = STREAM_MAX_BYTES_DEFAULT,
+        stream_max_bytes: int = STREAM_MAX_BYTES_DEFAULT, manage_stream: bool = True,
     ) -> None:
         """`stream_replicas` is `Settings.stream_replicas`: a clustered deployment sets 3 so the
         stream survives the loss of a NATS node; one server (`ledger dev`, the tests) holds 1.
         `stream_max_age_s` and `stream_max_bytes` are the stream's retention (`Settings` of the
-        same names); whichever is reached first discards the oldest events."""
+        same names); whichever is reached first discards the oldest events. `manage_stream=False`
+        is for a consumer that may not create or update the stream (the webhook worker logs in to
+        NATS as `reader`): it connects without touching the stream's configuration."""
         self._url = url
         self._name = name
         self._stream_replicas = stream_replicas
         self._stream_max_age_s = stream_max_age_s
         self._stream_max_bytes = stream_max_bytes
+        self._manage_stream = manage_stream
         self.nc: Client | None = None
         self.js: JetStreamContext | None = None
         self._connecting: asyncio.Task | None = None
@@ -99,7 +102,8 @@ class EventBus:
                     error_cb=self._on_error,
                 )
                 self.nc, self.js = nc, nc.jetstream(timeout=PUBLISH_ACK_TIMEOUT_S)
-                await self.ensure_stream()
+                if self._manage_stream:
+                    await self.ensure_stream()
                 self._ready.set()
                 return
             except Exception as error:

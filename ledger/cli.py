@@ -88,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     checkpoint.add_argument("--out", help="write the signed checkpoint to this file")
     checkpoint.add_argument("--export-public-key", action="store_true")
     _principal_parser(commands)
+    webhooks = commands.add_parser("webhooks", help="the webhook worker, or re-encrypt the secrets with the first key")
+    webhooks.add_argument("action", nargs="?", choices=["run", "rotate-key"], default="run")
     for name, (_, help_text) in TOOLS.items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -197,6 +199,25 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
         return checkpoint.main(settings, key_path=args.key, out=args.out, export_public_key=args.export_public_key)
     elif args.command == "principal":
         return _principal(args, settings)
+    elif args.command == "webhooks":
+        return _webhooks(args, settings)
+    return EXIT_OK
+
+
+def _webhooks(args: argparse.Namespace, settings) -> int:
+    """`ledger webhooks [run]`: the worker; `ledger webhooks rotate-key`: re-encrypt every secret."""
+    from ledger import webhook_worker
+    from ledger.config import ConfigError
+
+    try:
+        webhook_worker.keyring_from(settings)
+    except ConfigError as error:
+        print(f"ledger webhooks: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.action == "rotate-key":
+        print(f"re-encrypted {asyncio.run(webhook_worker.rotate_key(settings))} webhook secrets with the first key")
+    else:
+        run_until_signal(webhook_worker.serve(settings, metrics_listener=True))
     return EXIT_OK
 
 

@@ -27,6 +27,10 @@
 | LEDGER_IDEMPOTENCY_RETENTION_S | 604800 (7 days) | 86400..31536000 | how long an idempotency key is remembered; a retry after it is a new request |
 | LEDGER_CHECKPOINT_INTERVAL_S | 0 (off) | 0..86400 | the tree follower signs the Merkle tree head this often (when it grew) |
 | LEDGER_SIGNING_KEY | .ledger/signing-key.pem | not empty | the Ed25519 private key (PEM) that signs tree heads; created 0600 if missing |
+| LEDGER_WEBHOOK_KEY | (unset) | Fernet keys, comma-separated | encrypts webhook secrets at rest: the first key encrypts, every key decrypts (rotation) |
+| LEDGER_WEBHOOK_ALLOW_PRIVATE | (unset) | 1, true, yes / 0, false, no | `1`: webhook URLs may resolve to loopback, private or link-local addresses (`ledger dev`) |
+| LEDGER_WEBHOOK_CONCURRENCY_MAX | 64 | 1..10000 | webhook attempts in flight in one worker process |
+| LEDGER_WEBHOOK_ENDPOINT_CONCURRENCY_MAX | 16 | 1..1000 | webhook attempts in flight to one endpoint, per worker process |
 
 A value that does not parse or is out of range raises `ConfigError`, whose message names the
 variable and says why (`LEDGER_BATCH_MAX='abc' is not a whole number`); `ledger` prints it on one
@@ -80,6 +84,10 @@ VARIABLES: dict[str, str] = {
     "idempotency_retention_s": "LEDGER_IDEMPOTENCY_RETENTION_S",
     "checkpoint_interval_s": "LEDGER_CHECKPOINT_INTERVAL_S",
     "signing_key": "LEDGER_SIGNING_KEY",
+    "webhook_key": "LEDGER_WEBHOOK_KEY",
+    "webhook_allow_private": "LEDGER_WEBHOOK_ALLOW_PRIVATE",
+    "webhook_concurrency_max": "LEDGER_WEBHOOK_CONCURRENCY_MAX",
+    "webhook_endpoint_concurrency_max": "LEDGER_WEBHOOK_ENDPOINT_CONCURRENCY_MAX",
 }
 # The inclusive range of every numeric setting. Strings must not be empty; booleans are booleans.
 RANGES: dict[str, tuple[int, int]] = {
@@ -106,6 +114,8 @@ RANGES: dict[str, tuple[int, int]] = {
     "body_bytes_max": (1, 16 * 1024 * 1024),
     "outbox_sweep_interval_ms": (1, 60_000),
     "checkpoint_interval_s": (0, 86_400),
+    "webhook_concurrency_max": (1, 10_000),
+    "webhook_endpoint_concurrency_max": (1, 1_000),
 }
 
 
@@ -141,11 +151,17 @@ class Settings:
     projector_name: str = "main"
     checkpoint_interval_s: int = 0
     signing_key: str = ".ledger/signing-key.pem"
+    # Webhooks (`ledger webhooks`): unset key means the API cannot register endpoints (503).
+    webhook_key: str | None = None
+    webhook_allow_private: bool = False
+    webhook_concurrency_max: int = 64
+    webhook_endpoint_concurrency_max: int = 16
 
     def __post_init__(self) -> None:
         for field in fields(self):
             _check(field.name, field.type, getattr(self, field.name))
         _check_conninfo(self.database_url)
+        _check_webhook_key(self.webhook_key)
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -172,6 +188,23 @@ def _check_conninfo(url: str) -> None:
         raise ConfigError(f"{VARIABLES['database_url']} is not a connection string: {message}") from None
 
 
+def _check_webhook_key(text: str | None) -> None:
+    """Every comma-separated key must be a Fernet key (32 url-safe base64 bytes)."""
+    if text is None:
+        return
+    import base64
+    import binascii
+
+    for number, key in enumerate(text.split(","), start=1):
+        try:
+            valid = len(base64.urlsafe_b64decode(key.strip().encode())) == 32
+        except (binascii.Error, ValueError):
+            valid = False
+        if not valid:
+            # The key itself is left out of the message: it is a secret.
+            raise ConfigError(f"{VARIABLES['webhook_key']}: key {number} is not a Fernet key (32 url-safe base64 bytes)")
+
+
 def _parse(variable: str, kind: str, text: str) -> object:
     """One variable's text as its field's type (annotations are strings: `from __future__`)."""
     if kind == "str":
@@ -182,6 +215,8 @@ def _parse(variable: str, kind: str, text: str) -> object:
         return text.strip().lower() in _TRUE
     if kind == "int | None" and text == "":
         return None
+    if kind == "str | None":
+        return text or None
     if kind in ("int", "int | None"):
         try:
             return int(text)
@@ -204,7 +239,10 @@ def _check(name: str, kind: str, value: object) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{label}={value!r} is not true or false")
         return
-    if value is None and kind == "int | None":
+    if value is None and kind in ("int | None", "str | None"):
+        return
+    if kind == "str | None":
+        _check(name, "str", value)
         return
     whole = kind in ("int", "int | None")
     if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):

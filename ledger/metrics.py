@@ -39,3 +39,20 @@ AUTH_LOOKUPS = Counter(
 )
 READINESS_PROBES = Counter("ledger_readiness_probes_total", "Database probes behind /readyz.", ["result"])
 WAITERS = Gauge("ledger_projection_waiters", "Requests waiting for the projection to reach their min_position.")
+WEBHOOK_DELIVERIES = Counter(
+    "ledger_webhook_deliveries_total", "Webhook attempts by outcome: delivered, retried (will be again), failed (gave up).",
+    ["outcome"],
+)
+WEBHOOK_ATTEMPT_SECONDS = Histogram(
+    "ledger_webhook_attempt_duration_seconds", "One webhook POST, from sending to the receiver's answer (or the timeout).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+WEBHOOK_DELIVERY_LATENCY_SECONDS = Histogram(
+    "ledger_webhook_delivery_latency_seconds", "Commit of the entry to the receiver's 2xx, per delivered event.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+WEBHOOK_OLDEST_UNDELIVERED_SECONDS = Gauge(
+    "ledger_webhook_oldest_undelivered_age_seconds", "Age (since commit) of the oldest event not yet delivered or failed."
+)
+WEBHOOK_CHECKPOINT = Gauge("ledger_webhook_checkpoint_position", "Journal position up to which deliveries are written.")
+WEBHOOK_IN_FLIGHT = Gauge("ledger_webhook_deliveries_held", "Claimed webhook deliveries in this worker process: in flight or waiting for a slot.")

@@ -28,6 +28,7 @@ from ledger import domain
 API_ROLE = "ledger_api"
 PROJECTOR_ROLE = "ledger_projector"
 AUDITOR_ROLE = "ledger_auditor"
+WEBHOOKS_ROLE = "ledger_webhooks"
 
 # Tables nobody but the migration role may UPDATE or DELETE: the journal is append-only.
 JOURNAL_TABLES = ("journal", "postings")
@@ -51,6 +52,8 @@ GRANTS: dict[str, dict[str, str]] = {
         "merkle_nodes": "SELECT",
         "merkle_state": "SELECT",
         "signed_tree_heads": "SELECT",
+        "webhook_endpoints": "SELECT, INSERT, UPDATE",
+        "webhook_deliveries": "SELECT",
     },
     PROJECTOR_ROLE: {
         "accounts": "SELECT",
@@ -78,6 +81,16 @@ GRANTS: dict[str, dict[str, str]] = {
         "merkle_nodes": "SELECT",
         "merkle_state": "SELECT",
         "signed_tree_heads": "SELECT, INSERT",
+    },
+    # The webhook worker (`ledger webhooks`): reads the journal, writes only its own tables.
+    WEBHOOKS_ROLE: {
+        "accounts": "SELECT",
+        "journal": "SELECT",
+        "postings": "SELECT",
+        "journal_head": "SELECT",
+        "webhook_endpoints": "SELECT, UPDATE",
+        "webhook_deliveries": "SELECT, INSERT, UPDATE",
+        "webhook_checkpoint": "SELECT, INSERT, UPDATE",
     },
 }
 

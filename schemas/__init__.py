@@ -313,3 +313,67 @@ class SignedTreeHead(Struct):
     signed_at: Timestamp
     signature: Signature
     public_key: PublicKey
+
+
+# ---- vendor webhooks ------------------------------------------------------------------------
+
+WebhookEventType = Literal[
+    "transfer.received", "refund.created", "hold.created", "hold.captured", "hold.voided", "hold.expired"
+]
+WEBHOOK_EVENT_TYPES: tuple[str, ...] = WebhookEventType.__args__
+WEBHOOK_URL_CHARS_MAX = 2048
+WebhookUrl = Annotated[str, Meta(min_length=1, max_length=WEBHOOK_URL_CHARS_MAX, pattern="^[^\x00-\x20\x7f]*$",
+                                 description="An https:// (or http://) URL, without spaces or control characters.")]
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+class WebhookCreate(Strict):
+    url: WebhookUrl
+    event_types: Annotated[list[WebhookEventType], Meta(min_length=1, max_length=len(WEBHOOK_EVENT_TYPES))] | None = None
+
+
+class Webhook(Struct):
+    id: uuid.UUID
+    url: str
+    event_types: list[WebhookEventType]
+    created_at: dt.datetime
+
+
+class WebhookCreated(Struct):
+    """A new endpoint with its signing secret, shown only in this answer."""
+
+    id: uuid.UUID
+    url: str
+    event_types: list[WebhookEventType]
+    secret: Annotated[str, Meta(description="`whsec_` + base64 of the key bytes (Standard Webhooks).")]
+    created_at: dt.datetime
+
+
+class WebhookPage(Struct):
+    items: list[Webhook]
+    next: str | None
+
+
+class WebhookDelivery(Struct):
+    event_id: uuid.UUID
+    type: WebhookEventType
+    position: int
+    attempts: int
+    status: DeliveryStatus
+    last_status_code: int | None
+    next_attempt_at: dt.datetime | None
+
+
+class WebhookDeliveryPage(Struct):
+    items: list[WebhookDelivery]
+    next: str | None
+
+
+class WebhookEvent(Struct):
+    """The body POSTed to an endpoint: `data` is the verification of the entry, as the vendor route."""
+
+    id: uuid.UUID
+    type: WebhookEventType
+    position: int
+    created_at: Timestamp
+    data: Verification

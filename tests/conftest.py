@@ -164,8 +164,10 @@ class Vendor:
 @pytest_asyncio.fixture(scope="session")
 async def stack(migrated, postgres, nats_server):
     # A small waiters cap, so the test of the cap stays within one client's 100 connections.
+    # Webhook receivers in tests are loopback servers the tests start, hence allow_private.
     settings = Settings(database_url=migrated, nats_url=nats_server.url, http_port=free_port(),
-                        outbox_sweep_interval_ms=200, waiters_max=50)
+                        outbox_sweep_interval_ms=200, waiters_max=50, webhook_key=WEBHOOK_KEY,
+                        webhook_allow_private=True)
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -189,6 +191,8 @@ async def stack(migrated, postgres, nats_server):
 
 
 TEARDOWN_S_MAX = 30
+# A Fernet key for webhook secrets at rest (tests only).
+WEBHOOK_KEY = "dGVzdHMtb25seS13ZWJob29rLWtleS0zMi1ieXRlcyE="
 
 
 def _print_pending_tasks() -> None:

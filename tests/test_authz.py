@@ -46,6 +46,11 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "list_accounts": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
     "get_statement": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
     "create_refund": {"admin": EVERYTHING, "vendor": OWN},
+    # v2 "Vendor webhooks": the vendor's owner and admin only
+    "create_webhook": {"admin": EVERYTHING, "vendor": OWN},
+    "list_webhooks": {"admin": EVERYTHING, "vendor": OWN},
+    "delete_webhook": {"admin": EVERYTHING, "vendor": OWN},
+    "list_webhook_deliveries": {"admin": EVERYTHING, "vendor": OWN},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -91,6 +96,7 @@ class World:
     vendor_account: str
     other_vendor_account: str
     paid: dict  # a transfer from client_wallet to vendor_account
+    webhook: str = str(uuid.UUID(int=1))  # an endpoint of vendor_account (ABSENT until the world is built)
 
 
 def _transfer(source: str, target: str) -> dict:
@@ -192,8 +198,29 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "prove consistency": lambda w: Probe("get_consistency_proof", "GET", "/v1/journal/proofs/consistency", 200,
                                          params={"from_size": 1}),
     "read the latest tree head": lambda w: Probe("get_latest_checkpoint", "GET", "/v1/journal/checkpoints/latest", 200),
+    "register a webhook": lambda w: Probe("create_webhook", "POST", f"/v1/vendors/{w.vendor_account}/webhooks", 201,
+                                          owners=frozenset({"vendor"}), json={"url": "https://example.com/hook"}),
+    "register a webhook at absent account": lambda w: Probe("create_webhook", "POST", f"/v1/vendors/{ABSENT}/webhooks",
+                                                            404, json={"url": "https://example.com/hook"},
+                                                            code="not_found"),
+    "list webhooks": lambda w: Probe("list_webhooks", "GET", f"/v1/vendors/{w.vendor_account}/webhooks", 200,
+                                     owners=frozenset({"vendor"})),
+    "list webhooks at a wallet": lambda w: Probe("list_webhooks", "GET", f"/v1/vendors/{w.client_wallet}/webhooks",
+                                                 404, code="not_found"),
+    "delete an absent webhook": lambda w: Probe("delete_webhook", "DELETE",
+                                                f"/v1/vendors/{w.vendor_account}/webhooks/{ABSENT}", 404,
+                                                owners=frozenset({"vendor"}), code="not_found"),
+    "delete a webhook at absent account": lambda w: Probe("delete_webhook", "DELETE",
+                                                          f"/v1/vendors/{ABSENT}/webhooks/{ABSENT}", 404,
+                                                          code="not_found"),
+    "list webhook deliveries": lambda w: Probe("list_webhook_deliveries", "GET",
+                                               f"/v1/vendors/{w.vendor_account}/webhooks/{w.webhook}/deliveries", 200,
+                                               owners=frozenset({"vendor"})),
+    "list deliveries of other vendor's webhook": lambda w: Probe(
+        "list_webhook_deliveries", "GET", f"/v1/vendors/{w.other_vendor_account}/webhooks/{w.webhook}/deliveries",
+        404, owners=frozenset({"other_vendor"}), code="not_found"),
 }
-MATRIX_CASES = 387  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 459  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 def expected(probe: Probe, actor: str) -> tuple[int, str | None]:
@@ -237,8 +264,11 @@ async def world(stack) -> World:
     }
     ids = {"client": client.owner_id, "other_client": other.owner_id, "vendor": vendor.owner_id,
            "other_vendor": other_vendor.owner_id, "auditor": auditor_id}
+    webhook = await stack.client.post(f"/v1/vendors/{vendor.account_id}/webhooks", token=vendor.token,
+                                      json={"url": "https://example.com/hook"})
+    assert webhook.status == 201, webhook.text
     return World(ids, tokens, client.account_id, other.account_id, vendor.account_id, other_vendor.account_id,
-                 paid.body)
+                 paid.body, webhook.body["id"])
 
 
 @pytest.mark.parametrize("actor", list(ACTORS))

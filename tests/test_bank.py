@@ -1,6 +1,7 @@
 """The bank test under faults, short: the chaos harness (`tools/chaos/`) in-process, on its own
 PostgreSQL and NATS, with two API processes, two projector processes, a forger publishing junk
-on every ledger subject, and every kind of fault at least once.
+on every ledger subject, a webhook receiver on every vendor account and a `ledger webhooks`
+process, and every kind of fault (SIGKILL of the webhook worker included) at least once.
 
 `make chaos` runs the long version (300 s, twenty faults of each kind and more).
 """
@@ -42,3 +43,4 @@ async def test_every_invariant_holds_under_every_kind_of_fault(tmp_path):
     assert report.acknowledged_after_first_fault > 0, summary
     assert report.rejected["422 insufficient_funds"] > 0, summary
     assert sum(report.forged.values()) > 0, summary
+    assert report.webhooks.startswith("ok"), summary

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
 import nats
 import psycopg
 import pytest
@@ -111,3 +112,39 @@ async def test_only_the_api_may_publish_ledger_events(dev_stack):
         finally:
             await client.close()
         assert any("permissions violation" in v.lower() for v in violations), (user, subject, violations)
+
+
+def test_the_webhook_key_is_kept_to_its_owner(dev_stack):
+    data, _ = dev_stack
+    assert stat.S_IMODE((data / "webhook.key").stat().st_mode) == 0o600
+
+
+async def test_the_dev_stack_delivers_webhooks_with_the_reader_login(dev_stack):
+    """The worker runs inside `ledger dev` and consumes as NATS `reader`; loopback URLs are allowed."""
+    from standardwebhooks.webhooks import Webhook as StandardWebhook
+
+    from tests.test_webhooks import Receiver
+
+    _, info = dev_stack
+    tokens, accounts = info["tokens"], info["accounts"]
+    receiver = await Receiver().start()
+    try:
+        async with aiohttp.ClientSession(info["api_url"]) as http:
+            async with http.post(f"/v1/vendors/{accounts['vendor']}/webhooks", json={"url": receiver.url},
+                                 headers={"Authorization": f"Bearer {tokens['vendor']}"}) as reply:
+                assert reply.status == 201, await reply.text()
+                secret = (await reply.json())["secret"]
+            async with http.post("/v1/transfers", headers={"Authorization": f"Bearer {tokens['client']}",
+                                                           "Idempotency-Key": "webhook-dev-test"},
+                                 json={"from_account_id": accounts["wallet"], "to_account_id": accounts["vendor"],
+                                       "amount": 1, "currency": "USD"}) as reply:
+                assert reply.status == 201, await reply.text()
+        for _ in range(400):  # bounded: 20 s
+            if receiver.requests:
+                break
+            await asyncio.sleep(0.05)
+        assert receiver.requests, "no webhook within 20 s"
+        event = StandardWebhook(secret).verify(receiver.requests[0].body, receiver.requests[0].headers)
+        assert event["type"] == "transfer.received"
+    finally:
+        await receiver.stop()

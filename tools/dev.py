@@ -1,4 +1,4 @@
-"""`ledger dev`: PostgreSQL and NATS from their wheels, migrations, API and projector, demo data.
+"""`ledger dev`: PostgreSQL and NATS from their wheels, migrations, API, projector and webhook worker, demo data.
 
 Everything lives under `.ledger/` and is reused by the next run. The demo tokens are shown once
 by the API (only their hashes are stored), so they are kept in `.ledger/dev.json` to be reused.
@@ -83,6 +83,10 @@ Ledger is running: {api}   (Ctrl-C stops everything)
   # the vendor lists what it can verify (then GET .../transfers/<id>/verification?min_position=N&wait_ms=2000)
   curl -s {api}/v1/vendors/{a['vendor']}/transfers -H 'Authorization: Bearer {t['vendor']}'
 
+  # the vendor registers a webhook (the secret is shown once; `ledger dev` allows loopback URLs)
+  curl -s -X POST {api}/v1/vendors/{a['vendor']}/webhooks -H 'Authorization: Bearer {t['vendor']}' \\
+       -d '{{"url":"http://127.0.0.1:9000/hook"}}'
+
   # an auditor exports the journal and checks the head
   curl -s {api}/v1/journal -H 'Authorization: Bearer {t['auditor']}'
   curl -s {api}/v1/journal/head -H 'Authorization: Bearer {t['auditor']}'
@@ -104,7 +108,8 @@ async def run(*, data_dir: str, port: int) -> None:
     try:
         await db.migrate(postgres.url)
         settings = config.Settings.from_env(
-            database_url=postgres.url, nats_url=nats_server.url_for("api"), http_host="127.0.0.1", http_port=port
+            database_url=postgres.url, nats_url=nats_server.url_for("api"), http_host="127.0.0.1", http_port=port,
+            webhook_key=_webhook_key(root), webhook_allow_private=True,
         )
         info_path = root / "dev.json"
         saved = await _existing_tokens(postgres.url, info_path)
@@ -123,29 +128,48 @@ async def run(*, data_dir: str, port: int) -> None:
         signing = {"checkpoint_interval_s": settings.checkpoint_interval_s or DEV_CHECKPOINT_INTERVAL_S,
                    "signing_key": os.environ.get("LEDGER_SIGNING_KEY", str(root / "signing-key.pem"))}
         await _serve(settings, dataclasses.replace(settings, nats_url=nats_server.url_for("projector"), **signing), info,
-                     fund=fresh)
+                     fund=fresh, webhook_settings=dataclasses.replace(settings, nats_url=nats_server.url_for("reader")))
     finally:
         await asyncio.to_thread(nats_server.stop)
         await asyncio.to_thread(postgres.stop)
         print("ledger dev: stopped")
 
 
-async def _serve(settings: config.Settings, projector_settings: config.Settings, info: dict, *, fund: bool) -> None:
+def _webhook_key(root: Path) -> str:
+    """The Fernet key that encrypts webhook secrets at rest, generated once into `.ledger/` (0600);
+    LEDGER_WEBHOOK_KEY, when set, wins."""
+    from ledger import webhooks
+
+    if os.environ.get("LEDGER_WEBHOOK_KEY"):
+        return os.environ["LEDGER_WEBHOOK_KEY"]
+    path = root / "webhook.key"
+    if not path.exists():
+        write_private(path, webhooks.new_key() + "\n")
+    return path.read_text().strip()
+
+
+async def _serve(settings: config.Settings, projector_settings: config.Settings, info: dict, *, fund: bool,
+                 webhook_settings: config.Settings) -> None:
     from api.app import serve as serve_api
+    from ledger.webhook_worker import serve as serve_webhooks
     from projector.consumer import serve as serve_projector
 
     api = asyncio.create_task(serve_api(settings), name="api")
     projector = asyncio.create_task(serve_projector(projector_settings), name="projector")
+    # Its own task and NATS login (`reader`: may consume, may not publish): deliveries never share
+    # the projector's consumer, so a slow receiver cannot hold the projection back.
+    webhooks = asyncio.create_task(serve_webhooks(webhook_settings), name="webhooks")
+    tasks = (api, projector, webhooks)
     try:
         await _wait_ready(info["api_url"])
         if fund:
             await _fund(info["api_url"], info["tokens"]["admin"], info["accounts"]["funding"], info["accounts"]["wallet"])
         print(_examples(info), flush=True)
-        await asyncio.gather(api, projector)
+        await asyncio.gather(*tasks)
     finally:
-        for task in (api, projector):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(api, projector, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _wait_ready(api_url: str, timeout_s: float = 30.0) -> None:

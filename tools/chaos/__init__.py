@@ -18,6 +18,10 @@ settle, and checks the ledger's promises against the database itself:
 - the balances, recomputed from the postings and from the acknowledgements, equal the write model;
 - the projection and the outbox converge to the journal within `converge_s` of the last fault;
 - `ledger audit` passes, its `verifications` check included (no forged payment was verified); every process stops cleanly on SIGTERM.
+- with `--webhooks` (the default), a receiver on every vendor account and a `ledger webhooks`
+  process that the injector also SIGKILLs: every payment to a vendor reached the receiver at
+  least once, correctly signed, and no event names a transfer the journal does not hold
+  (`webhooks.py`).
 
 The fault schedule comes from `random.Random(seed)`, and the seed is printed, so a failing
 schedule can be replayed (the interleaving with the clients cannot: timing is not seeded).
@@ -47,6 +51,7 @@ from tools.chaos.faults import Child, FaultInjector, Stack, supervise
 from tools.chaos.forger import Forger
 from tools.chaos.options import FAULT_KINDS, KeyResult, Options
 from tools.chaos.report import Observer, Report
+from tools.chaos.webhooks import DELIVERY_GRACE_S, WebhookWitness
 from tools.chaos.workload import Workload
 
 __all__ = ["FAULT_KINDS", "Child", "KeyResult", "Options", "Report", "main", "metric_value", "run"]
@@ -64,6 +69,7 @@ class Chaos:
         self.workload = Workload(options, self.stack, self.log, self.report)
         self.injector = FaultInjector(options, self.stack, self.log, self.report)
         self.metrics = Metrics(self.stack)
+        self.witness = WebhookWitness(options, self.log, self.report) if options.webhooks else None
         self.writes_end = 0.0
 
     async def run(self) -> Report:
@@ -71,6 +77,10 @@ class Chaos:
         async with aiohttp.ClientSession(connector=connector) as session:
             await self.stack.start(session)
             await self.workload.build_world()
+            if self.witness is not None:
+                await self.witness.start()
+                await self.witness.register(self.stack, [*self.workload.world.vendor_accounts,
+                                                         self.workload.world.other_currency_vendor])
             watchers = [asyncio.create_task(supervise(self.stack, self.injector, self.log), name="supervise"),
                         asyncio.create_task(self.metrics.scrape(), name="scrape")]
             try:
@@ -80,11 +90,16 @@ class Chaos:
                                 faults=self.injector.faults, writes_end=self.writes_end)
                 await checks.check()
                 await checks.converge()
+                if self.witness is not None:
+                    last = max([self.writes_end, *(f.ended for f in self.injector.faults)])
+                    await self.witness.check(self.stack.pg.url, deadline=last + self.o.converge_s + DELIVERY_GRACE_S)
                 await checks.audit()
             finally:
                 for task in watchers:
                     task.cancel()
                 await asyncio.gather(*watchers, return_exceptions=True)
+                if self.witness is not None:
+                    await self.witness.stop()
             await self.stack.stop()
             self.metrics.count_batches(self.report)
         return self.report
@@ -145,6 +160,8 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--projectors", type=int, default=2, help="projector processes (default 2)")
     parser.add_argument("--forger", action=argparse.BooleanOptionalAction, default=True,
                         help="publish junk on every ledger subject during the run (default on)")
+    parser.add_argument("--webhooks", action=argparse.BooleanOptionalAction, default=True,
+                        help="a webhook receiver on every vendor and a `ledger webhooks` process to kill (default on)")
     parser.add_argument("--wallets", type=int, default=20)
     parser.add_argument("--vendors", type=int, default=3)
     parser.add_argument("--workers", type=int, default=32, help="concurrent clients")
@@ -162,7 +179,7 @@ def parse_args(argv: list[str] | None) -> Options:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     return Options(
         duration_s=args.duration, seed=seed, api_processes=args.api_processes, projectors=args.projectors,
-        forger=args.forger, wallets=args.wallets,
+        forger=args.forger, webhooks=args.webhooks, wallets=args.wallets,
         vendors=args.vendors, workers=args.workers, faults=not args.no_faults, fault_interval_s=args.fault_interval,
         quiet_s=args.quiet, min_faults_per_kind=args.min_faults, drain_s=args.drain, converge_s=args.converge, data_dir=args.data_dir,
         keep_data=args.keep_data,

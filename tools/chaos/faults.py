@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 
-from ledger import db, principals
+from ledger import db, principals, webhooks
 from tools.chaos.options import (
     FAULT_KINDS, PROCESS_READY_S_MAX, PROCESS_STOP_S_MAX, REPO, SUPERVISE_INTERVAL_S, Fault, Options,
 )
@@ -104,13 +104,15 @@ class Stack:
         self.nats = EmbeddedNats(data_dir=root / "nats", port=free_port())
         self.apis: list[Child] = []
         self.projectors: list[Child] = []
+        self.webhook_workers: list[Child] = []
+        self.webhook_key = webhooks.new_key()
         self.session: aiohttp.ClientSession | None = None
         self.admin_id = ""
         self.admin_token = ""
 
     @property
     def children(self) -> list[Child]:
-        return [*self.apis, *self.projectors]
+        return [*self.apis, *self.projectors, *self.webhook_workers]
 
     def env(self, port: int | None = None) -> dict[str, str]:
         env = dict(os.environ)
@@ -121,6 +123,8 @@ class Stack:
             LEDGER_REQUEST_TIMEOUT_MS=str(self.o.server_request_timeout_ms),
             LEDGER_LOG_LEVEL="INFO",
             PYTHONUNBUFFERED="1",
+            LEDGER_WEBHOOK_KEY=self.webhook_key,
+            LEDGER_WEBHOOK_ALLOW_PRIVATE="1",  # the receiver is on loopback
         )
         if port is not None:
             env["LEDGER_HTTP_PORT"] = str(port)
@@ -139,6 +143,8 @@ class Stack:
                                    url=f"http://127.0.0.1:{port}"))
         self.projectors = [Child(f"projector-{index}", command + ["projector"], self.env(), self.root / f"projector-{index}.log")
                            for index in range(self.o.projectors)]
+        if self.o.webhooks:
+            self.webhook_workers = [Child("webhooks-0", command + ["webhooks"], self.env(), self.root / "webhooks-0.log")]
         for child in self.children:
             child.start()
         ready = await asyncio.gather(*(api.wait_ready(self.session, PROCESS_READY_S_MAX) for api in self.apis))
@@ -225,6 +231,15 @@ class FaultInjector:
         await self._kill_child(projector, down_s)
         projector.expected_down = False
         return f"SIGKILL {projector.name}, down {down_s:.2f}s"
+
+    async def _fault_webhooks_kill(self, rng: random.Random) -> str:
+        if not self.stack.webhook_workers:
+            return "no webhook worker (webhooks off)"
+        worker = rng.choice(self.stack.webhook_workers)
+        down_s = rng.uniform(0.0, 1.0)
+        await self._kill_child(worker, down_s)
+        worker.expected_down = False
+        return f"SIGKILL {worker.name}, down {down_s:.2f}s"
 
     async def _kill_child(self, child: Child, down_s: float) -> None:
         child.expected_down = True

@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CURRENCY = "USD"
 OTHER_CURRENCY = "EUR"
-FAULT_KINDS = ("api_kill", "projector_kill", "nats_restart", "postgres_restart")
+FAULT_KINDS = ("api_kill", "projector_kill", "nats_restart", "postgres_restart", "webhooks_kill")
 EXPECTED_REJECTIONS = frozenset({"insufficient_funds", "same_account", "account_not_found", "currency_mismatch",
                                  "refund_exceeds_transfer"})
 # Answers that say "not now, try again": the key is retried, with the same body.
@@ -54,6 +54,9 @@ class Options:
     projectors: int = 2
     # An attacker publishing junk on every ledger subject during the run (`tools/chaos/forger.py`).
     forger: bool = True
+    # A webhook receiver on every vendor account and a `ledger webhooks` process, SIGKILLed as a
+    # fault kind of its own: every payment to a vendor must reach the receiver, correctly signed.
+    webhooks: bool = True
     wallets: int = 20
     vendors: int = 3
     workers: int = 32

@@ -50,6 +50,7 @@ class Report:
     wall_s: float = 0.0
     violations: list = dataclasses.field(default_factory=list)
     forged: Counter = dataclasses.field(default_factory=Counter)  # junk messages published, by subject
+    webhooks: str = "off"
 
     @property
     def ok(self) -> bool:
@@ -97,6 +98,7 @@ class Report:
             f"conservation {self.conservation}",
             f"projection converged in {converged}{since_fault}",
             f"audit: {self.audit}",
+            f"webhooks: {self.webhooks}",
             f"committer: {self.batches} batches, {self.serialization_retries} serialization retries"
             f" ({retry_rate:.3f} per batch), {self.batches_failed_serialization} batches failed after all"
             f" retries ({failed_rate:.4%}), {self.batches_failed_other} batches failed otherwise (database down)",

@@ -1,0 +1,273 @@
+"""Every SQL statement of vendor webhooks, in the PostgreSQL/CockroachDB subset.
+
+Apart from `ledger.store` (the journal's) as `projector.store` is apart for the read models: one
+module per kind of I/O. The API registers and lists endpoints and reads deliveries; the webhook
+worker (`ledger.webhook_worker`, role `ledger_webhooks`) writes delivery rows together with its
+checkpoint, claims due rows with a lease (`FOR UPDATE SKIP LOCKED`, which CockroachDB has since
+23.1) and records each attempt. Driver errors are translated by the pool (`ledger.db`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass
+
+from psycopg.rows import class_row, kwargs_row
+
+import schemas
+from ledger.store import WEBHOOKS_ROLE
+from ledger.webhooks import Event
+
+__all__ = ["WEBHOOKS_ROLE"]
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRow:
+    id: uuid.UUID
+    vendor_account_id: uuid.UUID
+    url: str
+    event_types: list[str]
+    secret_encrypted: str
+    created_at: dt.datetime
+
+
+# ---- endpoints (the API) --------------------------------------------------------------------
+
+
+async def insert_endpoint(conn, *, endpoint_id: uuid.UUID, vendor_account_id: uuid.UUID, url: str,
+                          event_types: list[str], secret_encrypted: str, live_max: int) -> dt.datetime | None:
+    """Register the endpoint unless the vendor has `live_max` live ones already (then None). The
+    count is a bound on resources, not an invariant: two registrations racing may pass it by one."""
+    async with conn.transaction():
+        row = await (await conn.execute(
+            "SELECT count(*) FROM webhook_endpoints WHERE vendor_account_id = %s AND deleted_at IS NULL",
+            (vendor_account_id,),
+        )).fetchone()
+        if row[0] >= live_max:
+            return None
+        row = await (await conn.execute(
+            "INSERT INTO webhook_endpoints (id, vendor_account_id, url, event_types, secret_encrypted)"
+            " VALUES (%s, %s, %s, %s::JSONB, %s) RETURNING created_at",
+            (endpoint_id, vendor_account_id, url, json.dumps(event_types), secret_encrypted),
+        )).fetchone()
+    return row[0]
+
+
+_WEBHOOK = "SELECT id, url, event_types, created_at FROM webhook_endpoints"
+
+
+async def endpoints_page(conn, vendor_account_id: uuid.UUID, *, after: int, limit: int) -> list[tuple[int, schemas.Webhook]]:
+    """Live endpoints of the vendor in registration order, each with its cursor. The cursor counts
+    every endpoint the vendor ever registered (deleted ones too, which keep their row), so it is
+    stable while endpoints come and go."""
+    rows = await (await conn.execute(
+        "SELECT n, id, url, event_types, created_at FROM (SELECT row_number() OVER (ORDER BY created_at, id) AS n,"
+        " id, url, event_types, created_at, deleted_at FROM webhook_endpoints WHERE vendor_account_id = %s) e"
+        " WHERE n > %s AND deleted_at IS NULL ORDER BY n LIMIT %s",
+        (vendor_account_id, after, limit),
+    )).fetchall()
+    return [(n, schemas.Webhook(id=i, url=u, event_types=t, created_at=c)) for n, i, u, t, c in rows]
+
+
+async def live_endpoint_exists(conn, vendor_account_id: uuid.UUID, endpoint_id: uuid.UUID) -> bool:
+    row = await (await conn.execute(
+        "SELECT 1 FROM webhook_endpoints WHERE id = %s AND vendor_account_id = %s AND deleted_at IS NULL",
+        (endpoint_id, vendor_account_id),
+    )).fetchone()
+    return row is not None
+
+
+async def delete_endpoint(conn, vendor_account_id: uuid.UUID, endpoint_id: uuid.UUID) -> bool:
+    """Mark the endpoint deleted (its rows stay, for the record); False when there is no live one.
+    Senders claim only rows of live endpoints, so no delivery starts after this commits."""
+    cursor = await conn.execute(
+        "UPDATE webhook_endpoints SET deleted_at = now() WHERE id = %s AND vendor_account_id = %s"
+        " AND deleted_at IS NULL",
+        (endpoint_id, vendor_account_id),
+    )
+    return cursor.rowcount == 1
+
+
+async def deliveries_page(conn, endpoint_id: uuid.UUID, *, after: int, limit: int) -> list[tuple[int, schemas.WebhookDelivery]]:
+    """The endpoint's deliveries in journal order (by `event_seq`, the cursor)."""
+    async with conn.cursor(row_factory=kwargs_row(_delivery)) as cursor:
+        await cursor.execute(
+            "SELECT event_seq, event_id, type, position, attempts, status, last_status_code,"
+            " CASE WHEN status = 'pending' THEN next_attempt_at END AS next_attempt_at"
+            " FROM webhook_deliveries WHERE endpoint_id = %s AND event_seq > %s ORDER BY event_seq LIMIT %s",
+            (endpoint_id, after, limit),
+        )
+        return await cursor.fetchall()
+
+
+def _delivery(event_seq: int, **columns) -> tuple[int, schemas.WebhookDelivery]:
+    return event_seq, schemas.WebhookDelivery(**columns)
+
+
+# ---- the worker: the outbox of deliveries ---------------------------------------------------
+
+
+async def lock_checkpoint(conn, name: str) -> int:
+    """The worker's checkpoint, created if missing and locked until the transaction ends, so two
+    workers take turns and no entry is mapped twice."""
+    await conn.execute(
+        "INSERT INTO webhook_checkpoint (name, position) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING", (name,)
+    )
+    row = await (await conn.execute("SELECT position FROM webhook_checkpoint WHERE name = %s FOR UPDATE", (name,))).fetchone()
+    return row[0]
+
+
+async def checkpoint(conn, name: str) -> int:
+    row = await (await conn.execute("SELECT position FROM webhook_checkpoint WHERE name = %s", (name,))).fetchone()
+    return row[0] if row else 0
+
+
+async def vendor_accounts(conn, account_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await (await conn.execute(
+        "SELECT id FROM accounts WHERE id = ANY(%s) AND kind = 'vendor'", (account_ids,)
+    )).fetchall()
+    return {row[0] for row in rows}
+
+
+async def live_endpoints_of(conn, vendor_account_ids: list[uuid.UUID]) -> list[EndpointRow]:
+    async with conn.cursor(row_factory=class_row(EndpointRow)) as cursor:
+        await cursor.execute(
+            "SELECT id, vendor_account_id, url, event_types, secret_encrypted, created_at FROM webhook_endpoints"
+            " WHERE vendor_account_id = ANY(%s) AND deleted_at IS NULL",
+            (vendor_account_ids,),
+        )
+        return await cursor.fetchall()
+
+
+async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, due: dt.datetime) -> None:
+    """One row per (endpoint, event), due at once; a repeat (a re-mapped range) changes nothing."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO webhook_deliveries (endpoint_id, event_seq, event_id, type, position, payload, committed_at,"
+        " next_attempt_at) SELECT e, s, i, t, p, b, c::TIMESTAMPTZ, %s FROM unnest(%s::UUID[], %s::INT8[], %s::UUID[],"
+        " %s::TEXT[], %s::INT8[], %s::TEXT[], %s::TEXT[]) AS d (e, s, i, t, p, b, c)"
+        " ON CONFLICT (endpoint_id, event_seq) DO NOTHING",
+        (
+            due,
+            [endpoint for endpoint, _ in rows],
+            [event.seq for _, event in rows],
+            [event.id for _, event in rows],
+            [event.type for _, event in rows],
+            [event.position for _, event in rows],
+            [event.body.decode() for _, event in rows],
+            [event.committed_at for _, event in rows],
+        ),
+    )
+
+
+async def move_checkpoint(conn, name: str, position: int) -> None:
+    await conn.execute(
+        "UPDATE webhook_checkpoint SET position = %s, updated_at = now() WHERE name = %s", (position, name)
+    )
+
+
+# ---- the worker: senders --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    endpoint_id: uuid.UUID
+    event_seq: int
+    event_id: uuid.UUID
+    payload: str
+    attempts: int  # made before this one
+    committed_at: dt.datetime
+
+
+async def claim_due(conn, *, limit: int, per_endpoint: int, lease_s: float,
+                    skip_endpoints: list[uuid.UUID]) -> list[Claimed]:
+    """Take due pending rows, oldest first: at most `per_endpoint` of each live endpoint (none of
+    `skip_endpoints`, which the caller holds enough of) and `limit` in all, so one endpoint's
+    backlog never crowds out the others. They are leased: `next_attempt_at` moves `lease_s` ahead,
+    so a worker that dies mid-attempt leaves each row to be retried once its lease ends, never
+    lost. Rows another worker holds locked are skipped, not waited for. One index probe per live
+    endpoint (`webhook_deliveries_due`)."""
+    async with conn.transaction():
+        async with conn.cursor(row_factory=class_row(Claimed)) as cursor:
+            await cursor.execute(
+                "UPDATE webhook_deliveries d SET next_attempt_at = now() + %s * INTERVAL '1 second'"
+                " FROM (SELECT q.endpoint_id, q.event_seq FROM webhook_endpoints e CROSS JOIN LATERAL"
+                "  (SELECT endpoint_id, event_seq, next_attempt_at FROM webhook_deliveries"
+                "   WHERE endpoint_id = e.id AND status = 'pending' AND next_attempt_at <= now()"
+                "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) q"
+                "  WHERE e.deleted_at IS NULL AND NOT (e.id = ANY(%s::UUID[]))"
+                "  ORDER BY q.next_attempt_at LIMIT %s) due"
+                " WHERE d.endpoint_id = due.endpoint_id AND d.event_seq = due.event_seq AND d.status = 'pending'"
+                " RETURNING d.endpoint_id, d.event_seq, d.event_id, d.payload, d.attempts, d.committed_at",
+                (lease_s, per_endpoint, skip_endpoints, limit),
+            )
+            return await cursor.fetchall()
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The outcome of one attempt: `delivered`, `failed`, or `pending` again in `retry_in_s`."""
+
+    claimed: Claimed
+    status: str
+    status_code: int | None
+    error: str | None
+    retry_in_s: float | None
+
+
+async def record_attempts(conn, attempts: list[Attempt]) -> None:
+    """Count each attempt and its outcome, all in one statement."""
+    await conn.execute(
+        "UPDATE webhook_deliveries d SET attempts = d.attempts + 1, status = o.status, last_status_code = o.code,"
+        " last_error = o.error, next_attempt_at = CASE WHEN o.retry_s IS NULL THEN d.next_attempt_at"
+        "  ELSE now() + o.retry_s * INTERVAL '1 second' END,"
+        " delivered_at = CASE WHEN o.status = 'delivered' THEN now() END"
+        " FROM unnest(%s::UUID[], %s::INT8[], %s::TEXT[], %s::INT8[], %s::TEXT[], %s::FLOAT8[])"
+        "  AS o (endpoint_id, event_seq, status, code, error, retry_s)"
+        " WHERE d.endpoint_id = o.endpoint_id AND d.event_seq = o.event_seq AND d.status = 'pending'",
+        (
+            [a.claimed.endpoint_id for a in attempts],
+            [a.claimed.event_seq for a in attempts],
+            [a.status for a in attempts],
+            [a.status_code for a in attempts],
+            [a.error for a in attempts],
+            [a.retry_in_s for a in attempts],
+        ),
+    )
+
+
+async def endpoint(conn, endpoint_id: uuid.UUID) -> EndpointRow | None:
+    async with conn.cursor(row_factory=class_row(EndpointRow)) as cursor:
+        await cursor.execute(
+            "SELECT id, vendor_account_id, url, event_types, secret_encrypted, created_at FROM webhook_endpoints"
+            " WHERE id = %s AND deleted_at IS NULL",
+            (endpoint_id,),
+        )
+        return await cursor.fetchone()
+
+
+async def oldest_undelivered(conn) -> dt.datetime | None:
+    """The commit time of the oldest event still pending for a live endpoint (for the age gauge)."""
+    row = await (await conn.execute(
+        "SELECT min(d.committed_at) FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+        " WHERE d.status = 'pending' AND e.deleted_at IS NULL"
+    )).fetchone()
+    return row[0]
+
+
+# ---- key rotation ---------------------------------------------------------------------------
+
+
+async def all_secrets(conn) -> list[tuple[uuid.UUID, str]]:
+    rows = await (await conn.execute("SELECT id, secret_encrypted FROM webhook_endpoints ORDER BY id")).fetchall()
+    return [(row[0], row[1]) for row in rows]
+
+
+async def replace_secret(conn, endpoint_id: uuid.UUID, *, old: str, new: str) -> None:
+    await conn.execute(
+        "UPDATE webhook_endpoints SET secret_encrypted = %s WHERE id = %s AND secret_encrypted = %s",
+        (new, endpoint_id, old),
+    )

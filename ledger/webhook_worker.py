@@ -1,0 +1,407 @@
+"""`ledger webhooks`: the webhook worker, a process of its own beside the API and the projector.
+
+Why its own process: a receiver that is slow, dead or hostile costs this process sockets, time
+and memory, and nothing else does; it can never slow the projector (which vendors' reads wait
+for) or the API's transfers, and it scales and restarts alone.
+
+Two tasks:
+- The mapper, a durable JetStream pull consumer (`webhooks-<name>`) that, like the projector,
+  treats an event as a doorbell: whatever the messages say, it reads the journal from its own
+  checkpoint, maps each entry to the events it is for vendors (`ledger.webhooks.events_of`), and
+  writes one delivery row per subscribed endpoint together with the moved checkpoint, in one
+  transaction (the outbox of deliveries); only then are the messages acked. A forged event
+  changes nothing; an event never published is found in the journal all the same.
+- The senders: claim due rows with a lease (`next_attempt_at` pushed `LEASE_S` ahead), POST each
+  one, signed, with a bounded concurrency overall and per endpoint and a timeout per attempt,
+  and record the outcome (delivered, retried later per `RETRY_DELAYS_S`, or failed). A process
+  killed mid-attempt leaves its rows leased: they are due again once the lease ends, so every
+  event is delivered at least once, the same `webhook-id` on every attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import socket
+import time
+import uuid
+
+import aiohttp
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import start_http_server
+
+import schemas
+from ledger import db, metrics, store, webhooks
+from ledger import webhook_store as ws
+from ledger.bus import STREAM, SUBJECT, EventBus, raise_if_cancelled
+from ledger.config import ConfigError, Settings
+
+log = logging.getLogger("ledger.webhooks")
+
+WORKER_NAME = "main"
+FETCH_BATCH_MAX = 1000
+FETCH_WAIT_S = 0.5
+JOURNAL_PAGE_MAX = 1000
+ACK_PENDING_MAX = 20_000
+ACK_WAIT_S = 30
+ATTEMPT_S_MAX = 10.0  # the contract: a 2xx within 10 s ends it
+# A claimed row waits at most one attempt for a slot, then is attempted: the lease outlasts both,
+# so a live sender always records first, and a dead one's rows are due again after it.
+LEASE_S = 2 * ATTEMPT_S_MAX + 10.0
+SENDER_POLL_S = 0.5  # due retries are looked for this often; new rows wake the senders at once
+CLAIM_COALESCE_S = 0.002  # after a wake-up, so the attempts that end together free one claim
+HELD_PER_SLOT = 2  # rows held (in flight or waiting for a slot) per slot: a bounded queue
+RESPONSE_BYTES_MAX = 64 * 1024  # what is read of a receiver's answer, at most
+ERROR_CHARS_MAX = 500
+ENDPOINT_CACHE_MAX = 10_000
+GAUGE_INTERVAL_S = 5.0
+RECORD_TRIES_MAX = 3
+RECORD_BATCH_MAX = 500  # attempts recorded in one statement at most
+USER_AGENT = "wallet-ledger-webhooks/1"
+
+
+def _contiguous(entries: list[schemas.JournalEntry], *, after: int) -> list[schemas.JournalEntry]:
+    run = []
+    for entry in entries:
+        if entry.position != after + len(run) + 1:
+            break
+        run.append(entry)
+    return run
+
+
+class Mapper:
+    """Journal entries to delivery rows, with the checkpoint, following the journal."""
+
+    def __init__(self, *, pool, bus: EventBus, name: str, wake: asyncio.Event) -> None:
+        self._pool = pool
+        self._bus = bus
+        self._name = name
+        self._wake = wake
+
+    async def follow_journal(self) -> None:
+        while await self._map_page():
+            pass
+
+    async def _map_page(self) -> bool:
+        """One transaction: lock the checkpoint, read the journal after it, write the page's
+        deliveries and the moved checkpoint. True when it moved (there may be more)."""
+        now = dt.datetime.now(dt.timezone.utc)
+        rows: list = []
+        async with self._pool.connection() as conn:
+            async with conn.transaction():
+                current = await ws.lock_checkpoint(conn, self._name)
+                run = _contiguous(await store.entries_after(conn, current, JOURNAL_PAGE_MAX), after=current)
+                if not run:
+                    metrics.WEBHOOK_CHECKPOINT.set(current)
+                    return False
+                rows = await self._deliveries(conn, run, now)
+                await ws.insert_deliveries(conn, rows, due=now)
+                await ws.move_checkpoint(conn, self._name, run[-1].position)
+        metrics.WEBHOOK_CHECKPOINT.set(run[-1].position)
+        if rows:
+            self._wake.set()
+        return True
+
+    @staticmethod
+    async def _deliveries(conn, run: list[schemas.JournalEntry], now: dt.datetime) -> list[tuple[uuid.UUID, webhooks.Event]]:
+        parties = list({account for entry in run for account in (entry.from_account_id, entry.to_account_id)})
+        vendors = await ws.vendor_accounts(conn, parties)
+        events = [event for entry in run for event in webhooks.events_of(entry, vendors, now=now)]
+        if not events:
+            return []
+        endpoints: dict[uuid.UUID, list[ws.EndpointRow]] = {}
+        for endpoint in await ws.live_endpoints_of(conn, list({event.vendor_account_id for event in events})):
+            endpoints.setdefault(endpoint.vendor_account_id, []).append(endpoint)
+        return [(endpoint.id, event) for event in events for endpoint in endpoints.get(event.vendor_account_id, ())
+                if event.type in endpoint.event_types]
+
+    async def run(self) -> None:
+        subscription = None
+        while True:
+            raise_if_cancelled()
+            try:
+                if subscription is None and self._bus.connected:
+                    subscription = await self._subscribe()
+                messages = await self._fetch(subscription)
+                # The doorbell rang (or the wait ended): the journal says what there is.
+                await self.follow_journal()
+                for message in messages:
+                    await message.ack()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                # NATS (or the stream) is away, or the database is: the journal is the truth, so
+                # follow it directly while it answers, and subscribe again once NATS is back.
+                log.info("webhook mapper round failed (%s); following the journal meanwhile", error)
+                if not self._bus.connected:
+                    subscription = None
+                await asyncio.sleep(FETCH_WAIT_S)
+                with contextlib.suppress(store.StoreError):
+                    await self.follow_journal()
+
+    @staticmethod
+    async def _fetch(subscription) -> list:
+        if subscription is None:
+            await asyncio.sleep(FETCH_WAIT_S)
+            return []
+        try:
+            return await subscription.fetch(FETCH_BATCH_MAX, timeout=FETCH_WAIT_S)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            return []
+
+    async def _subscribe(self):
+        config = ConsumerConfig(
+            durable_name=f"webhooks-{self._name}",
+            deliver_policy=DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=ACK_PENDING_MAX,
+        )
+        return await self._bus.js.pull_subscribe(SUBJECT, durable=config.durable_name, stream=STREAM, config=config)
+
+
+class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
+    """Refuses a host that resolves to any non-public address, on the very lookup the connection
+    then uses: a DNS answer that changed since registration (rebinding) cannot reach inside."""
+
+    def __init__(self) -> None:
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET):
+        hosts = await self._inner.resolve(host, port, family)
+        if not all(webhooks.address_allowed(found["host"]) for found in hosts):
+            raise OSError(f"{host} resolves to a non-public address")
+        return hosts
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class Sender:
+    """Claims due deliveries and POSTs them, `concurrency_max` at once and `endpoint_max` per
+    endpoint. It holds at most `HELD_PER_SLOT` times as many claimed rows as it has slots, overall
+    and per endpoint (the bounded queue), so a claimed row waits at most one attempt for its slot."""
+
+    def __init__(self, *, pool, keyring: webhooks.Keyring, wake: asyncio.Event, concurrency_max: int,
+                 endpoint_max: int, allow_private: bool) -> None:
+        self._pool = pool
+        self._keyring = keyring
+        self._wake = wake
+        self._concurrency_max = concurrency_max
+        self._endpoint_max = endpoint_max
+        self._allow_private = allow_private
+        self._in_flight: set[asyncio.Task] = set()  # held rows: in flight or waiting for a slot
+        self._per_endpoint: dict[uuid.UUID, int] = {}  # held rows per endpoint
+        self._endpoint_slots: dict[uuid.UUID, asyncio.Semaphore] = {}
+        self._slots = asyncio.Semaphore(concurrency_max)
+        self._endpoints: dict[uuid.UUID, tuple[str, str]] = {}  # id -> (url, secret); endpoints never change
+        self._http: aiohttp.ClientSession | None = None
+        self._outcomes: list[ws.Attempt] = []  # attempts made, not yet recorded (at most the rows held)
+        self._outcome_ready = asyncio.Event()
+
+    async def run(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._concurrency_max, limit_per_host=self._endpoint_max,
+            resolver=None if self._allow_private else PublicOnlyResolver(),
+        )
+        self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=ATTEMPT_S_MAX),
+                                           headers={"User-Agent": USER_AGENT}, auto_decompress=False)
+        recorder = asyncio.create_task(self._record_forever(), name="webhook-recorder")
+        try:
+            while True:
+                raise_if_cancelled()
+                claimed_all = False
+                try:
+                    claimed_all = await self._claim_round()
+                except store.StoreError as error:
+                    log.info("cannot claim deliveries (%s); retrying", error)
+                if not claimed_all:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(SENDER_POLL_S):
+                            await self._wake.wait()
+                    await asyncio.sleep(CLAIM_COALESCE_S)
+                self._wake.clear()
+        finally:
+            for task in (*self._in_flight, recorder):
+                task.cancel()
+            await asyncio.gather(*self._in_flight, recorder, return_exceptions=True)
+            await self._http.close()
+
+    async def _claim_round(self) -> bool:
+        """Claim what the queue has room for; True when it was all taken (look again at once)."""
+        free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight)
+        if free <= 0:
+            return False
+        full = [endpoint for endpoint, count in self._per_endpoint.items() if count >= self._endpoint_max]
+        async with self._pool.connection() as conn:
+            claimed = await ws.claim_due(conn, limit=free, per_endpoint=self._endpoint_max, lease_s=LEASE_S,
+                                         skip_endpoints=full)
+        for row in claimed:
+            self._start(row)
+        return len(claimed) == free
+
+    def _start(self, row: ws.Claimed) -> None:
+        self._per_endpoint[row.endpoint_id] = self._per_endpoint.get(row.endpoint_id, 0) + 1
+        if row.endpoint_id not in self._endpoint_slots:
+            self._endpoint_slots[row.endpoint_id] = asyncio.Semaphore(self._endpoint_max)
+        task = asyncio.create_task(self._deliver(row), name=f"webhook-{row.event_id}")
+        self._in_flight.add(task)
+        metrics.WEBHOOK_IN_FLIGHT.set(len(self._in_flight))
+        task.add_done_callback(lambda done: self._finished(done, row.endpoint_id))
+
+    def _finished(self, task: asyncio.Task, endpoint_id: uuid.UUID) -> None:
+        self._in_flight.discard(task)
+        metrics.WEBHOOK_IN_FLIGHT.set(len(self._in_flight))
+        left = self._per_endpoint.get(endpoint_id, 1) - 1
+        if left:
+            self._per_endpoint[endpoint_id] = left
+        else:
+            self._per_endpoint.pop(endpoint_id, None)
+            self._endpoint_slots.pop(endpoint_id, None)
+        self._wake.set()  # a slot is free
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook delivery task failed", exc_info=task.exception())
+
+    async def _deliver(self, row: ws.Claimed) -> None:
+        async with self._endpoint_slots[row.endpoint_id], self._slots:
+            await self._attempt(row)
+
+    async def _attempt(self, row: ws.Claimed) -> None:
+        endpoint = await self._endpoint(row.endpoint_id)
+        if endpoint is None:
+            return  # deleted since the claim: nothing starts after a delete
+        url, secret = endpoint
+        started = time.monotonic()
+        status_code, error = await self._post(url, secret, row)
+        metrics.WEBHOOK_ATTEMPT_SECONDS.observe(time.monotonic() - started)
+        attempts = row.attempts + 1
+        if status_code is not None and 200 <= status_code < 300:
+            outcome, retry_in_s = "delivered", None
+            latency = (dt.datetime.now(dt.timezone.utc) - row.committed_at).total_seconds()
+            metrics.WEBHOOK_DELIVERY_LATENCY_SECONDS.observe(max(0.0, latency))
+        else:
+            retry_in_s = webhooks.retry_delay_s(attempts)
+            outcome = "pending" if retry_in_s is not None else "failed"
+        metrics.WEBHOOK_DELIVERIES.labels("retried" if outcome == "pending" else outcome).inc()
+        self._outcomes.append(ws.Attempt(row, outcome, status_code, error, retry_in_s))
+        self._outcome_ready.set()
+
+    async def _post(self, url: str, secret: str, row: ws.Claimed) -> tuple[int | None, str | None]:
+        body = row.payload.encode()
+        headers = webhooks.signed_headers(secret, event_id=str(row.event_id), timestamp=int(time.time()), body=body)
+        try:
+            async with asyncio.timeout(ATTEMPT_S_MAX):
+                await webhooks.check_url(url, allow_private=self._allow_private)
+                async with self._http.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                    await response.content.read(RESPONSE_BYTES_MAX)
+                    return response.status, None
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            return None, f"no answer within {ATTEMPT_S_MAX:g} s"
+        except Exception as error:  # a refused URL, DNS, TLS, a reset connection: all are a failed attempt
+            return None, f"{type(error).__name__}: {error}"[:ERROR_CHARS_MAX]
+
+    async def _record_forever(self) -> None:
+        """Record the attempts made since the last round, in one statement. If the database stays
+        away, they are dropped: each row's lease runs out and it is simply attempted again (at
+        least once, never lost)."""
+        while True:
+            await self._outcome_ready.wait()
+            self._outcome_ready.clear()
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes[:RECORD_BATCH_MAX], self._outcomes[RECORD_BATCH_MAX:]
+                await self._record(batch)
+
+    async def _record(self, batch: list[ws.Attempt]) -> None:
+        for _ in range(RECORD_TRIES_MAX):
+            try:
+                async with self._pool.connection() as conn:
+                    await ws.record_attempts(conn, batch)
+                return
+            except store.StoreError as error:
+                log.info("cannot record %d webhook attempts (%s); retrying", len(batch), error)
+                await asyncio.sleep(SENDER_POLL_S)
+
+    async def _endpoint(self, endpoint_id: uuid.UUID) -> tuple[str, str] | None:
+        cached = self._endpoints.get(endpoint_id)
+        if cached is not None:
+            return cached
+        async with self._pool.connection() as conn:
+            row = await ws.endpoint(conn, endpoint_id)
+        if row is None:
+            return None
+        if len(self._endpoints) >= ENDPOINT_CACHE_MAX:
+            self._endpoints.clear()
+        self._endpoints[endpoint_id] = found = (row.url, self._keyring.decrypt(row.secret_encrypted))
+        return found
+
+
+async def _oldest_undelivered_gauge(pool) -> None:
+    while True:
+        with contextlib.suppress(store.StoreError):
+            async with pool.connection() as conn:
+                oldest = await ws.oldest_undelivered(conn)
+            age = 0.0 if oldest is None else (dt.datetime.now(dt.timezone.utc) - oldest).total_seconds()
+            metrics.WEBHOOK_OLDEST_UNDELIVERED_SECONDS.set(max(0.0, age))
+        await asyncio.sleep(GAUGE_INTERVAL_S)
+
+
+def keyring_from(settings: Settings) -> webhooks.Keyring:
+    if settings.webhook_key is None:
+        raise ConfigError("LEDGER_WEBHOOK_KEY is not set: webhook secrets cannot be encrypted or decrypted")
+    return webhooks.Keyring(settings.webhook_key)
+
+
+async def serve(settings: Settings, *, metrics_listener: bool = False, name: str = WORKER_NAME) -> None:
+    """Run the mapper and the senders until cancelled."""
+    keyring = keyring_from(settings)
+    dialect = await db.wait_for_dialect(settings.database_url)
+    pool = db.make_pool(settings.database_url, role=ws.WEBHOOKS_ROLE, size_max=4, dialect=dialect, name="webhooks",
+                        timeouts=db.timeouts_from(settings))
+    await pool.open(wait=True)
+    bus = EventBus(settings.nats_url, name="ledger-webhooks", stream_replicas=settings.stream_replicas,
+                   stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes,
+                   manage_stream=False)
+    bus.start()
+    metrics_server = None
+    if metrics_listener and settings.metrics_port is not None:
+        metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.http_host)
+    wake = asyncio.Event()
+    mapper = Mapper(pool=pool, bus=bus, name=name, wake=wake)
+    sender = Sender(pool=pool, keyring=keyring, wake=wake, concurrency_max=settings.webhook_concurrency_max,
+                    endpoint_max=settings.webhook_endpoint_concurrency_max, allow_private=settings.webhook_allow_private)
+    tasks = [asyncio.create_task(mapper.run(), name="webhook-mapper"),
+             asyncio.create_task(sender.run(), name="webhook-sender"),
+             asyncio.create_task(_oldest_undelivered_gauge(pool), name="webhook-gauge")]
+    log.info("webhook worker running")
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        await bus.close()
+        await pool.close()
+
+
+async def rotate_key(settings: Settings) -> int:
+    """`ledger webhooks rotate-key`: re-encrypt every stored secret with the first key of
+    LEDGER_WEBHOOK_KEY; returns how many. Afterwards the older keys can be dropped."""
+    keyring = keyring_from(settings)
+    pool = db.make_pool(settings.database_url, role=ws.WEBHOOKS_ROLE, size_max=1, timeouts=db.timeouts_from(settings))
+    await pool.open(wait=True)
+    try:
+        async with pool.connection() as conn:
+            rows = await ws.all_secrets(conn)
+            for endpoint_id, encrypted in rows:
+                await ws.replace_secret(conn, endpoint_id, old=encrypted, new=keyring.rotate(encrypted))
+        return len(rows)
+    finally:
+        await pool.close()

@@ -1,0 +1,435 @@
+"""Vendor webhooks (CONTRACT v2 "Vendor webhooks"): registration, signed deliveries checked with
+the `standardwebhooks` library (not the project's code), retries, isolation of a dead receiver,
+deletion, the URL policy, and the pure parts (events by kind, the retry schedule, key rotation).
+
+Receivers are aiohttp servers on 127.0.0.1 that the tests start; the worker
+(`ledger.webhook_worker.serve`) runs in the test's event loop for this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import time
+import types
+import uuid
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook as StandardWebhook
+
+from api.app import SERVICES
+from ledger import webhook_worker, webhooks
+from tests.conftest import eventually
+from tools.embedded import free_port
+
+ALL_TYPES = ["transfer.received", "refund.created", "hold.created", "hold.captured", "hold.voided", "hold.expired"]
+DELIVERY_S_MAX = 20.0  # generous: the machine is shared (the contract says within 5 s under normal load)
+
+
+@dataclasses.dataclass
+class Received:
+    headers: dict
+    body: bytes
+    at: float
+
+
+class Receiver:
+    """A webhook receiver on loopback that answers `status` after `delay_s` and records every request."""
+
+    def __init__(self, *, status: int = 200, delay_s: float = 0.0) -> None:
+        self.status = status
+        self.delay_s = delay_s
+        self.requests: list[Received] = []
+        self.active = self.active_max = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests.append(Received(dict(request.headers), await request.read(), time.monotonic()))
+        self.active += 1
+        self.active_max = max(self.active_max, self.active)
+        try:
+            if self.delay_s:
+                await asyncio.sleep(self.delay_s)
+            return web.Response(status=self.status, text="ok")
+        finally:
+            self.active -= 1
+
+    async def start(self) -> "Receiver":
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def events(self) -> list[dict]:
+        return [json.loads(r.body) for r in self.requests]
+
+
+@pytest_asyncio.fixture
+async def receivers():
+    started: list[Receiver] = []
+
+    async def make(**kw) -> Receiver:
+        started.append(await Receiver(**kw).start())
+        return started[-1]
+
+    yield make
+    for receiver in started:
+        await receiver.stop()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def worker(stack):
+    task = asyncio.create_task(webhook_worker.serve(stack.settings), name="test-webhook-worker")
+    yield task
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _register(stack, vendor, url: str, **extra):
+    return await stack.client.post(f"/v1/vendors/{vendor.account_id}/webhooks", token=vendor.token,
+                                   json={"url": url, **extra})
+
+
+async def _deliveries(stack, vendor, endpoint_id: str) -> list[dict]:
+    reply = await stack.client.get(f"/v1/vendors/{vendor.account_id}/webhooks/{endpoint_id}/deliveries",
+                                   token=vendor.token)
+    assert reply.status == 200, reply.text
+    return reply.body["items"]
+
+
+async def _pay(stack, vendor, amount: int = 100) -> dict:
+    payer = await stack.funded_wallet(10_000)
+    reply = await stack.transfer(payer.token, payer.account_id, vendor.account_id, amount)
+    assert reply.status == 201, reply.text
+    return reply.body
+
+
+# ---- registration ---------------------------------------------------------------------------
+
+
+async def test_registering_answers_the_secret_once_and_the_list_never_shows_it(stack):
+    vendor = await stack.vendor()
+    reply = await _register(stack, vendor, "https://example.com/hooks")
+    assert reply.status == 201, reply.text
+    assert set(reply.body) == {"id", "url", "event_types", "secret", "created_at"}
+    assert reply.body["event_types"] == ALL_TYPES
+    secret = reply.body["secret"]
+    assert secret.startswith("whsec_") and 24 <= len(base64.b64decode(secret[6:])) <= 64
+    listed = await stack.client.get(f"/v1/vendors/{vendor.account_id}/webhooks", token=vendor.token)
+    assert listed.status == 200
+    assert listed.body == {"items": [{k: v for k, v in reply.body.items() if k != "secret"}], "next": None}
+    assert secret not in listed.text
+
+
+async def test_the_secret_is_stored_encrypted(stack):
+    vendor = await stack.vendor()
+    reply = await _register(stack, vendor, "https://example.com/hooks")
+    async with await stack.superuser() as conn:
+        stored = (await (await conn.execute("SELECT secret_encrypted FROM webhook_endpoints WHERE id = %s",
+                                            (reply.body["id"],))).fetchone())[0]
+    assert reply.body["secret"] not in stored and reply.body["secret"][6:] not in stored
+    assert webhooks.Keyring(stack.settings.webhook_key).decrypt(stored) == reply.body["secret"]
+
+
+async def test_event_types_are_kept_in_the_contract_order(stack):
+    vendor = await stack.vendor()
+    reply = await _register(stack, vendor, "https://example.com/a", event_types=["hold.voided", "transfer.received"])
+    assert reply.status == 201, reply.text
+    assert reply.body["event_types"] == ["transfer.received", "hold.voided"]
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/x", "file:///etc/passwd", "example.com/hook", "http:///nohost",
+                                 "javascript:alert(1)"])
+async def test_a_url_that_is_not_http_or_https_is_422(stack, url):
+    vendor = await stack.vendor()
+    reply = await _register(stack, vendor, url)
+    assert (reply.status, reply.code) == (422, "webhook_url_not_allowed"), reply.text
+
+
+@contextlib.contextmanager
+def _private_urls_refused(stack):
+    """The test stack allows loopback receivers; these tests need the production policy."""
+    services = stack.app[SERVICES]
+    allowing = services.settings
+    services.settings = dataclasses.replace(allowing, webhook_allow_private=False)
+    try:
+        yield
+    finally:
+        services.settings = allowing
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/hook", "http://localhost/hook", "https://10.1.2.3/",
+                                 "http://192.168.0.1/", "http://169.254.169.254/latest/meta-data", "http://[::1]/",
+                                 "http://[fe80::1]/", "http://[::ffff:127.0.0.1]/", "http://0.0.0.0/"])
+async def test_a_url_that_resolves_to_a_private_address_is_422_unless_allowed(stack, url):
+    vendor = await stack.vendor()
+    with _private_urls_refused(stack):
+        reply = await _register(stack, vendor, url)
+    assert (reply.status, reply.code) == (422, "webhook_url_not_allowed"), reply.text
+
+
+async def test_a_public_address_is_allowed(stack):
+    vendor = await stack.vendor()
+    with _private_urls_refused(stack):
+        reply = await _register(stack, vendor, "https://93.184.215.14/hook")
+    assert reply.status == 201, reply.text
+
+
+async def test_a_vendor_has_a_bounded_number_of_endpoints(stack):
+    vendor = await stack.vendor()
+    for _ in range(webhooks.ENDPOINTS_PER_VENDOR_MAX):
+        assert (await _register(stack, vendor, "https://example.com/h")).status == 201
+    reply = await _register(stack, vendor, "https://example.com/h")
+    assert (reply.status, reply.code) == (422, "too_many_webhooks"), reply.text
+
+
+async def test_the_list_pages_with_a_cursor(stack):
+    vendor = await stack.vendor()
+    ids = [(await _register(stack, vendor, f"https://example.com/{i}")).body["id"] for i in range(3)]
+    first = await stack.client.get(f"/v1/vendors/{vendor.account_id}/webhooks", token=vendor.token,
+                                   params={"limit": 2})
+    assert [item["id"] for item in first.body["items"]] == ids[:2] and first.body["next"]
+    rest = await stack.client.get(f"/v1/vendors/{vendor.account_id}/webhooks", token=vendor.token,
+                                  params={"limit": 2, "after": first.body["next"]})
+    assert [item["id"] for item in rest.body["items"]] == ids[2:] and rest.body["next"] is None
+
+
+async def test_deleting_answers_204_then_404(stack):
+    vendor = await stack.vendor()
+    endpoint = (await _register(stack, vendor, "https://example.com/h")).body["id"]
+    path = f"/v1/vendors/{vendor.account_id}/webhooks/{endpoint}"
+    assert (await stack.client.request("DELETE", path, token=vendor.token)).status == 204
+    again = await stack.client.request("DELETE", path, token=vendor.token)
+    assert (again.status, again.code) == (404, "not_found")
+    listed = await stack.client.get(f"/v1/vendors/{vendor.account_id}/webhooks", token=vendor.token)
+    assert listed.body["items"] == []
+
+
+# ---- deliveries -----------------------------------------------------------------------------
+
+
+async def test_a_payment_is_delivered_signed_as_standard_webhooks_says(stack, worker, receivers):
+    receiver = await receivers()
+    vendor = await stack.vendor()
+    created = (await _register(stack, vendor, receiver.url)).body
+    paid = await _pay(stack, vendor, 450)
+    await eventually(lambda: _true(receiver.requests), timeout_s=DELIVERY_S_MAX)
+
+    request = receiver.requests[0]
+    event = StandardWebhook(created["secret"]).verify(request.body, request.headers)
+    assert event["type"] == "transfer.received" and event["position"] == paid["position"]
+    assert set(event) == {"id", "type", "position", "created_at", "data"}
+    assert event["created_at"] == paid["committed_at"]
+    assert request.headers["webhook-id"] == event["id"]
+    assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 60
+    verification = await stack.client.get(
+        f"/v1/vendors/{vendor.account_id}/transfers/{paid['id']}/verification", token=vendor.token,
+        params={"min_position": paid["position"], "wait_ms": 5000})
+    assert {k: v for k, v in event["data"].items() if k != "projected_at"} == \
+        {k: v for k, v in verification.body.items() if k != "projected_at"}
+
+    async def recorded():
+        items = await _deliveries(stack, vendor, created["id"])
+        return items if items and items[0]["status"] == "delivered" else None
+
+    items = await eventually(recorded, timeout_s=DELIVERY_S_MAX)
+    assert items == [{"event_id": event["id"], "type": "transfer.received", "position": paid["position"],
+                      "attempts": 1, "status": "delivered", "last_status_code": 200, "next_attempt_at": None}]
+
+
+async def test_a_payment_is_not_an_event_for_the_payer_or_for_an_endpoint_not_subscribed(stack, worker, receivers):
+    subscribed, other = await receivers(), await receivers()
+    vendor = await stack.vendor()
+    await _register(stack, vendor, other.url, event_types=["refund.created"])
+    created = (await _register(stack, vendor, subscribed.url, event_types=["transfer.received"])).body
+    await _pay(stack, vendor)
+    await eventually(lambda: _true(subscribed.requests), timeout_s=DELIVERY_S_MAX)
+    assert other.requests == []
+    assert len(await _deliveries(stack, vendor, created["id"])) == 1
+
+
+async def test_a_failed_attempt_is_retried_about_5_s_later_with_the_same_id(stack, worker, receivers):
+    receiver = await receivers(status=500)
+    vendor = await stack.vendor()
+    created = (await _register(stack, vendor, receiver.url)).body
+    await _pay(stack, vendor)
+    await eventually(lambda: _true(len(receiver.requests) >= 2), timeout_s=DELIVERY_S_MAX + 10)
+    first, second = receiver.requests[:2]
+    assert first.headers["webhook-id"] == second.headers["webhook-id"]
+    assert first.body == second.body
+    assert 4.0 <= second.at - first.at <= 20.0
+    for request in (first, second):
+        StandardWebhook(created["secret"]).verify(request.body, request.headers)
+
+    async def two_attempts():
+        items = await _deliveries(stack, vendor, created["id"])
+        return items if items and items[0]["attempts"] >= 2 else None
+
+    [item] = await eventually(two_attempts, timeout_s=DELIVERY_S_MAX)
+    assert (item["status"], item["last_status_code"]) == ("pending", 500)
+    assert item["next_attempt_at"] is not None  # the third attempt, about 5 min later
+
+
+async def test_a_dead_receiver_never_slows_transfers_or_other_vendors(stack, worker, receivers):
+    hanging = await receivers(delay_s=30)
+    healthy = await receivers()
+    stuck_vendor, vendor = await stack.vendor(), await stack.vendor()
+    await _register(stack, stuck_vendor, hanging.url)
+    await _register(stack, vendor, healthy.url)
+    started = time.monotonic()
+    for _ in range(20):
+        await _pay(stack, stuck_vendor, 1)
+    paying_s = time.monotonic() - started
+    await _pay(stack, vendor)
+    paid_at = time.monotonic()
+    await eventually(lambda: _true(healthy.requests), timeout_s=DELIVERY_S_MAX)
+    assert healthy.requests[0].at - paid_at < DELIVERY_S_MAX
+    assert paying_s < 20 * 2.0, paying_s  # each payment (with its funding) answered without waiting for webhooks
+    assert hanging.requests and hanging.active_max <= stack.settings.webhook_endpoint_concurrency_max
+
+
+async def test_no_delivery_starts_after_the_endpoint_is_deleted(stack, worker, receivers):
+    receiver = await receivers()
+    vendor = await stack.vendor()
+    created = (await _register(stack, vendor, receiver.url)).body
+    reply = await stack.client.request("DELETE", f"/v1/vendors/{vendor.account_id}/webhooks/{created['id']}",
+                                       token=vendor.token)
+    assert reply.status == 204
+    paid = await _pay(stack, vendor)
+    later = await _pay(stack, await stack.vendor())  # anything after it: the worker has passed both
+
+    async def mapped():
+        async with await stack.superuser() as conn:
+            row = await (await conn.execute("SELECT position FROM webhook_checkpoint WHERE name = 'main'")).fetchone()
+        return row is not None and row[0] >= later["position"]
+
+    await eventually(mapped, timeout_s=DELIVERY_S_MAX)
+    await asyncio.sleep(1.0)  # a delivery would have been claimed by now (the senders poll every 0.5 s)
+    assert receiver.requests == [] and paid["position"] < later["position"]
+
+
+# ---- the pure parts -------------------------------------------------------------------------
+
+
+def test_the_retry_schedule_lasts_at_least_24_hours_then_gives_up():
+    delays = [webhooks.retry_delay_s(n) for n in range(1, webhooks.ATTEMPTS_MAX + 1)]
+    assert delays[0] == 5
+    assert delays[-1] is None
+    assert sum(delays[:-1]) * (1 - webhooks.RETRY_JITTER) >= 24 * 3600
+
+
+def _entry(kind: str | None, *, source: uuid.UUID, target: uuid.UUID):
+    fields = dict(position=7, transfer_id=uuid.uuid4(), from_account_id=source, to_account_id=target, amount=5,
+                  currency="USD", reference="r", committed_at="2026-11-26T10:00:00.000000Z", hash="0" * 64)
+    if kind is not None:
+        fields["kind"] = kind
+    return types.SimpleNamespace(**fields)
+
+
+@pytest.mark.parametrize(("kind", "party", "expected"), [
+    (None, "to", ["transfer.received"]),
+    ("transfer", "to", ["transfer.received"]),
+    ("transfer", "from", []),
+    ("refund", "from", ["refund.created"]),
+    ("hold", "to", ["hold.created"]),
+    ("capture", "to", ["transfer.received", "hold.captured"]),
+    ("void", "to", ["hold.voided"]),
+    ("expire", "to", ["hold.expired"]),
+    ("unknown-kind", "to", []),
+])
+def test_each_kind_of_entry_is_its_events_for_the_vendor(kind, party, expected):
+    import datetime as dt
+
+    vendor, other = uuid.uuid4(), uuid.uuid4()
+    entry = _entry(kind, source=vendor if party == "from" else other, target=vendor if party == "to" else other)
+    events = webhooks.events_of(entry, {vendor}, now=dt.datetime.now(dt.timezone.utc))
+    assert sorted(e.type for e in events) == sorted(expected)
+    assert len({e.seq for e in events}) == len(events) and all(e.position == 7 for e in events)
+    again = webhooks.events_of(entry, {vendor}, now=dt.datetime.now(dt.timezone.utc))
+    assert [e.id for e in again] == [e.id for e in events]  # the same id on every mapping
+
+
+def test_signatures_verify_with_the_standard_library_and_a_tampered_body_does_not():
+    secret = webhooks.new_secret()
+    body = b'{"id":"x"}'
+    headers = webhooks.signed_headers(secret, event_id="x", timestamp=int(time.time()), body=body)
+    StandardWebhook(secret).verify(body, headers)
+    with pytest.raises(Exception):
+        StandardWebhook(secret).verify(b'{"id":"y"}', headers)
+
+
+async def test_rotate_key_re_encrypts_every_secret_so_the_old_key_can_go(stack):
+    vendor = await stack.vendor()
+    secret = (await _register(stack, vendor, "https://example.com/h")).body["secret"]
+    new_key = webhooks.new_key()
+    both = dataclasses.replace(stack.settings, webhook_key=f"{new_key},{stack.settings.webhook_key}")
+    try:
+        assert await webhook_worker.rotate_key(both) >= 1
+        async with await stack.superuser() as conn:
+            rows = await (await conn.execute("SELECT secret_encrypted FROM webhook_endpoints")).fetchall()
+        only_new = webhooks.Keyring(new_key)
+        assert secret in {only_new.decrypt(row[0]) for row in rows}
+    finally:
+        # Back to the stack's key, for the other tests of the session.
+        back = dataclasses.replace(stack.settings, webhook_key=f"{stack.settings.webhook_key},{new_key}")
+        await webhook_worker.rotate_key(back)
+
+
+async def _true(value) -> bool:
+    return bool(value)
+
+
+# ---- the typed client and the metrics -------------------------------------------------------
+
+
+async def test_the_client_registers_lists_reads_deliveries_and_deletes(stack, worker, receivers):
+    from client import LedgerClient, LedgerProblem
+
+    receiver = await receivers()
+    vendor = await stack.vendor()
+    base = stack.client.base
+    async with LedgerClient(base, token=vendor.token) as ledger:
+        created = await ledger.create_webhook(uuid.UUID(vendor.account_id), url=receiver.url,
+                                              event_types=["transfer.received"])
+        assert created.secret.startswith("whsec_") and created.event_types == ["transfer.received"]
+        pages = [page async for page in ledger.webhooks(uuid.UUID(vendor.account_id))]
+        assert [item.id for item in pages[0].items] == [created.id]
+        await _pay(stack, vendor)
+
+        async def delivered():
+            pages = [p async for p in ledger.webhook_deliveries(uuid.UUID(vendor.account_id), created.id)]
+            items = pages[0].items
+            return items if items and items[0].status == "delivered" else None
+
+        [item] = await eventually(delivered, timeout_s=DELIVERY_S_MAX)
+        assert item.type == "transfer.received" and item.attempts == 1 and item.next_attempt_at is None
+        await ledger.delete_webhook(uuid.UUID(vendor.account_id), created.id)
+        with pytest.raises(LedgerProblem) as problem:
+            await ledger.delete_webhook(uuid.UUID(vendor.account_id), created.id)
+        assert problem.value.code == "not_found"
+
+
+async def test_metrics_count_deliveries_by_outcome_attempt_latency_and_the_oldest_undelivered(stack, worker, receivers):
+    receiver = await receivers()
+    vendor = await stack.vendor()
+    await _register(stack, vendor, receiver.url)
+    await _pay(stack, vendor)
+    await eventually(lambda: _true(receiver.requests), timeout_s=DELIVERY_S_MAX)
+    reply = await stack.client.get("/metrics")
+    for name in ('ledger_webhook_deliveries_total{outcome="delivered"}', "ledger_webhook_attempt_duration_seconds_count",
+                 "ledger_webhook_delivery_latency_seconds_count", "ledger_webhook_oldest_undelivered_age_seconds",
+                 "ledger_webhook_checkpoint_position"):
+        assert name in reply.text, name
