@@ -141,14 +141,22 @@ async def test_readyz_answers_from_the_last_probe_without_a_connection(stack):
 async def test_a_transfer_that_times_out_says_it_may_have_committed(stack):
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()
-    async with api_with(stack, request_timeout_ms=1) as client:
-        body = {"from_account_id": wallet.account_id, "to_account_id": vendor.account_id, "amount": 5,
-                "currency": "USD"}
-        reply = await client.post("/v1/transfers", token=wallet.token, json=body, key="timeout-wording")
+    body = {"from_account_id": wallet.account_id, "to_account_id": vendor.account_id, "amount": 5, "currency": "USD"}
+    # The journal head is held by another session, so the batch waits and the request times out
+    # while its transfer is still in flight; then the head is let go and the batch commits.
+    async with api_with(stack, request_timeout_ms=300) as client:
+        blocker = await stack.superuser()
+        try:
+            await blocker.execute("BEGIN")
+            await blocker.execute("SELECT position FROM journal_head WHERE id = 1 FOR UPDATE")
+            reply = await client.post("/v1/transfers", token=wallet.token, json=body, key="timeout-wording")
+        finally:
+            await blocker.execute("ROLLBACK")
+            await blocker.close()
     assert reply.status == 503 and reply.code == "timeout", reply.text
     assert "retry with the same Idempotency-Key" in reply.body["detail"]
     retried = await stack.client.post("/v1/transfers", token=wallet.token, json=body, key="timeout-wording")
-    assert retried.status == 201
+    assert retried.status == 201, retried.text
     assert await stack.balance(wallet.account_id) == 95  # applied once, whichever attempt did it
 
 
