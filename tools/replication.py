@@ -184,10 +184,15 @@ class PostgresPair:
         standby.data_dir.mkdir(mode=0o700, parents=True)
         if standby._user is not None:
             os.chown(standby.data_dir, standby._user.pw_uid, standby._user.pw_gid)
-        conninfo = (f"host={primary.host} port={primary.port} user=postgres password={self.password}"
-                    f" application_name={standby.node_name}")
+        conninfo = f"host={primary.host} port={primary.port} user=postgres password={self.password}"
+        # The copy streams its WAL under another name, so it never counts as the synchronous standby:
+        # only the standby itself, once it streams, may let a COMMIT return.
         standby.run_tool("pg_basebackup", "-D", str(standby.data_dir), "-R", "-X", "stream", "-c", "fast",
-                         "-d", conninfo, timeout_s=BASEBACKUP_TIMEOUT_S)
+                         "-d", f"{conninfo} application_name={standby.node_name}_basebackup",
+                         timeout_s=BASEBACKUP_TIMEOUT_S)
+        with open(standby.data_dir / "postgresql.auto.conf", "a") as conf:  # the last setting wins
+            conf.write(f"primary_conninfo = '{conninfo} application_name={standby.node_name}'\n")
+        standby.log_path.write_bytes(b"")  # a byte copy of the primary's log until now
         standby.start()
         self._wait_in_sync()
 
