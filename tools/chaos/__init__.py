@@ -41,11 +41,11 @@ import aiohttp
 from tools.chaos.checks import Checks, Metrics, metric_value
 from tools.chaos.faults import Child, FaultInjector, Stack, supervise
 from tools.chaos.forger import Forger
-from tools.chaos.options import FAULT_KINDS, KeyResult, Options
+from tools.chaos.options import FAULT_KINDS, HA_FAULT_KINDS, TOPOLOGIES, KeyResult, Options
 from tools.chaos.report import Observer, Report
 from tools.chaos.workload import Workload
 
-__all__ = ["FAULT_KINDS", "Child", "KeyResult", "Options", "Report", "main", "metric_value", "run"]
+__all__ = ["FAULT_KINDS", "HA_FAULT_KINDS", "Child", "KeyResult", "Options", "Report", "main", "metric_value", "run"]
 
 
 class Chaos:
@@ -56,9 +56,14 @@ class Chaos:
         self.root = root
         self.report = Report(seed=options.seed, options=options)
         self.log = Observer(self.report, echo=options.echo)
-        self.stack = Stack(options, root, self.log)
-        self.workload = Workload(options, self.stack, self.log, self.report)
-        self.injector = FaultInjector(options, self.stack, self.log, self.report)
+        stack_class, workload_class, injector_class = Stack, Workload, FaultInjector
+        if options.topology == "ha":
+            from tools.chaos import ha  # the replication tooling, only when asked for
+
+            stack_class, workload_class, injector_class = ha.HaStack, ha.HaWorkload, ha.HaFaultInjector
+        self.stack = stack_class(options, root, self.log)
+        self.workload = workload_class(options, self.stack, self.log, self.report)
+        self.injector = injector_class(options, self.stack, self.log, self.report)
         self.metrics = Metrics(self.stack)
         self.writes_end = 0.0
 
@@ -83,6 +88,10 @@ class Chaos:
                 await asyncio.gather(*watchers, return_exceptions=True)
             await self.stack.stop()
             self.metrics.count_batches(self.report)
+            if self.o.topology == "ha":
+                from tools.chaos import ha
+
+                ha.summarize(self.o, self.report, self.workload, self.injector, self.stack)
         return self.report
 
     async def traffic(self) -> None:
@@ -152,6 +161,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--quiet", type=float, default=5.0, help="no fault starts in the run's last seconds")
     parser.add_argument("--drain", type=float, default=60.0, help="seconds pending keys may retry after the run")
     parser.add_argument("--converge", type=float, default=10.0, help="seconds the projection may take to converge")
+    parser.add_argument("--topology", choices=TOPOLOGIES, default="single",
+                        help="single: one PostgreSQL and one NATS; ha: a primary with a synchronous standby"
+                             " and a 3-node NATS cluster, with failovers and NATS node kills")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--keep-data", action="store_true")
     args = parser.parse_args(argv)
@@ -161,7 +173,7 @@ def parse_args(argv: list[str] | None) -> Options:
         forger=args.forger, wallets=args.wallets,
         vendors=args.vendors, workers=args.workers, faults=not args.no_faults, fault_interval_s=args.fault_interval,
         quiet_s=args.quiet, min_faults_per_kind=args.min_faults, drain_s=args.drain, converge_s=args.converge, data_dir=args.data_dir,
-        keep_data=args.keep_data,
+        keep_data=args.keep_data, topology=args.topology,
     )
 
 
