@@ -24,7 +24,7 @@ async def test_no_acknowledged_transfer_is_lost_across_failovers_and_nats_node_k
     assert report.lost == report.duplicated == report.phantom == report.unresolved == report.negative == 0, summary
     assert report.conservation.startswith("ok"), summary
     assert report.converged_s is not None, summary
-    assert report.audit.startswith("ok"), summary
+    assert report.audit.startswith("ok") and "ok (ledger audit exited 0) on pg_" in report.audit, summary
     for kind in chaos.HA_FAULT_KINDS:
         assert report.faults[kind] >= 2, summary
         assert report.acknowledged_after_last.get(kind, 0) > 0, summary

@@ -82,6 +82,10 @@ class Chaos:
                 await checks.check()
                 await checks.converge()
                 await checks.audit()
+                if self.o.topology == "ha":
+                    from tools.chaos import ha
+
+                    await ha.audit_by_command(checks, self.stack, self.report)
             finally:
                 for task in watchers:
                     task.cancel()
