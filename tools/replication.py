@@ -12,7 +12,6 @@ from the new primary with `pg_basebackup -R`. The admin SQL of that lives here, 
 from __future__ import annotations
 
 import concurrent.futures
-import logging
 import os
 import shutil
 import subprocess
@@ -24,8 +23,6 @@ import psycopg
 from psycopg import sql
 
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, ServerStartError, free_port
-
-log = logging.getLogger(__name__)
 
 PROMOTE_TIMEOUT_S = 60
 BASEBACKUP_TIMEOUT_S = 120.0

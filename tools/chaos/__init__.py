@@ -57,9 +57,11 @@ class Chaos:
         self.report = Report(seed=options.seed, options=options)
         self.log = Observer(self.report, echo=options.echo)
         stack_class, workload_class, injector_class = Stack, Workload, FaultInjector
+        self.ha = None
         if options.topology == "ha":
             from tools.chaos import ha  # the replication tooling, only when asked for
 
+            self.ha = ha
             stack_class, workload_class, injector_class = ha.HaStack, ha.HaWorkload, ha.HaFaultInjector
         self.stack = stack_class(options, root, self.log)
         self.workload = workload_class(options, self.stack, self.log, self.report)
@@ -82,20 +84,16 @@ class Chaos:
                 await checks.check()
                 await checks.converge()
                 await checks.audit()
-                if self.o.topology == "ha":
-                    from tools.chaos import ha
-
-                    await ha.audit_by_command(checks, self.stack, self.report)
+                if self.ha is not None:
+                    await self.ha.audit_by_command(checks, self.stack, self.report)
             finally:
                 for task in watchers:
                     task.cancel()
                 await asyncio.gather(*watchers, return_exceptions=True)
             await self.stack.stop()
             self.metrics.count_batches(self.report)
-            if self.o.topology == "ha":
-                from tools.chaos import ha
-
-                ha.summarize(self.o, self.report, self.workload, self.injector, self.stack)
+            if self.ha is not None:
+                self.ha.summarize(self.report, self.workload, self.injector, self.stack)
         return self.report
 
     async def traffic(self) -> None:

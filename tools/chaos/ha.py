@@ -177,8 +177,7 @@ def failover_windows(failovers: list[Failover], failed_at: list[float], acked: l
     return windows
 
 
-def summarize(options: Options, report: Report, workload: HaWorkload, injector: HaFaultInjector,
-              stack: HaStack) -> None:
+def summarize(report: Report, workload: HaWorkload, injector: HaFaultInjector, stack: HaStack) -> None:
     """The HA lines of the report: failover windows and steps, and the throughput."""
     payments = report.acknowledged
     rate = payments / report.run_s if report.run_s else 0.0
