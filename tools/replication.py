@@ -74,10 +74,13 @@ class ReplicaNode(EmbeddedPostgres):
             return False
         return len(lines) >= 8 and lines[0].strip() == str(self._proc.pid) and lines[7].strip() in ("ready", "standby")
 
-    def run_tool(self, name: str, *args: str, timeout_s: float) -> None:
-        """A bundled program (pg_ctl, pg_basebackup) as the user that owns the data directory."""
+    def run_tool(self, name: str, *args: str, cwd: Path, timeout_s: float) -> None:
+        """A bundled program (pg_ctl, pg_basebackup) as the user that owns the data directory, in
+        `cwd` and given paths relative to it: the chdir happens before the switch of user, so the
+        program needs no search permission on `cwd`'s ancestors, which anyone may take back at any
+        time (pytest makes /tmp/pytest-of-<user> 0700 again whenever a session starts)."""
         done = subprocess.run([str(self.bin(name)), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              timeout=timeout_s, **self._popen_user)
+                              cwd=cwd, timeout=timeout_s, **self._popen_user)
         if done.returncode != 0:
             raise ServerStartError(f"{name} failed with code {done.returncode}:\n{done.stdout}{done.stderr}")
 
@@ -153,8 +156,8 @@ class PostgresPair:
         try:
             dead, survivor = self.primary, self.standby
             dead.kill()
-            survivor.run_tool("pg_ctl", "promote", "-w", "-t", str(PROMOTE_TIMEOUT_S), "-D", str(survivor.data_dir),
-                              timeout_s=PROMOTE_TIMEOUT_S + 5)
+            survivor.run_tool("pg_ctl", "promote", "-w", "-t", str(PROMOTE_TIMEOUT_S), "-D", ".",
+                              cwd=survivor.data_dir, timeout_s=PROMOTE_TIMEOUT_S + 5)
             self.primary, self.standby = survivor, dead
             self._name_sync_standby(self.primary, self.standby)
             promoted_s = time.monotonic() - started
@@ -184,9 +187,9 @@ class PostgresPair:
         conninfo = f"host={primary.host} port={primary.port} user=postgres password={self.password}"
         # The copy streams its WAL under another name, so it never counts as the synchronous standby:
         # only the standby itself, once it streams, may let a COMMIT return.
-        standby.run_tool("pg_basebackup", "-D", str(standby.data_dir), "-R", "-X", "stream", "-c", "fast",
+        standby.run_tool("pg_basebackup", "-D", ".", "-R", "-X", "stream", "-c", "fast",
                          "-d", f"{conninfo} application_name={standby.node_name}_basebackup",
-                         timeout_s=BASEBACKUP_TIMEOUT_S)
+                         cwd=standby.data_dir, timeout_s=BASEBACKUP_TIMEOUT_S)
         with open(standby.data_dir / "postgresql.auto.conf", "a") as conf:  # the last setting wins
             conf.write(f"primary_conninfo = '{conninfo} application_name={standby.node_name}'\n")
         standby.log_path.write_bytes(b"")  # a byte copy of the primary's log until now
