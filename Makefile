@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench chaos install clean
+.PHONY: run test bench chaos chaos-ha install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ bench: $(BENCH_STAMP)
 
 chaos: $(STAMP)
 	$(VENV)/bin/ledger chaos --duration 300
+
+# Node failures: a primary with a synchronous standby and a 3-node NATS cluster (docs/operations.md).
+chaos-ha: $(STAMP)
+	$(VENV)/bin/ledger chaos --topology ha --duration 300 --min-faults 10
 
 clean:
 	rm -rf .ledger $(VENV) build *.egg-info

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,11 @@ log = logging.getLogger("ledger.db")
 CONNECT_TIMEOUT_S = 5.0
 POOL_TIMEOUT_S = 5.0
 STARTUP_RETRY_S = 0.5
+# With a synchronous standby, PostgreSQL commits locally and then waits for the standby (no
+# statement timeout covers that wait). A wait cut short by a cancel request (psycopg sends one when
+# the awaiting task is cancelled; an operator's pg_cancel_backend) still reports the COMMIT as done,
+# only with this warning: the transaction is on one node, and a failover now would lose it.
+SYNC_REPLICATION_CANCELLED = "wait for synchronous replication"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +104,39 @@ async def migrate(url: str) -> list[str]:
         return await store.migrate(conn)
 
 
+# Connections whose last COMMIT returned without the synchronous standby's confirmation.
+_unreplicated: weakref.WeakSet[psycopg.AsyncConnection] = weakref.WeakSet()
+
+
+def _watch_replication(conn: psycopg.AsyncConnection) -> None:
+    ref = weakref.ref(conn)
+
+    def on_notice(diagnostic: psycopg.errors.Diagnostic) -> None:
+        watched = ref()
+        if watched is not None and SYNC_REPLICATION_CANCELLED in (diagnostic.message_primary or ""):
+            _unreplicated.add(watched)
+
+    conn.add_notice_handler(on_notice)
+
+
 class Pool(AsyncConnectionPool):
     """A pool whose connections report driver errors as the store's (`store.translate`): a lost
-    connection or an empty pool is `StoreUnavailable`, a serialization failure `Conflict`."""
+    connection or an empty pool is `StoreUnavailable`, a serialization failure `Conflict`, and a
+    COMMIT the synchronous standby never confirmed `StoreUnavailable` too (its outcome across a
+    failover is unknown: the caller answers "retry with the same key", never "done").
+
+    A connection to a primary that died is discarded when its use fails, and its replacement is
+    made from the same URL: with several hosts and `target_session_attrs=read-write`, libpq skips
+    the dead node and the standby until one is promoted, so the pool follows a failover alone."""
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None):
         try:
             async with super().connection(timeout) as conn:
+                _unreplicated.discard(conn)
                 yield conn
+                if conn in _unreplicated:
+                    raise store.StoreUnavailable("the COMMIT was not confirmed by the synchronous standby")
         except psycopg.Error as error:
             translated = store.translate(error)
             if translated is None:
@@ -143,7 +173,9 @@ def make_pool(
 async def configure_session(
     conn: psycopg.AsyncConnection, *, role: str | None, serializable: bool = False, timeouts: Timeouts = DEFAULT_TIMEOUTS
 ) -> None:
-    """What every service connection runs first: its role, its isolation, its timeouts."""
+    """What every service connection runs first: its role, its isolation, its timeouts, and the
+    watch for COMMITs the synchronous standby did not confirm."""
+    _watch_replication(conn)
     if role:
         await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
     if serializable:

@@ -49,12 +49,12 @@ import aiohttp
 from tools.chaos.checks import Checks, Metrics, metric_value
 from tools.chaos.faults import Child, FaultInjector, Stack, supervise
 from tools.chaos.forger import Forger
-from tools.chaos.options import FAULT_KINDS, KeyResult, Options
+from tools.chaos.options import FAULT_KINDS, HA_FAULT_KINDS, TOPOLOGIES, KeyResult, Options
 from tools.chaos.report import Observer, Report
 from tools.chaos.webhooks import DELIVERY_GRACE_S, WebhookWitness
 from tools.chaos.workload import Workload
 
-__all__ = ["FAULT_KINDS", "Child", "KeyResult", "Options", "Report", "main", "metric_value", "run"]
+__all__ = ["FAULT_KINDS", "HA_FAULT_KINDS", "Child", "KeyResult", "Options", "Report", "main", "metric_value", "run"]
 
 
 class Chaos:
@@ -65,9 +65,16 @@ class Chaos:
         self.root = root
         self.report = Report(seed=options.seed, options=options)
         self.log = Observer(self.report, echo=options.echo)
-        self.stack = Stack(options, root, self.log)
-        self.workload = Workload(options, self.stack, self.log, self.report)
-        self.injector = FaultInjector(options, self.stack, self.log, self.report)
+        stack_class, workload_class, injector_class = Stack, Workload, FaultInjector
+        self.ha = None
+        if options.topology == "ha":
+            from tools.chaos import ha  # the replication tooling, only when asked for
+
+            self.ha = ha
+            stack_class, workload_class, injector_class = ha.HaStack, ha.HaWorkload, ha.HaFaultInjector
+        self.stack = stack_class(options, root, self.log)
+        self.workload = workload_class(options, self.stack, self.log, self.report)
+        self.injector = injector_class(options, self.stack, self.log, self.report)
         self.metrics = Metrics(self.stack)
         self.witness = WebhookWitness(options, self.log, self.report) if options.webhooks else None
         self.writes_end = 0.0
@@ -94,6 +101,8 @@ class Chaos:
                     last = max([self.writes_end, *(f.ended for f in self.injector.faults)])
                     await self.witness.check(self.stack.pg.url, deadline=last + self.o.converge_s + DELIVERY_GRACE_S)
                 await checks.audit()
+                if self.ha is not None:
+                    await self.ha.audit_by_command(checks, self.stack, self.report)
             finally:
                 for task in watchers:
                     task.cancel()
@@ -102,6 +111,8 @@ class Chaos:
                     await self.witness.stop()
             await self.stack.stop()
             self.metrics.count_batches(self.report)
+            if self.ha is not None:
+                self.ha.summarize(self.report, self.workload, self.injector, self.stack)
         return self.report
 
     async def traffic(self) -> None:
@@ -173,6 +184,9 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--quiet", type=float, default=5.0, help="no fault starts in the run's last seconds")
     parser.add_argument("--drain", type=float, default=60.0, help="seconds pending keys may retry after the run")
     parser.add_argument("--converge", type=float, default=10.0, help="seconds the projection may take to converge")
+    parser.add_argument("--topology", choices=TOPOLOGIES, default="single",
+                        help="single: one PostgreSQL and one NATS; ha: a primary with a synchronous standby"
+                             " and a 3-node NATS cluster, with failovers and NATS node kills")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--keep-data", action="store_true")
     args = parser.parse_args(argv)
@@ -182,7 +196,7 @@ def parse_args(argv: list[str] | None) -> Options:
         forger=args.forger, webhooks=args.webhooks, wallets=args.wallets,
         vendors=args.vendors, workers=args.workers, faults=not args.no_faults, fault_interval_s=args.fault_interval,
         quiet_s=args.quiet, min_faults_per_kind=args.min_faults, drain_s=args.drain, converge_s=args.converge, data_dir=args.data_dir,
-        keep_data=args.keep_data,
+        keep_data=args.keep_data, topology=args.topology,
     )
 
 

@@ -22,7 +22,7 @@ import psycopg
 
 from tools.chaos.faults import Stack
 from tools.chaos.options import (
-    AUDIT_S_MAX, CONVERGE_POLL_S, CURRENCY, FAULT_KINDS, REPO, SCRAPE_INTERVAL_S, Fault, KeyResult, Options,
+    AUDIT_S_MAX, CONVERGE_POLL_S, CURRENCY, REPO, SCRAPE_INTERVAL_S, Fault, KeyResult, Options,
 )
 from tools.chaos.report import Observer, Report
 
@@ -162,7 +162,7 @@ class Checks:
         report.acknowledged = sum(1 for r in payments if r.status == 201)
         first_fault = self.faults[0].started if self.faults else float("inf")
         report.acknowledged_after_first_fault = sum(1 for r in payments if r.status == 201 and r.answered_at > first_fault)
-        for kind in FAULT_KINDS:
+        for kind in self.o.fault_kinds:
             ends = [f.ended for f in self.faults if f.kind == kind]
             if ends:
                 report.acknowledged_after_last[kind] = sum(
@@ -172,7 +172,7 @@ class Checks:
     def _count_recovery(self, payments: list[KeyResult]) -> None:
         """Per kind, the seconds from a fault's end to the first acknowledgement after it."""
         acked_at = sorted(r.answered_at for r in payments if r.status == 201)
-        for kind in FAULT_KINDS:
+        for kind in self.o.fault_kinds:
             waits = []
             for fault in (f for f in self.faults if f.kind == kind):
                 later = bisect.bisect_right(acked_at, fault.ended)

@@ -19,7 +19,7 @@ import aiohttp
 
 from ledger import db, principals, webhooks
 from tools.chaos.options import (
-    FAULT_KINDS, PROCESS_READY_S_MAX, PROCESS_STOP_S_MAX, REPO, SUPERVISE_INTERVAL_S, Fault, Options,
+    PROCESS_READY_S_MAX, PROCESS_STOP_S_MAX, REPO, SUPERVISE_INTERVAL_S, Fault, Options,
 )
 from tools.chaos.report import Observer, Report
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
@@ -192,7 +192,7 @@ class FaultInjector:
         give_up_at = stop_at + self.o.overrun_s_max
         while True:
             gap = rng.uniform(0.5, 1.5) * self.o.fault_interval_s
-            short = [k for k in FAULT_KINDS if self.report.faults[k] < self.o.min_faults_per_kind]
+            short = [k for k in self.o.fault_kinds if self.report.faults[k] < self.o.min_faults_per_kind]
             if time.monotonic() + gap >= stop_at and not short:
                 return
             if time.monotonic() + gap >= give_up_at:
@@ -201,7 +201,7 @@ class FaultInjector:
                 return
             await asyncio.sleep(gap)
             if not deck:
-                deck = list(FAULT_KINDS)
+                deck = list(self.o.fault_kinds)
                 rng.shuffle(deck)
             await self.inject(deck.pop(), rng)
 

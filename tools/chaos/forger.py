@@ -53,7 +53,7 @@ class Forger:
             while not stopped.is_set():
                 try:
                     if client is None or not client.is_connected:
-                        client = await nats.connect(self.stack.nats.url, allow_reconnect=False,
+                        client = await nats.connect(self.stack.nats.url.split(","), allow_reconnect=False,
                                                     connect_timeout=CONNECT_TIMEOUT_S)
                     if sent % HEAD_READ_EVERY == 0:
                         await self._read_head()

@@ -9,6 +9,9 @@ REPO = Path(__file__).resolve().parents[2]
 CURRENCY = "USD"
 OTHER_CURRENCY = "EUR"
 FAULT_KINDS = ("api_kill", "projector_kill", "nats_restart", "postgres_restart", "webhooks_kill")
+# `--topology ha` (`tools/chaos/ha.py`): the database and NATS faults are node failures instead.
+HA_FAULT_KINDS = ("api_kill", "projector_kill", "primary_failover", "nats_node_kill")
+TOPOLOGIES = ("single", "ha")
 EXPECTED_REJECTIONS = frozenset({"insufficient_funds", "same_account", "account_not_found", "currency_mismatch",
                                  "refund_exceeds_transfer"})
 # Answers that say "not now, try again": the key is retried, with the same body.
@@ -78,11 +81,18 @@ class Options:
     data_dir: Path | None = None
     keep_data: bool = False
     echo: bool = True
+    # "single": one PostgreSQL, one NATS; "ha": a primary and a synchronous standby, 3 NATS nodes.
+    topology: str = "single"
 
     def __post_init__(self) -> None:
         assert self.duration_s > 0 and self.api_processes >= 1 and self.projectors >= 1 and self.wallets >= 2 and self.vendors >= 1
         assert self.workers >= 1 and self.fault_interval_s > 0 and self.drain_s > 0
         assert self.client_timeout_s * 1000 > self.server_request_timeout_ms, "the server must answer first"
+        assert self.topology in TOPOLOGIES, self.topology
+
+    @property
+    def fault_kinds(self) -> tuple[str, ...]:
+        return HA_FAULT_KINDS if self.topology == "ha" else FAULT_KINDS
 
 
 @dataclasses.dataclass

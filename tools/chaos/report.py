@@ -6,7 +6,7 @@ import dataclasses
 import time
 from collections import Counter
 
-from tools.chaos.options import FAULT_KINDS, Options
+from tools.chaos.options import Options
 
 
 @dataclasses.dataclass
@@ -51,6 +51,7 @@ class Report:
     violations: list = dataclasses.field(default_factory=list)
     forged: Counter = dataclasses.field(default_factory=Counter)  # junk messages published, by subject
     webhooks: str = "off"
+    notes: list = dataclasses.field(default_factory=list)  # lines a topology adds (failover windows ...)
 
     @property
     def ok(self) -> bool:
@@ -58,17 +59,17 @@ class Report:
 
     def lines(self) -> list[str]:
         o = self.options
-        faults = ", ".join(f"{k}={self.faults[k]}" for k in FAULT_KINDS)
+        faults = ", ".join(f"{k}={self.faults[k]}" for k in o.fault_kinds)
         timing = ", ".join(
-            f"{k} {self.fault_seconds[k]:.2f}s" for k in FAULT_KINDS if k in self.fault_seconds
+            f"{k} {self.fault_seconds[k]:.2f}s" for k in o.fault_kinds if k in self.fault_seconds
         )
         recovery = ", ".join(
             f"{k} mean {self.recovery_seconds[k][0]:.2f}s max {self.recovery_seconds[k][1]:.2f}s"
-            for k in FAULT_KINDS if k in self.recovery_seconds
+            for k in o.fault_kinds if k in self.recovery_seconds
         )
         rejected = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items())) or "none"
         retried = ", ".join(f"{k}={v}" for k, v in sorted(self.retried.items())) or "none"
-        after = ", ".join(f"{k}={self.acknowledged_after_last.get(k, 0)}" for k in FAULT_KINDS)
+        after = ", ".join(f"{k}={self.acknowledged_after_last.get(k, 0)}" for k in o.fault_kinds)
         failed_rate = self.batches_failed_serialization / self.batches if self.batches else 0.0
         retry_rate = self.serialization_retries / self.batches if self.batches else 0.0
         converged = "no" if self.converged_s is None else f"{self.converged_s:.2f} s"
@@ -103,6 +104,7 @@ class Report:
             f" ({retry_rate:.3f} per batch), {self.batches_failed_serialization} batches failed after all"
             f" retries ({failed_rate:.4%}), {self.batches_failed_other} batches failed otherwise (database down)",
             f"run {self.run_s:.1f} s, drain {self.drain_s:.1f} s, wall clock {self.wall_s:.1f} s",
+            *self.notes,
             "violations: " + ("none" if self.ok else f"{len(self.violations)}"),
             *[f"  - {v}" for v in self.violations[:50]],
             "RESULT: " + ("ok" if self.ok else "FAILED"),
