@@ -757,6 +757,7 @@ def table_rows(phases: dict[str, Phase], pgbench: Pgbench, big: BigJournal | Non
                         ratio >= UNIFORM_VS_PGBENCH_MIN))
     else:
         rows.append(Row("pgbench TPC-B", f"skipped: {pgbench.skipped}", f"≥ {UNIFORM_VS_PGBENCH_MIN}×", None))
+    rows += _cpu_rows(uniform, pgbench)
     rows.append(Row("latency p50/p95/p99 at full speed", _latencies(uniform)))
     rows.append(Row(f"latency p50/p95/p99 at 50% ({half.rate_per_s:,.0f}/s, open loop)", _latencies(half),
                     f"p99 ≤ {P99_AT_HALF_MS_MAX:.0f} ms",
@@ -796,6 +797,93 @@ def table_rows(phases: dict[str, Phase], pgbench: Pgbench, big: BigJournal | Non
     return rows
 
 
+# The processes that are the service (the load generator and other tenants are not): the tree
+# follower runs inside the projector process, the webhook worker is not started by the bench.
+SERVER_GROUPS = ("api", "postgres", "nats", "projector")
+SERVER_CPU_VS_PGBENCH_MAX = 1.0
+
+
+def cpu_us_per_transfer(phase: Phase) -> dict[str, float]:
+    """CPU microseconds per committed transfer, per process group and for the server as a whole."""
+    if not phase.throughput_per_s:
+        return {}
+    per = {group: cores / phase.throughput_per_s * 1e6 for group, cores in phase.cpu_cores.items()}
+    per["server"] = sum(per.get(group, 0.0) for group in SERVER_GROUPS)
+    return per
+
+
+def pgbench_cpu_us_per_transaction(pgbench: Pgbench) -> float | None:
+    """PostgreSQL's own CPU per pgbench transaction: the yardstick of issue 16."""
+    if not pgbench.tps or "postgres" not in pgbench.cpu_cores:
+        return None
+    return pgbench.cpu_cores["postgres"] / pgbench.tps * 1e6
+
+
+def _cpu_rows(uniform: Phase, pgbench: Pgbench) -> list[Row]:
+    per = cpu_us_per_transfer(uniform)
+    if not per:
+        return []
+    groups = ", ".join(f"{g} {per[g]:.0f}" for g in SERVER_GROUPS if g in per)
+    rows = [Row("server CPU µs per transfer (uniform)", f"{per['server']:.0f} µs ({groups})")]
+    yardstick = pgbench_cpu_us_per_transaction(pgbench)
+    if yardstick:
+        ratio = per["server"] / yardstick
+        rows.append(Row("  ÷ postgres CPU µs per pgbench transaction", f"{ratio:.2f}× ({yardstick:.0f} µs)",
+                        f"≤ {SERVER_CPU_VS_PGBENCH_MAX}×", ratio <= SERVER_CPU_VS_PGBENCH_MAX))
+    return rows
+
+
+HISTORY_FILE = "history.jsonl"
+
+
+def append_history(out_dir: Path, run_id: str, phases: dict[str, Phase], pgbench: Pgbench) -> list[dict]:
+    """One line per run in `out_dir/history.jsonl`; returns every run so far, oldest first."""
+    uniform = phases["uniform"]
+    per = cpu_us_per_transfer(uniform)
+    yardstick = pgbench_cpu_us_per_transaction(pgbench)
+    line = {
+        "run_id": run_id,
+        "uniform_per_s": round(uniform.throughput_per_s, 1),
+        "pgbench_tps": round(pgbench.tps, 1) if pgbench.tps else None,
+        "ratio": round(uniform.throughput_per_s / pgbench.tps, 3) if pgbench.tps else None,
+        "server_cpu_us": round(per["server"], 1) if per else None,
+        "cpu_ratio": round(per["server"] / yardstick, 3) if per and yardstick else None,
+        "p99_at_half_ms": phases["uniform-50%"].latency_ms.get("p99"),
+        "others_cores_max": round(max(p.cpu_cores.get("others", 0.0) for p in phases.values()), 2),
+    }
+    path = out_dir / HISTORY_FILE
+    with path.open("a") as out:
+        out.write(json.dumps(line) + "\n")
+    return [json.loads(text) for text in path.read_text().splitlines() if text.strip()]
+
+
+def history_chart(history: list[dict], path: Path) -> str | None:
+    """The ratio to pgbench (and the CPU ratio) over runs; None when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed: no history chart"
+    runs = [h["run_id"] for h in history]
+    figure, axis = plt.subplots(figsize=(11, 4))
+    axis.plot(runs, [h.get("ratio") for h in history], marker="o", label="uniform ÷ pgbench tps")
+    axis.plot(runs, [h.get("cpu_ratio") for h in history], marker="s", label="server CPU ÷ postgres CPU per tx")
+    axis.axhline(UNIFORM_VS_PGBENCH_MIN, color="grey", linestyle=":", linewidth=0.8)
+    axis.axhline(SERVER_CPU_VS_PGBENCH_MAX, color="grey", linestyle="--", linewidth=0.8)
+    axis.set_ylim(bottom=0)
+    axis.set_ylabel("ratio")
+    axis.tick_params(axis="x", labelrotation=45, labelsize="small")
+    axis.legend(fontsize="small")
+    axis.grid(alpha=0.3)
+    figure.suptitle("ledger bench history")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return None
+
+
 def render(rows: list[Row], title: str) -> str:
     widths = [max(len(r.figure) for r in rows), max(len(r.measured) for r in rows), max(len(r.target) for r in rows)]
     lines = [title, ""]
@@ -816,6 +904,13 @@ def detail_lines(phases: dict[str, Phase], pgbench: Pgbench) -> str:
         lines.append(f"  pgbench: {_cores(pgbench.cpu_cores)}")
     for phase in phases.values():
         lines.append(f"  {phase.name}: {_cores(phase.cpu_cores)}")
+    lines.append("CPU µs per committed transfer, every process (pgbench: per transaction):")
+    if pgbench.tps and pgbench.cpu_cores:
+        lines.append("  pgbench: " + ", ".join(f"{g} {c / pgbench.tps * 1e6:.0f}" for g, c in
+                                               sorted(pgbench.cpu_cores.items(), key=lambda kv: -kv[1])))
+    for phase in phases.values():
+        per = cpu_us_per_transfer(phase)
+        lines.append(f"  {phase.name}: " + ", ".join(f"{g} {v:.0f}" for g, v in sorted(per.items(), key=lambda kv: -kv[1])))
     lines.append("Committer (API /metrics): batches, mean transfers per batch, mean batch transaction, 40001 retries:")
     for phase in phases.values():
         c = phase.committer
@@ -1028,9 +1123,13 @@ def main(argv: list[str]) -> int:
     elif profile:
         text += f"\n\nAPI profile: {profile.get('error', 'no samples')}"
     chart_note = chart(phases, run_dir / "chart.png")
+    history = append_history(args.out_dir, run_id, phases, pgbench)
+    history_note = history_chart(history, args.out_dir / "history.png")
     elapsed = time.monotonic() - started
     text += f"\n\nresults: {run_dir / 'result.json'}" + (f"\nchart: {run_dir / 'chart.png'}" if chart_note is None
                                                             else f"\n{chart_note}")
+    text += (f"\nhistory: {args.out_dir / HISTORY_FILE} ({len(history)} runs)"
+             + (f"; chart {args.out_dir / 'history.png'}" if history_note is None else f"; {history_note}"))
     text += f"\nwhole run: {elapsed:.0f} s"
     result = {
         "run_id": run_id, "arguments": {k: str(v) for k, v in vars(args).items()}, "environment": _environment(),
