@@ -181,20 +181,7 @@ async def create_transfer(services, call: Call) -> web.Response:
         reference=body.reference,
         metadata=body.metadata,
     )
-    try:
-        answer = await services.committer.submit(command)
-    except committer_mod.QueueFull:
-        raise ApiError("queue_full") from None
-    except committer_mod.Unavailable as error:
-        # The connection may have died after COMMIT was sent: the outcome is unknown, and only a
-        # retry with the same key tells (a replay if it committed, a fresh decision if not).
-        raise ApiError(
-            "unavailable", f"the transfer may or may not be committed; retry with the same Idempotency-Key: {error}"
-        ) from None
-    if answer.rejection is not None:
-        raise ApiError(answer.rejection.value)
-    headers = {"Idempotency-Replayed": "true"} if answer.replayed else None
-    return json_response(transfer_body(answer.entry), status=201, headers=headers)
+    return await _commit(services, command)
 
 
 def refund_request_hash(transfer_id: uuid.UUID, body: schemas.RefundCreate) -> bytes:
@@ -239,13 +226,16 @@ async def create_refund(services, call: Call) -> web.Response:
 
 
 async def _commit(services, command: domain.TransferCommand) -> web.Response:
+    """Submit to the group commit and answer: 201 (new or replayed), or the rejection's problem."""
     try:
         answer = await services.committer.submit(command)
     except committer_mod.QueueFull:
         raise ApiError("queue_full") from None
     except committer_mod.Unavailable as error:
+        # The connection may have died after COMMIT was sent: the outcome is unknown, and only a
+        # retry with the same key tells (a replay if it committed, a fresh decision if not).
         raise ApiError(
-            "unavailable", f"the refund may or may not be committed; retry with the same Idempotency-Key: {error}"
+            "unavailable", f"the {command.kind} may or may not be committed; retry with the same Idempotency-Key: {error}"
         ) from None
     if answer.rejection is not None:
         raise ApiError(answer.rejection.value)

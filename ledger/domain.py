@@ -288,3 +288,14 @@ def decide_batch(
         accounts[a].may_go_negative or accounts[a].balance >= 0 for a in result.balance_deltas
     ), "a wallet or vendor account went below zero"
     return result
+
+
+def contiguous(entries: list[JournalEntry], *, after: int) -> list[JournalEntry]:
+    """The run of `entries` (in position order) that extends position `after` without a hole:
+    what a follower of the journal (projector, webhook worker) may apply next."""
+    run = []
+    for entry in entries:
+        if entry.position != after + len(run) + 1:
+            break
+        run.append(entry)
+    return run

@@ -34,7 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import start_http_server
 
 import schemas
-from ledger import db, metrics, store, webhooks
+from ledger import db, domain, metrics, store, webhooks
 from ledger import webhook_store as ws
 from ledger.bus import STREAM, SUBJECT, EventBus, raise_if_cancelled
 from ledger.config import ConfigError, Settings
@@ -63,15 +63,6 @@ RECORD_BATCH_MAX = 500  # attempts recorded in one statement at most
 USER_AGENT = "wallet-ledger-webhooks/1"
 
 
-def _contiguous(entries: list[schemas.JournalEntry], *, after: int) -> list[schemas.JournalEntry]:
-    run = []
-    for entry in entries:
-        if entry.position != after + len(run) + 1:
-            break
-        run.append(entry)
-    return run
-
-
 class Mapper:
     """Journal entries to delivery rows, with the checkpoint, following the journal."""
 
@@ -93,7 +84,7 @@ class Mapper:
         async with self._pool.connection() as conn:
             async with conn.transaction():
                 current = await ws.lock_checkpoint(conn, self._name)
-                run = _contiguous(await store.entries_after(conn, current, JOURNAL_PAGE_MAX), after=current)
+                run = domain.contiguous(await store.entries_after(conn, current, JOURNAL_PAGE_MAX), after=current)
                 if not run:
                     metrics.WEBHOOK_CHECKPOINT.set(current)
                     return False

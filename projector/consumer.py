@@ -25,7 +25,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import start_http_server
 
 import schemas
-from ledger import db, metrics, store, tree
+from ledger import db, domain, metrics, store, tree
 from ledger.bus import STREAM, SUBJECT, EventBus, raise_if_cancelled
 from ledger.config import Settings
 from projector import store as projections
@@ -40,16 +40,6 @@ ACK_PENDING_MAX = 20_000
 ACK_WAIT_S = 30
 
 _decoder = msgspec.json.Decoder(schemas.JournalEntry)
-
-
-def _contiguous(entries: list[schemas.JournalEntry], *, after: int) -> list[schemas.JournalEntry]:
-    """The run of `entries` (in position order) that extends `after` without a hole."""
-    run = []
-    for entry in entries:
-        if entry.position != after + len(run) + 1:
-            break
-        run.append(entry)
-    return run
 
 
 class Projector:
@@ -101,7 +91,7 @@ class Projector:
             async with conn.transaction():
                 current = await projections.lock_checkpoint(conn, self._name, now=now)
                 entries = await store.entries_after(conn, current, JOURNAL_PAGE_MAX)
-                run = _contiguous(entries, after=current)
+                run = domain.contiguous(entries, after=current)
                 if run:
                     await projections.apply_entries(conn, run, name=self._name, projected_at=now)
         self.watermark = run[-1].position if run else current
