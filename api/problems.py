@@ -46,6 +46,9 @@ CODES: dict[str, tuple[int, str]] = {
     "tree_size_out_of_range": (422, "A tree size is past the journal head (or from_size past to_size)"),
     "position_out_of_range": (422, "The position is past the journal head or the asked tree size"),
     "tree_behind": (503, "The Merkle tree is too far behind the journal to answer now"),
+    "hold_not_pending": (422, "The hold is already captured, voided or expired"),
+    "hold_expired": (422, "The hold expired before the capture"),
+    "capture_exceeds_hold": (422, "The capture is more than the hold"),
 }
 
 RETRY_AFTER_S = {"queue_full": 1, "unavailable": 1, "timeout": 1, "projection_behind": 1, "rate_limited": 1,

@@ -80,6 +80,8 @@ VARIABLES: dict[str, str] = {
     "idempotency_retention_s": "LEDGER_IDEMPOTENCY_RETENTION_S",
     "checkpoint_interval_s": "LEDGER_CHECKPOINT_INTERVAL_S",
     "signing_key": "LEDGER_SIGNING_KEY",
+    "hold_sweep_interval_ms": "LEDGER_HOLD_SWEEP_INTERVAL_MS",
+    "hold_sweep_batch_max": "LEDGER_HOLD_SWEEP_BATCH_MAX",
 }
 # The inclusive range of every numeric setting. Strings must not be empty; booleans are booleans.
 RANGES: dict[str, tuple[int, int]] = {
@@ -106,6 +108,8 @@ RANGES: dict[str, tuple[int, int]] = {
     "body_bytes_max": (1, 16 * 1024 * 1024),
     "outbox_sweep_interval_ms": (1, 60_000),
     "checkpoint_interval_s": (0, 86_400),
+    "hold_sweep_interval_ms": (10, 5_000),
+    "hold_sweep_batch_max": (1, 10_000),
 }
 
 
@@ -141,6 +145,10 @@ class Settings:
     projector_name: str = "main"
     checkpoint_interval_s: int = 0
     signing_key: str = ".ledger/signing-key.pem"
+    # The expiry sweeper of each API process: how often it looks for due holds, and how many it
+    # submits per round (the contract releases a hold within 10 s of expiring).
+    hold_sweep_interval_ms: int = 1_000
+    hold_sweep_batch_max: int = 500
 
     def __post_init__(self) -> None:
         for field in fields(self):

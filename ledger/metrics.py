@@ -39,3 +39,4 @@ AUTH_LOOKUPS = Counter(
 )
 READINESS_PROBES = Counter("ledger_readiness_probes_total", "Database probes behind /readyz.", ["result"])
 WAITERS = Gauge("ledger_projection_waiters", "Requests waiting for the projection to reach their min_position.")
+HOLDS_EXPIRED = Counter("ledger_holds_expired_total", "Holds released by this process's expiry sweeper")
