@@ -46,6 +46,11 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "list_accounts": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
     "get_statement": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
     "create_refund": {"admin": EVERYTHING, "vendor": OWN},
+    # v2 "Holds"
+    "create_hold": {"admin": EVERYTHING, "client": OWN},
+    "capture_hold": {"admin": EVERYTHING, "client": OWN, "vendor": OWN},
+    "void_hold": {"admin": EVERYTHING, "client": OWN, "vendor": OWN},
+    "get_hold": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -91,6 +96,7 @@ class World:
     vendor_account: str
     other_vendor_account: str
     paid: dict  # a transfer from client_wallet to vendor_account
+    held: dict = dataclasses.field(default_factory=lambda: {"id": ABSENT})  # a hold of client_wallet for vendor_account
 
 
 def _transfer(source: str, target: str) -> dict:
@@ -192,8 +198,25 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "prove consistency": lambda w: Probe("get_consistency_proof", "GET", "/v1/journal/proofs/consistency", 200,
                                          params={"from_size": 1}),
     "read the latest tree head": lambda w: Probe("get_latest_checkpoint", "GET", "/v1/journal/checkpoints/latest", 200),
+    "place a hold": lambda w: Probe("create_hold", "POST", "/v1/holds", 201, owners=frozenset({"client"}),
+                                    json=_transfer(w.client_wallet, w.vendor_account)),
+    "place a hold from absent account": lambda w: Probe("create_hold", "POST", "/v1/holds", 422,
+                                                        json=_transfer(ABSENT, w.vendor_account),
+                                                        code="account_not_found"),
+    "read hold": lambda w: Probe("get_hold", "GET", f"/v1/holds/{w.held['id']}", 200,
+                                 owners=frozenset({"client", "vendor"})),
+    "read absent hold": lambda w: Probe("get_hold", "GET", f"/v1/holds/{ABSENT}", 404, code="not_found"),
+    # Each caller that may capture or void finds the hold already closed by an earlier one, or not:
+    # the first to act gets 201; so the probes act on a hold that is already closed (422).
+    "capture a closed hold": lambda w: Probe("capture_hold", "POST", f"/v1/holds/{w.held['closed']}/capture", 422,
+                                             owners=frozenset({"vendor"}), json={}, code="hold_not_pending"),
+    "capture absent hold": lambda w: Probe("capture_hold", "POST", f"/v1/holds/{ABSENT}/capture", 404, json={},
+                                           code="not_found"),
+    "void a closed hold": lambda w: Probe("void_hold", "POST", f"/v1/holds/{w.held['closed']}/void", 422,
+                                          owners=frozenset({"client", "vendor"}), code="hold_not_pending"),
+    "void absent hold": lambda w: Probe("void_hold", "POST", f"/v1/holds/{ABSENT}/void", 404, code="not_found"),
 }
-MATRIX_CASES = 387  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 459  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 def expected(probe: Probe, actor: str) -> tuple[int, str | None]:
@@ -218,7 +241,8 @@ def test_the_matrix_covers_every_route_of_the_contract_with_every_caller():
 
 def _placeholder_world() -> World:
     ids = {actor: ABSENT for actor in ACTORS}
-    return World(ids, {}, ABSENT, ABSENT, ABSENT, ABSENT, {"id": ABSENT, "position": 0})
+    return World(ids, {}, ABSENT, ABSENT, ABSENT, ABSENT, {"id": ABSENT, "position": 0},
+                 {"id": ABSENT, "closed": ABSENT})
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -237,8 +261,16 @@ async def world(stack) -> World:
     }
     ids = {"client": client.owner_id, "other_client": other.owner_id, "vendor": vendor.owner_id,
            "other_vendor": other_vendor.owner_id, "auditor": auditor_id}
+    holds = []
+    for _ in range(2):
+        reply = await stack.client.post("/v1/holds", token=client.token, key=str(uuid.uuid4()),
+                                        json=_transfer(client.account_id, vendor.account_id))
+        assert reply.status == 201, reply.text
+        holds.append(reply.body["id"])
+    closed = await stack.client.post(f"/v1/holds/{holds[1]}/void", token=client.token, key=str(uuid.uuid4()))
+    assert closed.status == 201, closed.text
     return World(ids, tokens, client.account_id, other.account_id, vendor.account_id, other_vendor.account_id,
-                 paid.body)
+                 paid.body, {"id": holds[0], "closed": holds[1]})
 
 
 @pytest.mark.parametrize("actor", list(ACTORS))
