@@ -663,6 +663,17 @@ async def ensure_holding_account(conn, currency: str) -> None:
     assert (stored.kind, stored.currency) == ("system", currency), "the holding account id is taken"
 
 
+async def expiry_lags_s(conn, hold_ids: list[uuid.UUID]) -> list[float]:
+    """For each of these holds that expired: seconds from its `expires_at` to its expire entry's
+    `committed_at` (what `tools.hold_bench` reports as the sweeper's lag)."""
+    rows = await (await conn.execute(
+        "SELECT extract(epoch FROM j.committed_at - h.expires_at)::FLOAT8 FROM holds h"
+        " JOIN journal j ON j.position = h.closed_position WHERE h.status = 'expired' AND h.id = ANY(%s::UUID[])",
+        (_numbers(hold_ids),),
+    )).fetchall()
+    return [row[0] for row in rows]
+
+
 async def holds_for_audit(conn) -> list[domain.HoldState]:
     """Every hold, for the audit to compare with the holds it replays (bounded by the holds table)."""
     return await _fetch_all(conn, class_row(domain.HoldState), f"SELECT {_HOLD_COLUMNS} FROM holds h ORDER BY h.position", ())

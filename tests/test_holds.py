@@ -221,3 +221,22 @@ async def test_the_audit_holds_with_holds_in_every_state(stack):
 
 def test_the_holding_account_is_derived_from_the_currency():
     assert domain.holding_account_id("USD") == domain.holding_account_id("USD") != domain.holding_account_id("EUR")
+
+
+async def test_the_typed_client_places_captures_voids_and_reads_holds(stack):
+    from client.aio import LedgerClient
+
+    wallet, vendor = await stack.funded_wallet(FUNDS), await stack.vendor()
+    base = stack.client.base
+    async with LedgerClient(base, token=wallet.token) as payer, LedgerClient(base, token=vendor.token) as shop:
+        hold = await payer.create_hold(from_account_id=uuid.UUID(wallet.account_id),
+                                       to_account_id=uuid.UUID(vendor.account_id), amount=300, currency="USD",
+                                       idempotency_key="client-hold", expires_in_s=60)
+        assert (hold.status, hold.amount) == ("pending", 300)
+        captured = await shop.capture(hold.id, amount=100, idempotency_key="client-capture")
+        assert (captured.status, captured.captured_amount) == ("captured", 100) and captured.transfer_id is not None
+        other = await payer.create_hold(from_account_id=uuid.UUID(wallet.account_id),
+                                        to_account_id=uuid.UUID(vendor.account_id), amount=5, currency="USD",
+                                        idempotency_key="client-hold-2")
+        assert (await payer.void(other.id, idempotency_key="client-void")).status == "voided"
+        assert (await shop.get_hold(hold.id)) == captured
