@@ -36,7 +36,7 @@ CHECKS: tuple[str, ...] = (
     "contiguous",  # positions run 1, 2, 3 ... with no gap and no duplicate
     "chain",  # each prev_hash is the previous entry's hash (64 zeros before position 1)
     "hash",  # the hash recomputed from the entry's canonical bytes is the stored one
-    "postings",  # postings sum to zero and are exactly (from, -amount), (to, +amount)
+    "postings",  # postings sum to zero and are exactly (from, -amount), (to, +amount); a hold's step, those of its kind
     "accounts",  # every posting's account exists and holds the entry's currency
     "non_negative",  # no wallet or vendor account below zero after any entry
     "balance_after",  # every posting's stored balance_after is the replayed balance after its entry

@@ -173,6 +173,7 @@ class Transfer(Struct):
     hash: Hash
     kind: EntryKind = "transfer"
     refund_of: uuid.UUID | None = None
+    hold_id: uuid.UUID | None = None  # the hold of a hold's step (kind hold, capture, void or expire)
 
 
 HoldStatus = Literal["pending", "captured", "voided", "expired"]
@@ -251,7 +252,7 @@ class JournalEntry(Struct, frozen=True, omit_defaults=True):
     # v2. Defaults keep a v1 entry's canonical bytes (and hash) unchanged.
     kind: EntryKind = "transfer"
     refund_of: uuid.UUID | None = None
-    hold_id: uuid.UUID | None = None  # reserved for holds
+    hold_id: uuid.UUID | None = None  # the hold of a hold's step
 
 
 # What the answer to a transfer shares with its journal entry, under the same names.

@@ -240,3 +240,21 @@ async def test_the_typed_client_places_captures_voids_and_reads_holds(stack):
                                         idempotency_key="client-hold-2")
         assert (await payer.void(other.id, idempotency_key="client-void")).status == "voided"
         assert (await shop.get_hold(hold.id)) == captured
+
+
+async def test_held_at_a_past_position_counts_the_holds_open_there(stack):
+    wallet, vendor, hold = await _placed(stack)
+    voided = await _void(stack.client, wallet.token, hold["id"])
+    path = f"/v1/accounts/{wallet.account_id}"
+    at_hold = await stack.client.get(path, token=wallet.token, params={"at_position": hold["position"]})
+    at_void = await stack.client.get(path, token=wallet.token, params={"at_position": voided.body["closed_position"]})
+    assert (at_hold.body["balance"], at_hold.body["held"]) == (FUNDS - 600, 600)
+    assert (at_void.body["balance"], at_void.body["held"]) == (FUNDS, 0)
+
+
+async def test_every_step_is_readable_as_a_journal_entry_with_its_hold_id(stack):
+    wallet, vendor, hold = await _placed(stack)
+    captured = (await _capture(stack.client, vendor.token, hold["id"], 10)).body
+    entry = await stack.client.get(f"/v1/transfers/{captured['transfer_id']}", token=wallet.token)
+    assert (entry.body["kind"], entry.body["hold_id"], entry.body["position"]) == (
+        "capture", hold["id"], captured["closed_position"])
