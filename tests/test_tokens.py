@@ -141,10 +141,18 @@ async def test_readyz_answers_from_the_last_probe_without_a_connection(stack):
 async def test_a_transfer_that_times_out_says_it_may_have_committed(stack):
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()
+    body = {"from_account_id": wallet.account_id, "to_account_id": vendor.account_id, "amount": 5, "currency": "USD"}
     async with api_with(stack, request_timeout_ms=1) as client:
-        body = {"from_account_id": wallet.account_id, "to_account_id": vendor.account_id, "amount": 5,
-                "currency": "USD"}
-        reply = await client.post("/v1/transfers", token=wallet.token, json=body, key="timeout-wording")
+        # The journal head is held, so the batch cannot commit before the 1 ms runs out: on a busy
+        # machine the answer could otherwise win the race against the timer (a flaky 201).
+        blocker = await stack.superuser()
+        try:
+            await blocker.execute("BEGIN")
+            await blocker.execute("SELECT position FROM journal_head WHERE id = 1 FOR UPDATE")
+            reply = await client.post("/v1/transfers", token=wallet.token, json=body, key="timeout-wording")
+        finally:
+            await blocker.execute("ROLLBACK")
+            await blocker.close()
     assert reply.status == 503 and reply.code == "timeout", reply.text
     assert "retry with the same Idempotency-Key" in reply.body["detail"]
     retried = await stack.client.post("/v1/transfers", token=wallet.token, json=body, key="timeout-wording")
