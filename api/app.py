@@ -17,7 +17,7 @@ from api.housekeeping import Readiness, Watermark
 from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
 from api.framework import ANSWER_STARTED, IDEMPOTENCY_KEY, wrap
-from api.routes import ROUTES
+from api.routes import ROUTES, expire_command
 from ledger import db, logs, metrics
 from ledger.bus import EventBus
 from ledger.committer import Committer
@@ -221,6 +221,10 @@ def _start_background(services: Services) -> list[asyncio.Task]:
         if deleted:
             log.info("forgot %d idempotency keys older than %d s", deleted, settings.idempotency_retention_s)
 
+    async def expire_holds() -> None:
+        await housekeeping.expire_due_holds(services.pool, services.committer, batch_max=settings.hold_sweep_batch_max,
+                                            command_for=expire_command)
+
     return [
         asyncio.create_task(_follow_watermark(services), name="watermark"),
         asyncio.create_task(services.readiness.probe_forever(), name="readiness"),
@@ -228,6 +232,8 @@ def _start_background(services: Services) -> list[asyncio.Task]:
                                                "idempotency sweep"), name="idempotency-sweep"),
         asyncio.create_task(housekeeping.every(housekeeping.TOKEN_USAGE_FLUSH_INTERVAL_S, services.auth.flush_usage,
                                                "token usage flush"), name="token-usage"),
+        asyncio.create_task(housekeeping.every(settings.hold_sweep_interval_ms / 1000, expire_holds, "hold expiry"),
+                            name="hold-expiry"),
     ]
 
 

@@ -48,6 +48,9 @@ CODES: dict[str, tuple[int, str]] = {
     "tree_behind": (503, "The Merkle tree is too far behind the journal to answer now"),
     "webhook_url_not_allowed": (422, "The webhook URL is not http(s) or resolves to a loopback, private or link-local address"),
     "too_many_webhooks": (422, "The vendor account has as many webhook endpoints as it may"),
+    "hold_not_pending": (422, "The hold is already captured, voided or expired"),
+    "hold_expired": (422, "The hold expired before the capture"),
+    "capture_exceeds_hold": (422, "The capture is more than the hold"),
 }
 
 RETRY_AFTER_S = {"queue_full": 1, "unavailable": 1, "timeout": 1, "projection_behind": 1, "rate_limited": 1,

@@ -264,6 +264,43 @@ class LedgerClient:
     async def get_transfer(self, transfer_id: uuid.UUID) -> schemas.Transfer:
         return await self._call("GET", f"/v1/transfers/{transfer_id}", schemas.Transfer)
 
+    # ---- holds ------------------------------------------------------------------------------
+
+    async def create_hold(
+        self,
+        *,
+        from_account_id: uuid.UUID,
+        to_account_id: uuid.UUID,
+        amount: int,
+        currency: str,
+        idempotency_key: str,
+        reference: str = "",
+        metadata: dict[str, str] | None = None,
+        expires_in_s: int = schemas.HOLD_EXPIRES_IN_S_DEFAULT,
+    ) -> schemas.Hold:
+        """Reserve `amount` of a wallet for a vendor until captured, voided or expired (after
+        `expires_in_s`). Retried with the same `idempotency_key`, so it is placed at most once."""
+        body = schemas.HoldCreate(
+            from_account_id=from_account_id, to_account_id=to_account_id, amount=amount, currency=currency,
+            reference=reference, metadata=metadata or {}, expires_in_s=expires_in_s,
+        )
+        return await self._call("POST", "/v1/holds", schemas.Hold, body=body,
+                                headers={"Idempotency-Key": idempotency_key})
+
+    async def capture(self, hold_id: uuid.UUID, *, idempotency_key: str, amount: int | None = None) -> schemas.Hold:
+        """Pay `amount` of the hold (default: all of it) to its vendor; the rest goes back to the
+        wallet. The answer's `transfer_id` is the payment, verified and refunded like a transfer."""
+        return await self._call("POST", f"/v1/holds/{hold_id}/capture", schemas.Hold,
+                                body=schemas.HoldCapture(amount=amount), headers={"Idempotency-Key": idempotency_key})
+
+    async def void(self, hold_id: uuid.UUID, *, idempotency_key: str) -> schemas.Hold:
+        """Release the whole hold back to the wallet."""
+        return await self._call("POST", f"/v1/holds/{hold_id}/void", schemas.Hold,
+                                headers={"Idempotency-Key": idempotency_key})
+
+    async def get_hold(self, hold_id: uuid.UUID) -> schemas.Hold:
+        return await self._call("GET", f"/v1/holds/{hold_id}", schemas.Hold)
+
     # ---- vendor verification ----------------------------------------------------------------
 
     async def verification(

@@ -13,6 +13,8 @@ the report's first failure is the lowest such position (ties in the order of `CH
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import sys
 import time
 import uuid
@@ -34,11 +36,12 @@ CHECKS: tuple[str, ...] = (
     "contiguous",  # positions run 1, 2, 3 ... with no gap and no duplicate
     "chain",  # each prev_hash is the previous entry's hash (64 zeros before position 1)
     "hash",  # the hash recomputed from the entry's canonical bytes is the stored one
-    "postings",  # postings sum to zero and are exactly (from, -amount), (to, +amount)
+    "postings",  # postings sum to zero and are exactly (from, -amount), (to, +amount); a hold's step, those of its kind
     "accounts",  # every posting's account exists and holds the entry's currency
     "non_negative",  # no wallet or vendor account below zero after any entry
     "balance_after",  # every posting's stored balance_after is the replayed balance after its entry
-    "refunds",  # a refund returns an earlier payment to a vendor (not a refund), never more than it in total
+    "refunds",  # a refund returns an earlier payment (transfer or capture) to a vendor, never more than it in total
+    "holds",  # each hold placed once, closed at most once, captured <= held, closed before its expiry unless by expiry; holding accounts hold exactly the pending holds; the holds table agrees
     "checkpoint",  # the signature holds and the journal still hashes to the signed hash
     "orphan_postings",  # no postings without their journal entry
     "head",  # the journal_head row names the last entry
@@ -123,6 +126,7 @@ class Start:
     hash: str = domain.ZERO_HASH
     balances: Balances = field(default_factory=dict)
     refunded: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)  # original -> (amount, refunded)
+    holds: dict[uuid.UUID, domain.HoldState] = field(default_factory=dict)  # placed at or before it, as there
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +152,11 @@ class Replay:
         projector_position: int = 0,
         balances_at_projector: Balances | None = None,
         signed: tuple[int, str] | None = None,
+        hold_expiries: dict[uuid.UUID, dt.datetime] | None = None,
     ) -> None:
         """`accounts` maps id to (kind, currency). When the projector's checkpoint lies before
-        the start, the replay never passes it: the caller gives the balances there."""
+        the start, the replay never passes it: the caller gives the balances there.
+        `hold_expiries`: each hold's `expires_at` (the journal does not carry it), from `holds`."""
         assert projector_position >= start.position or balances_at_projector is not None
         self.findings = Findings()
         self.position = start.position
@@ -165,6 +171,9 @@ class Replay:
         self._signed = signed
         # original transfer id -> (its amount, refunded so far): bounded by the payments refunded
         self._refunded: dict[uuid.UUID, tuple[int, int]] = dict(start.refunded)
+        # hold id -> the hold as replayed so far: bounded by the holds
+        self._holds: dict[uuid.UUID, domain.HoldState] = dict(start.holds)
+        self._hold_expiries = hold_expiries or {}
 
     @property
     def account_count(self) -> int:
@@ -179,7 +188,8 @@ class Replay:
             self._at_projector = dict(self._balances)
         self._check_position(entry)
         recomputed = self._check_hash(entry)
-        self._check_postings(entry)
+        hold = self._check_hold(entry) if entry.kind in HOLD_KINDS or entry.hold_id is not None else None
+        self._check_postings(entry, hold)
         self._apply(entry)
         if balances_after is not None:
             self._check_balances_after(entry, balances_after)
@@ -208,9 +218,51 @@ class Replay:
             self.findings.record("hash", entry.position, f"stored hash {entry.hash}, recomputed {recomputed}")
         return recomputed
 
-    def _check_postings(self, entry: JournalEntry) -> None:
+    def _check_hold(self, entry: JournalEntry) -> domain.HoldState | None:
+        """Judge a hold's step against the hold as replayed so far and apply it; returns the hold
+        as it was before the step (what its postings are judged by), or None when there is none."""
+        if entry.kind not in HOLD_KINDS or entry.hold_id is None:
+            self.findings.record("holds", entry.position, f"kind {entry.kind} with hold_id {entry.hold_id}")
+            return None
+        known = self._holds.get(entry.hold_id)
+        if entry.kind == "hold":
+            if known is not None:
+                self.findings.record("holds", entry.position, f"the hold {entry.hold_id} is placed twice")
+                return None
+            placed = domain.HoldState(
+                id=entry.hold_id, from_account_id=entry.from_account_id, to_account_id=entry.to_account_id,
+                amount=entry.amount, currency=entry.currency, reference=entry.reference, metadata=entry.metadata,
+                status="pending", captured_amount=0, expires_at=self._hold_expiries.get(entry.hold_id, _NEVER),
+                position=entry.position,
+            )
+            self._holds[entry.hold_id] = placed
+            return placed
+        why = None
+        if known is None:
+            why = "names no earlier hold"
+        elif known.status != "pending":
+            why = f"closes it a second time (it was {known.status} at {known.closed_position})"
+        elif (entry.from_account_id, entry.to_account_id, entry.currency) != (
+            known.from_account_id, known.to_account_id, known.currency
+        ):
+            why = "does not carry the hold's parties and currency"
+        elif entry.kind == "capture" and entry.amount > known.amount:
+            why = f"captures {entry.amount}, more than the {known.amount} held"
+        elif entry.kind != "expire" and _moment(entry.committed_at) >= known.expires_at:
+            why = f"closes it by {entry.kind} at or after its expiry"
+        elif entry.kind == "expire" and _moment(entry.committed_at) < known.expires_at:
+            why = "expires it before its expiry"
+        if why is not None:
+            self.findings.record("holds", entry.position, f"the {entry.kind} of hold {entry.hold_id} {why}")
+            return known if known is not None and known.status == "pending" else None
+        self._holds[entry.hold_id] = domain.after_step(known, entry)
+        return known
+
+    def _check_postings(self, entry: JournalEntry, hold: domain.HoldState | None = None) -> None:
         total = sum(p.amount for p in entry.postings)
         expected = [Posting(entry.from_account_id, -entry.amount), Posting(entry.to_account_id, entry.amount)]
+        if hold is not None:
+            expected, _ = domain.hold_postings(entry.kind, hold, captured=entry.amount)
         if total != 0:
             self.findings.record("postings", entry.position, f"postings sum to {total}, not zero")
         elif entry.postings != expected:
@@ -246,7 +298,7 @@ class Replay:
         why = None
         if original is None or original.position >= entry.position:
             why = "names no earlier entry"
-        elif original.kind != "transfer" or self._accounts.get(original.to_account_id, ("",))[0] != "vendor":
+        elif original.kind not in ("transfer", "capture") or self._accounts.get(original.to_account_id, ("",))[0] != "vendor":
             why = f"names a {original.kind} that was not a payment to a vendor account"
         elif (entry.from_account_id, entry.to_account_id) != (original.to_account_id, original.from_account_id):
             why = "does not return the payment from the vendor to its payer"
@@ -263,6 +315,8 @@ class Replay:
         """The verification rows at `entry`'s position against the entry: a payment to a vendor
         account up to the projector's checkpoint has exactly one, equal to it; nothing else has any."""
         kind = self._accounts.get(entry.to_account_id, ("unknown", ""))[0]
+        if entry.kind not in domain.PAYMENT_KINDS:
+            kind = f"{entry.kind} entry"  # names the vendor, pays it nothing
         expected = kind == "vendor" and entry.position <= self._projector_position
         if not expected:
             for row in rows:
@@ -304,6 +358,7 @@ class Replay:
     def finish(
         self, *, head: tuple[int, str], write_model: Balances, projected: Balances, orphan_position: int | None,
         refund_totals: dict[uuid.UUID, int] | None = None,
+        holds: list[domain.HoldState] | None = None,
     ) -> None:
         """The checks that compare the replayed state with what the database holds."""
         if self._signed is not None:
@@ -321,6 +376,9 @@ class Replay:
         self._compare("write_model", head[0], self._balances, write_model)
         self._check_projection(projected)
         self._check_conservation()
+        if holds is not None:
+            self._check_holding_accounts(head[0])
+            self._compare_holds(head[0], holds)
         if refund_totals is not None:
             replayed = {original: total for original, (_, total) in self._refunded.items()}
             differing = sorted(t for t in replayed.keys() | refund_totals.keys()
@@ -328,6 +386,31 @@ class Replay:
             if differing:
                 self.findings.record("refunds", head[0], f"{len(differing)} refund totals differ from refund_totals"
                                      f" (first {differing[0]})")
+
+    def _check_holding_accounts(self, position: int) -> None:
+        """Per currency, the holding account holds exactly the pending holds' money."""
+        pending: dict[str, int] = {}
+        for hold in self._holds.values():
+            if hold.status == "pending":
+                pending[hold.currency] = pending.get(hold.currency, 0) + hold.amount
+        currencies = pending.keys() | {c for a, (_, c) in self._accounts.items() if a == domain.holding_account_id(c)}
+        for currency in sorted(currencies):
+            held = self._balances.get(domain.holding_account_id(currency), 0)
+            if held != pending.get(currency, 0):
+                self.findings.record("holds", position, f"the {currency} holding account holds {held},"
+                                     f" the pending holds {pending.get(currency, 0)}")
+
+    def _compare_holds(self, position: int, stored: list[domain.HoldState]) -> None:
+        """The holds table says what the journal says of every hold the replay saw."""
+        def state(hold: domain.HoldState) -> tuple:
+            return (hold.status, hold.captured_amount, hold.closed_position, hold.transfer_id, hold.amount)
+
+        rows = {hold.id: hold for hold in stored}
+        differing = sorted(h for h in self._holds if h not in rows or state(rows[h]) != state(self._holds[h]))
+        differing += sorted(h for h, row in rows.items() if h not in self._holds and row.position <= self.position)
+        if differing:
+            self.findings.record("holds", position, f"{len(differing)} holds differ from the holds table"
+                                 f" (first {differing[0]})")
 
     def _check_projection(self, projected: Balances) -> None:
         if self._at_projector is None and self._projector_position > self.position:
@@ -354,6 +437,14 @@ class Replay:
         for currency, total in sorted(totals.items()):
             if total != 0:
                 self.findings.record("conservation", self.position, f"{currency} balances sum to {total}, not zero")
+
+
+HOLD_KINDS = frozenset({"hold"}) | domain.HOLD_CLOSING_KINDS
+_NEVER = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+
+
+def _moment(committed_at: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(committed_at.replace("Z", "+00:00"))
 
 
 def _verified_fields(entry: JournalEntry) -> dict[str, object]:
@@ -497,9 +588,12 @@ async def _replay(
     if projector_position < from_position:
         at_projector = await store.balances_from_postings(conn, projector_position)
     unusable = _unusable_checkpoint(checkpoint, from_position, public_key) if checkpoint else None
+    hold_rows = await store.holds_for_audit(conn)
     replay = Replay(
-        accounts, start=start, projector_position=projector_position, balances_at_projector=at_projector,
+        accounts, start=_with_holds(start, hold_rows), projector_position=projector_position,
+        balances_at_projector=at_projector,
         signed=(checkpoint.position, checkpoint.hash) if checkpoint and not unusable else None,
+        hold_expiries={hold.id: hold.expires_at for hold in hold_rows},
     )
     if start_missing:
         replay.findings.record("contiguous", from_position, f"there is no entry at --from position {from_position}")
@@ -554,8 +648,23 @@ async def _replay(
         projected=await projections.balances(conn),
         orphan_position=await store.first_orphan_posting(conn, from_position),
         refund_totals=await store.refund_totals(conn),
+        holds=hold_rows,
     )
     return replay, head_position, projector_position, tree_check
+
+
+def _with_holds(start: Start, rows: list[domain.HoldState]) -> Start:
+    """The trusted holds at `--from`: those placed at or before it, as they were there."""
+    if start.position == 0:
+        return start
+    holds = {}
+    for row in rows:
+        if row.position <= start.position:
+            open_there = row.closed_position is None or row.closed_position > start.position
+            holds[row.id] = dataclasses.replace(
+                row, status="pending", captured_amount=0, closed_position=None, transfer_id=None
+            ) if open_there else row
+    return dataclasses.replace(start, holds=holds)
 
 
 async def _start(conn: psycopg.AsyncConnection, from_position: int) -> tuple[Start, bool]:

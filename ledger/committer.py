@@ -164,13 +164,17 @@ class Committer:
             state = await store.read_batch_state(
                 conn,
                 batch_lock=self._batch_lock,
-                account_ids=list({c.from_account_id for c in commands} | {c.to_account_id for c in commands}),
+                account_ids=list(
+                    {c.from_account_id for c in commands} | {c.to_account_id for c in commands}
+                    | {domain.holding_account_id(c.currency) for c in commands if c.hold_id is not None}
+                ),
                 principal_ids=[c.principal_id for c in commands],
                 keys=[c.idempotency_key for c in commands],
                 refunded_ids=list({c.refund_of for c in commands if c.refund_of is not None}),
+                hold_ids=list({c.hold_id for c in commands if c.kind in domain.HOLD_CLOSING_KINDS}),
             )
             now = domain.stamp_after(now, state.head_committed_at)
-            result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(now))
+            result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(now), now=now)
             if result.entries:
                 await store.write_batch(conn, result, committed_at=now)
             replays = await self._replayed_entries(conn, result)

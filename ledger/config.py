@@ -88,6 +88,8 @@ VARIABLES: dict[str, str] = {
     "webhook_allow_private": "LEDGER_WEBHOOK_ALLOW_PRIVATE",
     "webhook_concurrency_max": "LEDGER_WEBHOOK_CONCURRENCY_MAX",
     "webhook_endpoint_concurrency_max": "LEDGER_WEBHOOK_ENDPOINT_CONCURRENCY_MAX",
+    "hold_sweep_interval_ms": "LEDGER_HOLD_SWEEP_INTERVAL_MS",
+    "hold_sweep_batch_max": "LEDGER_HOLD_SWEEP_BATCH_MAX",
 }
 # The inclusive range of every numeric setting. Strings must not be empty; booleans are booleans.
 RANGES: dict[str, tuple[int, int]] = {
@@ -116,6 +118,8 @@ RANGES: dict[str, tuple[int, int]] = {
     "checkpoint_interval_s": (0, 86_400),
     "webhook_concurrency_max": (1, 10_000),
     "webhook_endpoint_concurrency_max": (1, 1_000),
+    "hold_sweep_interval_ms": (10, 5_000),
+    "hold_sweep_batch_max": (1, 10_000),
 }
 
 
@@ -156,6 +160,10 @@ class Settings:
     webhook_allow_private: bool = False
     webhook_concurrency_max: int = 64
     webhook_endpoint_concurrency_max: int = 16
+    # The expiry sweeper of each API process: how often it looks for due holds, and how many it
+    # submits per round (the contract releases a hold within 10 s of expiring).
+    hold_sweep_interval_ms: int = 1_000
+    hold_sweep_batch_max: int = 500
 
     def __post_init__(self) -> None:
         for field in fields(self):

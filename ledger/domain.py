@@ -7,6 +7,7 @@ values with names that say what is wrong, ordered by precedence (the contract's 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import functools
@@ -34,12 +35,33 @@ class Rejection(enum.Enum):
     account_not_found = "account_not_found"
     currency_mismatch = "currency_mismatch"
     refund_exceeds_transfer = "refund_exceeds_transfer"
+    hold_not_pending = "hold_not_pending"
+    hold_expired = "hold_expired"
+    capture_exceeds_hold = "capture_exceeds_hold"
     insufficient_funds = "insufficient_funds"
     balance_limit_exceeded = "balance_limit_exceeded"
 
 
 # Rejections only a refund can get (a transfer's route does not document them).
 REFUND_ONLY = frozenset({Rejection.refund_exceeds_transfer})
+# Rejections only a step of a hold (capture, void, expire) can get.
+HOLD_ONLY = frozenset({Rejection.hold_not_pending, Rejection.hold_expired, Rejection.capture_exceeds_hold})
+
+# The steps of a hold after it is placed: each closes it, so each needs it pending.
+HOLD_CLOSING_KINDS = frozenset({"capture", "void", "expire"})
+# Entries that pay their `to_account_id` (what a vendor verifies); a hold, a void and an expiry
+# name the vendor as the hold's other party but pay it nothing.
+PAYMENT_KINDS = frozenset({"transfer", "refund", "capture"})
+# The status a closing step leaves its hold in.
+CLOSED_STATUS = {"capture": "captured", "void": "voided", "expire": "expired"}
+
+# Held money sits in one system account per currency, whose id every process (and the auditor)
+# derives from the currency alone: nothing to look up, nothing to configure.
+_HOLDING_NAMESPACE = uuid.UUID("5f1c3a52-8f0e-4d7a-9a51-6c1d2b7e9a10")
+
+
+def holding_account_id(currency: str) -> uuid.UUID:
+    return uuid.uuid5(_HOLDING_NAMESPACE, "holding:" + currency)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +97,30 @@ class TransferCommand:
     # running refunded total, which concurrent refunds change, is decided here in batch order.
     refund_of: uuid.UUID | None = None
     refundable_amount: int = 0
+    # A hold's step: the hold (a new id for `hold`), how long a new hold lives, and for a capture
+    # the amount (`amount` 0 = the whole hold). What a step does to the hold's money is decided
+    # here from the hold's state in `BatchState.holds`, never from the request.
+    hold_id: uuid.UUID | None = None
+    expires_in_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HoldState:
+    """A hold as the write side keeps it (`holds`): read and updated by the batch decision."""
+
+    id: uuid.UUID
+    from_account_id: uuid.UUID
+    to_account_id: uuid.UUID
+    amount: int
+    currency: str
+    reference: str
+    metadata: dict[str, str]
+    status: str  # pending, captured, voided or expired
+    captured_amount: int
+    expires_at: dt.datetime
+    position: int  # of its `hold` entry
+    closed_position: int | None = None
+    transfer_id: uuid.UUID | None = None  # of the capture entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,34 +206,90 @@ def recompute_hash(entry: JournalEntry) -> str:
 
 
 def seal(
-    *, position: int, transfer_id: uuid.UUID, command: TransferCommand, committed_at: str, prev_hash: str
+    *, position: int, transfer_id: uuid.UUID, command: TransferCommand, committed_at: str, prev_hash: str,
+    hold: HoldState | None = None,
 ) -> JournalEntry:
-    """Build the double entry for a decided transfer and chain it to its predecessor."""
-    postings = [Posting(command.from_account_id, -command.amount), Posting(command.to_account_id, command.amount)]
+    """Build the double entry for a decided command and chain it to its predecessor. A hold's
+    step carries the hold's parties, currency and reference, and moves money through the
+    currency's holding account (`hold_postings`)."""
+    if command.kind == "transfer" or command.kind == "refund":
+        postings = [Posting(command.from_account_id, -command.amount), Posting(command.to_account_id, command.amount)]
+        amount, parties = command.amount, command
+    else:
+        postings, amount = hold_postings(command.kind, hold, captured=command.amount)
+        parties = hold
     assert sum(p.amount for p in postings) == 0, "postings must sum to zero"
     unsealed = JournalEntry(
         position=position,
         transfer_id=transfer_id,
-        from_account_id=command.from_account_id,
-        to_account_id=command.to_account_id,
-        amount=command.amount,
-        currency=command.currency,
-        reference=command.reference,
-        metadata=dict(command.metadata),
+        from_account_id=parties.from_account_id,
+        to_account_id=parties.to_account_id,
+        amount=amount,
+        currency=parties.currency,
+        reference=parties.reference,
+        metadata=dict(parties.metadata) if command.kind in ("transfer", "refund", "hold") else {},
         postings=postings,
         committed_at=committed_at,
         prev_hash=prev_hash,
         hash="",
         kind=command.kind,
         refund_of=command.refund_of,
+        hold_id=command.hold_id,
     )
     return msgspec.structs.replace(unsealed, hash=recompute_hash(unsealed))
+
+
+def hold_postings(kind: str, hold: HoldState, *, captured: int = 0) -> tuple[list[Posting], int]:
+    """The postings of a hold's step and the entry's `amount` (the money that reached its final
+    party): `hold` moves the amount from the wallet to the holding account; `capture` pays the
+    captured part to the vendor and returns the rest to the wallet, in one entry; `void` and
+    `expire` return it all. Postings are ordered as the store reads them back (amount, account),
+    so the hash an auditor recomputes from an export is the sealed one."""
+    holding = holding_account_id(hold.currency)
+    if kind == "hold":
+        legs, amount = [(hold.from_account_id, -hold.amount), (holding, hold.amount)], hold.amount
+    elif kind == "capture":
+        rest = hold.amount - captured
+        legs = [(holding, -hold.amount), (hold.to_account_id, captured)] + ([(hold.from_account_id, rest)] if rest else [])
+        amount = captured
+    else:
+        legs, amount = [(holding, -hold.amount), (hold.from_account_id, hold.amount)], hold.amount
+    return [Posting(a, m) for a, m in sorted(legs, key=lambda leg: (leg[1], leg[0]))], amount
+
+
+def check_hold_step(
+    command: TransferCommand, hold: HoldState | None, accounts: dict[uuid.UUID, AccountState], now: dt.datetime
+) -> Rejection | None:
+    """A capture, void or expiry of a hold, against the hold's state as the batch has it so far:
+    exactly one closing step of a hold ever commits, and what the batch clock says about
+    `expires_at` decides between a capture (or void) and the expiry. Who may act was checked
+    before submitting (the hold's parties do not change)."""
+    assert hold is not None, "a hold's step names a hold the handler found"
+    if hold.status == "expired" and command.kind == "capture":
+        return Rejection.hold_expired
+    if hold.status != "pending":
+        return Rejection.hold_not_pending
+    due = now >= hold.expires_at
+    if command.kind == "capture" and due:
+        return Rejection.hold_expired
+    # A void past `expires_at` would close an expired hold: only the expiry may.
+    if (command.kind == "void" and due) or (command.kind == "expire" and not due):
+        return Rejection.hold_not_pending
+    if command.kind == "capture" and command.amount > hold.amount:
+        return Rejection.capture_exceeds_hold
+    postings, _ = hold_postings(command.kind, hold, captured=command.amount)
+    for posting in postings:
+        if posting.amount > 0 and accounts[posting.account_id].balance + posting.amount > BALANCE_MAX:
+            return Rejection.balance_limit_exceeded
+    return None
 
 
 def check(
     command: TransferCommand, accounts: dict[uuid.UUID, AccountState], refunded: dict[uuid.UUID, int]
 ) -> Rejection | None:
-    """The contract's checks after idempotency, in its order: ownership, then business rules."""
+    """The contract's checks after idempotency, in its order: ownership, then business rules.
+    A new hold is checked as a transfer from the wallet to the currency's holding account, with
+    the vendor as the target whose existence and currency count."""
     source = accounts.get(command.from_account_id)
     if command.principal_role == "client" and (source is None or source.owner_id != command.principal_id):
         return Rejection.forbidden
@@ -202,6 +304,9 @@ def check(
         return Rejection.refund_exceeds_transfer
     if not source.may_go_negative and source.balance < command.amount:
         return Rejection.insufficient_funds
+    if command.kind == "hold":
+        target = accounts.get(holding_account_id(command.currency))
+        assert target is not None, "the handler creates the currency's holding account before a hold"
     if target.balance + command.amount > BALANCE_MAX or source.balance - command.amount < -BALANCE_MAX:
         return Rejection.balance_limit_exceeded
     return None
@@ -220,6 +325,8 @@ class BatchState:
     refunded: dict[uuid.UUID, int] = field(default_factory=dict)
     # when the last entry was committed: a batch is never stamped earlier (see `stamp_after`)
     head_committed_at: dt.datetime | None = None
+    # hold id -> its state, for the holds the batch's captures, voids and expiries name
+    holds: dict[uuid.UUID, HoldState] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -233,6 +340,8 @@ class BatchResult:
     balances_after: dict[int, list[int]] = field(default_factory=dict)
     # original transfer id -> (its amount, the new total refunded), for the originals refunded here
     refunded: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
+    # hold id -> its state after the batch, for the holds placed or closed here
+    holds: dict[uuid.UUID, HoldState] = field(default_factory=dict)
 
 
 def decide_batch(
@@ -240,14 +349,19 @@ def decide_batch(
     state: BatchState,
     *,
     committed_at: str,
+    now: dt.datetime | None = None,
     new_id=uuid.uuid4,
 ) -> BatchResult:
-    """Decide each command in arrival order, each seeing the effects of the ones before it."""
+    """Decide each command in arrival order, each seeing the effects of the ones before it.
+    `now` is the batch's clock (what `committed_at` says, as a moment): holds expire by it."""
     result = BatchResult()
     position, prev_hash = state.head_position, state.head_hash
     accounts = dict(state.accounts)
     keys = dict(state.idempotency)
     refunded = dict(state.refunded)
+    holds = dict(state.holds)
+    if now is None:
+        now = dt.datetime.fromisoformat(committed_at.replace("Z", "+00:00"))
     for command in commands:
         scope = (command.principal_id, command.idempotency_key)
         stored = keys.get(scope)
@@ -258,14 +372,23 @@ def decide_batch(
             else:
                 result.outcomes.append(Rejected(Rejection.idempotency_key_reused))
             continue
-        rejection = check(command, accounts, refunded)
+        hold = holds.get(command.hold_id) if command.kind in HOLD_CLOSING_KINDS else None
+        if command.kind in HOLD_CLOSING_KINDS:
+            rejection = check_hold_step(command, hold, accounts, now)
+        else:
+            rejection = check(command, accounts, refunded)
         if rejection is not None:
             result.outcomes.append(Rejected(rejection))
             continue
         position += 1
+        if command.kind == "hold":
+            hold = _new_hold(command, position, now)
         entry = seal(
-            position=position, transfer_id=new_id(), command=command, committed_at=committed_at, prev_hash=prev_hash
+            position=position, transfer_id=new_id(), command=command, committed_at=committed_at, prev_hash=prev_hash,
+            hold=hold,
         )
+        if hold is not None:
+            hold = holds[hold.id] = result.holds[hold.id] = after_step(hold, entry)
         prev_hash = entry.hash
         after = result.balances_after[position] = []
         for posting in entry.postings:
@@ -287,7 +410,30 @@ def decide_batch(
     assert all(
         accounts[a].may_go_negative or accounts[a].balance >= 0 for a in result.balance_deltas
     ), "a wallet or vendor account went below zero"
+    for hold in result.holds.values():
+        assert hold.captured_amount <= hold.amount, "a capture passed its hold"
+        assert accounts[holding_account_id(hold.currency)].balance >= 0, "a holding account went below zero"
     return result
+
+
+def _new_hold(command: TransferCommand, position: int, now: dt.datetime) -> HoldState:
+    return HoldState(
+        id=command.hold_id, from_account_id=command.from_account_id, to_account_id=command.to_account_id,
+        amount=command.amount, currency=command.currency, reference=command.reference,
+        metadata=dict(command.metadata), status="pending", captured_amount=0,
+        expires_at=now + dt.timedelta(seconds=command.expires_in_s), position=position,
+    )
+
+
+def after_step(hold: HoldState, entry: JournalEntry) -> HoldState:
+    """The hold once `entry` (its placing or its one closing step) is applied."""
+    if entry.kind == "hold":
+        return hold
+    return dataclasses.replace(
+        hold, status=CLOSED_STATUS[entry.kind], closed_position=entry.position,
+        captured_amount=entry.amount if entry.kind == "capture" else 0,
+        transfer_id=entry.transfer_id if entry.kind == "capture" else None,
+    )
 
 
 def contiguous(entries: list[JournalEntry], *, after: int) -> list[JournalEntry]:

@@ -45,6 +45,7 @@ GRANTS: dict[str, dict[str, str]] = {
         "idempotency": "SELECT, INSERT, DELETE",
         "outbox": "SELECT, INSERT, DELETE",
         "refund_totals": "SELECT, INSERT, UPDATE",
+        "holds": "SELECT, INSERT, UPDATE",
         "projector_checkpoint": "SELECT",
         "projected_balances": "SELECT",
         "verifications": "SELECT",
@@ -74,6 +75,7 @@ GRANTS: dict[str, dict[str, str]] = {
         "postings": "SELECT",
         "journal_head": "SELECT",
         "refund_totals": "SELECT",
+        "holds": "SELECT",
         "projector_checkpoint": "SELECT",
         "projected_balances": "SELECT",
         "verifications": "SELECT",
@@ -327,13 +329,25 @@ async def account_by_id(conn, account_id: uuid.UUID) -> AccountRow | None:
     )
 
 
+# The sum of the account's pending holds as payer (holds_by_payer).
+_HELD = (
+    "coalesce((SELECT sum(x.amount) FROM holds x WHERE x.from_account_id = a.id AND x.status = 'pending'), 0)::INT8"
+    " AS held"
+)
+# The same right after position {at}: placed at or before it, not closed at or before it.
+_HELD_AT = (
+    "coalesce((SELECT sum(x.amount) FROM holds x WHERE x.from_account_id = a.id AND x.position <= {at}"
+    " AND (x.closed_position IS NULL OR x.closed_position > {at})), 0)::INT8 AS held"
+)
+
+
 async def account_with_balance(conn, account_id: uuid.UUID) -> schemas.Account | None:
     """The account with its committed balance and the journal head it is exact at, read in one
     statement (one snapshot)."""
     return await _fetch_one(
         conn,
         kwargs_row(schemas.Account),
-        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position FROM accounts a"
+        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position, {_HELD} FROM accounts a"
         " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
         " WHERE a.id = %s AND h.id = 1",
         (account_id,),
@@ -348,7 +362,7 @@ async def accounts_page(
     return await _fetch_all(
         conn,
         kwargs_row(schemas.Account),
-        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position FROM accounts a"
+        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position, {_HELD} FROM accounts a"
         " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
         " WHERE h.id = 1 AND (%s::UUID IS NULL OR a.owner_id = %s) AND (%s::UUID IS NULL OR a.id > %s)"
         " ORDER BY a.id LIMIT %s",
@@ -389,7 +403,8 @@ async def account_as_of(conn, account_id: uuid.UUID, moment: dt.datetime) -> Pas
         conn, namedtuple_row,
         "WITH t AS (SELECT coalesce((SELECT j.position FROM journal j WHERE j.committed_at <= %(moment)s"
         " ORDER BY j.committed_at DESC, j.position DESC LIMIT 1), 0) AS at)"
-        f" SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='t.at')} AS balance, h.position AS head, t.at"
+        f" SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='t.at')} AS balance, {_HELD_AT.format(at='t.at')},"
+        " h.position AS head, t.at"
         " FROM accounts a CROSS JOIN journal_head h CROSS JOIN t WHERE a.id = %(id)s AND h.id = 1",
         {"id": account_id, "moment": moment},
     )
@@ -397,7 +412,8 @@ async def account_as_of(conn, account_id: uuid.UUID, moment: dt.datetime) -> Pas
 
 
 ACCOUNT_AT_POSITION_SQL = (
-    f"SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='%(at)s')} AS balance, h.position AS head"
+    f"SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='%(at)s')} AS balance, {_HELD_AT.format(at='%(at)s')},"
+    " h.position AS head"
     " FROM accounts a CROSS JOIN journal_head h WHERE a.id = %(id)s AND h.id = 1"
 )
 
@@ -405,7 +421,7 @@ ACCOUNT_AT_POSITION_SQL = (
 def _past_account(row, position: int) -> PastAccount:
     account = schemas.Account(
         id=row.id, kind=row.kind, currency=row.currency, owner_id=row.owner_id, name=row.name,
-        balance=row.balance, position=position, created_at=row.created_at,
+        balance=row.balance, position=position, created_at=row.created_at, held=row.held,
     )
     return PastAccount(account, row.head)
 
@@ -460,6 +476,7 @@ async def read_batch_state(
     principal_ids: list[uuid.UUID],
     keys: list[str],
     refunded_ids: list[uuid.UUID] = (),
+    hold_ids: list[uuid.UUID] = (),
 ) -> domain.BatchState:
     """Lock the journal head, then read the batch's accounts and stored keys. The statements are
     sent before any result is awaited, so in pipeline mode they cost one round trip; the head
@@ -485,11 +502,23 @@ async def read_batch_state(
             "SELECT transfer_id, refunded FROM refund_totals WHERE transfer_id = ANY(%s::UUID[])",
             (_numbers(refunded_ids),),
         )
+    holds_cursor = None
+    if hold_ids:
+        holds_cursor = await conn.cursor(row_factory=class_row(domain.HoldState)).execute(
+            f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE h.id = ANY(%s::UUID[])", (_numbers(hold_ids),)
+        )
     position, digest, committed_at = await head_cursor.fetchone()
     accounts = {account.id: account for account in await accounts_cursor.fetchall()}
     stored = {(k.principal_id, k.key): (bytes(k.request_hash), k.position) for k in await keys_cursor.fetchall()}
     refunded = dict(await refunds_cursor.fetchall()) if refunds_cursor is not None else {}
-    return domain.BatchState(position, digest, accounts, stored, refunded, committed_at)
+    holds = {hold.id: hold for hold in await holds_cursor.fetchall()} if holds_cursor is not None else {}
+    return domain.BatchState(position, digest, accounts, stored, refunded, committed_at, holds)
+
+
+_HOLD_COLUMNS = (
+    "h.id, h.from_account_id, h.to_account_id, h.amount, h.currency, h.reference, h.metadata, h.status,"
+    " h.captured_amount, h.expires_at, h.position, h.closed_position, h.transfer_id"
+)
 
 
 def _numbers(values) -> str:
@@ -515,10 +544,10 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
     assert entries, "an empty batch writes nothing"
     await conn.execute(
         "INSERT INTO journal (position, transfer_id, from_account_id, to_account_id, amount, currency,"
-        " reference, metadata, committed_at, prev_hash, hash, kind, refund_of)"
-        " SELECT p, t, f, o, a, c, r, m::JSONB, %s, ph, h, k, ro FROM unnest("
+        " reference, metadata, committed_at, prev_hash, hash, kind, refund_of, hold_id)"
+        " SELECT p, t, f, o, a, c, r, m::JSONB, %s, ph, h, k, ro, ho FROM unnest("
         "%s::INT8[], %s::UUID[], %s::UUID[], %s::UUID[], %s::INT8[], %s::TEXT[], %s::TEXT[], %s::TEXT[],"
-        " %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::UUID[]) AS e (p, t, f, o, a, c, r, m, ph, h, k, ro)",
+        " %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::UUID[], %s::UUID[]) AS e (p, t, f, o, a, c, r, m, ph, h, k, ro, ho)",
         (
             committed_at,
             _numbers([e.position for e in entries]),
@@ -533,6 +562,7 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
             _numbers([e.hash for e in entries]),
             _numbers([e.kind for e in entries]),
             _nullable([e.refund_of for e in entries]),
+            _nullable([e.hold_id for e in entries]),
         ),
     )
     postings = _postings_rows(result)
@@ -583,10 +613,83 @@ async def _move_balances_and_head(conn, result: domain.BatchResult, *, committed
             (_numbers([r[0] for r in refunded]), _numbers([r[1][0] for r in refunded]),
              _numbers([r[1][1] for r in refunded])),
         )
+    if result.holds:
+        await _write_holds(conn, list(result.holds.values()))
     await conn.execute(
         "UPDATE journal_head SET position = %s, hash = %s, committed_at = %s WHERE id = 1",
         (last.position, last.hash, committed_at),
     )
+
+
+async def _write_holds(conn, holds: list[domain.HoldState]) -> None:
+    """Insert the holds placed in the batch and close those closed in it, in one statement. Only
+    the closing columns change on conflict: what a hold is never changes once placed."""
+    await conn.execute(
+        "INSERT INTO holds (id, from_account_id, to_account_id, amount, currency, reference, metadata, status,"
+        " captured_amount, expires_at, position, closed_position, transfer_id)"
+        " SELECT i, f, t, a, c, r, m::JSONB, s, ca, e, p, cp, tr FROM unnest(%s::UUID[], %s::UUID[], %s::UUID[],"
+        " %s::INT8[], %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::INT8[], %s::TIMESTAMPTZ[], %s::INT8[],"
+        " %s::INT8[], %s::UUID[]) AS h (i, f, t, a, c, r, m, s, ca, e, p, cp, tr)"
+        " ON CONFLICT (id) DO UPDATE SET status = excluded.status, captured_amount = excluded.captured_amount,"
+        " closed_position = excluded.closed_position, transfer_id = excluded.transfer_id",
+        (
+            _numbers([h.id for h in holds]),
+            _numbers([h.from_account_id for h in holds]),
+            _numbers([h.to_account_id for h in holds]),
+            _numbers([h.amount for h in holds]),
+            _texts([h.currency for h in holds]),
+            _texts([h.reference for h in holds]),
+            _texts([json.dumps(h.metadata) for h in holds]),
+            _texts([h.status for h in holds]),
+            _numbers([h.captured_amount for h in holds]),
+            _texts([h.expires_at.isoformat() for h in holds]),
+            _numbers([h.position for h in holds]),
+            _nullable([h.closed_position for h in holds]),
+            _nullable([h.transfer_id for h in holds]),
+        ),
+    )
+
+
+# ---- holds ----------------------------------------------------------------------------------
+
+
+async def hold_by_id(conn, hold_id: uuid.UUID) -> domain.HoldState | None:
+    return await _fetch_one(
+        conn, class_row(domain.HoldState), f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE h.id = %s", (hold_id,)
+    )
+
+
+async def due_holds(conn, *, now: dt.datetime, limit: int) -> list[domain.HoldState]:
+    """Up to `limit` pending holds whose `expires_at` has passed, soonest first (holds_due)."""
+    return await _fetch_all(
+        conn, class_row(domain.HoldState),
+        f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE h.status = 'pending' AND h.expires_at <= %s"
+        " ORDER BY h.status, h.expires_at LIMIT %s",
+        (now, limit),
+    )
+
+
+async def ensure_holding_account(conn, currency: str) -> None:
+    """The currency's holding account (a system account with a derived id), created on first use."""
+    holding = AccountRow(domain.holding_account_id(currency), "system", currency, None, f"holding {currency}", None)
+    stored, _ = await insert_account(conn, holding)
+    assert (stored.kind, stored.currency) == ("system", currency), "the holding account id is taken"
+
+
+async def expiry_lags_s(conn, hold_ids: list[uuid.UUID]) -> list[float]:
+    """For each of these holds that expired: seconds from its `expires_at` to its expire entry's
+    `committed_at` (what `tools.hold_bench` reports as the sweeper's lag)."""
+    rows = await (await conn.execute(
+        "SELECT extract(epoch FROM j.committed_at - h.expires_at)::FLOAT8 FROM holds h"
+        " JOIN journal j ON j.position = h.closed_position WHERE h.status = 'expired' AND h.id = ANY(%s::UUID[])",
+        (_numbers(hold_ids),),
+    )).fetchall()
+    return [row[0] for row in rows]
+
+
+async def holds_for_audit(conn) -> list[domain.HoldState]:
+    """Every hold, for the audit to compare with the holds it replays (bounded by the holds table)."""
+    return await _fetch_all(conn, class_row(domain.HoldState), f"SELECT {_HOLD_COLUMNS} FROM holds h ORDER BY h.position", ())
 
 
 # ---- reading the journal --------------------------------------------------------------------

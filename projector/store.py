@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from psycopg.rows import dict_row, kwargs_row
 
 import schemas
+from ledger import domain
 
 DEFAULT_NAME = "main"
 
@@ -53,7 +54,8 @@ async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str,
         (last, ids, [deltas[i][0] for i in ids], [deltas[i][1] for i in ids]),
     )
     vendors = await _vendor_accounts(conn, list({e.to_account_id for e in entries}))
-    rows = [e for e in entries if e.to_account_id in vendors]
+    # A hold, a void and an expiry name the vendor as the hold's other party but pay it nothing.
+    rows = [e for e in entries if e.to_account_id in vendors and e.kind in domain.PAYMENT_KINDS]
     if rows:
         await conn.execute(
             "INSERT INTO verifications (vendor_account_id, position, transfer_id, payer_account_id, amount,"

@@ -96,6 +96,28 @@ class RefundCreate(Strict):
     metadata: Metadata = {}
 
 
+HOLD_EXPIRES_IN_S_MAX = 604_800  # a week
+HOLD_EXPIRES_IN_S_DEFAULT = 86_400
+
+
+class HoldCreate(Strict):
+    """Reserve `amount` of the wallet for the vendor until captured, voided or expired."""
+
+    from_account_id: uuid.UUID
+    to_account_id: uuid.UUID
+    amount: Amount
+    currency: Currency
+    reference: Reference = ""
+    metadata: Metadata = {}
+    expires_in_s: Annotated[int, Meta(ge=1, le=HOLD_EXPIRES_IN_S_MAX)] = HOLD_EXPIRES_IN_S_DEFAULT
+
+
+class HoldCapture(Strict):
+    """Capture (part of) a hold; the rest goes back to the wallet. No amount: the whole hold."""
+
+    amount: Amount | None = None
+
+
 # ---- answers --------------------------------------------------------------------------------
 
 
@@ -115,6 +137,7 @@ class Account(Struct):
     balance: int
     position: Annotated[int, Meta(ge=0, description="Journal head the balance is exact at.")]
     created_at: dt.datetime
+    held: Annotated[int, Meta(ge=0, description="The sum of the account's pending holds as payer (already out of `balance`).")] = 0
 
 
 class TokenCreated(Struct):
@@ -150,6 +173,28 @@ class Transfer(Struct):
     hash: Hash
     kind: EntryKind = "transfer"
     refund_of: uuid.UUID | None = None
+    hold_id: uuid.UUID | None = None  # the hold of a hold's step (kind hold, capture, void or expire)
+
+
+HoldStatus = Literal["pending", "captured", "voided", "expired"]
+
+
+class Hold(Struct):
+    id: uuid.UUID
+    from_account_id: uuid.UUID
+    to_account_id: uuid.UUID
+    amount: int
+    currency: str
+    reference: str
+    metadata: dict[str, str]
+    status: HoldStatus
+    expires_at: Timestamp
+    position: Annotated[int, Meta(ge=1, description="The position of the hold's `hold` entry.")]
+    captured_amount: int = 0
+    transfer_id: Annotated[uuid.UUID | None, Meta(
+        description="Of the capture entry, once captured: a payment vendors verify and may refund."
+    )] = None
+    closed_position: Annotated[int | None, Meta(description="Of the entry that closed the hold, once closed.")] = None
 
 
 class AccountPage(Struct):
@@ -207,7 +252,7 @@ class JournalEntry(Struct, frozen=True, omit_defaults=True):
     # v2. Defaults keep a v1 entry's canonical bytes (and hash) unchanged.
     kind: EntryKind = "transfer"
     refund_of: uuid.UUID | None = None
-    hold_id: uuid.UUID | None = None  # reserved for holds
+    hold_id: uuid.UUID | None = None  # the hold of a hold's step
 
 
 # What the answer to a transfer shares with its journal entry, under the same names.

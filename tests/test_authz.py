@@ -51,6 +51,11 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "list_webhooks": {"admin": EVERYTHING, "vendor": OWN},
     "delete_webhook": {"admin": EVERYTHING, "vendor": OWN},
     "list_webhook_deliveries": {"admin": EVERYTHING, "vendor": OWN},
+    # v2 "Holds"
+    "create_hold": {"admin": EVERYTHING, "client": OWN},
+    "capture_hold": {"admin": EVERYTHING, "client": OWN, "vendor": OWN},
+    "void_hold": {"admin": EVERYTHING, "client": OWN, "vendor": OWN},
+    "get_hold": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -97,6 +102,7 @@ class World:
     other_vendor_account: str
     paid: dict  # a transfer from client_wallet to vendor_account
     webhook: str = str(uuid.UUID(int=1))  # an endpoint of vendor_account (ABSENT until the world is built)
+    held: dict = dataclasses.field(default_factory=lambda: {"id": ABSENT})  # a hold of client_wallet for vendor_account
 
 
 def _transfer(source: str, target: str) -> dict:
@@ -219,8 +225,25 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "list deliveries of other vendor's webhook": lambda w: Probe(
         "list_webhook_deliveries", "GET", f"/v1/vendors/{w.other_vendor_account}/webhooks/{w.webhook}/deliveries",
         404, owners=frozenset({"other_vendor"}), code="not_found"),
+    "place a hold": lambda w: Probe("create_hold", "POST", "/v1/holds", 201, owners=frozenset({"client"}),
+                                    json=_transfer(w.client_wallet, w.vendor_account)),
+    "place a hold from absent account": lambda w: Probe("create_hold", "POST", "/v1/holds", 422,
+                                                        json=_transfer(ABSENT, w.vendor_account),
+                                                        code="account_not_found"),
+    "read hold": lambda w: Probe("get_hold", "GET", f"/v1/holds/{w.held['id']}", 200,
+                                 owners=frozenset({"client", "vendor"})),
+    "read absent hold": lambda w: Probe("get_hold", "GET", f"/v1/holds/{ABSENT}", 404, code="not_found"),
+    # Each caller that may capture or void finds the hold already closed by an earlier one, or not:
+    # the first to act gets 201; so the probes act on a hold that is already closed (422).
+    "capture a closed hold": lambda w: Probe("capture_hold", "POST", f"/v1/holds/{w.held['closed']}/capture", 422,
+                                             owners=frozenset({"vendor"}), json={}, code="hold_not_pending"),
+    "capture absent hold": lambda w: Probe("capture_hold", "POST", f"/v1/holds/{ABSENT}/capture", 404, json={},
+                                           code="not_found"),
+    "void a closed hold": lambda w: Probe("void_hold", "POST", f"/v1/holds/{w.held['closed']}/void", 422,
+                                          owners=frozenset({"client", "vendor"}), code="hold_not_pending"),
+    "void absent hold": lambda w: Probe("void_hold", "POST", f"/v1/holds/{ABSENT}/void", 404, code="not_found"),
 }
-MATRIX_CASES = 459  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 531  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 def expected(probe: Probe, actor: str) -> tuple[int, str | None]:
@@ -245,7 +268,8 @@ def test_the_matrix_covers_every_route_of_the_contract_with_every_caller():
 
 def _placeholder_world() -> World:
     ids = {actor: ABSENT for actor in ACTORS}
-    return World(ids, {}, ABSENT, ABSENT, ABSENT, ABSENT, {"id": ABSENT, "position": 0})
+    return World(ids, {}, ABSENT, ABSENT, ABSENT, ABSENT, {"id": ABSENT, "position": 0},
+                 held={"id": ABSENT, "closed": ABSENT})
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -267,8 +291,16 @@ async def world(stack) -> World:
     webhook = await stack.client.post(f"/v1/vendors/{vendor.account_id}/webhooks", token=vendor.token,
                                       json={"url": "https://example.com/hook"})
     assert webhook.status == 201, webhook.text
+    holds = []
+    for _ in range(2):
+        reply = await stack.client.post("/v1/holds", token=client.token, key=str(uuid.uuid4()),
+                                        json=_transfer(client.account_id, vendor.account_id))
+        assert reply.status == 201, reply.text
+        holds.append(reply.body["id"])
+    closed = await stack.client.post(f"/v1/holds/{holds[1]}/void", token=client.token, key=str(uuid.uuid4()))
+    assert closed.status == 201, closed.text
     return World(ids, tokens, client.account_id, other.account_id, vendor.account_id, other_vendor.account_id,
-                 paid.body, webhook.body["id"])
+                 paid.body, webhook=webhook.body["id"], held={"id": holds[0], "closed": holds[1]})
 
 
 @pytest.mark.parametrize("actor", list(ACTORS))

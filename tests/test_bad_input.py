@@ -733,4 +733,88 @@ async def test_a_vendor_registering_at_someone_elses_account_is_403_before_the_u
     other = await stack.vendor()
     reply = await stack.client.post(f"/v1/vendors/{other.account_id}/webhooks", token=payer.vendor_token,
                                     json={"url": "ftp://not-allowed/"})
+
+
+# ---- holds ----------------------------------------------------------------------------------
+
+@pytest_asyncio.fixture(scope="module")
+async def held(stack, payer) -> dict:
+    reply = await stack.client.post("/v1/holds", token=payer.token, json=good(payer, amount=10), key=str(uuid.uuid4()))
+    assert reply.status == 201, reply.text
+    return reply.body
+
+
+BAD_HOLDS = {
+    "amount zero": (good, {"amount": 0}, "$.amount"),
+    "amount past 2^53-1": (good, {"amount": AMOUNT_MAX + 1}, "$.amount"),
+    "currency lower case": (good, {"currency": "usd"}, "$.currency"),
+    "expires_in_s zero": (good, {"expires_in_s": 0}, "$.expires_in_s"),
+    "expires_in_s past a week": (good, {"expires_in_s": 604_801}, "$.expires_in_s"),
+    "expires_in_s a string": (good, {"expires_in_s": "60"}, "$.expires_in_s"),
+    "reference too long": (good, {"reference": "r" * 129}, "$.reference"),
+    "unknown field": (good, {"hold_id": ABSENT}, "$"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_HOLDS))
+async def test_an_invalid_hold_body_is_400_and_writes_nothing(stack, payer, name):
+    make, changes, path = BAD_HOLDS[name]
+    async with NothingWritten(stack, payer):
+        reply = await stack.client.post("/v1/holds", token=payer.token, json=make(payer, **changes),
+                                        key=str(uuid.uuid4()))
+    assert_problem(reply, 400, "validation_error", path)
+
+
+async def test_a_hold_at_the_limits_of_expires_in_s_is_accepted(stack, payer):
+    for seconds in (1, 604_800):
+        reply = await stack.client.post("/v1/holds", token=payer.token, json=good(payer, amount=1, expires_in_s=seconds),
+                                        key=str(uuid.uuid4()))
+        assert reply.status == 201, reply.text
+
+
+BAD_CAPTURES = {
+    "amount zero": ({"amount": 0}, "$.amount"),
+    "amount negative": ({"amount": -1}, "$.amount"),
+    "amount with a fraction": ({"amount": 1.5}, "$.amount"),
+    "unknown field": ({"amount": 1, "currency": "USD"}, "$"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CAPTURES))
+async def test_an_invalid_capture_body_is_400_and_writes_nothing(stack, payer, held, name):
+    body, path = BAD_CAPTURES[name]
+    async with NothingWritten(stack, payer):
+        reply = await stack.client.post(f"/v1/holds/{held['id']}/capture", token=payer.vendor_token, json=body,
+                                        key=str(uuid.uuid4()))
+    assert_problem(reply, 400, "validation_error", path)
+
+
+@pytest.mark.parametrize("step", ["capture", "void"])
+async def test_a_hold_step_without_idempotency_key_is_400(stack, payer, held, step):
+    async with NothingWritten(stack, payer):
+        reply = await stack.client.post(f"/v1/holds/{held['id']}/{step}", token=payer.vendor_token, json={})
+    assert_problem(reply, 400, "idempotency_key_required")
+
+
+@pytest.mark.parametrize("path", ["/v1/holds/nope/capture", "/v1/holds/nope/void"])
+async def test_a_hold_step_on_a_bad_hold_id_is_400(stack, payer, path):
+    reply = await stack.client.post(path, token=payer.vendor_token, json={}, key="k")
+    assert_problem(reply, 400, "validation_error", "$.path.hold_id")
+
+
+async def test_reading_a_bad_hold_id_is_400(stack):
+    assert_problem(await stack.client.get("/v1/holds/nope", token=stack.admin), 400, "validation_error",
+                   "$.path.hold_id")
+
+
+async def test_a_capture_beyond_the_hold_is_422_and_writes_nothing(stack, payer, held):
+    async with NothingWritten(stack, payer):
+        reply = await stack.client.post(f"/v1/holds/{held['id']}/capture", token=payer.vendor_token,
+                                        json={"amount": held["amount"] + 1}, key=str(uuid.uuid4()))
+    assert_problem(reply, 422, "capture_exceeds_hold")
+
+
+async def test_an_auditor_placing_a_hold_is_403(stack, payer):
+    _, auditor = await stack.principal("auditor")
+    reply = await stack.client.post("/v1/holds", token=auditor, json=good(payer), key="k")
     assert_problem(reply, 403, "forbidden")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -182,3 +183,57 @@ def test_a_batch_is_never_stamped_before_the_previous_entry():
     later = earlier + dt.timedelta(microseconds=1)
     assert domain.stamp_after(earlier, later) == later and domain.stamp_after(later, earlier) == later
     assert domain.stamp_after(earlier, None) == earlier
+
+
+# ---- holds ----------------------------------------------------------------------------------
+
+HOLDING = AccountState(domain.holding_account_id("USD"), "system", "USD", None, 0)
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def hold_step(kind, hold_id, *, amount=0, key=None) -> domain.TransferCommand:
+    return domain.TransferCommand(CLIENT, "admin", key or f"{kind}-{amount}", kind.encode() + bytes([amount]),
+                                  WALLET.id, VENDOR.id, amount, "USD", "", {}, kind=kind, hold_id=hold_id)
+
+
+def placed(amount=40, expires_in_s=60) -> tuple[domain.HoldState, BatchState]:
+    hold_id = uuid.uuid4()
+    place = domain.TransferCommand(CLIENT, "client", "h", b"h", WALLET.id, VENDOR.id, amount, "USD", "r", {},
+                                   kind="hold", hold_id=hold_id, expires_in_s=expires_in_s)
+    result = domain.decide_batch([place], state(WALLET, VENDOR, HOLDING), committed_at=STAMP, now=NOW)
+    (entry,) = result.entries
+    assert entry.postings == sorted([Posting(WALLET.id, -amount), Posting(HOLDING.id, amount)],
+                                    key=lambda p: (p.amount, p.account_id))
+    accounts = {a.id: dataclasses.replace(a, balance=a.balance + result.balance_deltas.get(a.id, 0))
+                for a in (WALLET, VENDOR, HOLDING)}
+    after = BatchState(1, entry.hash, accounts, {}, holds=dict(result.holds))
+    return result.holds[hold_id], after
+
+
+def test_a_capture_and_a_void_in_one_batch_the_first_wins():
+    hold, after = placed()
+    result = domain.decide_batch([hold_step("capture", hold.id, amount=15), hold_step("void", hold.id)], after,
+                                 committed_at=STAMP, now=NOW)
+    assert isinstance(result.outcomes[0], Committed)
+    assert result.outcomes[1] == Rejected(Rejection.hold_not_pending)
+    (entry,) = result.entries
+    assert (entry.kind, entry.amount, sum(p.amount for p in entry.postings)) == ("capture", 15, 0)
+    assert {p.account_id: p.amount for p in entry.postings} == {HOLDING.id: -40, VENDOR.id: 15, WALLET.id: 25}
+    assert (result.holds[hold.id].status, result.holds[hold.id].captured_amount) == ("captured", 15)
+
+
+def test_the_batch_clock_decides_between_a_capture_and_the_expiry():
+    hold, after = placed(expires_in_s=60)
+    late = NOW + dt.timedelta(seconds=60)
+    result = domain.decide_batch([hold_step("capture", hold.id), hold_step("expire", hold.id)], after,
+                                 committed_at=STAMP, now=late)
+    assert result.outcomes[0] == Rejected(Rejection.hold_expired)
+    assert result.entries[0].kind == "expire" and result.holds[hold.id].status == "expired"
+    early = domain.decide_batch([hold_step("expire", hold.id)], after, committed_at=STAMP, now=NOW)
+    assert early.outcomes == [Rejected(Rejection.hold_not_pending)]
+
+
+def test_a_capture_may_not_pass_its_hold():
+    hold, after = placed(amount=40)
+    result = domain.decide_batch([hold_step("capture", hold.id, amount=41)], after, committed_at=STAMP, now=NOW)
+    assert result.outcomes == [Rejected(Rejection.capture_exceeds_hold)]

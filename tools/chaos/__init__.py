@@ -54,6 +54,8 @@ from tools.chaos.report import Observer, Report
 from tools.chaos.webhooks import DELIVERY_GRACE_S, WebhookWitness
 from tools.chaos.workload import Workload
 
+HOLDERS = 2  # tasks placing and closing holds beside the payment workers
+
 __all__ = ["FAULT_KINDS", "HA_FAULT_KINDS", "Child", "KeyResult", "Options", "Report", "main", "metric_value", "run"]
 
 
@@ -94,7 +96,8 @@ class Chaos:
                 await self.traffic()
                 await self.metrics.scrape_once()
                 checks = Checks(self.o, self.stack, self.log, self.report, results=self.workload.results,
-                                faults=self.injector.faults, writes_end=self.writes_end)
+                                faults=self.injector.faults, writes_end=self.writes_end,
+                                holds=self.workload.holder.records)
                 await checks.check()
                 await checks.converge()
                 if self.witness is not None:
@@ -125,6 +128,7 @@ class Chaos:
                      f"{'every ~' + format(self.o.fault_interval_s, 'g') + ' s, seed ' + str(self.o.seed) if self.o.faults else 'off'}")
         workers = [asyncio.create_task(workload.worker(i), name=f"worker-{i}") for i in range(self.o.workers)]
         workers.append(asyncio.create_task(workload.treasurer(), name="treasurer"))
+        workers += [asyncio.create_task(workload.holder.run(i), name=f"holder-{i}") for i in range(HOLDERS)]
         if self.o.forger:
             forger = Forger(self.o, self.stack, self.log, self.report,
                             wallets=[wallet for _, _, wallet in workload.world.clients],

@@ -20,7 +20,9 @@ from collections import Counter, defaultdict
 import aiohttp
 import psycopg
 
+from ledger.domain import holding_account_id
 from tools.chaos.faults import Stack
+from tools.chaos.holds import HOLD_KINDS, HoldRecord, check_holds, hold_deltas, wait_for_expiries
 from tools.chaos.options import (
     AUDIT_S_MAX, CONVERGE_POLL_S, CURRENCY, REPO, SCRAPE_INTERVAL_S, Fault, KeyResult, Options,
 )
@@ -88,6 +90,7 @@ class Snapshot:
     from_postings: dict  # account id -> sum of its postings
     keys: list  # (principal id, key, position)
     outbox_orphans: int
+    holds: list = dataclasses.field(default_factory=list)  # (id, from, to, amount, status, captured, reference)
 
     @classmethod
     async def read(cls, database_url: str) -> "Snapshot":
@@ -97,7 +100,7 @@ class Snapshot:
 
             return cls(
                 journal=await rows("SELECT position, transfer_id::TEXT, from_account_id::TEXT, to_account_id::TEXT,"
-                                   " amount, currency, reference, kind, refund_of::TEXT FROM journal"
+                                   " amount, currency, reference, kind, refund_of::TEXT, hold_id::TEXT FROM journal"
                                    " ORDER BY position"),
                 head=(await rows("SELECT position FROM journal_head WHERE id = 1"))[0][0],
                 balances=await rows("SELECT b.account_id::TEXT, b.kind, a.currency, b.balance FROM balances b"
@@ -108,6 +111,8 @@ class Snapshot:
                 outbox_orphans=(await rows(
                     "SELECT count(*) FROM outbox o WHERE NOT EXISTS"
                     " (SELECT 1 FROM journal j WHERE j.position = o.position)"))[0][0],
+                holds=await rows("SELECT id::TEXT, from_account_id::TEXT, to_account_id::TEXT, amount, status,"
+                                 " captured_amount, reference FROM holds"),
             )
 
 
@@ -115,7 +120,8 @@ class Checks:
     """Every check of one run; each finding is a violation of the report."""
 
     def __init__(self, options: Options, stack: Stack, log: Observer, report: Report, *,
-                 results: list[KeyResult], faults: list[Fault], writes_end: float) -> None:
+                 results: list[KeyResult], faults: list[Fault], writes_end: float,
+                 holds: list[HoldRecord] = ()) -> None:
         self.o = options
         self.stack = stack
         self.log = log
@@ -123,6 +129,7 @@ class Checks:
         self.results = results
         self.faults = faults
         self.writes_end = writes_end
+        self.holds = list(holds)
 
     async def check(self) -> None:
         payments = [r for r in self.results if r.purpose == "payment"]
@@ -130,12 +137,16 @@ class Checks:
         self._count_acknowledgements(payments)
         self._count_recovery(payments)
         unresolved = self._check_answers()
+        await wait_for_expiries(lambda: psycopg.AsyncConnection.connect(self.stack.pg.url, autocommit=True),
+                                self.holds)
         snapshot = await Snapshot.read(self.stack.pg.url)
         by_id = {row[1]: row for row in snapshot.journal}
         self._check_journal(snapshot, by_id, acked, unresolved)
         self._check_keys(snapshot, by_id)
         self._check_balances(snapshot, acked)
         self._check_refunds(snapshot, by_id)
+        holding = sum(b[3] for b in snapshot.balances if b[0] == str(holding_account_id(CURRENCY)))
+        self.report.holds = check_holds(self.holds, snapshot.holds, snapshot.journal, holding, self.log)
 
     def _check_refunds(self, snapshot: Snapshot, by_id: dict) -> None:
         """No payment is refunded more than its amount; every refund names a payment and is a refund."""
@@ -214,6 +225,8 @@ class Checks:
                 report.lost += 1
                 self.log.violation(f"journal entry {row} differs from acknowledged {r.key}: {b}")
             acked_ids[r.transfer_id] = r
+        # A hold's steps share its reference; `check_holds` judges them.
+        journal = [row for row in journal if row[7] not in HOLD_KINDS]
         for reference, count in Counter(row[6] for row in journal).items():
             if count > 1:
                 report.duplicated += 1
@@ -243,6 +256,9 @@ class Checks:
         for r in acked:
             expected[r.entry["from_account_id"]] -= r.entry["amount"]
             expected[r.entry["to_account_id"]] += r.entry["amount"]
+        for account_id, delta in hold_deltas(snapshot.holds).items():
+            expected[str(holding_account_id(CURRENCY)) if account_id == "holding" else account_id] += delta
+        pending = sum(row[3] for row in snapshot.holds if row[4] == "pending")
         sums: dict[str, int] = defaultdict(int)
         funding = sum(r.body["amount"] for r in acked if r.purpose == "funding")
         held = 0
@@ -259,11 +275,11 @@ class Checks:
             if balance != expected.get(account_id, 0):
                 self.log.violation(f"balance of {account_id} is {balance}, the acknowledgements make it "
                                    f"{expected.get(account_id, 0)}")
-        conserved = all(total == 0 for total in sums.values()) and held == funding == self.o.wallets * \
+        conserved = all(total == 0 for total in sums.values()) and held + pending == funding == self.o.wallets * \
             self.o.funding_per_wallet
         totals = ", ".join(f"{c} sum {t}" for c, t in sorted(sums.items()))
         report.conservation = f"{'ok' if conserved else 'VIOLATED'} ({totals}; wallets and vendors hold {held}" \
-                              f" = funding {funding})"
+                              f" + pending holds {pending} = funding {funding})"
         if not conserved:
             self.log.violation(f"money is not conserved: {report.conservation}")
 
@@ -301,7 +317,9 @@ class Checks:
                     " WHERE coalesce(b.balance, 0) <> coalesce(p.balance, 0)")).fetchone())[0]
                 vendor_entries = (await (await conn.execute(
                     "SELECT count(*) FROM journal j JOIN accounts a ON a.id = j.to_account_id AND a.kind = 'vendor'"
-                    " WHERE NOT EXISTS (SELECT 1 FROM verifications v WHERE v.transfer_id = j.transfer_id)"
+                    # a hold, a void and an expiry name the vendor but pay it nothing
+                    " WHERE j.kind NOT IN ('hold', 'void', 'expire')"
+                    " AND NOT EXISTS (SELECT 1 FROM verifications v WHERE v.transfer_id = j.transfer_id)"
                 )).fetchone())[0]
         checkpoint = checkpoint[0] if checkpoint else 0
         if checkpoint == head and differ == 0 and outbox == 0 and vendor_entries == 0:

@@ -38,6 +38,7 @@ class Report:
     refunds: tuple = (0, 0, 0)  # vendor refunds acknowledged, asked, payments refunded in the journal
     read_backs: Counter = dataclasses.field(default_factory=Counter)
     conservation: str = "not checked"
+    holds: str = "not checked"
     converged_s: float | None = None
     converged_after_last_fault_s: float | None = None
     audit: str = "not run"
@@ -96,6 +97,7 @@ class Report:
             f" negative {self.negative}, refunded above the payment {self.over_refunded}",
             f"vendor refunds: {self.refunds[0]} committed of {self.refunds[1]} asked, {self.refunds[2]} payments"
             " refunded",
+            f"holds: {self.holds}",
             f"conservation {self.conservation}",
             f"projection converged in {converged}{since_fault}",
             f"audit: {self.audit}",

@@ -17,6 +17,7 @@ import uuid
 import aiohttp
 
 from tools.chaos.faults import Stack
+from tools.chaos.holds import Holder
 from tools.chaos.options import (
     BACKOFF_S_MAX, BACKOFF_S_MIN, CURRENCY, EXPECTED_REJECTIONS, OTHER_CURRENCY, PROCESS_READY_S_MAX,
     READ_BACK_WAIT_MS, REFUND_INTERVAL_S, RETRIED_STATUSES, SHARE_LARGE, SHARE_OTHER_CURRENCY, SHARE_READ_BACK,
@@ -111,6 +112,7 @@ class Workload:
         self.log = log
         self.report = report
         self.world = World(options)
+        self.holder = Holder(self)
         self.results: list[KeyResult] = []
         # Clients stop starting new keys once this is set, and every retry stops at `final_deadline`.
         self.stopped = asyncio.Event()
