@@ -216,10 +216,12 @@ class Sender:
                     await asyncio.sleep(CLAIM_COALESCE_S)
                 self._wake.clear()
         finally:
-            for task in (*self._in_flight, recorder):
-                task.cancel()
-            await asyncio.gather(*self._in_flight, recorder, return_exceptions=True)
-            await self._http.close()
+            try:
+                for task in (*self._in_flight, recorder):
+                    task.cancel()
+                await asyncio.gather(*self._in_flight, recorder, return_exceptions=True)
+            finally:  # a second cancellation (a second Ctrl-C) must not leave the session open
+                await self._http.close()
 
     async def _claim_round(self) -> bool:
         """Claim what the queue has room for; True when it was all taken (look again at once)."""
