@@ -22,7 +22,7 @@ import nats
 import nats.js.errors
 from aiohttp import web
 
-from api.app import build_app
+from api.app import SERVICES, build_app
 from ledger import bus
 from tests.conftest import eventually
 from tools.embedded import free_port
@@ -200,7 +200,12 @@ async def test_a_forged_watermark_does_not_turn_a_wait_into_a_busy_loop(stack):
     vendor = await stack.vendor()
     paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
     await publish_raw(stack, bus.WATERMARK_SUBJECT, b"999999999")
-    await asyncio.sleep(0.2)  # the forged announcement has to reach the API before the wait starts
+    watermark = stack.app[SERVICES].watermark
+
+    async def announced() -> bool:  # the forged announcement has reached the API
+        return watermark.position == 999999999
+
+    await eventually(announced, timeout_s=5, interval_s=0.01)
     cpu_before, started = time.process_time(), time.monotonic()
     reply = await stack.client.get(verification_path(vendor.account_id, paid.body["id"]), token=vendor.token,
                                    params={"min_position": paid.body["position"] + 10**9, "wait_ms": 1000})
