@@ -17,7 +17,8 @@ from api.housekeeping import Readiness, Watermark
 from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
 from api.framework import ANSWER_STARTED, IDEMPOTENCY_KEY, wrap
-from api.routes import ROUTES, expire_command
+from api.payments import expire_command
+from api.routes import ROUTES
 from ledger import db, logs, metrics
 from ledger.bus import EventBus
 from ledger.committer import Committer

@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 from api import housekeeping
-from api.routes import expire_command
+from api.payments import expire_command
 from ledger import committer as committer_mod
 from ledger import db, dialect, domain, store
 from tools.embedded import EmbeddedPostgres, free_port
