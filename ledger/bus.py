@@ -17,7 +17,7 @@ from typing import Awaitable, Callable
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 
 import schemas
@@ -37,6 +37,10 @@ PUBLISH_ACK_TIMEOUT_S = 5.0
 CONNECT_RETRY_S = 0.5
 CLOSE_TIMEOUT_S = 2.0
 MSG_ID = "Nats-Msg-Id"
+# A follower's durable consumer: an unacked event comes again after this, and at most this many
+# are out unacked (a stuck follower holds the stream's redeliveries bounded).
+CONSUMER_ACK_WAIT_S = 30
+CONSUMER_ACK_PENDING_MAX = 20_000
 REQUEST_ID = "X-Request-Id"
 
 
@@ -133,6 +137,20 @@ class EventBus:
             await self.js.add_stream(config)
         except BadRequestError:
             await self.js.update_stream(config)
+
+    async def subscribe_doorbells(self, durable: str, *, from_start: bool):
+        """A durable pull subscription to the journal's events, as every follower of the journal
+        (projector, webhook worker) takes them: explicit acks, a bounded number in flight.
+        `from_start`: a new consumer starts at the stream's first event, else at the next one."""
+        assert self.js is not None
+        config = ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=CONSUMER_ACK_WAIT_S,
+            max_ack_pending=CONSUMER_ACK_PENDING_MAX,
+        )
+        return await self.js.pull_subscribe(SUBJECT, durable=durable, stream=STREAM, config=config)
 
     async def publish_entries(
         self, entries: list[schemas.JournalEntry], *, request_ids: dict[int, str] | None = None

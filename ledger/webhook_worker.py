@@ -30,13 +30,12 @@ import uuid
 
 import aiohttp
 import nats.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import start_http_server
 
 import schemas
 from ledger import db, domain, metrics, store, webhooks
 from ledger import webhook_store as ws
-from ledger.bus import STREAM, SUBJECT, EventBus, raise_if_cancelled
+from ledger.bus import EventBus, raise_if_cancelled
 from ledger.config import ConfigError, Settings
 
 log = logging.getLogger("ledger.webhooks")
@@ -45,8 +44,6 @@ WORKER_NAME = "main"
 FETCH_BATCH_MAX = 1000
 FETCH_WAIT_S = 0.5
 JOURNAL_PAGE_MAX = 1000
-ACK_PENDING_MAX = 20_000
-ACK_WAIT_S = 30
 ATTEMPT_S_MAX = 10.0  # the contract: a 2xx within 10 s ends it
 # A claimed row waits at most one attempt for a slot, then is attempted: the lease outlasts both,
 # so a live sender always records first, and a dead one's rows are due again after it.
@@ -144,14 +141,7 @@ class Mapper:
             return []
 
     async def _subscribe(self):
-        config = ConsumerConfig(
-            durable_name=f"webhooks-{self._name}",
-            deliver_policy=DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S,
-            max_ack_pending=ACK_PENDING_MAX,
-        )
-        return await self._bus.js.pull_subscribe(SUBJECT, durable=config.durable_name, stream=STREAM, config=config)
+        return await self._bus.subscribe_doorbells(f"webhooks-{self._name}", from_start=False)
 
 
 class PublicOnlyResolver(aiohttp.abc.AbstractResolver):

@@ -21,12 +21,11 @@ import time
 
 import msgspec
 import nats.errors
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import start_http_server
 
 import schemas
 from ledger import db, domain, metrics, store, tree
-from ledger.bus import STREAM, SUBJECT, EventBus, raise_if_cancelled
+from ledger.bus import SUBJECT, EventBus, raise_if_cancelled
 from ledger.config import Settings
 from projector import store as projections
 
@@ -36,8 +35,6 @@ FETCH_BATCH_MAX = 1000
 FETCH_WAIT_S = 0.5
 GAP_GRACE_MS = 300
 JOURNAL_PAGE_MAX = 2000
-ACK_PENDING_MAX = 20_000
-ACK_WAIT_S = 30
 
 _decoder = msgspec.json.Decoder(schemas.JournalEntry)
 
@@ -165,14 +162,7 @@ class Projector:
 
     async def _subscribe(self):
         await self._bus.ensure_stream()
-        config = ConsumerConfig(
-            durable_name=f"projector-{self._name}",
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ACK_WAIT_S,
-            max_ack_pending=ACK_PENDING_MAX,
-        )
-        return await self._bus.js.pull_subscribe(SUBJECT, durable=config.durable_name, stream=STREAM, config=config)
+        return await self._bus.subscribe_doorbells(f"projector-{self._name}", from_start=True)
 
     async def _pump(self, subscription) -> None:
         try:
