@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from psycopg.rows import class_row, kwargs_row
 
 import schemas
+from ledger import store
 from ledger.store import WEBHOOKS_ROLE
 from ledger.webhooks import Event
 
@@ -131,14 +132,12 @@ async def vendor_accounts(conn, account_ids: list[uuid.UUID]) -> set[uuid.UUID]:
     return {row[0] for row in rows}
 
 
+_ENDPOINT_COLUMNS = "id, vendor_account_id, url, event_types, secret_encrypted, created_at"
+
+
 async def live_endpoints_of(conn, vendor_account_ids: list[uuid.UUID]) -> list[EndpointRow]:
-    async with conn.cursor(row_factory=class_row(EndpointRow)) as cursor:
-        await cursor.execute(
-            "SELECT id, vendor_account_id, url, event_types, secret_encrypted, created_at FROM webhook_endpoints"
-            " WHERE vendor_account_id = ANY(%s) AND deleted_at IS NULL",
-            (vendor_account_ids,),
-        )
-        return await cursor.fetchall()
+    return await store.fetch_all(conn, class_row(EndpointRow), f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints"
+                                 " WHERE vendor_account_id = ANY(%s) AND deleted_at IS NULL", (vendor_account_ids,))
 
 
 async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, due: dt.datetime) -> None:
@@ -240,13 +239,8 @@ async def record_attempts(conn, attempts: list[Attempt]) -> None:
 
 
 async def endpoint(conn, endpoint_id: uuid.UUID) -> EndpointRow | None:
-    async with conn.cursor(row_factory=class_row(EndpointRow)) as cursor:
-        await cursor.execute(
-            "SELECT id, vendor_account_id, url, event_types, secret_encrypted, created_at FROM webhook_endpoints"
-            " WHERE id = %s AND deleted_at IS NULL",
-            (endpoint_id,),
-        )
-        return await cursor.fetchone()
+    return await store.fetch_one(conn, class_row(EndpointRow), f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints"
+                                 " WHERE id = %s AND deleted_at IS NULL", (endpoint_id,))
 
 
 async def oldest_undelivered(conn) -> dt.datetime | None:

@@ -11,7 +11,7 @@ from psycopg.rows import class_row, kwargs_row, namedtuple_row
 
 import schemas
 from ledger import domain
-from ledger.store.base import _fetch_all, _fetch_one, _numbers
+from ledger.store.base import fetch_all, fetch_one, _numbers
 
 
 # ---- principals and accounts ----------------------------------------------------------------
@@ -47,7 +47,7 @@ async def insert_principal(conn, *, principal_id: uuid.UUID, role: str, name: st
 
 
 async def insert_token(conn, *, token_id: uuid.UUID, principal_id: uuid.UUID, token_hash: bytes) -> TokenRow:
-    return await _fetch_one(
+    return await fetch_one(
         conn, class_row(TokenRow),
         "INSERT INTO tokens (id, principal_id, token_hash) VALUES (%s, %s, %s)"
         " RETURNING id, created_at, last_used_at, revoked_at",
@@ -56,7 +56,7 @@ async def insert_token(conn, *, token_id: uuid.UUID, principal_id: uuid.UUID, to
 
 
 async def principal_by_token_hash(conn, token_hash: bytes) -> TokenOwnerRow | None:
-    return await _fetch_one(
+    return await fetch_one(
         conn, class_row(TokenOwnerRow),
         "SELECT p.id, p.role, p.name, t.id AS token_id FROM tokens t JOIN principals p ON p.id = t.principal_id"
         " WHERE t.token_hash = %s AND t.revoked_at IS NULL",
@@ -65,13 +65,11 @@ async def principal_by_token_hash(conn, token_hash: bytes) -> TokenOwnerRow | No
 
 
 async def tokens_of(conn, principal_id: uuid.UUID) -> list[TokenRow]:
-    async with conn.cursor(row_factory=class_row(TokenRow)) as cursor:
-        await cursor.execute(
-            "SELECT id, created_at, last_used_at, revoked_at FROM tokens WHERE principal_id = %s"
-            " ORDER BY created_at, id",
-            (principal_id,),
-        )
-        return await cursor.fetchall()
+    return await fetch_all(
+        conn, class_row(TokenRow),
+        "SELECT id, created_at, last_used_at, revoked_at FROM tokens WHERE principal_id = %s ORDER BY created_at, id",
+        (principal_id,),
+    )
 
 
 async def revoke_token(conn, *, principal_id: uuid.UUID, token_id: uuid.UUID) -> bool:
@@ -133,7 +131,7 @@ async def insert_account(conn, account: AccountRow) -> tuple[AccountRow, bool]:
 
 
 async def account_by_id(conn, account_id: uuid.UUID) -> AccountRow | None:
-    return await _fetch_one(
+    return await fetch_one(
         conn, class_row(AccountRow), f"SELECT {_ACCOUNT_COLUMNS} FROM accounts a WHERE a.id = %s", (account_id,)
     )
 
@@ -153,7 +151,7 @@ _HELD_AT = (
 async def account_with_balance(conn, account_id: uuid.UUID) -> schemas.Account | None:
     """The account with its committed balance and the journal head it is exact at, read in one
     statement (one snapshot)."""
-    return await _fetch_one(
+    return await fetch_one(
         conn,
         kwargs_row(schemas.Account),
         f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position, {_HELD} FROM accounts a"
@@ -168,7 +166,7 @@ async def accounts_page(
 ) -> list[schemas.Account]:
     """Accounts by id after `after` (all of them when `owner_id` is None), each with its committed
     balance and the head it is exact at, in one statement."""
-    return await _fetch_all(
+    return await fetch_all(
         conn,
         kwargs_row(schemas.Account),
         f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position, {_HELD} FROM accounts a"
@@ -200,7 +198,7 @@ _BALANCE_AT = (
 async def account_at_position(conn, account_id: uuid.UUID, position: int) -> PastAccount | None:
     """The account as it was right after journal position `position` (not checked against the head,
     which is returned for the caller to judge), read in one statement."""
-    row = await _fetch_one(conn, namedtuple_row, ACCOUNT_AT_POSITION_SQL, {"id": account_id, "at": position})
+    row = await fetch_one(conn, namedtuple_row, ACCOUNT_AT_POSITION_SQL, {"id": account_id, "at": position})
     return _past_account(row, position) if row is not None else None
 
 
@@ -208,7 +206,7 @@ async def account_as_of(conn, account_id: uuid.UUID, moment: dt.datetime) -> Pas
     """The account as it was right after the last entry committed at or before `moment` (position
     0 when none): the entry is one lookup on journal_by_time, since committed_at never decreases
     along positions; read in one statement."""
-    row = await _fetch_one(
+    row = await fetch_one(
         conn, namedtuple_row,
         "WITH t AS (SELECT coalesce((SELECT j.position FROM journal j WHERE j.committed_at <= %(moment)s"
         " ORDER BY j.committed_at DESC, j.position DESC LIMIT 1), 0) AS at)"
@@ -244,7 +242,7 @@ async def statement(
     nested loop that stops at `limit`, never a merge join walking the journal from its start),
     in one statement. A `reference` filter still walks
     the account's postings (there is no index on reference)."""
-    return await _fetch_all(
+    return await fetch_all(
         conn, kwargs_row(_statement_item), STATEMENT_SQL, (account_id, after, reference, reference, limit)
     )
 

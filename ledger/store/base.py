@@ -107,13 +107,13 @@ def translate(error: BaseException) -> StoreError | None:
     return None
 
 
-async def _fetch_one(conn, row_factory, query: str, params: tuple = ()):
+async def fetch_one(conn, row_factory, query: str, params: tuple = ()):
     async with conn.cursor(row_factory=row_factory) as cursor:
         await cursor.execute(query, params)
         return await cursor.fetchone()
 
 
-async def _fetch_all(conn, row_factory, query: str, params) -> list:
+async def fetch_all(conn, row_factory, query: str, params) -> list:
     async with conn.cursor(row_factory=row_factory) as cursor:
         await cursor.execute(query, params)
         return await cursor.fetchall()

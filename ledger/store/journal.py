@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 import schemas
 from ledger import domain
-from ledger.store.base import _fetch_all, _fetch_one, _nullable, _numbers, _texts
+from ledger.store.base import fetch_all, fetch_one, _nullable, _numbers, _texts
 from ledger.store.accounts import AccountRow, insert_account
 
 
@@ -194,14 +194,14 @@ async def _write_holds(conn, holds: list[domain.HoldState]) -> None:
 
 
 async def hold_by_id(conn, hold_id: uuid.UUID) -> domain.HoldState | None:
-    return await _fetch_one(
+    return await fetch_one(
         conn, class_row(domain.HoldState), f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE h.id = %s", (hold_id,)
     )
 
 
 async def due_holds(conn, *, now: dt.datetime, limit: int) -> list[domain.HoldState]:
     """Up to `limit` pending holds whose `expires_at` has passed, soonest first (holds_due)."""
-    return await _fetch_all(
+    return await fetch_all(
         conn, class_row(domain.HoldState),
         f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE h.status = 'pending' AND h.expires_at <= %s"
         " ORDER BY h.status, h.expires_at LIMIT %s",
@@ -229,7 +229,7 @@ async def expiry_lags_s(conn, hold_ids: list[uuid.UUID]) -> list[float]:
 
 async def holds_for_audit(conn) -> list[domain.HoldState]:
     """Every hold, for the audit to compare with the holds it replays (bounded by the holds table)."""
-    return await _fetch_all(conn, class_row(domain.HoldState), f"SELECT {_HOLD_COLUMNS} FROM holds h ORDER BY h.position", ())
+    return await fetch_all(conn, class_row(domain.HoldState), f"SELECT {_HOLD_COLUMNS} FROM holds h ORDER BY h.position", ())
 
 
 # ---- reading the journal --------------------------------------------------------------------
@@ -303,7 +303,7 @@ async def entries_after(conn, after: int, limit: int) -> list[schemas.JournalEnt
 
 
 async def journal_head(conn) -> schemas.JournalHead:
-    return await _fetch_one(
+    return await fetch_one(
         conn, args_row(_journal_head), "SELECT position, hash, committed_at FROM journal_head WHERE id = 1"
     )
 
