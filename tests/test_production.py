@@ -75,7 +75,13 @@ def test_cockroachdb_migrations_use_only_the_shared_subset():
     assert dialect.POSTGRESQL.journal_index_ddl() == ""
 
 
-@pytest.mark.parametrize("module", ["ledger/store.py", "projector/store.py"])
+SQL_MODULES = [
+    "ledger/store/migrations.py", "ledger/store/accounts.py", "ledger/store/journal.py", "ledger/store/audit.py",
+    "projector/store.py", "ledger/webhook_store.py", "ledger/tree_store.py",
+]
+
+
+@pytest.mark.parametrize("module", SQL_MODULES)
 def test_sql_in_the_stores_uses_only_the_shared_subset(module):
     literals = sql_literals(ROOT / module)
     assert any("SELECT" in text for text in literals)
