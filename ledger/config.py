@@ -26,6 +26,7 @@
 | LEDGER_AUTH_CACHE_MS | 500 | 0..1000 | how long a token lookup (found or not) is reused; a revoked token fails everywhere within 1 s |
 | LEDGER_IDEMPOTENCY_RETENTION_S | 604800 (7 days) | 86400..31536000 | how long an idempotency key is remembered; a retry after it is a new request |
 | LEDGER_CHECKPOINT_INTERVAL_S | 0 (off) | 0..86400 | the tree follower signs the Merkle tree head this often (when it grew) |
+| LEDGER_TREE_FOLLOWER | 1 | 1, true, yes / 0, false, no | `0`: this projector process does not keep the Merkle tree (another process does) |
 | LEDGER_SIGNING_KEY | .ledger/signing-key.pem | not empty | the Ed25519 private key (PEM) that signs tree heads; created 0600 if missing |
 | LEDGER_WEBHOOK_KEY | (unset) | Fernet keys, comma-separated | encrypts webhook secrets at rest: the first key encrypts, every key decrypts (rotation) |
 | LEDGER_WEBHOOK_ALLOW_PRIVATE | (unset) | 1, true, yes / 0, false, no | `1`: webhook URLs may resolve to loopback, private or link-local addresses (`ledger dev`) |
@@ -83,6 +84,7 @@ VARIABLES: dict[str, str] = {
     "auth_cache_ms": "LEDGER_AUTH_CACHE_MS",
     "idempotency_retention_s": "LEDGER_IDEMPOTENCY_RETENTION_S",
     "checkpoint_interval_s": "LEDGER_CHECKPOINT_INTERVAL_S",
+    "tree_follower": "LEDGER_TREE_FOLLOWER",
     "signing_key": "LEDGER_SIGNING_KEY",
     "webhook_key": "LEDGER_WEBHOOK_KEY",
     "webhook_allow_private": "LEDGER_WEBHOOK_ALLOW_PRIVATE",
@@ -154,6 +156,7 @@ class Settings:
     outbox_sweep_interval_ms: int = 500
     projector_name: str = "main"
     checkpoint_interval_s: int = 0
+    tree_follower: bool = True
     signing_key: str = ".ledger/signing-key.pem"
     # Webhooks (`ledger webhooks`): unset key means the API cannot register endpoints (503).
     webhook_key: str | None = None

@@ -3,9 +3,12 @@
 Leaf i (0-based) is the journal entry at position i + 1; its leaf data is the 32 bytes of that
 entry's `hash`. `leaf_hash = SHA-256(0x00 || data)`, `node = SHA-256(0x01 || left || right)`.
 
-What is stored is the hash of every complete, aligned power-of-two subtree, named by its `Key`
-`(level, index)`: it covers leaves `[index * 2**level, (index + 1) * 2**level)`; level 0 holds the
-leaf hashes. Every subtree an RFC 9162 proof needs for any tree size is either such a complete
+What is stored is the hash of every complete, aligned power-of-two subtree of at least
+`BLOCK_LEAVES` leaves, named by its `Key` `(level, index)`: it covers leaves
+`[index * 2**level, (index + 1) * 2**level)`. The subtrees below `BLOCK_LEVEL` (level 0 holds the
+leaf hashes) are not stored: they lie inside one aligned block of `BLOCK_LEAVES` leaves, and
+`block_nodes` computes them from that block's journal hashes, one short range read. That keeps the
+stored rows at one per eight entries instead of two per entry. Every subtree an RFC 9162 proof needs for any tree size is either such a complete
 subtree or a range `[start, size)` on the tree's incomplete right edge, which decomposes into at
 most log2(size) complete ones (`range_keys`). So a proof plans the keys it needs
 (`inclusion_keys`, `consistency_keys`: O(log n) of them), reads them in one query, and hashes
@@ -30,6 +33,9 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()  # MTH({}) of RFC 9162
 Key = tuple[int, int]  # (level, index)
 Range = tuple[int, int]  # leaves [start, end)
 
+BLOCK_LEVEL = 4  # subtrees of this level and above are stored; the ones below are computed
+BLOCK_LEAVES = 1 << BLOCK_LEVEL
+
 
 def leaf_hash(data: bytes) -> bytes:
     return hashlib.sha256(LEAF_PREFIX + data).digest()
@@ -48,6 +54,31 @@ def key_end(key: Key) -> int:
     """The tree size at which the subtree `key` becomes complete (its last leaf + 1)."""
     level, index = key
     return (index + 1) << level
+
+
+def is_stored(key: Key) -> bool:
+    """Whether the subtree `key` is kept in storage (else `block_nodes` computes it)."""
+    return key[0] >= BLOCK_LEVEL
+
+
+def block_start(key: Key) -> int:
+    """The first leaf of the aligned block of `BLOCK_LEAVES` leaves that holds the subtree `key`
+    (level below `BLOCK_LEVEL`)."""
+    level, index = key
+    return (index << level) >> BLOCK_LEVEL << BLOCK_LEVEL
+
+
+def block_nodes(start: int, leaves: list[bytes]) -> dict[Key, bytes]:
+    """Every complete subtree below `BLOCK_LEVEL` of the leaves `start, start + 1, ...` (leaf
+    hashes, `start` aligned to `BLOCK_LEAVES`, at most `BLOCK_LEAVES` of them)."""
+    assert start % BLOCK_LEAVES == 0 and len(leaves) <= BLOCK_LEAVES
+    found: dict[Key, bytes] = {}
+    row, index = leaves, start
+    for level in range(BLOCK_LEVEL):
+        found.update({(level, index + n): digest for n, digest in enumerate(row)})
+        row = [node_hash(row[n], row[n + 1]) for n in range(0, len(row) - 1, 2)]
+        index >>= 1
+    return found
 
 
 def _split(size: int) -> int:
@@ -165,7 +196,8 @@ class Frontier:
         return cls(size, [(key, nodes[key]) for key in range_keys(0, size)] if size else [])
 
     def append(self, leaf: bytes) -> list[tuple[Key, bytes]]:
-        """Add one leaf hash; returns the subtrees it completes, the leaf itself first."""
+        """Add one leaf hash; returns the subtrees it completes, the leaf itself first (the ones
+        to store are those `is_stored` keeps)."""
         key, digest = (0, self.size), leaf
         completed = [(key, digest)]
         while self.stack and self.stack[-1][0][0] == key[0]:

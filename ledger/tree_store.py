@@ -33,6 +33,13 @@ async def tree_size(conn) -> int:
     return row[0] if row else 0
 
 
+async def entries_behind(conn) -> int:
+    """How many journal entries the stored tree lacks (one statement, no lock)."""
+    row = await (await conn.execute(
+        "SELECT (SELECT position FROM journal_head WHERE id = 1) - (SELECT tree_size FROM merkle_state WHERE id = 1)")).fetchone()
+    return row[0] or 0
+
+
 async def lock_tree_size(conn) -> int:
     """Inside a transaction: the stored size, locked until commit (one follower appends at a time)."""
     row = await (await conn.execute("SELECT tree_size FROM merkle_state WHERE id = 1 FOR UPDATE")).fetchone()
@@ -51,6 +58,14 @@ async def journal_hashes(conn, *, after: int, until: int | None = None, limit: i
         query = "SELECT position, hash FROM journal WHERE position > %s AND position <= %s ORDER BY position LIMIT %s"
         params = (after, until, limit)
     return [tuple(row) for row in await (await conn.execute(query, params)).fetchall()]
+
+
+async def journal_hashes_at(conn, positions: list[int]) -> list[tuple[int, str]]:
+    """(position, hash) of the entries at `positions` (the blocks a proof hashes), in one statement."""
+    rows = await (
+        await conn.execute("SELECT position, hash FROM journal WHERE position = ANY(%s)", (positions,))
+    ).fetchall()
+    return [tuple(row) for row in rows]
 
 
 async def journal_hash_at(conn, position: int) -> str | None:

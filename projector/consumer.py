@@ -219,14 +219,18 @@ async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     metrics_server = None
     if metrics_listener and settings.metrics_port is not None:
         metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.http_host)
-    # The Merkle tree follows the journal beside the projector, with its own checkpoint.
-    follower = tree.TreeFollower(pool, sign_interval_s=settings.checkpoint_interval_s, key_path=settings.signing_key)
-    tree_task = asyncio.create_task(follower.run(), name="tree-follower")
+    # The Merkle tree follows the journal beside the projector, with its own checkpoint (unless
+    # LEDGER_TREE_FOLLOWER=0 leaves it to another projector process).
+    tree_task = None
+    if settings.tree_follower:
+        follower = tree.TreeFollower(pool, sign_interval_s=settings.checkpoint_interval_s, key_path=settings.signing_key)
+        tree_task = asyncio.create_task(follower.run(), name="tree-follower")
     try:
         await Projector(settings=settings, pool=pool, bus=bus).run()
     finally:
-        tree_task.cancel()
-        await asyncio.gather(tree_task, return_exceptions=True)
+        if tree_task is not None:
+            tree_task.cancel()
+            await asyncio.gather(tree_task, return_exceptions=True)
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()

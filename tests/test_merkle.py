@@ -146,3 +146,28 @@ def test_a_frontier_rebuilt_from_stored_nodes_continues_the_tree(tree):
         if size < len(d):
             for key, digest in frontier.append(d[size]):
                 assert nodes[key] == digest
+
+
+def test_a_blocks_nodes_are_every_small_complete_subtree_of_its_leaves(tree):
+    """What is not stored (below `BLOCK_LEVEL`) is hashed from one block's leaves: for every block
+    and every prefix of it, exactly the small complete subtrees those leaves make, equal to the
+    naive ones."""
+    d, nodes = tree
+    for start in range(0, len(d), merkle.BLOCK_LEAVES):
+        for end in range(start + 1, min(start + merkle.BLOCK_LEAVES, len(d)) + 1):
+            found = merkle.block_nodes(start, d[start:end])
+            expected = {key: digest for key, digest in nodes.items()
+                        if not merkle.is_stored(key) and start <= key[1] << key[0] and merkle.key_end(key) <= end}
+            assert found == expected
+            assert {merkle.block_start(key) for key in found} == {start}
+
+
+def test_every_proof_key_below_the_block_level_lies_in_a_block_of_at_most_16_leaves():
+    """A proof reads at most one block per small key's block: the leaves a small key needs are
+    inside its own aligned block, never across two."""
+    for size in range(1, 200):
+        for index in range(size):
+            for key in merkle.inclusion_keys(index, size) | merkle.root_keys(size):
+                if not merkle.is_stored(key):
+                    start = merkle.block_start(key)
+                    assert start <= key[1] << key[0] and merkle.key_end(key) <= start + merkle.BLOCK_LEAVES

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from ledger import audit, merkle, tree, tree_store
 from ledger import checkpoint as signing
@@ -68,7 +69,11 @@ async def test_the_follower_catches_up_and_the_root_is_the_same_from_stored_node
         frontier = merkle.Frontier()
         for _, digest in await tree_store.journal_hashes(conn, after=0, limit=size):
             frontier.append(merkle.entry_leaf(digest))
-        assert merkle.root(size, await tree_store.nodes(conn, merkle.root_keys(size))) == frontier.root()
+        assert merkle.root(size, await tree.known_nodes(conn, merkle.root_keys(size))) == frontier.root()
+        stored = await conn.execute("SELECT count(*), min(level) FROM merkle_nodes")
+        count, lowest = await stored.fetchone()
+        assert count == sum(size >> level for level in range(merkle.BLOCK_LEVEL, size.bit_length()))
+        assert lowest is None or lowest == merkle.BLOCK_LEVEL
 
 
 async def test_others_cannot_prove_an_entry_and_sizes_past_the_head_are_refused(stack):
@@ -139,9 +144,38 @@ async def _run(script: Path, *args: str, env: dict) -> tuple[int, str, str]:
 
 async def _build_tree(url: str) -> int:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        while await tree.append_page(conn):
-            pass
-        return await tree_store.tree_size(conn)
+        return await tree.catch_up(_OnePool(conn))
+
+
+async def test_proofs_for_every_size_are_right_whatever_the_stored_tree_size(seeded):
+    """Proofs combine three sources: stored subtrees (16 leaves and more), small subtrees hashed
+    from their 16-entry block, and the tail past the stored tree. With the stored tree stopped at
+    sizes on and off block boundaries, every inclusion and consistency proof, for sizes on both
+    sides of it, verifies against the root of the journal's own leaves."""
+    from tools.seed import seed_journal
+
+    await seed_journal(seeded, entries=50, accounts=3)
+    async with await psycopg.AsyncConnection.connect(seeded, autocommit=True) as conn:
+        leaves = [merkle.entry_leaf(digest) for _, digest in await tree_store.journal_hashes(conn, after=0, limit=100)]
+        assert len(leaves) == 100
+        roots = [merkle.EMPTY_ROOT]
+        frontier = merkle.Frontier()
+        for leaf in leaves:
+            frontier.append(leaf)
+            roots.append(frontier.root())
+        for stored in (0, 13, 16, 37, 64, 77):
+            appended, _ = await tree.append_page(conn, limit=stored - await tree_store.tree_size(conn))
+            assert await tree_store.tree_size(conn) == stored
+            for size in range(max(1, stored - 20), min(len(leaves), stored + 20) + 1):
+                for index in range(0, size, 3):
+                    path = merkle.inclusion_proof(index, size, await tree.read_nodes(
+                        conn, merkle.inclusion_keys(index, size), size))
+                    assert merkle.verify_inclusion(index, size, leaves[index], path, roots[size]), (stored, index, size)
+                for old in range(1, size, 5):
+                    proof = merkle.consistency_proof(old, size, await tree.read_nodes(
+                        conn, merkle.consistency_keys(old, size), size))
+                    assert merkle.verify_consistency(old, size, roots[old], roots[size], proof), (stored, old, size)
+                assert await tree.root_at(conn, size) == roots[size]
 
 
 async def _proofs(url: str, *, position: int, old: int, new: int):
@@ -179,9 +213,9 @@ async def test_a_rewritten_entry_fails_its_inclusion_and_consistency_proofs_and_
 
 async def test_a_stored_subtree_changed_is_caught_by_the_audit(seeded):
     await _build_tree(seeded)
-    await execute(seeded, ("UPDATE merkle_nodes SET hash = %s WHERE level = 2 AND node_index = 3", (bytes(32),)))
+    await execute(seeded, ("UPDATE merkle_nodes SET hash = %s WHERE level = 4 AND node_index = 1", (bytes(32),)))
     report = await audit.run_audit(seeded)
-    assert first_failure(report) == (16, "tree")
+    assert first_failure(report) == (32, "tree")
     assert report.tree_head_signatures == "none"
 
 
@@ -227,3 +261,12 @@ async def test_the_typed_client_fetches_and_verifies_an_inclusion_proof(stack, t
         assert consistency.to_size == head.tree_size
         assert (await ledger.latest_checkpoint()).tree_size >= 1
     assert SyncLedgerClient.verify_inclusion(payment["hash"], proof, head.root_hash)
+
+
+async def test_subtrees_below_the_block_level_are_refused_by_the_schema(seeded):
+    """Migration 0013: the small subtrees are hashed from their blocks, never stored; the schema
+    refuses them, so a stale or forged one cannot sit beside the real tree."""
+    await _build_tree(seeded)
+    with pytest.raises(psycopg.errors.CheckViolation):
+        await execute(seeded, ("INSERT INTO merkle_nodes (level, node_index, complete_at, hash) VALUES (3, 99, 800, %s)",
+                               (bytes(32),)))

@@ -8,6 +8,8 @@ process (`tools.loadgen`). Phases, each `--duration` seconds after a short unrec
 
 1. pgbench TPC-B (`-c 8 -j 2 -M prepared`) into a database of its own on the same server;
 2. uniform, closed loop: payments spread over every wallet and vendor, as fast as they go;
+   then once more with the projector restarted without its Merkle tree follower
+   (`LEDGER_TREE_FOLLOWER=0`): what the follower costs (its lag is sampled during the first);
 3. uniform, open loop at 50% of what phase 2 reached, latency measured from the due time;
 4. hot vendor, closed loop: 90% of the payments go to one vendor;
 5. with `--big-journal N`: the journal is grown to N entries (`tools.seed`) and phase 2 again.
@@ -52,6 +54,8 @@ HOT_VS_UNIFORM_MIN = 0.8
 LAG_P99_AT_HALF_MS_MAX = 250.0
 BIG_VS_EMPTY_MIN = 0.8
 RSS_MB_MAX = 200.0
+TREE_COST_MAX = 0.05  # issue 15: throughput with the Merkle tree follower within 5% of without
+TREE_LAG_SAMPLE_S = 0.1
 # The projector keeps up when its watermark reaches the journal head this soon after load stops,
 # and its lag in the last third of a phase is at most this factor (plus slack) of the first third's.
 CATCH_UP_S_MAX = 10.0
@@ -316,12 +320,12 @@ def _service_env(stack: Stack, port: int) -> dict[str, str]:
     return env
 
 
-def _spawn(stack: Stack, command: str, port: int) -> subprocess.Popen:
+def _spawn(stack: Stack, command: str, port: int, **env: str) -> subprocess.Popen:
     log = open(stack.run_dir / f"{command}.log", "ab")
     with log:
         return subprocess.Popen(
             [sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", command],
-            env=_service_env(stack, port), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env={**_service_env(stack, port), **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -1052,7 +1056,12 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
         pgbench.skipped = str(error)
     phases: dict[str, Phase] = {}
     progress(f"uniform, closed loop, {args.concurrency} workers, {args.duration:.0f} s")
+    stop_sampling = asyncio.Event()
+    tree_lag = asyncio.create_task(sample_tree_lag(stack.database_url, stop_sampling))
     phases["uniform"] = await run_phase(stack, sampler, options, name="uniform", scenario="uniform")
+    stop_sampling.set()
+    progress(f"uniform again without the Merkle tree follower (projector restarted), {args.duration:.0f} s")
+    phases["uniform-no-tree"] = await without_tree_follower(stack, sampler, options)
     half_rate = max(1.0, phases["uniform"].throughput_per_s / 2)
     progress(f"uniform, open loop at {half_rate:,.0f}/s, {args.duration:.0f} s")
     phases["uniform-50%"] = await run_phase(stack, sampler, options, name="uniform-50%", scenario="uniform",
@@ -1070,7 +1079,62 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
             progress(f"seeded in {big.seed_s} s, projector at the head {big.projector_replay_s} s later;"
                      f" uniform again, {args.duration:.0f} s")
             phases["uniform-1M"] = await run_phase(stack, sampler, options, name="uniform-1M", scenario="uniform")
-    return {"phases": phases, "pgbench": pgbench, "big": big, "profile": profile}
+    return {"phases": phases, "pgbench": pgbench, "big": big, "profile": profile, "tree_lag": await tree_lag}
+
+
+def _restart_projector(stack: Stack, sampler: Sampler, **env: str) -> None:
+    _stop_process(stack.projector)
+    sampler.unwatch("projector")
+    stack.projector = _spawn(stack, "projector", free_port(), **env)
+    sampler.watch("projector", stack.projector.pid, memory=True)
+
+
+async def without_tree_follower(stack: Stack, sampler: Sampler, options: Options) -> Phase:
+    """Issue 15's A/B in the same run: the uniform phase again with the projector restarted
+    without its Merkle tree follower (`LEDGER_TREE_FOLLOWER=0`), then restarted with it (the
+    follower catches up from its own checkpoint)."""
+    _restart_projector(stack, sampler, LEDGER_TREE_FOLLOWER="0")
+    try:
+        return await run_phase(stack, sampler, options, name="uniform-no-tree", scenario="uniform")
+    finally:
+        _restart_projector(stack, sampler)
+
+
+async def sample_tree_lag(url: str, stop: asyncio.Event) -> list[int]:
+    """The Merkle tree's lag behind the journal head, in entries, every `TREE_LAG_SAMPLE_S`."""
+    samples: list[int] = []
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while not stop.is_set():
+            row = await (await conn.execute(
+                "SELECT (SELECT position FROM journal_head) - (SELECT tree_size FROM merkle_state)")).fetchone()
+            samples.append(max(0, row[0]))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), TREE_LAG_SAMPLE_S)
+    return samples
+
+
+def tree_rows(phases: dict[str, Phase], lag: list[int]) -> list[Row]:
+    """Issue 15: what the Merkle tree follower costs the write path, and how far behind it runs."""
+    with_tree, without = phases["uniform"], phases["uniform-no-tree"]
+    rows = []
+    if without.throughput_per_s:
+        cost = 1 - with_tree.throughput_per_s / without.throughput_per_s
+        rows.append(Row("Merkle tree follower: uniform with ÷ without",
+                        f"{with_tree.throughput_per_s:,.0f}/s ÷ {without.throughput_per_s:,.0f}/s (cost {cost:+.1%})",
+                        f"cost ≤ {TREE_COST_MAX:.0%}", cost <= TREE_COST_MAX))
+    per_with, per_without = cpu_us_per_transfer(with_tree), cpu_us_per_transfer(without)
+    if per_with and per_without:
+        extra = per_with.get("projector", 0.0) - per_without.get("projector", 0.0)
+        rows.append(Row("  follower CPU µs per transfer (projector with − without)",
+                        f"{extra:.0f} µs of {per_with['server']:.0f} µs server CPU ({extra / per_with['server']:.1%})"))
+    if lag:
+        ordered = sorted(lag)
+        rate = with_tree.throughput_per_s or 1.0
+        p50, p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
+        rows.append(Row("Merkle tree lag behind the head p50/p99 (uniform)",
+                        f"{p50:,.0f} / {p99:,.0f} entries (≈ {p50 / rate * 1000:.0f} / {p99 / rate * 1000:.0f} ms"
+                        f" at {rate:,.0f}/s; {len(lag)} samples)"))
+    return rows
 
 
 async def _profile(stack: Stack, sampler: Sampler, options: Options, *, native: bool) -> dict | None:
@@ -1116,7 +1180,7 @@ def main(argv: list[str]) -> int:
     title = (f"ledger bench {run_id}: {args.duration:.0f} s per phase, {args.concurrency} closed-loop workers,"
              f" {args.wallets} wallets, {args.vendors} vendors, {os.cpu_count()} cores, one API process"
              + (f", {_environment()}" if _environment() else ""))
-    rows = table_rows(phases, pgbench, big, sampler.peak_kb)
+    rows = table_rows(phases, pgbench, big, sampler.peak_kb) + tree_rows(phases, measured["tree_lag"])
     text = render(rows, title) + _noise_warning(phases, pgbench) + "\n\n" + detail_lines(phases, pgbench)
     if profile and profile.get("self"):
         text += "\n\n" + _profile_text(profile)
