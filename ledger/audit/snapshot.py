@@ -106,13 +106,14 @@ async def _replay(
     # The originals of the refunds, walked alongside too (in the refunds' position order).
     originals = aiter(store.refund_originals(conn, from_position))
     next_original = await anext(originals, None)
-    async for entry, balances_after in store.stream_entries(conn, from_position):
+    account_ids = {str(account_id): account_id for account_id in accounts}
+    async for entry, balances_after in store.stream_entries(conn, from_position, account_ids):
         original = None
         if next_original is not None and next_original[0] == entry.position:
             original = Original(*next_original[1:]) if next_original[1] is not None else None
             next_original = await anext(originals, None)
         replay.feed(entry, balances_after, original)
-        if tree_check is not None:
+        if tree_check is not None and tree_check.wants(entry.position):
             stored = {}
             while node is not None and node[0] <= entry.position:
                 stored[node[1]] = node[2]

@@ -22,6 +22,11 @@ class TreeCheck:
         self._public_key = public_key
         self.heads_checked = 0
 
+    def wants(self, position: int) -> bool:
+        """Whether the entry at `position` can still be compared with anything stored: past the
+        stored tree and the last signed head, the recomputed tree has nothing left to meet."""
+        return position <= self.stored_size or bool(self._heads)
+
     def feed(self, position: int, entry_hash: str, stored: dict[merkle.Key, bytes]) -> None:
         completed = self._frontier.append(merkle.entry_leaf(entry_hash))
         if position <= self.stored_size:
