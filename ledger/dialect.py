@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 # SQLSTATE 40001: serialization failure. CockroachDB reports every retryable conflict with it
 # (its messages start with "restart transaction"); PostgreSQL SERIALIZABLE uses it too, and
@@ -48,6 +49,25 @@ class Dialect:
         if self.name == "cockroachdb":
             return "BEGIN AS OF SYSTEM TIME follower_read_timestamp()"
         return "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
+    def snapshot_token(self) -> str:
+        """The query whose one value names the audit's snapshot, so that the audit's worker
+        processes read exactly what it reads. PostgreSQL exports the open snapshot (run inside
+        it); CockroachDB names a time, read before the snapshot opens at it (`snapshot_join`)."""
+        if self.name == "cockroachdb":
+            return "SELECT follower_read_timestamp()::STRING"
+        return "SELECT pg_export_snapshot()"
+
+    @property
+    def snapshot_token_first(self) -> bool:
+        """Whether `snapshot_token` is read before the audit's own snapshot opens (at the time it names)."""
+        return self.name == "cockroachdb"
+
+    def snapshot_join(self, token: str) -> list[sql.Composable]:
+        """The statements that open a read-only snapshot equal to the one `token` names."""
+        if self.name == "cockroachdb":
+            return [sql.SQL("BEGIN AS OF SYSTEM TIME {}").format(sql.Literal(token))]
+        return [sql.SQL(self.snapshot_begin()), sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(token))]
 
     def journal_index_ddl(self) -> str:
         """Sequential positions would pile every insert onto one range in CockroachDB; a

@@ -5,13 +5,17 @@ server-side cursors, with the write model, the projection and the head row hande
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
+from collections.abc import AsyncIterator, Callable
 
 import psycopg
 
 from ledger import checkpoint as signing
 from ledger import db, domain, store, tree_store
 from projector import store as projections
+from ledger.store import audit as reads
+from ledger.audit import pool
 from ledger.audit.report import AuditReport, PROGRESS_EVERY_ENTRIES, Progress
 from ledger.audit.replay import Original, Replay, Start
 from ledger.audit.tree_check import TreeCheck
@@ -28,9 +32,11 @@ async def run_audit(
     public_key: str | None = None,
     projector_name: str = projections.DEFAULT_NAME,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> AuditReport:
     """Replay the journal after `from_position` (trusting the state there) and check it all. A
-    `checkpoint` counts only when signed by `public_key`, the key the auditor pinned."""
+    `checkpoint` counts only when signed by `public_key`, the key the auditor pinned. `workers`:
+    processes that read and hash the journal (`pool.default_workers` when None; 0 reads here)."""
     assert from_position >= 0, "from_position must not be negative"
     dialect = await db.detect_dialect(database_url)
     started = time.monotonic()
@@ -38,9 +44,14 @@ async def run_audit(
         database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S
     ) as conn:
         # Read-only: nothing to commit, and closing the connection ends the snapshot.
-        await store.begin_snapshot(conn, dialect.snapshot_begin())
+        token = await reads.open_shared_snapshot(conn, dialect)
+        last = await reads.last_entry_position(conn)
+        entries = functools.partial(
+            pool.pages, conn, database_url=database_url, dialect=dialect, token=token, after=from_position, upto=last,
+            workers=pool.default_workers(last - from_position) if workers is None else workers,
+        )
         replay, head_position, projector_position, tree_check = await _replay(
-            conn, from_position=from_position, checkpoint=checkpoint, public_key=public_key,
+            conn, entries, from_position=from_position, checkpoint=checkpoint, public_key=public_key,
             projector_name=projector_name, progress=progress,
         )
     seconds = time.monotonic() - started
@@ -65,6 +76,7 @@ async def run_audit(
 
 async def _replay(
     conn: psycopg.AsyncConnection,
+    entry_pages: Callable[[], AsyncIterator[pool.Page]],
     *,
     from_position: int,
     checkpoint: signing.SignedCheckpoint | None,
@@ -106,29 +118,29 @@ async def _replay(
     # The originals of the refunds, walked alongside too (in the refunds' position order).
     originals = aiter(store.refund_originals(conn, from_position))
     next_original = await anext(originals, None)
-    account_ids = {str(account_id): account_id for account_id in accounts}
-    async for entry, balances_after in store.stream_entries(conn, from_position, account_ids):
-        original = None
-        if next_original is not None and next_original[0] == entry.position:
-            original = Original(*next_original[1:]) if next_original[1] is not None else None
-            next_original = await anext(originals, None)
-        replay.feed(entry, balances_after, original)
-        if tree_check is not None and tree_check.wants(entry.position):
-            stored = {}
-            while node is not None and node[0] <= entry.position:
-                stored[node[1]] = node[2]
-                node = await anext(nodes, None)
-            tree_check.feed(entry.position, entry.hash, stored)
-        rows = []
-        while pending is not None and pending.position <= entry.position:
-            if pending.position < entry.position:
-                replay.stray_verification(pending)
-            else:
-                rows.append(pending)
-            pending = await anext(verifications, None)
-        replay.check_verifications(entry, rows)
-        if progress is not None and entry.position % PROGRESS_EVERY_ENTRIES == 0:
-            progress(entry.position, head_position)
+    async for page, mismatches in entry_pages():
+        for entry, balances_after in page:
+            original = None
+            if next_original is not None and next_original[0] == entry.position:
+                original = Original(*next_original[1:]) if next_original[1] is not None else None
+                next_original = await anext(originals, None)
+            replay.feed(entry, balances_after, original, mismatches.get(entry.position, entry.hash))
+            if tree_check is not None and tree_check.wants(entry.position):
+                stored = {}
+                while node is not None and node[0] <= entry.position:
+                    stored[node[1]] = node[2]
+                    node = await anext(nodes, None)
+                tree_check.feed(entry.position, entry.hash, stored)
+            rows = []
+            while pending is not None and pending.position <= entry.position:
+                if pending.position < entry.position:
+                    replay.stray_verification(pending)
+                else:
+                    rows.append(pending)
+                pending = await anext(verifications, None)
+            replay.check_verifications(entry, rows)
+            if progress is not None and entry.position % PROGRESS_EVERY_ENTRIES == 0:
+                progress(entry.position, head_position)
     while pending is not None:
         replay.stray_verification(pending)
         pending = await anext(verifications, None)

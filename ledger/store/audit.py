@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import msgspec
 from psycopg import sql
@@ -56,75 +57,106 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
     return dict(rows)
 
 
-async def stream_entries(
-    conn, after: int, account_ids: Mapping[str, uuid.UUID] | None = None
-) -> AsyncIterator[tuple[schemas.JournalEntry, list[int]]]:
-    """The entries after `after` in position order, each with its postings' stored balances after,
-    through a server-side cursor: the audit rehashes exactly what is stored, and one cursor keeps
-    the stream in position order. `account_ids`: the accounts by their text form, so the entries
-    share one UUID object per account instead of parsing one per mention.
+# An entry as the audit reads it: its builtins form (UUIDs as text, the timestamp in the
+# journal's form, the fields at their default left out: exactly `domain.canonical_bytes`' body
+# plus `hash`), and its postings' stored balances after, in order.
+AuditedRow = tuple[dict, list[int]]
 
-    The rows come in text form, and UUIDs, JSONB and timestamps stay text until the row factory:
-    parsing them into objects was most of the audit's time (docs/audit.md, "Speed")."""
+
+async def open_shared_snapshot(conn, dialect) -> str:
+    """As the auditor, open the audit's read-only snapshot; returns the token with which other
+    connections join it (`join_snapshot`), so worker processes read what the audit reads."""
+    await use_auditor_role(conn)
+    if dialect.snapshot_token_first:
+        token = (await (await conn.execute(dialect.snapshot_token())).fetchone())[0]
+        for statement in dialect.snapshot_join(token):
+            await conn.execute(statement)
+        return token
+    await conn.execute(dialect.snapshot_begin())
+    return (await (await conn.execute(dialect.snapshot_token())).fetchone())[0]
+
+
+def join_snapshot(conn, dialect, token: str) -> None:
+    """On a worker's (synchronous) connection: the auditor's role, then the audit's snapshot."""
+    conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(AUDITOR_ROLE)))
+    for statement in dialect.snapshot_join(token):
+        conn.execute(statement)
+
+
+async def last_entry_position(conn) -> int:
+    """The highest position in the journal (0 when empty), whatever journal_head says."""
+    row = await (await conn.execute("SELECT max(position) FROM journal")).fetchone()
+    return row[0] or 0
+
+
+_AUDITED_ENTRIES = f"{_ENTRIES} WHERE j.position > %s AND j.position <= %s ORDER BY j.position"
+
+
+async def stream_entries(conn, after: int, upto: int) -> AsyncIterator[list[AuditedRow]]:
+    """The entries in positions (after, upto] in position order, in pages of at most
+    `AUDIT_FETCH_ROWS`, through a server-side cursor: the audit rehashes exactly what is stored.
+
+    The rows come in text form, and UUIDs, JSONB and timestamps stay text: parsing them into
+    objects was most of the audit's time (docs/audit.md, "Speed")."""
     await conn.execute("SET TIME ZONE 'UTC'")  # the timestamps' text is then the journal's own, in UTC
-    async with conn.cursor(name="audit_journal", binary=False, row_factory=_audited_entry_row(account_ids or {})) as cursor:
-        for type_name in ("uuid", "jsonb", "timestamptz"):
-            cursor.adapters.register_loader(type_name, TextLoader)
-        await cursor.execute(f"{_ENTRIES} WHERE j.position > %s ORDER BY j.position", (after,))
+    async with conn.cursor(name="audit_journal", binary=False, row_factory=_audited_row) as cursor:
+        _text_loaders(cursor)
+        await cursor.execute(_AUDITED_ENTRIES, (after, upto))
         while entries := await cursor.fetchmany(AUDIT_FETCH_ROWS):
-            for entry in entries:
-                yield entry
+            yield entries
 
 
-def _audited_entry_row(
-    account_ids: Mapping[str, uuid.UUID],
-) -> Callable[[object], Callable[[Sequence], tuple[schemas.JournalEntry, list[int]]]]:
+def entries_between(conn, after: int, upto: int) -> list[AuditedRow]:
+    """`stream_entries` on a worker's synchronous connection, for one bounded range at once."""
+    conn.execute("SET TIME ZONE 'UTC'")
+    rows: list[AuditedRow] = []
+    with conn.cursor(name="audit_journal_range", binary=False, row_factory=_audited_row) as cursor:
+        _text_loaders(cursor)
+        cursor.execute(_AUDITED_ENTRIES, (after, upto))
+        while page := cursor.fetchmany(AUDIT_FETCH_ROWS):
+            rows += page
+    return rows
+
+
+def _text_loaders(cursor) -> None:
+    for type_name in ("uuid", "jsonb", "timestamptz"):
+        cursor.adapters.register_loader(type_name, TextLoader)
+
+
+def _audited_row(cursor) -> Callable[[Sequence], AuditedRow]:
     """A psycopg row factory for the rows of `_ENTRIES` in text form (UUIDs, JSONB and timestamps
-    left as text): the one entry type with the stored `balance_after` of each posting. Only what
-    the database stores differently is converted, as `store.journal._entry_row` does."""
-    def factory(cursor) -> Callable[[Sequence], tuple[schemas.JournalEntry, list[int]]]:
-        names = [column.name for column in cursor.description]
-        (position, transfer_id, from_account, to_account, amount, currency, reference, metadata, committed_at,
-         prev_hash, digest, kind, refund_of, hold_id, account_list, amounts, balances_after) = (
-            names.index(name) for name in _AUDITED_COLUMNS)
-        uuid_of = account_ids.get
-        Posting = schemas.Posting
+    left as text): the entry's builtins form and its postings' balances after. Only what the
+    database stores differently is converted, as `store.journal._entry_row` does."""
+    names = [column.name for column in cursor.description]
+    (position, transfer_id, from_account, to_account, amount, currency, reference, metadata, committed_at,
+     prev_hash, digest, kind, refund_of, hold_id, account_list, amounts, balances_after) = (
+        names.index(name) for name in _AUDITED_COLUMNS)
 
-        def make(values: Sequence) -> tuple[schemas.JournalEntry, list[int]]:
-            optional = {}
-            if values[kind] != _DEFAULT_KIND:
-                optional["kind"] = values[kind]
-            if values[refund_of] is not None:
-                optional["refund_of"] = uuid.UUID(values[refund_of])
-            if values[hold_id] is not None:
-                optional["hold_id"] = uuid.UUID(values[hold_id])
-            entry = schemas.JournalEntry(
-                position=values[position],
-                transfer_id=uuid.UUID(values[transfer_id]),
-                from_account_id=uuid_of(values[from_account]) or uuid.UUID(values[from_account]),
-                to_account_id=uuid_of(values[to_account]) or uuid.UUID(values[to_account]),
-                amount=values[amount],
-                currency=values[currency],
-                reference=values[reference],
-                metadata={} if values[metadata] == "{}" else msgspec.json.decode(values[metadata]),
-                postings=[Posting(uuid_of(a) or uuid.UUID(a), n) for a, n in zip(values[account_list] or (), values[amounts] or ())],
-                committed_at=_journal_timestamp(values[committed_at]),
-                prev_hash=values[prev_hash],
-                hash=values[digest],
-                **optional,
-            )
-            return entry, list(values[balances_after] or ())
+    def make(values: Sequence) -> AuditedRow:
+        body = {
+            "position": values[position], "transfer_id": values[transfer_id],
+            "from_account_id": values[from_account], "to_account_id": values[to_account],
+            "amount": values[amount], "currency": values[currency], "reference": values[reference],
+            "metadata": {} if values[metadata] == "{}" else json.loads(values[metadata]),
+            "postings": [{"account_id": a, "amount": n} for a, n in zip(values[account_list] or (), values[amounts] or ())],
+            "committed_at": _journal_timestamp(values[committed_at]),
+            "prev_hash": values[prev_hash], "hash": values[digest],
+        }
+        if values[kind] != _DEFAULT_KIND:
+            body["kind"] = values[kind]
+        if values[refund_of] is not None:
+            body["refund_of"] = values[refund_of]
+        if values[hold_id] is not None:
+            body["hold_id"] = values[hold_id]
+        return body, list(values[balances_after] or ())
 
-        return make
-
-    return factory
+    return make
 
 
 _AUDITED_COLUMNS = (
     "position", "transfer_id", "from_account_id", "to_account_id", "amount", "currency", "reference", "metadata",
     "committed_at", "prev_hash", "hash", "kind", "refund_of", "hold_id", "account_ids", "amounts", "balances_after",
 )
-# The struct's own default object: msgspec omits a default by identity when encoding.
 _DEFAULT_KIND = {spec.name: spec.default for spec in msgspec.structs.fields(schemas.JournalEntry)}["kind"]
 # The text of a TIMESTAMPTZ in UTC: "2026-11-26 14:35:53.37418+00", the fraction without its
 # trailing zeros (and absent when zero).
