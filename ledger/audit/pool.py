@@ -13,7 +13,8 @@ import asyncio
 import collections
 import multiprocessing
 import os
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import msgspec
@@ -21,7 +22,7 @@ import psycopg
 
 from ledger import db, dialect as dialects
 from ledger.store import audit as reads
-from ledger.audit.replay import entries_from_encoded, entries_from_rows, hash_mismatches
+from ledger.audit.replay import entries_from_rows, hash_mismatches
 
 # Positions one worker reads and hashes at a time: large enough that a task's overhead (a
 # query, a round trip between processes) is small beside it, small enough to keep in memory.
@@ -41,14 +42,14 @@ def default_workers(entries: int) -> int:
 
 async def pages(
     conn: psycopg.AsyncConnection, *, database_url: str, dialect: dialects.Dialect, token: str,
-    after: int, upto: int, workers: int,
+    after: int, upto: int, workers: int, account_ids: Mapping[str, uuid.UUID],
 ) -> AsyncIterator[Page]:
     """The entries in positions (after, upto], in position order, page by page, each page with
-    the hashes its content calls for where they differ from the stored ones."""
+    the hashes its content calls for where they differ from the stored ones. `account_ids`: the
+    accounts by their text form (`entries_from_rows`)."""
     if workers == 0:
         async for rows in reads.stream_entries(conn, after, upto):
-            mismatches = hash_mismatches(rows)
-            yield entries_from_rows(rows), mismatches
+            yield entries_from_rows(rows, account_ids), hash_mismatches(rows)
         return
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited connection or loop
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_join,
@@ -60,17 +61,17 @@ async def pages(
                 in_flight.append(executor.submit(_read_range, start, min(start + AUDIT_RANGE_ENTRIES, upto)))
                 if len(in_flight) < AUDIT_RANGES_IN_FLIGHT:
                     continue
-                yield _decoded(await asyncio.wrap_future(in_flight.popleft()))
+                yield _decoded(await asyncio.wrap_future(in_flight.popleft()), account_ids)
             while in_flight:
-                yield _decoded(await asyncio.wrap_future(in_flight.popleft()))
+                yield _decoded(await asyncio.wrap_future(in_flight.popleft()), account_ids)
         finally:
             for future in in_flight:
                 future.cancel()
 
 
-def _decoded(result: tuple[bytes, dict[int, str]]) -> Page:
+def _decoded(result: tuple[bytes, dict[int, str]], account_ids: Mapping[str, uuid.UUID]) -> Page:
     encoded, mismatches = result
-    return entries_from_encoded(encoded), mismatches
+    return entries_from_rows(msgspec.msgpack.decode(encoded), account_ids), mismatches
 
 
 # ---- in the worker processes -------------------------------------------------------------------

@@ -49,6 +49,7 @@ async def run_audit(
         entries = functools.partial(
             pool.pages, conn, database_url=database_url, dialect=dialect, token=token, after=from_position, upto=last,
             workers=pool.default_workers(last - from_position) if workers is None else workers,
+            account_ids={str(account_id): account_id for account_id in await store.account_kinds(conn)},
         )
         replay, head_position, projector_position, tree_check = await _replay(
             conn, entries, from_position=from_position, checkpoint=checkpoint, public_key=public_key,

@@ -7,11 +7,9 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
-import msgspec
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
-import schemas
 from ledger import domain
 from ledger.store.base import AUDITOR_ROLE
 from ledger.store.journal import _ENTRIES
@@ -57,10 +55,14 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
     return dict(rows)
 
 
-# An entry as the audit reads it: its builtins form (UUIDs as text, the timestamp in the
-# journal's form, the fields at their default left out: exactly `domain.canonical_bytes`' body
-# plus `hash`), and its postings' stored balances after, in order.
-AuditedRow = tuple[dict, list[int]]
+# An entry as the audit reads it: a plain tuple of the stored values in `AUDITED_COLUMNS` order,
+# UUIDs as text, the metadata decoded and the timestamp in the journal's form, ending with the
+# postings' accounts, amounts and stored balances after (`ledger.audit.replay` makes entries of it).
+AuditedRow = tuple
+AUDITED_COLUMNS = (
+    "position", "transfer_id", "from_account_id", "to_account_id", "amount", "currency", "reference", "metadata",
+    "committed_at", "prev_hash", "hash", "kind", "refund_of", "hold_id", "account_ids", "amounts", "balances_after",
+)
 
 
 async def open_shared_snapshot(conn, dialect) -> str:
@@ -125,39 +127,20 @@ def _text_loaders(cursor) -> None:
 
 def _audited_row(cursor) -> Callable[[Sequence], AuditedRow]:
     """A psycopg row factory for the rows of `_ENTRIES` in text form (UUIDs, JSONB and timestamps
-    left as text): the entry's builtins form and its postings' balances after. Only what the
-    database stores differently is converted, as `store.journal._entry_row` does."""
-    names = [column.name for column in cursor.description]
-    (position, transfer_id, from_account, to_account, amount, currency, reference, metadata, committed_at,
-     prev_hash, digest, kind, refund_of, hold_id, account_list, amounts, balances_after) = (
-        names.index(name) for name in _AUDITED_COLUMNS)
+    left as text): only the metadata and the timestamp are converted, as `store.journal._entry_row`
+    converts them."""
+    assert tuple(column.name for column in cursor.description) == AUDITED_COLUMNS, "the audit reads _ENTRIES' columns"
+    metadata, committed_at = AUDITED_COLUMNS.index("metadata"), AUDITED_COLUMNS.index("committed_at")
 
     def make(values: Sequence) -> AuditedRow:
-        body = {
-            "position": values[position], "transfer_id": values[transfer_id],
-            "from_account_id": values[from_account], "to_account_id": values[to_account],
-            "amount": values[amount], "currency": values[currency], "reference": values[reference],
-            "metadata": {} if values[metadata] == "{}" else json.loads(values[metadata]),
-            "postings": [{"account_id": a, "amount": n} for a, n in zip(values[account_list] or (), values[amounts] or ())],
-            "committed_at": _journal_timestamp(values[committed_at]),
-            "prev_hash": values[prev_hash], "hash": values[digest],
-        }
-        if values[kind] != _DEFAULT_KIND:
-            body["kind"] = values[kind]
-        if values[refund_of] is not None:
-            body["refund_of"] = values[refund_of]
-        if values[hold_id] is not None:
-            body["hold_id"] = values[hold_id]
-        return body, list(values[balances_after] or ())
+        row = list(values)
+        row[metadata] = {} if row[metadata] == "{}" else json.loads(row[metadata])
+        row[committed_at] = _journal_timestamp(row[committed_at])
+        return tuple(row)
 
     return make
 
 
-_AUDITED_COLUMNS = (
-    "position", "transfer_id", "from_account_id", "to_account_id", "amount", "currency", "reference", "metadata",
-    "committed_at", "prev_hash", "hash", "kind", "refund_of", "hold_id", "account_ids", "amounts", "balances_after",
-)
-_DEFAULT_KIND = {spec.name: spec.default for spec in msgspec.structs.fields(schemas.JournalEntry)}["kind"]
 # The text of a TIMESTAMPTZ in UTC: "2026-11-26 14:35:53.37418+00", the fraction without its
 # trailing zeros (and absent when zero).
 _UTC_TEXT_SUFFIX = "+00"
