@@ -53,6 +53,29 @@ def audit_in_child(database_url: str, workdir: Path) -> tuple[dict, float, os.st
     return json.loads(report_path.read_bytes()), time.monotonic() - started, usage
 
 
+@dataclass(frozen=True, slots=True)
+class AuditFigures:
+    """One `ledger audit` of a whole journal, as the `make bench` table shows it."""
+
+    ok: bool
+    entries: int
+    entries_per_s: float
+    cpu_us_per_entry: float  # user + system of the audit and its worker processes, per entry
+    peak_rss_mib: float  # the largest single process of the audit (its own, or a worker's)
+
+
+def measure_audit(database_url: str) -> AuditFigures:
+    """Run `ledger audit --json` against `database_url` in a child and return its figures."""
+    with tempfile.TemporaryDirectory(prefix="ledger-audit-") as root:
+        report, _, usage = audit_in_child(database_url, Path(root))
+    entries = report["entries"]
+    return AuditFigures(
+        ok=report["ok"], entries=entries, entries_per_s=report["entries_per_s"],
+        cpu_us_per_entry=round((usage.ru_utime + usage.ru_stime) / entries * 1e6, 1) if entries else 0.0,
+        peak_rss_mib=round(usage.ru_maxrss / 1024, 1),  # Linux reports ru_maxrss in KiB
+    )
+
+
 def measure(sizes: list[int], *, accounts: int, workdir: Path) -> list[Measurement]:
     postgres = EmbeddedPostgres(data_dir=workdir / "pg", port=free_port())
     postgres.start()

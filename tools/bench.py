@@ -56,6 +56,7 @@ BIG_VS_EMPTY_MIN = 0.8
 RSS_MB_MAX = 200.0
 TREE_COST_MAX = 0.05  # issue 15: throughput with the Merkle tree follower within 5% of without
 TREE_LAG_SAMPLE_S = 0.1
+AUDIT_ENTRIES_PER_S_MIN = 100_000
 # The projector keeps up when its watermark reaches the journal head this soon after load stops,
 # and its lag in the last third of a phase is at most this factor (plus slack) of the first third's.
 CATCH_UP_S_MAX = 10.0
@@ -1079,7 +1080,13 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
             progress(f"seeded in {big.seed_s} s, projector at the head {big.projector_replay_s} s later;"
                      f" uniform again, {args.duration:.0f} s")
             phases["uniform-1M"] = await run_phase(stack, sampler, options, name="uniform-1M", scenario="uniform")
-    return {"phases": phases, "pgbench": pgbench, "big": big, "profile": profile, "tree_lag": await tree_lag}
+    audit = None
+    if big is not None and big.skipped is None:
+        progress("ledger audit of the big journal (tools.audit_bench)")
+        from tools.audit_bench import measure_audit
+        audit = await asyncio.to_thread(measure_audit, stack.database_url)
+    return {"phases": phases, "pgbench": pgbench, "big": big, "profile": profile, "tree_lag": await tree_lag,
+            "audit": audit}
 
 
 def _restart_projector(stack: Stack, sampler: Sampler, **env: str) -> None:
@@ -1181,6 +1188,11 @@ def main(argv: list[str]) -> int:
              f" {args.wallets} wallets, {args.vendors} vendors, {os.cpu_count()} cores, one API process"
              + (f", {_environment()}" if _environment() else ""))
     rows = table_rows(phases, pgbench, big, sampler.peak_kb) + tree_rows(phases, measured["tree_lag"])
+    if (audit := measured["audit"]) is not None:
+        rows.append(Row(f"ledger audit entries/s, journal of {audit.entries:,}",
+                        f"{audit.entries_per_s:,.0f}/s ({audit.cpu_us_per_entry} µs CPU/entry, peak RSS"
+                        f" {audit.peak_rss_mib:.0f} MiB, ok {audit.ok})", f"≥ {AUDIT_ENTRIES_PER_S_MIN:,}/s",
+                        audit.ok and audit.entries_per_s >= AUDIT_ENTRIES_PER_S_MIN))
     text = render(rows, title) + _noise_warning(phases, pgbench) + "\n\n" + detail_lines(phases, pgbench)
     if profile and profile.get("self"):
         text += "\n\n" + _profile_text(profile)
@@ -1205,6 +1217,7 @@ def main(argv: list[str]) -> int:
                    for name, phase in phases.items()},
         "peak_rss_mb": {name: round(kb / 1024, 1) for name, kb in sampler.peak_kb.items()},
         "profile": profile,
+        "audit": asdict(audit) if audit is not None else None,
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (run_dir / "table.txt").write_text(text + "\n")
