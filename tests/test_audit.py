@@ -26,6 +26,8 @@ from psycopg import sql
 
 import schemas
 from ledger import audit, db, domain, store
+from ledger.audit import pool as audit_pool
+from ledger.store import audit as audit_reads
 from ledger import checkpoint as signing
 from tools.seed import seed_journal
 from projector import store as projections
@@ -384,6 +386,54 @@ async def test_the_audit_command_exits_1_and_names_the_first_bad_position(seeded
     machine = await run_cli(seeded, "audit", "--json")
     assert machine.returncode == 1
     assert json.loads(machine.stdout)["first_failure"]["position"] == 17
+
+
+# ---- worker processes: the same verdict, from the same snapshot ------------------------------
+
+RANGE_ENTRIES_SMALL = 7  # positions per worker range: a 50-entry journal then spans eight ranges
+
+
+def verdict(report: audit.AuditReport) -> tuple:
+    """Everything a report says about the journal (not how fast it was read)."""
+    return (report.ok, report.first_failure, report.checks, report.entries, report.last_position, report.accounts)
+
+
+async def test_worker_processes_reach_the_verdict_of_the_audit_alone_on_a_tampered_journal(seeded, monkeypatch):
+    monkeypatch.setattr(audit_pool, "AUDIT_RANGE_ENTRIES", RANGE_ENTRIES_SMALL)
+    await execute(
+        seeded,
+        ("UPDATE journal SET amount = amount + 1 WHERE position = 7", ()),  # the last of the first range
+        ("UPDATE journal SET reference = 'forged' WHERE position = 8", ()),  # the first of the second
+        ("DELETE FROM postings WHERE position = 29", ()),
+        ("DELETE FROM journal WHERE position = 29", ()),  # the chain breaks inside a range
+        ("UPDATE journal SET prev_hash = %s WHERE position = 36", (domain.ZERO_HASH,)),  # at a range's start
+    )
+    alone = await audit.run_audit(seeded, workers=0)
+    with_workers = await audit.run_audit(seeded, workers=2)
+    assert verdict(with_workers) == verdict(alone)
+    assert first_failure(with_workers) == (7, "hash")
+    results = {check.name: check for check in with_workers.checks}
+    assert (results["hash"].failures, results["contiguous"].first.position, results["chain"].first.position) == (
+        3, 29, 30)
+
+
+async def test_worker_processes_reach_the_verdict_of_the_audit_alone_on_an_honest_journal(seeded, monkeypatch):
+    monkeypatch.setattr(audit_pool, "AUDIT_RANGE_ENTRIES", RANGE_ENTRIES_SMALL)
+    with_workers = await audit.run_audit(seeded, workers=2)
+    assert with_workers.ok, with_workers.first_failure
+    assert verdict(with_workers) == verdict(await audit.run_audit(seeded, workers=0))
+
+
+async def test_a_worker_joining_the_audits_snapshot_does_not_see_a_later_write(seeded):
+    dialect = await db.detect_dialect(seeded)
+    async with await psycopg.AsyncConnection.connect(seeded, autocommit=True) as auditor:
+        token = await audit_reads.open_shared_snapshot(auditor, dialect)
+        await execute(seeded, ("UPDATE journal SET reference = 'after the snapshot' WHERE position = 3", ()))
+        with psycopg.Connection.connect(seeded, autocommit=True) as worker:
+            audit_reads.join_snapshot(worker, dialect, token)
+            rows = audit_reads.entries_between(worker, 0, SEEDED_ENTRIES)
+    references = [row[audit_reads.AUDITED_COLUMNS.index("reference")] for row in rows]
+    assert len(rows) == SEEDED_ENTRIES and "after the snapshot" not in references
 
 
 @dataclasses.dataclass
