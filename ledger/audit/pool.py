@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import gc
 import multiprocessing
 import os
 import uuid
@@ -80,8 +81,10 @@ _connection: psycopg.Connection | None = None
 
 
 def _join(database_url: str, dialect_name: str, token: str) -> None:
-    """A worker's start: one connection, as the auditor, inside the audit's snapshot."""
+    """A worker's start: one connection, as the auditor, inside the audit's snapshot. The cyclic
+    garbage collector stays off: reading rows makes no cycles, and its rescans cost a third."""
     global _connection
+    gc.disable()
     dialect = dialects.COCKROACHDB if dialect_name == dialects.COCKROACHDB.name else dialects.POSTGRESQL
     connection_class = psycopg.Connection
     if dialect is dialects.COCKROACHDB:
