@@ -495,6 +495,32 @@ def test_the_replay_locates_a_missing_entry_and_the_broken_chain_after_it():
     assert results["chain"].first is not None and results["chain"].first.position == 4
 
 
+def as_row(entry: schemas.JournalEntry) -> tuple:
+    """The entry as the audit reads it (`ledger.store.audit.AUDITED_COLUMNS`)."""
+    text = lambda value: None if value is None else str(value)  # noqa: E731
+    return (entry.position, str(entry.transfer_id), str(entry.from_account_id), str(entry.to_account_id), entry.amount,
+            entry.currency, entry.reference, entry.metadata, entry.committed_at, entry.prev_hash, entry.hash,
+            entry.kind, text(entry.refund_of), text(entry.hold_id), [str(p.account_id) for p in entry.postings],
+            [p.amount for p in entry.postings], [0] * len(entry.postings))
+
+
+def test_the_rows_hash_exactly_as_the_entries_whatever_they_hold():
+    accounts, entries = sealed_journal(3)
+    first = entries[0]
+    variants = [
+        first,
+        msgspec.structs.replace(first, metadata={"zeta": "1", "alpha": "é ünïcode", "quote": '"\\', "del": "\x7f"}),
+        msgspec.structs.replace(first, reference="Grüße \u2028 <tab>\t", kind="refund", refund_of=uuid.uuid4()),
+        msgspec.structs.replace(first, kind="capture", hold_id=uuid.uuid4(), metadata={"b": "2", "a": "1"}),
+    ]
+    sealed = [msgspec.structs.replace(v, hash=domain.recompute_hash(v)) for v in variants]
+    assert audit.hash_mismatches([as_row(entry) for entry in sealed]) == {}
+    forged = [msgspec.structs.replace(entry, position=index + 1, hash=domain.ZERO_HASH)
+              for index, entry in enumerate(sealed)]
+    assert audit.hash_mismatches([as_row(entry) for entry in forged]) == {
+        entry.position: domain.recompute_hash(entry) for entry in forged}
+
+
 # ---- the auditor's HTTP view and the documented verifier ------------------------------------
 
 

@@ -36,6 +36,8 @@ from ledger.audit.replay import (  # noqa: F401
     _moment,
     _postings_text,
     _verified_fields,
+    entries_from_rows,
+    hash_mismatches,
 )
 from ledger.audit.tree_check import (  # noqa: F401
     TreeCheck,
