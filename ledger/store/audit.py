@@ -68,13 +68,13 @@ AUDITED_COLUMNS = (
 async def open_shared_snapshot(conn, dialect) -> str:
     """As the auditor, open the audit's read-only snapshot; returns the token with which other
     connections join it (`join_snapshot`), so worker processes read what the audit reads."""
-    await use_auditor_role(conn)
     if dialect.snapshot_token_first:
+        await use_auditor_role(conn)
         token = (await (await conn.execute(dialect.snapshot_token())).fetchone())[0]
         for statement in dialect.snapshot_join(token):
             await conn.execute(statement)
         return token
-    await conn.execute(dialect.snapshot_begin())
+    await begin_snapshot(conn, dialect.snapshot_begin())
     return (await (await conn.execute(dialect.snapshot_token())).fetchone())[0]
 
 
@@ -99,7 +99,7 @@ async def stream_entries(conn, after: int, upto: int) -> AsyncIterator[list[Audi
     `AUDIT_FETCH_ROWS`, through a server-side cursor: the audit rehashes exactly what is stored.
 
     The rows come in text form, and UUIDs, JSONB and timestamps stay text: parsing them into
-    objects was most of the audit's time (docs/audit.md, "Speed")."""
+    objects was most of the audit's time (docs/audit.md, "`ledger audit`")."""
     await conn.execute("SET TIME ZONE 'UTC'")  # the timestamps' text is then the journal's own, in UTC
     async with conn.cursor(name="audit_journal", binary=False, row_factory=_audited_row) as cursor:
         _text_loaders(cursor)
