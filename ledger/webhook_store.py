@@ -110,12 +110,28 @@ def _delivery(event_seq: int, **columns) -> tuple[int, schemas.WebhookDelivery]:
 # ---- the worker: the outbox of deliveries ---------------------------------------------------
 
 
+async def start_checkpoint(conn, name: str, *, margin_s: float) -> int:
+    """The worker's checkpoint, created on its first start where following the journal must
+    begin: at the journal head when no live endpoint exists (nothing before it is anyone's event),
+    else just before the earliest live endpoint was registered (less `margin_s`, for the clocks of
+    the API processes that stamp entries). A new deployment never reads the whole journal."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO webhook_checkpoint (name, position)"
+            " SELECT %s, coalesce((SELECT j.position FROM journal j WHERE j.committed_at <"
+            "  (SELECT min(created_at) FROM webhook_endpoints WHERE deleted_at IS NULL) - %s * INTERVAL '1 second'"
+            "  ORDER BY j.position DESC LIMIT 1),"
+            "  CASE WHEN EXISTS (SELECT 1 FROM webhook_endpoints WHERE deleted_at IS NULL) THEN 0 END,"
+            "  (SELECT position FROM journal_head WHERE id = 1))"
+            " ON CONFLICT (name) DO NOTHING",
+            (name, margin_s),
+        )
+        return await checkpoint(conn, name)
+
+
 async def lock_checkpoint(conn, name: str) -> int:
-    """The worker's checkpoint, created if missing and locked until the transaction ends, so two
-    workers take turns and no entry is mapped twice."""
-    await conn.execute(
-        "INSERT INTO webhook_checkpoint (name, position) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING", (name,)
-    )
+    """The worker's checkpoint (`start_checkpoint` made it), locked until the transaction ends,
+    so two workers take turns and no entry is mapped twice."""
     row = await (await conn.execute("SELECT position FROM webhook_checkpoint WHERE name = %s FOR UPDATE", (name,))).fetchone()
     return row[0]
 
@@ -141,13 +157,14 @@ async def live_endpoints_of(conn, vendor_account_ids: list[uuid.UUID]) -> list[E
 
 
 async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, due: dt.datetime) -> None:
-    """One row per (endpoint, event), due at once; a repeat (a re-mapped range) changes nothing."""
+    """One row per (endpoint, event), due at once; a repeat (a re-mapped range) changes nothing.
+    The arrays go in binary (`%b`): the text form escapes every quote of every JSON body."""
     if not rows:
         return
     await conn.execute(
         "INSERT INTO webhook_deliveries (endpoint_id, event_seq, event_id, type, position, payload, committed_at,"
-        " next_attempt_at) SELECT e, s, i, t, p, b, c::TIMESTAMPTZ, %s FROM unnest(%s::UUID[], %s::INT8[], %s::UUID[],"
-        " %s::TEXT[], %s::INT8[], %s::TEXT[], %s::TEXT[]) AS d (e, s, i, t, p, b, c)"
+        " next_attempt_at) SELECT e, s, i, t, p, b, c::TIMESTAMPTZ, %b FROM unnest(%b::UUID[], %b::INT8[], %b::UUID[],"
+        " %b::TEXT[], %b::INT8[], %b::TEXT[], %b::TEXT[]) AS d (e, s, i, t, p, b, c)"
         " ON CONFLICT (endpoint_id, event_seq) DO NOTHING",
         (
             due,

@@ -44,12 +44,18 @@ WORKER_NAME = "main"
 FETCH_BATCH_MAX = 1000
 FETCH_WAIT_S = 0.5
 JOURNAL_PAGE_MAX = 1000
+# Mapping rounds start at most this often: under load each round maps a page of entries in one
+# transaction instead of a few entries per doorbell (each round is about six statements).
+MAP_INTERVAL_S = 0.05
+# A new worker starts following the journal just before the earliest live endpoint was
+# registered, this much earlier for the clocks of the API processes that stamp the entries.
+START_MARGIN_S = 60.0
 ATTEMPT_S_MAX = 10.0  # the contract: a 2xx within 10 s ends it
 # A claimed row waits at most one attempt for a slot, then is attempted: the lease outlasts both,
 # so a live sender always records first, and a dead one's rows are due again after it.
 LEASE_S = 2 * ATTEMPT_S_MAX + 10.0
 SENDER_POLL_S = 0.5  # due retries are looked for this often; new rows wake the senders at once
-CLAIM_COALESCE_S = 0.002  # after a wake-up, so the attempts that end together free one claim
+CLAIM_INTERVAL_S = 0.02  # claims start at most this often: the rows of several rounds in one claim
 HELD_PER_SLOT = 2  # rows held (in flight or waiting for a slot) per slot: a bounded queue
 RESPONSE_BYTES_MAX = 64 * 1024  # what is read of a receiver's answer, at most
 ERROR_CHARS_MAX = 500
@@ -57,6 +63,7 @@ ENDPOINT_CACHE_MAX = 10_000
 GAUGE_INTERVAL_S = 5.0
 RECORD_TRIES_MAX = 3
 RECORD_BATCH_MAX = 500  # attempts recorded in one statement at most
+RECORD_INTERVAL_S = 0.05  # outcomes are gathered this long into one statement (the lease is 30 s)
 USER_AGENT = "wallet-ledger-webhooks/1"
 
 
@@ -68,6 +75,11 @@ class Mapper:
         self._bus = bus
         self._name = name
         self._wake = wake
+
+    async def start(self) -> None:
+        async with self._pool.connection() as conn:
+            position = await ws.start_checkpoint(conn, self._name, margin_s=START_MARGIN_S)
+        log.info("webhook mapper follows the journal after position %d", position)
 
     async def follow_journal(self) -> None:
         while await self._map_page():
@@ -95,26 +107,35 @@ class Mapper:
 
     @staticmethod
     async def _deliveries(conn, run: list[schemas.JournalEntry], now: dt.datetime) -> list[tuple[uuid.UUID, webhooks.Event]]:
+        # Only vendor accounts have endpoints (the API registers no other), so the parties with a
+        # live endpoint are the vendors this page concerns: one statement, not two.
         parties = list({account for entry in run for account in (entry.from_account_id, entry.to_account_id)})
-        vendors = await ws.vendor_accounts(conn, parties)
-        events = [event for entry in run for event in webhooks.events_of(entry, vendors, now=now)]
-        if not events:
-            return []
         endpoints: dict[uuid.UUID, list[ws.EndpointRow]] = {}
-        for endpoint in await ws.live_endpoints_of(conn, list({event.vendor_account_id for event in events})):
+        for endpoint in await ws.live_endpoints_of(conn, parties):
             endpoints.setdefault(endpoint.vendor_account_id, []).append(endpoint)
+        if not endpoints:
+            return []
+        events = [event for entry in run for event in webhooks.events_of(entry, set(endpoints), now=now)]
         return [(endpoint.id, event) for event in events for endpoint in endpoints.get(event.vendor_account_id, ())
                 if event.type in endpoint.event_types]
 
     async def run(self) -> None:
         subscription = None
+        started = False
+        round_at = 0.0
         while True:
             raise_if_cancelled()
             try:
+                if not started:
+                    await self.start()
+                    started = True
                 if subscription is None and self._bus.connected:
                     subscription = await self._subscribe()
                 messages = await self._fetch(subscription)
-                # The doorbell rang (or the wait ended): the journal says what there is.
+                # The doorbell rang (or the wait ended): the journal says what there is, once the
+                # previous round is MAP_INTERVAL_S old, so that a round maps a page, not an entry.
+                await asyncio.sleep(max(0.0, round_at + MAP_INTERVAL_S - time.monotonic()))
+                round_at = time.monotonic()
                 await self.follow_journal()
                 for message in messages:
                     await message.ack()
@@ -127,8 +148,9 @@ class Mapper:
                 if not self._bus.connected:
                     subscription = None
                 await asyncio.sleep(FETCH_WAIT_S)
-                with contextlib.suppress(store.StoreError):
-                    await self.follow_journal()
+                if started:
+                    with contextlib.suppress(store.StoreError):
+                        await self.follow_journal()
 
     @staticmethod
     async def _fetch(subscription) -> list:
@@ -182,6 +204,7 @@ class Sender:
         self._http: aiohttp.ClientSession | None = None
         self._outcomes: list[ws.Attempt] = []  # attempts made, not yet recorded (at most the rows held)
         self._outcome_ready = asyncio.Event()
+        self._more_due = False  # the last claim may have left due rows for want of room
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -194,17 +217,20 @@ class Sender:
         try:
             while True:
                 raise_if_cancelled()
-                claimed_all = False
+                claimed_at = time.monotonic()
+                self._wake.clear()
                 try:
-                    claimed_all = await self._claim_round()
+                    self._more_due = await self._claim_round()
                 except store.StoreError as error:
                     log.info("cannot claim deliveries (%s); retrying", error)
-                if not claimed_all:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(SENDER_POLL_S):
-                            await self._wake.wait()
-                    await asyncio.sleep(CLAIM_COALESCE_S)
-                self._wake.clear()
+                # New rows wake the claims, and so does a finished attempt when due rows wait for
+                # its slot; retries come due without a wake-up, so they are looked for by the poll.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SENDER_POLL_S):
+                        await self._wake.wait()
+                # At most one claim per CLAIM_INTERVAL_S: the rows of several mapping rounds, and
+                # the slots of several finished attempts, are taken by one statement.
+                await asyncio.sleep(max(0.0, claimed_at + CLAIM_INTERVAL_S - time.monotonic()))
         finally:
             try:
                 for task in (*self._in_flight, recorder):
@@ -214,17 +240,19 @@ class Sender:
                 await self._http.close()
 
     async def _claim_round(self) -> bool:
-        """Claim what the queue has room for; True when it was all taken (look again at once)."""
+        """Claim what the queue has room for; True when there may be due rows it had no room for
+        (then a finished attempt wakes the claims, else only new rows or the poll do)."""
         free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight)
         if free <= 0:
-            return False
+            return True
         full = [endpoint for endpoint, count in self._per_endpoint.items() if count >= self._endpoint_max]
         async with self._pool.connection() as conn:
             claimed = await ws.claim_due(conn, limit=free, per_endpoint=self._endpoint_max, lease_s=LEASE_S,
                                          skip_endpoints=full)
         for row in claimed:
             self._start(row)
-        return len(claimed) == free
+        return len(claimed) == free or bool(full) or any(
+            self._per_endpoint.get(row.endpoint_id, 0) >= self._endpoint_max for row in claimed)
 
     def _start(self, row: ws.Claimed) -> None:
         self._per_endpoint[row.endpoint_id] = self._per_endpoint.get(row.endpoint_id, 0) + 1
@@ -244,7 +272,8 @@ class Sender:
         else:
             self._per_endpoint.pop(endpoint_id, None)
             self._endpoint_slots.pop(endpoint_id, None)
-        self._wake.set()  # a slot is free
+        if self._more_due:
+            self._wake.set()  # a slot is free, and due rows wait for one
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
 
@@ -294,6 +323,7 @@ class Sender:
         least once, never lost)."""
         while True:
             await self._outcome_ready.wait()
+            await asyncio.sleep(RECORD_INTERVAL_S)
             self._outcome_ready.clear()
             while self._outcomes:
                 batch, self._outcomes = self._outcomes[:RECORD_BATCH_MAX], self._outcomes[RECORD_BATCH_MAX:]
