@@ -255,6 +255,22 @@ async def record_attempts(conn, attempts: list[Attempt]) -> None:
     )
 
 
+async def endpoints_version(conn) -> tuple:
+    """Changes whenever an endpoint is registered or deleted (rows are never removed, a delete
+    sets `deleted_at`): a cheap test of whether the worker's cache is still right."""
+    row = await (await conn.execute(
+        "SELECT count(*), max(created_at), max(deleted_at), count(deleted_at) FROM webhook_endpoints"
+    )).fetchone()
+    return tuple(row)
+
+
+async def live_among(conn, endpoint_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await (await conn.execute(
+        "SELECT id FROM webhook_endpoints WHERE id = ANY(%s) AND deleted_at IS NULL", (endpoint_ids,)
+    )).fetchall()
+    return {row[0] for row in rows}
+
+
 async def endpoint(conn, endpoint_id: uuid.UUID) -> EndpointRow | None:
     return await store.fetch_one(conn, class_row(EndpointRow), f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints"
                                  " WHERE id = %s AND deleted_at IS NULL", (endpoint_id,))
@@ -267,6 +283,18 @@ async def oldest_undelivered(conn) -> dt.datetime | None:
         " WHERE d.status = 'pending' AND e.deleted_at IS NULL"
     )).fetchone()
     return row[0]
+
+
+async def delete_settled(conn, *, older_than_s: float, limit: int) -> int:
+    """Delete at most `limit` delivered or failed rows created more than `older_than_s` ago, oldest
+    first (index `webhook_deliveries_settled`); how many. Pending rows are never deleted."""
+    cursor = await conn.execute(
+        "DELETE FROM webhook_deliveries WHERE (endpoint_id, event_seq) IN (SELECT endpoint_id, event_seq"
+        " FROM webhook_deliveries WHERE status IN ('delivered', 'failed')"
+        " AND created_at < now() - %s * INTERVAL '1 second' ORDER BY created_at LIMIT %s)",
+        (older_than_s, limit),
+    )
+    return cursor.rowcount
 
 
 # ---- key rotation ---------------------------------------------------------------------------

@@ -60,6 +60,13 @@ HELD_PER_SLOT = 2  # rows held (in flight or waiting for a slot) per slot: a bou
 RESPONSE_BYTES_MAX = 64 * 1024  # what is read of a receiver's answer, at most
 ERROR_CHARS_MAX = 500
 ENDPOINT_CACHE_MAX = 10_000
+# The cached URL and secret of each endpoint are checked against the table this often (one cheap
+# statement; the cache is pruned when an endpoint was registered or deleted since): a delete stops
+# even rows claimed before it within about this long.
+ENDPOINTS_CHECK_S = 1.0
+RETENTION_SWEEP_S = 60.0  # delivered and failed rows past their retention are looked for this often
+RETENTION_BATCH_MAX = 1000  # rows deleted in one statement at most
+RETENTION_PAUSE_S = 0.1  # between two full batches, so a big backlog is deleted without a burst
 GAUGE_INTERVAL_S = 5.0
 RECORD_TRIES_MAX = 3
 RECORD_BATCH_MAX = 500  # attempts recorded in one statement at most
@@ -200,7 +207,11 @@ class Sender:
         self._per_endpoint: dict[uuid.UUID, int] = {}  # held rows per endpoint
         self._endpoint_slots: dict[uuid.UUID, asyncio.Semaphore] = {}
         self._slots = asyncio.Semaphore(concurrency_max)
-        self._endpoints: dict[uuid.UUID, tuple[str, str]] = {}  # id -> (url, secret); endpoints never change
+        # id -> (url, secret) of the endpoints attempted lately; an endpoint's URL and secret never
+        # change, but it may be deleted: `_check_endpoints` drops the deleted ones.
+        self._endpoints: dict[uuid.UUID, tuple[str, str]] = {}
+        self._endpoints_version: tuple | None = None
+        self._endpoints_checked_at = -ENDPOINTS_CHECK_S
         self._http: aiohttp.ClientSession | None = None
         self._outcomes: list[ws.Attempt] = []  # attempts made, not yet recorded (at most the rows held)
         self._outcome_ready = asyncio.Event()
@@ -220,6 +231,9 @@ class Sender:
                 claimed_at = time.monotonic()
                 self._wake.clear()
                 try:
+                    if claimed_at - self._endpoints_checked_at >= ENDPOINTS_CHECK_S:
+                        await self._check_endpoints()
+                        self._endpoints_checked_at = claimed_at
                     self._more_due = await self._claim_round()
                 except store.StoreError as error:
                     log.info("cannot claim deliveries (%s); retrying", error)
@@ -339,6 +353,17 @@ class Sender:
                 log.info("cannot record %d webhook attempts (%s); retrying", len(batch), error)
                 await asyncio.sleep(SENDER_POLL_S)
 
+    async def _check_endpoints(self) -> None:
+        """Drop the cached endpoints deleted since, if any endpoint was registered or deleted."""
+        async with self._pool.connection() as conn:
+            version = await ws.endpoints_version(conn)
+            if version == self._endpoints_version:
+                return
+            live = await ws.live_among(conn, list(self._endpoints))
+        for endpoint_id in [known for known in self._endpoints if known not in live]:
+            del self._endpoints[endpoint_id]
+        self._endpoints_version = version
+
     async def _endpoint(self, endpoint_id: uuid.UUID) -> tuple[str, str] | None:
         cached = self._endpoints.get(endpoint_id)
         if cached is not None:
@@ -361,6 +386,23 @@ async def _oldest_undelivered_gauge(pool) -> None:
             age = 0.0 if oldest is None else (dt.datetime.now(dt.timezone.utc) - oldest).total_seconds()
             metrics.WEBHOOK_OLDEST_UNDELIVERED_SECONDS.set(max(0.0, age))
         await asyncio.sleep(GAUGE_INTERVAL_S)
+
+
+async def _retention_sweep(pool, *, retention_s: float) -> None:
+    """Delete delivered and failed rows once they are `retention_s` old, in bounded batches."""
+    while True:
+        deleted = 0
+        with contextlib.suppress(store.StoreError):
+            while True:
+                async with pool.connection() as conn:
+                    batch = await ws.delete_settled(conn, older_than_s=retention_s, limit=RETENTION_BATCH_MAX)
+                deleted += batch
+                if batch < RETENTION_BATCH_MAX:
+                    break
+                await asyncio.sleep(RETENTION_PAUSE_S)
+        if deleted:
+            log.info("deleted %d webhook deliveries older than %g s", deleted, retention_s)
+        await asyncio.sleep(RETENTION_SWEEP_S)
 
 
 def keyring_from(settings: Settings) -> webhooks.Keyring:
@@ -389,7 +431,9 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
                     endpoint_max=settings.webhook_endpoint_concurrency_max, allow_private=settings.webhook_allow_private)
     tasks = [asyncio.create_task(mapper.run(), name="webhook-mapper"),
              asyncio.create_task(sender.run(), name="webhook-sender"),
-             asyncio.create_task(_oldest_undelivered_gauge(pool), name="webhook-gauge")]
+             asyncio.create_task(_oldest_undelivered_gauge(pool), name="webhook-gauge"),
+             asyncio.create_task(_retention_sweep(pool, retention_s=settings.webhook_retention_s),
+                                 name="webhook-retention")]
     log.info("webhook worker running")
     try:
         await asyncio.gather(*tasks)
