@@ -218,8 +218,11 @@ class Sender:
         self._more_due = False  # the last claim may have left due rows for want of room
 
     async def run(self) -> None:
+        # No cap per host: the per-endpoint slots bound each endpoint, and endpoints of different
+        # vendors on one host (a shared receiving service) must not queue for each other's
+        # connections, or one hanging endpoint would slow the others. Connections are kept alive.
         connector = aiohttp.TCPConnector(
-            limit=self._concurrency_max, limit_per_host=self._endpoint_max,
+            limit=self._concurrency_max, limit_per_host=0,
             resolver=None if self._allow_private else PublicOnlyResolver(),
         )
         self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=ATTEMPT_S_MAX),

@@ -50,7 +50,14 @@ class Receiver:
         self.active = self.active_max = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
+        # The same server, answering at once: another endpoint on the same host.
+        self.prompt_url = f"http://127.0.0.1:{self.port}/prompt"
+        self.prompt_requests: list[Received] = []
         self._runner: web.AppRunner | None = None
+
+    async def _handle_prompt(self, request: web.Request) -> web.Response:
+        self.prompt_requests.append(Received(dict(request.headers), await request.read(), time.monotonic()))
+        return web.Response(status=200, text="ok")
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests.append(Received(dict(request.headers), await request.read(), time.monotonic()))
@@ -66,6 +73,7 @@ class Receiver:
     async def start(self) -> "Receiver":
         app = web.Application()
         app.router.add_post("/hook", self._handle)
+        app.router.add_post("/prompt", self._handle_prompt)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -301,6 +309,26 @@ async def test_a_dead_receiver_never_slows_transfers_or_other_vendors(stack, wor
     assert healthy.requests[0].at - paid_at < DELIVERY_S_MAX
     assert paying_s < 20 * 2.0, paying_s  # each payment (with its funding) answered without waiting for webhooks
     assert hanging.requests and hanging.active_max <= stack.settings.webhook_endpoint_concurrency_max
+
+
+async def test_a_hanging_endpoint_never_slows_another_vendors_endpoint_on_the_same_host(stack, worker, receivers):
+    hanging = await receivers(delay_s=30)
+    stuck_vendor, vendor = await stack.vendor(), await stack.vendor()
+    await _register(stack, stuck_vendor, hanging.url)
+    await _register(stack, vendor, hanging.prompt_url)
+    for _ in range(stack.settings.webhook_endpoint_concurrency_max + 4):
+        await _pay(stack, stuck_vendor, 1)
+
+    async def all_slots_hang():
+        return hanging.active >= stack.settings.webhook_endpoint_concurrency_max
+
+    await eventually(all_slots_hang, timeout_s=DELIVERY_S_MAX)
+    await _pay(stack, vendor)
+    paid_at = time.monotonic()
+    await eventually(lambda: _true(hanging.prompt_requests), timeout_s=DELIVERY_S_MAX)
+    # Within the contract's 5 s, not queued for a connection behind the hanging attempts (which
+    # end only when their 10 s attempt timeout does).
+    assert hanging.prompt_requests[0].at - paid_at < 5.0
 
 
 async def test_no_delivery_starts_after_the_endpoint_is_deleted(stack, worker, receivers):
