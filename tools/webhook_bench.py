@@ -187,7 +187,8 @@ class Bench:
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
             await conn.execute("INSERT INTO webhook_checkpoint (name, position) SELECT 'main', position FROM journal_head"
                                " WHERE id = 1")
-        self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
+        nice = ["nice", "-n", str(self.args.worker_nice)] if self.args.worker_nice else []
+        self.spawn("webhooks", [*nice, sys.executable, "-m", "ledger.cli", "webhooks"])
 
     async def worker_ready(self, http, arrivals: Path) -> float:
         """Seconds until a probe payment reached the healthy receiver: the worker is up (imports,
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the latency window as the worker is spawned (its start-up counted in)")
     parser.add_argument("--baseline-again", action="store_true",
                         help="after the run with webhooks, stop the worker and measure writes without it again")
+    parser.add_argument("--worker-nice", type=int, default=0, help="start the worker under `nice -n N`")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--receiver", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
