@@ -156,18 +156,19 @@ async def live_endpoints_of(conn, vendor_account_ids: list[uuid.UUID]) -> list[E
                                  " WHERE vendor_account_id = ANY(%s) AND deleted_at IS NULL", (vendor_account_ids,))
 
 
-async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, due: dt.datetime) -> None:
-    """One row per (endpoint, event), due at once; a repeat (a re-mapped range) changes nothing.
-    The arrays go in binary (`%b`): the text form escapes every quote of every JSON body."""
+async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, leased: list[bool], lease_s: float) -> None:
+    """One row per (endpoint, event): due at once, or, where `leased`, leased for `lease_s` to the
+    worker writing it (it attempts them itself once this commits). A repeat (a re-mapped range)
+    changes nothing. The arrays go in binary (`%b`): the text form escapes every quote of every
+    JSON body."""
     if not rows:
         return
     await conn.execute(
         "INSERT INTO webhook_deliveries (endpoint_id, event_seq, event_id, type, position, payload, committed_at,"
-        " next_attempt_at) SELECT e, s, i, t, p, b, c::TIMESTAMPTZ, %b FROM unnest(%b::UUID[], %b::INT8[], %b::UUID[],"
-        " %b::TEXT[], %b::INT8[], %b::TEXT[], %b::TEXT[]) AS d (e, s, i, t, p, b, c)"
-        " ON CONFLICT (endpoint_id, event_seq) DO NOTHING",
+        " next_attempt_at) SELECT e, s, i, t, p, b, c::TIMESTAMPTZ, now() + l * INTERVAL '1 second'"
+        " FROM unnest(%b::UUID[], %b::INT8[], %b::UUID[], %b::TEXT[], %b::INT8[], %b::TEXT[], %b::TEXT[], %b::FLOAT8[])"
+        " AS d (e, s, i, t, p, b, c, l) ON CONFLICT (endpoint_id, event_seq) DO NOTHING",
         (
-            due,
             [endpoint for endpoint, _ in rows],
             [event.seq for _, event in rows],
             [event.id for _, event in rows],
@@ -175,6 +176,7 @@ async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, due: d
             [event.position for _, event in rows],
             [event.body.decode() for _, event in rows],
             [event.committed_at for _, event in rows],
+            [lease_s if taken else 0.0 for taken in leased],
         ),
     )
 

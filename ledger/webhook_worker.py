@@ -77,11 +77,12 @@ USER_AGENT = "wallet-ledger-webhooks/1"
 class Mapper:
     """Journal entries to delivery rows, with the checkpoint, following the journal."""
 
-    def __init__(self, *, pool, bus: EventBus, name: str, wake: asyncio.Event) -> None:
+    def __init__(self, *, pool, bus: EventBus, name: str, wake: asyncio.Event, sender: "Sender") -> None:
         self._pool = pool
         self._bus = bus
         self._name = name
         self._wake = wake
+        self._sender = sender
 
     async def start(self) -> None:
         async with self._pool.connection() as conn:
@@ -94,22 +95,33 @@ class Mapper:
 
     async def _map_page(self) -> bool:
         """One transaction: lock the checkpoint, read the journal after it, write the page's
-        deliveries and the moved checkpoint. True when it moved (there may be more)."""
+        deliveries and the moved checkpoint. True when it moved (there may be more).
+
+        The rows the sender has room for are written already leased to it and handed over after
+        the commit, so a first attempt needs no claim (a statement and a row update fewer); if
+        this process dies before attempting them, their lease ends and any worker claims them."""
         now = dt.datetime.now(dt.timezone.utc)
-        rows: list = []
-        async with self._pool.connection() as conn:
-            async with conn.transaction():
-                current = await ws.lock_checkpoint(conn, self._name)
-                run = domain.contiguous(await store.entries_after(conn, current, JOURNAL_PAGE_MAX), after=current)
-                if not run:
-                    metrics.WEBHOOK_CHECKPOINT.set(current)
-                    return False
-                rows = await self._deliveries(conn, run, now)
-                await ws.insert_deliveries(conn, rows, due=now)
-                await ws.move_checkpoint(conn, self._name, run[-1].position)
+        rows: list[tuple[uuid.UUID, webhooks.Event]] = []
+        leased: list[bool] = []
+        try:
+            async with self._pool.connection() as conn:
+                async with conn.transaction():
+                    current = await ws.lock_checkpoint(conn, self._name)
+                    run = domain.contiguous(await store.entries_after(conn, current, JOURNAL_PAGE_MAX), after=current)
+                    if not run:
+                        metrics.WEBHOOK_CHECKPOINT.set(current)
+                        return False
+                    rows = await self._deliveries(conn, run, now)
+                    leased = self._sender.reserve([endpoint_id for endpoint_id, _ in rows])
+                    await ws.insert_deliveries(conn, rows, leased=leased, lease_s=LEASE_S)
+                    await ws.move_checkpoint(conn, self._name, run[-1].position)
+        except BaseException:
+            self._sender.release([endpoint_id for (endpoint_id, _), taken in zip(rows, leased) if taken])
+            raise
         metrics.WEBHOOK_CHECKPOINT.set(run[-1].position)
-        if rows:
-            self._wake.set()
+        self._sender.hand([_claimed(endpoint_id, event) for (endpoint_id, event), taken in zip(rows, leased) if taken])
+        if not all(leased):
+            self._wake.set()  # rows the sender had no room for are due: the claims take them
         return True
 
     @staticmethod
@@ -173,6 +185,11 @@ class Mapper:
         return await self._bus.subscribe_doorbells(f"webhooks-{self._name}", from_start=False)
 
 
+def _claimed(endpoint_id: uuid.UUID, event: webhooks.Event) -> ws.Claimed:
+    committed_at = dt.datetime.strptime(event.committed_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    return ws.Claimed(endpoint_id, event.seq, event.id, event.body.decode(), 0, committed_at)
+
+
 class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
     """Refuses a host that resolves to any non-public address, on the very lookup the connection
     then uses: a DNS answer that changed since registration (rebinding) cannot reach inside."""
@@ -216,6 +233,9 @@ class Sender:
         self._outcomes: list[ws.Attempt] = []  # attempts made, not yet recorded (at most the rows held)
         self._outcome_ready = asyncio.Event()
         self._more_due = False  # the last claim may have left due rows for want of room
+        # New rows the mapper is writing leased to this sender, by endpoint (see `reserve`).
+        self._reserved: dict[uuid.UUID, int] = {}
+        self._reserved_total = 0
 
     async def run(self) -> None:
         # No cap per host: the per-endpoint slots bound each endpoint, and endpoints of different
@@ -259,10 +279,10 @@ class Sender:
     async def _claim_round(self) -> bool:
         """Claim what the queue has room for; True when there may be due rows it had no room for
         (then a finished attempt wakes the claims, else only new rows or the poll do)."""
-        free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight)
+        free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight) - self._reserved_total
         if free <= 0:
             return True
-        full = [endpoint for endpoint, count in self._per_endpoint.items() if count >= self._endpoint_max]
+        full = [endpoint for endpoint in {*self._per_endpoint, *self._reserved} if self._held(endpoint) >= self._endpoint_max]
         async with self._pool.connection() as conn:
             claimed = await ws.claim_due(conn, limit=free, per_endpoint=self._endpoint_max, lease_s=LEASE_S,
                                          skip_endpoints=full)
@@ -270,6 +290,39 @@ class Sender:
             self._start(row)
         return len(claimed) == free or bool(full) or any(
             self._per_endpoint.get(row.endpoint_id, 0) >= self._endpoint_max for row in claimed)
+
+    def _held(self, endpoint_id: uuid.UUID) -> int:
+        return self._per_endpoint.get(endpoint_id, 0) + self._reserved.get(endpoint_id, 0)
+
+    def reserve(self, endpoint_ids: list[uuid.UUID]) -> list[bool]:
+        """Which of these new rows (by endpoint, in order) this sender takes at once, within its
+        bounded queue: at most `HELD_PER_SLOT` times its slots held, overall and per endpoint.
+        Each taken row is then either handed over (`hand`) or released (`release`)."""
+        free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight) - self._reserved_total
+        taken = []
+        for endpoint_id in endpoint_ids:
+            take = free > 0 and self._held(endpoint_id) < HELD_PER_SLOT * self._endpoint_max
+            if take:
+                free -= 1
+                self._reserved[endpoint_id] = self._reserved.get(endpoint_id, 0) + 1
+                self._reserved_total += 1
+            taken.append(take)
+        return taken
+
+    def release(self, endpoint_ids: list[uuid.UUID]) -> None:
+        for endpoint_id in endpoint_ids:
+            left = self._reserved[endpoint_id] - 1
+            if left:
+                self._reserved[endpoint_id] = left
+            else:
+                del self._reserved[endpoint_id]
+            self._reserved_total -= 1
+
+    def hand(self, rows: list[ws.Claimed]) -> None:
+        """Take over rows written leased to this sender (their transaction committed)."""
+        self.release([row.endpoint_id for row in rows])
+        for row in rows:
+            self._start(row)
 
     def _start(self, row: ws.Claimed) -> None:
         self._per_endpoint[row.endpoint_id] = self._per_endpoint.get(row.endpoint_id, 0) + 1
@@ -429,9 +482,9 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
     if metrics_listener and settings.metrics_port is not None:
         metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.http_host)
     wake = asyncio.Event()
-    mapper = Mapper(pool=pool, bus=bus, name=name, wake=wake)
     sender = Sender(pool=pool, keyring=keyring, wake=wake, concurrency_max=settings.webhook_concurrency_max,
                     endpoint_max=settings.webhook_endpoint_concurrency_max, allow_private=settings.webhook_allow_private)
+    mapper = Mapper(pool=pool, bus=bus, name=name, wake=wake, sender=sender)
     tasks = [asyncio.create_task(mapper.run(), name="webhook-mapper"),
              asyncio.create_task(sender.run(), name="webhook-sender"),
              asyncio.create_task(_oldest_undelivered_gauge(pool), name="webhook-gauge"),
