@@ -7,10 +7,17 @@ On its own PostgreSQL and NATS (from the wheels, in a temporary directory), with
    system account to two vendor accounts for `--duration` seconds (no worker, no endpoints);
 2. delivery latency at about half of (1)'s throughput (`--load-share`), open loop, with a healthy
    receiver registered on vendor A and an always-failing one (500) on vendor B, the worker
-   running: the receiver (a process of its own) takes each event's `created_at` (the entry's
-   commit time) from the body and its own clock at arrival; p50/p99 over the healthy receiver's
-   events of that window (once they have all arrived);
-3. write throughput with webhooks: (1) again, the worker delivering to both receivers.
+   running (it has delivered a probe event before the window opens, so its start-up is not
+   counted; `--cold-start` opens the window as it is spawned): the receiver (a process of its
+   own) takes each event's `created_at` (the entry's commit time) from the body and its own clock
+   at arrival; p50/p99 over the healthy receiver's events of that window (once all arrived);
+3. write throughput with webhooks: (1) again, the worker delivering to both receivers;
+4. with `--baseline-again`, (1) once more after stopping the worker: the machine's load moves
+   between phases (other work on it, the database growing), so a second baseline shows how much.
+
+`cores_used` gives, per phase, the CPU each component used on average (from `/proc`), and the
+whole machine's (`machine_busy`, other work included): the worker's CPU per event is the figure
+that the machine's load moves least.
 
 The load generator runs in this process and the receiver in another, on the same machine as the
 servers, so they compete for its CPUs: the figures are for this machine as it is, not a model.
@@ -187,8 +194,7 @@ class Bench:
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
             await conn.execute("INSERT INTO webhook_checkpoint (name, position) SELECT 'main', position FROM journal_head"
                                " WHERE id = 1")
-        nice = ["nice", "-n", str(self.args.worker_nice)] if self.args.worker_nice else []
-        self.spawn("webhooks", [*nice, sys.executable, "-m", "ledger.cli", "webhooks"])
+        self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
 
     async def worker_ready(self, http, arrivals: Path) -> float:
         """Seconds until a probe payment reached the healthy receiver: the worker is up (imports,
@@ -327,7 +333,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="start the latency window as the worker is spawned (its start-up counted in)")
     parser.add_argument("--baseline-again", action="store_true",
                         help="after the run with webhooks, stop the worker and measure writes without it again")
-    parser.add_argument("--worker-nice", type=int, default=0, help="start the worker under `nice -n N`")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--receiver", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
