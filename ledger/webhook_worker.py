@@ -274,7 +274,8 @@ class Sender:
                     task.cancel()
                 await asyncio.gather(*self._in_flight, recorder, return_exceptions=True)
             finally:  # a second cancellation (a second Ctrl-C) must not leave the session open
-                await self._http.close()
+                http, self._http = self._http, None
+                await http.close()
 
     async def _claim_round(self) -> bool:
         """Claim what the queue has room for; True when there may be due rows it had no room for
@@ -298,6 +299,8 @@ class Sender:
         """Which of these new rows (by endpoint, in order) this sender takes at once, within its
         bounded queue: at most `HELD_PER_SLOT` times its slots held, overall and per endpoint.
         Each taken row is then either handed over (`hand`) or released (`release`)."""
+        if self._http is None:  # not sending (yet, or any more): the claims take the rows later
+            return [False] * len(endpoint_ids)
         free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight) - self._reserved_total
         taken = []
         for endpoint_id in endpoint_ids:

@@ -17,6 +17,7 @@ import time
 import types
 import uuid
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
@@ -375,6 +376,21 @@ async def test_a_deleted_endpoint_leaves_the_worker_cache_at_the_next_check(stac
         assert await sender._endpoint(endpoint_id) is None  # a row claimed before the delete is not sent
     finally:
         await pool.close()
+
+
+async def test_the_sender_takes_new_rows_only_within_its_bounded_queue_overall_and_per_endpoint(stack):
+    sender = webhook_worker.Sender(pool=None, keyring=webhook_worker.keyring_from(stack.settings), wake=asyncio.Event(),
+                                   concurrency_max=2, endpoint_max=1, allow_private=True)
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert sender.reserve([a]) == [False]  # not sending yet: the claims take the rows later
+    async with aiohttp.ClientSession() as http:
+        sender._http = http
+        # 2 slots, 1 per endpoint: 4 rows held at most, 2 per endpoint.
+        assert sender.reserve([a, a, a, b, b, c]) == [True, True, False, True, True, False]
+        sender.release([a, a])
+        assert sender.reserve([c, c, c]) == [True, True, False]
+        sender.release([b, b, c, c])
+        assert sender.reserve([a]) == [True]
 
 
 async def _fresh_start(conn, name: str) -> int:
