@@ -141,13 +141,6 @@ async def checkpoint(conn, name: str) -> int:
     return row[0] if row else 0
 
 
-async def vendor_accounts(conn, account_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    rows = await (await conn.execute(
-        "SELECT id FROM accounts WHERE id = ANY(%s) AND kind = 'vendor'", (account_ids,)
-    )).fetchall()
-    return {row[0] for row in rows}
-
-
 _ENDPOINT_COLUMNS = "id, vendor_account_id, url, event_types, secret_encrypted, created_at"
 
 

@@ -15,7 +15,9 @@ Two tasks:
   one, signed, with a bounded concurrency overall and per endpoint and a timeout per attempt,
   and record the outcome (delivered, retried later per `RETRY_DELAYS_S`, or failed). A process
   killed mid-attempt leaves its rows leased: they are due again once the lease ends, so every
-  event is delivered at least once, the same `webhook-id` on every attempt.
+  event is delivered at least once, the same `webhook-id` on every attempt. New rows the
+  senders have room for skip the claim: the mapper writes them leased to its own process and
+  hands them over once its transaction has committed.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ FETCH_BATCH_MAX = 1000
 FETCH_WAIT_S = 0.5
 JOURNAL_PAGE_MAX = 1000
 # Mapping rounds start at most this often: under load each round maps a page of entries in one
-# transaction instead of a few entries per doorbell (each round is about six statements).
+# transaction instead of a few entries per doorbell (each round is five statements and a commit).
 MAP_INTERVAL_S = 0.05
 # A new worker starts following the journal just before the earliest live endpoint was
 # registered, this much earlier for the clocks of the API processes that stamp the entries.
