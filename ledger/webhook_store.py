@@ -110,12 +110,28 @@ def _delivery(event_seq: int, **columns) -> tuple[int, schemas.WebhookDelivery]:
 # ---- the worker: the outbox of deliveries ---------------------------------------------------
 
 
+async def start_checkpoint(conn, name: str, *, margin_s: float) -> int:
+    """The worker's checkpoint, created on its first start where following the journal must
+    begin: at the journal head when no live endpoint exists (nothing before it is anyone's event),
+    else just before the earliest live endpoint was registered (less `margin_s`, for the clocks of
+    the API processes that stamp entries). A new deployment never reads the whole journal."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO webhook_checkpoint (name, position)"
+            " SELECT %s, coalesce((SELECT j.position FROM journal j WHERE j.committed_at <"
+            "  (SELECT min(created_at) FROM webhook_endpoints WHERE deleted_at IS NULL) - %s * INTERVAL '1 second'"
+            "  ORDER BY j.position DESC LIMIT 1),"
+            "  CASE WHEN EXISTS (SELECT 1 FROM webhook_endpoints WHERE deleted_at IS NULL) THEN 0 END,"
+            "  (SELECT position FROM journal_head WHERE id = 1))"
+            " ON CONFLICT (name) DO NOTHING",
+            (name, margin_s),
+        )
+        return await checkpoint(conn, name)
+
+
 async def lock_checkpoint(conn, name: str) -> int:
-    """The worker's checkpoint, created if missing and locked until the transaction ends, so two
-    workers take turns and no entry is mapped twice."""
-    await conn.execute(
-        "INSERT INTO webhook_checkpoint (name, position) VALUES (%s, 0) ON CONFLICT (name) DO NOTHING", (name,)
-    )
+    """The worker's checkpoint (`start_checkpoint` made it), locked until the transaction ends,
+    so two workers take turns and no entry is mapped twice."""
     row = await (await conn.execute("SELECT position FROM webhook_checkpoint WHERE name = %s FOR UPDATE", (name,))).fetchone()
     return row[0]
 
@@ -123,13 +139,6 @@ async def lock_checkpoint(conn, name: str) -> int:
 async def checkpoint(conn, name: str) -> int:
     row = await (await conn.execute("SELECT position FROM webhook_checkpoint WHERE name = %s", (name,))).fetchone()
     return row[0] if row else 0
-
-
-async def vendor_accounts(conn, account_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    rows = await (await conn.execute(
-        "SELECT id FROM accounts WHERE id = ANY(%s) AND kind = 'vendor'", (account_ids,)
-    )).fetchall()
-    return {row[0] for row in rows}
 
 
 _ENDPOINT_COLUMNS = "id, vendor_account_id, url, event_types, secret_encrypted, created_at"
@@ -140,17 +149,19 @@ async def live_endpoints_of(conn, vendor_account_ids: list[uuid.UUID]) -> list[E
                                  " WHERE vendor_account_id = ANY(%s) AND deleted_at IS NULL", (vendor_account_ids,))
 
 
-async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, due: dt.datetime) -> None:
-    """One row per (endpoint, event), due at once; a repeat (a re-mapped range) changes nothing."""
+async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, leased: list[bool], lease_s: float) -> None:
+    """One row per (endpoint, event): due at once, or, where `leased`, leased for `lease_s` to the
+    worker writing it (it attempts them itself once this commits). A repeat (a re-mapped range)
+    changes nothing. The arrays go in binary (`%b`): the text form escapes every quote of every
+    JSON body."""
     if not rows:
         return
     await conn.execute(
         "INSERT INTO webhook_deliveries (endpoint_id, event_seq, event_id, type, position, payload, committed_at,"
-        " next_attempt_at) SELECT e, s, i, t, p, b, c::TIMESTAMPTZ, %s FROM unnest(%s::UUID[], %s::INT8[], %s::UUID[],"
-        " %s::TEXT[], %s::INT8[], %s::TEXT[], %s::TEXT[]) AS d (e, s, i, t, p, b, c)"
-        " ON CONFLICT (endpoint_id, event_seq) DO NOTHING",
+        " next_attempt_at) SELECT e, s, i, t, p, b, c::TIMESTAMPTZ, now() + l * INTERVAL '1 second'"
+        " FROM unnest(%b::UUID[], %b::INT8[], %b::UUID[], %b::TEXT[], %b::INT8[], %b::TEXT[], %b::TEXT[], %b::FLOAT8[])"
+        " AS d (e, s, i, t, p, b, c, l) ON CONFLICT (endpoint_id, event_seq) DO NOTHING",
         (
-            due,
             [endpoint for endpoint, _ in rows],
             [event.seq for _, event in rows],
             [event.id for _, event in rows],
@@ -158,6 +169,7 @@ async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, due: d
             [event.position for _, event in rows],
             [event.body.decode() for _, event in rows],
             [event.committed_at for _, event in rows],
+            [lease_s if taken else 0.0 for taken in leased],
         ),
     )
 
@@ -238,6 +250,22 @@ async def record_attempts(conn, attempts: list[Attempt]) -> None:
     )
 
 
+async def endpoints_version(conn) -> tuple:
+    """Changes whenever an endpoint is registered or deleted (rows are never removed, a delete
+    sets `deleted_at`): a cheap test of whether the worker's cache is still right."""
+    row = await (await conn.execute(
+        "SELECT count(*), max(created_at), max(deleted_at), count(deleted_at) FROM webhook_endpoints"
+    )).fetchone()
+    return tuple(row)
+
+
+async def live_among(conn, endpoint_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await (await conn.execute(
+        "SELECT id FROM webhook_endpoints WHERE id = ANY(%s) AND deleted_at IS NULL", (endpoint_ids,)
+    )).fetchall()
+    return {row[0] for row in rows}
+
+
 async def endpoint(conn, endpoint_id: uuid.UUID) -> EndpointRow | None:
     return await store.fetch_one(conn, class_row(EndpointRow), f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints"
                                  " WHERE id = %s AND deleted_at IS NULL", (endpoint_id,))
@@ -250,6 +278,18 @@ async def oldest_undelivered(conn) -> dt.datetime | None:
         " WHERE d.status = 'pending' AND e.deleted_at IS NULL"
     )).fetchone()
     return row[0]
+
+
+async def delete_settled(conn, *, older_than_s: float, limit: int) -> int:
+    """Delete at most `limit` delivered or failed rows created more than `older_than_s` ago, oldest
+    first (index `webhook_deliveries_settled`); how many. Pending rows are never deleted."""
+    cursor = await conn.execute(
+        "DELETE FROM webhook_deliveries WHERE (endpoint_id, event_seq) IN (SELECT endpoint_id, event_seq"
+        " FROM webhook_deliveries WHERE status IN ('delivered', 'failed')"
+        " AND created_at < now() - %s * INTERVAL '1 second' ORDER BY created_at LIMIT %s)",
+        (older_than_s, limit),
+    )
+    return cursor.rowcount
 
 
 # ---- key rotation ---------------------------------------------------------------------------

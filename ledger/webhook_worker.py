@@ -15,7 +15,9 @@ Two tasks:
   one, signed, with a bounded concurrency overall and per endpoint and a timeout per attempt,
   and record the outcome (delivered, retried later per `RETRY_DELAYS_S`, or failed). A process
   killed mid-attempt leaves its rows leased: they are due again once the lease ends, so every
-  event is delivered at least once, the same `webhook-id` on every attempt.
+  event is delivered at least once, the same `webhook-id` on every attempt. New rows the
+  senders have room for skip the claim: the mapper writes them leased to its own process and
+  hands them over once its transaction has committed.
 """
 
 from __future__ import annotations
@@ -44,30 +46,50 @@ WORKER_NAME = "main"
 FETCH_BATCH_MAX = 1000
 FETCH_WAIT_S = 0.5
 JOURNAL_PAGE_MAX = 1000
+# Mapping rounds start at most this often: under load each round maps a page of entries in one
+# transaction instead of a few entries per doorbell (each round is five statements and a commit).
+MAP_INTERVAL_S = 0.05
+# A new worker starts following the journal just before the earliest live endpoint was
+# registered, this much earlier for the clocks of the API processes that stamp the entries.
+START_MARGIN_S = 60.0
 ATTEMPT_S_MAX = 10.0  # the contract: a 2xx within 10 s ends it
 # A claimed row waits at most one attempt for a slot, then is attempted: the lease outlasts both,
 # so a live sender always records first, and a dead one's rows are due again after it.
 LEASE_S = 2 * ATTEMPT_S_MAX + 10.0
 SENDER_POLL_S = 0.5  # due retries are looked for this often; new rows wake the senders at once
-CLAIM_COALESCE_S = 0.002  # after a wake-up, so the attempts that end together free one claim
+CLAIM_INTERVAL_S = 0.02  # claims start at most this often: the rows of several rounds in one claim
 HELD_PER_SLOT = 2  # rows held (in flight or waiting for a slot) per slot: a bounded queue
 RESPONSE_BYTES_MAX = 64 * 1024  # what is read of a receiver's answer, at most
 ERROR_CHARS_MAX = 500
 ENDPOINT_CACHE_MAX = 10_000
+# The cached URL and secret of each endpoint are checked against the table this often (one cheap
+# statement; the cache is pruned when an endpoint was registered or deleted since): a delete stops
+# even rows claimed before it within about this long.
+ENDPOINTS_CHECK_S = 1.0
+RETENTION_SWEEP_S = 60.0  # delivered and failed rows past their retention are looked for this often
+RETENTION_BATCH_MAX = 1000  # rows deleted in one statement at most
+RETENTION_PAUSE_S = 0.1  # between two full batches, so a big backlog is deleted without a burst
 GAUGE_INTERVAL_S = 5.0
 RECORD_TRIES_MAX = 3
 RECORD_BATCH_MAX = 500  # attempts recorded in one statement at most
+RECORD_INTERVAL_S = 0.05  # outcomes are gathered this long into one statement (the lease is 30 s)
 USER_AGENT = "wallet-ledger-webhooks/1"
 
 
 class Mapper:
     """Journal entries to delivery rows, with the checkpoint, following the journal."""
 
-    def __init__(self, *, pool, bus: EventBus, name: str, wake: asyncio.Event) -> None:
+    def __init__(self, *, pool, bus: EventBus, name: str, wake: asyncio.Event, sender: "Sender") -> None:
         self._pool = pool
         self._bus = bus
         self._name = name
         self._wake = wake
+        self._sender = sender
+
+    async def start(self) -> None:
+        async with self._pool.connection() as conn:
+            position = await ws.start_checkpoint(conn, self._name, margin_s=START_MARGIN_S)
+        log.info("webhook mapper follows the journal after position %d", position)
 
     async def follow_journal(self) -> None:
         while await self._map_page():
@@ -75,46 +97,69 @@ class Mapper:
 
     async def _map_page(self) -> bool:
         """One transaction: lock the checkpoint, read the journal after it, write the page's
-        deliveries and the moved checkpoint. True when it moved (there may be more)."""
+        deliveries and the moved checkpoint. True when the page was full (there may be more); a
+        shorter page reached the head, and what is committed after it rings the doorbell again,
+        so no second, empty transaction is spent to find that out.
+
+        The rows the sender has room for are written already leased to it and handed over after
+        the commit, so a first attempt needs no claim (a statement and a row update fewer); if
+        this process dies before attempting them, their lease ends and any worker claims them."""
         now = dt.datetime.now(dt.timezone.utc)
-        rows: list = []
-        async with self._pool.connection() as conn:
-            async with conn.transaction():
-                current = await ws.lock_checkpoint(conn, self._name)
-                run = domain.contiguous(await store.entries_after(conn, current, JOURNAL_PAGE_MAX), after=current)
-                if not run:
-                    metrics.WEBHOOK_CHECKPOINT.set(current)
-                    return False
-                rows = await self._deliveries(conn, run, now)
-                await ws.insert_deliveries(conn, rows, due=now)
-                await ws.move_checkpoint(conn, self._name, run[-1].position)
+        rows: list[tuple[uuid.UUID, webhooks.Event]] = []
+        leased: list[bool] = []
+        try:
+            async with self._pool.connection() as conn:
+                async with conn.transaction():
+                    current = await ws.lock_checkpoint(conn, self._name)
+                    page = await store.entries_after(conn, current, JOURNAL_PAGE_MAX)
+                    run = domain.contiguous(page, after=current)
+                    if not run:
+                        metrics.WEBHOOK_CHECKPOINT.set(current)
+                        return False
+                    rows = await self._deliveries(conn, run, now)
+                    leased = self._sender.reserve([endpoint_id for endpoint_id, _ in rows])
+                    await ws.insert_deliveries(conn, rows, leased=leased, lease_s=LEASE_S)
+                    await ws.move_checkpoint(conn, self._name, run[-1].position)
+        except BaseException:
+            self._sender.release([endpoint_id for (endpoint_id, _), taken in zip(rows, leased) if taken])
+            raise
         metrics.WEBHOOK_CHECKPOINT.set(run[-1].position)
-        if rows:
-            self._wake.set()
-        return True
+        self._sender.hand([_claimed(endpoint_id, event) for (endpoint_id, event), taken in zip(rows, leased) if taken])
+        if not all(leased):
+            self._wake.set()  # rows the sender had no room for are due: the claims take them
+        return len(page) == JOURNAL_PAGE_MAX
 
     @staticmethod
     async def _deliveries(conn, run: list[schemas.JournalEntry], now: dt.datetime) -> list[tuple[uuid.UUID, webhooks.Event]]:
+        # Only vendor accounts have endpoints (the API registers no other), so the parties with a
+        # live endpoint are the vendors this page concerns: one statement, not two.
         parties = list({account for entry in run for account in (entry.from_account_id, entry.to_account_id)})
-        vendors = await ws.vendor_accounts(conn, parties)
-        events = [event for entry in run for event in webhooks.events_of(entry, vendors, now=now)]
-        if not events:
-            return []
         endpoints: dict[uuid.UUID, list[ws.EndpointRow]] = {}
-        for endpoint in await ws.live_endpoints_of(conn, list({event.vendor_account_id for event in events})):
+        for endpoint in await ws.live_endpoints_of(conn, parties):
             endpoints.setdefault(endpoint.vendor_account_id, []).append(endpoint)
+        if not endpoints:
+            return []
+        events = [event for entry in run for event in webhooks.events_of(entry, set(endpoints), now=now)]
         return [(endpoint.id, event) for event in events for endpoint in endpoints.get(event.vendor_account_id, ())
                 if event.type in endpoint.event_types]
 
     async def run(self) -> None:
         subscription = None
+        started = False
+        round_at = 0.0
         while True:
             raise_if_cancelled()
             try:
+                if not started:
+                    await self.start()
+                    started = True
                 if subscription is None and self._bus.connected:
                     subscription = await self._subscribe()
                 messages = await self._fetch(subscription)
-                # The doorbell rang (or the wait ended): the journal says what there is.
+                # The doorbell rang (or the wait ended): the journal says what there is, once the
+                # previous round is MAP_INTERVAL_S old, so that a round maps a page, not an entry.
+                await asyncio.sleep(max(0.0, round_at + MAP_INTERVAL_S - time.monotonic()))
+                round_at = time.monotonic()
                 await self.follow_journal()
                 for message in messages:
                     await message.ack()
@@ -127,8 +172,9 @@ class Mapper:
                 if not self._bus.connected:
                     subscription = None
                 await asyncio.sleep(FETCH_WAIT_S)
-                with contextlib.suppress(store.StoreError):
-                    await self.follow_journal()
+                if started:
+                    with contextlib.suppress(store.StoreError):
+                        await self.follow_journal()
 
     @staticmethod
     async def _fetch(subscription) -> list:
@@ -142,6 +188,11 @@ class Mapper:
 
     async def _subscribe(self):
         return await self._bus.subscribe_doorbells(f"webhooks-{self._name}", from_start=False)
+
+
+def _claimed(endpoint_id: uuid.UUID, event: webhooks.Event) -> ws.Claimed:
+    committed_at = dt.datetime.strptime(event.committed_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+    return ws.Claimed(endpoint_id, event.seq, event.id, event.body.decode(), 0, committed_at)
 
 
 class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
@@ -178,14 +229,25 @@ class Sender:
         self._per_endpoint: dict[uuid.UUID, int] = {}  # held rows per endpoint
         self._endpoint_slots: dict[uuid.UUID, asyncio.Semaphore] = {}
         self._slots = asyncio.Semaphore(concurrency_max)
-        self._endpoints: dict[uuid.UUID, tuple[str, str]] = {}  # id -> (url, secret); endpoints never change
+        # id -> (url, secret) of the endpoints attempted lately; an endpoint's URL and secret never
+        # change, but it may be deleted: `_check_endpoints` drops the deleted ones.
+        self._endpoints: dict[uuid.UUID, tuple[str, str]] = {}
+        self._endpoints_version: tuple | None = None
+        self._endpoints_checked_at = -ENDPOINTS_CHECK_S
         self._http: aiohttp.ClientSession | None = None
         self._outcomes: list[ws.Attempt] = []  # attempts made, not yet recorded (at most the rows held)
         self._outcome_ready = asyncio.Event()
+        self._more_due = False  # the last claim may have left due rows for want of room
+        # New rows the mapper is writing leased to this sender, by endpoint (see `reserve`).
+        self._reserved: dict[uuid.UUID, int] = {}
+        self._reserved_total = 0
 
     async def run(self) -> None:
+        # No cap per host: the per-endpoint slots bound each endpoint, and endpoints of different
+        # vendors on one host (a shared receiving service) must not queue for each other's
+        # connections, or one hanging endpoint would slow the others. Connections are kept alive.
         connector = aiohttp.TCPConnector(
-            limit=self._concurrency_max, limit_per_host=self._endpoint_max,
+            limit=self._concurrency_max, limit_per_host=0,
             resolver=None if self._allow_private else PublicOnlyResolver(),
         )
         self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=ATTEMPT_S_MAX),
@@ -194,37 +256,81 @@ class Sender:
         try:
             while True:
                 raise_if_cancelled()
-                claimed_all = False
+                claimed_at = time.monotonic()
+                self._wake.clear()
                 try:
-                    claimed_all = await self._claim_round()
+                    if claimed_at - self._endpoints_checked_at >= ENDPOINTS_CHECK_S:
+                        await self._check_endpoints()
+                        self._endpoints_checked_at = claimed_at
+                    self._more_due = await self._claim_round()
                 except store.StoreError as error:
                     log.info("cannot claim deliveries (%s); retrying", error)
-                if not claimed_all:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(SENDER_POLL_S):
-                            await self._wake.wait()
-                    await asyncio.sleep(CLAIM_COALESCE_S)
-                self._wake.clear()
+                # New rows wake the claims, and so does a finished attempt when due rows wait for
+                # its slot; retries come due without a wake-up, so they are looked for by the poll.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(SENDER_POLL_S):
+                        await self._wake.wait()
+                # At most one claim per CLAIM_INTERVAL_S: the rows of several mapping rounds, and
+                # the slots of several finished attempts, are taken by one statement.
+                await asyncio.sleep(max(0.0, claimed_at + CLAIM_INTERVAL_S - time.monotonic()))
         finally:
             try:
                 for task in (*self._in_flight, recorder):
                     task.cancel()
                 await asyncio.gather(*self._in_flight, recorder, return_exceptions=True)
             finally:  # a second cancellation (a second Ctrl-C) must not leave the session open
-                await self._http.close()
+                http, self._http = self._http, None
+                await http.close()
 
     async def _claim_round(self) -> bool:
-        """Claim what the queue has room for; True when it was all taken (look again at once)."""
-        free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight)
+        """Claim what the queue has room for; True when there may be due rows it had no room for
+        (then a finished attempt wakes the claims, else only new rows or the poll do)."""
+        free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight) - self._reserved_total
         if free <= 0:
-            return False
-        full = [endpoint for endpoint, count in self._per_endpoint.items() if count >= self._endpoint_max]
+            return True
+        full = [endpoint for endpoint in {*self._per_endpoint, *self._reserved} if self._held(endpoint) >= self._endpoint_max]
         async with self._pool.connection() as conn:
             claimed = await ws.claim_due(conn, limit=free, per_endpoint=self._endpoint_max, lease_s=LEASE_S,
                                          skip_endpoints=full)
         for row in claimed:
             self._start(row)
-        return len(claimed) == free
+        return len(claimed) == free or bool(full) or any(
+            self._per_endpoint.get(row.endpoint_id, 0) >= self._endpoint_max for row in claimed)
+
+    def _held(self, endpoint_id: uuid.UUID) -> int:
+        return self._per_endpoint.get(endpoint_id, 0) + self._reserved.get(endpoint_id, 0)
+
+    def reserve(self, endpoint_ids: list[uuid.UUID]) -> list[bool]:
+        """Which of these new rows (by endpoint, in order) this sender takes at once, within its
+        bounded queue: at most `HELD_PER_SLOT` times its slots held, overall and per endpoint.
+        Each taken row is then either handed over (`hand`) or released (`release`)."""
+        if self._http is None:  # not sending (yet, or any more): the claims take the rows later
+            return [False] * len(endpoint_ids)
+        free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight) - self._reserved_total
+        taken = []
+        for endpoint_id in endpoint_ids:
+            take = free > 0 and self._held(endpoint_id) < HELD_PER_SLOT * self._endpoint_max
+            if take:
+                free -= 1
+                self._reserved[endpoint_id] = self._reserved.get(endpoint_id, 0) + 1
+                self._reserved_total += 1
+            taken.append(take)
+        return taken
+
+    def release(self, endpoint_ids: list[uuid.UUID]) -> None:
+        for endpoint_id in endpoint_ids:
+            left = self._reserved[endpoint_id] - 1
+            if left:
+                self._reserved[endpoint_id] = left
+            else:
+                del self._reserved[endpoint_id]
+            self._reserved_total -= 1
+
+    def hand(self, rows: list[ws.Claimed]) -> None:
+        """Take over rows written leased to this sender (their transaction committed)."""
+        self.release([row.endpoint_id for row in rows])
+        for row in rows:
+            self._start(row)
 
     def _start(self, row: ws.Claimed) -> None:
         self._per_endpoint[row.endpoint_id] = self._per_endpoint.get(row.endpoint_id, 0) + 1
@@ -244,7 +350,8 @@ class Sender:
         else:
             self._per_endpoint.pop(endpoint_id, None)
             self._endpoint_slots.pop(endpoint_id, None)
-        self._wake.set()  # a slot is free
+        if self._more_due:
+            self._wake.set()  # a slot is free, and due rows wait for one
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery task failed", exc_info=task.exception())
 
@@ -294,6 +401,7 @@ class Sender:
         least once, never lost)."""
         while True:
             await self._outcome_ready.wait()
+            await asyncio.sleep(RECORD_INTERVAL_S)
             self._outcome_ready.clear()
             while self._outcomes:
                 batch, self._outcomes = self._outcomes[:RECORD_BATCH_MAX], self._outcomes[RECORD_BATCH_MAX:]
@@ -308,6 +416,17 @@ class Sender:
             except store.StoreError as error:
                 log.info("cannot record %d webhook attempts (%s); retrying", len(batch), error)
                 await asyncio.sleep(SENDER_POLL_S)
+
+    async def _check_endpoints(self) -> None:
+        """Drop the cached endpoints deleted since, if any endpoint was registered or deleted."""
+        async with self._pool.connection() as conn:
+            version = await ws.endpoints_version(conn)
+            if version == self._endpoints_version:
+                return
+            live = await ws.live_among(conn, list(self._endpoints))
+        for endpoint_id in [known for known in self._endpoints if known not in live]:
+            del self._endpoints[endpoint_id]
+        self._endpoints_version = version
 
     async def _endpoint(self, endpoint_id: uuid.UUID) -> tuple[str, str] | None:
         cached = self._endpoints.get(endpoint_id)
@@ -333,6 +452,23 @@ async def _oldest_undelivered_gauge(pool) -> None:
         await asyncio.sleep(GAUGE_INTERVAL_S)
 
 
+async def _retention_sweep(pool, *, retention_s: float) -> None:
+    """Delete delivered and failed rows once they are `retention_s` old, in bounded batches."""
+    while True:
+        deleted = 0
+        with contextlib.suppress(store.StoreError):
+            while True:
+                async with pool.connection() as conn:
+                    batch = await ws.delete_settled(conn, older_than_s=retention_s, limit=RETENTION_BATCH_MAX)
+                deleted += batch
+                if batch < RETENTION_BATCH_MAX:
+                    break
+                await asyncio.sleep(RETENTION_PAUSE_S)
+        if deleted:
+            log.info("deleted %d webhook deliveries older than %g s", deleted, retention_s)
+        await asyncio.sleep(RETENTION_SWEEP_S)
+
+
 def keyring_from(settings: Settings) -> webhooks.Keyring:
     if settings.webhook_key is None:
         raise ConfigError("LEDGER_WEBHOOK_KEY is not set: webhook secrets cannot be encrypted or decrypted")
@@ -354,12 +490,14 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
     if metrics_listener and settings.metrics_port is not None:
         metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.http_host)
     wake = asyncio.Event()
-    mapper = Mapper(pool=pool, bus=bus, name=name, wake=wake)
     sender = Sender(pool=pool, keyring=keyring, wake=wake, concurrency_max=settings.webhook_concurrency_max,
                     endpoint_max=settings.webhook_endpoint_concurrency_max, allow_private=settings.webhook_allow_private)
+    mapper = Mapper(pool=pool, bus=bus, name=name, wake=wake, sender=sender)
     tasks = [asyncio.create_task(mapper.run(), name="webhook-mapper"),
              asyncio.create_task(sender.run(), name="webhook-sender"),
-             asyncio.create_task(_oldest_undelivered_gauge(pool), name="webhook-gauge")]
+             asyncio.create_task(_oldest_undelivered_gauge(pool), name="webhook-gauge"),
+             asyncio.create_task(_retention_sweep(pool, retention_s=settings.webhook_retention_s),
+                                 name="webhook-retention")]
     log.info("webhook worker running")
     try:
         await asyncio.gather(*tasks)

@@ -17,13 +17,16 @@ import time
 import types
 import uuid
 
+import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from api.app import SERVICES
-from ledger import webhook_worker, webhooks
+from ledger import db, webhook_worker, webhooks
+from ledger.config import ConfigError, Settings
+from ledger import webhook_store as ws
 from tests.conftest import eventually
 from tools.embedded import free_port
 
@@ -48,7 +51,14 @@ class Receiver:
         self.active = self.active_max = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/hook"
+        # The same server, answering at once: another endpoint on the same host.
+        self.prompt_url = f"http://127.0.0.1:{self.port}/prompt"
+        self.prompt_requests: list[Received] = []
         self._runner: web.AppRunner | None = None
+
+    async def _handle_prompt(self, request: web.Request) -> web.Response:
+        self.prompt_requests.append(Received(dict(request.headers), await request.read(), time.monotonic()))
+        return web.Response(status=200, text="ok")
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests.append(Received(dict(request.headers), await request.read(), time.monotonic()))
@@ -64,6 +74,7 @@ class Receiver:
     async def start(self) -> "Receiver":
         app = web.Application()
         app.router.add_post("/hook", self._handle)
+        app.router.add_post("/prompt", self._handle_prompt)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
@@ -301,6 +312,26 @@ async def test_a_dead_receiver_never_slows_transfers_or_other_vendors(stack, wor
     assert hanging.requests and hanging.active_max <= stack.settings.webhook_endpoint_concurrency_max
 
 
+async def test_a_hanging_endpoint_never_slows_another_vendors_endpoint_on_the_same_host(stack, worker, receivers):
+    hanging = await receivers(delay_s=30)
+    stuck_vendor, vendor = await stack.vendor(), await stack.vendor()
+    await _register(stack, stuck_vendor, hanging.url)
+    await _register(stack, vendor, hanging.prompt_url)
+    for _ in range(stack.settings.webhook_endpoint_concurrency_max + 4):
+        await _pay(stack, stuck_vendor, 1)
+
+    async def all_slots_hang():
+        return hanging.active >= stack.settings.webhook_endpoint_concurrency_max
+
+    await eventually(all_slots_hang, timeout_s=DELIVERY_S_MAX)
+    await _pay(stack, vendor)
+    paid_at = time.monotonic()
+    await eventually(lambda: _true(hanging.prompt_requests), timeout_s=DELIVERY_S_MAX)
+    # Within the contract's 5 s, not queued for a connection behind the hanging attempts (which
+    # end only when their 10 s attempt timeout does).
+    assert hanging.prompt_requests[0].at - paid_at < 5.0
+
+
 async def test_no_delivery_starts_after_the_endpoint_is_deleted(stack, worker, receivers):
     receiver = await receivers()
     vendor = await stack.vendor()
@@ -324,6 +355,108 @@ async def test_no_delivery_starts_after_the_endpoint_is_deleted(stack, worker, r
                                          (uuid.UUID(created["id"]),))).fetchone()
     assert rows[0] == 0
     assert receiver.requests == [] and paid["position"] < later["position"]
+
+
+async def test_a_deleted_endpoint_leaves_the_worker_cache_at_the_next_check(stack, receivers):
+    receiver = await receivers()
+    vendor = await stack.vendor()
+    created = (await _register(stack, vendor, receiver.url)).body
+    endpoint_id = uuid.UUID(created["id"])
+    pool = db.make_pool(stack.database_url, role=ws.WEBHOOKS_ROLE, size_max=1, name="test-webhooks")
+    await pool.open(wait=True)
+    try:
+        sender = webhook_worker.Sender(pool=pool, keyring=webhook_worker.keyring_from(stack.settings),
+                                       wake=asyncio.Event(), concurrency_max=1, endpoint_max=1, allow_private=True)
+        await sender._check_endpoints()
+        assert await sender._endpoint(endpoint_id) == (receiver.url, created["secret"])
+        reply = await stack.client.request("DELETE", f"/v1/vendors/{vendor.account_id}/webhooks/{endpoint_id}",
+                                           token=vendor.token)
+        assert reply.status == 204
+        await sender._check_endpoints()
+        assert await sender._endpoint(endpoint_id) is None  # a row claimed before the delete is not sent
+    finally:
+        await pool.close()
+
+
+async def test_the_sender_takes_new_rows_only_within_its_bounded_queue_overall_and_per_endpoint(stack):
+    sender = webhook_worker.Sender(pool=None, keyring=webhook_worker.keyring_from(stack.settings), wake=asyncio.Event(),
+                                   concurrency_max=2, endpoint_max=1, allow_private=True)
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert sender.reserve([a]) == [False]  # not sending yet: the claims take the rows later
+    async with aiohttp.ClientSession() as http:
+        sender._http = http
+        # 2 slots, 1 per endpoint: 4 rows held at most, 2 per endpoint.
+        assert sender.reserve([a, a, a, b, b, c]) == [True, True, False, True, True, False]
+        sender.release([a, a])
+        assert sender.reserve([c, c, c]) == [True, True, False]
+        sender.release([b, b, c, c])
+        assert sender.reserve([a]) == [True]
+
+
+async def _fresh_start(conn, name: str) -> int:
+    return await ws.start_checkpoint(conn, name, margin_s=webhook_worker.START_MARGIN_S)
+
+
+async def test_a_new_worker_starts_at_the_journal_head_when_no_endpoint_is_live(stack):
+    await _pay(stack, await stack.vendor())
+    async with await stack.superuser() as conn:
+        async with conn.transaction(force_rollback=True):  # the endpoints of the other tests stay live
+            await conn.execute("UPDATE webhook_endpoints SET deleted_at = now() WHERE deleted_at IS NULL")
+            head = (await (await conn.execute("SELECT position FROM journal_head WHERE id = 1")).fetchone())[0]
+            assert head > 0
+            assert await _fresh_start(conn, f"test-{uuid.uuid4()}") == head
+
+
+async def test_a_new_worker_starts_just_before_the_earliest_live_endpoint_was_registered(stack):
+    await _register(stack, await stack.vendor(), "https://example.com/hooks")
+    await _pay(stack, await stack.vendor())
+    async with await stack.superuser() as conn:
+        start = await _fresh_start(conn, f"test-{uuid.uuid4()}")
+        since = (await (await conn.execute(
+            "SELECT min(created_at) - %s * INTERVAL '1 second' FROM webhook_endpoints WHERE deleted_at IS NULL",
+            (webhook_worker.START_MARGIN_S,))).fetchone())[0]
+        first_unread = (await (await conn.execute("SELECT committed_at FROM journal WHERE position = %s",
+                                                  (start + 1,))).fetchone())[0]
+        last_skipped = (await (await conn.execute("SELECT committed_at FROM journal WHERE position = %s",
+                                                  (start,))).fetchone())
+    assert first_unread >= since  # nothing committed since then is skipped
+    assert last_skipped is None or last_skipped[0] < since  # and nothing older is read
+
+
+async def test_delivered_and_failed_rows_past_their_retention_are_deleted_and_pending_ones_never(stack, worker,
+                                                                                                 receivers):
+    receiver = await receivers()
+    vendor = await stack.vendor()
+    endpoint_id = uuid.UUID((await _register(stack, vendor, receiver.url)).body["id"])
+    for _ in range(3):
+        await _pay(stack, vendor)
+
+    async def recorded():
+        items = await _deliveries(stack, vendor, str(endpoint_id))
+        return len(items) == 3 and all(item["status"] == "delivered" for item in items)
+
+    await eventually(recorded, timeout_s=DELIVERY_S_MAX)
+    async with await stack.superuser() as conn:
+        seqs = [row[0] for row in await (await conn.execute(
+            "SELECT event_seq FROM webhook_deliveries WHERE endpoint_id = %s ORDER BY event_seq", (endpoint_id,)
+        )).fetchall()]
+        # The first is old and delivered, the second old and failed, the third old but pending again.
+        await conn.execute("UPDATE webhook_deliveries SET created_at = now() - INTERVAL '8 days',"
+                           " status = CASE event_seq WHEN %s THEN 'delivered' WHEN %s THEN 'failed' ELSE 'pending' END,"
+                           " next_attempt_at = now() + INTERVAL '1 hour' WHERE endpoint_id = %s", (*seqs[:2], endpoint_id))
+        # In batches of one, until a batch comes back short (the worker's own sweep may take some).
+        while await ws.delete_settled(conn, older_than_s=7 * 86_400, limit=1) == 1:
+            pass
+        left = [row[0] for row in await (await conn.execute(
+            "SELECT event_seq FROM webhook_deliveries WHERE endpoint_id = %s", (endpoint_id,))).fetchall()]
+    assert left == [seqs[2]]
+
+
+def test_the_retention_is_a_setting_of_at_least_an_hour():
+    assert Settings().webhook_retention_s == 7 * 86_400
+    assert Settings.from_env(webhook_retention_s=3_600).webhook_retention_s == 3_600
+    with pytest.raises(ConfigError, match="LEDGER_WEBHOOK_RETENTION_S"):
+        Settings(webhook_retention_s=60)
 
 
 # ---- the pure parts -------------------------------------------------------------------------

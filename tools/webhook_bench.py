@@ -7,10 +7,17 @@ On its own PostgreSQL and NATS (from the wheels, in a temporary directory), with
    system account to two vendor accounts for `--duration` seconds (no worker, no endpoints);
 2. delivery latency at about half of (1)'s throughput (`--load-share`), open loop, with a healthy
    receiver registered on vendor A and an always-failing one (500) on vendor B, the worker
-   running: the receiver (a process of its own) takes each event's `created_at` (the entry's
-   commit time) from the body and its own clock at arrival; p50/p99 over the healthy receiver's
-   events of that window (once they have all arrived);
-3. write throughput with webhooks: (1) again, the worker delivering to both receivers.
+   running (it has delivered a probe event before the window opens, so its start-up is not
+   counted; `--cold-start` opens the window as it is spawned): the receiver (a process of its
+   own) takes each event's `created_at` (the entry's commit time) from the body and its own clock
+   at arrival; p50/p99 over the healthy receiver's events of that window (once all arrived);
+3. write throughput with webhooks: (1) again, the worker delivering to both receivers;
+4. with `--baseline-again`, (1) once more after stopping the worker: the machine's load moves
+   between phases (other work on it, the database growing), so a second baseline shows how much.
+
+`cores_used` gives, per phase, the CPU each component used on average (from `/proc`), and the
+whole machine's (`machine_busy`, other work included): the worker's CPU per event is the figure
+that the machine's load moves least.
 
 The load generator runs in this process and the receiver in another, on the same machine as the
 servers, so they compete for its CPUs: the figures are for this machine as it is, not a model.
@@ -77,6 +84,18 @@ class Bench:
         self.admin = ""
         self.funding = ""
         self.vendors: list[str] = []
+        self.named: dict[str, int] = {}  # component -> pid, for the CPU figures
+
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by each component (PostgreSQL: the postmaster and its backends),
+        and by the whole machine, other engineers' work included (`machine_busy`). Linux `/proc`."""
+        pids = {**self.named, "postgres": self.pg._proc.pid, "nats": self.nats._proc.pid, "loadgen": os.getpid()}
+        backends = _children(self.pg._proc.pid)
+        used = {name: _cpu_of(pid) + (sum(map(_cpu_of, backends)) if name == "postgres" else 0.0)
+                for name, pid in pids.items()}
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        used["machine_busy"] = (sum(fields) - fields[3] - fields[4]) / TICKS_PER_S  # minus idle and iowait
+        return used
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "LEDGER_DATABASE_URL": self.pg.url, "LEDGER_NATS_URL": self.nats.url,
@@ -88,6 +107,7 @@ class Bench:
         child = subprocess.Popen(argv, env=self.env(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, start_new_session=True)
         self.children.append(child)
+        self.named[name] = child.pid
         return child
 
     async def start(self, http: aiohttp.ClientSession) -> None:
@@ -176,6 +196,26 @@ class Bench:
                                " WHERE id = 1")
         self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
 
+    async def worker_ready(self, http, arrivals: Path) -> float:
+        """Seconds until a probe payment reached the healthy receiver: the worker is up (imports,
+        pool, NATS consumer), so the latency window measures a running worker, not its start."""
+        started = time.monotonic()
+        head = await self.head()
+        if not await self.pay(http, 0):  # vendor 0 is the healthy receiver's
+            raise RuntimeError("the probe payment failed")
+        while not _latencies(arrivals, head, head + 1_000_000):
+            if time.monotonic() - started > READY_S_MAX:
+                raise RuntimeError("the webhook worker did not deliver the probe")
+            await asyncio.sleep(0.05)
+        return time.monotonic() - started
+
+    def stop_worker(self) -> None:
+        """Stop the worker (for a second baseline after the run with webhooks: the database has
+        grown since the first, so both are shown)."""
+        worker = self.children[-1]
+        worker.terminate()
+        worker.wait(20)
+
     def stop(self) -> None:
         for child in self.children:
             child.terminate()
@@ -186,6 +226,33 @@ class Bench:
                 child.kill()
         self.nats.stop()
         self.pg.stop()
+
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_of(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # ended
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S  # utime, stime
+
+
+def _children(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
+def _cpu_used(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+    """Cores used on average by each component between two `cpu_s` readings."""
+    return {name: round((after.get(name, 0.0) - before.get(name, 0.0)) / seconds, 3) for name in after}
 
 
 def _latencies(path: Path, first: int, last: int) -> list[float]:
@@ -208,20 +275,35 @@ async def run(args: argparse.Namespace) -> dict:
     receiver_port, arrivals = free_port(), root / "arrivals.txt"
     receiver = subprocess.Popen([sys.executable, "-m", "tools.webhook_bench", "--receiver", str(receiver_port),
                                  "--out", str(arrivals)], cwd=REPO)
+    bench.named["receiver"] = receiver.pid
+    cpu: dict[str, dict[str, float]] = {}
+    ready_s = without_again = None
+
+    async def measured(phase: str, work):
+        before, started = bench.cpu_s(), time.monotonic()
+        result = await work
+        cpu[phase] = _cpu_used(before, bench.cpu_s(), time.monotonic() - started)
+        return result
+
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
             await bench.start(http)
             await bench.closed_loop(http)  # warm-up, not counted
-            without = await bench.closed_loop(http)
+            without = await measured("without_webhooks", bench.closed_loop(http))
             await bench.start_webhooks(http, receiver_port)
+            if not args.cold_start:
+                ready_s = await bench.worker_ready(http, arrivals)
             rate = without * args.load_share
-            first, last = await bench.open_loop(http, rate)
+            first, last = await measured("latency_run", bench.open_loop(http, rate))
             expected = (last - first) // 2  # every other payment goes to the healthy receiver's vendor
             deadline = time.monotonic() + DRAIN_S_MAX
             while len(latencies := _latencies(arrivals, first, last)) < expected and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
-            with_webhooks = await bench.closed_loop(http)
+            with_webhooks = await measured("with_webhooks", bench.closed_loop(http))
+            if args.baseline_again:
+                bench.stop_worker()
+                without_again = await measured("without_webhooks_again", bench.closed_loop(http))
     finally:
         bench.stop()
         receiver.terminate()
@@ -230,12 +312,15 @@ async def run(args: argparse.Namespace) -> dict:
         "throughput_without_webhooks_per_s": round(without, 1),
         "throughput_with_webhooks_per_s": round(with_webhooks, 1),
         "throughput_change": round(with_webhooks / without - 1, 4),
+        "throughput_without_webhooks_again_per_s": None if without_again is None else round(without_again, 1),
         "latency_run_rate_per_s": round(rate, 1),
         "latency_events_expected": expected,
         "latency_events_delivered": len(latencies),
         "latency_p50_ms": round(_quantile(latencies, 0.50) * 1000, 1) if latencies else None,
         "latency_p99_ms": round(_quantile(latencies, 0.99) * 1000, 1) if latencies else None,
         "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+        "worker_ready_s": None if ready_s is None else round(ready_s, 2),
+        "cores_used": cpu,
     }
 
 
@@ -244,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of each phase (default 15)")
     parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients (default 32)")
     parser.add_argument("--load-share", type=float, default=0.5, help="share of full throughput for the latency run")
+    parser.add_argument("--cold-start", action="store_true",
+                        help="start the latency window as the worker is spawned (its start-up counted in)")
+    parser.add_argument("--baseline-again", action="store_true",
+                        help="after the run with webhooks, stop the worker and measure writes without it again")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--receiver", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)

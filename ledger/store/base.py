@@ -75,7 +75,7 @@ GRANTS: dict[str, dict[str, str]] = {
         "postings": "SELECT",
         "journal_head": "SELECT",
         "webhook_endpoints": "SELECT, UPDATE",
-        "webhook_deliveries": "SELECT, INSERT, UPDATE",
+        "webhook_deliveries": "SELECT, INSERT, UPDATE, DELETE",
         "webhook_checkpoint": "SELECT, INSERT, UPDATE",
     },
 }
