@@ -30,9 +30,6 @@ log = logging.getLogger("ledger.api")
 REQUEST_ID = "X-Request-Id"
 REQUEST_ID_CHARS_MAX = 128
 ACCOUNT_CACHE_MAX = 100_000
-# Batches committing at once, one connection of the commit pool each: the next batch waits at the
-# database for the head lock while the previous commits (see `ledger.committer`).
-BATCHES_IN_FLIGHT = 2
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", object)
 OPENAPI = web.AppKey("openapi", dict)
@@ -177,7 +174,7 @@ async def _lifecycle(app: web.Application):
     timeouts = db.timeouts_from(settings)
     pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=settings.pool_size_max,
                         dialect=dialect, name="api-read", timeouts=timeouts)
-    commit_pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=BATCHES_IN_FLIGHT, serializable=True,
+    commit_pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=2, serializable=True,
                                dialect=dialect, name="api-commit", timeouts=timeouts)
     await pool.open(wait=True)
     await commit_pool.open(wait=True)
@@ -191,7 +188,6 @@ async def _lifecycle(app: web.Application):
         queue_max=settings.queue_max,
         batch_linger_ms=settings.batch_linger_ms,
         commit_retries_max=settings.commit_retries_max,
-        batches_in_flight=BATCHES_IN_FLIGHT,
         publish=outbox.publish,
         sql_dialect=dialect,
     )

@@ -1,16 +1,10 @@
 """Group commit: many concurrent transfer requests, one SERIALIZABLE transaction per batch.
 
-Requests wait in a bounded queue. A committer task takes what is there (up to `batch_max`,
+Requests wait in a bounded queue. One committer task takes what is there (up to `batch_max`,
 lingering about a millisecond for more), reads the state the batch needs, decides every transfer
 with the pure `domain.decide_batch`, writes the result in a few multi-row statements, commits,
 answers every waiter, and only then hands the entries to the publisher. A serialization failure
 retries the whole batch with bounded, jittered backoff; the decision is simply made again.
-
-`batches_in_flight` tasks do this at once, each on its own connection: while one batch commits,
-the next is already gathered and waiting at the database for the head lock, so it starts the
-moment the first commits instead of after a round trip through a busy event loop. The head lock
-still orders them (the dialect's batch lock is taken before any snapshot), so each decides on
-the state the previous one committed, as batches of two processes do.
 """
 
 from __future__ import annotations
@@ -73,7 +67,6 @@ class Committer:
         queue_max: int,
         batch_linger_ms: float,
         commit_retries_max: int,
-        batches_in_flight: int = 1,
         publish: Publisher | None = None,
         sql_dialect: dialect.Dialect = dialect.POSTGRESQL,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc),
@@ -86,23 +79,20 @@ class Committer:
         self._publish = publish
         self._batch_lock = sql_dialect.batch_lock()
         self._clock = clock
-        assert batches_in_flight >= 1
-        self._batches_in_flight = batches_in_flight
-        self._tasks: list[asyncio.Task] = []
+        self._task: asyncio.Task | None = None
         self._publishing: set[asyncio.Task] = set()
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._run(), name=f"committer-{n}") for n in range(self._batches_in_flight)]
+        self._task = asyncio.create_task(self._run(), name="committer")
 
     async def stop(self) -> None:
         """Finish what is queued, then stop; publishes in flight are awaited (what they miss
         stays behind the publisher cursor for the sweeper)."""
-        if self._tasks:
+        if self._task is not None:
             await self._queue.join()
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            self._tasks = []
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         if self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
 
@@ -123,7 +113,6 @@ class Committer:
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             metrics.QUEUE_DEPTH.set(self._queue.qsize())
-            metrics.IN_FLIGHT.inc(len(batch))
             try:
                 await self._commit(batch)
             except Exception as error:  # answer every waiter, whatever broke
@@ -132,7 +121,6 @@ class Committer:
                     if not waiter.future.done():
                         waiter.future.set_exception(Unavailable(str(error)))
             finally:
-                metrics.IN_FLIGHT.dec(len(batch))
                 for _ in batch:
                     self._queue.task_done()
 

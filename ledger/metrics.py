@@ -21,7 +21,6 @@ COMMIT_SECONDS = Histogram(
 )
 SERIALIZATION_RETRIES = Counter("ledger_commit_serialization_retries_total", "Batches retried on SQLSTATE 40001.")
 QUEUE_DEPTH = Gauge("ledger_commit_queue_depth", "Transfers waiting for the committer.")
-IN_FLIGHT = Gauge("ledger_commit_in_flight_transfers", "Transfers in batches being committed now (taken from the queue, not yet answered).")
 PUBLISH_LAG = Gauge(
     "ledger_publish_lag_entries", "Journal entries after the publisher cursor (head - cursor): committed, not yet known published."
 )
