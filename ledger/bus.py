@@ -18,7 +18,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError
 
 import schemas
 
@@ -138,30 +138,17 @@ class EventBus:
         except BadRequestError:
             await self.js.update_stream(config)
 
-    async def subscribe_doorbells(self, durable: str, *, from_start: bool, ack_all: bool = False):
+    async def subscribe_doorbells(self, durable: str, *, from_start: bool):
         """A durable pull subscription to the journal's events, as every follower of the journal
-        (projector, webhook worker) takes them: a bounded number in flight, and explicit acks, or
-        with `ack_all` cumulative ones (acking a message acks every earlier one, so a follower
-        acks a whole fetched batch with one message). `from_start`: a new consumer starts at the
-        stream's first event, else at the next one. A durable consumer made with the other ack
-        policy is replaced by one that starts where the old one's acknowledgements stopped:
-        JetStream cannot change a consumer's ack policy in place."""
+        (projector, webhook worker) takes them: explicit acks, a bounded number in flight.
+        `from_start`: a new consumer starts at the stream's first event, else at the next one."""
         assert self.js is not None
-        policy = AckPolicy.ALL if ack_all else AckPolicy.EXPLICIT
-        deliver = {"deliver_policy": DeliverPolicy.ALL if from_start else DeliverPolicy.NEW}
-        with contextlib.suppress(NotFoundError):
-            existing = await self.js.consumer_info(STREAM, durable)
-            if existing.config.ack_policy != policy:
-                log.info("replacing consumer %s: ack policy %s -> %s", durable, existing.config.ack_policy, policy)
-                deliver = {"deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
-                           "opt_start_seq": existing.ack_floor.stream_seq + 1}
-                await self.js.delete_consumer(STREAM, durable)
         config = ConsumerConfig(
             durable_name=durable,
-            ack_policy=policy,
+            deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
+            ack_policy=AckPolicy.EXPLICIT,
             ack_wait=CONSUMER_ACK_WAIT_S,
             max_ack_pending=CONSUMER_ACK_PENDING_MAX,
-            **deliver,
         )
         return await self.js.pull_subscribe(SUBJECT, durable=durable, stream=STREAM, config=config)
 

@@ -3,12 +3,12 @@
 The journal is the only truth; an event is a doorbell. A fetched batch only says how far the
 journal goes (its highest position), and the projector then reads the journal itself from its
 checkpoint, a page (`JOURNAL_PAGE_MAX` entries) per transaction, applying each page together
-with the checkpoint; only then is the batch acked (its last message, cumulatively). So a forged,
-corrupt or repeated event can make the projector look, never make it apply anything the journal
-does not hold, and a position past the journal head finds nothing. A crash anywhere in between
-re-delivers, and the checkpoint makes the repeat a no-op. When no events arrive but the journal
-head is ahead for longer than `GAP_GRACE_MS` (an event that was never published, NATS down, an
-event aged out of the stream), the projector reads the tail from the journal all the same.
+with the checkpoint; only then are the messages acked. So a forged, corrupt or repeated event
+can make the projector look, never make it apply anything the journal does not hold, and a
+position past the journal head finds nothing. A crash anywhere in between re-delivers, and the
+checkpoint makes the repeat a no-op. When no events arrive but the journal head is ahead for
+longer than `GAP_GRACE_MS` (an event that was never published, NATS down, an event aged out of
+the stream), the projector reads the tail from the journal all the same.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class Projector:
         a plain SELECT would let both read the same checkpoint and both apply the range."""
         now = dt.datetime.now(dt.timezone.utc)
         async with self._pool.connection() as conn:
-            async with conn.pipeline(), conn.transaction():
+            async with conn.transaction():
                 current = await projections.lock_checkpoint(conn, self._name, now=now)
                 entries = await store.entries_after(conn, current, JOURNAL_PAGE_MAX)
                 run = domain.contiguous(entries, after=current)
@@ -162,7 +162,7 @@ class Projector:
 
     async def _subscribe(self):
         await self._bus.ensure_stream()
-        return await self._bus.subscribe_doorbells(f"projector-{self._name}", from_start=True, ack_all=True)
+        return await self._bus.subscribe_doorbells(f"projector-{self._name}", from_start=True)
 
     async def _pump(self, subscription) -> None:
         try:
@@ -177,12 +177,8 @@ class Projector:
             except msgspec.MsgspecError:
                 log.warning("undecodable event on %s; acked and ignored (the journal fills its place)", SUBJECT)
         await self.apply(entries)
-        # The consumer acks cumulatively: the batch's last message acks all of it, one message to
-        # NATS per batch instead of one per event. An event another instance of this projector
-        # fetched may be acked with it before that instance applied it; the event is a doorbell,
-        # and that instance still follows the journal, or its tail check does.
-        if messages:
-            await messages[-1].ack()
+        for message in messages:
+            await message.ack()
 
 
 def _bus(settings: Settings, name: str) -> EventBus:

@@ -14,7 +14,6 @@ from psycopg.rows import dict_row, kwargs_row
 
 import schemas
 from ledger import domain
-from ledger.store.base import _numbers, _texts
 
 DEFAULT_NAME = "main"
 
@@ -25,24 +24,20 @@ async def checkpoint(conn, name: str = DEFAULT_NAME) -> int:
 
 
 async def lock_checkpoint(conn, name: str, *, now: dt.datetime) -> int:
-    """The checkpoint, its row locked until the transaction ends (and created first if missing):
-    whoever applies entries holds it, so two projector instances take turns instead of both
-    applying. The row exists but for the first page and after a reset: one statement then."""
-    lock = "SELECT position FROM projector_checkpoint WHERE name = %s FOR UPDATE"
-    row = await (await conn.execute(lock, (name,))).fetchone()
-    if row is None:
-        await conn.execute(
-            "INSERT INTO projector_checkpoint (name, position, updated_at) VALUES (%s, 0, %s)"
-            " ON CONFLICT (name) DO NOTHING",
-            (name, now),
-        )
-        row = await (await conn.execute(lock, (name,))).fetchone()
+    """The checkpoint, its row created if missing and locked until the transaction ends: whoever
+    applies entries holds it, so two projector instances take turns instead of both applying."""
+    await conn.execute(
+        "INSERT INTO projector_checkpoint (name, position, updated_at) VALUES (%s, 0, %s) ON CONFLICT (name) DO NOTHING",
+        (name, now),
+    )
+    row = await (
+        await conn.execute("SELECT position FROM projector_checkpoint WHERE name = %s FOR UPDATE", (name,))
+    ).fetchone()
     return row[0]
 
 
 async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str, projected_at: dt.datetime) -> None:
-    """Apply contiguous entries (the caller guarantees order and no gaps) and move the checkpoint.
-    No statement needs another's result, so in pipeline mode they cost one round trip together."""
+    """Apply contiguous entries (the caller guarantees order and no gaps) and move the checkpoint."""
     assert entries
     deltas: dict[uuid.UUID, tuple[str, int]] = {}
     for entry in entries:
@@ -56,30 +51,29 @@ async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str,
         " SELECT i, c, d, %s FROM unnest(%s::UUID[], %s::TEXT[], %s::INT8[]) AS v (i, c, d)"
         " ON CONFLICT (account_id) DO UPDATE SET balance = projected_balances.balance + excluded.balance,"
         " position = excluded.position",
-        (last, _numbers(ids), _texts([deltas[i][0] for i in ids]), _numbers([deltas[i][1] for i in ids])),
+        (last, ids, [deltas[i][0] for i in ids], [deltas[i][1] for i in ids]),
     )
-    # A hold, a void and an expiry name the vendor as the hold's other party but pay it nothing;
-    # the join keeps the payments to vendor accounts.
-    rows = [e for e in entries if e.kind in domain.PAYMENT_KINDS]
+    vendors = await _vendor_accounts(conn, list({e.to_account_id for e in entries}))
+    # A hold, a void and an expiry name the vendor as the hold's other party but pay it nothing.
+    rows = [e for e in entries if e.to_account_id in vendors and e.kind in domain.PAYMENT_KINDS]
     if rows:
         await conn.execute(
             "INSERT INTO verifications (vendor_account_id, position, transfer_id, payer_account_id, amount,"
             " currency, reference, committed_at, hash, projected_at)"
-            " SELECT x.v, x.p, x.t, x.f, x.a, x.c, x.r, x.ca, x.h, %s FROM unnest(%s::UUID[], %s::INT8[], %s::UUID[],"
-            " %s::UUID[], %s::INT8[], %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::TEXT[]) AS x (v, p, t, f, a, c, r, ca, h)"
-            " JOIN accounts k ON k.id = x.v AND k.kind = 'vendor'"
+            " SELECT v, p, t, f, a, c, r, ca, h, %s FROM unnest(%s::UUID[], %s::INT8[], %s::UUID[], %s::UUID[],"
+            " %s::INT8[], %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::TEXT[]) AS x (v, p, t, f, a, c, r, ca, h)"
             " ON CONFLICT (transfer_id) DO NOTHING",
             (
                 projected_at,
-                _numbers([e.to_account_id for e in rows]),
-                _numbers([e.position for e in rows]),
-                _numbers([e.transfer_id for e in rows]),
-                _numbers([e.from_account_id for e in rows]),
-                _numbers([e.amount for e in rows]),
-                _texts([e.currency for e in rows]),
-                _texts([e.reference for e in rows]),
-                _texts([e.committed_at for e in rows]),
-                _texts([e.hash for e in rows]),
+                [e.to_account_id for e in rows],
+                [e.position for e in rows],
+                [e.transfer_id for e in rows],
+                [e.from_account_id for e in rows],
+                [e.amount for e in rows],
+                [e.currency for e in rows],
+                [e.reference for e in rows],
+                [e.committed_at for e in rows],
+                [e.hash for e in rows],
             ),
         )
     await _add_refunds(conn, entries)
@@ -105,6 +99,13 @@ async def _add_refunds(conn, entries: list[schemas.JournalEntry]) -> None:
             " WHERE verifications.transfer_id = r.transfer_id",
             (originals, [refunded[t] for t in originals]),
         )
+
+
+async def _vendor_accounts(conn, account_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await (
+        await conn.execute("SELECT id FROM accounts WHERE id = ANY(%s) AND kind = 'vendor'", (account_ids,))
+    ).fetchall()
+    return {row[0] for row in rows}
 
 
 async def reset(conn, name: str = DEFAULT_NAME) -> None:

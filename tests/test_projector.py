@@ -386,37 +386,3 @@ async def test_concurrent_instances_applying_the_same_range_apply_it_once(stack)
     finally:
         await asyncio.gather(*(pool.close() for pool in pools))
     assert await _projected_balance(stack, vendor.account_id) == 15
-
-
-async def test_a_consumer_made_with_explicit_acks_is_replaced_from_where_its_acks_stopped(stack):
-    """The projector acks a fetched batch with its last message (AckPolicy.ALL). A durable consumer
-    left by a version that acked every message is replaced, and the new one starts at the first
-    event the old one had not acknowledged: nothing is skipped, nothing acked is taken again."""
-    wallet = await stack.funded_wallet(1000)
-    vendor = await stack.vendor()
-    follower = bus.EventBus(stack.nats.url, name="ack-policy-test", stream_replicas=1)
-    follower.start()
-    try:
-        assert await follower.wait_connected(10)
-        durable = f"ack-policy-{uuid.uuid4().hex[:8]}"
-        explicit = await follower.subscribe_doorbells(durable, from_start=False)
-        paid = [(await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, n)).body for n in (1, 2)]
-        first, second = await _fetched(explicit, 2)
-        assert [json.loads(m.data)["transfer_id"] for m in (first, second)] == [p["id"] for p in paid]
-        await first.ack_sync()
-        await explicit.unsubscribe()
-        cumulative = await follower.subscribe_doorbells(durable, from_start=False, ack_all=True)
-        info = await follower.js.consumer_info(bus.STREAM, durable)
-        assert info.config.ack_policy == nats.js.api.AckPolicy.ALL
-        (again,) = await _fetched(cumulative, 1)
-        assert json.loads(again.data)["transfer_id"] == paid[1]["id"]
-        await follower.js.delete_consumer(bus.STREAM, durable)
-    finally:
-        await follower.close()
-
-
-async def _fetched(subscription, count: int) -> list:
-    messages = []
-    while len(messages) < count:
-        messages += await subscription.fetch(count - len(messages), timeout=5)
-    return messages
