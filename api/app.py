@@ -180,7 +180,8 @@ async def _lifecycle(app: web.Application):
     await commit_pool.open(wait=True)
     bus = EventBus(settings.nats_url, name="ledger-api", stream_replicas=settings.stream_replicas,
                    stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes)
-    outbox = Outbox(pool=pool, bus=bus, sweep_interval_ms=settings.outbox_sweep_interval_ms)
+    outbox = Outbox(pool=pool, bus=bus, sweep_interval_ms=settings.outbox_sweep_interval_ms,
+                    relaxed_commit=dialect.relaxed_commit())
     committer = Committer(
         pool=commit_pool,
         batch_max=settings.batch_max,

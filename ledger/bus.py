@@ -1,7 +1,7 @@
 """NATS JetStream: the stream, the subjects and the headers of the ledger's events, in one place.
 
 NATS is transport, not truth: every event can be rebuilt from the journal, so a NATS outage only
-delays events (they wait in the outbox), it never loses them. For the same reason the stream is
+delays events (they wait behind the publisher cursor), it never loses them. For the same reason the stream is
 bounded (`Settings.stream_max_age_s`, `Settings.stream_max_bytes`, oldest discarded first): an
 event that ages out before a projector read it costs nothing, because the projector follows the
 journal from its own checkpoint whenever the journal head is ahead of it.

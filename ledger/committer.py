@@ -87,7 +87,7 @@ class Committer:
 
     async def stop(self) -> None:
         """Finish what is queued, then stop; publishes in flight are awaited (what they miss
-        stays in the outbox for the sweeper)."""
+        stays behind the publisher cursor for the sweeper)."""
         if self._task is not None:
             await self._queue.join()
             self._task.cancel()

@@ -44,6 +44,15 @@ class Dialect:
             return None
         return "LOCK TABLE journal_head IN EXCLUSIVE MODE"
 
+    def relaxed_commit(self) -> str | None:
+        """The statement that lets a transaction commit without waiting for its WAL flush, for
+        writes whose loss in a crash costs nothing but repeated work (the publisher cursor: a lost
+        advance republishes a few events, which JetStream and the consumers drop as repeats).
+        CockroachDB has no such switch; its commit stays as it is."""
+        if self.name == "cockroachdb":
+            return None
+        return "SET LOCAL synchronous_commit = off"
+
     def snapshot_begin(self) -> str:
         """How the audit opens one consistent, read-only snapshot of the whole journal."""
         if self.name == "cockroachdb":

@@ -21,9 +21,11 @@ COMMIT_SECONDS = Histogram(
 )
 SERIALIZATION_RETRIES = Counter("ledger_commit_serialization_retries_total", "Batches retried on SQLSTATE 40001.")
 QUEUE_DEPTH = Gauge("ledger_commit_queue_depth", "Transfers waiting for the committer.")
-OUTBOX_BACKLOG = Gauge("ledger_outbox_backlog", "Committed entries not yet confirmed published.")
+PUBLISH_LAG = Gauge(
+    "ledger_publish_lag_entries", "Journal entries after the publisher cursor (head - cursor): committed, not yet known published."
+)
 EVENTS_PUBLISHED = Counter("ledger_events_published_total", "Journal entries published to JetStream.")
-EVENTS_FAILED = Counter("ledger_events_publish_failed_total", "Journal entries whose publish failed (left in the outbox).")
+EVENTS_FAILED = Counter("ledger_events_publish_failed_total", "Journal entries whose publish failed (left for the sweeper).")
 PROJECTOR_WATERMARK = Gauge("ledger_projector_watermark_position", "Contiguous journal position applied to the read models.")
 PROJECTOR_LAG_SECONDS = Histogram(
     "ledger_projector_lag_seconds",

@@ -1,16 +1,24 @@
-"""From the outbox to JetStream: the fast path after each commit, and the sweeper for the rest.
+"""From the journal to JetStream: the fast path after each commit, and the sweeper for the rest.
 
-An outbox row is written in the same transaction as its entry, so an event can be late but
-never lost. The fast path publishes right after commit and deletes what JetStream acknowledged;
-the sweeper republishes whatever is still there after `SWEEP_GRACE_MS` (NATS was down, the
-process died between commit and publish). `Nats-Msg-Id` = transfer id lets JetStream drop the
-repeats inside its duplicate window; consumers deduplicate by position beyond it.
+The gap-free journal is the outbox. One row, the publisher cursor, holds the last position whose
+event JetStream acknowledged (every position before it acknowledged too); the entries after it,
+up to the head, are the backlog. An entry is durable the moment it commits, so an event can be
+late but never lost, and no per-entry outbox row is written or deleted.
+
+The fast path publishes a batch right after its commit and hands the acknowledged run of positions
+to the cursor keeper, one task that moves the cursor in a small transaction of its own; while one
+advance is in flight the next runs pile up, so under load one advance covers many batches. The
+cursor only moves over a run that joins it, so a batch acknowledged before an earlier one (of this
+process or another) waits for it. The sweeper publishes from the cursor to the head, a page at a
+time, whatever was already behind at its previous round (NATS was down, the process died between
+commit and publish, another process's run never joined). `Nats-Msg-Id` = transfer id lets
+JetStream drop the repeats inside its duplicate window; consumers deduplicate by position beyond it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextlib
 import logging
 
 from psycopg_pool import AsyncConnectionPool
@@ -21,52 +29,118 @@ from ledger.bus import EventBus
 
 log = logging.getLogger("ledger.outbox")
 
-SWEEP_GRACE_MS = 1000
 SWEEP_BATCH_MAX = 1000
+# Acknowledged runs waiting to join the cursor, at most; past it the oldest are forgotten (the
+# sweeper republishes them, JetStream drops the repeats).
+PENDING_RUNS_MAX = 10_000
 
 
 class Outbox:
-    def __init__(self, *, pool: AsyncConnectionPool, bus: EventBus, sweep_interval_ms: int) -> None:
+    def __init__(self, *, pool: AsyncConnectionPool, bus: EventBus, sweep_interval_ms: int,
+                 relaxed_commit: str | None = None) -> None:
+        """`relaxed_commit` is the dialect's statement that lets a transaction commit without
+        waiting for its WAL flush: a cursor advance lost in a crash only republishes a few events."""
         self._pool = pool
         self._bus = bus
         self._interval_s = sweep_interval_ms / 1000
-        self._task: asyncio.Task | None = None
+        self._relaxed_commit = relaxed_commit
+        self._runs: list[tuple[int, int]] = []  # acknowledged (first, last), not yet under the cursor
+        self._runs_added = asyncio.Event()
+        self._head_seen: int | None = None  # the head at the sweeper's previous round
+        self._tasks: list[asyncio.Task] = []
 
     async def publish(self, entries: list[schemas.JournalEntry], request_ids: dict[int, str] | None = None) -> None:
         """The committer's fast path. Failures are left for the sweeper, never raised."""
+        run = await self._publish(entries, request_ids)
+        if run is not None:
+            self._runs.append(run)
+            if len(self._runs) > PENDING_RUNS_MAX:
+                self._runs.sort()
+                del self._runs[: len(self._runs) - PENDING_RUNS_MAX]
+            self._runs_added.set()
+
+    async def _publish(self, entries: list[schemas.JournalEntry], request_ids: dict[int, str] | None) -> tuple[int, int] | None:
+        """Publish in position order; the run of positions from the first that JetStream acked."""
         try:
-            acked = await self._bus.publish_entries(entries, request_ids=request_ids)
+            acked = set(await self._bus.publish_entries(entries, request_ids=request_ids))
         except Exception as error:
-            log.info("publish failed, left in the outbox: %s", error)
-            acked = []
+            log.info("publish failed, left for the sweeper: %s", error)
+            acked = set()
         metrics.EVENTS_PUBLISHED.inc(len(acked))
         metrics.EVENTS_FAILED.inc(len(entries) - len(acked))
-        if acked:
-            try:
-                async with self._pool.connection() as conn:
-                    await store.delete_outbox(conn, acked)
-            except Exception as error:
-                log.info("outbox delete failed (the sweeper republishes, JetStream dedups): %s", error)
+        last = None
+        for entry in entries:
+            if entry.position not in acked:
+                break
+            last = entry.position
+        return (entries[0].position, last) if last is not None else None
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._sweep_forever(), name="outbox-sweeper")
+        self._tasks = [
+            asyncio.create_task(self._sweep_forever(), name="outbox-sweeper"),
+            asyncio.create_task(self._keep_cursor(), name="publish-cursor"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        with contextlib.suppress(Exception):  # best effort: what is not recorded is republished
+            await self.advance_cursor()
+
+    async def advance_cursor(self) -> int | None:
+        """Move the cursor over the acknowledged runs that join it; returns the cursor."""
+        if not self._runs:
+            return None
+        first, last = self._joined_runs()
+        async with self._pool.connection() as conn, conn.transaction():
+            if self._relaxed_commit:
+                await conn.execute(self._relaxed_commit)
+            cursor = await store.advance_publish_cursor(conn, first=first, last=last)
+        self._runs = [run for run in self._runs if run[1] > cursor]
+        return cursor
+
+    def _joined_runs(self) -> tuple[int, int]:
+        """The lowest contiguous stretch of the pending runs, as one run."""
+        self._runs.sort()
+        first, last = self._runs[0]
+        for start, end in self._runs[1:]:
+            if start > last + 1:
+                break
+            last = max(last, end)
+        return first, last
+
+    async def _keep_cursor(self) -> None:
+        while True:
+            await self._runs_added.wait()
+            self._runs_added.clear()
+            try:
+                await self.advance_cursor()
+            except Exception as error:
+                log.info("publish cursor advance failed (the sweeper republishes, JetStream dedups): %s", error)
 
     async def sweep_once(self) -> int:
-        """Publish what the fast path missed; returns how many entries were published."""
-        older_than = dt.datetime.now(dt.timezone.utc) - dt.timedelta(milliseconds=SWEEP_GRACE_MS)
+        """Publish a page of what was already behind the cursor at the previous round; returns
+        how many entries were published. The one-round grace leaves fresh entries to the fast path."""
         async with self._pool.connection() as conn:
-            positions = await store.outbox_positions(conn, older_than=older_than, limit=SWEEP_BATCH_MAX)
-            metrics.OUTBOX_BACKLOG.set(await store.outbox_size(conn))
-            if not positions or not self._bus.connected:
-                return 0
-            entries = await store.entries_by_positions(conn, positions)
-        await self.publish(entries)
-        return len(entries)
+            cursor, head = await store.publish_progress(conn)
+        metrics.PUBLISH_LAG.set(head - cursor)
+        due, self._head_seen = self._head_seen, head
+        if due is None or cursor >= due or not self._bus.connected:
+            return 0
+        async with self._pool.connection() as conn:
+            entries = await store.entries_after(conn, cursor, min(due - cursor, SWEEP_BATCH_MAX))
+        if not entries:
+            return 0
+        run = await self._publish(entries, None)
+        if run is None:
+            return 0
+        async with self._pool.connection() as conn:
+            await store.advance_publish_cursor(conn, first=run[0], last=run[1])
+        if run[1] < due:
+            self._head_seen = due  # still overdue: the next round goes on from the moved cursor
+        return run[1] - run[0] + 1
 
     async def _sweep_forever(self) -> None:
         while True:

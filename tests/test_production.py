@@ -111,7 +111,7 @@ REQUIRED_METRICS = (
     "ledger_commit_batch_size",
     "ledger_commit_serialization_retries_total",
     "ledger_commit_queue_depth",
-    "ledger_outbox_backlog",
+    "ledger_publish_lag_entries",
     "ledger_projector_lag_seconds",
     "ledger_projector_watermark_position",
     "ledger_events_published_total",
@@ -119,7 +119,7 @@ REQUIRED_METRICS = (
 )
 
 
-async def test_metrics_cover_http_commits_outbox_projector_and_events(stack):
+async def test_metrics_cover_http_commits_publishing_projector_and_events(stack):
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()
     assert (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)).status == 201

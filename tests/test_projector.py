@@ -9,7 +9,8 @@ import msgspec
 import nats
 
 
-from ledger import bus, metrics, store
+from ledger import bus, db, domain, metrics, store
+from ledger.committer import Committer
 from projector import store as projections
 from projector.consumer import Projector
 from tests.conftest import eventually
@@ -125,30 +126,79 @@ async def _projected_balance(stack, account_id: str) -> int | None:
     return balances.get(uuid.UUID(account_id))
 
 
-async def _outbox_empty(stack) -> bool:
+async def _all_published(stack) -> bool:
+    """The publisher cursor has reached the journal head: every event is acknowledged."""
     async with await stack.superuser() as conn:
-        return await store.outbox_size(conn) == 0
+        cursor, head = await store.publish_progress(conn)
+    assert cursor <= head, "the cursor never passes the head"
+    return cursor == head
 
 
 async def test_with_nats_down_payments_commit_and_every_event_flows_when_it_returns(stack):
     wallet = await stack.funded_wallet(1000)
     vendor = await stack.vendor()
-    await eventually(lambda: _outbox_empty(stack))
+    await eventually(lambda: _all_published(stack))
     stack.nats.stop()
     try:
         replies = [await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10) for _ in range(5)]
         assert [r.status for r in replies] == [201] * 5
         ready = await eventually(lambda: _readyz_says_nats_down(stack))
         assert ready.body["checks"]["database"] == "ok"
-        assert not await _outbox_empty(stack)
+        assert not await _all_published(stack)
     finally:
         stack.nats.start()
-    await eventually(lambda: _outbox_empty(stack), timeout_s=20)
+    await eventually(lambda: _all_published(stack), timeout_s=20)
     assert await eventually(lambda: _is(_projected_balance(stack, vendor.account_id), 50), timeout_s=20)
     for reply in replies:
         verified = await stack.client.get(verification_path(vendor.account_id, reply.body["id"]), token=vendor.token,
                                           params={"min_position": reply.body["position"], "wait_ms": 5000})
         assert verified.status == 200
+
+
+async def test_an_entry_whose_process_died_before_publishing_is_published_by_the_sweeper(stack):
+    """A committer with no publisher stands for an API process killed between its commit and its
+    publish: the entry waits behind the publisher cursor, and the running API's sweeper publishes
+    it and moves the cursor to the head."""
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    pool = db.make_pool(stack.database_url, role=store.API_ROLE, size_max=1, serializable=True)
+    await pool.open(wait=True)
+    try:
+        silent = Committer(pool=pool, batch_max=8, queue_max=8, batch_linger_ms=0, commit_retries_max=5, publish=None)
+        silent.start()
+        answer = await silent.submit(domain.TransferCommand(
+            uuid.uuid4(), "admin", "died-before-publishing", b"\x01" * 32, uuid.UUID(wallet.account_id),
+            uuid.UUID(vendor.account_id), 9, "USD", "", {}))
+        await silent.stop()
+    finally:
+        await pool.close()
+    assert answer.entry is not None and answer.rejection is None
+    connection = await nats.connect(stack.nats.url)
+    try:
+        message = await eventually(lambda: _find_event(connection.jetstream(), str(answer.entry.transfer_id)))
+    finally:
+        await connection.close()
+    assert json.loads(message.data)["position"] == answer.entry.position
+    await eventually(lambda: _all_published(stack))
+
+
+async def test_the_publisher_cursor_moves_only_forward_and_only_over_runs_that_join_it(stack):
+    """Two publishers may acknowledge overlapping runs, and a run may be acknowledged before an
+    earlier one: the cursor never moves back, and never over a position not yet acknowledged."""
+    wallet = await stack.funded_wallet(1000)
+    vendor = await stack.vendor()
+    for amount in range(1, 5):
+        assert (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, amount)).status == 201
+    async with await stack.superuser() as conn:
+        async with conn.transaction(force_rollback=True):
+            await conn.execute("UPDATE publish_cursor SET position = position - 4 WHERE id = 1")
+            start, head = await store.publish_progress(conn)
+            assert start + 4 <= head
+            assert await store.advance_publish_cursor(conn, first=start + 3, last=start + 4) == start  # a gap before it
+            assert await store.advance_publish_cursor(conn, first=start + 1, last=start + 2) == start + 2
+            assert await store.advance_publish_cursor(conn, first=start + 1, last=start + 1) == start + 2  # overlap
+            assert await store.advance_publish_cursor(conn, first=start + 2, last=start + 4) == start + 4
+            assert await store.publish_progress(conn) == (start + 4, head)
 
 
 async def _readyz_says_nats_down(stack):
@@ -160,8 +210,9 @@ async def _is(awaitable, expected):
     return (await awaitable) == expected
 
 
-async def test_a_deleted_outbox_row_is_recovered_from_the_journal(stack):
-    """An event that is never published leaves a hole; the projector fills it from the journal."""
+async def test_an_event_never_published_is_recovered_from_the_journal(stack):
+    """An event that is never published (here: the publisher cursor moved past it while NATS was
+    down, as if JetStream had lost it) leaves a hole; the projector fills it from the journal."""
     wallet = await stack.funded_wallet(1000)
     vendor = await stack.vendor()
     fills_before = metrics.PROJECTOR_GAP_FILLS._value.get()
@@ -169,7 +220,7 @@ async def test_a_deleted_outbox_row_is_recovered_from_the_journal(stack):
     try:
         lost = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 11)).body
         async with await stack.superuser() as conn:
-            await conn.execute("DELETE FROM outbox WHERE position = %s", (lost["position"],))
+            await conn.execute("UPDATE publish_cursor SET position = %s WHERE id = 1", (lost["position"],))
     finally:
         stack.nats.start()
     later = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 12)).body
@@ -258,7 +309,7 @@ async def test_events_aged_out_of_the_stream_are_caught_up_from_the_journal(tmp_
     nats_server.start()
     try:
         await db.migrate(postgres.url)
-        await seed_journal(postgres.url, entries=40, accounts=10)  # no outbox rows: nothing published
+        await seed_journal(postgres.url, entries=40, accounts=10)  # the publisher cursor moves with it: nothing published
         settings = Settings(database_url=postgres.url, nats_url=nats_server.url, stream_max_age_s=1)
         publisher = bus.EventBus(nats_server.url, name="aged", stream_replicas=1, stream_max_age_s=1)
         publisher.start()

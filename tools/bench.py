@@ -593,7 +593,7 @@ class Options:
 
 
 async def run_phase(stack: Stack, sampler: Sampler, options: Options, *, name: str, scenario: str,
-                    rate_per_s: float = 0.0, profile: Path | None = None, native: bool = False) -> Phase:
+                    rate_per_s: float = 0.0, profile: dict[str, Path] | None = None, native: bool = False) -> Phase:
     """One loadgen process for one phase; the CPU of every process is counted over its run."""
     out = stack.run_dir / f"loadgen-{name}.json"
     phase = Phase(name=name, scenario=scenario, mode="open" if rate_per_s else "closed",
@@ -610,7 +610,8 @@ async def run_phase(stack: Stack, sampler: Sampler, options: Options, *, name: s
         while (line := await process.stdout.readline()) and line.strip() != loadgen.MEASURING.encode():
             pass  # the warm-up
         before, counters = sampler.snapshot(), await committer_counters(stack)
-        profiler = _start_profiler(stack, profile, options.duration_s, native=native) if profile is not None else None
+        profilers = [_start_profiler(pid, out, options.duration_s, native=native)
+                     for pid, out in _profiled_pids(stack, profile or {})]
         await process.communicate()
     except BaseException:  # Ctrl-C or a failure here: the generator must not outlive the bench
         if process.returncode is None:
@@ -620,7 +621,7 @@ async def run_phase(stack: Stack, sampler: Sampler, options: Options, *, name: s
     phase.cpu_cores = sampler.cores_since(before)
     phase.committer = committer_summary(counters, await committer_counters(stack))
     sampler.unwatch("client")
-    if profiler is not None:
+    for profiler in profilers:
         await asyncio.to_thread(profiler.wait)
     if code != 0:
         raise RuntimeError(f"the load generator exited with {code} in phase {name}")
@@ -632,7 +633,10 @@ async def run_phase(stack: Stack, sampler: Sampler, options: Options, *, name: s
     return phase
 
 
-# ---- profiling the API (py-spy) --------------------------------------------------------------
+# ---- profiling the service's processes (py-spy) -----------------------------------------------
+
+# The Python processes of the service that `--profile` samples, each into `<name>-profile.txt`.
+PROFILED_PROCESSES = ("api", "projector")
 
 
 def _py_spy() -> str | None:
@@ -640,11 +644,16 @@ def _py_spy() -> str | None:
     return str(beside) if beside.is_file() else shutil.which("py-spy")
 
 
-def _start_profiler(stack: Stack, out: Path, duration_s: float, *, native: bool) -> subprocess.Popen:
+def _profiled_pids(stack: Stack, outputs: dict[str, Path]) -> list[tuple[int, Path]]:
+    processes = {"api": stack.api, "projector": stack.projector}
+    return [(processes[name].pid, out) for name, out in outputs.items() if processes.get(name) is not None]
+
+
+def _start_profiler(pid: int, out: Path, duration_s: float, *, native: bool) -> subprocess.Popen:
     binary = _py_spy()
-    assert binary is not None and stack.api is not None
+    assert binary is not None
     return subprocess.Popen(
-        [binary, "record", "--pid", str(stack.api.pid), "--duration", str(max(1, int(duration_s) - 1)),
+        [binary, "record", "--pid", str(pid), "--duration", str(max(1, int(duration_s) - 1)),
          "--format", "raw", "--output", str(out), "--rate", str(PROFILE_RATE_HZ)]
         # Native stacks need the process paused for each sample; Python ones are read while it runs.
         + (["--native"] if native else ["--nonblocking"]),
@@ -983,8 +992,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="grow the journal to this many entries and run uniform again (0: skip)")
     parser.add_argument("--quick", action="store_true", help="skip the big-journal phase")
     parser.add_argument("--profile", nargs="?", const="python", choices=["python", "native"],
-                        help="one more uniform phase with py-spy on the API, not part of the table; prints its"
-                             " hotspots (`native` adds C frames: uvloop, psycopg's and msgspec's C code)")
+                        help="one more uniform phase with py-spy on the API and the projector at once, not part of"
+                             " the table; prints each one's hotspots and keeps its raw stacks in the run directory"
+                             " as <process>-profile.txt (`native` adds C frames: uvloop, psycopg's and msgspec's C code)")
     parser.add_argument("--database-url", help="use this PostgreSQL/CockroachDB instead of an embedded one")
     parser.add_argument("--nats-url", help="use this NATS instead of an embedded one")
     parser.add_argument("--out-dir", type=Path, default=Path(".ledger/bench"))
@@ -1144,17 +1154,23 @@ def tree_rows(phases: dict[str, Phase], lag: list[int]) -> list[Row]:
     return rows
 
 
-async def _profile(stack: Stack, sampler: Sampler, options: Options, *, native: bool) -> dict | None:
+async def _profile(stack: Stack, sampler: Sampler, options: Options, *, native: bool) -> dict[str, dict] | None:
+    """One more uniform phase with py-spy sampling every service process at once; per process, its
+    hotspots and the path of its raw collapsed stacks (`<name>-profile.txt` in the run directory)."""
     if _py_spy() is None:
         progress("py-spy is not installed (pip install py-spy): no profile")
         return None
-    raw = stack.run_dir / "api-profile.txt"
-    progress(f"uniform again with py-spy on the API (pid {stack.api.pid}), not part of the table")
-    phase = await run_phase(stack, sampler, options, name="uniform-profiled", scenario="uniform", profile=raw,
+    outputs = {name: stack.run_dir / f"{name}-profile.txt" for name in PROFILED_PROCESSES}
+    progress(f"uniform again with py-spy on {', '.join(outputs)}, not part of the table")
+    phase = await run_phase(stack, sampler, options, name="uniform-profiled", scenario="uniform", profile=outputs,
                             native=native)
-    if not raw.exists():
-        return {"error": f"py-spy wrote nothing; see {raw.with_suffix('.log')}"}
-    return {"throughput_per_s": phase.throughput_per_s, "raw": str(raw), **hotspots(raw)}
+    profiles = {}
+    for name, raw in outputs.items():
+        if not raw.exists():
+            profiles[name] = {"error": f"py-spy wrote nothing; see {raw.with_suffix('.log')}"}
+        else:
+            profiles[name] = {"throughput_per_s": phase.throughput_per_s, "raw": str(raw), **hotspots(raw)}
+    return profiles
 
 
 def progress(message: str) -> None:
@@ -1194,10 +1210,9 @@ def main(argv: list[str]) -> int:
                         f" {audit.peak_rss_mib:.0f} MiB, ok {audit.ok})", f"≥ {AUDIT_ENTRIES_PER_S_MIN:,}/s",
                         audit.ok and audit.entries_per_s >= AUDIT_ENTRIES_PER_S_MIN))
     text = render(rows, title) + _noise_warning(phases, pgbench) + "\n\n" + detail_lines(phases, pgbench)
-    if profile and profile.get("self"):
-        text += "\n\n" + _profile_text(profile)
-    elif profile:
-        text += f"\n\nAPI profile: {profile.get('error', 'no samples')}"
+    for name, one in (profile or {}).items():
+        text += "\n\n" + (_profile_text(name, one) if one.get("self") else
+                           f"{name} profile: {one.get('error', 'no samples')}")
     chart_note = chart(phases, run_dir / "chart.png")
     history = append_history(args.out_dir, run_id, phases, pgbench)
     history_note = history_chart(history, args.out_dir / "history.png")
@@ -1235,8 +1250,8 @@ def _noise_warning(phases: dict[str, Phase], pgbench: Pgbench) -> str:
             f" (see `others` below): absolute figures are low and vary; compare the ratios, measured side by side.")
 
 
-def _profile_text(profile: dict) -> str:
-    lines = [f"API profile (py-spy, {profile['samples']} active samples during a uniform full-speed phase at"
+def _profile_text(name: str, profile: dict) -> str:
+    lines = [f"{name} profile (py-spy, {profile['samples']} active samples during a uniform full-speed phase at"
              f" {profile['throughput_per_s']:,.0f}/s; raw stacks in {profile['raw']}):",
              "  self time (on top of the stack):"]
     lines += [f"    {share:5.1f}%  {frame}" for frame, share in profile["self"]]

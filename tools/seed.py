@@ -2,8 +2,8 @@
 
 Each batch is decided by `ledger.domain.decide_batch` on the state the committer reads (the
 locked head, the touched accounts), exactly as a live write, and appended with COPY in the same
-transaction, so the result is a journal the audit accepts. No events are published (the outbox stays
-empty); a running projector reads seeded entries from the journal once it sees it is behind the
+transaction, so the result is a journal the audit accepts. No events are published (the publisher cursor
+moves with the head); a running projector reads seeded entries from the journal once it sees it is behind the
 head. Run it as the migration role: the service roles may not write this way.
 
     ledger seed --database-url URL --entries N [--accounts 1000] [--batch 10000] [--hot-share 0.2]

@@ -1,7 +1,7 @@
 """Every SQL statement of the ledger's write model, in the subset PostgreSQL and CockroachDB both accept.
 
 One module per part: `base` (roles, grants, errors), `migrations`, `accounts` (principals,
-tokens, accounts, statements), `journal` (the write path, holds, entries, outbox, bulk append)
+tokens, accounts, statements), `journal` (the write path, holds, entries, publisher cursor, bulk append)
 and `audit` (the auditor's snapshot reads). The read models' SQL is in `projector/store.py`, the
 webhooks' in `ledger/webhook_store.py`, the Merkle tree's in `ledger/tree_store.py`.
 Dialect differences (there are few) come from `ledger.dialect`.
@@ -76,9 +76,9 @@ from ledger.store.journal import (  # noqa: F401
     _postings_rows,
     _write_holds,
     account_owners,
+    advance_publish_cursor,
     copy_batch,
     delete_idempotency_before,
-    delete_outbox,
     due_holds,
     ensure_holding_account,
     entries_after,
@@ -89,8 +89,7 @@ from ledger.store.journal import (  # noqa: F401
     holds_for_audit,
     insert_accounts,
     journal_head,
-    outbox_positions,
-    outbox_size,
+    publish_progress,
     ping,
     read_batch_state,
     server_version,

@@ -27,7 +27,7 @@ GRANTS: dict[str, dict[str, str]] = {
         "postings": "SELECT, INSERT",
         "journal_head": "SELECT, UPDATE",
         "idempotency": "SELECT, INSERT, DELETE",
-        "outbox": "SELECT, INSERT, DELETE",
+        "publish_cursor": "SELECT, UPDATE",
         "refund_totals": "SELECT, INSERT, UPDATE",
         "holds": "SELECT, INSERT, UPDATE",
         "projector_checkpoint": "SELECT",

@@ -1,4 +1,4 @@
-"""The journal: the write path of the group commit, holds, reading entries back, the outbox,
+"""The journal: the write path of the group commit, holds, reading entries back, the publisher cursor,
 idempotency upkeep and the seeder's bulk path."""
 
 from __future__ import annotations
@@ -121,7 +121,6 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
             _numbers([k[3] for k in result.new_keys]),
         ),
     )
-    await conn.execute("INSERT INTO outbox (position) SELECT * FROM unnest(%s::INT8[])", (_numbers([e.position for e in entries]),))
     await _move_balances_and_head(conn, result, committed_at=committed_at)
 
 
@@ -320,25 +319,34 @@ async def account_owners(conn, account_ids: list[uuid.UUID]) -> dict[uuid.UUID, 
     return dict(rows)
 
 
-# ---- outbox ---------------------------------------------------------------------------------
+# ---- the publisher cursor ---------------------------------------------------------------------
+# The journal is the outbox: `publish_cursor.position` is the last position whose event JetStream
+# acknowledged, with every position before it acknowledged too. It only ever moves forward, and
+# only to a position that was published, so never past the head.
 
 
-async def delete_outbox(conn, positions: list[int]) -> None:
-    await conn.execute("DELETE FROM outbox WHERE position = ANY(%s)", (positions,))
+async def advance_publish_cursor(conn, *, first: int, last: int) -> int:
+    """Move the cursor to `last` if it already reaches `first - 1` (the run first..last was
+    published, so with it everything up to `last`); returns the cursor after the statement. A run
+    that does not join the cursor (an earlier batch, perhaps another process's, is not yet
+    acknowledged) leaves it where it is; `greatest` keeps it monotonic when two publishers
+    advance over overlapping runs."""
+    row = await (await conn.execute(
+        "UPDATE publish_cursor SET position = greatest(position, %s), updated_at = now()"
+        " WHERE id = 1 AND position >= %s RETURNING position",
+        (last, first - 1),
+    )).fetchone()
+    if row is not None:
+        return row[0]
+    return (await publish_progress(conn))[0]
 
 
-async def outbox_positions(conn, *, older_than: dt.datetime, limit: int) -> list[int]:
-    rows = await (
-        await conn.execute(
-            "SELECT position FROM outbox WHERE created_at < %s ORDER BY position LIMIT %s", (older_than, limit)
-        )
-    ).fetchall()
-    return [row[0] for row in rows]
-
-
-async def outbox_size(conn) -> int:
-    row = await (await conn.execute("SELECT count(*) FROM outbox")).fetchone()
-    return row[0]
+async def publish_progress(conn) -> tuple[int, int]:
+    """(cursor, head): the entries after the cursor up to the head are not yet known published."""
+    row = await (await conn.execute(
+        "SELECT c.position, h.position FROM publish_cursor c, journal_head h WHERE c.id = 1 AND h.id = 1"
+    )).fetchone()
+    return row[0], row[1]
 
 
 async def ping(conn) -> None:
@@ -382,7 +390,8 @@ _JOURNAL_COPY_TYPES = [
 
 async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
     """The bulk twin of `write_batch` for `tools.seed`: the same entries, postings, balances and
-    head, appended with COPY, without outbox rows (nothing is published) or idempotency keys."""
+    head, appended with COPY, without idempotency keys. Nothing is published: the publisher
+    cursor moves with the head, as if these entries' events had come and gone."""
     entries = result.entries
     assert entries, "an empty batch writes nothing"
     async with conn.cursor() as cursor:
@@ -403,3 +412,7 @@ async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datet
             for row in _postings_rows(result):
                 await copy.write_row(row)
     await _move_balances_and_head(conn, result, committed_at=committed_at)
+    await conn.execute(
+        "UPDATE publish_cursor SET position = greatest(position, %s), updated_at = now() WHERE id = 1",
+        (entries[-1].position,),
+    )

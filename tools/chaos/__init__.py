@@ -16,7 +16,7 @@ settle, and checks the ledger's promises against the database itself:
 - no payment's refunds add up to more than it, and every acknowledged refund is a `refund` entry
   of its payment;
 - the balances, recomputed from the postings and from the acknowledgements, equal the write model;
-- the projection and the outbox converge to the journal within `converge_s` of the last fault;
+- the projection and the publisher cursor converge to the journal within `converge_s` of the last fault;
 - `ledger audit` passes, its `verifications` check included (no forged payment was verified); every process stops cleanly on SIGTERM.
 - with `--webhooks` (the default), a receiver on every vendor account and a `ledger webhooks`
   process that the injector also SIGKILLs: every payment to a vendor reached the receiver at

@@ -1,6 +1,6 @@
 """The checks after the run: the ledger's promises judged against the database itself (nothing
 lost, nothing duplicated, no phantom, no negative balance, money conserved), the projection and
-the outbox converging, `ledger audit`, and the committer's counters scraped from /metrics.
+the publisher cursor converging, `ledger audit`, and the committer's counters scraped from /metrics.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class Snapshot:
     balances: list  # (account id, kind, currency, balance)
     from_postings: dict  # account id -> sum of its postings
     keys: list  # (principal id, key, position)
-    outbox_orphans: int
+    publish_cursor: int  # the last position known published; never past the head
     holds: list = dataclasses.field(default_factory=list)  # (id, from, to, amount, status, captured, reference)
 
     @classmethod
@@ -108,9 +108,7 @@ class Snapshot:
                 from_postings=dict(await rows(
                     "SELECT account_id::TEXT, sum(amount)::INT8 FROM postings GROUP BY account_id")),
                 keys=await rows("SELECT principal_id::TEXT, key, position FROM idempotency"),
-                outbox_orphans=(await rows(
-                    "SELECT count(*) FROM outbox o WHERE NOT EXISTS"
-                    " (SELECT 1 FROM journal j WHERE j.position = o.position)"))[0][0],
+                publish_cursor=(await rows("SELECT position FROM publish_cursor WHERE id = 1"))[0][0],
                 holds=await rows("SELECT id::TEXT, from_account_id::TEXT, to_account_id::TEXT, amount, status,"
                                  " captured_amount, reference FROM holds"),
             )
@@ -211,8 +209,8 @@ class Checks:
         if positions != list(range(1, len(positions) + 1)) or snapshot.head != len(positions):
             self.log.violation(f"journal positions are not 1..{len(positions)} with the head there"
                                f" (head {snapshot.head})")
-        if snapshot.outbox_orphans:
-            self.log.violation(f"{snapshot.outbox_orphans} outbox rows name no journal entry")
+        if snapshot.publish_cursor > snapshot.head:
+            self.log.violation(f"the publisher cursor {snapshot.publish_cursor} is past the head {snapshot.head}")
         acked_ids = {}
         for r in acked:
             row = by_id.get(r.transfer_id)
@@ -284,7 +282,7 @@ class Checks:
             self.log.violation(f"money is not conserved: {report.conservation}")
 
     async def converge(self) -> None:
-        """The projection (and the outbox) must reach the journal within `converge_s` of the last
+        """The projection (and the publisher cursor) must reach the journal within `converge_s` of the last
         fault or of the last write, whichever is later."""
         last_fault = self.faults[-1].ended if self.faults else self.writes_end
         deadline = max(last_fault, self.writes_end) + self.o.converge_s
@@ -298,7 +296,7 @@ class Checks:
                     self.report.converged_after_last_fault_s = now - last_fault
                     return
             if time.monotonic() > deadline:
-                self.log.violation(f"projection or outbox not converged {self.o.converge_s:g} s after the last fault"
+                self.log.violation(f"projection or publisher cursor not converged {self.o.converge_s:g} s after the last fault"
                                    f" or write: {state}")
                 return
             await asyncio.sleep(CONVERGE_POLL_S)
@@ -311,7 +309,7 @@ class Checks:
                 head = (await (await conn.execute("SELECT position FROM journal_head WHERE id = 1")).fetchone())[0]
                 checkpoint = await (await conn.execute(
                     "SELECT position FROM projector_checkpoint WHERE name = 'main'")).fetchone()
-                outbox = (await (await conn.execute("SELECT count(*) FROM outbox")).fetchone())[0]
+                cursor = (await (await conn.execute("SELECT position FROM publish_cursor WHERE id = 1")).fetchone())[0]
                 differ = (await (await conn.execute(
                     "SELECT count(*) FROM balances b FULL JOIN projected_balances p ON p.account_id = b.account_id"
                     " WHERE coalesce(b.balance, 0) <> coalesce(p.balance, 0)")).fetchone())[0]
@@ -322,10 +320,10 @@ class Checks:
                     " AND NOT EXISTS (SELECT 1 FROM verifications v WHERE v.transfer_id = j.transfer_id)"
                 )).fetchone())[0]
         checkpoint = checkpoint[0] if checkpoint else 0
-        if checkpoint == head and differ == 0 and outbox == 0 and vendor_entries == 0:
+        if checkpoint == head and differ == 0 and cursor == head and vendor_entries == 0:
             return "converged"
         return (f"head {head}, checkpoint {checkpoint}, {differ} projected balances differ,"
-                f" {vendor_entries} vendor entries unverified, outbox {outbox}")
+                f" {vendor_entries} vendor entries unverified, publisher cursor {cursor}")
 
     async def audit(self) -> None:
         if importlib.util.find_spec("ledger.audit") is None:
