@@ -2,17 +2,22 @@
 PostgreSQL's own TPC-B (pgbench) on the same server, in the same run.
 
 The bench starts its own stack (embedded PostgreSQL with its durable defaults and NATS, or the
-services named by `--database-url`/`--nats-url`), one API process and one projector process,
-creates its world through the API, and drives `POST /v1/transfers` from a separate load-generating
+services named by `--database-url`/`--nats-url`), one API process, one projector process and one
+webhook worker (`ledger webhooks`, delivering every vendor payment to a receiver on loopback in a
+process of its own), creates its world through the API, and drives `POST /v1/transfers` from a separate load-generating
 process (`tools.loadgen`). Phases, each `--duration` seconds after a short unrecorded warm-up:
 
 1. pgbench TPC-B (`-c 8 -j 2 -M prepared`) into a database of its own on the same server;
-2. uniform, closed loop: payments spread over every wallet and vendor, as fast as they go;
-   then once more with the projector restarted without its Merkle tree follower
-   (`LEDGER_TREE_FOLLOWER=0`): what the follower costs (its lag is sampled during the first);
+2. uniform, closed loop: payments spread over every wallet and vendor, as fast as they go (the
+   Merkle tree's lag behind the head is sampled meanwhile);
 3. uniform, open loop at 50% of what phase 2 reached, latency measured from the due time;
 4. hot vendor, closed loop: 90% of the payments go to one vendor;
 5. with `--big-journal N`: the journal is grown to N entries (`tools.seed`) and phase 2 again.
+
+After phase 4 the bench waits until every vendor payment reached the webhook receiver, and reports
+the commit-to-arrival latency of the payments of phase 3. Then phase 2 four more times, with the
+projector restarted without its Merkle tree follower (`LEDGER_TREE_FOLLOWER=0`), with it, with it,
+without it: what the follower costs the write path, measured side by side in one run.
 
 It prints the table (figures and the issue's targets, met or not) and writes `result.json` and
 `chart.png` (throughput and latency per 1 s bucket) under `.ledger/bench/run-<timestamp>/`.
@@ -54,6 +59,8 @@ HOT_VS_UNIFORM_MIN = 0.8
 LAG_P99_AT_HALF_MS_MAX = 250.0
 BIG_VS_EMPTY_MIN = 0.8
 RSS_MB_MAX = 200.0
+WEBHOOK_DRAIN_S_MAX = 60.0
+WEBHOOK_P99_AT_HALF_MS_MAX = 500.0  # issue 14  # after the last phase, every vendor payment reaches the receiver by then
 TREE_COST_MAX = 0.05  # issue 15: throughput with the Merkle tree follower within 5% of without
 TREE_LAG_SAMPLE_S = 0.1
 AUDIT_ENTRIES_PER_S_MIN = 100_000
@@ -311,13 +318,18 @@ class Stack:
     nats: EmbeddedNats | None = None
     api: subprocess.Popen | None = None
     projector: subprocess.Popen | None = None
+    webhooks: subprocess.Popen | None = None
+    receiver: subprocess.Popen | None = None
+    webhook_key: str = ""
 
 
 def _service_env(stack: Stack, port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("LEDGER_METRICS_PORT", None)  # a fixed port from the caller's shell would collide
     env.update(LEDGER_DATABASE_URL=stack.database_url, LEDGER_NATS_URL=stack.nats_url,
-               LEDGER_HTTP_HOST="127.0.0.1", LEDGER_HTTP_PORT=str(port))
+               LEDGER_HTTP_HOST="127.0.0.1", LEDGER_HTTP_PORT=str(port),
+               # Webhooks on, to a receiver on loopback that the bench starts (`start_receiver`).
+               LEDGER_WEBHOOK_KEY=stack.webhook_key, LEDGER_WEBHOOK_ALLOW_PRIVATE="1")
     return env
 
 
@@ -388,14 +400,22 @@ class _Api:
             body["owner_id"] = owner_id
         return (await self._post("/v1/accounts", body))["id"]
 
+    async def webhook(self, token: str, vendor_account: str, url: str) -> None:
+        async with self._http.post(f"{self._base}/v1/vendors/{vendor_account}/webhooks", json={"url": url},
+                                   headers={"Authorization": f"Bearer {token}"}) as reply:
+            if reply.status != 201:
+                raise RuntimeError(f"registering a webhook answered {reply.status}: {await reply.text()}")
+
     async def fund(self, source: str, target: str, amount: int, key: str) -> None:
         body = {"from_account_id": source, "to_account_id": target, "amount": amount, "currency": CURRENCY,
                 "reference": "bench funding"}
         await self._post("/v1/transfers", body, key=key)
 
 
-async def create_world(stack: Stack, *, clients: int, wallets: int, vendors: int) -> loadgen.World:
-    """Clients each owning wallets/clients wallets, all funded from one system account; vendors."""
+async def create_world(stack: Stack, *, clients: int, wallets: int, vendors: int,
+                       webhook_url: str | None = None) -> loadgen.World:
+    """Clients each owning wallets/clients wallets, all funded from one system account; vendors,
+    each with a webhook endpoint at `webhook_url` when given (every event type)."""
     assert clients >= 1 and wallets >= clients and vendors >= 1
     _, admin = await principals.create_at(stack.database_url, role="admin", name="bench admin")
     async with aiohttp.ClientSession() as http:
@@ -409,6 +429,8 @@ async def create_world(stack: Stack, *, clients: int, wallets: int, vendors: int
         sellers = await asyncio.gather(*(api.principal("vendor", f"bench vendor {i}") for i in range(vendors)))
         vendor_ids = await asyncio.gather(*(api.account("vendor", s["id"], f"bench vendor {i}")
                                             for i, s in enumerate(sellers)))
+        if webhook_url is not None:
+            await asyncio.gather(*(api.webhook(s["token"], v, webhook_url) for s, v in zip(sellers, vendor_ids)))
     return loadgen.World(
         api_url=stack.api_url, currency=CURRENCY,
         wallets=[loadgen.Wallet(token=o["token"], account_id=w) for o, w in zip(wallet_owners, wallet_ids)],
@@ -636,7 +658,7 @@ async def run_phase(stack: Stack, sampler: Sampler, options: Options, *, name: s
 # ---- profiling the service's processes (py-spy) -----------------------------------------------
 
 # The Python processes of the service that `--profile` samples, each into `<name>-profile.txt`.
-PROFILED_PROCESSES = ("api", "projector")
+PROFILED_PROCESSES = ("api", "projector", "webhooks")
 
 
 def _py_spy() -> str | None:
@@ -645,7 +667,7 @@ def _py_spy() -> str | None:
 
 
 def _profiled_pids(stack: Stack, outputs: dict[str, Path]) -> list[tuple[int, Path]]:
-    processes = {"api": stack.api, "projector": stack.projector}
+    processes = {"api": stack.api, "projector": stack.projector, "webhooks": stack.webhooks}
     return [(processes[name].pid, out) for name, out in outputs.items() if processes.get(name) is not None]
 
 
@@ -805,15 +827,15 @@ def table_rows(phases: dict[str, Phase], pgbench: Pgbench, big: BigJournal | Non
                         f"≥ {BIG_VS_EMPTY_MIN}× empty", None))
     else:
         rows.append(Row("uniform transfers/s, journal of 1,000,000", "not run (--quick)", f"≥ {BIG_VS_EMPTY_MIN}× empty"))
-    for name in ("api", "projector"):
+    for name in ("api", "projector", "webhooks"):
         mb = peak_kb.get(name, 0) / 1024
         rows.append(Row(f"{name} peak RSS", f"{mb:.0f} MB", f"≤ {RSS_MB_MAX:.0f} MB", 0 < mb <= RSS_MB_MAX))
     return rows
 
 
-# The processes that are the service (the load generator and other tenants are not): the tree
-# follower runs inside the projector process, the webhook worker is not started by the bench.
-SERVER_GROUPS = ("api", "postgres", "nats", "projector")
+# The processes that are the service (the load generator, the webhook receiver and other tenants
+# are not): the tree follower runs inside the projector process, the webhook worker in its own.
+SERVER_GROUPS = ("api", "postgres", "nats", "projector", "webhooks")
 SERVER_CPU_VS_PGBENCH_MAX = 1.0
 
 
@@ -1017,8 +1039,10 @@ def _start_stack(args: argparse.Namespace, run_dir: Path) -> Stack:
         nats = EmbeddedNats(data_dir=run_dir / "nats", port=free_port())
         nats.start()
         nats_url = nats.url
+    from ledger import webhooks
+
     return Stack(database_url=database_url, nats_url=nats_url, api_url="", run_dir=run_dir,
-                 postgres=postgres, nats=nats)
+                 postgres=postgres, nats=nats, webhook_key=webhooks.new_key())
 
 
 def _watch_servers(sampler: Sampler) -> None:
@@ -1034,6 +1058,8 @@ def _watch_servers(sampler: Sampler) -> None:
 def _stop_stack(stack: Stack, *, keep_data: bool) -> None:
     _stop_process(stack.api)
     _stop_process(stack.projector)
+    _stop_process(stack.webhooks)
+    _stop_process(stack.receiver)
     for server in (stack.nats, stack.postgres):
         if server is not None:
             server.stop()
@@ -1050,8 +1076,13 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
     sampler.watch("api", stack.api.pid, memory=True)
     sampler.watch("projector", stack.projector.pid, memory=True)
     await _wait_ready(stack)
-    progress(f"creating the world: {args.clients} clients, {args.wallets} wallets, {args.vendors} vendors")
-    world = await create_world(stack, clients=args.clients, wallets=args.wallets, vendors=args.vendors)
+    receiver_url = start_receiver(stack, sampler)
+    stack.webhooks = _spawn(stack, "webhooks", free_port())
+    sampler.watch("webhooks", stack.webhooks.pid, memory=True)
+    progress(f"creating the world: {args.clients} clients, {args.wallets} wallets, {args.vendors} vendors,"
+             f" a webhook endpoint per vendor")
+    world = await create_world(stack, clients=args.clients, wallets=args.wallets, vendors=args.vendors,
+                               webhook_url=receiver_url)
     world_path = stack.run_dir / "world.json"
     world_path.write_bytes(msgspec.json.encode(world))
     options = Options(duration_s=args.duration, warmup_s=args.warmup, concurrency=args.concurrency, run_id=run_id,
@@ -1071,14 +1102,18 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
     tree_lag = asyncio.create_task(sample_tree_lag(stack.database_url, stop_sampling))
     phases["uniform"] = await run_phase(stack, sampler, options, name="uniform", scenario="uniform")
     stop_sampling.set()
-    progress(f"uniform again without the Merkle tree follower (projector restarted), {args.duration:.0f} s")
-    phases["uniform-no-tree"] = await without_tree_follower(stack, sampler, options)
     half_rate = max(1.0, phases["uniform"].throughput_per_s / 2)
     progress(f"uniform, open loop at {half_rate:,.0f}/s, {args.duration:.0f} s")
+    half_from = await journal_head(stack.database_url)
     phases["uniform-50%"] = await run_phase(stack, sampler, options, name="uniform-50%", scenario="uniform",
                                             rate_per_s=half_rate)
+    half_window = (half_from, await journal_head(stack.database_url))
     progress(f"hot vendor, closed loop, {args.duration:.0f} s")
     phases["hot"] = await run_phase(stack, sampler, options, name="hot", scenario="hot")
+    progress("waiting for every vendor payment to reach the webhook receiver")
+    webhooks = await drain_webhooks(stack, world, half_window)
+    progress(f"uniform four more times, without / with / with / without the Merkle tree follower, {args.duration:.0f} s each")
+    phases.update(await tree_follower_ab(stack, sampler, options))
     profile = None
     if args.profile:
         profile = await _profile(stack, sampler, options, native=args.profile == "native")
@@ -1096,7 +1131,70 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
         from tools.audit_bench import measure_audit
         audit = await asyncio.to_thread(measure_audit, stack.database_url)
     return {"phases": phases, "pgbench": pgbench, "big": big, "profile": profile, "tree_lag": await tree_lag,
-            "audit": audit}
+            "audit": audit, "webhooks": webhooks}
+
+
+def start_receiver(stack: Stack, sampler: Sampler) -> str:
+    """The webhook receiver (`tools.webhook_bench --receiver`), a process of its own: answers 204
+    and writes one line per event: position, seconds from commit to arrival."""
+    port = free_port()
+    log = open(stack.run_dir / "receiver.log", "ab")
+    with log:
+        stack.receiver = subprocess.Popen(
+            [sys.executable, "-m", "tools.webhook_bench", "--receiver", str(port),
+             "--out", str(stack.run_dir / "webhook-arrivals.txt")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    sampler.watch("receiver", stack.receiver.pid)
+    return f"http://127.0.0.1:{port}/ok"
+
+
+@dataclass
+class Webhooks:
+    expected: int = 0  # vendor payments committed (each is one event to its vendor's endpoint)
+    delivered: int = 0  # distinct positions the receiver got
+    drain_s: float | None = None  # after the last phase, until every one had arrived
+    half_latency_ms: dict[str, float] = field(default_factory=dict)  # commit → arrival, in the 50% phase
+
+
+def _arrivals(path: Path) -> dict[int, float]:
+    found: dict[int, float] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            position, seconds = line.split()
+            found.setdefault(int(position), float(seconds))  # a duplicate delivery keeps the first
+    return found
+
+
+async def drain_webhooks(stack: Stack, world: loadgen.World, half_window: tuple[int, int]) -> Webhooks:
+    result = Webhooks(expected=await _scalar(
+        stack.database_url, "SELECT count(DISTINCT position) FROM postings WHERE account_id = ANY(%s::uuid[])",
+        (list(world.vendors),)))
+    path = stack.run_dir / "webhook-arrivals.txt"
+    started = time.monotonic()
+    while time.monotonic() - started < WEBHOOK_DRAIN_S_MAX:
+        arrived = _arrivals(path)
+        if len(arrived) >= result.expected:
+            result.drain_s = round(time.monotonic() - started, 2)
+            break
+        await asyncio.sleep(0.2)
+    arrived = _arrivals(path)
+    result.delivered = len(arrived)
+    half = sorted(seconds for position, seconds in arrived.items() if half_window[0] < position <= half_window[1])
+    if half:
+        result.half_latency_ms = {name: round(percentile(half, q) * 1000, 1) for name, q in (("p50", 0.5), ("p99", 0.99))}
+    return result
+
+
+def webhook_rows(webhooks: Webhooks) -> list[Row]:
+    """Issue 14 in the same run: every vendor payment delivered, and how fast at 50% load."""
+    drained = f", all within {webhooks.drain_s:.1f} s after the last phase" if webhooks.drain_s is not None else ""
+    rows = [Row("webhooks delivered (one endpoint per vendor)", f"{webhooks.delivered:,} of {webhooks.expected:,}{drained}",
+                "every one", webhooks.delivered >= webhooks.expected)]
+    if webhooks.half_latency_ms:
+        latency = webhooks.half_latency_ms
+        rows.append(Row("webhook commit → received p50/p99 at 50%", f"{latency['p50']:.0f} / {latency['p99']:.0f} ms",
+                        f"p99 ≤ {WEBHOOK_P99_AT_HALF_MS_MAX:.0f} ms", latency["p99"] <= WEBHOOK_P99_AT_HALF_MS_MAX))
+    return rows
 
 
 def _restart_projector(stack: Stack, sampler: Sampler, **env: str) -> None:
@@ -1106,15 +1204,24 @@ def _restart_projector(stack: Stack, sampler: Sampler, **env: str) -> None:
     sampler.watch("projector", stack.projector.pid, memory=True)
 
 
-async def without_tree_follower(stack: Stack, sampler: Sampler, options: Options) -> Phase:
-    """Issue 15's A/B in the same run: the uniform phase again with the projector restarted
-    without its Merkle tree follower (`LEDGER_TREE_FOLLOWER=0`), then restarted with it (the
-    follower catches up from its own checkpoint)."""
-    _restart_projector(stack, sampler, LEDGER_TREE_FOLLOWER="0")
-    try:
-        return await run_phase(stack, sampler, options, name="uniform-no-tree", scenario="uniform")
-    finally:
+TREE_AB = (("uniform-tree-off-1", False), ("uniform-tree-on-1", True), ("uniform-tree-on-2", True),
+           ("uniform-tree-off-2", False))
+
+
+async def tree_follower_ab(stack: Stack, sampler: Sampler, options: Options) -> dict[str, Phase]:
+    """Issue 15's A/B in the same run, in the order off, on, on, off so that a drift over the
+    run (the journal growing, the database warming) weighs on both sides alike: the uniform phase
+    with the projector restarted without its Merkle tree follower (`LEDGER_TREE_FOLLOWER=0`) or
+    with it (which catches up from its own checkpoint)."""
+    phases, following = {}, True
+    for name, tree_on in TREE_AB:
+        if tree_on != following:
+            _restart_projector(stack, sampler, **({} if tree_on else {"LEDGER_TREE_FOLLOWER": "0"}))
+            following = tree_on
+        phases[name] = await run_phase(stack, sampler, options, name=name, scenario="uniform")
+    if not following:
         _restart_projector(stack, sampler)
+    return phases
 
 
 async def sample_tree_lag(url: str, stop: asyncio.Event) -> list[int]:
@@ -1132,21 +1239,27 @@ async def sample_tree_lag(url: str, stop: asyncio.Event) -> list[int]:
 
 def tree_rows(phases: dict[str, Phase], lag: list[int]) -> list[Row]:
     """Issue 15: what the Merkle tree follower costs the write path, and how far behind it runs."""
-    with_tree, without = phases["uniform"], phases["uniform-no-tree"]
+    on = [phases[name] for name, tree_on in TREE_AB if tree_on and name in phases]
+    off = [phases[name] for name, tree_on in TREE_AB if not tree_on and name in phases]
     rows = []
-    if without.throughput_per_s:
-        cost = 1 - with_tree.throughput_per_s / without.throughput_per_s
-        rows.append(Row("Merkle tree follower: uniform with ÷ without",
-                        f"{with_tree.throughput_per_s:,.0f}/s ÷ {without.throughput_per_s:,.0f}/s (cost {cost:+.1%})",
+    rate_on, rate_off = (sum(p.throughput_per_s for p in side) / len(side) if side else 0.0 for side in (on, off))
+    if rate_on and rate_off:
+        cost = 1 - rate_on / rate_off
+        rows.append(Row("Merkle tree follower: uniform with ÷ without (off, on, on, off)",
+                        f"{rate_on:,.0f}/s ÷ {rate_off:,.0f}/s (cost {cost:+.1%}; "
+                        + " / ".join(f"{p.throughput_per_s:,.0f}" for p in off[:1] + on + off[1:]) + ")",
                         f"cost ≤ {TREE_COST_MAX:.0%}", cost <= TREE_COST_MAX))
-    per_with, per_without = cpu_us_per_transfer(with_tree), cpu_us_per_transfer(without)
-    if per_with and per_without:
-        extra = per_with.get("projector", 0.0) - per_without.get("projector", 0.0)
+        per_on = [cpu_us_per_transfer(p) for p in on]
+        per_off = [cpu_us_per_transfer(p) for p in off]
+        projector_on = sum(p.get("projector", 0.0) for p in per_on) / len(per_on)
+        projector_off = sum(p.get("projector", 0.0) for p in per_off) / len(per_off)
+        server_on = sum(p.get("server", 0.0) for p in per_on) / len(per_on)
+        extra = projector_on - projector_off
         rows.append(Row("  follower CPU µs per transfer (projector with − without)",
-                        f"{extra:.0f} µs of {per_with['server']:.0f} µs server CPU ({extra / per_with['server']:.1%})"))
+                        f"{extra:.0f} µs of {server_on:.0f} µs server CPU ({extra / server_on:.1%})" if server_on else "n/a"))
     if lag:
         ordered = sorted(lag)
-        rate = with_tree.throughput_per_s or 1.0
+        rate = phases["uniform"].throughput_per_s or 1.0
         p50, p99 = percentile(ordered, 0.5), percentile(ordered, 0.99)
         rows.append(Row("Merkle tree lag behind the head p50/p99 (uniform)",
                         f"{p50:,.0f} / {p99:,.0f} entries (≈ {p50 / rate * 1000:.0f} / {p99 / rate * 1000:.0f} ms"
@@ -1203,7 +1316,8 @@ def main(argv: list[str]) -> int:
     title = (f"ledger bench {run_id}: {args.duration:.0f} s per phase, {args.concurrency} closed-loop workers,"
              f" {args.wallets} wallets, {args.vendors} vendors, {os.cpu_count()} cores, one API process"
              + (f", {_environment()}" if _environment() else ""))
-    rows = table_rows(phases, pgbench, big, sampler.peak_kb) + tree_rows(phases, measured["tree_lag"])
+    rows = (table_rows(phases, pgbench, big, sampler.peak_kb) + tree_rows(phases, measured["tree_lag"])
+            + webhook_rows(measured["webhooks"]))
     if (audit := measured["audit"]) is not None:
         rows.append(Row(f"ledger audit entries/s, journal of {audit.entries:,}",
                         f"{audit.entries_per_s:,.0f}/s ({audit.cpu_us_per_entry} µs CPU/entry, peak RSS"
@@ -1233,6 +1347,7 @@ def main(argv: list[str]) -> int:
         "peak_rss_mb": {name: round(kb / 1024, 1) for name, kb in sampler.peak_kb.items()},
         "profile": profile,
         "audit": asdict(audit) if audit is not None else None,
+        "webhooks": asdict(measured["webhooks"]),
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (run_dir / "table.txt").write_text(text + "\n")
