@@ -1245,9 +1245,13 @@ def tree_rows(phases: dict[str, Phase], lag: list[int]) -> list[Row]:
     rate_on, rate_off = (sum(p.throughput_per_s for p in side) / len(side) if side else 0.0 for side in (on, off))
     if rate_on and rate_off:
         cost = 1 - rate_on / rate_off
+        # How far apart two phases under the same condition landed: the noise this cost sits in.
+        spread = max(abs(a.throughput_per_s - b.throughput_per_s) / ((a.throughput_per_s + b.throughput_per_s) / 2)
+                     for a, b in (on, off) if a.throughput_per_s and b.throughput_per_s) if len(on) == len(off) == 2 else 0.0
         rows.append(Row("Merkle tree follower: uniform with ÷ without (off, on, on, off)",
                         f"{rate_on:,.0f}/s ÷ {rate_off:,.0f}/s (cost {cost:+.1%}; "
-                        + " / ".join(f"{p.throughput_per_s:,.0f}" for p in off[:1] + on + off[1:]) + ")",
+                        + " / ".join(f"{p.throughput_per_s:,.0f}" for p in off[:1] + on + off[1:])
+                        + f"; same-condition spread {spread:.1%})",
                         f"cost ≤ {TREE_COST_MAX:.0%}", cost <= TREE_COST_MAX))
         per_on = [cpu_us_per_transfer(p) for p in on]
         per_off = [cpu_us_per_transfer(p) for p in off]
