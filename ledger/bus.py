@@ -21,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy,
 from nats.js.errors import BadRequestError
 
 import schemas
+from ledger import metrics
 
 log = logging.getLogger("ledger.bus")
 
@@ -76,6 +77,7 @@ class EventBus:
         self.js: JetStreamContext | None = None
         self._connecting: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self._failing_subscriptions: set[str] = set()  # durables whose last subscribe failed while connected
 
     @property
     def connected(self) -> bool:
@@ -150,7 +152,23 @@ class EventBus:
             ack_wait=CONSUMER_ACK_WAIT_S,
             max_ack_pending=CONSUMER_ACK_PENDING_MAX,
         )
-        return await self.js.pull_subscribe(SUBJECT, durable=durable, stream=STREAM, config=config)
+        try:
+            subscription = await self.js.pull_subscribe(SUBJECT, durable=durable, stream=STREAM, config=config)
+        except Exception as error:
+            if self.connected:
+                # NATS answers but will not give us the consumer (permissions, a conflicting
+                # consumer, the stream's limits): the caller falls back to following the journal,
+                # slower, so say it loudly once, and count every failure.
+                metrics.DOORBELL_SUBSCRIBE_FAILURES.labels(durable).inc()
+                if durable not in self._failing_subscriptions:
+                    self._failing_subscriptions.add(durable)
+                    log.error("cannot subscribe %s to the journal's events although NATS is up (%s); following"
+                              " the journal without doorbells until it can", durable, error)
+            raise
+        if durable in self._failing_subscriptions:
+            self._failing_subscriptions.discard(durable)
+            log.warning("%s subscribed to the journal's events again", durable)
+        return subscription
 
     async def publish_entries(
         self, entries: list[schemas.JournalEntry], *, request_ids: dict[int, str] | None = None

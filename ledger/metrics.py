@@ -32,6 +32,10 @@ PROJECTOR_LAG_SECONDS = Histogram(
     "Commit to projected, per entry.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+DOORBELL_SUBSCRIBE_FAILURES = Counter(
+    "ledger_doorbell_subscribe_failures_total",
+    "Failed subscriptions to the journal's events while NATS was connected (the follower then reads the journal"
+    " without doorbells).", ["consumer"])
 PROJECTOR_GAP_FILLS = Counter("ledger_projector_gap_fills_total", "Entries applied from the journal without an event for them.")
 PROJECTOR_FORGED_EVENTS = Counter(
     "ledger_projector_mismatched_events_total", "Events whose transfer_id or hash differ from the journal at their position."

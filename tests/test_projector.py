@@ -386,3 +386,34 @@ async def test_concurrent_instances_applying_the_same_range_apply_it_once(stack)
     finally:
         await asyncio.gather(*(pool.close() for pool in pools))
     assert await _projected_balance(stack, vendor.account_id) == 15
+
+
+async def test_a_subscription_refused_while_nats_is_up_is_an_error_once_and_counted_every_time(tmp_path, caplog):
+    """NATS answers but will not create the consumer (here a user without consumer rights): the
+    follower falls back to reading the journal, slower, and the operator hears of it: one ERROR
+    for the failing streak, the metric for every failure, the connection still up."""
+    import logging
+
+    import pytest
+
+    from tools.embedded import EmbeddedNats, free_port
+
+    server = EmbeddedNats(data_dir=tmp_path / "nats", port=free_port(), auth=True)
+    server.start()
+    events = bus.EventBus(server.url_for("api"), name="refused", stream_replicas=1)
+    try:
+        events.start()
+        assert await events.wait_connected(10)
+        failures = metrics.DOORBELL_SUBSCRIBE_FAILURES.labels("projector-refused")
+        before = failures._value.get()
+        with caplog.at_level(logging.INFO, logger="ledger.bus"):
+            for _ in range(2):
+                with pytest.raises(Exception):
+                    await events.subscribe_doorbells("projector-refused", from_start=True)
+        assert events.connected
+        assert failures._value.get() == before + 2
+        errors = [r for r in caplog.records if r.levelno == logging.ERROR and "projector-refused" in r.getMessage()]
+        assert len(errors) == 1, [r.getMessage() for r in caplog.records]
+    finally:
+        await events.close()
+        server.stop()
