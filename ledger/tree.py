@@ -115,22 +115,20 @@ async def append_page(
     return len(run), frontier
 
 
-async def catch_up(pool) -> int:
+async def catch_up(conn) -> int:
     """Append pages until the tree reaches the journal's end; returns the tree size."""
     frontier = None
     while True:
-        async with pool.connection() as conn:
-            appended, frontier = await append_page(conn, frontier=frontier)
-            if appended < PAGE_ENTRIES_MAX:
-                return await tree_store.tree_size(conn)
+        appended, frontier = await append_page(conn, frontier=frontier)
+        if appended < PAGE_ENTRIES_MAX:
+            return await tree_store.tree_size(conn)
 
 
-async def rebuild(pool) -> int:
+async def rebuild(conn) -> int:
     """Forget the tree and replay it from the journal (derived data, like the read models)."""
-    async with pool.connection() as conn:
-        async with conn.transaction():
-            await tree_store.reset_tree(conn)
-    return await catch_up(pool)
+    async with conn.transaction():
+        await tree_store.reset_tree(conn)
+    return await catch_up(conn)
 
 
 # ---- signing tree heads ---------------------------------------------------------------------

@@ -193,7 +193,8 @@ async def rebuild(settings: Settings, pool) -> int:
             await projections.reset(conn, settings.projector_name)
     projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "ledger-rebuild"))
     position = await projector.catch_up_from_journal()
-    await tree.rebuild(pool)
+    async with pool.connection() as conn:
+        await tree.rebuild(conn)
     return position
 
 

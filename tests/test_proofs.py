@@ -144,7 +144,7 @@ async def _run(script: Path, *args: str, env: dict) -> tuple[int, str, str]:
 
 async def _build_tree(url: str) -> int:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        return await tree.catch_up(_OnePool(conn))
+        return await tree.catch_up(conn)
 
 
 async def test_proofs_for_every_size_are_right_whatever_the_stored_tree_size(seeded):
@@ -200,7 +200,7 @@ async def test_a_rewritten_entry_fails_its_inclusion_and_consistency_proofs_and_
     await seed_journal(seeded, entries=10, accounts=3)
     await execute(seeded, ("UPDATE journal SET hash = %s WHERE position = 20", ("ab" * 32,)))
     async with await psycopg.AsyncConnection.connect(seeded, autocommit=True) as conn:
-        new_size = await tree.rebuild(_OnePool(conn))
+        new_size = await tree.rebuild(conn)
     tampered_hash, path, proof, new_root = await _proofs(seeded, position=20, old=old.tree_size, new=new_size)
     assert tampered_hash == "ab" * 32
     assert not merkle.verify_inclusion(19, old.tree_size, merkle.entry_leaf(tampered_hash), path, old_root)
@@ -225,25 +225,6 @@ async def test_signed_heads_without_a_pinned_key_are_reported_unverified(seeded,
         await tree.sign_head(conn, signing.load_or_create_key(tmp_path / "key.pem"))
     report = await audit.run_audit(seeded)
     assert report.ok and report.tree_heads == 1 and report.tree_head_signatures == "unverified"
-
-
-class _OnePool:
-    """`tree.rebuild` takes a pool; one connection will do for a test."""
-
-    def __init__(self, conn) -> None:
-        self._conn = conn
-
-    def connection(self):
-        conn = self._conn
-
-        class _Borrow:
-            async def __aenter__(self):
-                return conn
-
-            async def __aexit__(self, *exc):
-                return False
-
-        return _Borrow()
 
 
 async def test_the_typed_client_fetches_and_verifies_an_inclusion_proof(stack, tmp_path):

@@ -43,31 +43,18 @@ LAG_SAMPLE_S = 0.1
 CATCH_UP_TIMEOUT_S = 600
 
 
-class _OnePool:
-    def __init__(self, conn) -> None:
-        self._conn = conn
-
-    def connection(self):
-        conn = self._conn
-
-        class _Borrow:
-            async def __aenter__(self):
-                return conn
-
-            async def __aexit__(self, *exc):
-                return False
-
-        return _Borrow()
-
-
 async def _rebuild(url: str) -> int:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        return await tree.rebuild(_OnePool(conn))
+        return await tree.rebuild(conn)
 
 
 async def _follow(url: str) -> None:
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await tree.TreeFollower(_OnePool(conn)).run()
+    pool = db.make_pool(url, role=None, size_max=1)
+    await pool.open(wait=True)
+    try:
+        await tree.TreeFollower(pool).run()
+    finally:
+        await pool.close()
 
 
 def _lag(url: str) -> int:
