@@ -207,7 +207,7 @@ def _print_pending_tasks() -> None:
         print(f"--- pending task {task.get_name()}: " + " -> ".join(chain))
 
 
-async def eventually(check, *, timeout_s: float = 10.0, interval_s: float = 0.05):
+async def eventually(check, *, timeout_s: float = 10.0, interval_s: float = 0.05, what: str = "condition"):
     """Poll `check` (async, returns truthy when done) until it holds or the deadline passes."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
@@ -215,5 +215,5 @@ async def eventually(check, *, timeout_s: float = 10.0, interval_s: float = 0.05
         if result:
             return result
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s}s")
+            raise AssertionError(f"{what} not met within {timeout_s}s")
         await asyncio.sleep(interval_s)

@@ -20,6 +20,7 @@ import nats
 import psycopg
 import pytest
 
+from tests.conftest import eventually
 from tools.embedded import free_port
 
 START_S_MAX = 60
@@ -105,10 +106,10 @@ async def test_only_the_api_may_publish_ledger_events(dev_stack):
         try:
             await client.publish(subject, b'{"position": 999999999}')
             await client.flush()
-            for _ in range(100):  # the server's -ERR arrives asynchronously; bounded wait
-                if violations:
-                    break
-                await asyncio.sleep(0.02)
+            async def refused() -> bool:  # the server's -ERR arrives asynchronously
+                return any("permissions violation" in v.lower() for v in violations)
+
+            await eventually(refused, timeout_s=2, interval_s=0.02, what=f"a permissions violation for {user}")
         finally:
             await client.close()
         assert any("permissions violation" in v.lower() for v in violations), (user, subject, violations)
@@ -139,11 +140,10 @@ async def test_the_dev_stack_delivers_webhooks_with_the_reader_login(dev_stack):
                                  json={"from_account_id": accounts["wallet"], "to_account_id": accounts["vendor"],
                                        "amount": 1, "currency": "USD"}) as reply:
                 assert reply.status == 201, await reply.text()
-        for _ in range(400):  # bounded: 20 s
-            if receiver.requests:
-                break
-            await asyncio.sleep(0.05)
-        assert receiver.requests, "no webhook within 20 s"
+        async def delivered() -> bool:
+            return bool(receiver.requests)
+
+        await eventually(delivered, timeout_s=20, what="a webhook delivery")
         event = StandardWebhook(secret).verify(receiver.requests[0].body, receiver.requests[0].headers)
         assert event["type"] == "transfer.received"
     finally:

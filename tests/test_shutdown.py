@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from ledger import db, principals
+from tests.conftest import eventually
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tools.chaos import Child, metric_value
 
@@ -149,10 +150,7 @@ async def test_sigterm_stops_accepting_finishes_the_batches_in_flight_and_exits_
 
 
 async def _until(check, what: str, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"not within {timeout_s:g} s: {what}"
-        await asyncio.sleep(0.02)
+    await eventually(check, timeout_s=timeout_s, interval_s=0.02, what=what)
 
 
 async def _lock_waiters(database_url: str) -> bool:
@@ -226,24 +224,20 @@ async def test_database_down_answers_503_fast_and_recovers_by_itself(tmp_path, o
             assert seconds < OUTAGE_ANSWER_S_MAX
 
             await asyncio.to_thread(postgres.start)
-            deadline = time.monotonic() + RECOVERY_S_MAX
-            while True:
+            async def paid() -> bool:
                 status, answer = await api.call("POST", "/v1/transfers", token=token, key="after-outage",
                                                 json=payment)
-                if status == 201 or time.monotonic() > deadline:
-                    break
-                assert status == 503, answer
-                await asyncio.sleep(0.1)
-            assert status == 201, answer
+                assert status in (201, 503), answer
+                return status == 201
+
+            await eventually(paid, timeout_s=RECOVERY_S_MAX, interval_s=0.1, what="a 201 after the outage")
             status, account = await api.call("GET", f"/v1/accounts/{wallet}", token=token)
             assert status == 200 and account["balance"] == 995
             # /readyz answers from a background probe (once a second): it turns ready on its next round.
-            while True:
-                status, ready = await api.call("GET", "/readyz", token=token)
-                if status == 200 or time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.1)
-            assert status == 200, ready
+            async def ready() -> bool:
+                return (await api.call("GET", "/readyz", token=token))[0] == 200
+
+            await eventually(ready, timeout_s=RECOVERY_S_MAX, interval_s=0.1, what="/readyz ready again")
             assert await child.terminate(EXIT_S_MAX) == 0
         finally:
             child.kill()
