@@ -48,7 +48,7 @@ import msgspec
 import psycopg
 from psycopg import conninfo
 
-from ledger import db, principals
+from ledger import db, principals, tree_store
 from tools import loadgen
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
@@ -189,7 +189,7 @@ def _series(records: loadgen.Records, done: list[float]) -> dict[str, list[float
 # ---- the processes: CPU and memory, read from /proc -----------------------------------------
 
 
-def _stat(pid: int) -> tuple[int, int] | None:
+def process_stat(pid: int) -> tuple[int, int] | None:
     """(parent pid, CPU ticks in user and system mode) of a live process."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
@@ -286,7 +286,7 @@ class Sampler:
         children: dict[int, list[int]] = {}
         stats: dict[int, tuple[int, int]] = {}
         for entry in os.listdir("/proc"):
-            if entry.isdigit() and (stat := _stat(int(entry))) is not None:
+            if entry.isdigit() and (stat := process_stat(int(entry))) is not None:
                 stats[int(entry)] = stat
                 children.setdefault(stat[0], []).append(int(entry))
         with self._lock:
@@ -1049,7 +1049,7 @@ def _watch_servers(sampler: Sampler) -> None:
     """The embedded servers are our own children: the postmaster (with its backends) and NATS."""
     groups = {"postgres": "postgres", "nats-server": "nats"}
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and (stat := _stat(int(entry))) is not None and stat[0] == os.getpid():
+        if entry.isdigit() and (stat := process_stat(int(entry))) is not None and stat[0] == os.getpid():
             group = groups.get(_comm(int(entry)))
             if group is not None:
                 sampler.watch(group, int(entry))
@@ -1229,9 +1229,7 @@ async def sample_tree_lag(url: str, stop: asyncio.Event) -> list[int]:
     samples: list[int] = []
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         while not stop.is_set():
-            row = await (await conn.execute(
-                "SELECT (SELECT position FROM journal_head) - (SELECT tree_size FROM merkle_state)")).fetchone()
-            samples.append(max(0, row[0]))
+            samples.append(max(0, await tree_store.entries_behind(conn)))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), TREE_LAG_SAMPLE_S)
     return samples

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import psycopg
 
-from ledger import db, merkle, tree
+from ledger import db, merkle, tree, tree_store
+from tools.bench import process_stat
 from tools.embedded import EmbeddedPostgres, free_port
 from tools.seed import seed_journal
 
@@ -133,8 +134,9 @@ async def proofs(url: str, size: int, samples: int) -> dict[str, list[float]]:
 
 def _backend_cpu_s(pid: int) -> float:
     """User + system CPU seconds of a local PostgreSQL backend process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = process_stat(pid)
+    assert stat is not None, f"the backend {pid} is gone"
+    return stat[1] / os.sysconf("SC_CLK_TCK")
 
 
 async def round_cost(url: str, *, per_round: int, entries: int) -> tuple[float, float]:
@@ -142,8 +144,7 @@ async def round_cost(url: str, *, per_round: int, entries: int) -> tuple[float, 
     a poll finds under write load): (this process, its PostgreSQL backend). Resets the tree first."""
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         async with conn.transaction():
-            await conn.execute("DELETE FROM merkle_nodes")
-            await conn.execute("UPDATE merkle_state SET tree_size = 0")
+            await tree_store.reset_tree(conn)
         pid = (await (await conn.execute("SELECT pg_backend_pid()")).fetchone())[0]
         cpu, backend = time.process_time(), _backend_cpu_s(pid)
         done, frontier = 0, None
