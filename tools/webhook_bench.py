@@ -1,26 +1,31 @@
 """Webhook delivery latency and the cost of webhooks to writes: `python -m tools.webhook_bench`.
 
 On its own PostgreSQL and NATS (from the wheels, in a temporary directory), with one `ledger api`
-(rate limit off), one `ledger projector` and, for the runs with webhooks, one `ledger webhooks`:
+(rate limit off), one `ledger projector` and one `ledger webhooks` (at `LEDGER_WEBHOOK_NICE`,
+`--worker-nice`), three vendor accounts: A with a healthy receiver (204), B with an always-failing
+one (500), C with no endpoint. Phases, each `--duration` seconds:
 
-1. write throughput without webhooks: `--concurrency` closed-loop clients POST transfers from a
-   system account to two vendor accounts for `--duration` seconds (no worker, no endpoints);
-2. delivery latency at about half of (1)'s throughput (`--load-share`), open loop, with a healthy
-   receiver registered on vendor A and an always-failing one (500) on vendor B, the worker
-   running (it has delivered a probe event before the window opens, so its start-up is not
-   counted; `--cold-start` opens the window as it is spawned): the receiver (a process of its
-   own) takes each event's `created_at` (the entry's commit time) from the body and its own clock
-   at arrival; p50/p99 over the healthy receiver's events of that window (once all arrived);
-3. write throughput with webhooks: (1) again, the worker delivering to both receivers;
-4. with `--baseline-again`, (1) once more after stopping the worker: the machine's load moves
-   between phases (other work on it, the database growing), so a second baseline shows how much.
+- `full-without` (x3) and `full-with` (x2), alternated: `--concurrency` closed-loop clients POST
+  transfers from a system account as fast as they go; without webhooks they pay C and the worker is
+  stopped (SIGTERM; when it starts again it only skips C's entries), with webhooks they pay
+  A and B alternately, so every transfer is an event, half of them to the failing receiver. The
+  write throughput with webhooks is compared with the mean of the phases without around it.
+- `half-with` and `half-without`: open loop at `--load-share` (half) of the first `full-without`,
+  with and without webhooks; request latency runs from the due time (no coordinated omission).
+  The receiver (a process of its own) takes each event's `created_at` (the entry's commit time)
+  from the body and its own clock at arrival: the delivery latency p50/p99 is over the healthy
+  receiver's events of `half-with` (once all arrived). The worker has delivered a probe event
+  before the first window with webhooks opens, so its start-up is not counted.
 
 `cores_used` gives, per phase, the CPU each component used on average (from `/proc`), and the
-whole machine's (`machine_busy`, other work included): the worker's CPU per event is the figure
-that the machine's load moves least.
+whole machine's (`machine_busy`, other work included); `cpu_us_per_transfer` divides it by the
+phase's committed transfers. The worker's CPU per event is the figure the machine's load moves
+least.
 
 The load generator runs in this process and the receiver in another, on the same machine as the
-servers, so they compete for its CPUs: the figures are for this machine as it is, not a model.
+servers, so they compete for its CPUs. The receiver stands for the vendors' servers, which would
+not be on the ledger's machine: it is a bare asyncio protocol (no framework) so that it takes as
+little of the cores as it can; its CPU is shown all the same.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +44,7 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import psycopg
 
 from ledger import db, principals, webhooks
@@ -48,27 +55,59 @@ DRAIN_S_MAX = 60.0
 REPO = Path(__file__).resolve().parents[1]
 
 
+NO_CONTENT = b"HTTP/1.1 204 No Content\r\n\r\n"
+SERVER_ERROR = b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n"
+RECEIVER_HEAD_BYTES_MAX = 16 * 1024
+
+
+class _Receiver(asyncio.Protocol):
+    """A receiver as lean as HTTP/1.1 allows (keep-alive, Content-Length bodies, no pipelining
+    needed), so that the vendors' side, which is not the ledger's and would be on other machines,
+    takes as little of the shared cores as it can: 204 on /ok, with one line per event (position,
+    seconds from commit to arrival), 500 on anything else."""
+
+    def __init__(self, sink) -> None:
+        self._sink = sink
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while (head_end := self._buffer.find(b"\r\n\r\n")) >= 0:
+            head = self._buffer[:head_end].decode("latin-1").split("\r\n")
+            length = next((int(value) for name, _, value in (line.partition(":") for line in head[1:])
+                           if name.strip().lower() == "content-length"), 0)
+            end = head_end + 4 + length
+            if len(self._buffer) < end:
+                break
+            body, self._buffer = self._buffer[head_end + 4:end], self._buffer[end:]
+            if head[0].split(" ")[1] == "/ok":
+                arrived = time.time()
+                event = msgspec.json.decode(body)
+                committed = dt.datetime.fromisoformat(event["created_at"].replace("Z", "+00:00")).timestamp()
+                self._sink.write(f"{event['position']} {arrived - committed:.6f}\n")
+                self._transport.write(NO_CONTENT)
+            else:
+                self._transport.write(SERVER_ERROR)
+        if len(self._buffer) > RECEIVER_HEAD_BYTES_MAX + 1024 * 1024:
+            self._transport.close()  # not a webhook
+
+
 def _receiver_main(port: int, out: str) -> None:
-    """The receiver process: 204 on /ok, 500 on /fail; one line per /ok event: latency seconds."""
-    from aiohttp import web
+    """The receiver process: serve `_Receiver` on 127.0.0.1:`port` until terminated."""
+    import uvloop
 
     sink = open(out, "a", buffering=1)
 
-    async def ok(request: web.Request) -> web.Response:
-        arrived = time.time()
-        event = json.loads(await request.read())
-        committed = dt.datetime.strptime(event["created_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
-        sink.write(f"{event['position']} {arrived - committed.timestamp():.6f}\n")
-        return web.Response(status=204)
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(lambda: _Receiver(sink), "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
 
-    async def fail(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(status=500)
-
-    app = web.Application()
-    app.router.add_post("/ok", ok)
-    app.router.add_post("/fail", fail)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    uvloop.run(serve())
 
 
 class Bench:
@@ -100,7 +139,8 @@ class Bench:
     def env(self) -> dict[str, str]:
         return {**os.environ, "LEDGER_DATABASE_URL": self.pg.url, "LEDGER_NATS_URL": self.nats.url,
                 "LEDGER_HTTP_PORT": str(self.port), "LEDGER_RATE_PER_S": "0", "LEDGER_WEBHOOK_KEY": self.key,
-                "LEDGER_WEBHOOK_ALLOW_PRIVATE": "1", "LEDGER_LOG_LEVEL": "WARNING"}
+                "LEDGER_WEBHOOK_ALLOW_PRIVATE": "1", "LEDGER_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+                "LEDGER_WEBHOOK_NICE": str(self.args.worker_nice)}
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         out = open(self.root / f"{name}.log", "ab")
@@ -129,7 +169,7 @@ class Bench:
             await asyncio.sleep(0.1)
         self.funding = (await self.post(http, "/v1/accounts", {"kind": "system", "currency": "USD"}))["id"]
         vendor_id = (await self.post(http, "/v1/principals", {"role": "vendor", "name": "shop"}))["id"]
-        for _ in range(2):
+        for _ in range(3):  # A: the healthy receiver's, B: the failing one's, C: no endpoint
             account = await self.post(http, "/v1/accounts", {"kind": "vendor", "currency": "USD", "owner_id": vendor_id})
             self.vendors.append(account["id"])
 
@@ -143,9 +183,8 @@ class Bench:
                 raise RuntimeError(f"{path}: {reply.status} {answer}")
             return answer
 
-    async def pay(self, http, number: int) -> bool:
-        body = {"from_account_id": self.funding, "to_account_id": self.vendors[number % 2], "amount": 1,
-                "currency": "USD"}
+    async def pay(self, http, vendor: str) -> bool:
+        body = {"from_account_id": self.funding, "to_account_id": vendor, "amount": 1, "currency": "USD"}
         headers = {"Authorization": f"Bearer {self.admin}", "Idempotency-Key": uuid.uuid4().hex}
         try:
             async with http.post(self.api_url + "/v1/transfers", json=body, headers=headers) as reply:
@@ -154,8 +193,9 @@ class Bench:
         except aiohttp.ClientError:
             return False
 
-    async def closed_loop(self, http) -> float:
-        """Transfers per second with `--concurrency` clients for `--duration` seconds."""
+    async def closed_loop(self, http, vendors: list[str]) -> dict:
+        """`--concurrency` clients paying `vendors` in turn for `--duration` seconds, as fast as
+        they go: transfers committed and per second."""
         until = time.monotonic() + self.args.duration
         done = 0
 
@@ -163,32 +203,45 @@ class Bench:
             nonlocal done
             number = index
             while time.monotonic() < until:
-                ok = await self.pay(http, number)  # not `done += await ...`: that reads `done` before the wait
+                ok = await self.pay(http, vendors[number % len(vendors)])  # not `done += await ...`
                 done += ok
                 number += self.args.concurrency
 
         started = time.monotonic()
         await asyncio.gather(*(client(i) for i in range(self.args.concurrency)))
-        return done / (time.monotonic() - started)
+        return {"transfers": done, "per_s": round(done / (time.monotonic() - started), 1)}
 
-    async def open_loop(self, http, rate_per_s: float) -> tuple[int, int]:
-        """Send at `rate_per_s` for `--duration` seconds; the journal positions it spans."""
+    async def open_loop(self, http, rate_per_s: float, vendors: list[str]) -> dict:
+        """Payment i is due at start + i / rate, sent on time whatever the others do, for
+        `--duration` seconds: transfers committed and per second, errors, latency from the due
+        time (no coordinated omission), and the journal positions the window spans."""
         head_before = await self.head()
         interval, start, tasks = 1.0 / rate_per_s, time.monotonic(), []
+
+        async def one(due: float, vendor: str) -> tuple[bool, float]:
+            ok = await self.pay(http, vendor)
+            return ok, time.monotonic() - due
+
         number = 0
         while (due := start + number * interval) < start + self.args.duration:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            tasks.append(asyncio.create_task(self.pay(http, number)))
+            tasks.append(asyncio.create_task(one(due, vendors[number % len(vendors)])))
             number += 1
-        await asyncio.gather(*tasks)
-        return head_before, await self.head()
+        results = await asyncio.gather(*tasks)
+        elapsed = time.monotonic() - start
+        done = sum(ok for ok, _ in results)
+        latencies = sorted(seconds for _, seconds in results)
+        return {"transfers": done, "per_s": round(done / elapsed, 1), "offered_per_s": round(rate_per_s, 1),
+                "errors": len(results) - done, "latency_p50_ms": round(_quantile(latencies, 0.50) * 1000, 1),
+                "latency_p99_ms": round(_quantile(latencies, 0.99) * 1000, 1),
+                "positions": (head_before, await self.head())}
 
     async def head(self) -> int:
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
             return (await (await conn.execute("SELECT position FROM journal_head WHERE id = 1")).fetchone())[0]
 
     async def start_webhooks(self, http, receiver_port: int) -> None:
-        for vendor, path in zip(self.vendors, ("ok", "fail")):
+        for vendor, path in zip(self.vendors[:2], ("ok", "fail")):
             await self.post(http, f"/v1/vendors/{vendor}/webhooks", {"url": f"http://127.0.0.1:{receiver_port}/{path}"})
         # The worker starts at the head: the baseline's entries are history, not part of this run.
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
@@ -201,7 +254,7 @@ class Bench:
         pool, NATS consumer), so the latency window measures a running worker, not its start."""
         started = time.monotonic()
         head = await self.head()
-        if not await self.pay(http, 0):  # vendor 0 is the healthy receiver's
+        if not await self.pay(http, self.vendors[0]):  # vendor A's is the healthy receiver
             raise RuntimeError("the probe payment failed")
         while not _latencies(arrivals, head, head + 1_000_000):
             if time.monotonic() - started > READY_S_MAX:
@@ -209,12 +262,43 @@ class Bench:
             await asyncio.sleep(0.05)
         return time.monotonic() - started
 
-    def stop_worker(self) -> None:
-        """Stop the worker (for a second baseline after the run with webhooks: the database has
-        grown since the first, so both are shown)."""
-        worker = self.children[-1]
+    async def backlog(self) -> dict:
+        """What the worker has not done yet: journal entries its mapper has not reached, and
+        delivery rows never attempted (a backlog at the end of a phase is CPU it deferred)."""
+        async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
+            behind = await (await conn.execute(
+                "SELECT h.position - c.position FROM journal_head h, webhook_checkpoint c"
+                " WHERE h.id = 1 AND c.name = 'main'")).fetchone()
+            unattempted = await (await conn.execute(
+                "SELECT e.url, count(*) FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id"
+                " WHERE d.status = 'pending' AND d.attempts = 0 GROUP BY e.url")).fetchall()
+        return {"entries_not_mapped": behind[0] if behind else None,
+                "deliveries_not_attempted": {url.rsplit("/", 1)[1]: count for url, count in unattempted}}
+
+    def pause_worker(self) -> None:
+        """Stop the worker (SIGTERM, as a deployment would): no CPU for webhooks. Not SIGSTOP: a
+        process frozen for longer than the lease (30 s) finds its rows claimed again when it
+        wakes up, and sends them twice (at least once, but not what a running worker costs)."""
+        worker = self.children.pop()
         worker.terminate()
         worker.wait(20)
+        del self.named["webhooks"]
+
+    async def resume_worker(self) -> float:
+        """Start the worker again, then wait until its checkpoint reached the head (it skips C's
+        entries, which no endpoint wants): seconds it took."""
+        self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
+        started = time.monotonic()
+        async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
+            while True:
+                behind = await (await conn.execute(
+                    "SELECT h.position - c.position FROM journal_head h, webhook_checkpoint c"
+                    " WHERE h.id = 1 AND c.name = 'main'")).fetchone()
+                if behind[0] <= 0:
+                    return time.monotonic() - started
+                if time.monotonic() - started > READY_S_MAX:
+                    raise RuntimeError("the webhook worker did not catch up after SIGCONT")
+                await asyncio.sleep(0.05)
 
     def stop(self) -> None:
         for child in self.children:
@@ -274,53 +358,87 @@ async def run(args: argparse.Namespace) -> dict:
     bench = Bench(args, root)
     receiver_port, arrivals = free_port(), root / "arrivals.txt"
     receiver = subprocess.Popen([sys.executable, "-m", "tools.webhook_bench", "--receiver", str(receiver_port),
-                                 "--out", str(arrivals)], cwd=REPO)
+                                 "--out", str(arrivals)], cwd=REPO, start_new_session=True)
     bench.named["receiver"] = receiver.pid
-    cpu: dict[str, dict[str, float]] = {}
-    ready_s = without_again = None
+    phases: dict[str, dict] = {}
+    ready_s = None
 
-    async def measured(phase: str, work):
-        before, started = bench.cpu_s(), time.monotonic()
+    def arrived() -> int:
+        return len(arrivals.read_text().splitlines()) if arrivals.exists() else 0
+
+    async def measured(phase: str, work) -> dict:
+        before, started, arrived_before = bench.cpu_s(), time.monotonic(), arrived()
         result = await work
-        cpu[phase] = _cpu_used(before, bench.cpu_s(), time.monotonic() - started)
+        result["receiver_got"] = arrived() - arrived_before  # healthy receiver's requests in the phase
+        seconds = time.monotonic() - started
+        after = bench.cpu_s()
+        if phase.endswith("-with") or "-with-" in phase:
+            result["backlog_at_end"] = await bench.backlog()
+        result["cores_used"] = _cpu_used(before, after, seconds)
+        result["cpu_us_per_transfer"] = {name: round((after[name] - before.get(name, 0.0)) * 1e6 / max(1, result["transfers"]))
+                                         for name in after if name != "machine_busy"}
+        phases[phase] = result
         return result
 
     try:
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
             await bench.start(http)
-            await bench.closed_loop(http)  # warm-up, not counted
-            without = await measured("without_webhooks", bench.closed_loop(http))
+            with_hooks, without_hooks = bench.vendors[:2], bench.vendors[2:]
+            await bench.closed_loop(http, without_hooks)  # warm-up, not counted
+            first = await measured("full-without-1", bench.closed_loop(http, without_hooks))
             await bench.start_webhooks(http, receiver_port)
             if not args.cold_start:
                 ready_s = await bench.worker_ready(http, arrivals)
-            rate = without * args.load_share
-            first, last = await measured("latency_run", bench.open_loop(http, rate))
-            expected = (last - first) // 2  # every other payment goes to the healthy receiver's vendor
+            rate = first["per_s"] * args.load_share
+            half = await measured("half-with", bench.open_loop(http, rate, with_hooks))
+            start_at, end_at = half.pop("positions")
+            expected = (end_at - start_at + 1) // 2  # every other payment goes to the healthy receiver's vendor
             deadline = time.monotonic() + DRAIN_S_MAX
-            while len(latencies := _latencies(arrivals, first, last)) < expected and time.monotonic() < deadline:
+            while len(latencies := _latencies(arrivals, start_at, end_at)) < expected and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
-            with_webhooks = await measured("with_webhooks", bench.closed_loop(http))
-            if args.baseline_again:
-                bench.stop_worker()
-                without_again = await measured("without_webhooks_again", bench.closed_loop(http))
+            await measured("full-with-1", bench.closed_loop(http, with_hooks))
+            bench.pause_worker()
+            await measured("full-without-2", bench.closed_loop(http, without_hooks))
+            phases["half-without"] = await measured("half-without", bench.open_loop(http, rate, without_hooks))
+            phases["half-without"].pop("positions")
+            resumed_s = await bench.resume_worker()
+            await measured("full-with-2", bench.closed_loop(http, with_hooks))
+            bench.pause_worker()
+            await measured("full-without-3", bench.closed_loop(http, without_hooks))
     finally:
         bench.stop()
         receiver.terminate()
         receiver.wait(10)
+        if not args.data_dir:
+            shutil.rmtree(root, ignore_errors=True)  # a run leaves up to a GB of database behind
+    without = [phases[f"full-without-{n}"]["per_s"] for n in (1, 2, 3)]
+    with_ = [phases[f"full-with-{n}"]["per_s"] for n in (1, 2)]
+    events = sum(phases[f"full-with-{n}"]["transfers"] for n in (1, 2))
+    worker_cpu = sum(phases[f"full-with-{n}"]["cpu_us_per_transfer"]["webhooks"] * phases[f"full-with-{n}"]["transfers"]
+                     for n in (1, 2)) / max(1, events)
     return {
-        "throughput_without_webhooks_per_s": round(without, 1),
-        "throughput_with_webhooks_per_s": round(with_webhooks, 1),
-        "throughput_change": round(with_webhooks / without - 1, 4),
-        "throughput_without_webhooks_again_per_s": None if without_again is None else round(without_again, 1),
-        "latency_run_rate_per_s": round(rate, 1),
-        "latency_events_expected": expected,
-        "latency_events_delivered": len(latencies),
-        "latency_p50_ms": round(_quantile(latencies, 0.50) * 1000, 1) if latencies else None,
-        "latency_p99_ms": round(_quantile(latencies, 0.99) * 1000, 1) if latencies else None,
-        "latency_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+        "full_without_per_s": without,
+        "full_with_per_s": with_,
+        # each phase with webhooks against the mean of the two without around it, then overall
+        "full_change_each": [round(w / ((a + b) / 2) - 1, 4) for w, a, b in zip(with_, without, without[1:])],
+        "full_change": round(sum(with_) / len(with_) / (sum(without) / len(without)) - 1, 4),
+        "half_offered_per_s": round(rate, 1),
+        "half_with_per_s": phases["half-with"]["per_s"],
+        "half_without_per_s": phases["half-without"]["per_s"],
+        "half_change": round(phases["half-with"]["per_s"] / phases["half-without"]["per_s"] - 1, 4),
+        "half_write_p99_ms": {"with": phases["half-with"]["latency_p99_ms"],
+                              "without": phases["half-without"]["latency_p99_ms"]},
+        "delivery_events_expected": expected,
+        "delivery_events_delivered": len(latencies),
+        "delivery_p50_ms": round(_quantile(latencies, 0.50) * 1000, 1) if latencies else None,
+        "delivery_p99_ms": round(_quantile(latencies, 0.99) * 1000, 1) if latencies else None,
+        "delivery_max_ms": round(latencies[-1] * 1000, 1) if latencies else None,
+        "worker_cpu_us_per_event_full": round(worker_cpu),
         "worker_ready_s": None if ready_s is None else round(ready_s, 2),
-        "cores_used": cpu,
+        "worker_resumed_s": round(resumed_s, 2),
+        "worker_nice": args.worker_nice,
+        "phases": phases,
     }
 
 
@@ -330,10 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="closed-loop clients (default 32)")
     parser.add_argument("--load-share", type=float, default=0.5, help="share of full throughput for the latency run")
     parser.add_argument("--cold-start", action="store_true",
-                        help="start the latency window as the worker is spawned (its start-up counted in)")
-    parser.add_argument("--baseline-again", action="store_true",
-                        help="after the run with webhooks, stop the worker and measure writes without it again")
-    parser.add_argument("--data-dir", default=None)
+                        help="open the first window with webhooks as the worker is spawned (its start-up counted in)")
+    parser.add_argument("--worker-nice", type=int, default=0, help="LEDGER_WEBHOOK_NICE of the worker (default 0)")
+    parser.add_argument("--data-dir", default=None, help="keep the databases and logs here (default: a temporary"
+                        " directory, deleted at the end)")
     parser.add_argument("--receiver", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
