@@ -62,4 +62,8 @@ WEBHOOK_OLDEST_UNDELIVERED_SECONDS = Gauge(
 )
 WEBHOOK_CHECKPOINT = Gauge("ledger_webhook_checkpoint_position", "Journal position up to which deliveries are written.")
 WEBHOOK_IN_FLIGHT = Gauge("ledger_webhook_deliveries_held", "Claimed webhook deliveries in this worker process: in flight or waiting for a slot.")
+WEBHOOK_RECORD_FAILURES = Counter(
+    "ledger_webhook_record_failures_total",
+    "Webhook attempts whose outcome could not be recorded (their rows are attempted again once the lease ends).",
+)
 HOLDS_EXPIRED = Counter("ledger_holds_expired_total", "Holds released by this process's expiry sweeper")

@@ -245,7 +245,8 @@ async def record_attempts(conn, attempts: list[Attempt]) -> None:
             [a.status for a in attempts],
             [a.status_code for a in attempts],
             [a.error for a in attempts],
-            [a.retry_in_s for a in attempts],
+            # FLOAT8[]: a list that mixed ints and floats could not be sent at all (psycopg DataError)
+            [None if a.retry_in_s is None else float(a.retry_in_s) for a in attempts],
         ),
     )
 
@@ -287,6 +288,19 @@ async def delete_settled(conn, *, older_than_s: float, limit: int) -> int:
         "DELETE FROM webhook_deliveries WHERE (endpoint_id, event_seq) IN (SELECT endpoint_id, event_seq"
         " FROM webhook_deliveries WHERE status IN ('delivered', 'failed')"
         " AND created_at < now() - %s * INTERVAL '1 second' ORDER BY created_at LIMIT %s)",
+        (older_than_s, limit),
+    )
+    return cursor.rowcount
+
+
+async def delete_of_deleted_endpoints(conn, *, older_than_s: float, limit: int) -> int:
+    """Delete at most `limit` rows, pending ones too, of endpoints deleted more than `older_than_s`
+    ago: nothing attempts them any more (claims take only live endpoints), and they would stay
+    forever; how many."""
+    cursor = await conn.execute(
+        "DELETE FROM webhook_deliveries WHERE (endpoint_id, event_seq) IN (SELECT d.endpoint_id, d.event_seq"
+        " FROM webhook_endpoints e JOIN webhook_deliveries d ON d.endpoint_id = e.id"
+        " WHERE e.deleted_at < now() - %s * INTERVAL '1 second' LIMIT %s)",
         (older_than_s, limit),
     )
     return cursor.rowcount

@@ -398,15 +398,22 @@ class Sender:
 
     async def _record_forever(self) -> None:
         """Record the attempts made since the last round, in one statement. If the database stays
-        away, they are dropped: each row's lease runs out and it is simply attempted again (at
-        least once, never lost)."""
+        away, or the statement fails for any other reason, they are dropped: each row's lease runs
+        out and it is simply attempted again (at least once, never lost). The loop itself never
+        ends but by cancellation: it once died on a `DataError`, silently, and from then on no
+        attempt was recorded and every row went out again at each lease's end."""
         while True:
             await self._outcome_ready.wait()
             await asyncio.sleep(RECORD_INTERVAL_S)
             self._outcome_ready.clear()
             while self._outcomes:
                 batch, self._outcomes = self._outcomes[:RECORD_BATCH_MAX], self._outcomes[RECORD_BATCH_MAX:]
-                await self._record(batch)
+                try:
+                    await self._record(batch)
+                except Exception:  # a bug must not stop the recording of every later attempt
+                    metrics.WEBHOOK_RECORD_FAILURES.inc(len(batch))
+                    log.exception("cannot record %d webhook attempts; their rows are attempted again once"
+                                  " their lease ends", len(batch))
 
     async def _record(self, batch: list[ws.Attempt]) -> None:
         for _ in range(RECORD_TRIES_MAX):
@@ -454,19 +461,22 @@ async def _oldest_undelivered_gauge(pool) -> None:
 
 
 async def _retention_sweep(pool, *, retention_s: float) -> None:
-    """Delete delivered and failed rows once they are `retention_s` old, in bounded batches."""
+    """Delete delivered and failed rows once they are `retention_s` old, and every row of an
+    endpoint deleted `retention_s` ago (its pending rows are never attempted), in bounded batches."""
     while True:
-        deleted = 0
-        with contextlib.suppress(store.StoreError):
-            while True:
-                async with pool.connection() as conn:
-                    batch = await ws.delete_settled(conn, older_than_s=retention_s, limit=RETENTION_BATCH_MAX)
-                deleted += batch
-                if batch < RETENTION_BATCH_MAX:
-                    break
-                await asyncio.sleep(RETENTION_PAUSE_S)
-        if deleted:
-            log.info("deleted %d webhook deliveries older than %g s", deleted, retention_s)
+        for delete, what in ((ws.delete_settled, "delivered or failed webhook deliveries older than"),
+                             (ws.delete_of_deleted_endpoints, "webhook deliveries of endpoints deleted more than")):
+            deleted = 0
+            with contextlib.suppress(store.StoreError):
+                while True:
+                    async with pool.connection() as conn:
+                        batch = await delete(conn, older_than_s=retention_s, limit=RETENTION_BATCH_MAX)
+                    deleted += batch
+                    if batch < RETENTION_BATCH_MAX:
+                        break
+                    await asyncio.sleep(RETENTION_PAUSE_S)
+            if deleted:
+                log.info("deleted %d %s %g s ago", deleted, what, retention_s)
         await asyncio.sleep(RETENTION_SWEEP_S)
 
 

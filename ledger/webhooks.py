@@ -28,7 +28,7 @@ ENDPOINTS_PER_VENDOR_MAX = 16
 # Retry delays after the n-th failed attempt (Standard Webhooks' schedule): 5 s, 5 min, 30 min,
 # 2 h, 5 h, 10 h, 10 h; about 27.6 h in all, then the delivery is `failed`. So at most
 # `len(RETRY_DELAYS_S) + 1` attempts.
-RETRY_DELAYS_S: tuple[float, ...] = (5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 10 * 3600)
+RETRY_DELAYS_S: tuple[float, ...] = (5.0, 5 * 60.0, 30 * 60.0, 2 * 3600.0, 5 * 3600.0, 10 * 3600.0, 10 * 3600.0)
 ATTEMPTS_MAX = len(RETRY_DELAYS_S) + 1
 RETRY_JITTER = 0.1  # later retries spread over +-10 %, so a receiver back up is not hit all at once
 # Namespace of the event ids: an event's id is derived from its entry and type, so it is the same

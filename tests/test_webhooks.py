@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import time
 import types
@@ -452,6 +453,62 @@ async def test_delivered_and_failed_rows_past_their_retention_are_deleted_and_pe
     assert left == [seqs[2]]
 
 
+async def test_the_rows_of_an_endpoint_deleted_past_the_retention_go_pending_ones_too(stack, worker, receivers):
+    receiver = await receivers()
+    vendor = await stack.vendor()
+    kept = uuid.UUID((await _register(stack, vendor, receiver.url)).body["id"])
+    gone = uuid.UUID((await _register(stack, vendor, receiver.url)).body["id"])
+    for _ in range(2):
+        await _pay(stack, vendor)
+
+    async def recorded():
+        counts = [len(await _deliveries(stack, vendor, str(endpoint))) for endpoint in (kept, gone)]
+        return counts == [2, 2]
+
+    await eventually(recorded, timeout_s=DELIVERY_S_MAX)
+    reply = await stack.client.request("DELETE", f"/v1/vendors/{vendor.account_id}/webhooks/{gone}",
+                                       token=vendor.token)
+    assert reply.status == 204
+    async with await stack.superuser() as conn:
+        # Both endpoints' rows are pending again; one endpoint was deleted 8 days ago.
+        await conn.execute("UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = now() + INTERVAL '1 hour'"
+                           " WHERE endpoint_id = ANY(%s)", ([kept, gone],))
+        await conn.execute("UPDATE webhook_endpoints SET deleted_at = now() - INTERVAL '8 days' WHERE id = %s", (gone,))
+        while await ws.delete_of_deleted_endpoints(conn, older_than_s=7 * 86_400, limit=1) == 1:
+            pass
+        left = dict(await (await conn.execute(
+            "SELECT endpoint_id, count(*) FROM webhook_deliveries WHERE endpoint_id = ANY(%s) GROUP BY endpoint_id",
+            ([kept, gone],))).fetchall())
+    assert left == {kept: 2}
+
+
+async def test_a_first_failure_and_a_later_one_are_recorded_in_one_statement(stack):
+    """The first retry's delay and a later, jittered one in one batch (a failing endpoint under
+    steady traffic has both every 50 ms): they once could not be sent together, and the recorder
+    died on it."""
+    vendor = await stack.vendor()
+    endpoint_id = uuid.UUID((await _register(stack, vendor, "https://example.com/hooks")).body["id"])
+    reply = await stack.client.request("DELETE", f"/v1/vendors/{vendor.account_id}/webhooks/{endpoint_id}",
+                                       token=vendor.token)
+    assert reply.status == 204  # no worker attempts its rows; they are written here by hand
+    now = dt.datetime.now(dt.timezone.utc)
+    claimed = [ws.Claimed(endpoint_id, seq, uuid.uuid4(), "{}", attempts, now) for seq, attempts in ((8, 0), (16, 1))]
+    async with await stack.superuser() as conn:
+        for row in claimed:
+            await conn.execute(
+                "INSERT INTO webhook_deliveries (endpoint_id, event_seq, event_id, type, position, payload,"
+                " committed_at, attempts, next_attempt_at) VALUES (%s, %s, %s, 'transfer.received', %s, '{}', now(),"
+                " %s, now())", (endpoint_id, row.event_seq, row.event_id, row.event_seq // 8, row.attempts))
+        retries = [webhooks.retry_delay_s(row.attempts + 1) for row in claimed]
+        await ws.record_attempts(conn, [ws.Attempt(row, "pending", 500, None, retry)
+                                        for row, retry in zip(claimed, retries)])
+        rows = await (await conn.execute(
+            "SELECT attempts, last_status_code, next_attempt_at - now() FROM webhook_deliveries"
+            " WHERE endpoint_id = %s ORDER BY event_seq", (endpoint_id,))).fetchall()
+    assert [(attempts, code) for attempts, code, _ in rows] == [(1, 500), (2, 500)]
+    assert [round(wait.total_seconds()) for _, _, wait in rows] == [round(retry) for retry in retries]
+
+
 def test_the_retention_is_a_setting_of_at_least_an_hour():
     assert Settings().webhook_retention_s == 7 * 86_400
     assert Settings.from_env(webhook_retention_s=3_600).webhook_retention_s == 3_600
@@ -465,6 +522,7 @@ def test_the_retention_is_a_setting_of_at_least_an_hour():
 def test_the_retry_schedule_lasts_at_least_24_hours_then_gives_up():
     delays = [webhooks.retry_delay_s(n) for n in range(1, webhooks.ATTEMPTS_MAX + 1)]
     assert delays[0] == 5
+    assert all(isinstance(delay, float) for delay in delays[:-1])  # one type: they go out as FLOAT8[]
     assert delays[-1] is None
     # Even when the jitter shortens every later delay as much as it can, the retries span 24 h.
     shortest = webhooks.RETRY_DELAYS_S[0] + sum(webhooks.RETRY_DELAYS_S[1:]) * (1 - webhooks.RETRY_JITTER)
