@@ -733,6 +733,7 @@ async def test_a_vendor_registering_at_someone_elses_account_is_403_before_the_u
     other = await stack.vendor()
     reply = await stack.client.post(f"/v1/vendors/{other.account_id}/webhooks", token=payer.vendor_token,
                                     json={"url": "ftp://not-allowed/"})
+    assert_problem(reply, 403, "forbidden")  # not 422: whose account it is comes first, and says nothing of URLs
 
 
 # ---- holds ----------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ One real `ledger dev` in a subprocess, on free ports, in a temporary directory.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal

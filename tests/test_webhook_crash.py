@@ -4,7 +4,6 @@ least once; a repeat carries the same `webhook-id` and body, and every signature
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
