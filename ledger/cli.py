@@ -217,7 +217,6 @@ def _webhooks(args: argparse.Namespace, settings) -> int:
     if args.action == "rotate-key":
         print(f"re-encrypted {asyncio.run(webhook_worker.rotate_key(settings))} webhook secrets with the first key")
     else:
-        webhook_worker.lower_priority(settings.webhook_nice)
         run_until_signal(webhook_worker.serve(settings, metrics_listener=True))
     return EXIT_OK
 

@@ -33,7 +33,6 @@
 | LEDGER_WEBHOOK_CONCURRENCY_MAX | 64 | 1..10000 | webhook attempts in flight in one worker process |
 | LEDGER_WEBHOOK_ENDPOINT_CONCURRENCY_MAX | 16 | 1..1000 | webhook attempts in flight to one endpoint, per worker process |
 | LEDGER_WEBHOOK_RETENTION_S | 604800 (7 days) | 3600..31536000 | delivered and failed webhook deliveries are deleted this long after the event |
-| LEDGER_WEBHOOK_NICE | 0 | 0..19 | `ledger webhooks` lowers its CPU priority to this nice value (and its session's, when it leads one): when the cores are full, transfers get them first and deliveries wait |
 
 A value that does not parse or is out of range raises `ConfigError`, whose message names the
 variable and says why (`LEDGER_BATCH_MAX='abc' is not a whole number`); `ledger` prints it on one
@@ -93,7 +92,6 @@ VARIABLES: dict[str, str] = {
     "webhook_concurrency_max": "LEDGER_WEBHOOK_CONCURRENCY_MAX",
     "webhook_endpoint_concurrency_max": "LEDGER_WEBHOOK_ENDPOINT_CONCURRENCY_MAX",
     "webhook_retention_s": "LEDGER_WEBHOOK_RETENTION_S",
-    "webhook_nice": "LEDGER_WEBHOOK_NICE",
     "hold_sweep_interval_ms": "LEDGER_HOLD_SWEEP_INTERVAL_MS",
     "hold_sweep_batch_max": "LEDGER_HOLD_SWEEP_BATCH_MAX",
 }
@@ -125,7 +123,6 @@ RANGES: dict[str, tuple[int, int]] = {
     "webhook_concurrency_max": (1, 10_000),
     "webhook_endpoint_concurrency_max": (1, 1_000),
     "webhook_retention_s": (3_600, 365 * 86_400),
-    "webhook_nice": (0, 19),
     "hold_sweep_interval_ms": (10, 5_000),
     "hold_sweep_batch_max": (1, 10_000),
 }
@@ -170,8 +167,6 @@ class Settings:
     webhook_concurrency_max: int = 64
     webhook_endpoint_concurrency_max: int = 16
     webhook_retention_s: int = 7 * 86_400
-    # Above 0 the worker yields the cores to the write path when they are full (docs/webhooks.md).
-    webhook_nice: int = 0
     # The expiry sweeper of each API process: how often it looks for due holds, and how many it
     # submits per round (the contract releases a hold within 10 s of expiring).
     hold_sweep_interval_ms: int = 1_000

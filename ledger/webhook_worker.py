@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import socket
 import time
 import uuid
@@ -478,33 +477,6 @@ async def _retention_sweep(pool, *, retention_s: float) -> None:
             if deleted:
                 log.info("deleted %d %s %g s ago", deleted, what, retention_s)
         await asyncio.sleep(RETENTION_SWEEP_S)
-
-
-AUTOGROUP = "/proc/self/autogroup"
-
-
-def lower_priority(nice: int) -> int:
-    """Run at nice value `nice` (or the current one, if higher): when the cores are full, the
-    write path's processes get them first and webhooks wait, which the contract allows (the first
-    attempt within 5 s under normal load) and the oldest-undelivered gauge shows.
-
-    On Linux with autogroup scheduling (the default on desktops and many servers) the kernel
-    shares the CPU between sessions before it weighs the processes inside one, so a process's own
-    nice value does nothing against processes of other sessions: the worker also sets its
-    autogroup's nice, but only when it leads its session (a service, or `setsid`), never for a
-    shell's session that other programs share. Under systemd or a container runtime the cgroup
-    decides instead (`CPUWeight=`, `cpu_shares`; deploy/ sets it). Returns the nice value now in
-    force."""
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if nice > current:
-        os.setpriority(os.PRIO_PROCESS, 0, nice)
-    if nice > 0 and os.getsid(0) == os.getpid():
-        with contextlib.suppress(OSError):  # no autogroup here, or not allowed: the nice value stays
-            with open(AUTOGROUP, "w") as autogroup:
-                autogroup.write(str(nice))
-    now = os.getpriority(os.PRIO_PROCESS, 0)
-    log.info("webhook worker runs at nice %d", now)
-    return now
 
 
 def keyring_from(settings: Settings) -> webhooks.Keyring:

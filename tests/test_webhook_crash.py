@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
@@ -21,49 +20,14 @@ SLOW_S = 3.0  # the receiver's answer time while the worker is to be killed
 DELIVERED_S_MAX = 90.0  # the lease (30 s) plus a loaded machine
 
 
-def _start_worker(stack, log_path, **settings: str) -> subprocess.Popen:
-    env = {**os.environ, **settings, "LEDGER_DATABASE_URL": stack.database_url, "LEDGER_NATS_URL": stack.nats.url,
+def _start_worker(stack, log_path) -> subprocess.Popen:
+    env = {**os.environ, "LEDGER_DATABASE_URL": stack.database_url, "LEDGER_NATS_URL": stack.nats.url,
            "LEDGER_WEBHOOK_KEY": stack.settings.webhook_key, "LEDGER_WEBHOOK_ALLOW_PRIVATE": "1",
            "LEDGER_LOG_FORMAT": "text"}
     env.pop("LEDGER_METRICS_PORT", None)
     with open(log_path, "ab") as out:
         return subprocess.Popen([sys.executable, "-m", "ledger.cli", "webhooks"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _nice_of(pid: int) -> tuple[int, str]:
-    """The process's nice value (/proc/<pid>/stat field 19) and its autogroup line ('/autogroup-N nice K')."""
-    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    autogroup = Path(f"/proc/{pid}/autogroup")
-    return int(stat[16]), autogroup.read_text().strip() if autogroup.exists() else ""
-
-
-async def test_the_worker_runs_at_a_lower_cpu_priority_than_the_write_path(stack, tmp_path):
-    worker = _start_worker(stack, tmp_path / "worker.log", LEDGER_WEBHOOK_NICE="10")
-    try:
-        async def lowered():
-            nice, autogroup = _nice_of(worker.pid)
-            return (nice, autogroup) if nice == 10 and (not autogroup or autogroup.endswith("nice 10")) else None
-
-        await eventually(lowered, timeout_s=30, what="the worker at LEDGER_WEBHOOK_NICE=10")
-        assert _nice_of(os.getpid())[0] == 0  # the rest of the machine is left as it was
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(20)
-
-
-def test_lowering_priority_leaves_a_shared_session_alone():
-    """A worker started from a shell, in the shell's session, lowers only itself, never the
-    autogroup it shares with whatever else that session runs."""
-    probe = ("import os; from ledger import webhook_worker; webhook_worker.lower_priority(7);"
-             "print(os.getpriority(os.PRIO_PROCESS, 0)); print(open('/proc/self/autogroup').read().strip())")
-    before = Path("/proc/self/autogroup").read_text().strip()
-    shared = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert shared[0] == "7" and shared[1] == before
-    own = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         start_new_session=True).stdout.split("\n")
-    assert own[0] == "7" and own[1].endswith("nice 7")
-    assert Path("/proc/self/autogroup").read_text().strip() == before
 
 
 async def test_a_worker_killed_mid_flight_loses_no_event(stack, tmp_path):

@@ -1,8 +1,7 @@
 """Webhook delivery latency and the cost of webhooks to writes: `python -m tools.webhook_bench`.
 
 On its own PostgreSQL and NATS (from the wheels, in a temporary directory), with one `ledger api`
-(rate limit off), one `ledger projector` and one `ledger webhooks` (at `LEDGER_WEBHOOK_NICE`,
-`--worker-nice`), three vendor accounts: A with a healthy receiver (204), B with an always-failing
+(rate limit off), one `ledger projector` and one `ledger webhooks`, three vendor accounts: A with a healthy receiver (204), B with an always-failing
 one (500), C with no endpoint. Phases, each `--duration` seconds:
 
 - `full-without` (x3) and `full-with` (x2), alternated: `--concurrency` closed-loop clients POST
@@ -139,8 +138,7 @@ class Bench:
     def env(self) -> dict[str, str]:
         return {**os.environ, "LEDGER_DATABASE_URL": self.pg.url, "LEDGER_NATS_URL": self.nats.url,
                 "LEDGER_HTTP_PORT": str(self.port), "LEDGER_RATE_PER_S": "0", "LEDGER_WEBHOOK_KEY": self.key,
-                "LEDGER_WEBHOOK_ALLOW_PRIVATE": "1", "LEDGER_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
-                "LEDGER_WEBHOOK_NICE": str(self.args.worker_nice)}
+                "LEDGER_WEBHOOK_ALLOW_PRIVATE": "1", "LEDGER_LOG_LEVEL": os.environ.get("BENCH_LOG_LEVEL", "WARNING")}
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
         out = open(self.root / f"{name}.log", "ab")
@@ -437,7 +435,6 @@ async def run(args: argparse.Namespace) -> dict:
         "worker_cpu_us_per_event_full": round(worker_cpu),
         "worker_ready_s": None if ready_s is None else round(ready_s, 2),
         "worker_resumed_s": round(resumed_s, 2),
-        "worker_nice": args.worker_nice,
         "phases": phases,
     }
 
@@ -449,7 +446,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load-share", type=float, default=0.5, help="share of full throughput for the latency run")
     parser.add_argument("--cold-start", action="store_true",
                         help="open the first window with webhooks as the worker is spawned (its start-up counted in)")
-    parser.add_argument("--worker-nice", type=int, default=0, help="LEDGER_WEBHOOK_NICE of the worker (default 0)")
     parser.add_argument("--data-dir", default=None, help="keep the databases and logs here (default: a temporary"
                         " directory, deleted at the end)")
     parser.add_argument("--receiver", type=int, default=None, help=argparse.SUPPRESS)
