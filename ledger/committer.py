@@ -103,7 +103,9 @@ class Committer:
         except asyncio.QueueFull:
             raise QueueFull from None
         metrics.QUEUE_DEPTH.set(self._queue.qsize())
-        return await asyncio.shield(future)
+        # Not shielded: a caller that gives up (its request timed out) cancels its own future, and
+        # the batch, which answers only futures not done, still commits the transfer.
+        return await future
 
     async def _run(self) -> None:
         while True:
