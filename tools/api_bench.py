@@ -6,7 +6,10 @@ then runs *uniform* (closed loop, `tools.loadgen`) once per round, each round wi
 process whose code comes from the next checkout given (`--checkout A --checkout B --rounds 2`
 runs A B A B): the database, the broker and the load are the same for every variant, so only the
 API differs. Per round it prints transfers/s and CPU µs per committed transfer of each process
-group (`bench.cpu_us_per_transfer`: api, postgres, nats, projector and their sum, `server`).
+group (`bench.cpu_us_per_transfer`: api, postgres, nats, projector and their sum, `server`), and
+the API's over the load generator's: the generator does the same work per request whatever the
+API's code, so when the machine slows down (another tenant, a throttled core) both rise and the
+ratio compares variants across rounds better than the API's figure alone.
 
     python -m tools.api_bench --checkout /tmp/base --checkout . --rounds 2 [--duration 10] [--profile]
 
@@ -87,6 +90,7 @@ async def _run(args: argparse.Namespace) -> int:
                   f" | µs/transfer api {per.get('api', 0):.0f} postgres {per.get('postgres', 0):.0f}"
                   f" nats {per.get('nats', 0):.0f} projector {per.get('projector', 0):.0f}"
                   f" server {per.get('server', 0):.0f} | client {per.get('client', 0):.0f}"
+                  f" api÷client {per.get('api', 0) / max(per.get('client', 0), 1):.2f}"
                   f" others {phase.cpu_cores.get('others', 0):.2f} cores"
                   f" | batch {phase.committer.get('batch_mean', 0):.1f}", flush=True)
             if args.profile and raw.is_file():
