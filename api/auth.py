@@ -4,11 +4,15 @@ Tokens are random 256-bit strings shown once; the database keeps only their SHA-
 hashes the presented token and finds its principal among the tokens not revoked. Every answer,
 found or not, is reused for at most `auth_cache_ms` (below one second): so a revoked token is
 refused by every API process within a second, and a flood of one unknown token costs one
-database lookup per process per period, not one per request. Both caches are bounded.
+database lookup per process per period, not one per request. Requests that miss the cache while a
+lookup of the same token is in flight wait for that lookup instead of starting their own: at
+thousands of requests a second, an expired entry would otherwise send every request of the token
+that arrives during the lookup to the database too. Both caches are bounded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import datetime as dt
 import logging
@@ -47,6 +51,9 @@ class Authenticator:
         self._clock = clock
         self._cache: collections.OrderedDict[bytes, _Cached] = collections.OrderedDict()
         self._used: set[uuid.UUID] = set()  # tokens used since the last flush (`last_used_at`)
+        # digest -> the lookup in flight for it; at most one per token, so bounded by the requests in flight
+        self._fetching: dict[bytes, asyncio.Future[_Cached]] = {}
+        self._generation = 0  # moved by `forget`: a lookup begun before it caches nothing
 
     async def authenticate(self, header: str | None) -> Principal:
         match = _BEARER.match(header or "")
@@ -60,16 +67,32 @@ class Authenticator:
         return found.principal
 
     async def _lookup(self, digest: bytes) -> _Cached:
-        now = self._clock()
         cached = self._cache.get(digest)
-        if cached is not None and cached.expires_at > now:
+        if cached is not None and cached.expires_at > self._clock():
             self._cache.move_to_end(digest)
             return cached
+        fetching = self._fetching.get(digest)
+        if fetching is None:
+            fetching = self._fetching[digest] = asyncio.ensure_future(self._fetch(digest, self._clock()))
+            fetching.add_done_callback(lambda done: self._fetched(digest, done))
+        # One waiter's timeout must not cancel the lookup the others wait for.
+        return await asyncio.shield(fetching)
+
+    def _fetched(self, digest: bytes, done: asyncio.Future) -> None:
+        if self._fetching.get(digest) is done:
+            del self._fetching[digest]
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter may have gone (timed out) before it failed
+
+    async def _fetch(self, digest: bytes, now: float) -> _Cached:
+        generation = self._generation
         async with self._pool.connection() as conn:
             row = await store.principal_by_token_hash(conn, digest)
         metrics.AUTH_LOOKUPS.labels("found" if row else "unknown").inc()
         principal = Principal(row.id, row.role, row.name) if row else None
         fresh = _Cached(now + self._cache_s, principal, row.token_id if row else None)
+        if generation != self._generation:
+            return fresh  # forgotten meanwhile: answer the requests that waited, cache nothing
         self._cache[digest] = fresh
         self._cache.move_to_end(digest)
         while len(self._cache) > CACHE_ENTRIES_MAX:
@@ -77,8 +100,11 @@ class Authenticator:
         return fresh
 
     def forget(self) -> None:
-        """Drop every cached answer (this process revoked a token: refuse it here at once)."""
+        """Drop every cached answer (this process revoked a token: refuse it here at once), and
+        let no lookup begun before now answer a request that comes after."""
         self._cache.clear()
+        self._fetching.clear()
+        self._generation += 1
 
     async def flush_usage(self) -> int:
         """Write `last_used_at` for the tokens used since the last flush; returns how many."""

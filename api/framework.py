@@ -203,18 +203,27 @@ class Call:
     idempotency_key: str | None
 
 
-def wrap(route: Route, services) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+def wrap(route: Route, services_of: Callable[[], Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """The route's handler behind its checks. `services_of` gives the services once they exist
+    (after start-up); they are looked up on the first request and kept."""
     body_decoder = msgspec.json.Decoder(route.body) if route.body is not None else None
+    no_query = _empty_query(route.query)
+    services = None
 
     async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal services
+        if services is None:
+            services = services_of()
         principal = None
         if not route.public:
             principal = await services.auth.authenticate(request.headers.get("Authorization"))
             await services.rate_limit(principal)
-        ids = _path_ids(request, route.path_ids)
+        ids = _path_ids(request, route.path_ids) if route.path_ids else {}
         key = _idempotency_key(request) if route.idempotency else None
         # Probes (public routes) answer whatever query string a load balancer adds.
-        query = _query(request, route.query) if not route.public else None
+        query = None
+        if not route.public:
+            query = no_query if no_query is not None and not request.query_string else _query(request, route.query)
         body = None
         if body_decoder is not None:
             raw = await _read_body(request, services.settings.body_bytes_max)
@@ -226,16 +235,26 @@ def wrap(route: Route, services) -> Callable[[web.Request], Awaitable[web.Stream
     return handler
 
 
+def _empty_query(kind: type):
+    """What an absent query string decodes to, made once (every query type has defaults only);
+    None when `kind` requires a parameter, so an absent one is refused as before."""
+    try:
+        return msgspec.convert({}, kind)
+    except msgspec.ValidationError:
+        return None
+
+
 async def _read_body(request: web.Request, limit: int) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError("body_too_large")
+    content = request.content
     chunks, size = [], 0
-    async for chunk in request.content.iter_any():
+    while chunk := await content.readany():
         size += len(chunk)
         if size > limit:
             raise ApiError("body_too_large")
         chunks.append(chunk)
-    return b"".join(chunks)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _decode(decoder: msgspec.json.Decoder, kind: type, raw: bytes):

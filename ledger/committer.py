@@ -83,6 +83,8 @@ class Committer:
         self._publishing: set[asyncio.Task] = set()
 
     def start(self) -> None:
+        # Read when /metrics is scraped, rather than set on every submit and batch.
+        metrics.QUEUE_DEPTH.set_function(self._queue.qsize)
         self._task = asyncio.create_task(self._run(), name="committer")
 
     async def stop(self) -> None:
@@ -102,8 +104,9 @@ class Committer:
             self._queue.put_nowait(_Waiter(command, future, logs.REQUEST_ID.get()))
         except asyncio.QueueFull:
             raise QueueFull from None
-        metrics.QUEUE_DEPTH.set(self._queue.qsize())
-        return await asyncio.shield(future)
+        # Not shielded: a caller that gives up (its request timed out) cancels its own future, and
+        # the batch, which answers only futures not done, still commits the transfer.
+        return await future
 
     async def _run(self) -> None:
         while True:
@@ -112,7 +115,6 @@ class Committer:
                 await asyncio.sleep(self._linger_s)
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            metrics.QUEUE_DEPTH.set(self._queue.qsize())
             try:
                 await self._commit(batch)
             except Exception as error:  # answer every waiter, whatever broke

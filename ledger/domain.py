@@ -77,9 +77,10 @@ class AccountState:
         return self.kind == "system"
 
 
-@dataclass(frozen=True, slots=True)
-class TransferCommand:
-    """A validated request: shape, role and limits are already checked at the edge."""
+class TransferCommand(msgspec.Struct, frozen=True):
+    """A validated request: shape, role and limits are already checked at the edge. A frozen
+    Struct rather than a frozen dataclass: one is built per request, and the dataclass's
+    `object.__setattr__` per field cost more than the rest of building it."""
 
     principal_id: uuid.UUID
     principal_role: str
