@@ -473,11 +473,12 @@ async def test_only_plain_ranges_are_summarized(seeded):
 
     whole = summary(rows)
     assert whole is not None and (whole.prev_hash, whole.hash) == (domain.ZERO_HASH, rows[-1][columns.index("hash")])
-    assert whole.hashes == [row[columns.index("hash")] for row in rows] and whole.payments == []
+    assert whole.hashes == [row[columns.index("hash")] for row in rows] and msgspec.msgpack.decode(whole.payments) == []
     assert all(start == 0 for start in whole.starts.values())
     later = summary(rows[20:], after=20)
     assert later is not None and later.prev_hash == rows[19][columns.index("hash")]
-    assert len(summary(rows, projector_position=SEEDED_ENTRIES).payments) == SEEDED_ENTRIES // 2  # wallets pay vendors
+    payments = msgspec.msgpack.decode(summary(rows, projector_position=SEEDED_ENTRIES).payments)
+    assert len(payments) == SEEDED_ENTRIES // 2  # each wallet is funded, then pays a vendor
     amount, postings = rows[9][columns.index("amount")], rows[9][columns.index("amounts")]
     not_plain = {
         "a forged reference": edited(10, reference="forged"),
@@ -496,6 +497,22 @@ async def test_only_plain_ranges_are_summarized(seeded):
         "a missing last entry": rows[:-1],
     }
     assert {what: summary(variant) for what, variant in not_plain.items()} == dict.fromkeys(not_plain)
+
+
+async def test_an_honest_projected_journal_is_summarized_range_by_range(seeded, monkeypatch):
+    """Every range of an honest journal of plain transfers is checked in a worker and summarized:
+    the audit's process feeds no entry and reads no range again."""
+    await _project(seeded, 30)
+    monkeypatch.setattr(audit_pool, "AUDIT_RANGE_ENTRIES", RANGE_ENTRIES_SMALL)
+
+    def fed_entry_by_entry(*_) -> None:
+        raise AssertionError("a range of plain transfers was fed entry by entry")
+
+    monkeypatch.setattr(audit.Replay, "feed", fed_entry_by_entry)
+    monkeypatch.setattr(audit_pool.Reader, "page", fed_entry_by_entry)
+    report = await audit.run_audit(seeded, workers=2)
+    assert report.ok, report.first_failure
+    assert (report.entries, report.projector_position) == (SEEDED_ENTRIES, 30)
 
 
 async def test_a_worker_joining_the_audits_snapshot_does_not_see_a_later_write(seeded):

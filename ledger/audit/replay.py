@@ -137,16 +137,10 @@ class Replay:
         return True
 
     def verified_as_summarized(self, summary: Summary, rows: list[Verification]) -> bool:
-        """Whether the verification rows at the summary's positions are exactly those its payments
-        call for (what `check_verifications` would find nothing wrong with), in position order."""
-        payments = summary.payments
-        if len(rows) != len(payments):
-            return False
-        for row, payment in zip(rows, payments):
-            if (str(row.transfer_id), str(row.vendor_account_id), str(row.payer_account_id), row.amount,
-                    row.currency, row.reference, row.committed_at, row.position, row.hash) != payment:
-                return False
-        return True
+        """Whether the verification rows at the summary's positions, read with their UUIDs as text,
+        are exactly those its payments call for (what `check_verifications` would find nothing
+        wrong with), in position order."""
+        return _payments_encoder.encode([msgspec.structs.astuple(row)[:_VERIFIED_COUNT] for row in rows]) == summary.payments
 
     def _check_position(self, entry: JournalEntry) -> None:
         expected = self.position + 1
@@ -464,7 +458,7 @@ class Summary:
     hash: str  # the stored hash of its last entry
     starts: dict[int, int]  # account (its UUID's integer) -> its balance before the range, as stored
     ends: dict[int, int]  # account -> its balance after the range
-    payments: list[tuple]  # `_verified_fields` of each payment the projection must have verified, in order
+    payments: bytes  # `_verified_fields` of each payment the projection must have verified, in order (msgpack)
     hashes: list[str] | None  # every entry's hash, in order, when the Merkle tree check needs them
 
 
@@ -542,7 +536,12 @@ def summarize(
             hashes.append(digest)
     if position != upto or digest is None:
         return None
-    return Summary(after, upto, first_prev, digest, starts, ends, payments, hashes)
+    return Summary(after, upto, first_prev, digest, starts, ends, _payments_encoder.encode(payments), hashes)
+
+
+_payments_encoder = msgspec.msgpack.Encoder()
+# A verification's fields up to its `hash` are what it must say of its entry (`_verified_fields`), in that order.
+_VERIFIED_COUNT = 9
 
 
 def _plain_text(text: str) -> bool:
@@ -586,6 +585,9 @@ assert tuple(spec.name for spec in msgspec.structs.fields(JournalEntry)) == _ENT
 _DEFAULT_KIND = {spec.name: spec.default for spec in msgspec.structs.fields(JournalEntry)}["kind"]
 _PLAIN_KIND = "transfer"  # the only kind `summarize` takes: no hold, no refund
 _FULL_BODY = _hashed_body((1, "", "", "", 1, "", "", None, "", "", "", "refund", "", "", (), (), ()), {})
+assert tuple(spec.name for spec in msgspec.structs.fields(Verification))[:_VERIFIED_COUNT] == (
+    "transfer_id", "vendor_account_id", "payer_account_id", "amount", "currency", "reference", "committed_at", "position",
+    "hash"), "a summary's payments are in the order of a verification's fields"
 assert list(_FULL_BODY) == sorted(_FULL_BODY) == sorted(set(_ENTRY_FIELDS) - {"hash"}), "_hashed_body's key order"
 
 HOLD_KINDS = frozenset({"hold"}) | domain.HOLD_CLOSING_KINDS

@@ -9,9 +9,12 @@ import contextlib
 import dataclasses
 import gc
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import msgspec
 import psycopg
+from psycopg.types.string import TextLoader
 
 from ledger import checkpoint as signing
 from ledger import db, domain, store, tree_store
@@ -21,6 +24,7 @@ from ledger.audit import pool
 from ledger.audit.report import AuditReport, PROGRESS_EVERY_ENTRIES, Progress
 from ledger.audit.replay import Original, Replay, Start, Summary
 from ledger.audit.tree_check import TreeCheck
+from schemas import Verification
 
 
 # ---- the I/O: one snapshot, one cursor ------------------------------------------------------
@@ -56,10 +60,11 @@ async def run_audit(
                 account_ids={str(account_id): account_id for account_id in accounts}, accounts=accounts,
             )
             try:
-                replay, head_position, projector_position, tree_check = await _replay(
-                    conn, reader, accounts, from_position=from_position, last=last, checkpoint=checkpoint,
-                    public_key=public_key, projector_name=projector_name, progress=progress,
-                )
+                async with await _joined(database_url, dialect, token) as text_conn:
+                    replay, head_position, projector_position, tree_check = await _replay(
+                        conn, text_conn, reader, accounts, from_position=from_position, last=last,
+                        checkpoint=checkpoint, public_key=public_key, projector_name=projector_name, progress=progress,
+                    )
             finally:
                 reader.close()
     seconds = time.monotonic() - started
@@ -113,8 +118,22 @@ class _InOrder:
         self._given_back.extendleft(reversed(items))
 
 
+async def _joined(database_url: str, dialect, token: str) -> psycopg.AsyncConnection:
+    """A second connection in the audit's snapshot that reads UUIDs and timestamps as text: the
+    verifications, half a journal's entries, are compared with what the workers send as text, and
+    making objects of them was most of the audit's own time."""
+    conn = await dialect.connection_class.connect(database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S)
+    await reads.use_auditor_role(conn)
+    for statement in dialect.snapshot_join(token):
+        await conn.execute(statement)
+    for type_name in ("uuid", "timestamptz"):
+        conn.adapters.register_loader(type_name, TextLoader)
+    return conn
+
+
 async def _replay(
     conn: psycopg.AsyncConnection,
+    text_conn: psycopg.AsyncConnection,
     reader: pool.Reader,
     accounts: dict,
     *,
@@ -146,7 +165,8 @@ async def _replay(
         replay.findings.record("checkpoint", checkpoint.position, unusable)
     # The verifications are walked alongside the journal, both in position order, so memory
     # stays bounded by a page of each however long the journal is.
-    verifications = await _InOrder(projections.stream_verifications(conn, from_position), _position).start()
+    # They are read on `text_conn`, their UUIDs as text (`_with_uuids` makes them objects where entries are fed).
+    verifications = await _InOrder(projections.stream_verifications(text_conn, from_position), _position).start()
     # The tree is recomputed from the first leaf, so only a replay from the start checks it.
     tree_check, stored_size, heads = None, await tree_store.tree_size(conn), []
     if from_position == 0:
@@ -173,7 +193,7 @@ async def _replay(
                 if row.position < entry.position:
                     replay.stray_verification(row)
                 else:
-                    rows.append(row)
+                    rows.append(_with_uuids(row))
             replay.check_verifications(entry, rows)
             if progress is not None and entry.position % PROGRESS_EVERY_ENTRIES == 0:
                 progress(entry.position, head_position)
@@ -214,6 +234,13 @@ async def _replay(
 
 
 _PAST_EVERY_POSITION = 2**63  # beyond any INT8 position
+
+
+def _with_uuids(row: Verification) -> Verification:
+    """A verification read with its UUIDs as text, as `check_verifications` compares it with an entry."""
+    return msgspec.structs.replace(row, transfer_id=uuid.UUID(row.transfer_id),
+                                   vendor_account_id=uuid.UUID(row.vendor_account_id),
+                                   payer_account_id=uuid.UUID(row.payer_account_id))
 
 
 def _position(row) -> int:
