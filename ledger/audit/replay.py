@@ -480,22 +480,26 @@ def summarize(
     (`starts`, implied by the stored balances after) are the replayed ones. Then every stored
     balance after is the replayed one, so the overdraft check on the stored ones is exact. None
     sends the range to the entry-by-entry replay, which locates whatever is wrong."""
-    position, prev_hash, digest = after, None, None
+    position, digest = after, None
     starts: dict[int, int] = {}
     ends: dict[int, int] = {}
     payments: list[tuple] = []
     hashes: list[str] | None = [] if with_hashes else None
+    plain_texts: dict[str, bool] = {}  # reference + currency -> `_plain_text` of it: few distinct ones
     sha256 = hashlib.sha256
     for row in rows:
         (at, transfer_id, from_account_id, to_account_id, amount, currency, reference, metadata, committed_at,
-         stored_prev, digest, kind, refund_of, hold_id, posted_accounts, amounts, balances_after) = row
+         stored_prev, stored_hash, kind, refund_of, hold_id, posted_accounts, amounts, balances_after) = row
         position += 1
-        if (at != position or kind != _PLAIN_KIND or not stored_prev.isascii() or refund_of is not None or hold_id is not None
-                or (prev_hash is not None and stored_prev != prev_hash)):
+        if at != position or kind != _PLAIN_KIND or refund_of is not None or hold_id is not None:
             return None
-        if prev_hash is None:
+        if digest is None:
+            if not _plain_text(stored_prev):  # the next ones are each the hex digest before them
+                return None
             first_prev = stored_prev
-        prev_hash = digest
+        elif stored_prev != digest:
+            return None
+        digest = stored_hash
         # The two postings, exactly the entry's, each a known account of its currency.
         if posted_accounts is None or len(posted_accounts) != 2 or balances_after is None or len(balances_after) != 2:
             return None
@@ -506,19 +510,31 @@ def summarize(
         if payer is None or payee is None or payer[1] != currency or payee[1] != currency:
             return None
         # Each stored balance after: the previous one plus the posting, not negative unless a system account's.
-        for (kind_of, _, key), posted, after_it in ((payer, -amount, balances_after[0]),
-                                                    (payee, amount, balances_after[1])):
-            before = ends.get(key)
-            if before is None:
-                starts[key] = after_it - posted
-            elif before + posted != after_it:
-                return None
-            ends[key] = after_it
-            if after_it < 0 and kind_of != "system":
-                return None
+        key, after_it = payer[2], balances_after[0]
+        before = ends.get(key)
+        if before is None:
+            starts[key] = after_it + amount
+        elif before - amount != after_it:
+            return None
+        ends[key] = after_it
+        if after_it < 0 and payer[0] != "system":
+            return None
+        key, after_it = payee[2], balances_after[1]
+        before = ends.get(key)
+        if before is None:
+            starts[key] = after_it - amount
+        elif before + amount != after_it:
+            return None
+        ends[key] = after_it
+        if after_it < 0 and payee[0] != "system":
+            return None
         # The hash: the canonical bytes written out for the plain form, where every string is
         # printable ASCII with nothing to escape; anything else takes `_canonical_bytes`.
-        if metadata or not _plain_text(reference + currency + stored_prev):
+        text = reference + currency
+        plain = plain_texts.get(text)
+        if plain is None:
+            plain = plain_texts[text] = _plain_text(text)
+        if metadata or not plain:
             if sha256(stored_prev.encode("ascii") + _canonical_bytes(row)).hexdigest() != digest:
                 return None
         elif sha256(
