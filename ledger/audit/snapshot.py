@@ -123,9 +123,13 @@ async def _joined(database_url: str, dialect, token: str) -> psycopg.AsyncConnec
     verifications, half a journal's entries, are compared with what the workers send as text, and
     making objects of them was most of the audit's own time."""
     conn = await dialect.connection_class.connect(database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S)
-    await reads.use_auditor_role(conn)
-    for statement in dialect.snapshot_join(token):
-        await conn.execute(statement)
+    try:
+        await reads.use_auditor_role(conn)
+        for statement in dialect.snapshot_join(token):
+            await conn.execute(statement)
+    except BaseException:
+        await conn.close()
+        raise
     for type_name in ("uuid", "timestamptz"):
         conn.adapters.register_loader(type_name, TextLoader)
     return conn
