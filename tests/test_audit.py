@@ -21,6 +21,7 @@ from pathlib import Path
 
 import msgspec
 import psycopg
+import pytest
 import pytest_asyncio
 from psycopg import sql
 
@@ -106,6 +107,25 @@ def failed_checks(report: audit.AuditReport) -> set[str]:
     return {check.name for check in report.checks if not check.ok}
 
 
+def verdict(report: audit.AuditReport) -> tuple:
+    """Everything a report says about the journal (not how fast it was read)."""
+    return (report.ok, report.first_failure, report.checks, report.entries, report.last_position, report.accounts)
+
+
+RANGE_ENTRIES_SMALL = 7  # positions per worker range: a 50-entry journal then spans eight ranges
+
+
+async def audit_both(url: str, **options) -> audit.AuditReport:
+    """`run_audit` in the audit's process alone, and again with worker processes over small ranges
+    (where plain ranges are summarized): both must reach the same verdict, whatever the tamper."""
+    alone = await audit.run_audit(url, workers=0, **options)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(audit_pool, "AUDIT_RANGE_ENTRIES", RANGE_ENTRIES_SMALL)
+        with_workers = await audit.run_audit(url, workers=2, **options)
+    assert verdict(with_workers) == verdict(alone)
+    return alone
+
+
 # ---- honest journals ------------------------------------------------------------------------
 
 
@@ -140,15 +160,15 @@ async def test_a_projection_exact_at_its_checkpoint_passes_while_the_journal_is_
     async with await psycopg.AsyncConnection.connect(seeded) as conn:
         entries = await store.entries_after(conn, 0, 30)
         await projections.apply_entries(conn, entries, name="main", projected_at=dt.datetime.now(dt.timezone.utc))
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert report.ok, report.first_failure
     assert (report.projector_position, report.last_position) == (30, SEEDED_ENTRIES)
 
 
 async def test_audit_from_a_position_trusts_the_entries_up_to_it(seeded):
     await execute(seeded, ("UPDATE journal SET reference = 'edited' WHERE position = 10", ()))
-    assert first_failure(await audit.run_audit(seeded)) == (10, "hash")
-    report = await audit.run_audit(seeded, from_position=20)
+    assert first_failure(await audit_both(seeded)) == (10, "hash")
+    report = await audit_both(seeded, from_position=20)
     assert report.ok, report.first_failure
     assert report.entries == SEEDED_ENTRIES - 20
 
@@ -162,7 +182,7 @@ async def test_a_posting_changed_with_its_twin_is_caught_at_its_position(seeded)
         ("UPDATE postings SET amount = amount - 7 WHERE position = 20 AND amount < 0", ()),
         ("UPDATE postings SET amount = amount + 7 WHERE position = 20 AND amount > 0", ()),
     )
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (20, "hash")
     assert {"hash", "postings", "write_model"} <= failed_checks(report)
     postings = next(check for check in report.checks if check.name == "postings")
@@ -171,7 +191,7 @@ async def test_a_posting_changed_with_its_twin_is_caught_at_its_position(seeded)
 
 async def test_a_posting_changed_alone_breaks_the_sum_and_conservation(seeded):
     await execute(seeded, ("UPDATE postings SET amount = amount + 1 WHERE position = 33 AND amount > 0", ()))
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (33, "hash")
     assert {"postings", "conservation"} <= failed_checks(report)
 
@@ -182,7 +202,7 @@ async def test_a_deleted_entry_is_caught_at_its_position(seeded):
         ("DELETE FROM postings WHERE position = 25", ()),
         ("DELETE FROM journal WHERE position = 25", ()),
     )
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (25, "contiguous")
     assert report.first_failure.detail == "position 25 missing"
 
@@ -193,7 +213,7 @@ async def test_a_deleted_last_entry_is_caught_by_the_head(seeded):
         ("DELETE FROM postings WHERE position = %s", (SEEDED_ENTRIES,)),
         ("DELETE FROM journal WHERE position = %s", (SEEDED_ENTRIES,)),
     )
-    assert first_failure(await audit.run_audit(seeded)) == (SEEDED_ENTRIES, "head")
+    assert first_failure(await audit_both(seeded)) == (SEEDED_ENTRIES, "head")
 
 
 async def test_two_swapped_entries_are_caught_at_the_first(seeded):
@@ -202,7 +222,7 @@ async def test_two_swapped_entries_are_caught_at_the_first(seeded):
         (f"UPDATE {table} SET position = %s WHERE position = %s", (target, source))
         for source, target in moves for table in ("journal", "postings")
     ])
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (10, "chain")
     assert {"chain", "hash"} <= failed_checks(report)
 
@@ -214,14 +234,14 @@ async def test_a_rehashed_overdraft_is_caught_at_its_position(seeded):
     more = entry.amount + 1
     overdrawn = [schemas.Posting(entry.from_account_id, -more), schemas.Posting(entry.to_account_id, more)]
     await rewrite_history(seeded, 2, amount=more, postings=overdrawn)
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (2, "non_negative")
     assert not {"chain", "hash", "head"} & failed_checks(report)
 
 
 async def test_postings_left_without_their_entry_are_caught(seeded):
     await execute(seeded, ("DELETE FROM journal WHERE position = 40", ()))
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (40, "contiguous")
     orphans = next(check for check in report.checks if check.name == "orphan_postings")
     assert orphans.first is not None and orphans.first.position == 40
@@ -229,7 +249,7 @@ async def test_postings_left_without_their_entry_are_caught(seeded):
 
 async def test_a_write_model_balance_that_drifted_is_caught(seeded):
     await execute(seeded, ("UPDATE balances SET balance = balance + 5 WHERE kind = 'vendor'", ()))
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (SEEDED_ENTRIES, "write_model")
     assert failed_checks(report) == {"write_model"}
 
@@ -240,7 +260,7 @@ async def test_a_projection_that_drifted_is_caught_at_its_checkpoint(seeded):
         await projections.apply_entries(conn, entries, name="main", projected_at=dt.datetime.now(dt.timezone.utc))
         await conn.execute("UPDATE projected_balances SET balance = balance + 1 WHERE account_id = %s",
                            (entries[0].to_account_id,))
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (30, "projection")
     assert failed_checks(report) == {"projection"}
 
@@ -254,7 +274,7 @@ async def _project(url: str, count: int) -> list[schemas.JournalEntry]:
 
 async def test_a_projection_with_its_verifications_intact_audits_clean(seeded):
     await _project(seeded, 30)
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert report.ok, report.first_failure
 
 
@@ -263,7 +283,7 @@ async def test_a_deleted_verification_is_caught_at_its_payment(seeded):
     async with await psycopg.AsyncConnection.connect(seeded) as conn:
         victim = (await projections.verifications(conn))[0]
         await conn.execute("DELETE FROM verifications WHERE transfer_id = %s", (victim.transfer_id,))
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (victim.position, "verifications")
     assert failed_checks(report) == {"verifications"}
     assert victim.position <= entries[-1].position
@@ -277,7 +297,7 @@ async def test_a_forged_verification_of_no_entry_is_caught(seeded):
         " reference, committed_at, hash, projected_at) VALUES (%s, %s, %s, %s, 7, 'USD', '', '', '', now())",
         (uuid.uuid4(), paid.vendor_account_id, 10**9, paid.payer_account_id),
     ))
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert first_failure(report) == (10**9, "verifications")
     assert failed_checks(report) == {"verifications"}
 
@@ -292,16 +312,16 @@ async def projections_rows(url: str) -> list[schemas.Verification]:
 
 async def test_a_rehashed_history_passes_every_check_without_a_checkpoint(seeded):
     await rewrite_history(seeded, 20, reference="rewritten")
-    report = await audit.run_audit(seeded)
+    report = await audit_both(seeded)
     assert report.ok, report.first_failure
 
 
 async def test_a_checkpoint_signed_before_a_rehash_catches_it(seeded, tmp_path):
     signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
-    assert (await audit.run_audit(seeded, checkpoint=signed, public_key=signed.public_key)).ok
+    assert (await audit_both(seeded, checkpoint=signed, public_key=signed.public_key)).ok
     await seed_journal(seeded, entries=10, accounts=3)
     await rewrite_history(seeded, 20, reference="rewritten")
-    report = await audit.run_audit(seeded, checkpoint=signed, public_key=signed.public_key)
+    report = await audit_both(seeded, checkpoint=signed, public_key=signed.public_key)
     # A consistent rewrite leaves no trace of where it began: the checkpoint bounds it.
     assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
     assert failed_checks(report) == {"checkpoint"}
@@ -311,7 +331,7 @@ async def test_a_checkpoint_signed_before_a_rehash_catches_it(seeded, tmp_path):
 async def test_a_checkpoint_whose_hash_was_edited_does_not_verify(seeded, tmp_path):
     signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
     forged = signing.SignedCheckpoint(**{**msgspec.structs.asdict(signed), "hash": "f" * 64})
-    report = await audit.run_audit(seeded, checkpoint=forged, public_key=signed.public_key)
+    report = await audit_both(seeded, checkpoint=forged, public_key=signed.public_key)
     assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
     assert report.first_failure.detail == "the signature does not verify"
 
@@ -327,7 +347,7 @@ async def test_a_checkpoint_beyond_a_truncated_journal_is_caught(seeded, tmp_pat
          " FROM accounts a LEFT JOIN postings p ON p.account_id = a.id GROUP BY a.id) s"
          " WHERE balances.account_id = s.id", ()),
     )
-    report = await audit.run_audit(seeded, checkpoint=signed, public_key=signed.public_key)
+    report = await audit_both(seeded, checkpoint=signed, public_key=signed.public_key)
     assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
     assert failed_checks(report) == {"checkpoint"}
 
@@ -366,7 +386,7 @@ async def test_a_rewritten_journal_with_a_re_signed_checkpoint_fails_against_the
     await rewrite_history(seeded, 20, reference="rewritten")
     forger_key = signing.load_or_create_key(tmp_path / "forger.pem")
     forged = await signing.take_checkpoint(seeded, forger_key)
-    report = await audit.run_audit(seeded, checkpoint=forged, public_key=pinned)
+    report = await audit_both(seeded, checkpoint=forged, public_key=pinned)
     assert failed_checks(report) == {"checkpoint"}
     assert "not by the pinned key" in report.first_failure.detail
     key_file = tmp_path / "pinned.hex"
@@ -390,12 +410,6 @@ async def test_the_audit_command_exits_1_and_names_the_first_bad_position(seeded
 
 # ---- worker processes: the same verdict, from the same snapshot ------------------------------
 
-RANGE_ENTRIES_SMALL = 7  # positions per worker range: a 50-entry journal then spans eight ranges
-
-
-def verdict(report: audit.AuditReport) -> tuple:
-    """Everything a report says about the journal (not how fast it was read)."""
-    return (report.ok, report.first_failure, report.checks, report.entries, report.last_position, report.accounts)
 
 
 async def test_worker_processes_reach_the_verdict_of_the_audit_alone_on_a_tampered_journal(seeded, monkeypatch):
@@ -422,6 +436,83 @@ async def test_worker_processes_reach_the_verdict_of_the_audit_alone_on_an_hones
     with_workers = await audit.run_audit(seeded, workers=2)
     assert with_workers.ok, with_workers.first_failure
     assert verdict(with_workers) == verdict(await audit.run_audit(seeded, workers=0))
+
+
+async def test_balances_after_shifted_from_one_position_on_are_caught_there(seeded):
+    """Each range alone is consistent past the shift; only the link between ranges (the balance
+    before a range, as its stored balances after imply it) shows that it is not the replayed one."""
+    victim = (await all_entries(seeded))[19].to_account_id
+    await execute(seeded, ("UPDATE postings SET balance_after = balance_after + 5 WHERE account_id = %s AND position >= 20",
+                           (victim,)))
+    report = await audit_both(seeded)
+    assert first_failure(report) == (20, "balance_after")
+    assert failed_checks(report) == {"balance_after"}
+
+
+async def _rows_and_accounts(url: str) -> tuple[list[tuple], dict[str, tuple[str, str, int]]]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        accounts = await store.account_kinds(conn)
+    with psycopg.Connection.connect(url) as conn:  # a transaction, as a worker's snapshot is
+        rows = audit_reads.entries_between(conn, 0, SEEDED_ENTRIES)
+    return rows, {str(a): (kind, currency, a.int) for a, (kind, currency) in accounts.items()}
+
+
+async def test_only_plain_ranges_are_summarized(seeded):
+    rows, accounts = await _rows_and_accounts(seeded)
+    columns = audit_reads.AUDITED_COLUMNS
+
+    def summary(rows: list[tuple], after: int = 0, upto: int = SEEDED_ENTRIES, **options):
+        return audit.summarize(rows, after=after, upto=upto, accounts=accounts,
+                               projector_position=options.get("projector_position", 0), with_hashes=True)
+
+    def edited(position: int, **values) -> list[tuple]:
+        row = list(rows[position - 1])
+        for name, value in values.items():
+            row[columns.index(name)] = value
+        return rows[:position - 1] + [tuple(row)] + rows[position:]
+
+    whole = summary(rows)
+    assert whole is not None and (whole.prev_hash, whole.hash) == (domain.ZERO_HASH, rows[-1][columns.index("hash")])
+    assert whole.hashes == [row[columns.index("hash")] for row in rows] and msgspec.msgpack.decode(whole.payments) == []
+    assert all(start == 0 for start in whole.starts.values())
+    later = summary(rows[20:], after=20)
+    assert later is not None and later.prev_hash == rows[19][columns.index("hash")]
+    payments = msgspec.msgpack.decode(summary(rows, projector_position=SEEDED_ENTRIES).payments)
+    assert len(payments) == SEEDED_ENTRIES // 2  # each wallet is funded, then pays a vendor
+    amount, postings = rows[9][columns.index("amount")], rows[9][columns.index("amounts")]
+    not_plain = {
+        "a forged reference": edited(10, reference="forged"),
+        "a reference to escape, forged": edited(10, reference='"forged"'),
+        "forged metadata": edited(10, metadata={"a": "1"}),
+        "a changed amount": edited(10, amount=amount + 1),
+        "a posting changed with its twin": edited(10, amounts=[postings[0] - 1, postings[1] + 1]),
+        "a broken chain": edited(10, prev_hash=domain.ZERO_HASH),
+        "a refund": edited(10, kind="refund"),
+        "a hold": edited(10, hold_id=str(uuid.uuid4())),
+        "an unknown account": edited(10, account_ids=[str(uuid.uuid4()), rows[9][columns.index("account_ids")][1]]),
+        "another currency": edited(10, currency="EUR"),
+        "a stored balance after that is not the previous one plus the posting": edited(
+            10, balances_after=[b + 1 for b in rows[9][columns.index("balances_after")]]),
+        "a missing entry": rows[:9] + rows[10:],
+        "a missing last entry": rows[:-1],
+    }
+    assert {what: summary(variant) for what, variant in not_plain.items()} == dict.fromkeys(not_plain)
+
+
+async def test_an_honest_projected_journal_is_summarized_range_by_range(seeded, monkeypatch):
+    """Every range of an honest journal of plain transfers is checked in a worker and summarized:
+    the audit's process feeds no entry and reads no range again."""
+    await _project(seeded, 30)
+    monkeypatch.setattr(audit_pool, "AUDIT_RANGE_ENTRIES", RANGE_ENTRIES_SMALL)
+
+    def fed_entry_by_entry(*_) -> None:
+        raise AssertionError("a range of plain transfers was fed entry by entry")
+
+    monkeypatch.setattr(audit.Replay, "feed", fed_entry_by_entry)
+    monkeypatch.setattr(audit_pool.Reader, "page", fed_entry_by_entry)
+    report = await audit.run_audit(seeded, workers=2)
+    assert report.ok, report.first_failure
+    assert (report.entries, report.projector_position) == (SEEDED_ENTRIES, 30)
 
 
 async def test_a_worker_joining_the_audits_snapshot_does_not_see_a_later_write(seeded):

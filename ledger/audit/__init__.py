@@ -32,12 +32,14 @@ from ledger.audit.replay import (  # noqa: F401
     Original,
     Replay,
     Start,
+    Summary,
     _NEVER,
     _moment,
     _postings_text,
     _verified_fields,
     entries_from_rows,
     hash_mismatches,
+    summarize,
 )
 from ledger.audit.tree_check import (  # noqa: F401
     TreeCheck,

@@ -1,10 +1,13 @@
-"""The audit's reading, spread over processes: each worker joins the audit's snapshot, reads a
-bounded range of positions, recomputes every entry's hash there (`hash_mismatches`) and sends
-the rows back encoded; the replay, which is order-dependent, stays in the audit's process.
+"""The audit's reading and checking, spread over processes: each worker joins the audit's
+snapshot, reads a bounded range of positions and checks there everything an entry's own row can
+prove (`replay.summarize`); the replay, which is order-dependent, stays in the audit's process.
 
-Reading is where the time goes (decoding rows, building the hashed bytes, SHA-256): those run on
-every core, while the replay of the previous range runs in the audit's process. At most
-`AUDIT_RANGES_IN_FLIGHT` ranges are read ahead, so memory does not grow with the journal.
+A range whose entries are all plain transfers that pass comes back as a `Summary` (the hashes at
+its ends, each account's balance before and after it, the payments the projection must have
+verified): the replay checks the links into it and goes past it without seeing an entry. Any
+other range (a hold, a refund, anything a check could fault) comes back row by row, as the
+replay without workers reads it, and is fed entry by entry. At most `AUDIT_RANGES_IN_FLIGHT`
+ranges are read ahead, so memory does not grow with the journal.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ import psycopg
 
 from ledger import db, dialect as dialects
 from ledger.store import audit as reads
-from ledger.audit.replay import entries_from_rows, hash_mismatches
+from ledger.audit.replay import AccountsByText, Summary, entries_from_rows, hash_mismatches, summarize
 
-# Positions one worker reads and hashes at a time: large enough that a task's overhead (a
+# Positions one worker reads and checks at a time: large enough that a task's overhead (a
 # query, a round trip between processes) is small beside it, small enough to keep in memory.
 AUDIT_RANGE_ENTRIES = 10_000
 # Ranges read ahead of the replay, at most: what bounds the audit's memory with workers.
@@ -41,50 +44,85 @@ def default_workers(entries: int) -> int:
     return os.cpu_count() or 1 if entries >= AUDIT_WORKERS_FROM_ENTRIES else 0
 
 
-async def pages(
-    conn: psycopg.AsyncConnection, *, database_url: str, dialect: dialects.Dialect, token: str,
-    after: int, upto: int, workers: int, account_ids: Mapping[str, uuid.UUID],
-) -> AsyncIterator[Page]:
-    """The entries in positions (after, upto], in position order, page by page, each page with
-    the hashes its content calls for where they differ from the stored ones. `account_ids`: the
-    accounts by their text form (`entries_from_rows`)."""
-    if workers == 0:
-        async for rows in reads.stream_entries(conn, after, upto):
-            yield entries_from_rows(rows, account_ids), hash_mismatches(rows)
-        return
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited connection or loop
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_join,
-                             initargs=(database_url, dialect.name, token)) as executor:
-        ranges = iter(range(after, upto, AUDIT_RANGE_ENTRIES))
+def range_ends(after: int, upto: int, cuts: set[int]) -> list[tuple[int, int]]:
+    """The ranges (start, end] that cover (after, upto], at most `AUDIT_RANGE_ENTRIES` long, with
+    each of `cuts` an end (the positions where the replay must stand between two ranges)."""
+    ends = sorted({*range(after + AUDIT_RANGE_ENTRIES, upto, AUDIT_RANGE_ENTRIES), upto}
+                  | {cut for cut in cuts if after < cut < upto})
+    return list(zip([after] + ends[:-1], ends)) if upto > after else []
+
+
+class Reader:
+    """The journal of one audit, range by range, in position order: `Summary`s and pages."""
+
+    def __init__(
+        self, conn: psycopg.AsyncConnection, *, database_url: str, dialect: dialects.Dialect, token: str,
+        workers: int, account_ids: Mapping[str, uuid.UUID], accounts: Mapping[uuid.UUID, tuple[str, str]],
+    ) -> None:
+        """`account_ids`: the accounts by their text form (`entries_from_rows`); `accounts`:
+        every account's (kind, currency)."""
+        self._conn = conn
+        self._account_ids = account_ids
+        self.workers = workers
+        self._executor: ProcessPoolExecutor | None = None
+        if workers:
+            by_text = {str(account_id): (kind, currency, account_id.int) for account_id, (kind, currency) in accounts.items()}
+            context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited connection or loop
+            self._executor = ProcessPoolExecutor(workers, mp_context=context, initializer=_join,
+                                                 initargs=(database_url, dialect.name, token, by_text))
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def ranges(
+        self, *, after: int, upto: int, cuts: set[int], projector_position: int, hashes_upto: int,
+    ) -> AsyncIterator[Summary | Page]:
+        """The entries in positions (after, upto], in position order: a `Summary` of each range a
+        worker found plain, the entries of any other (every range, without workers). `cuts`:
+        positions a range must end at; `hashes_upto`: the summaries of ranges that start before
+        it carry every entry's hash (for the Merkle tree)."""
+        if self._executor is None:
+            async for rows in reads.stream_entries(self._conn, after, upto):
+                yield entries_from_rows(rows, self._account_ids), hash_mismatches(rows)
+            return
         in_flight: collections.deque[Future] = collections.deque()
         try:
-            for start in ranges:
-                in_flight.append(executor.submit(_read_range, start, min(start + AUDIT_RANGE_ENTRIES, upto)))
+            for start, end in range_ends(after, upto, cuts):
+                in_flight.append(self._executor.submit(_check_range, start, end, projector_position, start < hashes_upto))
                 if len(in_flight) < AUDIT_RANGES_IN_FLIGHT:
                     continue
-                yield _decoded(await asyncio.wrap_future(in_flight.popleft()), account_ids)
+                yield self._decoded(await asyncio.wrap_future(in_flight.popleft()))
             while in_flight:
-                yield _decoded(await asyncio.wrap_future(in_flight.popleft()), account_ids)
+                yield self._decoded(await asyncio.wrap_future(in_flight.popleft()))
         finally:
             for future in in_flight:
                 future.cancel()
 
+    async def page(self, after: int, upto: int) -> Page:
+        """The entries of (after, upto], for a summarized range the replay must feed entry by entry."""
+        assert self._executor is not None, "only summaries are read again"
+        return self._decoded(await asyncio.wrap_future(self._executor.submit(_read_range, after, upto)))
 
-def _decoded(result: tuple[bytes, dict[int, str]], account_ids: Mapping[str, uuid.UUID]) -> Page:
-    encoded, mismatches = result
-    return entries_from_rows(msgspec.msgpack.decode(encoded), account_ids), mismatches
+    def _decoded(self, result: Summary | tuple[bytes, dict[int, str]]) -> Summary | Page:
+        if isinstance(result, Summary):
+            return result
+        encoded, mismatches = result
+        return entries_from_rows(msgspec.msgpack.decode(encoded), self._account_ids), mismatches
 
 
 # ---- in the worker processes -------------------------------------------------------------------
 
 _connection: psycopg.Connection | None = None
+_accounts: AccountsByText = {}
 
 
-def _join(database_url: str, dialect_name: str, token: str) -> None:
+def _join(database_url: str, dialect_name: str, token: str, accounts: AccountsByText) -> None:
     """A worker's start: one connection, as the auditor, inside the audit's snapshot. The cyclic
     garbage collector stays off: reading rows makes no cycles, and its rescans cost a third."""
-    global _connection
+    global _connection, _accounts
     gc.disable()
+    _accounts = accounts
     dialect = dialects.COCKROACHDB if dialect_name == dialects.COCKROACHDB.name else dialects.POSTGRESQL
     connection_class = psycopg.Connection
     if dialect is dialects.COCKROACHDB:
@@ -93,11 +131,19 @@ def _join(database_url: str, dialect_name: str, token: str) -> None:
     reads.join_snapshot(_connection, dialect, token)
 
 
+def _check_range(after: int, upto: int, projector_position: int, with_hashes: bool) -> Summary | tuple[bytes, dict[int, str]]:
+    """The range's `Summary` when it is plain, else its rows (`_read_range`)."""
+    assert _connection is not None, "the worker joined no snapshot"
+    rows = reads.entries_between(_connection, after, upto)
+    summary = summarize(rows, after=after, upto=upto, accounts=_accounts, projector_position=projector_position,
+                        with_hashes=with_hashes)
+    return summary if summary is not None else (_encoder.encode(rows), hash_mismatches(rows))
+
+
 def _read_range(after: int, upto: int) -> tuple[bytes, dict[int, str]]:
     assert _connection is not None, "the worker joined no snapshot"
     rows = reads.entries_between(_connection, after, upto)
-    mismatches = hash_mismatches(rows)
-    return _encoder.encode(rows), mismatches
+    return _encoder.encode(rows), hash_mismatches(rows)
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -4,14 +4,17 @@ server-side cursors, with the write model, the projection and the head row hande
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
-import functools
 import gc
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
+import msgspec
 import psycopg
+from psycopg.types.string import TextLoader
 
 from ledger import checkpoint as signing
 from ledger import db, domain, store, tree_store
@@ -19,8 +22,9 @@ from projector import store as projections
 from ledger.store import audit as reads
 from ledger.audit import pool
 from ledger.audit.report import AuditReport, PROGRESS_EVERY_ENTRIES, Progress
-from ledger.audit.replay import Original, Replay, Start
+from ledger.audit.replay import Original, Replay, Start, Summary
 from ledger.audit.tree_check import TreeCheck
+from schemas import Verification
 
 
 # ---- the I/O: one snapshot, one cursor ------------------------------------------------------
@@ -38,7 +42,7 @@ async def run_audit(
 ) -> AuditReport:
     """Replay the journal after `from_position` (trusting the state there) and check it all. A
     `checkpoint` counts only when signed by `public_key`, the key the auditor pinned. `workers`:
-    processes that read and hash the journal (`pool.default_workers` when None; 0 reads here)."""
+    processes that read and check the journal (`pool.default_workers` when None; 0 reads here)."""
     assert from_position >= 0, "from_position must not be negative"
     dialect = await db.detect_dialect(database_url)
     started = time.monotonic()
@@ -49,15 +53,20 @@ async def run_audit(
             # Read-only: nothing to commit, and closing the connection ends the snapshot.
             token = await reads.open_shared_snapshot(conn, dialect)
             last = await reads.last_entry_position(conn)
-            entries = functools.partial(
-                pool.pages, conn, database_url=database_url, dialect=dialect, token=token, after=from_position, upto=last,
+            accounts = await store.account_kinds(conn)
+            reader = pool.Reader(
+                conn, database_url=database_url, dialect=dialect, token=token,
                 workers=pool.default_workers(last - from_position) if workers is None else workers,
-                account_ids={str(account_id): account_id for account_id in await store.account_kinds(conn)},
+                account_ids={str(account_id): account_id for account_id in accounts}, accounts=accounts,
             )
-            replay, head_position, projector_position, tree_check = await _replay(
-                conn, entries, from_position=from_position, checkpoint=checkpoint, public_key=public_key,
-                projector_name=projector_name, progress=progress,
-            )
+            try:
+                async with await _joined(database_url, dialect, token) as text_conn:
+                    replay, head_position, projector_position, tree_check = await _replay(
+                        conn, text_conn, reader, accounts, from_position=from_position, last=last,
+                        checkpoint=checkpoint, public_key=public_key, projector_name=projector_name, progress=progress,
+                    )
+            finally:
+                reader.close()
     seconds = time.monotonic() - started
     return AuditReport(
         ok=replay.findings.first_failure() is None,
@@ -78,17 +87,67 @@ async def run_audit(
     )
 
 
+class _InOrder:
+    """A stream in position order, read one item ahead: the items up to a position, taken in
+    turn. Items taken and not used can be given back, to be taken again first."""
+
+    def __init__(self, items: AsyncIterator, position_of: Callable[[object], int]) -> None:
+        self._items = aiter(items)
+        self._position_of = position_of
+        self._next: object | None = None
+        self._given_back: collections.deque = collections.deque()
+
+    async def start(self) -> _InOrder:
+        self._next = await anext(self._items, None)
+        return self
+
+    async def through(self, position: int) -> list:
+        """The items at or before `position` not taken yet, in order."""
+        taken = []
+        given_back, position_of = self._given_back, self._position_of
+        while given_back and position_of(given_back[0]) <= position:
+            taken.append(given_back.popleft())
+        if given_back:
+            return taken
+        while self._next is not None and position_of(self._next) <= position:
+            taken.append(self._next)
+            self._next = await anext(self._items, None)
+        return taken
+
+    def give_back(self, items: list) -> None:
+        self._given_back.extendleft(reversed(items))
+
+
+async def _joined(database_url: str, dialect, token: str) -> psycopg.AsyncConnection:
+    """A second connection in the audit's snapshot that reads UUIDs and timestamps as text: the
+    verifications, half a journal's entries, are compared with what the workers send as text, and
+    making objects of them was most of the audit's own time."""
+    conn = await dialect.connection_class.connect(database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S)
+    try:
+        await reads.use_auditor_role(conn)
+        for statement in dialect.snapshot_join(token):
+            await conn.execute(statement)
+    except BaseException:
+        await conn.close()
+        raise
+    for type_name in ("uuid", "timestamptz"):
+        conn.adapters.register_loader(type_name, TextLoader)
+    return conn
+
+
 async def _replay(
     conn: psycopg.AsyncConnection,
-    entry_pages: Callable[[], AsyncIterator[pool.Page]],
+    text_conn: psycopg.AsyncConnection,
+    reader: pool.Reader,
+    accounts: dict,
     *,
     from_position: int,
+    last: int,
     checkpoint: signing.SignedCheckpoint | None,
     public_key: str | None,
     projector_name: str,
     progress: Progress | None,
 ) -> tuple[Replay, int, int, TreeCheck | None]:
-    accounts = await store.account_kinds(conn)
     head = await store.journal_head(conn)
     head_position, head_hash = head.position, head.hash
     projector_position = await projections.checkpoint(conn, projector_name)
@@ -98,10 +157,10 @@ async def _replay(
         at_projector = await store.balances_from_postings(conn, projector_position)
     unusable = _unusable_checkpoint(checkpoint, from_position, public_key) if checkpoint else None
     hold_rows = await store.holds_for_audit(conn)
+    signed = (checkpoint.position, checkpoint.hash) if checkpoint and not unusable else None
     replay = Replay(
         accounts, start=_with_holds(start, hold_rows), projector_position=projector_position,
-        balances_at_projector=at_projector,
-        signed=(checkpoint.position, checkpoint.hash) if checkpoint and not unusable else None,
+        balances_at_projector=at_projector, signed=signed,
         hold_expiries={hold.id: hold.expires_at for hold in hold_rows},
     )
     if start_missing:
@@ -110,44 +169,59 @@ async def _replay(
         replay.findings.record("checkpoint", checkpoint.position, unusable)
     # The verifications are walked alongside the journal, both in position order, so memory
     # stays bounded by a page of each however long the journal is.
-    verifications = aiter(projections.stream_verifications(conn, from_position))
-    pending = await anext(verifications, None)
+    # They are read on `text_conn`, their UUIDs as text (`_with_uuids` makes them objects where entries are fed).
+    verifications = await _InOrder(projections.stream_verifications(text_conn, from_position), _position).start()
     # The tree is recomputed from the first leaf, so only a replay from the start checks it.
-    tree_check, stored_size = None, await tree_store.tree_size(conn)
+    tree_check, stored_size, heads = None, await tree_store.tree_size(conn), []
     if from_position == 0:
-        tree_check = TreeCheck(replay.findings, stored_size=stored_size, heads=await tree_store.tree_heads(conn),
-                               public_key=public_key)
-    nodes = aiter(tree_store.stream_nodes(conn, after=from_position, upto=stored_size if tree_check else 0))
-    node = await anext(nodes, None)
+        heads = await tree_store.tree_heads(conn)
+        tree_check = TreeCheck(replay.findings, stored_size=stored_size, heads=heads, public_key=public_key)
+    nodes = await _InOrder(tree_store.stream_nodes(conn, after=from_position, upto=stored_size if tree_check else 0),
+                           _first).start()
     # The originals of the refunds, walked alongside too (in the refunds' position order).
-    originals = aiter(store.refund_originals(conn, from_position))
-    next_original = await anext(originals, None)
-    async for page, mismatches in entry_pages():
-        for entry, balances_after in page:
-            original = None
-            if next_original is not None and next_original[0] == entry.position:
-                original = Original(*next_original[1:]) if next_original[1] is not None else None
-                next_original = await anext(originals, None)
+    originals = await _InOrder(store.refund_originals(conn, from_position), _first).start()
+
+    def grow_tree(position: int, digest: str, stored: list) -> None:
+        tree_check.feed(position, digest, {node[1]: node[2] for node in stored})
+
+    async def feed(page: pool.Page) -> None:
+        entries, mismatches = page
+        for entry, balances_after in entries:
+            found = await originals.through(entry.position)
+            original = Original(*found[-1][1:]) if found and found[-1][0] == entry.position and found[-1][1] is not None else None
             replay.feed(entry, balances_after, original, mismatches.get(entry.position, entry.hash))
             if tree_check is not None and tree_check.wants(entry.position):
-                stored = {}
-                while node is not None and node[0] <= entry.position:
-                    stored[node[1]] = node[2]
-                    node = await anext(nodes, None)
-                tree_check.feed(entry.position, entry.hash, stored)
+                grow_tree(entry.position, entry.hash, await nodes.through(entry.position))
             rows = []
-            while pending is not None and pending.position <= entry.position:
-                if pending.position < entry.position:
-                    replay.stray_verification(pending)
+            for row in await verifications.through(entry.position):
+                if row.position < entry.position:
+                    replay.stray_verification(row)
                 else:
-                    rows.append(pending)
-                pending = await anext(verifications, None)
+                    rows.append(_with_uuids(row))
             replay.check_verifications(entry, rows)
             if progress is not None and entry.position % PROGRESS_EVERY_ENTRIES == 0:
                 progress(entry.position, head_position)
-    while pending is not None:
-        replay.stray_verification(pending)
-        pending = await anext(verifications, None)
+
+    cuts = {projector_position} | ({signed[0]} if signed else set())
+    hashes_upto = max([stored_size] + [head.tree_size for head in heads]) if tree_check is not None else 0
+    async for item in reader.ranges(after=from_position, upto=last, cuts=cuts, projector_position=projector_position,
+                                    hashes_upto=hashes_upto):
+        if not isinstance(item, Summary):
+            await feed(item)
+            continue
+        rows = await verifications.through(item.upto)
+        if not (replay.verified_as_summarized(item, rows) and replay.feed_summary(item)):
+            verifications.give_back(rows)  # the range again, entry by entry: the replay locates what is wrong
+            await feed(await reader.page(item.after, item.upto))
+            continue
+        if tree_check is not None and item.hashes is not None:
+            for position, digest in enumerate(item.hashes, item.after + 1):
+                if tree_check.wants(position):
+                    grow_tree(position, digest, await nodes.through(position))
+        if progress is not None:
+            progress(item.upto, head_position)
+    for row in await verifications.through(_PAST_EVERY_POSITION):
+        replay.stray_verification(row)
     if progress is not None:
         progress(replay.position, head_position)
     if tree_check is not None:
@@ -161,6 +235,24 @@ async def _replay(
         holds=hold_rows,
     )
     return replay, head_position, projector_position, tree_check
+
+
+_PAST_EVERY_POSITION = 2**63  # beyond any INT8 position
+
+
+def _with_uuids(row: Verification) -> Verification:
+    """A verification read with its UUIDs as text, as `check_verifications` compares it with an entry."""
+    return msgspec.structs.replace(row, transfer_id=uuid.UUID(row.transfer_id),
+                                   vendor_account_id=uuid.UUID(row.vendor_account_id),
+                                   payer_account_id=uuid.UUID(row.payer_account_id))
+
+
+def _position(row) -> int:
+    return row.position
+
+
+def _first(row: tuple) -> int:
+    return row[0]
 
 
 @contextlib.contextmanager
