@@ -20,7 +20,7 @@ import datetime as dt
 import logging
 import time
 
-from ledger import metrics, store
+from ledger import logs, metrics, store
 
 log = logging.getLogger("ledger.api")
 
@@ -110,7 +110,7 @@ async def every(interval_s: float, action, name: str) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as error:
-            log.info("%s failed (next round in %.0f s): %s", name, interval_s, error)
+            logs.round_failed(log, "%s failed (next round in %.0f s)", error, name, interval_s)
 
 
 async def expire_due_holds(pool, committer, *, batch_max: int, command_for) -> int:

@@ -35,7 +35,6 @@ CODES: dict[str, tuple[int, str]] = {
     "owner_not_found": (422, "The owner principal does not exist"),
     "not_refundable": (422, "The transfer is a refund or was not paid to a vendor account"),
     "refund_exceeds_transfer": (422, "The refunds of the transfer would add up to more than its amount"),
-    "position_out_of_range": (422, "The position is past the journal head"),
     "rate_limited": (429, "Too many requests for this principal"),
     "internal_error": (500, "Internal error"),
     "queue_full": (503, "The commit queue is full"),

@@ -106,3 +106,29 @@ def configure(*, level: str, log_format: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+
+
+# Modules whose errors are outages: the database or the broker away, which a retry cures.
+_OUTAGE_MODULES = ("ledger.store", "nats", "psycopg")
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` says a dependency is away (the database, NATS, the network, a timeout),
+    which the next round of a background loop may find back, rather than a bug it will meet again."""
+    if isinstance(error, (OSError, TimeoutError)):
+        return True
+    import psycopg  # here, not at the top: the client package imports this module without the server extra
+
+    if isinstance(error, psycopg.Error):
+        return isinstance(error, psycopg.OperationalError)  # a DataError, a ProgrammingError: bugs
+    return any(kind.__module__.startswith(_OUTAGE_MODULES) for kind in type(error).__mro__[:-2])
+
+
+def round_failed(logger: logging.Logger, message: str, error: BaseException, *args) -> None:
+    """A round of a background loop failed and will be tried again. An outage is INFO (expected,
+    cured by retrying); anything else is ERROR with its traceback: a bug that retrying will not
+    cure must not hide among the outages (a webhook recorder once died of a DataError unseen)."""
+    if is_outage(error):
+        logger.info(message + " (%s)", *args, error)
+    else:
+        logger.error(message + " (%s)", *args, error, exc_info=error)

@@ -24,7 +24,7 @@ import logging
 from psycopg_pool import AsyncConnectionPool
 
 import schemas
-from ledger import metrics, store
+from ledger import logs, metrics, store
 from ledger.bus import EventBus
 
 log = logging.getLogger("ledger.outbox")
@@ -118,7 +118,7 @@ class Outbox:
             try:
                 await self.advance_cursor()
             except Exception as error:
-                log.info("publish cursor advance failed (the sweeper republishes, JetStream dedups): %s", error)
+                logs.round_failed(log, "publish cursor advance failed (the sweeper republishes, JetStream dedups)", error)
 
     async def sweep_once(self) -> int:
         """Publish a page of what was already behind the cursor at the previous round; returns
@@ -147,7 +147,7 @@ class Outbox:
             try:
                 published = await self.sweep_once()
             except Exception as error:
-                log.info("outbox sweep failed: %s", error)
+                logs.round_failed(log, "outbox sweep failed", error)
                 published = 0
             if published < SWEEP_BATCH_MAX:
                 await asyncio.sleep(self._interval_s)

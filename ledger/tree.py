@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger import checkpoint as signing
-from ledger import domain, merkle, store, tree_store
+from ledger import domain, logs, merkle, store, tree_store
 from ledger.merkle import Key
 
 log = logging.getLogger("ledger.tree")
@@ -190,7 +190,7 @@ class TreeFollower:
                 raise
             except Exception as error:  # the database away: the journal waits for us
                 self._frontier = None  # it may hold leaves of a round that did not commit
-                log.info("tree round failed (%s); retrying", error)
+                logs.round_failed(log, "tree round failed; retrying", error)
                 await asyncio.sleep(RETRY_S)
                 continue
             if appended < PAGE_ENTRIES_MAX:

@@ -35,7 +35,7 @@ import nats.errors
 from prometheus_client import start_http_server
 
 import schemas
-from ledger import db, domain, metrics, store, webhooks
+from ledger import db, domain, logs, metrics, store, webhooks
 from ledger import webhook_store as ws
 from ledger.bus import EventBus, raise_if_cancelled
 from ledger.config import ConfigError, Settings
@@ -168,7 +168,7 @@ class Mapper:
             except Exception as error:
                 # NATS (or the stream) is away, or the database is: the journal is the truth, so
                 # follow it directly while it answers, and subscribe again once NATS is back.
-                log.info("webhook mapper round failed (%s); following the journal meanwhile", error)
+                logs.round_failed(log, "webhook mapper round failed; following the journal meanwhile", error)
                 if not self._bus.connected:
                     subscription = None
                 await asyncio.sleep(FETCH_WAIT_S)

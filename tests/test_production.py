@@ -363,3 +363,21 @@ def test_compose_file_has_the_production_shape():
         assert services[name]["command"][-2:] == ["--name", name]
     scraped = (ROOT / "deploy" / "prometheus.yml").read_text()
     assert "names: [api]" in scraped and "port: 9100" in scraped
+
+
+def test_a_failed_background_round_is_info_when_a_dependency_is_away_and_error_with_its_trace_when_a_bug(caplog):
+    import nats.errors
+
+    log = logging.getLogger("test.rounds")
+    outages = [store.StoreUnavailable("the database is away"), psycopg.OperationalError("connection refused"),
+               nats.errors.NoServersError(), ConnectionRefusedError(111, "refused"), TimeoutError()]
+    bugs = [psycopg.DataError("cannot dump lists of mixed types; got: float, int"), KeyError("x"), TypeError("y")]
+    assert [logs.is_outage(error) for error in outages] == [True] * len(outages)
+    assert [logs.is_outage(error) for error in bugs] == [False] * len(bugs)
+    with caplog.at_level(logging.INFO, logger="test.rounds"):
+        logs.round_failed(log, "%s failed", outages[0], "sweep")
+        logs.round_failed(log, "%s failed", bugs[0], "recorder")
+    (outage, bug) = caplog.records
+    assert (outage.levelname, outage.getMessage(), outage.exc_info) == ("INFO", "sweep failed (the database is away)", None)
+    assert bug.levelname == "ERROR" and bug.getMessage().startswith("recorder failed (cannot dump")
+    assert bug.exc_info[1] is bugs[0]  # the traceback goes with it
