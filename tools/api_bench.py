@@ -30,20 +30,13 @@ from pathlib import Path
 
 import msgspec
 
-from ledger import db
+from ledger import db, webhooks
 from tools import bench
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 
 def _spawn_api(stack: bench.Stack, checkout: Path, port: int) -> subprocess.Popen:
-    env = bench._service_env(stack, port)
-    env["PYTHONPATH"] = str(checkout)
-    log = open(stack.run_dir / "api.log", "ab")
-    with log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", "api"], cwd=checkout, env=env,
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    return bench._spawn(stack, "api", port, cwd=checkout, PYTHONPATH=str(checkout))
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -57,10 +50,7 @@ async def _run(args: argparse.Namespace) -> int:
     sampler.start()
     port = free_port()
     stack = bench.Stack(database_url=postgres.url, nats_url=nats.url, api_url=f"http://127.0.0.1:{port}",
-                        run_dir=run_dir, postgres=postgres, nats=nats, webhook_key="")
-    from ledger import webhooks
-
-    stack.webhook_key = webhooks.new_key()
+                        run_dir=run_dir, postgres=postgres, nats=nats, webhook_key=webhooks.new_key())
     checkouts = [Path(c).resolve() for c in args.checkout]
     try:
         bench._watch_servers(sampler)

@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import db, principals
+from ledger import db
+from tools.bench import process_stat
 from tools.embedded import EmbeddedPostgres, free_port
 from tools.seed import seed_journal
 
@@ -93,23 +94,13 @@ def postgres_cpu_s(postmaster: int) -> float:
     and those of the children it has reaped (their times land in its cutime/cstime)."""
     ticks = 0
     for pid in Path("/proc").iterdir():
-        if pid.name.isdigit() and (stat := _stat(int(pid.name))) is not None:
+        if pid.name.isdigit() and (stat := process_stat(int(pid.name))) is not None:
             parent, own, reaped = stat
             if int(pid.name) == postmaster:
                 ticks += own + reaped
             elif parent == postmaster:
                 ticks += own
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> tuple[int, int, int] | None:
-    """(parent pid, own CPU ticks, reaped children's CPU ticks) of a live process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
-    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
 
 
 async def project(database_url: str) -> None:

@@ -189,14 +189,15 @@ def _series(records: loadgen.Records, done: list[float]) -> dict[str, list[float
 # ---- the processes: CPU and memory, read from /proc -----------------------------------------
 
 
-def process_stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, CPU ticks in user and system mode) of a live process."""
+def process_stat(pid: int) -> tuple[int, int, int] | None:
+    """(parent pid, CPU ticks in user and system mode, those of the children it has reaped) of a
+    live process."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
-    return int(fields[1]), int(fields[11]) + int(fields[12])
+    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
 
 
 def _memory_kb(pid: int) -> tuple[int, int]:
@@ -284,7 +285,7 @@ class Sampler:
             roots = {group: set(pids) for group, pids in self._roots.items()}
             watched = dict(self._memory_watched)
         children: dict[int, list[int]] = {}
-        stats: dict[int, tuple[int, int]] = {}
+        stats: dict[int, tuple[int, int, int]] = {}
         for entry in os.listdir("/proc"):
             if entry.isdigit() and (stat := process_stat(int(entry))) is not None:
                 stats[int(entry)] = stat
@@ -333,13 +334,15 @@ def _service_env(stack: Stack, port: int) -> dict[str, str]:
     return env
 
 
-def _spawn(stack: Stack, command: str, port: int, **env: str) -> subprocess.Popen:
+def _spawn(stack: Stack, command: str, port: int, *, cwd: Path | None = None, **env: str) -> subprocess.Popen:
+    """`ledger <command>` as a service of the stack; `cwd`: a checkout to run instead of this one
+    (`-m` puts the working directory first on the path)."""
     log = open(stack.run_dir / f"{command}.log", "ab")
     with log:
         return subprocess.Popen(
             [sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", command],
             env={**_service_env(stack, port), **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, cwd=cwd,
         )
 
 

@@ -46,7 +46,8 @@ import aiohttp
 import msgspec
 import psycopg
 
-from ledger import db, principals, webhooks
+from ledger import db, principals, store, webhook_worker, webhooks
+from ledger import webhook_store as ws
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 READY_S_MAX = 60.0
@@ -123,6 +124,7 @@ class Bench:
         self.funding = ""
         self.vendors: list[str] = []
         self.named: dict[str, int] = {}  # component -> pid, for the CPU figures
+        self.worker: subprocess.Popen | None = None
 
     def cpu_s(self) -> dict[str, float]:
         """CPU seconds used so far by each component (PostgreSQL: the postmaster and its backends),
@@ -245,7 +247,7 @@ class Bench:
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
             await conn.execute("INSERT INTO webhook_checkpoint (name, position) SELECT 'main', position FROM journal_head"
                                " WHERE id = 1")
-        self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
+        self.worker = self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
 
     async def worker_ready(self, http, arrivals: Path) -> float:
         """Seconds until a probe payment reached the healthy receiver: the worker is up (imports,
@@ -264,39 +266,33 @@ class Bench:
         """What the worker has not done yet: journal entries its mapper has not reached, and
         delivery rows never attempted (a backlog at the end of a phase is CPU it deferred)."""
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
-            behind = await (await conn.execute(
-                "SELECT h.position - c.position FROM journal_head h, webhook_checkpoint c"
-                " WHERE h.id = 1 AND c.name = 'main'")).fetchone()
+            behind = await _not_mapped(conn)
             unattempted = await (await conn.execute(
                 "SELECT e.url, count(*) FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id"
                 " WHERE d.status = 'pending' AND d.attempts = 0 GROUP BY e.url")).fetchall()
-        return {"entries_not_mapped": behind[0] if behind else None,
+        return {"entries_not_mapped": behind,
                 "deliveries_not_attempted": {url.rsplit("/", 1)[1]: count for url, count in unattempted}}
 
     def pause_worker(self) -> None:
         """Stop the worker (SIGTERM, as a deployment would): no CPU for webhooks. Not SIGSTOP: a
         process frozen for longer than the lease (30 s) finds its rows claimed again when it
         wakes up, and sends them twice (at least once, but not what a running worker costs)."""
-        worker = self.children.pop()
-        worker.terminate()
-        worker.wait(20)
+        self.children.remove(self.worker)
+        self.worker.terminate()
+        self.worker.wait(20)
         del self.named["webhooks"]
 
     async def resume_worker(self) -> float:
         """Start the worker again, then wait until its checkpoint reached the head (it skips C's
         entries, which no endpoint wants): seconds it took."""
-        self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
+        self.worker = self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
         started = time.monotonic()
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
-            while True:
-                behind = await (await conn.execute(
-                    "SELECT h.position - c.position FROM journal_head h, webhook_checkpoint c"
-                    " WHERE h.id = 1 AND c.name = 'main'")).fetchone()
-                if behind[0] <= 0:
-                    return time.monotonic() - started
+            while await _not_mapped(conn) > 0:
                 if time.monotonic() - started > READY_S_MAX:
-                    raise RuntimeError("the webhook worker did not catch up after SIGCONT")
+                    raise RuntimeError("the webhook worker did not catch up after its restart")
                 await asyncio.sleep(0.05)
+        return time.monotonic() - started
 
     def stop(self) -> None:
         for child in self.children:
@@ -311,6 +307,12 @@ class Bench:
 
 
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+async def _not_mapped(conn) -> int:
+    """Journal entries after the worker's checkpoint: what its mapper has not reached yet."""
+    head = await store.journal_head(conn)
+    return head.position - await ws.checkpoint(conn, webhook_worker.WORKER_NAME)
 
 
 def _cpu_of(pid: int) -> float:
@@ -364,13 +366,13 @@ async def run(args: argparse.Namespace) -> dict:
     def arrived() -> int:
         return len(arrivals.read_text().splitlines()) if arrivals.exists() else 0
 
-    async def measured(phase: str, work) -> dict:
+    async def measured(phase: str, work, *, webhooks_on: bool = False) -> dict:
         before, started, arrived_before = bench.cpu_s(), time.monotonic(), arrived()
         result = await work
         result["receiver_got"] = arrived() - arrived_before  # healthy receiver's requests in the phase
         seconds = time.monotonic() - started
         after = bench.cpu_s()
-        if phase.endswith("-with") or "-with-" in phase:
+        if webhooks_on:
             result["backlog_at_end"] = await bench.backlog()
         result["cores_used"] = _cpu_used(before, after, seconds)
         result["cpu_us_per_transfer"] = {name: round((after[name] - before.get(name, 0.0)) * 1e6 / max(1, result["transfers"]))
@@ -389,19 +391,18 @@ async def run(args: argparse.Namespace) -> dict:
             if not args.cold_start:
                 ready_s = await bench.worker_ready(http, arrivals)
             rate = first["per_s"] * args.load_share
-            half = await measured("half-with", bench.open_loop(http, rate, with_hooks))
+            half = await measured("half-with", bench.open_loop(http, rate, with_hooks), webhooks_on=True)
             start_at, end_at = half.pop("positions")
             expected = (end_at - start_at + 1) // 2  # every other payment goes to the healthy receiver's vendor
             deadline = time.monotonic() + DRAIN_S_MAX
             while len(latencies := _latencies(arrivals, start_at, end_at)) < expected and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)
-            await measured("full-with-1", bench.closed_loop(http, with_hooks))
+            await measured("full-with-1", bench.closed_loop(http, with_hooks), webhooks_on=True)
             bench.pause_worker()
             await measured("full-without-2", bench.closed_loop(http, without_hooks))
-            phases["half-without"] = await measured("half-without", bench.open_loop(http, rate, without_hooks))
-            phases["half-without"].pop("positions")
+            (await measured("half-without", bench.open_loop(http, rate, without_hooks))).pop("positions")
             resumed_s = await bench.resume_worker()
-            await measured("full-with-2", bench.closed_loop(http, with_hooks))
+            await measured("full-with-2", bench.closed_loop(http, with_hooks), webhooks_on=True)
             bench.pause_worker()
             await measured("full-without-3", bench.closed_loop(http, without_hooks))
     finally:

@@ -137,12 +137,16 @@ def _check_range(after: int, upto: int, projector_position: int, with_hashes: bo
     rows = reads.entries_between(_connection, after, upto)
     summary = summarize(rows, after=after, upto=upto, accounts=_accounts, projector_position=projector_position,
                         with_hashes=with_hashes)
-    return summary if summary is not None else (_encoder.encode(rows), hash_mismatches(rows))
+    return summary if summary is not None else _encoded(rows)
 
 
 def _read_range(after: int, upto: int) -> tuple[bytes, dict[int, str]]:
     assert _connection is not None, "the worker joined no snapshot"
-    rows = reads.entries_between(_connection, after, upto)
+    return _encoded(reads.entries_between(_connection, after, upto))
+
+
+def _encoded(rows) -> tuple[bytes, dict[int, str]]:
+    """A range's rows as they cross to the audit's process, with the hashes that differ from the stored ones."""
     return _encoder.encode(rows), hash_mismatches(rows)
 
 

@@ -124,9 +124,7 @@ async def _joined(database_url: str, dialect, token: str) -> psycopg.AsyncConnec
     making objects of them was most of the audit's own time."""
     conn = await dialect.connection_class.connect(database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S)
     try:
-        await reads.use_auditor_role(conn)
-        for statement in dialect.snapshot_join(token):
-            await conn.execute(statement)
+        await reads.join_shared_snapshot(conn, dialect, token)
     except BaseException:
         await conn.close()
         raise

@@ -78,6 +78,13 @@ async def open_shared_snapshot(conn, dialect) -> str:
     return (await (await conn.execute(dialect.snapshot_token())).fetchone())[0]
 
 
+async def join_shared_snapshot(conn, dialect, token: str) -> None:
+    """On another asynchronous connection of the audit: the auditor's role, then its snapshot."""
+    await use_auditor_role(conn)
+    for statement in dialect.snapshot_join(token):
+        await conn.execute(statement)
+
+
 def join_snapshot(conn, dialect, token: str) -> None:
     """On a worker's (synchronous) connection: the auditor's role, then the audit's snapshot."""
     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(AUDITOR_ROLE)))
