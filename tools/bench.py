@@ -1081,7 +1081,10 @@ def _start_stack(args: argparse.Namespace, run_dir: Path) -> Stack:
     postgres = nats = None
     database_url, nats_url = args.database_url, args.nats_url
     if database_url is None:
-        postgres = EmbeddedPostgres(data_dir=run_dir / "pg", port=free_port())
+        # `--profile` also breaks PostgreSQL's time down by statement (pg_stat_statements, which must
+        # be loaded at start: its hooks then cost every phase of such a run a little).
+        settings = {"shared_preload_libraries": "pg_stat_statements"} if args.profile else {}
+        postgres = EmbeddedPostgres(data_dir=run_dir / "pg", port=free_port(), settings=settings)
         postgres.start()
         database_url = postgres.url
     if nats_url is None:
@@ -1326,6 +1329,7 @@ async def _profile(stack: Stack, sampler: Sampler, options: Options, *, native: 
         return None
     outputs = {name: stack.run_dir / f"{name}-profile.txt" for name in PROFILED_PROCESSES}
     progress(f"uniform again with py-spy on {', '.join(outputs)}, not part of the table")
+    statements = await _statements_reset(stack)
     phase = await run_phase(stack, sampler, options, name="uniform-profiled", scenario="uniform", profile=outputs,
                             native=native)
     profiles = {}
@@ -1334,7 +1338,54 @@ async def _profile(stack: Stack, sampler: Sampler, options: Options, *, native: 
             profiles[name] = {"error": f"py-spy wrote nothing; see {raw.with_suffix('.log')}"}
         else:
             profiles[name] = {"throughput_per_s": phase.throughput_per_s, "raw": str(raw), **hotspots(raw)}
+    if statements is not None:
+        profiles["postgres"] = await _statements_read(stack, since_head=statements)
     return profiles
+
+
+STATEMENTS_SHOWN = 15
+
+
+async def _statements_reset(stack: Stack) -> int | None:
+    """Start pg_stat_statements afresh (embedded PostgreSQL only); returns the journal head then."""
+    if stack.postgres is None:
+        return None
+    try:
+        async with await psycopg.AsyncConnection.connect(stack.database_url, autocommit=True) as conn:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+    except psycopg.Error as error:
+        progress(f"no statement profile: {error}")
+        return None
+    return await journal_head(stack.database_url)
+
+
+async def _statements_read(stack: Stack, *, since_head: int) -> dict[str, Any]:
+    """PostgreSQL's execution time by statement since `_statements_reset`, per committed transfer.
+    Execution time is not CPU (it includes lock and I/O waits, and leaves out parsing, the commit's
+    WAL flush and the protocol), but it says which statements the server spends itself on."""
+    async with await psycopg.AsyncConnection.connect(stack.database_url, autocommit=True) as conn:
+        transfers = max(1, await journal_head(stack.database_url) - since_head)
+        rows = await (await conn.execute(
+            "SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time, rows FROM pg_stat_statements"
+            " ORDER BY total_exec_time DESC")).fetchall()
+    total_ms = sum(row[2] for row in rows)
+    return {"transfers": transfers, "exec_us_per_transfer": round(total_ms * 1000 / transfers, 1),
+            "statements": [{"query": query[:STATEMENT_CHARS_SHOWN], "calls_per_transfer": round(calls / transfers, 3),
+                            "exec_us_per_transfer": round(ms * 1000 / transfers, 1), "rows": rows_}
+                           for query, calls, ms, rows_ in rows[:STATEMENTS_SHOWN]]}
+
+
+STATEMENT_CHARS_SHOWN = 110
+
+
+def _statements_text(profile: dict[str, Any]) -> str:
+    lines = [f"postgres statements (pg_stat_statements during the profiled phase, {profile['transfers']:,} transfers):"
+             f" {profile['exec_us_per_transfer']:.0f} µs of execution per transfer in all; the"
+             f" {len(profile['statements'])} costliest, µs and calls per transfer:"]
+    lines += [f"    {one['exec_us_per_transfer']:6.1f} µs  {one['calls_per_transfer']:6.3f}×  {one['query']}"
+              for one in profile["statements"]]
+    return "\n".join(lines)
 
 
 def progress(message: str) -> None:
@@ -1376,6 +1427,9 @@ def main(argv: list[str]) -> int:
                         audit.ok and audit.entries_per_s >= AUDIT_ENTRIES_PER_S_MIN))
     text = render(rows, title) + _noise_warning(phases, pgbench) + "\n\n" + detail_lines(phases, pgbench)
     for name, one in (profile or {}).items():
+        if name == "postgres":
+            text += "\n\n" + _statements_text(one)
+            continue
         text += "\n\n" + (_profile_text(name, one) if one.get("self") else
                            f"{name} profile: {one.get('error', 'no samples')}")
     chart_note = chart(phases, run_dir / "chart.png")
