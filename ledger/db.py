@@ -153,9 +153,15 @@ def make_pool(
     dialect: dialects.Dialect = dialects.POSTGRESQL,
     name: str = "ledger",
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
+    relaxed: bool = False,
 ) -> Pool:
+    """`relaxed`: the connections commit without waiting for the WAL flush (`Dialect.relaxed_session`)."""
+    relaxed_statement = dialect.relaxed_session() if relaxed else None
+
     async def configure(conn: psycopg.AsyncConnection) -> None:
         await configure_session(conn, role=role, serializable=serializable, timeouts=timeouts)
+        if relaxed_statement:
+            await conn.execute(relaxed_statement)
 
     return Pool(
         url,

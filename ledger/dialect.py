@@ -53,6 +53,16 @@ class Dialect:
             return None
         return "SET LOCAL synchronous_commit = off"
 
+    def relaxed_session(self) -> str | None:
+        """`relaxed_commit` for every transaction of a connection: for a process whose every write
+        is derived from the journal and moves its own checkpoint in the same transaction (the
+        projector's read models, the webhook worker's deliveries), so a crash that loses its
+        last commits only makes it do them again from the journal. Its commits then no longer wait
+        for, or queue behind, WAL flushes, and no longer delay the committer's flush."""
+        if self.name == "cockroachdb":
+            return None
+        return "SET synchronous_commit = off"
+
     def snapshot_begin(self) -> str:
         """How the audit opens one consistent, read-only snapshot of the whole journal."""
         if self.name == "cockroachdb":

@@ -489,8 +489,11 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
     """Run the mapper and the senders until cancelled."""
     keyring = keyring_from(settings)
     dialect = await db.wait_for_dialect(settings.database_url)
+    # Every write here is derived from the journal or records an attempt: a commit lost in a crash
+    # maps the entries again or sends the event again (at least once, the same webhook-id), so the
+    # commits need not wait for the WAL flush.
     pool = db.make_pool(settings.database_url, role=ws.WEBHOOKS_ROLE, size_max=4, dialect=dialect, name="webhooks",
-                        timeouts=db.timeouts_from(settings))
+                        timeouts=db.timeouts_from(settings), relaxed=True)
     await pool.open(wait=True)
     bus = EventBus(settings.nats_url, name="ledger-webhooks", stream_replicas=settings.stream_replicas,
                    stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes,

@@ -212,9 +212,15 @@ async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     """`metrics_listener`: serve /metrics on LEDGER_METRICS_PORT, when the projector runs in its own
     process (`ledger projector`); inside `ledger dev` the API's listener already shows its metrics."""
     dialect = await db.wait_for_dialect(settings.database_url)
-    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, dialect=dialect, name="projector",
-                        timeouts=db.timeouts_from(settings))
+    # The read models are derived from the journal with their checkpoint in the same transaction:
+    # a commit lost in a crash is applied again, so they need not wait for the WAL flush. The
+    # Merkle tree follower, which signs tree heads that auditors keep, has a durable pool of its own.
+    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=1, dialect=dialect, name="projector",
+                        timeouts=db.timeouts_from(settings), relaxed=True)
     await pool.open(wait=True)
+    tree_pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=1, dialect=dialect,
+                             name="tree", timeouts=db.timeouts_from(settings))
+    await tree_pool.open(wait=True)
     bus = _bus(settings, "ledger-projector")
     bus.start()
     metrics_server = None
@@ -224,7 +230,7 @@ async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     # LEDGER_TREE_FOLLOWER=0 leaves it to another projector process).
     tree_task = None
     if settings.tree_follower:
-        follower = tree.TreeFollower(pool, sign_interval_s=settings.checkpoint_interval_s, key_path=settings.signing_key)
+        follower = tree.TreeFollower(tree_pool, sign_interval_s=settings.checkpoint_interval_s, key_path=settings.signing_key)
         tree_task = asyncio.create_task(follower.run(), name="tree-follower")
     try:
         await Projector(settings=settings, pool=pool, bus=bus).run()
@@ -237,3 +243,4 @@ async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
             metrics_server.server_close()
         await bus.close()
         await pool.close()
+        await tree_pool.close()

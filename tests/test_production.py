@@ -22,7 +22,7 @@ from psycopg import crdb
 
 import schemas
 from api import docs
-from ledger import bus, config, dialect, logs, store
+from ledger import bus, config, db, dialect, logs, store
 from client import LedgerClient, LedgerProblem
 from tools.embedded import free_port
 from projector import consumer
@@ -381,3 +381,22 @@ def test_a_failed_background_round_is_info_when_a_dependency_is_away_and_error_w
     assert (outage.levelname, outage.getMessage(), outage.exc_info) == ("INFO", "sweep failed (the database is away)", None)
     assert bug.levelname == "ERROR" and bug.getMessage().startswith("recorder failed (cannot dump")
     assert bug.exc_info[1] is bugs[0]  # the traceback goes with it
+
+
+async def test_only_the_derived_writers_commit_without_waiting_for_the_wal_flush(stack):
+    """The projector's and the webhook worker's pools are relaxed (a commit lost in a crash is
+    done again from the journal); every other pool, the committer's above all, waits for the flush."""
+    relaxed = db.make_pool(stack.database_url, role=store.PROJECTOR_ROLE, size_max=1, relaxed=True)
+    durable = db.make_pool(stack.database_url, role=store.PROJECTOR_ROLE, size_max=1)
+    for pool in (relaxed, durable):
+        await pool.open(wait=True)
+    try:
+        settings = []
+        for pool in (relaxed, durable):
+            async with pool.connection() as conn:
+                settings.append((await (await conn.execute("SHOW synchronous_commit")).fetchone())[0])
+        assert settings == ["off", "on"]
+    finally:
+        for pool in (relaxed, durable):
+            await pool.close()
+    assert dialect.COCKROACHDB.relaxed_session() is None  # CockroachDB has no such switch
