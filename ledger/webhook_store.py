@@ -14,7 +14,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from psycopg.rows import class_row, kwargs_row
+from psycopg.rows import args_row, class_row, kwargs_row
 
 import schemas
 from ledger import store
@@ -188,9 +188,14 @@ class Claimed:
     endpoint_id: uuid.UUID
     event_seq: int
     event_id: uuid.UUID
-    payload: str
+    payload: bytes  # the body as sent, UTF-8 JSON
     attempts: int  # made before this one
     committed_at: dt.datetime
+
+
+def _claimed_row(endpoint_id: uuid.UUID, event_seq: int, event_id: uuid.UUID, payload: str, attempts: int,
+                 committed_at: dt.datetime) -> Claimed:
+    return Claimed(endpoint_id, event_seq, event_id, payload.encode(), attempts, committed_at)
 
 
 async def claim_due(conn, *, limit: int, per_endpoint: int, lease_s: float,
@@ -202,7 +207,7 @@ async def claim_due(conn, *, limit: int, per_endpoint: int, lease_s: float,
     lost. Rows another worker holds locked are skipped, not waited for. One index probe per live
     endpoint (`webhook_deliveries_due`)."""
     async with conn.transaction():
-        async with conn.cursor(row_factory=class_row(Claimed)) as cursor:
+        async with conn.cursor(row_factory=args_row(_claimed_row)) as cursor:
             await cursor.execute(
                 "UPDATE webhook_deliveries d SET next_attempt_at = now() + %s * INTERVAL '1 second'"
                 " FROM (SELECT q.endpoint_id, q.event_seq FROM webhook_endpoints e CROSS JOIN LATERAL"
