@@ -144,9 +144,21 @@ async def checkpoint(conn, name: str) -> int:
 _ENDPOINT_COLUMNS = "id, vendor_account_id, url, event_types, secret_encrypted, created_at"
 
 
-async def live_endpoints_of(conn, vendor_account_ids: list[uuid.UUID]) -> list[EndpointRow]:
-    return await store.fetch_all(conn, class_row(EndpointRow), f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints"
-                                 " WHERE vendor_account_id = ANY(%s) AND deleted_at IS NULL", (vendor_account_ids,))
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What the mapper needs of a live endpoint: whose events, which types."""
+
+    id: uuid.UUID
+    vendor_account_id: uuid.UUID
+    event_types: list[str]
+
+
+async def live_endpoints_of(conn, vendor_account_ids: list[uuid.UUID]) -> list[Subscription]:
+    """The live endpoints of these accounts. The ids go in binary: a page names up to two
+    thousand accounts, and the text form formats every UUID."""
+    return await store.fetch_all(conn, class_row(Subscription), "SELECT id, vendor_account_id, event_types"
+                                 " FROM webhook_endpoints WHERE vendor_account_id = ANY(%b::UUID[])"
+                                 " AND deleted_at IS NULL", (vendor_account_ids,))
 
 
 async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, leased: list[bool], lease_s: float) -> None:
@@ -235,13 +247,14 @@ class Attempt:
 
 
 async def record_attempts(conn, attempts: list[Attempt]) -> None:
-    """Count each attempt and its outcome, all in one statement."""
+    """Count each attempt and its outcome, all in one statement. The arrays go in binary (`%b`),
+    as the mapper's do: the text form formats every UUID and number."""
     await conn.execute(
         "UPDATE webhook_deliveries d SET attempts = d.attempts + 1, status = o.status, last_status_code = o.code,"
         " last_error = o.error, next_attempt_at = CASE WHEN o.retry_s IS NULL THEN d.next_attempt_at"
         "  ELSE now() + o.retry_s * INTERVAL '1 second' END,"
         " delivered_at = CASE WHEN o.status = 'delivered' THEN now() END"
-        " FROM unnest(%s::UUID[], %s::INT8[], %s::TEXT[], %s::INT8[], %s::TEXT[], %s::FLOAT8[])"
+        " FROM unnest(%b::UUID[], %b::INT8[], %b::TEXT[], %b::INT8[], %b::TEXT[], %b::FLOAT8[])"
         "  AS o (endpoint_id, event_seq, status, code, error, retry_s)"
         " WHERE d.endpoint_id = o.endpoint_id AND d.event_seq = o.event_seq AND d.status = 'pending'",
         (

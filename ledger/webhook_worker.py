@@ -146,7 +146,7 @@ class Mapper:
         # Only vendor accounts have endpoints (the API registers no other), so the parties with a
         # live endpoint are the vendors this page concerns: one statement, not two.
         parties = list({account for entry in run for account in (entry.from_account_id, entry.to_account_id)})
-        endpoints: dict[uuid.UUID, list[ws.EndpointRow]] = {}
+        endpoints: dict[uuid.UUID, list[ws.Subscription]] = {}
         for endpoint in await ws.live_endpoints_of(conn, parties):
             endpoints.setdefault(endpoint.vendor_account_id, []).append(endpoint)
         if not endpoints:
@@ -541,7 +541,6 @@ def keyring_from(settings: Settings) -> webhooks.Keyring:
 
 async def serve(settings: Settings, *, metrics_listener: bool = False, name: str = WORKER_NAME) -> None:
     """Run the mapper and the senders until cancelled."""
-
     keyring = keyring_from(settings)
     dialect = await db.wait_for_dialect(settings.database_url)
     pool = db.make_pool(settings.database_url, role=ws.WEBHOOKS_ROLE, size_max=4, dialect=dialect, name="webhooks",
@@ -566,10 +565,11 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
     # What start-up built (modules, pools, the NATS client) lives as long as the process: out of
     # the collector's generations with it, so that its collections walk only what the attempts
     # left behind, and young collections less often (`GC_YOUNG_THRESHOLD`), as the API does.
+    # Undone on the way out, for a worker that ran inside another process (`ledger dev`, tests).
+    thresholds = gc.get_threshold()
     gc.collect()
     gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
     log.info("webhook worker running")
     try:
         await asyncio.gather(*tasks)
@@ -582,6 +582,8 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
             metrics_server.server_close()
         await bus.close()
         await pool.close()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
 
 
 async def rotate_key(settings: Settings) -> int:
