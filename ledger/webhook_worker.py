@@ -248,7 +248,7 @@ class Sender:
         self._concurrency_max = concurrency_max
         self._endpoint_max = endpoint_max
         self._allow_private = allow_private
-        self._in_flight: set[asyncio.Task] = set()  # held rows: in flight or waiting for a slot
+        self._in_flight: dict[ws.Claimed, asyncio.Task] = {}  # held rows: in flight or waiting for a slot
         self._per_endpoint: dict[uuid.UUID, int] = {}  # held rows per endpoint
         self._endpoint_slots: dict[uuid.UUID, asyncio.Semaphore] = {}
         self._slots = asyncio.Semaphore(concurrency_max)
@@ -304,9 +304,10 @@ class Sender:
                 await asyncio.sleep(max(0.0, claimed_at + CLAIM_INTERVAL_S - time.monotonic()))
         finally:
             try:
-                for task in (*self._in_flight, recorder):
+                held = [*self._in_flight.values(), recorder]
+                for task in held:
                     task.cancel()
-                await asyncio.gather(*self._in_flight, recorder, return_exceptions=True)
+                await asyncio.gather(*held, return_exceptions=True)
             finally:  # a second cancellation (a second Ctrl-C) must not leave the session open
                 metrics.WEBHOOK_IN_FLIGHT.set_function(lambda: 0)
                 http, self._http = self._http, None
@@ -369,7 +370,7 @@ class Sender:
         # One task per held row: it waits for its slots like any other. Unnamed (the default name
         # costs a counter, a name with the event id formatted a UUID for every row), and its own
         # `finally` gives the row up, with no done-callback to schedule.
-        self._in_flight.add(asyncio.create_task(self._deliver(row)))
+        self._in_flight[row] = asyncio.create_task(self._deliver(row))
 
     async def _deliver(self, row: ws.Claimed) -> None:
         try:
@@ -380,10 +381,11 @@ class Sender:
         except Exception:  # the row's lease ends and it is attempted again; the other rows go on
             log.exception("webhook delivery task failed")
         finally:
-            self._finished(row.endpoint_id)
+            self._finished(row)
 
-    def _finished(self, endpoint_id: uuid.UUID) -> None:
-        self._in_flight.discard(asyncio.current_task())
+    def _finished(self, row: ws.Claimed) -> None:
+        self._in_flight.pop(row, None)
+        endpoint_id = row.endpoint_id
         left = self._per_endpoint.get(endpoint_id, 1) - 1
         if left:
             self._per_endpoint[endpoint_id] = left
