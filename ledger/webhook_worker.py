@@ -274,8 +274,9 @@ class Sender:
             resolver=None if self._allow_private else PublicOnlyResolver(),
         )
         # The total timeout bounds an attempt from the connection (its DNS lookup included) to the
-        # last byte read. A receiver's cookies are never sent back, so none is parsed or stored;
-        # nothing asks for a compressed answer (none is decompressed, and only its status counts).
+        # last byte read. No cookie is kept: a receiver's cookie would otherwise go to every other
+        # endpoint on its host, another vendor's too, and a hostile one could grow the jar without
+        # bound. Nothing asks for a compressed answer (none is decompressed; only the status counts).
         self._http = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=ATTEMPT_S_MAX),
                                            headers={"User-Agent": USER_AGENT}, auto_decompress=False,
                                            cookie_jar=aiohttp.DummyCookieJar(),
