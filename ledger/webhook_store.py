@@ -14,7 +14,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from psycopg.rows import class_row, kwargs_row
+from psycopg.rows import args_row, class_row, kwargs_row
 
 import schemas
 from ledger import store
@@ -144,9 +144,21 @@ async def checkpoint(conn, name: str) -> int:
 _ENDPOINT_COLUMNS = "id, vendor_account_id, url, event_types, secret_encrypted, created_at"
 
 
-async def live_endpoints_of(conn, vendor_account_ids: list[uuid.UUID]) -> list[EndpointRow]:
-    return await store.fetch_all(conn, class_row(EndpointRow), f"SELECT {_ENDPOINT_COLUMNS} FROM webhook_endpoints"
-                                 " WHERE vendor_account_id = ANY(%s) AND deleted_at IS NULL", (vendor_account_ids,))
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """What the mapper needs of a live endpoint: whose events, which types."""
+
+    id: uuid.UUID
+    vendor_account_id: uuid.UUID
+    event_types: list[str]
+
+
+async def live_endpoints_of(conn, vendor_account_ids: list[uuid.UUID]) -> list[Subscription]:
+    """The live endpoints of these accounts. The ids go in binary: a page names up to two
+    thousand accounts, and the text form formats every UUID."""
+    return await store.fetch_all(conn, class_row(Subscription), "SELECT id, vendor_account_id, event_types"
+                                 " FROM webhook_endpoints WHERE vendor_account_id = ANY(%b::UUID[])"
+                                 " AND deleted_at IS NULL", (vendor_account_ids,))
 
 
 async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, leased: list[bool], lease_s: float) -> None:
@@ -183,14 +195,21 @@ async def move_checkpoint(conn, name: str, position: int) -> None:
 # ---- the worker: senders --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+# Compared and hashed as an object (eq=False): each is one attempt, and the sender keys the task
+# that makes it by it.
+@dataclass(frozen=True, slots=True, eq=False)
 class Claimed:
     endpoint_id: uuid.UUID
     event_seq: int
     event_id: uuid.UUID
-    payload: str
+    payload: bytes  # the body as sent, UTF-8 JSON
     attempts: int  # made before this one
     committed_at: dt.datetime
+
+
+def _claimed_row(endpoint_id: uuid.UUID, event_seq: int, event_id: uuid.UUID, payload: str, attempts: int,
+                 committed_at: dt.datetime) -> Claimed:
+    return Claimed(endpoint_id, event_seq, event_id, payload.encode(), attempts, committed_at)
 
 
 async def claim_due(conn, *, limit: int, per_endpoint: int, lease_s: float,
@@ -200,22 +219,24 @@ async def claim_due(conn, *, limit: int, per_endpoint: int, lease_s: float,
     backlog never crowds out the others. They are leased: `next_attempt_at` moves `lease_s` ahead,
     so a worker that dies mid-attempt leaves each row to be retried once its lease ends, never
     lost. Rows another worker holds locked are skipped, not waited for. One index probe per live
-    endpoint (`webhook_deliveries_due`)."""
-    async with conn.transaction():
-        async with conn.cursor(row_factory=class_row(Claimed)) as cursor:
-            await cursor.execute(
-                "UPDATE webhook_deliveries d SET next_attempt_at = now() + %s * INTERVAL '1 second'"
-                " FROM (SELECT q.endpoint_id, q.event_seq FROM webhook_endpoints e CROSS JOIN LATERAL"
-                "  (SELECT endpoint_id, event_seq, next_attempt_at FROM webhook_deliveries"
-                "   WHERE endpoint_id = e.id AND status = 'pending' AND next_attempt_at <= now()"
-                "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) q"
-                "  WHERE e.deleted_at IS NULL AND NOT (e.id = ANY(%s::UUID[]))"
-                "  ORDER BY q.next_attempt_at LIMIT %s) due"
-                " WHERE d.endpoint_id = due.endpoint_id AND d.event_seq = due.event_seq AND d.status = 'pending'"
-                " RETURNING d.endpoint_id, d.event_seq, d.event_id, d.payload, d.attempts, d.committed_at",
-                (lease_s, per_endpoint, skip_endpoints, limit),
-            )
-            return await cursor.fetchall()
+    endpoint (`webhook_deliveries_due`).
+
+    One statement, so its own transaction on the pool's autocommit connections: no BEGIN and
+    COMMIT round trips around it (under a backlog a claim runs every `CLAIM_INTERVAL_S`)."""
+    async with conn.cursor(row_factory=args_row(_claimed_row)) as cursor:
+        await cursor.execute(
+            "UPDATE webhook_deliveries d SET next_attempt_at = now() + %s * INTERVAL '1 second'"
+            " FROM (SELECT q.endpoint_id, q.event_seq FROM webhook_endpoints e CROSS JOIN LATERAL"
+            "  (SELECT endpoint_id, event_seq, next_attempt_at FROM webhook_deliveries"
+            "   WHERE endpoint_id = e.id AND status = 'pending' AND next_attempt_at <= now()"
+            "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) q"
+            "  WHERE e.deleted_at IS NULL AND NOT (e.id = ANY(%s::UUID[]))"
+            "  ORDER BY q.next_attempt_at LIMIT %s) due"
+            " WHERE d.endpoint_id = due.endpoint_id AND d.event_seq = due.event_seq AND d.status = 'pending'"
+            " RETURNING d.endpoint_id, d.event_seq, d.event_id, d.payload, d.attempts, d.committed_at",
+            (lease_s, per_endpoint, skip_endpoints, limit),
+        )
+        return await cursor.fetchall()
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,13 +251,14 @@ class Attempt:
 
 
 async def record_attempts(conn, attempts: list[Attempt]) -> None:
-    """Count each attempt and its outcome, all in one statement."""
+    """Count each attempt and its outcome, all in one statement. The arrays go in binary (`%b`),
+    as the mapper's do: the text form formats every UUID and number."""
     await conn.execute(
         "UPDATE webhook_deliveries d SET attempts = d.attempts + 1, status = o.status, last_status_code = o.code,"
         " last_error = o.error, next_attempt_at = CASE WHEN o.retry_s IS NULL THEN d.next_attempt_at"
         "  ELSE now() + o.retry_s * INTERVAL '1 second' END,"
         " delivered_at = CASE WHEN o.status = 'delivered' THEN now() END"
-        " FROM unnest(%s::UUID[], %s::INT8[], %s::TEXT[], %s::INT8[], %s::TEXT[], %s::FLOAT8[])"
+        " FROM unnest(%b::UUID[], %b::INT8[], %b::TEXT[], %b::INT8[], %b::TEXT[], %b::FLOAT8[])"
         "  AS o (endpoint_id, event_seq, status, code, error, retry_s)"
         " WHERE d.endpoint_id = o.endpoint_id AND d.event_seq = o.event_seq AND d.status = 'pending'",
         (

@@ -369,7 +369,8 @@ async def test_a_deleted_endpoint_leaves_the_worker_cache_at_the_next_check(stac
         sender = webhook_worker.Sender(pool=pool, keyring=webhook_worker.keyring_from(stack.settings),
                                        wake=asyncio.Event(), concurrency_max=1, endpoint_max=1, allow_private=True)
         await sender._check_endpoints()
-        assert await sender._endpoint(endpoint_id) == (receiver.url, created["secret"])
+        target = await sender._endpoint(endpoint_id)
+        assert (str(target.url), target.key) == (receiver.url, webhooks.secret_key(created["secret"]))
         reply = await stack.client.request("DELETE", f"/v1/vendors/{vendor.account_id}/webhooks/{endpoint_id}",
                                            token=vendor.token)
         assert reply.status == 204
@@ -377,6 +378,34 @@ async def test_a_deleted_endpoint_leaves_the_worker_cache_at_the_next_check(stac
         assert await sender._endpoint(endpoint_id) is None  # a row claimed before the delete is not sent
     finally:
         await pool.close()
+
+
+async def test_the_worker_refuses_an_endpoint_whose_host_is_private_and_checks_it_again_next_time(stack):
+    """Registered while private addresses were allowed, delivered by a worker that refuses them:
+    the URL is checked when the worker first takes the endpoint, and a refusal is not cached."""
+    vendor = await stack.vendor()
+    endpoint_id = uuid.UUID((await _register(stack, vendor, "http://127.0.0.1:9/hook")).body["id"])
+    pool = db.make_pool(stack.database_url, role=ws.WEBHOOKS_ROLE, size_max=1, name="test-webhooks")
+    await pool.open(wait=True)
+    try:
+        sender = webhook_worker.Sender(pool=pool, keyring=webhook_worker.keyring_from(stack.settings),
+                                       wake=asyncio.Event(), concurrency_max=1, endpoint_max=1, allow_private=False)
+        for _ in range(2):
+            with pytest.raises(webhooks.UrlNotAllowed):
+                await sender._endpoint(endpoint_id)
+        assert sender._endpoints == {}
+    finally:
+        await pool.close()
+
+
+async def test_the_workers_resolver_refuses_a_host_with_a_private_address_on_every_lookup():
+    """The connections' own lookups are checked (a DNS answer may change after the URL's check)."""
+    resolver = webhook_worker.PublicOnlyResolver()
+    try:
+        with pytest.raises(OSError, match="non-public"):
+            await resolver.resolve("localhost", 80)
+    finally:
+        await resolver.close()
 
 
 async def test_the_sender_takes_new_rows_only_within_its_bounded_queue_overall_and_per_endpoint(stack):
@@ -492,7 +521,7 @@ async def test_a_first_failure_and_a_later_one_are_recorded_in_one_statement(sta
                                        token=vendor.token)
     assert reply.status == 204  # no worker attempts its rows; they are written here by hand
     now = dt.datetime.now(dt.timezone.utc)
-    claimed = [ws.Claimed(endpoint_id, seq, uuid.uuid4(), "{}", attempts, now) for seq, attempts in ((8, 0), (16, 1))]
+    claimed = [ws.Claimed(endpoint_id, seq, uuid.uuid4(), b"{}", attempts, now) for seq, attempts in ((8, 0), (16, 1))]
     async with await stack.superuser() as conn:
         for row in claimed:
             await conn.execute(
@@ -564,7 +593,7 @@ def test_each_kind_of_entry_is_its_events_for_the_vendor(kind, party, expected):
 def test_signatures_verify_with_the_standard_library_and_a_tampered_body_does_not():
     secret = webhooks.new_secret()
     body = b'{"id":"x"}'
-    headers = webhooks.signed_headers(secret, event_id="x", timestamp=int(time.time()), body=body)
+    headers = webhooks.signed_headers(webhooks.secret_key(secret), event_id="x", timestamp=int(time.time()), body=body)
     StandardWebhook(secret).verify(body, headers)
     with pytest.raises(Exception):
         StandardWebhook(secret).verify(b'{"id":"y"}', headers)
