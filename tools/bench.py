@@ -1063,9 +1063,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="grow the journal to this many entries and run uniform again (0: skip)")
     parser.add_argument("--quick", action="store_true", help="skip the big-journal phase")
     parser.add_argument("--profile", nargs="?", const="python", choices=["python", "native"],
-                        help="one more uniform phase with py-spy on the API and the projector at once, not part of"
-                             " the table; prints each one's hotspots and keeps its raw stacks in the run directory"
-                             " as <process>-profile.txt (`native` adds C frames: uvloop, psycopg's and msgspec's C code)")
+                        help="one more phase with py-spy on the API, the projector and the webhook worker at once, and"
+                             " PostgreSQL's time by statement, not part of the table; prints each one's hotspots and"
+                             " keeps its raw stacks in the run directory as <process>-profile.txt (`native` adds C"
+                             " frames: uvloop, psycopg's and msgspec's C code)")
+    parser.add_argument("--profile-scenario", choices=["uniform", "hot"], default="uniform",
+                        help="the load of the profiled phase (default uniform)")
     parser.add_argument("--database-url", help="use this PostgreSQL/CockroachDB instead of an embedded one")
     parser.add_argument("--nats-url", help="use this NATS instead of an embedded one")
     parser.add_argument("--out-dir", type=Path, default=Path(".ledger/bench"))
@@ -1168,7 +1171,7 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
     phases.update(await tree_follower_ab(stack, sampler, options))
     profile = None
     if args.profile:
-        profile = await _profile(stack, sampler, options, native=args.profile == "native")
+        profile = await _profile(stack, sampler, options, native=args.profile == "native", scenario=args.profile_scenario)
     big = None
     if args.big_journal > 0:
         progress(f"growing the journal to {args.big_journal:,} entries (tools.seed)")
@@ -1321,23 +1324,25 @@ def tree_rows(phases: dict[str, Phase], lag: list[int]) -> list[Row]:
     return rows
 
 
-async def _profile(stack: Stack, sampler: Sampler, options: Options, *, native: bool) -> dict[str, dict] | None:
-    """One more uniform phase with py-spy sampling every service process at once; per process, its
+async def _profile(stack: Stack, sampler: Sampler, options: Options, *, native: bool,
+                   scenario: str = "uniform") -> dict[str, dict] | None:
+    """One more phase of `scenario` with py-spy sampling every service process at once; per process, its
     hotspots and the path of its raw collapsed stacks (`<name>-profile.txt` in the run directory)."""
     if _py_spy() is None:
         progress("py-spy is not installed (pip install py-spy): no profile")
         return None
     outputs = {name: stack.run_dir / f"{name}-profile.txt" for name in PROFILED_PROCESSES}
-    progress(f"uniform again with py-spy on {', '.join(outputs)}, not part of the table")
+    progress(f"{scenario} again with py-spy on {', '.join(outputs)}, not part of the table")
     statements = await _statements_reset(stack)
-    phase = await run_phase(stack, sampler, options, name="uniform-profiled", scenario="uniform", profile=outputs,
+    phase = await run_phase(stack, sampler, options, name=f"{scenario}-profiled", scenario=scenario, profile=outputs,
                             native=native)
     profiles = {}
     for name, raw in outputs.items():
         if not raw.exists():
             profiles[name] = {"error": f"py-spy wrote nothing; see {raw.with_suffix('.log')}"}
         else:
-            profiles[name] = {"throughput_per_s": phase.throughput_per_s, "raw": str(raw), **hotspots(raw)}
+            profiles[name] = {"throughput_per_s": phase.throughput_per_s, "raw": str(raw), "scenario": scenario,
+                              **hotspots(raw)}
     if statements is not None:
         profiles["postgres"] = await _statements_read(stack, since_head=statements)
     return profiles
@@ -1471,7 +1476,7 @@ def _noise_warning(phases: dict[str, Phase], pgbench: Pgbench) -> str:
 
 
 def _profile_text(name: str, profile: dict) -> str:
-    lines = [f"{name} profile (py-spy, {profile['samples']} active samples during a uniform full-speed phase at"
+    lines = [f"{name} profile (py-spy, {profile['samples']} active samples during a {profile.get('scenario', 'uniform')} full-speed phase at"
              f" {profile['throughput_per_s']:,.0f}/s; raw stacks in {profile['raw']}):",
              "  self time (on top of the stack):"]
     lines += [f"    {share:5.1f}%  {frame}" for frame, share in profile["self"]]
