@@ -18,7 +18,7 @@ import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 import schemas
 from ledger import metrics
@@ -52,6 +52,12 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _doorbell_settings(config: ConsumerConfig) -> tuple:
+    """What a follower's consumer must have, and cannot be trusted to have if an earlier version
+    made it. JetStream reports `ack_wait` in seconds as a float; 30 == 30.0 compares equal."""
+    return (config.ack_policy, config.ack_wait, config.max_ack_pending, config.filter_subject)
 
 
 class EventBus:
@@ -142,17 +148,17 @@ class EventBus:
 
     async def subscribe_doorbells(self, durable: str, *, from_start: bool):
         """A durable pull subscription to the journal's events, as every follower of the journal
-        (projector, webhook worker) takes them: explicit acks, a bounded number in flight.
-        `from_start`: a new consumer starts at the stream's first event, else at the next one."""
+        (projector, webhook worker) takes them: cumulative acks (a follower acks the last event of
+        each fetched batch), a bounded number in flight. `from_start`: a new consumer starts at
+        the stream's first event, else at the next one."""
         assert self.js is not None
-        config = ConsumerConfig(
-            durable_name=durable,
-            deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=CONSUMER_ACK_WAIT_S,
-            max_ack_pending=CONSUMER_ACK_PENDING_MAX,
-        )
+        config = self._doorbell_config(durable, from_start=from_start)
         try:
+            if await self._delete_if_stale(durable, config):
+                # The replacement starts at the next event, whatever `from_start` says: the
+                # follower reads everything before it from the journal, from its own checkpoint,
+                # so replaying the whole stream as doorbells would only cost CPU.
+                config = self._doorbell_config(durable, from_start=False)
             subscription = await self.js.pull_subscribe(SUBJECT, durable=durable, stream=STREAM, config=config)
         except Exception as error:
             if self.connected:
@@ -169,6 +175,42 @@ class EventBus:
             self._failing_subscriptions.discard(durable)
             log.warning("%s subscribed to the journal's events again", durable)
         return subscription
+
+    @staticmethod
+    def _doorbell_config(durable: str, *, from_start: bool) -> ConsumerConfig:
+        # AckPolicy.ALL: a follower acks only the last event of each fetched batch and the server
+        # takes every earlier one as acked with it, one ack message per batch instead of one per
+        # event, for the follower to send and for the server to apply to the consumer's state.
+        return ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=CONSUMER_ACK_WAIT_S,
+            max_ack_pending=CONSUMER_ACK_PENDING_MAX,
+            filter_subject=SUBJECT,
+        )
+
+    async def _delete_if_stale(self, durable: str, config: ConsumerConfig) -> bool:
+        """Delete the durable consumer if it exists with settings other than `config`'s; True if
+        it was deleted. nats-py's `pull_subscribe` binds to an existing durable without comparing
+        its configuration, and JetStream cannot change a consumer's ack policy in place: a
+        consumer made with explicit acks by an earlier version, acked only once per batch, would
+        redeliver the rest after `ack_wait` and stall once `max_ack_pending` events are out.
+        Deleting it loses nothing: events are doorbells, and a follower reads the journal from
+        its own checkpoint. Every NATS user that follows the journal (`reader` included) may
+        publish on `$JS.API.CONSUMER.>`, which covers the delete."""
+        assert self.js is not None
+        try:
+            existing = (await self.js.consumer_info(STREAM, durable)).config
+        except NotFoundError:
+            return False
+        if _doorbell_settings(existing) == _doorbell_settings(config):
+            return False
+        log.warning("replacing the consumer %s: its settings %s are not the wanted %s", durable,
+                    _doorbell_settings(existing), _doorbell_settings(config))
+        with contextlib.suppress(NotFoundError):  # another instance of the follower replaced it first
+            await self.js.delete_consumer(STREAM, durable)
+        return True
 
     async def publish_entries(
         self, entries: list[schemas.JournalEntry], *, request_ids: dict[int, str] | None = None
