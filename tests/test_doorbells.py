@@ -143,3 +143,26 @@ async def test_the_reader_login_may_replace_its_consumer(tmp_path):
             if events is not None:
                 await events.close()
         server.stop()
+
+
+async def test_a_fetch_returns_the_events_that_came_without_waiting_for_a_full_batch(stack):
+    durable = f"doorbells-prompt-{uuid.uuid4().hex[:8]}"
+    events = await _connected_bus(stack.nats.url, "doorbells-prompt")
+    try:
+        subscription = await events.subscribe_doorbells(durable, from_start=False)
+        # Drain whatever other tests' events are still arriving, until a fetch finds none.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            assert asyncio.get_running_loop().time() < deadline, "the consumer never ran dry"
+            try:
+                await subscription.fetch(1000, timeout=0.3)
+            except nats.errors.TimeoutError:
+                break
+        paid = await _pay(stack, 1)
+        started = asyncio.get_running_loop().time()
+        fetched = await _fetch_until_seen(subscription, paid, ack_last=True)
+        # Far less than a fetch's timeout each: the fetch ended when the consumer ran dry.
+        assert asyncio.get_running_loop().time() - started < FETCH_WAIT_S
+        assert len(fetched) < 1000
+    finally:
+        await events.close()
