@@ -14,11 +14,16 @@ import contextlib
 import logging
 from typing import Awaitable, Callable
 
+import itertools
+import json
+
 import nats
+import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 import schemas
 from ledger import metrics
@@ -42,6 +47,13 @@ MSG_ID = "Nats-Msg-Id"
 # are out unacked (a stuck follower holds the stream's redeliveries bounded).
 CONSUMER_ACK_WAIT_S = 30
 CONSUMER_ACK_PENDING_MAX = 20_000
+# A pull request ends on the server this much before the fetch that sent it gives up, so that its
+# end (status 408) normally arrives within the fetch.
+PULL_EXPIRES_MARGIN_S = 0.05
+# JetStream's status codes on a pull request's replies: a heartbeat; the end of a request (no
+# messages left, expired, or a conflict such as a deleted consumer).
+STATUS_HEARTBEAT = "100"
+STATUS_REQUEST_ENDED = frozenset({"404", "408", "409"})
 REQUEST_ID = "X-Request-Id"
 
 
@@ -52,6 +64,68 @@ def raise_if_cancelled() -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
+
+
+def _doorbell_settings(config: ConsumerConfig) -> tuple:
+    """What a follower's consumer must have, and cannot be trusted to have if an earlier version
+    made it. JetStream reports `ack_wait` in seconds as a float; 30 == 30.0 compares equal."""
+    return (config.ack_policy, config.ack_wait, config.max_ack_pending, config.filter_subject)
+
+
+class Doorbells:
+    """A follower's pull subscription to its durable consumer, fetched a batch at a time.
+
+    nats-py's `PullSubscription.fetch` awaits every message of a batch through
+    `Subscription.next_msg`, which makes two tasks, a timer and a `uuid4` per message; a follower
+    of a few thousand events a second spent a large share of its CPU there. Here one callback
+    collects the replies to the current pull request and one event wakes the fetch. Each request
+    has its own reply subject, so the end of an earlier request that the fetch stopped waiting for
+    cannot end a later one; an earlier request's late events are kept, as they are doorbells too."""
+
+    def __init__(self, nc: Client, durable: str) -> None:
+        self._nc = nc
+        self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{STREAM}.{durable}"
+        self._inbox = nc.new_inbox()
+        self._requests = itertools.count()
+        self._reply = ""
+        self._batch_max = 0
+        self._messages: list[Msg] = []
+        self._ended = asyncio.Event()
+        self._error: Msg | None = None
+
+    async def start(self) -> None:
+        await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+
+    async def fetch(self, batch_max: int, *, timeout: float) -> list[Msg]:
+        """Up to `batch_max` events: those the consumer holds now, else the first to come within
+        `timeout` seconds and those with it. Raises `nats.errors.TimeoutError` if none came."""
+        self._reply = f"{self._inbox}.{next(self._requests)}"
+        self._batch_max = batch_max
+        self._ended.clear()
+        self._error = None
+        expires_ns = int(max(timeout - PULL_EXPIRES_MARGIN_S, PULL_EXPIRES_MARGIN_S) * 1e9)
+        request = {"batch": batch_max - len(self._messages), "expires": expires_ns, "no_wait": True}
+        if request["batch"] > 0:
+            await self._nc.publish(self._next_subject, json.dumps(request).encode(), reply=self._reply)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), timeout)
+        messages, self._messages = self._messages, []
+        if self._error is not None and not messages:
+            raise APIError.from_msg(self._error)
+        if not messages:
+            raise nats.errors.TimeoutError
+        return messages
+
+    async def _on_reply(self, msg: Msg) -> None:
+        status = msg.headers.get("Status") if msg.headers else None
+        if status is None:  # an event: it comes on its own subject, not on the request's
+            self._messages.append(msg)
+            if len(self._messages) >= self._batch_max:
+                self._ended.set()
+        elif status != STATUS_HEARTBEAT and msg.subject == self._reply:
+            if status not in STATUS_REQUEST_ENDED:
+                self._error = msg
+            self._ended.set()
 
 
 class EventBus:
@@ -142,18 +216,21 @@ class EventBus:
 
     async def subscribe_doorbells(self, durable: str, *, from_start: bool):
         """A durable pull subscription to the journal's events, as every follower of the journal
-        (projector, webhook worker) takes them: explicit acks, a bounded number in flight.
-        `from_start`: a new consumer starts at the stream's first event, else at the next one."""
+        (projector, webhook worker) takes them: cumulative acks (a follower acks the last event of
+        each fetched batch), a bounded number in flight. `from_start`: a new consumer starts at
+        the stream's first event, else at the next one."""
         assert self.js is not None
-        config = ConsumerConfig(
-            durable_name=durable,
-            deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=CONSUMER_ACK_WAIT_S,
-            max_ack_pending=CONSUMER_ACK_PENDING_MAX,
-        )
+        config = self._doorbell_config(durable, from_start=from_start)
         try:
-            subscription = await self.js.pull_subscribe(SUBJECT, durable=durable, stream=STREAM, config=config)
+            if await self._delete_if_stale(durable, config):
+                # The replacement starts at the next event, whatever `from_start` says: the
+                # follower reads everything before it from the journal, from its own checkpoint,
+                # so replaying the whole stream as doorbells would only cost CPU.
+                config = self._doorbell_config(durable, from_start=False)
+            # nats-py creates the consumer if missing; its PullSubscription itself is not used.
+            await self.js.pull_subscribe(SUBJECT, durable=durable, stream=STREAM, config=config)
+            subscription = Doorbells(self.nc, durable)
+            await subscription.start()
         except Exception as error:
             if self.connected:
                 # NATS answers but will not give us the consumer (permissions, a conflicting
@@ -169,6 +246,42 @@ class EventBus:
             self._failing_subscriptions.discard(durable)
             log.warning("%s subscribed to the journal's events again", durable)
         return subscription
+
+    @staticmethod
+    def _doorbell_config(durable: str, *, from_start: bool) -> ConsumerConfig:
+        # AckPolicy.ALL: a follower acks only the last event of each fetched batch and the server
+        # takes every earlier one as acked with it, one ack message per batch instead of one per
+        # event, for the follower to send and for the server to apply to the consumer's state.
+        return ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
+            ack_policy=AckPolicy.ALL,
+            ack_wait=CONSUMER_ACK_WAIT_S,
+            max_ack_pending=CONSUMER_ACK_PENDING_MAX,
+            filter_subject=SUBJECT,
+        )
+
+    async def _delete_if_stale(self, durable: str, config: ConsumerConfig) -> bool:
+        """Delete the durable consumer if it exists with settings other than `config`'s; True if
+        it was deleted. nats-py's `pull_subscribe` binds to an existing durable without comparing
+        its configuration, and JetStream cannot change a consumer's ack policy in place: a
+        consumer made with explicit acks by an earlier version, acked only once per batch, would
+        redeliver the rest after `ack_wait` and stall once `max_ack_pending` events are out.
+        Deleting it loses nothing: events are doorbells, and a follower reads the journal from
+        its own checkpoint. Every NATS user that follows the journal (`reader` included) may
+        publish on `$JS.API.CONSUMER.>`, which covers the delete."""
+        assert self.js is not None
+        try:
+            existing = (await self.js.consumer_info(STREAM, durable)).config
+        except NotFoundError:
+            return False
+        if _doorbell_settings(existing) == _doorbell_settings(config):
+            return False
+        log.warning("replacing the consumer %s: its settings %s are not the wanted %s", durable,
+                    _doorbell_settings(existing), _doorbell_settings(config))
+        with contextlib.suppress(NotFoundError):  # another instance of the follower replaced it first
+            await self.js.delete_consumer(STREAM, durable)
+        return True
 
     async def publish_entries(
         self, entries: list[schemas.JournalEntry], *, request_ids: dict[int, str] | None = None

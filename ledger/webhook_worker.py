@@ -175,8 +175,8 @@ class Mapper:
                 await asyncio.sleep(max(0.0, round_at + MAP_INTERVAL_S - time.monotonic()))
                 round_at = time.monotonic()
                 await self.follow_journal()
-                for message in messages:
-                    await message.ack()
+                if messages:  # AckPolicy.ALL (EventBus.subscribe_doorbells): acking the last acks the batch
+                    await messages[-1].ack()
             except asyncio.CancelledError:
                 raise
             except Exception as error:

@@ -110,7 +110,9 @@ class Projector:
     @staticmethod
     def _observe_lag(run: list[schemas.JournalEntry], now: dt.datetime) -> None:
         for entry in run:
-            committed = dt.datetime.strptime(entry.committed_at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc)
+            # `fromisoformat` reads the journal's one timestamp form (six fractional digits, `Z`,
+            # hence UTC) as `strptime` with its format did, in a fiftieth of the time.
+            committed = dt.datetime.fromisoformat(entry.committed_at)
             metrics.PROJECTOR_LAG_SECONDS.observe(max(0.0, (now - committed).total_seconds()))
 
     async def catch_up_from_journal(self) -> int:
@@ -177,8 +179,8 @@ class Projector:
             except msgspec.MsgspecError:
                 log.warning("undecodable event on %s; acked and ignored (the journal fills its place)", SUBJECT)
         await self.apply(entries)
-        for message in messages:
-            await message.ack()
+        if messages:  # AckPolicy.ALL (EventBus.subscribe_doorbells): acking the last acks the batch
+            await messages[-1].ack()
 
 
 def _bus(settings: Settings, name: str) -> EventBus:
