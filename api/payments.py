@@ -20,9 +20,11 @@ from ledger import domain, store
 
 
 def request_hash(body: schemas.TransferCreate) -> bytes:
-    """What "the same body" means: the decoded request, not its spelling (spaces, key order)."""
+    """What "the same body" means: the decoded request, not its spelling (spaces, key order).
+    msgspec writes a UUID as `str()` does, in C: the bytes, and so the stored hashes of keys, are
+    those of the earlier `str(id)` form."""
     canonical = msgspec.json.encode(
-        [str(body.from_account_id), str(body.to_account_id), body.amount, body.currency, body.reference,
+        [body.from_account_id, body.to_account_id, body.amount, body.currency, body.reference,
          sorted(body.metadata.items())]
     )
     return hashlib.sha256(canonical).digest()
@@ -56,7 +58,7 @@ REFUNDABLE_KINDS = frozenset({"transfer", "capture"})
 def refund_request_hash(transfer_id: uuid.UUID, body: schemas.RefundCreate) -> bytes:
     """As `request_hash`, for a refund: tagged, so one key cannot mean a transfer and a refund."""
     canonical = msgspec.json.encode(
-        ["refund", str(transfer_id), body.amount, body.reference, sorted(body.metadata.items())]
+        ["refund", transfer_id, body.amount, body.reference, sorted(body.metadata.items())]
     )
     return hashlib.sha256(canonical).digest()
 
@@ -123,7 +125,7 @@ SWEEPER_PRINCIPAL = uuid.UUID(int=0)
 
 def hold_request_hash(*parts) -> bytes:
     """As `request_hash`, for a hold's step: tagged with the step, so one key means one thing."""
-    return hashlib.sha256(msgspec.json.encode([str(p) if isinstance(p, uuid.UUID) else p for p in parts])).digest()
+    return hashlib.sha256(msgspec.json.encode(parts)).digest()
 
 
 def hold_body(hold: domain.HoldState, *, as_placed: bool = False) -> schemas.Hold:
