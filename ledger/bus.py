@@ -92,9 +92,17 @@ class Doorbells:
         self._messages: list[Msg] = []
         self._ended = asyncio.Event()
         self._error: Msg | None = None
+        self._subscription = None
 
     async def start(self) -> None:
-        await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+        self._subscription = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_reply)
+
+    async def close(self) -> None:
+        """Stop taking replies (a new subscription of the same durable replaced this one)."""
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):  # NATS away: the subscription went with the connection
+                await self._subscription.unsubscribe()
+            self._subscription = None
 
     async def fetch(self, batch_max: int, *, timeout: float) -> list[Msg]:
         """Up to `batch_max` events: those the consumer holds now, else the first to come within
@@ -152,6 +160,7 @@ class EventBus:
         self._connecting: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self._failing_subscriptions: set[str] = set()  # durables whose last subscribe failed while connected
+        self._doorbells: dict[str, Doorbells] = {}  # the current subscription of each durable
 
     @property
     def connected(self) -> bool:
@@ -220,17 +229,13 @@ class EventBus:
         each fetched batch), a bounded number in flight. `from_start`: a new consumer starts at
         the stream's first event, else at the next one."""
         assert self.js is not None
-        config = self._doorbell_config(durable, from_start=from_start)
         try:
-            if await self._delete_if_stale(durable, config):
-                # The replacement starts at the next event, whatever `from_start` says: the
-                # follower reads everything before it from the journal, from its own checkpoint,
-                # so replaying the whole stream as doorbells would only cost CPU.
-                config = self._doorbell_config(durable, from_start=False)
-            # nats-py creates the consumer if missing; its PullSubscription itself is not used.
-            await self.js.pull_subscribe(SUBJECT, durable=durable, stream=STREAM, config=config)
+            await self._ensure_consumer(durable, from_start=from_start)
             subscription = Doorbells(self.nc, durable)
             await subscription.start()
+            previous, self._doorbells[durable] = self._doorbells.get(durable), subscription
+            if previous is not None:  # a follower subscribing again (NATS was away): its old inbox goes
+                await previous.close()
         except Exception as error:
             if self.connected:
                 # NATS answers but will not give us the consumer (permissions, a conflicting
@@ -253,6 +258,7 @@ class EventBus:
         # takes every earlier one as acked with it, one ack message per batch instead of one per
         # event, for the follower to send and for the server to apply to the consumer's state.
         return ConsumerConfig(
+            name=durable,
             durable_name=durable,
             deliver_policy=DeliverPolicy.ALL if from_start else DeliverPolicy.NEW,
             ack_policy=AckPolicy.ALL,
@@ -261,27 +267,33 @@ class EventBus:
             filter_subject=SUBJECT,
         )
 
-    async def _delete_if_stale(self, durable: str, config: ConsumerConfig) -> bool:
-        """Delete the durable consumer if it exists with settings other than `config`'s; True if
-        it was deleted. nats-py's `pull_subscribe` binds to an existing durable without comparing
-        its configuration, and JetStream cannot change a consumer's ack policy in place: a
-        consumer made with explicit acks by an earlier version, acked only once per batch, would
-        redeliver the rest after `ack_wait` and stall once `max_ack_pending` events are out.
-        Deleting it loses nothing: events are doorbells, and a follower reads the journal from
-        its own checkpoint. Every NATS user that follows the journal (`reader` included) may
-        publish on `$JS.API.CONSUMER.>`, which covers the delete."""
+    async def _ensure_consumer(self, durable: str, *, from_start: bool) -> None:
+        """The durable consumer with the doorbells' settings: kept if it has them, made if missing,
+        and made anew if it exists with others. JetStream cannot change a consumer's ack policy in
+        place: a consumer made with explicit acks by an earlier version, acked only once per
+        batch, would redeliver the rest after `ack_wait` and stall once `max_ack_pending` events
+        are out. Deleting it loses nothing: events are doorbells, and a follower reads the
+        journal from its own checkpoint, so the replacement starts at the next event, whatever
+        `from_start` says (replaying the whole stream as doorbells would only cost CPU). Every
+        NATS user that follows the journal (`reader` included) may publish on
+        `$JS.API.CONSUMER.>`, which covers the info, the delete and the create."""
         assert self.js is not None
+        config = self._doorbell_config(durable, from_start=from_start)
         try:
             existing = (await self.js.consumer_info(STREAM, durable)).config
         except NotFoundError:
-            return False
-        if _doorbell_settings(existing) == _doorbell_settings(config):
-            return False
-        log.warning("replacing the consumer %s: its settings %s are not the wanted %s", durable,
-                    _doorbell_settings(existing), _doorbell_settings(config))
-        with contextlib.suppress(NotFoundError):  # another instance of the follower replaced it first
-            await self.js.delete_consumer(STREAM, durable)
-        return True
+            existing = None
+        if existing is not None:
+            if _doorbell_settings(existing) == _doorbell_settings(config):
+                return
+            log.warning("replacing the consumer %s: its settings %s are not the wanted %s", durable,
+                        _doorbell_settings(existing), _doorbell_settings(config))
+            with contextlib.suppress(NotFoundError):  # another instance of the follower replaced it first
+                await self.js.delete_consumer(STREAM, durable)
+            config = self._doorbell_config(durable, from_start=False)
+        # Creating a consumer that exists with the same settings (another instance was first) is
+        # not an error in JetStream.
+        await self.js.add_consumer(STREAM, config)
 
     async def publish_entries(
         self, entries: list[schemas.JournalEntry], *, request_ids: dict[int, str] | None = None
