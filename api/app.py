@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import logging
 import os
@@ -21,7 +20,7 @@ from api.ratelimit import RateLimiter
 from api.framework import ANSWER_STARTED, IDEMPOTENCY_KEY, wrap
 from api.payments import expire_command
 from api.routes import ROUTES
-from ledger import db, logs, metrics
+from ledger import collector, db, logs, metrics
 from ledger.bus import EventBus
 from ledger.committer import Committer
 from ledger.config import Settings
@@ -287,23 +286,6 @@ async def _follow_watermark(services: Services) -> None:
         await services.bus.on_watermark(services.watermark.announce)
 
 
-# Young objects the cyclic collector lets accumulate before it runs (CPython's default is 700).
-# A request allocates a few hundred, almost none of them in cycles, so at the default the
-# collector ran several times a request's worth of work; the rare cycles still go within a few
-# dozen requests.
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def _settle_garbage_collector() -> None:
-    """What start-up built (modules, routes, the OpenAPI document, pools) lives as long as the
-    process: move it out of the collector's generations, so that full collections walk only what
-    requests left behind, and let young collections run less often."""
-    gc.collect()
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-
-
 async def serve(settings: Settings) -> None:
     """Run the API until cancelled (SIGTERM/SIGINT): stop accepting, finish the batches in flight."""
     app = build_app(settings)
@@ -314,7 +296,6 @@ async def serve(settings: Settings) -> None:
     site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True,
                        reuse_port=settings.http_reuse_port or None)
     await site.start()
-    _settle_garbage_collector()
     metrics_runner = None
     if settings.metrics_port is not None:
         metrics_app = web.Application()
@@ -324,7 +305,8 @@ async def serve(settings: Settings) -> None:
         await web.TCPSite(metrics_runner, settings.http_host, settings.metrics_port).start()
     log.info("API listening on http://%s:%d", settings.http_host, settings.http_port)
     try:
-        await asyncio.Event().wait()
+        with collector.settled():
+            await asyncio.Event().wait()
     finally:
         if metrics_runner is not None:
             await metrics_runner.cleanup()

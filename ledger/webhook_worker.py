@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import gc
 import logging
 import socket
 import time
@@ -38,7 +37,7 @@ import yarl
 from prometheus_client import start_http_server
 
 import schemas
-from ledger import db, domain, logs, metrics, store, webhooks
+from ledger import collector, db, domain, logs, metrics, store, webhooks
 from ledger import webhook_store as ws
 from ledger.bus import EventBus, raise_if_cancelled
 from ledger.config import ConfigError, Settings
@@ -77,12 +76,6 @@ RECORD_TRIES_MAX = 3
 RECORD_BATCH_MAX = 500  # attempts recorded in one statement at most
 RECORD_INTERVAL_S = 0.05  # outcomes are gathered this long into one statement (the lease is 30 s)
 USER_AGENT = "wallet-ledger-webhooks/1"
-# Young objects the cyclic collector lets accumulate before it runs (CPython's default is 700), as
-# in the API: an attempt allocates many short-lived objects (aiohttp's request and response, the
-# task, the row) and almost none in cycles, so the default ran the collector far more often than
-# there was anything for it to find.
-GC_YOUNG_THRESHOLD = 20_000
-
 # The outcome counters, bound to their label once rather than looked up on every attempt.
 _DELIVERED = metrics.WEBHOOK_DELIVERIES.labels("delivered")
 _RETRIED = metrics.WEBHOOK_DELIVERIES.labels("retried")
@@ -581,17 +574,10 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
              asyncio.create_task(_oldest_undelivered_gauge(pool), name="webhook-gauge"),
              asyncio.create_task(_retention_sweep(pool, retention_s=settings.webhook_retention_s),
                                  name="webhook-retention")]
-    # What start-up built (modules, pools, the NATS client) lives as long as the process: out of
-    # the collector's generations with it, so that its collections walk only what the attempts
-    # left behind, and young collections less often (`GC_YOUNG_THRESHOLD`), as the API does.
-    # Undone on the way out, for a worker that ran inside another process (`ledger dev`, tests).
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *thresholds[1:])
     log.info("webhook worker running")
     try:
-        await asyncio.gather(*tasks)
+        with collector.settled():  # as the API: the attempts' garbage, not start-up's, is collected
+            await asyncio.gather(*tasks)
     finally:
         for task in tasks:
             task.cancel()
@@ -601,8 +587,6 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
             metrics_server.server_close()
         await bus.close()
         await pool.close()
-        gc.unfreeze()
-        gc.set_threshold(*thresholds)
 
 
 async def rotate_key(settings: Settings) -> int:
