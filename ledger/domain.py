@@ -147,6 +147,12 @@ def format_timestamp(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def parse_timestamp(text: str) -> dt.datetime:
+    """The aware UTC moment of a `format_timestamp` string (`fromisoformat`, in C: `strptime` with
+    the format took some 12 µs a call, and the projector and the webhook worker read one per entry)."""
+    return dt.datetime.fromisoformat(text)
+
+
 def stamp_after(now: dt.datetime, head_committed_at: dt.datetime | None) -> dt.datetime:
     """A batch's commit time: now, but never before the previous entry's, so `committed_at` does
     not decrease along positions (clocks of API processes differ) and "the last entry committed at
@@ -362,7 +368,7 @@ def decide_batch(
     refunded = dict(state.refunded)
     holds = dict(state.holds)
     if now is None:
-        now = dt.datetime.fromisoformat(committed_at.replace("Z", "+00:00"))
+        now = parse_timestamp(committed_at)
     for command in commands:
         scope = (command.principal_id, command.idempotency_key)
         stored = keys.get(scope)

@@ -198,8 +198,7 @@ class Mapper:
 
 
 def _claimed(endpoint_id: uuid.UUID, event: webhooks.Event) -> ws.Claimed:
-    # `fromisoformat` reads the journal's `...Z` stamps in C; `strptime` took about 12 µs an event.
-    return ws.Claimed(endpoint_id, event.seq, event.id, event.body, 0, dt.datetime.fromisoformat(event.committed_at))
+    return ws.Claimed(endpoint_id, event.seq, event.id, event.body, 0, domain.parse_timestamp(event.committed_at))
 
 
 @dataclass(frozen=True, slots=True)

@@ -110,9 +110,7 @@ class Projector:
     @staticmethod
     def _observe_lag(run: list[schemas.JournalEntry], now: dt.datetime) -> None:
         for entry in run:
-            # `fromisoformat` reads the journal's one timestamp form (six fractional digits, `Z`,
-            # hence UTC) as `strptime` with its format did, in a fiftieth of the time.
-            committed = dt.datetime.fromisoformat(entry.committed_at)
+            committed = domain.parse_timestamp(entry.committed_at)
             metrics.PROJECTOR_LAG_SECONDS.observe(max(0.0, (now - committed).total_seconds()))
 
     async def catch_up_from_journal(self) -> int:

@@ -611,7 +611,7 @@ _NEVER = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
 
 
 def _moment(committed_at: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(committed_at.replace("Z", "+00:00"))
+    return domain.parse_timestamp(committed_at)
 
 
 def _verified_fields(entry: JournalEntry) -> dict[str, object]:
