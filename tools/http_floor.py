@@ -27,7 +27,7 @@ from pathlib import Path
 
 import msgspec
 
-from tools.bench import _CLOCK_TICKS_PER_S, process_stat
+from tools.bench import _CLOCK_TICKS_PER_S, _stop_process, process_stat
 from tools.embedded import free_port
 from tools.loadgen import MEASURING
 
@@ -100,8 +100,7 @@ def measure(*, duration_s: float, concurrency: int) -> dict:
             client.wait()
             elapsed_s, ticks = time.monotonic() - started, process_stat(server.pid)[1] - ticks_before
         finally:
-            server.terminate()
-            server.wait()
+            _stop_process(server)
         records = msgspec.json.decode(out.read_bytes())
     answered = sum(1 for status in records["status"] if status == 201)
     rate = answered / records["duration_s"]
