@@ -5,19 +5,17 @@ server-side cursors, with the write model, the projection and the head row hande
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
-import gc
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import psycopg
 from psycopg.types.string import TextLoader
 
 from ledger import checkpoint as signing
-from ledger import db, domain, store, tree_store
+from ledger import collector, db, domain, store, tree_store
 from projector import store as projections
 from ledger.store import audit as reads
 from ledger.audit import pool
@@ -46,10 +44,8 @@ async def run_audit(
     assert from_position >= 0, "from_position must not be negative"
     dialect = await db.detect_dialect(database_url)
     started = time.monotonic()
-    with _collector_paused():
-        async with await dialect.connection_class.connect(
-            database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S
-        ) as conn:
+    with collector.paused():
+        async with await _connect(database_url, dialect) as conn:
             # Read-only: nothing to commit, and closing the connection ends the snapshot.
             token = await reads.open_shared_snapshot(conn, dialect)
             last = await reads.last_entry_position(conn)
@@ -118,11 +114,15 @@ class _InOrder:
         self._given_back.extendleft(reversed(items))
 
 
+async def _connect(database_url: str, dialect) -> psycopg.AsyncConnection:
+    return await dialect.connection_class.connect(database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S)
+
+
 async def _joined(database_url: str, dialect, token: str) -> psycopg.AsyncConnection:
     """A second connection in the audit's snapshot that reads UUIDs and timestamps as text: the
     verifications, half a journal's entries, are compared with what the workers send as text, and
     making objects of them was most of the audit's own time."""
-    conn = await dialect.connection_class.connect(database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S)
+    conn = await _connect(database_url, dialect)
     try:
         await reads.join_shared_snapshot(conn, dialect, token)
     except BaseException:
@@ -251,20 +251,6 @@ def _position(row) -> int:
 
 def _first(row: tuple) -> int:
     return row[0]
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for the replay, as it was after. The replay makes no
-    reference cycles, but every 700 allocations the collector rescans the page of entries alive:
-    measured, 40% of the replay's CPU. Worker processes keep it off for good (`pool._join`)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _with_holds(start: Start, rows: list[domain.HoldState]) -> Start:
