@@ -21,7 +21,6 @@ from ledger.store.base import (  # noqa: F401
     WEBHOOKS_ROLE,
     fetch_all,
     fetch_one,
-    _nullable,
     _numbers,
     _texts,
     translate,

@@ -14,23 +14,11 @@ from psycopg.types.json import Jsonb
 
 import schemas
 from ledger import domain
-from ledger.store.base import fetch_all, fetch_one, _numbers, _texts
+from ledger.store.base import fetch_all, fetch_one, _encode_json, _numbers, _texts
 from ledger.store.accounts import AccountRow, insert_account
 
 
 # ---- the journal write path -----------------------------------------------------------------
-
-_encode_json = msgspec.json.Encoder().encode
-
-
-def _array(values) -> str:
-    """An array literal of numbers, UUIDs, hex digests or kinds, None as NULL: what `_numbers` and
-    `_nullable` make, but written by msgspec in C. A batch adapts some ten ids per transfer, and
-    `str()` of a UUID in Python was about 3% of the API's CPU. For these values JSON's spelling is
-    the array literal's (numbers bare, strings double-quoted with nothing to escape, null); text
-    that may hold a backslash or a control character goes through `_texts`."""
-    return "{" + _encode_json(values)[1:-1].decode() + "}"
-
 
 # Every writer of the journal takes the head row first: it orders writers and makes positions gap-free.
 _HEAD_FOR_UPDATE = "SELECT position, hash, committed_at FROM journal_head WHERE id = 1 FOR UPDATE"
@@ -56,24 +44,24 @@ async def read_batch_state(
     accounts_cursor = await conn.cursor(row_factory=class_row(domain.AccountState)).execute(
         "SELECT a.id, a.kind, a.currency, a.owner_id, b.balance FROM accounts a"
         " JOIN balances b ON b.account_id = a.id WHERE a.id = ANY(%s::UUID[])",
-        (_array(account_ids),),
+        (_numbers(account_ids),),
     )
     keys_cursor = await conn.cursor(row_factory=namedtuple_row).execute(
         "SELECT i.principal_id, i.key, i.request_hash, i.position FROM idempotency i"
         " JOIN unnest(%s::UUID[], %s::TEXT[]) AS k (principal_id, key)"
         " ON i.principal_id = k.principal_id AND i.key = k.key",
-        (_array(principal_ids), _texts(keys)),
+        (_numbers(principal_ids), _texts(keys)),
     )
     refunds_cursor = None
     if refunded_ids:
         refunds_cursor = await conn.execute(
             "SELECT transfer_id, refunded FROM refund_totals WHERE transfer_id = ANY(%s::UUID[])",
-            (_array(refunded_ids),),
+            (_numbers(refunded_ids),),
         )
     holds_cursor = None
     if hold_ids:
         holds_cursor = await conn.cursor(row_factory=class_row(domain.HoldState)).execute(
-            f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE h.id = ANY(%s::UUID[])", (_array(hold_ids),)
+            f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE h.id = ANY(%s::UUID[])", (_numbers(hold_ids),)
         )
     position, digest, committed_at = await head_cursor.fetchone()
     accounts = {account.id: account for account in await accounts_cursor.fetchall()}
@@ -101,35 +89,35 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
         " %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::UUID[], %s::UUID[]) AS e (p, t, f, o, a, c, r, m, ph, h, k, ro, ho)",
         (
             committed_at,
-            _array([e.position for e in entries]),
-            _array([e.transfer_id for e in entries]),
-            _array([e.from_account_id for e in entries]),
-            _array([e.to_account_id for e in entries]),
-            _array([e.amount for e in entries]),
+            _numbers([e.position for e in entries]),
+            _numbers([e.transfer_id for e in entries]),
+            _numbers([e.from_account_id for e in entries]),
+            _numbers([e.to_account_id for e in entries]),
+            _numbers([e.amount for e in entries]),
             _texts([e.currency for e in entries]),
             _texts([e.reference for e in entries]),
             _texts([_encode_json(e.metadata).decode() for e in entries]),
-            _array([e.prev_hash for e in entries]),
-            _array([e.hash for e in entries]),
-            _array([e.kind for e in entries]),
-            _array([e.refund_of for e in entries]),
-            _array([e.hold_id for e in entries]),
+            _numbers([e.prev_hash for e in entries]),
+            _numbers([e.hash for e in entries]),
+            _numbers([e.kind for e in entries]),
+            _numbers([e.refund_of for e in entries]),
+            _numbers([e.hold_id for e in entries]),
         ),
     )
     postings = _postings_rows(result)
     await conn.execute(
         "INSERT INTO postings (position, account_id, amount, balance_after)"
         " SELECT * FROM unnest(%s::INT8[], %s::UUID[], %s::INT8[], %s::INT8[])",
-        tuple(_array([p[i] for p in postings]) for i in range(4)),
+        tuple(_numbers([p[i] for p in postings]) for i in range(4)),
     )
     await conn.execute(
         "INSERT INTO idempotency (principal_id, key, request_hash, position)"
         " SELECT * FROM unnest(%s::UUID[], %s::TEXT[], %s::BYTEA[], %s::INT8[])",
         (
-            _array([k[0] for k in result.new_keys]),
+            _numbers([k[0] for k in result.new_keys]),
             _texts([k[1] for k in result.new_keys]),
             _texts(["\\x" + k[2].hex() for k in result.new_keys]),
-            _array([k[3] for k in result.new_keys]),
+            _numbers([k[3] for k in result.new_keys]),
         ),
     )
     await _move_balances_and_head(conn, result, committed_at=committed_at)
@@ -152,7 +140,7 @@ async def _move_balances_and_head(conn, result: domain.BatchResult, *, committed
         "UPDATE balances SET balance = balances.balance + d.delta, position = %s"
         " FROM unnest(%s::UUID[], %s::INT8[]) AS d (account_id, delta)"
         " WHERE balances.account_id = d.account_id",
-        (last.position, _array([t[0] for t in touched]), _array([t[1] for t in touched])),
+        (last.position, _numbers([t[0] for t in touched]), _numbers([t[1] for t in touched])),
     )
     if result.refunded:
         refunded = list(result.refunded.items())
@@ -160,8 +148,8 @@ async def _move_balances_and_head(conn, result: domain.BatchResult, *, committed
             "INSERT INTO refund_totals (transfer_id, transfer_amount, refunded)"
             " SELECT * FROM unnest(%s::UUID[], %s::INT8[], %s::INT8[])"
             " ON CONFLICT (transfer_id) DO UPDATE SET refunded = excluded.refunded",
-            (_array([r[0] for r in refunded]), _array([r[1][0] for r in refunded]),
-             _array([r[1][1] for r in refunded])),
+            (_numbers([r[0] for r in refunded]), _numbers([r[1][0] for r in refunded]),
+             _numbers([r[1][1] for r in refunded])),
         )
     if result.holds:
         await _write_holds(conn, list(result.holds.values()))
@@ -183,19 +171,19 @@ async def _write_holds(conn, holds: list[domain.HoldState]) -> None:
         " ON CONFLICT (id) DO UPDATE SET status = excluded.status, captured_amount = excluded.captured_amount,"
         " closed_position = excluded.closed_position, transfer_id = excluded.transfer_id",
         (
-            _array([h.id for h in holds]),
-            _array([h.from_account_id for h in holds]),
-            _array([h.to_account_id for h in holds]),
-            _array([h.amount for h in holds]),
+            _numbers([h.id for h in holds]),
+            _numbers([h.from_account_id for h in holds]),
+            _numbers([h.to_account_id for h in holds]),
+            _numbers([h.amount for h in holds]),
             _texts([h.currency for h in holds]),
             _texts([h.reference for h in holds]),
             _texts([json.dumps(h.metadata) for h in holds]),
             _texts([h.status for h in holds]),
-            _array([h.captured_amount for h in holds]),
+            _numbers([h.captured_amount for h in holds]),
             _texts([h.expires_at.isoformat() for h in holds]),
-            _array([h.position for h in holds]),
-            _array([h.closed_position for h in holds]),
-            _array([h.transfer_id for h in holds]),
+            _numbers([h.position for h in holds]),
+            _numbers([h.closed_position for h in holds]),
+            _numbers([h.transfer_id for h in holds]),
         ),
     )
 
