@@ -199,8 +199,15 @@ async def test_a_forged_watermark_does_not_turn_a_wait_into_a_busy_loop(stack):
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()
     paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
-    await publish_raw(stack, bus.WATERMARK_SUBJECT, b"999999999")
     watermark = stack.app[SERVICES].watermark
+
+    async def projected() -> bool:  # the projector's own announcement of the transfer has come
+        return watermark.position >= paid.body["position"]
+
+    # Forged only after it: a real announcement arriving later would replace the forged one
+    # before the poll below saw it (a race the followers' faster fetch made frequent).
+    await eventually(projected, timeout_s=10, interval_s=0.01)
+    await publish_raw(stack, bus.WATERMARK_SUBJECT, b"999999999")
 
     async def announced() -> bool:  # the forged announcement has reached the API
         return watermark.position == 999999999
