@@ -12,7 +12,10 @@ from api import auth
 from api.auth import Principal
 from api.framework import ANSWER_STARTED, NDJSON, Call, JournalQuery, json_response
 from api.problems import ApiError
-from ledger import merkle, store, tree, tree_store
+from ledger import store
+from proofs import merkle
+from proofs import tree
+from proofs import store as tree_store
 
 
 # ---- the journal ----------------------------------------------------------------------------

@@ -15,7 +15,9 @@ from api.framework import (
     PROJECTION_POSITION, Call, PageQuery, WaitQuery, decode_cursor, encode_cursor, json_response,
 )
 from api.problems import ApiError, problem_response
-from ledger import metrics, store, webhook_store, webhooks
+from ledger import metrics, store
+from webhooks import store as webhook_store
+from webhooks import events as webhooks
 from projector import store as projections
 
 

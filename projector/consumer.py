@@ -24,7 +24,8 @@ import nats.errors
 from prometheus_client import start_http_server
 
 import schemas
-from ledger import db, domain, metrics, store, tree
+from ledger import db, domain, metrics, store
+from proofs import tree
 from ledger.bus import SUBJECT, EventBus, raise_if_cancelled
 from ledger.config import Settings
 from projector import store as projections

@@ -26,10 +26,11 @@ import pytest_asyncio
 from psycopg import sql
 
 import schemas
-from ledger import audit, db, domain, store
-from ledger.audit import pool as audit_pool
+from ledger import db, domain, store
+import audit
+from audit import pool as audit_pool
 from ledger.store import audit as audit_reads
-from ledger import checkpoint as signing
+from proofs import signing
 from tools.seed import seed_journal
 from projector import store as projections
 from tests.conftest import eventually
@@ -538,7 +539,7 @@ async def run_cli(database_url: str, *args: str) -> Completed:
     """`ledger ...` in a child process, as an operator runs it."""
     env = {**os.environ, "LEDGER_DATABASE_URL": database_url}
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "ledger.cli", *args, env=env,
+        sys.executable, "-m", "cli", *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     stdout, stderr = await child.communicate()

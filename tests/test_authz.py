@@ -318,7 +318,8 @@ async def test_authorization(stack, world: World, probe_name: str, actor: str):
 @pytest_asyncio.fixture(scope="module", autouse=True)
 async def signed_tree_head(stack, world, tmp_path_factory) -> None:
     """A signed tree head exists, so that the latest one can be read (404 before the first)."""
-    from ledger import checkpoint, tree
+    from proofs import signing as checkpoint
+    from proofs import tree
 
     key = checkpoint.load_or_create_key(tmp_path_factory.mktemp("authz") / "key.pem")
     async with await stack.superuser() as conn:

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from ledger import cli
+import cli
 from ledger.config import ConfigError, Settings
 from tools.embedded import free_port
 
@@ -27,7 +27,7 @@ READY_S_MAX = 30.0
 
 def ledger(*argv: str, python_flags: tuple[str, ...] = (), **variables: str) -> subprocess.CompletedProcess:
     """`ledger argv...` with only `variables` of the LEDGER_ settings set."""
-    return subprocess.run([sys.executable, *python_flags, "-m", "ledger.cli", *argv], env=_environment(**variables),
+    return subprocess.run([sys.executable, *python_flags, "-m", "cli", *argv], env=_environment(**variables),
                           capture_output=True, text=True, timeout=COMMAND_S_MAX)
 
 
@@ -82,7 +82,7 @@ async def test_a_valid_environment_starts_the_api_and_it_stops_cleanly(migrated,
     variables = dict(LEDGER_DATABASE_URL=migrated, LEDGER_NATS_URL=nats_server.url, LEDGER_HTTP_PORT=str(port),
                      LEDGER_BATCH_MAX="64", LEDGER_STREAM_REPLICAS="1", LEDGER_HTTP_REUSE_PORT="no")
     with open(tmp_path / "api.log", "wb") as log:
-        api = subprocess.Popen([sys.executable, "-m", "ledger.cli", "api"], env=_environment(**variables),
+        api = subprocess.Popen([sys.executable, "-m", "cli", "api"], env=_environment(**variables),
                                stdout=log, stderr=subprocess.STDOUT)
     try:
         assert _ready(f"http://127.0.0.1:{port}/healthz", api), (tmp_path / "api.log").read_text()[-3000:]

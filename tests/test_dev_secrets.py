@@ -32,7 +32,7 @@ def dev_stack(tmp_path_factory):
     env = {**os.environ, "LEDGER_DEV_PG_PORT": str(free_port()), "LEDGER_DEV_NATS_PORT": str(free_port())}
     log = open(root / "dev.log", "wb")
     child = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "dev", "--data-dir", str(data), "--port", str(free_port())],
+        [sys.executable, "-m", "cli", "dev", "--data-dir", str(data), "--port", str(free_port())],
         env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     try:

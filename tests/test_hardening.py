@@ -123,7 +123,7 @@ async def test_events_past_the_journal_head_are_ignored_and_projection_goes_on(s
 
 
 async def test_the_audit_checks_every_verification_against_its_entry(stack):
-    from ledger import audit
+    import audit
 
     wallet = await stack.funded_wallet(1_000)
     vendor = await stack.vendor()
@@ -151,7 +151,7 @@ def projector_process(stack, tmp_path, name: str) -> subprocess.Popen:
     env = {**os.environ, "LEDGER_DATABASE_URL": stack.database_url, "LEDGER_NATS_URL": stack.nats.url,
            "LEDGER_LOG_LEVEL": "WARNING"}
     env.pop("LEDGER_METRICS_PORT", None)
-    return subprocess.Popen([sys.executable, "-m", "ledger.cli", "projector"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "cli", "projector"], env=env,
                             stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 

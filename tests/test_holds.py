@@ -9,7 +9,8 @@ import asyncio
 import time
 import uuid
 
-from ledger import audit, domain
+from ledger import domain
+import audit
 from tests.conftest import eventually
 from tests.test_refunds import second_api
 

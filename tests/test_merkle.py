@@ -1,4 +1,4 @@
-"""The pure tree math of `ledger.merkle` against a naive, recursive transcription of RFC 9162 §2.1."""
+"""The pure tree math of `proofs.merkle` against a naive, recursive transcription of RFC 9162 §2.1."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from ledger import merkle
+from proofs import merkle
 
 SIZES = range(1, 71)
 

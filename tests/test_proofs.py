@@ -12,8 +12,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ledger import audit, merkle, tree, tree_store
-from ledger import checkpoint as signing
+import audit
+from proofs import merkle
+from proofs import tree
+from proofs import store as tree_store
+from proofs import signing
 from tests.conftest import eventually
 from tests.test_audit import execute, first_failure, own_database, seeded  # noqa: F401 (fixtures)
 

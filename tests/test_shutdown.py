@@ -41,7 +41,7 @@ def _api(tmp_path: Path, database_url: str, nats_url: str) -> Child:
         "LEDGER_HTTP_PORT": str(port),
         "PYTHONUNBUFFERED": "1",
     }
-    return Child("api", [sys.executable, "-m", "ledger.cli", "api"], environment, tmp_path / "api.log",
+    return Child("api", [sys.executable, "-m", "cli", "api"], environment, tmp_path / "api.log",
                  url=f"http://127.0.0.1:{port}")
 
 

@@ -65,7 +65,7 @@ def api_process(stack, tmp_path, port: int) -> subprocess.Popen:
     env = {**os.environ, "LEDGER_DATABASE_URL": stack.database_url, "LEDGER_NATS_URL": stack.nats.url,
            "LEDGER_HTTP_PORT": str(port), "LEDGER_LOG_LEVEL": "WARNING"}
     env.pop("LEDGER_METRICS_PORT", None)
-    return subprocess.Popen([sys.executable, "-m", "ledger.cli", "api"], env=env, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "cli", "api"], env=env, start_new_session=True,
                             stdout=open(tmp_path / "api.log", "wb"), stderr=subprocess.STDOUT)
 
 

@@ -26,7 +26,7 @@ def _start_worker(stack, log_path) -> subprocess.Popen:
            "LEDGER_LOG_FORMAT": "text"}
     env.pop("LEDGER_METRICS_PORT", None)
     with open(log_path, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "ledger.cli", "webhooks"], env=env, stdin=subprocess.DEVNULL,
+        return subprocess.Popen([sys.executable, "-m", "cli", "webhooks"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 

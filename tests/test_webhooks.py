@@ -3,7 +3,7 @@ the `standardwebhooks` library (not the project's code), retries, isolation of a
 deletion, the URL policy, and the pure parts (events by kind, the retry schedule, key rotation).
 
 Receivers are aiohttp servers on 127.0.0.1 that the tests start; the worker
-(`ledger.webhook_worker.serve`) runs in the test's event loop for this module.
+(`webhooks.worker.serve`) runs in the test's event loop for this module.
 """
 
 from __future__ import annotations
@@ -25,9 +25,11 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from api.app import SERVICES
-from ledger import db, webhook_worker, webhooks
+from ledger import db
+from webhooks import worker as webhook_worker
+from webhooks import events as webhooks
 from ledger.config import ConfigError, Settings
-from ledger import webhook_store as ws
+from webhooks import store as ws
 from tests.conftest import eventually
 from tools.embedded import free_port
 

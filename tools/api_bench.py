@@ -30,7 +30,8 @@ from pathlib import Path
 
 import msgspec
 
-from ledger import db, webhooks
+from ledger import db
+from webhooks import events as webhooks
 from tools import bench
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 

@@ -58,7 +58,7 @@ def audit_in_child(database_url: str, workdir: Path, code: str | None = None) ->
         env["PYTHONPATH"] = code
     with open(report_path, "wb") as out:
         child = subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "audit", "--json"],
+            [sys.executable, "-m", "cli", "audit", "--json"],
             env=env, stdout=out, stdin=subprocess.DEVNULL, cwd=code,  # `-m` puts the working directory first
         )
         _, status, usage = os.wait4(child.pid, 0)

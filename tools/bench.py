@@ -48,7 +48,8 @@ import msgspec
 import psycopg
 from psycopg import conninfo
 
-from ledger import db, principals, tree_store
+from ledger import db, principals
+from proofs import store as tree_store
 from tools import loadgen
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
@@ -340,7 +341,7 @@ def _spawn(stack: Stack, command: str, port: int, *, cwd: Path | None = None, **
     log = open(stack.run_dir / f"{command}.log", "ab")
     with log:
         return subprocess.Popen(
-            [sys.executable, "-m", "ledger.cli", "--log-level", "WARNING", command],
+            [sys.executable, "-m", "cli", "--log-level", "WARNING", command],
             env={**_service_env(stack, port), **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=cwd,
         )
@@ -1094,7 +1095,7 @@ def _start_stack(args: argparse.Namespace, run_dir: Path) -> Stack:
         nats = EmbeddedNats(data_dir=run_dir / "nats", port=free_port())
         nats.start()
         nats_url = nats.url
-    from ledger import webhooks
+    from webhooks import events as webhooks
 
     return Stack(database_url=database_url, nats_url=nats_url, api_url="", run_dir=run_dir,
                  postgres=postgres, nats=nats, webhook_key=webhooks.new_key())

@@ -138,7 +138,7 @@ async def run(*, data_dir: str, port: int) -> None:
 def _webhook_key(root: Path) -> str:
     """The Fernet key that encrypts webhook secrets at rest, generated once into `.ledger/` (0600);
     LEDGER_WEBHOOK_KEY, when set, wins."""
-    from ledger import webhooks
+    from webhooks import events as webhooks
 
     if os.environ.get("LEDGER_WEBHOOK_KEY"):
         return os.environ["LEDGER_WEBHOOK_KEY"]
@@ -151,7 +151,7 @@ def _webhook_key(root: Path) -> str:
 async def _serve(settings: config.Settings, projector_settings: config.Settings, info: dict, *, fund: bool,
                  webhook_settings: config.Settings) -> None:
     from api.app import serve as serve_api
-    from ledger.webhook_worker import serve as serve_webhooks
+    from webhooks.worker import serve as serve_webhooks
     from projector.consumer import serve as serve_projector
 
     api = asyncio.create_task(serve_api(settings), name="api")
@@ -193,7 +193,7 @@ async def _wait_ready(api_url: str, timeout_s: float = 30.0) -> None:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from ledger.cli import run_until_signal
+    from cli import run_until_signal
 
     parser = argparse.ArgumentParser(prog="ledger dev", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=".ledger")

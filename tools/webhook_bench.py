@@ -46,8 +46,10 @@ import aiohttp
 import msgspec
 import psycopg
 
-from ledger import db, principals, store, webhook_worker, webhooks
-from ledger import webhook_store as ws
+from ledger import db, principals, store
+from webhooks import worker as webhook_worker
+from webhooks import events as webhooks
+from webhooks import store as ws
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 READY_S_MAX = 60.0
@@ -154,8 +156,8 @@ class Bench:
         await asyncio.gather(asyncio.to_thread(self.pg.start), asyncio.to_thread(self.nats.start))
         await db.migrate(self.pg.url)
         _, self.admin = await principals.create_at(self.pg.url, role="admin", name="bench")
-        self.spawn("api", [sys.executable, "-m", "ledger.cli", "api"])
-        self.spawn("projector", [sys.executable, "-m", "ledger.cli", "projector"])
+        self.spawn("api", [sys.executable, "-m", "cli", "api"])
+        self.spawn("projector", [sys.executable, "-m", "cli", "projector"])
         deadline = time.monotonic() + READY_S_MAX
         while True:
             try:
@@ -247,7 +249,7 @@ class Bench:
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
             await conn.execute("INSERT INTO webhook_checkpoint (name, position) SELECT 'main', position FROM journal_head"
                                " WHERE id = 1")
-        self.worker = self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
+        self.worker = self.spawn("webhooks", [sys.executable, "-m", "cli", "webhooks"])
 
     async def worker_ready(self, http, arrivals: Path) -> float:
         """Seconds until a probe payment reached the healthy receiver: the worker is up (imports,
@@ -285,7 +287,7 @@ class Bench:
     async def resume_worker(self) -> float:
         """Start the worker again, then wait until its checkpoint reached the head (it skips C's
         entries, which no endpoint wants): seconds it took."""
-        self.worker = self.spawn("webhooks", [sys.executable, "-m", "ledger.cli", "webhooks"])
+        self.worker = self.spawn("webhooks", [sys.executable, "-m", "cli", "webhooks"])
         started = time.monotonic()
         async with await psycopg.AsyncConnection.connect(self.pg.url, autocommit=True) as conn:
             while await _not_mapped(conn) > 0:

@@ -57,7 +57,7 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
 
 # An entry as the audit reads it: a plain tuple of the stored values in `AUDITED_COLUMNS` order,
 # UUIDs as text, the metadata decoded and the timestamp in the journal's form, ending with the
-# postings' accounts, amounts and stored balances after (`ledger.audit.replay` makes entries of it).
+# postings' accounts, amounts and stored balances after (`audit.replay` makes entries of it).
 AuditedRow = tuple
 AUDITED_COLUMNS = (
     "position", "transfer_id", "from_account_id", "to_account_id", "amount", "currency", "reference", "metadata",

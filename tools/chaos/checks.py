@@ -326,11 +326,11 @@ class Checks:
                 f" {vendor_entries} vendor entries unverified, publisher cursor {cursor}")
 
     async def audit(self) -> None:
-        if importlib.util.find_spec("ledger.audit") is None:
+        if importlib.util.find_spec("audit") is None:
             self.report.audit = "SKIPPED: ledger/audit.py does not exist yet"
             self.log.say(f"NOTICE: audit check {self.report.audit}")
             return
-        run_audit = getattr(importlib.import_module("ledger.audit"), "run_audit", None)
+        run_audit = getattr(importlib.import_module("audit"), "run_audit", None)
         if run_audit is not None and await self._audit_in_process(run_audit):
             return
         await self._audit_command()
@@ -353,7 +353,7 @@ class Checks:
 
     async def _audit_command(self) -> None:
         done = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "ledger.cli", "audit", env=self.stack.env(), cwd=REPO,
+            sys.executable, "-m", "cli", "audit", env=self.stack.env(), cwd=REPO,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         )
         try:

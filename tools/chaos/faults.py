@@ -17,7 +17,8 @@ from pathlib import Path
 
 import aiohttp
 
-from ledger import db, principals, webhooks
+from ledger import db, principals
+from webhooks import events as webhooks
 from tools.chaos.options import (
     PROCESS_READY_S_MAX, PROCESS_STOP_S_MAX, REPO, SUPERVISE_INTERVAL_S, Fault, Options,
 )
@@ -136,7 +137,7 @@ class Stack:
         await db.migrate(self.pg.url)
         admin, self.admin_token = await principals.create_at(self.pg.url, role="admin", name="chaos")
         self.admin_id = str(admin.id)
-        command = [sys.executable, "-m", "ledger.cli"]
+        command = [sys.executable, "-m", "cli"]
         for index in range(self.o.api_processes):
             port = free_port()
             self.apis.append(Child(f"api-{index}", command + ["api"], self.env(port), self.root / f"api-{index}.log",

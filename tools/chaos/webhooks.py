@@ -22,7 +22,7 @@ import uuid
 import psycopg
 from aiohttp import web
 
-from ledger.webhooks import EVENT_ID_NAMESPACE, EVENTS_BY_KIND
+from webhooks.events import EVENT_ID_NAMESPACE, EVENTS_BY_KIND
 from tools.chaos.options import Options
 from tools.chaos.report import Observer, Report
 from tools.embedded import free_port

@@ -1,7 +1,7 @@
 """Vendor webhooks, the parts without I/O: which events an entry is, how an event is signed, the
 retry schedule, the signing secrets and their encryption at rest, and which URLs are allowed.
 
-The worker that delivers them is `ledger.webhook_worker`; their SQL is in `ledger.webhook_store`.
+The worker that delivers them is `webhooks.worker`; their SQL is in `webhooks.store`.
 """
 
 from __future__ import annotations

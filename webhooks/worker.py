@@ -7,7 +7,7 @@ for) or the API's transfers, and it scales and restarts alone.
 Two tasks:
 - The mapper, a durable JetStream pull consumer (`webhooks-<name>`) that, like the projector,
   treats an event as a doorbell: whatever the messages say, it reads the journal from its own
-  checkpoint, maps each entry to the events it is for vendors (`ledger.webhooks.events_of`), and
+  checkpoint, maps each entry to the events it is for vendors (`webhooks.events.events_of`), and
   writes one delivery row per subscribed endpoint together with the moved checkpoint, in one
   transaction (the outbox of deliveries); only then are the messages acked. A forged event
   changes nothing; an event never published is found in the journal all the same.
@@ -37,12 +37,13 @@ import yarl
 from prometheus_client import start_http_server
 
 import schemas
-from ledger import collector, db, domain, logs, metrics, store, webhooks
-from ledger import webhook_store as ws
+from ledger import collector, db, domain, logs, metrics, store
+from webhooks import events as webhooks
+from webhooks import store as ws
 from ledger.bus import EventBus, raise_if_cancelled
 from ledger.config import ConfigError, Settings
 
-log = logging.getLogger("ledger.webhooks")
+log = logging.getLogger("webhooks.events")
 
 WORKER_NAME = "main"
 FETCH_BATCH_MAX = 1000

@@ -14,14 +14,15 @@ import msgspec
 import psycopg
 from psycopg.types.string import TextLoader
 
-from ledger import checkpoint as signing
-from ledger import collector, db, domain, store, tree_store
+from proofs import signing
+from ledger import collector, db, domain, store
+from proofs import store as tree_store
 from projector import store as projections
 from ledger.store import audit as reads
-from ledger.audit import pool
-from ledger.audit.report import AuditReport, PROGRESS_EVERY_ENTRIES, Progress
-from ledger.audit.replay import Original, Replay, Start, Summary
-from ledger.audit.tree_check import TreeCheck
+from audit import pool
+from audit.report import AuditReport, PROGRESS_EVERY_ENTRIES, Progress
+from audit.replay import Original, Replay, Start, Summary
+from audit.tree_check import TreeCheck
 from schemas import Verification
 
 

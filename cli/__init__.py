@@ -189,12 +189,12 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
         else:
             run_until_signal(consumer.serve(settings, metrics_listener=True))
     elif args.command == "audit":
-        from ledger import audit
+        import audit
 
         return audit.main(settings, as_json=args.json, from_position=args.from_position, checkpoint=args.checkpoint,
                           public_key=args.public_key)
     elif args.command == "checkpoint":
-        from ledger import checkpoint
+        from proofs import signing as checkpoint
 
         return checkpoint.main(settings, key_path=args.key, out=args.out, export_public_key=args.export_public_key)
     elif args.command == "principal":
@@ -206,7 +206,7 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
 
 def _webhooks(args: argparse.Namespace, settings) -> int:
     """`ledger webhooks [run]`: the worker; `ledger webhooks rotate-key`: re-encrypt every secret."""
-    from ledger import webhook_worker
+    from webhooks import worker as webhook_worker
     from ledger.config import ConfigError
 
     try:

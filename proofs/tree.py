@@ -10,7 +10,7 @@ of the stored size, read back from `merkle_nodes`) and writes every subtree they
 the new size, in one transaction.
 
 A proof for any size up to the journal head reads O(log n) stored subtrees in one statement
-(`ledger.merkle` plans which). When the follower is behind the asked size, the tail (at most
+(`proofs.merkle` plans which). When the follower is behind the asked size, the tail (at most
 `TAIL_ENTRIES_MAX` entries) is hashed on the fly from the journal, so a proof never waits for it.
 """
 
@@ -23,11 +23,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger import checkpoint as signing
-from ledger import domain, logs, merkle, store, tree_store
-from ledger.merkle import Key
+from proofs import signing
+from ledger import domain, logs, store
+from proofs import merkle
+from proofs import store as tree_store
+from proofs.merkle import Key
 
-log = logging.getLogger("ledger.tree")
+log = logging.getLogger("proofs.tree")
 
 PAGE_ENTRIES_MAX = 10_000  # leaves appended per transaction
 POLL_S = 0.1  # how often a caught-up follower looks for new entries (a round costs ~0.8 ms of CPU)

@@ -26,7 +26,7 @@ import psycopg
 
 from ledger import db, dialect as dialects
 from ledger.store import audit as reads
-from ledger.audit.replay import AccountsByText, Summary, entries_from_rows, hash_mismatches, summarize
+from audit.replay import AccountsByText, Summary, entries_from_rows, hash_mismatches, summarize
 
 # Positions one worker reads and checks at a time: large enough that a task's overhead (a
 # query, a round trip between processes) is small beside it, small enough to keep in memory.

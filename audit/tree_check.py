@@ -3,9 +3,9 @@ signed tree head checked against it."""
 
 from __future__ import annotations
 
-from ledger import checkpoint as signing
-from ledger import merkle
-from ledger.audit.report import Findings
+from proofs import signing
+from proofs import merkle
+from audit.report import Findings
 
 
 class TreeCheck:

@@ -134,7 +134,7 @@ async def take_checkpoint(database_url: str, key: Ed25519PrivateKey) -> SignedCh
 
 async def take_tree_head(database_url: str, key: Ed25519PrivateKey, *, tree_size: int):
     """Sign the Merkle tree head at `tree_size` and record it in `signed_tree_heads`, as the auditor."""
-    from ledger import tree
+    from proofs import tree
 
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await store.use_auditor_role(conn)

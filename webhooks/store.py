@@ -2,7 +2,7 @@
 
 Apart from `ledger.store` (the journal's) as `projector.store` is apart for the read models: one
 module per kind of I/O. The API registers and lists endpoints and reads deliveries; the webhook
-worker (`ledger.webhook_worker`, role `ledger_webhooks`) writes delivery rows together with its
+worker (`webhooks.worker`, role `ledger_webhooks`) writes delivery rows together with its
 checkpoint, claims due rows with a lease (`FOR UPDATE SKIP LOCKED`, which CockroachDB has since
 23.1) and records each attempt. Driver errors are translated by the pool (`ledger.db`).
 """
@@ -19,7 +19,7 @@ from psycopg.rows import args_row, class_row, kwargs_row
 import schemas
 from ledger import store
 from ledger.store import WEBHOOKS_ROLE
-from ledger.webhooks import Event
+from webhooks.events import Event
 
 __all__ = ["WEBHOOKS_ROLE"]
 

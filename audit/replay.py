@@ -13,7 +13,7 @@ import msgspec
 
 from ledger import domain
 from schemas import JournalEntry, Posting, Verification
-from ledger.audit.report import Balances, EXAMPLES_IN_DETAIL_MAX, Findings
+from audit.report import Balances, EXAMPLES_IN_DETAIL_MAX, Findings
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 from ledger import domain
-from ledger.merkle import Key, key_end
+from proofs.merkle import Key, key_end
 
 # Nodes the audit's server-side cursor fetches per round trip.
 NODE_FETCH_ROWS = 10_000

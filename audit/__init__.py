@@ -12,7 +12,7 @@ the report's first failure is the lowest such position (ties in the order of `CH
 
 from __future__ import annotations
 
-from ledger.audit.report import (  # noqa: F401
+from audit.report import (  # noqa: F401
     AuditReport,
     Balances,
     CHECKS,
@@ -27,7 +27,7 @@ from ledger.audit.report import (  # noqa: F401
     PROGRESS_EVERY_ENTRIES,
     Progress,
 )
-from ledger.audit.replay import (  # noqa: F401
+from audit.replay import (  # noqa: F401
     HOLD_KINDS,
     Original,
     Replay,
@@ -41,17 +41,17 @@ from ledger.audit.replay import (  # noqa: F401
     hash_mismatches,
     summarize,
 )
-from ledger.audit.tree_check import (  # noqa: F401
+from audit.tree_check import (  # noqa: F401
     TreeCheck,
 )
-from ledger.audit.snapshot import (  # noqa: F401
+from audit.snapshot import (  # noqa: F401
     _replay,
     _start,
     _unusable_checkpoint,
     _with_holds,
     run_audit,
 )
-from ledger.audit.command import (  # noqa: F401
+from audit.command import (  # noqa: F401
     ProgressBar,
     main,
     render,

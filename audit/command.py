@@ -10,10 +10,10 @@ from pathlib import Path
 import msgspec
 import psycopg
 
-from ledger import checkpoint as signing
+from proofs import signing
 from ledger import config
-from ledger.audit.report import AuditReport, EXIT_CLEAN, EXIT_FAILED, EXIT_UNABLE, PROGRESS_BAR_CHARS
-from ledger.audit.snapshot import run_audit
+from audit.report import AuditReport, EXIT_CLEAN, EXIT_FAILED, EXIT_UNABLE, PROGRESS_BAR_CHARS
+from audit.snapshot import run_audit
 
 
 # ---- `ledger audit` -------------------------------------------------------------------------
