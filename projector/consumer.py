@@ -43,7 +43,7 @@ _decoder = msgspec.json.Decoder(schemas.JournalEntry)
 class Projector:
     def __init__(self, *, settings: Settings, pool, bus: EventBus) -> None:
         self._settings = settings
-        self._name = settings.projector_name
+        self._name = settings.projector.name
         self._pool = pool
         self._bus = bus
         self.watermark = 0
@@ -183,15 +183,15 @@ class Projector:
 
 
 def _bus(settings: Settings, name: str) -> EventBus:
-    return EventBus(settings.nats_url, name=name, stream_replicas=settings.stream_replicas,
-                    stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes)
+    return EventBus(settings.nats.url, name=name, stream_replicas=settings.nats.stream_replicas,
+                    stream_max_age_s=settings.nats.stream_max_age_s, stream_max_bytes=settings.nats.stream_max_bytes)
 
 
 async def rebuild(settings: Settings, pool) -> int:
     """Drop the read models and replay them from the journal (stop the projector first)."""
     async with pool.connection() as conn:
         async with conn.transaction():
-            await projections.reset(conn, settings.projector_name)
+            await projections.reset(conn, settings.projector.name)
     projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "ledger-rebuild"))
     position = await projector.catch_up_from_journal()
     async with pool.connection() as conn:
@@ -201,7 +201,7 @@ async def rebuild(settings: Settings, pool) -> int:
 
 async def rebuild_at(settings: Settings) -> int:
     """`ledger projector rebuild`: `rebuild` on a pool of its own."""
-    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, timeouts=db.timeouts_from(settings))
+    pool = db.make_pool(settings.database.url, role=store.PROJECTOR_ROLE, size_max=2, timeouts=db.timeouts_from(settings.database))
     await pool.open(wait=True)
     try:
         return await rebuild(settings, pool)
@@ -212,26 +212,26 @@ async def rebuild_at(settings: Settings) -> int:
 async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     """`metrics_listener`: serve /metrics on LEDGER_METRICS_PORT, when the projector runs in its own
     process (`ledger projector`); inside `ledger dev` the API's listener already shows its metrics."""
-    dialect = await db.wait_for_dialect(settings.database_url)
+    dialect = await db.wait_for_dialect(settings.database.url)
     # The read models are derived from the journal with their checkpoint in the same transaction:
     # a commit lost in a crash is applied again, so they need not wait for the WAL flush. The
     # Merkle tree follower, which signs tree heads that auditors keep, has a durable pool of its own.
-    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=1, dialect=dialect, name="projector",
-                        timeouts=db.timeouts_from(settings), relaxed=True)
+    pool = db.make_pool(settings.database.url, role=store.PROJECTOR_ROLE, size_max=1, dialect=dialect, name="projector",
+                        timeouts=db.timeouts_from(settings.database), relaxed=True)
     await pool.open(wait=True)
-    tree_pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=1, dialect=dialect,
-                             name="tree", timeouts=db.timeouts_from(settings))
+    tree_pool = db.make_pool(settings.database.url, role=store.PROJECTOR_ROLE, size_max=1, dialect=dialect,
+                             name="tree", timeouts=db.timeouts_from(settings.database))
     await tree_pool.open(wait=True)
     bus = _bus(settings, "ledger-projector")
     bus.start()
     metrics_server = None
-    if metrics_listener and settings.metrics_port is not None:
-        metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.http_host)
+    if metrics_listener and settings.http.metrics_port is not None:
+        metrics_server, _ = start_http_server(settings.http.metrics_port, addr=settings.http.host)
     # The Merkle tree follows the journal beside the projector, with its own checkpoint (unless
     # LEDGER_TREE_FOLLOWER=0 leaves it to another projector process).
     tree_task = None
-    if settings.tree_follower:
-        follower = tree.TreeFollower(tree_pool, sign_interval_s=settings.checkpoint_interval_s, key_path=settings.signing_key)
+    if settings.proofs.tree_follower:
+        follower = tree.TreeFollower(tree_pool, sign_interval_s=settings.proofs.sign_interval_s, key_path=settings.proofs.signing_key)
         tree_task = asyncio.create_task(follower.run(), name="tree-follower")
     try:
         await Projector(settings=settings, pool=pool, bus=bus).run()

@@ -22,14 +22,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ledger import config, domain, store
+from ledger import config, db, domain, store
+from ledger.exits import Exit
 
 SIGNED_FORMAT_VERSION = "ledger-checkpoint-v1"
 KEY_FILE_MODE = 0o600
 KEY_DIR_MODE = 0o700
-EXIT_SIGNED = 0
-EXIT_NOTHING_TO_SIGN = 1
-EXIT_UNABLE = 2
 
 _HEX64 = "^[0-9a-f]{64}$"
 
@@ -117,7 +115,7 @@ def encode(checkpoint: SignedCheckpoint) -> bytes:
 
 async def take_checkpoint(database_url: str, key: Ed25519PrivateKey) -> SignedCheckpoint:
     """Sign the current head and record the signature in `signed_checkpoints`, as the auditor."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+    async with await db.connect(database_url) as conn:
         await store.use_auditor_role(conn)
         async with conn.transaction():
             head = await store.journal_head(conn)
@@ -136,7 +134,7 @@ async def take_tree_head(database_url: str, key: Ed25519PrivateKey, *, tree_size
     """Sign the Merkle tree head at `tree_size` and record it in `signed_tree_heads`, as the auditor."""
     from proofs import tree
 
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+    async with await db.connect(database_url) as conn:
         await store.use_auditor_role(conn)
         return await tree.sign_head(conn, key, tree_size=tree_size)
 
@@ -148,29 +146,29 @@ def main(settings: config.Settings, *, key_path: str, out: str | None, export_pu
         key = load_or_create_key(Path(key_path))
     except (OSError, ValueError) as error:
         print(f"ledger checkpoint: cannot use the key {key_path}: {error}", file=sys.stderr)
-        return EXIT_UNABLE
+        return Exit.USAGE
     if export_public_key:
         print(public_key_hex(key))
-        return EXIT_SIGNED
+        return Exit.OK
     try:
-        checkpoint = asyncio.run(take_checkpoint(settings.database_url, key))
+        checkpoint = asyncio.run(take_checkpoint(settings.database.url, key))
     except EmptyJournal:
         print("ledger checkpoint: the journal is empty, nothing to sign", file=sys.stderr)
-        return EXIT_NOTHING_TO_SIGN
+        return Exit.CHECK_FAILED
     except psycopg.OperationalError:
         raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:
         print(f"ledger checkpoint: cannot read the journal head: {str(error).strip().splitlines()[0]}",
               file=sys.stderr)
-        return EXIT_UNABLE
-    head = asyncio.run(take_tree_head(settings.database_url, key, tree_size=checkpoint.position))
+        return Exit.USAGE
+    head = asyncio.run(take_tree_head(settings.database.url, key, tree_size=checkpoint.position))
     print(f"signed tree head {head.tree_size} root {head.root_hash}", file=sys.stderr)
     if out is None:
         sys.stdout.buffer.write(encode(checkpoint))
     else:
         Path(out).write_bytes(encode(checkpoint))
         print(f"signed position {checkpoint.position} ({checkpoint.hash}) into {out}", file=sys.stderr)
-    return EXIT_SIGNED
+    return Exit.OK
 
 
 # ---- signed tree heads (v2: the Merkle root as well as the head) ------------------------------

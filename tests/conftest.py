@@ -165,17 +165,17 @@ class Vendor:
 async def stack(migrated, postgres, nats_server):
     # A small waiters cap, so the test of the cap stays within one client's 100 connections.
     # Webhook receivers in tests are loopback servers the tests start, hence allow_private.
-    settings = Settings(database_url=migrated, nats_url=nats_server.url, http_port=free_port(),
-                        outbox_sweep_interval_ms=200, waiters_max=50, webhook_key=WEBHOOK_KEY,
-                        webhook_allow_private=True)
+    settings = Settings().replace(database={"url": migrated}, nats={"url": nats_server.url}, http={"port": free_port()},
+                                  committer={"outbox_sweep_interval_ms": 200}, api={"waiters_max": 50},
+                                  webhooks={"key": WEBHOOK_KEY, "allow_private": True})
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    await web.TCPSite(runner, settings.http.host, settings.http.port).start()
     projector = asyncio.create_task(consumer.serve(settings), name="test-projector")
     _, admin = await principals.create_at(migrated, role="admin", name="test admin")
     async with aiohttp.ClientSession() as session:
-        client = Client(session, f"http://{settings.http_host}:{settings.http_port}")
+        client = Client(session, f"http://{settings.http.host}:{settings.http.port}")
         yield Stack(settings, client, admin, migrated, postgres, nats_server, app)
     async def teardown() -> None:
         projector.cancel()

@@ -52,7 +52,7 @@ async def publish_raw(stack, subject: str, payload: bytes, *, msg_id: str | None
 
         async def consumed() -> bool:
             try:
-                info = await js.consumer_info(bus.STREAM, f"projector-{stack.settings.projector_name}")
+                info = await js.consumer_info(bus.STREAM, f"projector-{stack.settings.projector.name}")
             except nats.js.errors.NotFoundError:  # the projector has not subscribed yet
                 return False
             return info.ack_floor.stream_seq >= ack.seq
@@ -133,14 +133,14 @@ async def test_the_audit_checks_every_verification_against_its_entry(stack):
     async with await stack.superuser() as conn:
         await conn.execute("UPDATE verifications SET amount = 4000 WHERE transfer_id = %s", (paid.body["id"],))
     try:
-        report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
+        report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector.name)
         failed = [c for c in report.checks if not c.ok]
         assert [c.name for c in failed] == ["verifications"], [(c.name, c.first) for c in failed]
         assert failed[0].first.position == paid.body["position"]
     finally:
         async with await stack.superuser() as conn:
             await conn.execute("UPDATE verifications SET amount = 40 WHERE transfer_id = %s", (paid.body["id"],))
-    report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
+    report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector.name)
     assert report.ok, report.first_failure
 
 
@@ -174,7 +174,7 @@ async def test_two_projector_processes_under_load_apply_each_entry_once(stack, t
         async def converged() -> bool:
             async with await stack.superuser() as conn:
                 row = await (await conn.execute(
-                    "SELECT position FROM projector_checkpoint WHERE name = %s", (stack.settings.projector_name,)
+                    "SELECT position FROM projector_checkpoint WHERE name = %s", (stack.settings.projector.name,)
                 )).fetchone()
             return row is not None and row[0] >= last and await projected_matches_journal(stack, accounts)
 
@@ -227,7 +227,7 @@ async def test_waiters_past_the_cap_get_503_with_retry_after(stack):
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()
     paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
-    cap = stack.settings.waiters_max
+    cap = stack.settings.api.waiters_max
     params = {"min_position": paid.body["position"] + 10**9, "wait_ms": 1500}
     replies = await asyncio.gather(*(
         stack.client.get(verification_path(vendor.account_id, paid.body["id"]), token=vendor.token, params=params)
@@ -248,14 +248,13 @@ async def test_a_journal_export_that_fails_mid_stream_is_cut_not_answered_twice(
     await seed_journal(stack.database_url, entries=3000, accounts=10)
     name = f"export-{uuid.uuid4().hex[:8]}"
     separator = "&" if "?" in stack.database_url else "?"
-    settings = stack.settings.__class__(**{**stack.settings.__dict__,
-                                           "database_url": f"{stack.database_url}{separator}application_name={name}",
-                                           "http_port": free_port()})
+    settings = stack.settings.replace(database={"url": f"{stack.database_url}{separator}application_name={name}"},
+                                      http={"port": free_port()})
     runner = web.AppRunner(build_app(settings), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    await web.TCPSite(runner, settings.http.host, settings.http.port).start()
     try:
-        url = f"http://{settings.http_host}:{settings.http_port}/v1/journal"
+        url = f"http://{settings.http.host}:{settings.http.port}/v1/journal"
         async with aiohttp.ClientSession() as session:
             async with session.get(url, params={"limit": 10000},
                                    headers={"Authorization": f"Bearer {stack.admin}"}) as response:

@@ -8,7 +8,6 @@ import asyncio
 import hashlib
 import json
 import contextlib
-import dataclasses
 import uuid
 
 import aiohttp
@@ -118,13 +117,13 @@ async def test_refunds_racing_in_one_batch_never_pass_the_original(stack):
 async def second_api(stack):
     """Another API process's worth: its own app, committer and connection pools, on the same
     database, so its batches race the session API's in separate transactions."""
-    settings = dataclasses.replace(stack.settings, http_port=free_port())
+    settings = stack.settings.replace(http={"port": free_port()})
     runner = web.AppRunner(build_app(settings), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    await web.TCPSite(runner, settings.http.host, settings.http.port).start()
     try:
         async with aiohttp.ClientSession() as session:
-            yield type(stack.client)(session, f"http://{settings.http_host}:{settings.http_port}")
+            yield type(stack.client)(session, f"http://{settings.http.host}:{settings.http.port}")
     finally:
         await runner.cleanup()
 

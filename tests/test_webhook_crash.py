@@ -22,7 +22,7 @@ DELIVERED_S_MAX = 90.0  # the lease (30 s) plus a loaded machine
 
 def _start_worker(stack, log_path) -> subprocess.Popen:
     env = {**os.environ, "LEDGER_DATABASE_URL": stack.database_url, "LEDGER_NATS_URL": stack.nats.url,
-           "LEDGER_WEBHOOK_KEY": stack.settings.webhook_key, "LEDGER_WEBHOOK_ALLOW_PRIVATE": "1",
+           "LEDGER_WEBHOOK_KEY": stack.settings.webhooks.key, "LEDGER_WEBHOOK_ALLOW_PRIVATE": "1",
            "LEDGER_LOG_FORMAT": "text"}
     env.pop("LEDGER_METRICS_PORT", None)
     with open(log_path, "ab") as out:
