@@ -321,12 +321,16 @@ def markdown_table() -> str:
     for _, each in declared():
         about = declaration(each)
         if about.variable:
-            default = about.shown or _shown(each.default)
+            default = shown_default(each)
             rows.append(f"| `{about.variable}` | {default} | {_range_text(each, about)} | {about.meaning} |")
     return "\n".join(rows) + "\n"
 
 
-def _shown(value: object) -> str:
+def shown_default(each: dataclasses.Field) -> str:
+    """A setting's default as the README shows it: as set in the environment, unset, or `shown`."""
+    value = each.default
+    if declaration(each).shown:
+        return declaration(each).shown
     if value is None:
         return "unset"
     if isinstance(value, bool):

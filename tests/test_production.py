@@ -357,7 +357,7 @@ def test_compose_file_has_the_production_shape():
     assert services["migrate"]["depends_on"]["db-setup"]["condition"] == "service_completed_successfully"
     assert services["api"]["command"] == ["api"] and services["api"]["deploy"]["replicas"] == 2
     assert services["projector"]["environment"]["LEDGER_METRICS_PORT"] == "9100"
-    assert services["api"]["environment"][config.VARIABLES["stream_replicas"]] == "3"
+    assert services["api"]["environment"]["LEDGER_STREAM_REPLICAS"] == "3"
     for name in ("nats1", "nats2", "nats3"):
         assert services[name]["command"][-2:] == ["--name", name]
     scraped = (ROOT / "deploy" / "prometheus.yml").read_text()

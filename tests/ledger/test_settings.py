@@ -40,7 +40,7 @@ def test_every_setting_is_declared_with_a_meaning_and_every_variable_once():
 @pytest.mark.parametrize("section, field", [(s, f) for s, f in config.declared() if config.declaration(f).variable],
                          ids=lambda item: getattr(item, "name", item))
 def test_the_default_the_readme_shows_is_the_default_read_from_the_environment(section, field):
-    shown = config.declaration(field).shown or config._shown(field.default)
+    shown = config.shown_default(field)
     text = shown.split(" ")[0].strip("`")
     if shown.startswith("unset"):
         environ = {}
