@@ -87,7 +87,7 @@ PGBENCH_THREADS = 2
 HOTSPOTS_SHOWN = 15
 PROFILE_RATE_HZ = 200
 # Frames under every sample of the API (start-up and the event loop's entry): no information inclusive.
-_ROOT_FRAMES = ("(<frozen runpy>)", "(ledger/cli.py)", "(tools/bench.py)", "(asyncio/runners.py)")
+_ROOT_FRAMES = ("(<frozen runpy>)", "(cli/__init__.py)", "(tools/bench.py)", "(asyncio/runners.py)")
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
 _LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
