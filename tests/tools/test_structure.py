@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp
@@ -14,14 +15,10 @@ from tools import readme_tree
 
 REPO = readme_tree.REPO
 FUNCTION_LINES_MAX = 60  # from `def` to its last line, docstring and nested functions included
-MODULE_LINES_MAX = 500
+MODULE_LINES_MAX = 500  # lines of a runtime module, all of them
 SUMMARY_CHARS_MAX = 100  # a docstring's first line, as the README tree shows it
-# Every package the import graph holds: the runtime and the tooling. Tests stay outside.
-GRAPH_PACKAGES = (*readme_tree.RUNTIME_PACKAGES, "tools")
-
-
-def _runtime_modules() -> list[Path]:
-    return readme_tree.runtime_modules()
+# The packages the contracts see (the runtime and the tooling; tests stay outside), named once.
+GRAPH_PACKAGES = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["root_packages"]
 
 
 def _name(path: Path) -> str:
@@ -31,6 +28,7 @@ def _name(path: Path) -> str:
 def test_the_import_contracts_hold():
     """`lint-imports` checks the contracts of pyproject.toml: layers, the client, the tooling, cycles."""
     lint_imports = Path(sys.executable).parent / "lint-imports"
+    assert lint_imports.exists(), "import-linter is in the test extra: pip install -e '.[test]'"
     result = subprocess.run(
         [str(lint_imports), "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=120
     )
@@ -40,7 +38,7 @@ def test_the_import_contracts_hold():
 def test_no_module_is_part_of_an_import_cycle():
     """Stricter than the acyclic_siblings contract, which compares siblings only: a package and one
     of its own modules importing each other (lazily or not) is a cycle too."""
-    graph = grimp.build_graph(*GRAPH_PACKAGES)
+    graph = grimp.build_graph(*GRAPH_PACKAGES, cache_dir=None)
     cycles = {
         frozenset(chain): " -> ".join((importer, *chain))
         for importer in graph.modules
@@ -53,7 +51,7 @@ def test_no_module_is_part_of_an_import_cycle():
 def test_every_runtime_function_is_at_most_60_lines():
     offenders = [
         f"{_name(path)}:{node.lineno} {node.name} is {node.end_lineno - node.lineno + 1} lines"
-        for path in _runtime_modules()
+        for path in readme_tree.runtime_modules()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
         and node.end_lineno - node.lineno + 1 > FUNCTION_LINES_MAX
@@ -62,7 +60,7 @@ def test_every_runtime_function_is_at_most_60_lines():
 
 
 def test_every_runtime_module_is_at_most_500_lines():
-    lengths = {_name(path): len(path.read_text(encoding="utf-8").splitlines()) for path in _runtime_modules()}
+    lengths = {_name(path): len(path.read_text(encoding="utf-8").splitlines()) for path in readme_tree.runtime_modules()}
     offenders = [f"{name} is {lines} lines" for name, lines in lengths.items() if lines > MODULE_LINES_MAX]
     assert not offenders, f"modules over {MODULE_LINES_MAX} lines:\n" + "\n".join(offenders)
 
@@ -70,7 +68,7 @@ def test_every_runtime_module_is_at_most_500_lines():
 def test_every_runtime_module_opens_with_a_one_line_summary():
     """PEP 257: a summary line that stands alone (the README tree shows it), then a blank line."""
     offenders = []
-    for path in _runtime_modules():
+    for path in readme_tree.runtime_modules():
         docstring = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
         lines = docstring.splitlines() or [""]
         if not lines[0].strip():
