@@ -85,3 +85,11 @@ def test_the_readme_tree_is_the_one_the_code_gives():
     assert readme_tree.with_tree(readme, readme_tree.tree()) == readme, (
         "README.md's module tree is out of date: run `python -m tools.readme_tree --write`"
     )
+
+
+def test_the_image_copies_every_runtime_package_and_no_tooling():
+    """deploy/Dockerfile installs from the packages it copies; one left out is missing in production."""
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ") and "/src/" in line}
+    copied -= {"pyproject.toml"}
+    assert copied == set(readme_tree.RUNTIME_PACKAGES), f"copied {sorted(copied)}"
