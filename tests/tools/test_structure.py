@@ -4,6 +4,8 @@ and a README tree that matches the code. None of these needs a server."""
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 import subprocess
 import sys
 import tomllib
@@ -93,3 +95,34 @@ def test_the_image_copies_every_runtime_package_and_no_tooling():
     copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ") and "/src/" in line}
     copied -= {"pyproject.toml"}
     assert copied == set(readme_tree.RUNTIME_PACKAGES), f"copied {sorted(copied)}"
+
+
+def test_docs_architecture_names_only_code_that_exists():
+    """A module, function or NATS subject renamed leaves docs/architecture.md naming what is gone."""
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    names = set(re.findall(r"`([A-Za-z_][\w./]*)`", text))
+    missing = [name for name in sorted(names) if not _exists(name)]
+    assert not missing, "docs/architecture.md names what the code no longer has: " + ", ".join(missing)
+
+
+def _exists(name: str) -> bool:
+    """A path (`ledger/outbox.py`, `audit/`), a dotted name under a runtime package
+    (`projector.consumer.serve`), or a subject (`ledger.v1.transfers.committed`); anything else
+    (tables, settings, commands) is not checked here."""
+    if "/" in name:
+        return (REPO / name).exists()
+    package, _, rest = name.partition(".")
+    if package not in readme_tree.RUNTIME_PACKAGES or not rest:
+        return True
+    if name.startswith("ledger.v1."):
+        from ledger import bus
+
+        return name in (bus.SUBJECT, bus.WATERMARK_SUBJECT)
+    parts = name.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:split]))
+        except ModuleNotFoundError:
+            continue
+        return all((found := getattr(found, attribute, None)) is not None for attribute in parts[split:])
+    return False
