@@ -1,5 +1,6 @@
-"""The shape of the code: the dependency rule, no import cycle, the size limits, one-line docstrings
-and a README tree that matches the code. None of these needs a server."""
+"""The shape of the code: the dependency rule, no import cycle, the size limits, one-line docstrings,
+a README tree and an architecture page that match the code, an image that holds the whole runtime.
+None of these needs a server."""
 
 from __future__ import annotations
 
