@@ -1,4 +1,4 @@
-"""Every SQL statement of the ledger's write model, in the subset PostgreSQL and CockroachDB both accept.
+"""Every SQL statement of the ledger's write model, in the subset PostgreSQL and CockroachDB accept.
 
 One module per part: `base` (roles, grants, errors), `migrations`, `accounts` (principals,
 tokens, accounts, statements), `journal` (the write path, holds, entries, publisher cursor, bulk append)
