@@ -1,7 +1,7 @@
-"""Configuration: every setting declared once, in the section of the processes that read it, with
-its environment variable, default, range and meaning; read from the environment once and checked.
+"""Configuration: every setting declared once, in its process's section, read from the environment once
 
-The sections follow the processes, so a reader sees what each one depends on:
+Each setting has its environment variable, default, range and meaning in one declaration, and is
+checked when its section is built. The sections follow the processes, so a reader sees what each one depends on:
 
 | section | read by |
 |---|---|

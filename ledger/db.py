@@ -1,7 +1,8 @@
-"""Database connections, opened one way: `connect` for one connection, `connect_blocking` for
-one in a worker process without an event loop, `make_pool` for a pool. Every runtime caller opens
-its connections here, so the connect timeout, the TCP keepalives, the dialect's connection class
-and the driver-error translation are written once.
+"""Database connections, opened one way: one connection (`connect`), or a pool (`make_pool`)
+
+`connect_blocking` is `connect` in a worker process without an event loop. Every runtime caller
+opens its connections here, so the connect timeout, the TCP keepalives, the dialect's connection
+class and the driver-error translation are written once.
 
 The login in LEDGER_DATABASE_URL may be powerful (in `ledger dev` it is the superuser); every
 service connection runs `SET ROLE` first, so the service only ever holds the privileges of its

@@ -1,6 +1,7 @@
-"""The exit codes of every `ledger` command (CONTRACT.md "Command line", the README's table),
-declared once: the commands that return them live in `cli`, `audit` and `proofs`, and all three
-may import the shared base.
+"""The exit codes of every `ledger` command, declared once (CONTRACT.md "Command line")
+
+The commands that return them live in `cli`, `audit` and `proofs`, and all three may import the
+shared base; the README's table of exit codes says the same.
 """
 
 from __future__ import annotations
