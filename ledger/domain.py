@@ -77,7 +77,7 @@ class AccountState:
         return self.kind == "system"
 
 
-class TransferCommand(msgspec.Struct, frozen=True):
+class EntryCommand(msgspec.Struct, frozen=True):
     """A validated request: shape, role and limits are already checked at the edge. A frozen
     Struct rather than a frozen dataclass: one is built per request, and the dataclass's
     `object.__setattr__` per field cost more than the rest of building it."""
@@ -213,7 +213,7 @@ def recompute_hash(entry: JournalEntry) -> str:
 
 
 def seal(
-    *, position: int, transfer_id: uuid.UUID, command: TransferCommand, committed_at: str, prev_hash: str,
+    *, position: int, transfer_id: uuid.UUID, command: EntryCommand, committed_at: str, prev_hash: str,
     hold: HoldState | None = None,
 ) -> JournalEntry:
     """Build the double entry for a decided command and chain it to its predecessor. A hold's
@@ -265,7 +265,7 @@ def hold_postings(kind: str, hold: HoldState, *, captured: int = 0) -> tuple[lis
 
 
 def check_hold_step(
-    command: TransferCommand, hold: HoldState | None, accounts: dict[uuid.UUID, AccountState], now: dt.datetime
+    command: EntryCommand, hold: HoldState | None, accounts: dict[uuid.UUID, AccountState], now: dt.datetime
 ) -> Rejection | None:
     """A capture, void or expiry of a hold, against the hold's state as the batch has it so far:
     exactly one closing step of a hold ever commits, and what the batch clock says about
@@ -292,7 +292,7 @@ def check_hold_step(
 
 
 def check(
-    command: TransferCommand, accounts: dict[uuid.UUID, AccountState], refunded: dict[uuid.UUID, int]
+    command: EntryCommand, accounts: dict[uuid.UUID, AccountState], refunded: dict[uuid.UUID, int]
 ) -> Rejection | None:
     """The contract's checks after idempotency, in its order: ownership, then business rules.
     A new hold is checked as a transfer from the wallet to the currency's holding account, with
@@ -352,7 +352,7 @@ class BatchResult:
 
 
 def decide_batch(
-    commands: list[TransferCommand],
+    commands: list[EntryCommand],
     state: BatchState,
     *,
     committed_at: str,
@@ -423,7 +423,7 @@ def decide_batch(
     return result
 
 
-def _new_hold(command: TransferCommand, position: int, now: dt.datetime) -> HoldState:
+def _new_hold(command: EntryCommand, position: int, now: dt.datetime) -> HoldState:
     return HoldState(
         id=command.hold_id, from_account_id=command.from_account_id, to_account_id=command.to_account_id,
         amount=command.amount, currency=command.currency, reference=command.reference,
