@@ -373,17 +373,11 @@ def decide_batch(
         scope = (command.principal_id, command.idempotency_key)
         stored = keys.get(scope)
         if stored is not None:
-            stored_hash, stored_position = stored
-            if stored_hash == command.request_hash:
-                result.outcomes.append(Replayed(stored_position))
-            else:
-                result.outcomes.append(Rejected(Rejection.idempotency_key_reused))
+            result.outcomes.append(_known_key(command, *stored))
             continue
-        hold = holds.get(command.hold_id) if command.kind in HOLD_CLOSING_KINDS else None
-        if command.kind in HOLD_CLOSING_KINDS:
-            rejection = check_hold_step(command, hold, accounts, now)
-        else:
-            rejection = check(command, accounts, refunded)
+        closing = command.kind in HOLD_CLOSING_KINDS
+        hold = holds.get(command.hold_id) if closing else None
+        rejection = check_hold_step(command, hold, accounts, now) if closing else check(command, accounts, refunded)
         if rejection is not None:
             result.outcomes.append(Rejected(rejection))
             continue
@@ -397,15 +391,7 @@ def decide_batch(
         if hold is not None:
             hold = holds[hold.id] = result.holds[hold.id] = after_step(hold, entry)
         prev_hash = entry.hash
-        after = result.balances_after[position] = []
-        for posting in entry.postings:
-            before = accounts[posting.account_id]
-            accounts[posting.account_id] = AccountState(
-                before.id, before.kind, before.currency, before.owner_id, before.balance + posting.amount
-            )
-            after.append(before.balance + posting.amount)
-            deltas = result.balance_deltas
-            deltas[posting.account_id] = deltas.get(posting.account_id, 0) + posting.amount
+        _post(entry, accounts, result)
         if command.refund_of is not None:
             total = refunded[command.refund_of] = refunded.get(command.refund_of, 0) + command.amount
             assert total <= command.refundable_amount, "refunds passed the original amount"
@@ -414,13 +400,37 @@ def decide_batch(
         result.new_keys.append((command.principal_id, command.idempotency_key, command.request_hash, position))
         result.entries.append(entry)
         result.outcomes.append(Committed(entry))
+    _assert_balances(accounts, result)
+    return result
+
+
+def _known_key(command: EntryCommand, stored_hash: bytes, stored_position: int) -> Outcome:
+    """A key its principal used before: a replay of the same request, or a reuse for another."""
+    if stored_hash == command.request_hash:
+        return Replayed(stored_position)
+    return Rejected(Rejection.idempotency_key_reused)
+
+
+def _post(entry: JournalEntry, accounts: dict[uuid.UUID, AccountState], result: BatchResult) -> None:
+    """Apply a decided entry's postings to the batch's balances, recording each balance after it."""
+    after = result.balances_after[entry.position] = []
+    deltas = result.balance_deltas
+    for posting in entry.postings:
+        before = accounts[posting.account_id]
+        accounts[posting.account_id] = AccountState(
+            before.id, before.kind, before.currency, before.owner_id, before.balance + posting.amount
+        )
+        after.append(before.balance + posting.amount)
+        deltas[posting.account_id] = deltas.get(posting.account_id, 0) + posting.amount
+
+
+def _assert_balances(accounts: dict[uuid.UUID, AccountState], result: BatchResult) -> None:
     assert all(
         accounts[a].may_go_negative or accounts[a].balance >= 0 for a in result.balance_deltas
     ), "a wallet or vendor account went below zero"
     for hold in result.holds.values():
         assert hold.captured_amount <= hold.amount, "a capture passed its hold"
         assert accounts[holding_account_id(hold.currency)].balance >= 0, "a holding account went below zero"
-    return result
 
 
 def _new_hold(command: EntryCommand, position: int, now: dt.datetime) -> HoldState:
