@@ -193,7 +193,7 @@ class Route:
         assert not clash, f"{self.name}: statuses {clash} are both an answer and a problem"
         if self.ownership is not None:
             key, query_fields = self.ownership.key, {spec.name for spec in msgspec.structs.fields(self.query)}
-            assert key in self.path_ids or key in query_fields, f"{self.name}: ownership by {key}, not a path id or query field"
+            assert key in self.path_ids or key in query_fields, f"{self.name}: owner key {key} is not a path id or query field"
 
     @property
     def name(self) -> str:
