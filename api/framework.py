@@ -264,26 +264,27 @@ def wrap(route: Route, services_of: Callable[[], Any]) -> Callable[[web.Request]
             auth.require_role(principal, route.roles, route.name)
         call = Call(request, principal, body, query, ids, key)
         if route.ownership is not None:
-            call.resource = await authorize_owner(route.ownership, services, call)
+            owner_key = route.ownership.key
+            value = ids[owner_key] if owner_key in ids else getattr(query, owner_key)
+            call.resource = await authorize_owner(route.ownership, services, principal, value)
         return await route.handler(services, call)
 
     return handler
 
 
-async def authorize_owner(ownership: Ownership, services, call: Call) -> Any:
-    """The one ownership rule. Admin and auditor reach every resource, and get 404 for one that
-    does not exist; every other role reaches only what its principal owns, and a resource that
-    does not exist is no one's (403 as well, so ids cannot be probed). Returns the resource."""
-    key = ownership.key
-    value = call.ids[key] if key in call.ids else getattr(call.query, key)
-    reads_everything = call.principal.role in auth.READ_EVERYTHING
+async def authorize_owner(ownership: Ownership, services, principal: Principal, value: Any) -> Any:
+    """The one ownership rule, for the resource that `value` names (a route's, or an item's of a
+    batch). Admin and auditor reach every resource, and get 404 for one that does not exist;
+    every other role reaches only what its principal owns, and a resource that does not exist is
+    no one's (403 as well, so ids cannot be probed). Returns the resource."""
+    reads_everything = principal.role in auth.READ_EVERYTHING
     if reads_everything and not ownership.readers_look:
         return None
     owned = await ownership.lookup(services, value, owners=not reads_everything)
     if reads_everything:
         if owned is None:
             raise ApiError("not_found", ownership.absent)
-    elif owned is None or call.principal.id not in owned.owners:
+    elif owned is None or principal.id not in owned.owners:
         raise ApiError("forbidden")
     return owned.resource
 

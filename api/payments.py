@@ -42,7 +42,7 @@ async def create_refund(services, call: Call) -> web.Response:
 
 async def _commit(services, command: domain.EntryCommand) -> web.Response:
     """Submit to the group commit and answer: 201 (new or replayed), or the rejection's problem."""
-    answer = await _submit(services, command, command.kind)
+    answer = await _submit(services, command)
     headers = {"Idempotency-Replayed": "true"} if answer.replayed else None
     return json_response(transfer_body(answer.entry), status=201, headers=headers)
 
@@ -72,7 +72,7 @@ async def create_hold(services, call: Call) -> web.Response:
     account. The holding account is created on first use (a system account with a derived id)."""
     body: schemas.HoldCreate = call.body
     await _ensure_holding_account(services, body.from_account_id, body.currency)
-    answer = await _submit(services, commands.hold(_caller(call), body), "hold")
+    answer = await _submit(services, commands.hold(_caller(call), body))
     return await _hold_answer(services, answer, as_placed=True)
 
 
@@ -90,7 +90,7 @@ async def _ensure_holding_account(services, source_id: uuid.UUID, currency: str)
         services.remember_account(await store.account_by_id(conn, holding_id))
 
 
-async def _submit(services, command: domain.EntryCommand, what: str) -> committer_mod.Answer:
+async def _submit(services, command: domain.EntryCommand) -> committer_mod.Answer:
     """The group commit's answer, or its failure as a problem. A lost connection may have come
     after COMMIT was sent: the outcome is unknown, and only a retry with the same key tells (a
     replay if it committed, a fresh decision if not)."""
@@ -100,7 +100,7 @@ async def _submit(services, command: domain.EntryCommand, what: str) -> committe
         raise ApiError("queue_full") from None
     except committer_mod.Unavailable as error:
         raise ApiError(
-            "unavailable", f"the {what} may or may not be committed; retry with the same Idempotency-Key: {error}"
+            "unavailable", f"the {command.kind} may or may not be committed; retry with the same Idempotency-Key: {error}"
         ) from None
     if answer.rejection is not None:
         raise ApiError(answer.rejection.value)
@@ -120,12 +120,12 @@ async def _hold_answer(services, answer: committer_mod.Answer, *, as_placed: boo
 
 
 async def capture_hold(services, call: Call) -> web.Response:
-    answer = await _submit(services, commands.capture(_caller(call), call.resource, call.body), "capture")
+    answer = await _submit(services, commands.capture(_caller(call), call.resource, call.body))
     return await _hold_answer(services, answer)
 
 
 async def void_hold(services, call: Call) -> web.Response:
-    answer = await _submit(services, commands.void(_caller(call), call.resource), "void")
+    answer = await _submit(services, commands.void(_caller(call), call.resource))
     return await _hold_answer(services, answer)
 
 
