@@ -127,6 +127,19 @@ async def test_a_cent_paid_to_someone_else_shown_as_a_million_to_the_vendor_fail
                 await verify_with_client(url, victim.token, key, cent["id"])
 
 
+async def test_another_real_entry_answered_for_the_asked_transfer_fails(stack, tmp_path):
+    """The 250 entry is real, hashed and in the tree, but it is not the transfer asked for."""
+    cent, other, vendor, key = await signed_payments(stack, tmp_path)
+    async with compromised(stack, {f"/v1/transfers/{cent['id']}": other}) as url:
+        code, out = await run_documented_verifier(tmp_path, url, vendor.token, key, cent["id"])
+        assert code == 1 and "another transfer" in out, out
+        async with LedgerClient(url, token=vendor.token, public_key=key, retry_total_s=0) as ledger:
+            shown = await ledger.verification(vendor.account_id, cent["id"], min_position=cent["position"],
+                                              wait_ms=5000)
+            with pytest.raises(ProofError, match="transfer_id"):
+                await ledger.verify(shown)
+
+
 async def test_a_verification_shown_with_another_amount_fails_the_client(stack, tmp_path):
     """The vendor route (or a webhook's `data`) shows a million; the hashed entry says a cent."""
     cent, _, vendor, key = await signed_payments(stack, tmp_path)
@@ -204,3 +217,19 @@ async def test_the_client_refuses_a_head_that_does_not_extend_the_one_it_trusted
         first_vendor = ledger.as_principal(vendor.token)  # shares the trusted head
         assert first_vendor.trusted_head == extended
         assert await first_vendor.verify(await first_vendor.get_transfer(real["id"])) == extended
+
+
+async def test_a_real_refund_verifies_with_its_hashed_kind_and_refund_of(stack, tmp_path):
+    """Fields hashed only away from their default (`kind`, `refund_of`) are rebuilt from the answer."""
+    _, real, vendor, key = await signed_payments(stack, tmp_path)
+    refund = await stack.client.post(f"/v1/transfers/{real['id']}/refunds", token=vendor.token, json={"amount": 100},
+                                     key="refund-" + real["id"])
+    assert refund.status == 201, refund.text
+    assert refund.body["kind"] == "refund" and refund.body["refund_of"] == real["id"]
+    async with await stack.superuser() as conn:
+        await tree.sign_head(conn, signing.load_or_create_key(tmp_path / "key.pem"))
+    code, out = await run_documented_verifier(tmp_path, stack.client.base, vendor.token, key, refund.body["id"])
+    assert code == 0 and "refund" in out, out
+    async with LedgerClient(stack.client.base, token=vendor.token, public_key=key) as ledger:
+        head = await ledger.verify(msgspec.convert(refund.body, schemas.Transfer))  # the 201 itself
+        assert head.tree_size >= refund.body["position"]
