@@ -3,7 +3,7 @@ shared `schemas`), so `pip install wallet-ledger` installs it without the server
 `SyncLedgerClient` is the same client for code without asyncio."""
 
 from client.aio import LedgerClient, LedgerProblem
-from client.proof import ProofError
+from client.proof import NotSignedYet, ProofError
 from client.sync import SyncLedgerClient
 
-__all__ = ["LedgerClient", "LedgerProblem", "ProofError", "SyncLedgerClient"]
+__all__ = ["LedgerClient", "LedgerProblem", "NotSignedYet", "ProofError", "SyncLedgerClient"]

@@ -41,6 +41,11 @@ class ProofError(Exception):
     """The transfer shown is not proven: its fields, its proof or the tree head do not hold."""
 
 
+class NotSignedYet(ProofError):
+    """The transfer is newer than the latest signed tree head: not a forgery, ask again after the
+    next signature."""
+
+
 def hashed_body(transfer: schemas.Transfer) -> dict:
     """The journal entry's hashed fields, rebuilt from a transfer answer, as builtins."""
     shown = msgspec.to_builtins(transfer)

@@ -13,7 +13,7 @@ import asyncio
 
 import schemas
 from client import proof
-from client.proof import ProofError
+from client.proof import NotSignedYet, ProofError
 
 
 class Trust:
@@ -83,14 +83,14 @@ class ProofRoutes:
         """Prove `shown` (a transfer answer, or a verification or webhook `data` a vendor was shown,
         whose transfer is then fetched) is in the history signed by the pinned key; the head it is
         proven under, or ProofError. A transfer newer than the latest signed head is not covered
-        yet (ProofError saying so): ask again after the next signature."""
+        yet (NotSignedYet, a ProofError): ask again after the next signature."""
         transfer = shown if isinstance(shown, schemas.Transfer) else await self.get_transfer(shown.transfer_id)
         proof.check_entry(transfer)
         if isinstance(shown, schemas.Verification):
             proof.check_shown(shown, transfer)
         head = await self.trusted_checkpoint()
         if transfer.position > head.tree_size:
-            raise ProofError(f"position {transfer.position} is newer than the latest signed tree head "
+            raise NotSignedYet(f"position {transfer.position} is newer than the latest signed tree head "
                              f"({head.tree_size} entries); retry after the next signature")
         answer = await self.inclusion_proof(transfer.position, tree_size=head.tree_size)
         path = [bytes.fromhex(h) for h in answer.audit_path]

@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 import schemas
-from client import LedgerClient, ProofError, SyncLedgerClient
+from client import LedgerClient, NotSignedYet, ProofError, SyncLedgerClient
 from client import proof
 from proofs import signing, tree
 from tests.conftest import free_port
@@ -233,3 +233,14 @@ async def test_a_real_refund_verifies_with_its_hashed_kind_and_refund_of(stack, 
     async with LedgerClient(stack.client.base, token=vendor.token, public_key=key) as ledger:
         head = await ledger.verify(msgspec.convert(refund.body, schemas.Transfer))  # the 201 itself
         assert head.tree_size >= refund.body["position"]
+
+
+async def test_a_transfer_newer_than_the_signed_head_is_not_signed_yet_rather_than_forged(stack, tmp_path):
+    cent, _, vendor, key = await signed_payments(stack, tmp_path)
+    wallet = await stack.funded_wallet(10)
+    newer = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 5)
+    assert newer.status == 201, newer.text
+    async with LedgerClient(stack.client.base, token=vendor.token, public_key=key) as ledger:
+        with pytest.raises(NotSignedYet, match="retry after the next signature"):
+            await ledger.verify(msgspec.convert(newer.body, schemas.Transfer))
+        assert (await ledger.verify(await ledger.get_transfer(cent["id"]))).tree_size < newer.body["position"]
