@@ -34,7 +34,7 @@ class LedgerClient(ProofRoutes, Transport):
     """One principal's view of the API. `as_principal` gives another principal's view over the
     same connection pool (and the same trusted tree head); only the client that created the
     session closes it. `public_key` (hex) is the service's pinned Ed25519 key, which `verify`
-    checks tree heads against; `trusted_head` a head trusted before (kept from `trusted_head`)."""
+    checks tree heads against; `trusted_head` the head an earlier run trusted (its `trusted_head`)."""
 
     def __init__(
         self,
