@@ -1,5 +1,6 @@
-"""How the client talks to the API: one principal's session, problems raised as `LedgerProblem`,
-and the retries (docs/client.md "Retries").
+"""How the client talks to the API: one principal's session, its problems and its retries.
+
+Every problem answer is raised as `LedgerProblem`; docs/client.md "Retries" says what is repeated.
 
 The client retries by itself what the contract says may be retried (429 `rate_limited`, 503
 `queue_full`, `unavailable`, `timeout`, a dropped connection), but only where a repeat cannot apply

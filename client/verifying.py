@@ -1,5 +1,6 @@
-"""The proof routes of the client and `verify`: a transfer checked end to end without trusting
-the service (docs/proofs.md, contract v3 "Entries a verifier can recompute").
+"""The proof routes of the client and `verify`: a transfer checked without trusting the service.
+
+docs/proofs.md, contract v3 "Entries a verifier can recompute".
 
 `verify` recomputes the transfer's `hash` from the fields shown, compares what a vendor was shown
 elsewhere with them, checks the latest signed tree head against the pinned key and against the
