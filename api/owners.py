@@ -1,6 +1,7 @@
-"""Whose each resource of the API is: the owner lookups that routes declare (`Ownership` in
-`api.routes`), one per kind of resource. `api.framework.authorize_owner` applies the one rule to
-what they find, before the handler runs, and hands the handler the resource.
+"""Whose each resource of the API is: the owner lookups that routes declare, one per kind.
+
+Routes declare them as their `Ownership` in `api.routes`. `api.framework.authorize_owner` applies
+the one rule to what they find, before the handler runs, and hands the handler the resource.
 
 Each lookup takes the services, the resource's id (or position) and whether the owners are needed
 (admin and auditor need none, so their requests make no owner query), and answers None when there

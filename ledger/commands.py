@@ -1,9 +1,10 @@
-"""Requests as commands: one function per kind of request builds the `domain.EntryCommand` the
-committer decides, with the request hash that tells a replay from a reused key.
+"""Requests as commands: one builder per kind of request, with the hash that tells replays apart.
 
-Pure (no I/O): the single routes and the items of a batch build their commands with the same
-functions, so one request means one command whichever way it arrives. What a command needs from
-the ledger's state (a refund's original entry, a hold's state) is read by the caller and passed in.
+Each function builds the `domain.EntryCommand` the committer decides, with the request hash that
+tells a replay from a reused key. Pure (no I/O): the single routes and the items of a batch build
+their commands with the same functions, so one request means one command whichever way it
+arrives. What a command needs from the ledger's state (a refund's original entry, a hold's state)
+is read by the caller and passed in.
 
 A request hash is SHA-256 over msgspec's JSON of the decoded request, not of its spelling (spaces,
 key order): stored idempotency rows compare them, so these bytes never change. msgspec writes a

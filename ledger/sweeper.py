@@ -1,5 +1,6 @@
-"""The hold-expiry sweeper: pending holds past `expires_at` are released through the committer,
-as `expire` commands decided like any other.
+"""The hold-expiry sweeper: pending holds past `expires_at` are released through the committer.
+
+They are submitted as `expire` commands, decided like any other.
 
 A process that runs a committer (each API process) calls `expire_due_holds` on its schedule
 (`LEDGER_HOLD_SWEEP_INTERVAL_MS`). With several processes sweeping, the batch decision keeps it to
