@@ -3,7 +3,7 @@
     python -m tools.proof_bench --entries 1000000 --samples 2000
 
 Seeds `--entries` journal entries (`tools.seed.seed_journal`, bypassing the API), rebuilds the
-Merkle tree from scratch in a child process (`proofs.tree.rebuild`: wall time and the child's
+Merkle tree from scratch in a child process (`proofs.follower.rebuild`: wall time and the child's
 peak RSS), then times random inclusion proofs (random position, random size at or above it) and
 consistency proofs (random pair of sizes) exactly as the API computes them (`tree.read_nodes`
 on one connection, then the hashing), and prints p50/p99 in milliseconds. HTTP is not included.
@@ -36,7 +36,7 @@ import psycopg
 
 from ledger import db
 from proofs import merkle
-from proofs import tree
+from proofs import follower as tree
 from proofs import store as tree_store
 from tools.bench import process_stat
 from tools.embedded import EmbeddedPostgres, free_port
