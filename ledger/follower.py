@@ -44,7 +44,7 @@ class JournalFollower:
     page is (`read_page`), what a round does (`round`) and what follows a step (`stepped`,
     `abandoned`). `position` is the cursor as this process last saw it."""
 
-    page_max = 1000  # journal entries read per step
+    page_max: int  # journal entries read per step (one transaction): each follower says its own
     poll_s = FETCH_WAIT_S  # how often a follower without doorbells looks
 
     def __init__(self, *, name: str, pool, log: logging.Logger, bus: EventBus | None = None,

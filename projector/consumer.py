@@ -30,8 +30,8 @@ from projector import store as projections
 
 log = logging.getLogger("ledger.projector")
 
-GAP_GRACE_MS = 300
-JOURNAL_PAGE_MAX = 2000
+GAP_GRACE_MS = 300  # the journal head ahead this long with no doorbell: the tail is read anyway
+JOURNAL_PAGE_MAX = 2000  # entries applied per transaction
 
 _decoder = msgspec.json.Decoder(schemas.JournalEntry)
 

@@ -29,7 +29,7 @@ from webhooks.sender import LEASE_S, Sender
 
 log = logging.getLogger("webhooks.mapper")
 
-JOURNAL_PAGE_MAX = 1000
+JOURNAL_PAGE_MAX = 1000  # entries mapped per transaction
 # Mapping rounds start at most this often: under load each round maps a page of entries in one
 # transaction instead of a few entries per doorbell (each round is five statements and a commit).
 MAP_INTERVAL_S = 0.05
