@@ -1,1 +1,1 @@
-"""The projector: JetStream events in, read models (balances, vendor verifications) out."""
+"""The projector: a follower of the journal that builds the read models (balances, vendor verifications)."""

@@ -1,5 +1,4 @@
-"""The Merkle tree as a follower of the journal (`ledger.follower`): appends the complete subtrees
-and signs tree heads.
+"""The Merkle tree's follower of the journal: appends the complete subtrees, signs tree heads.
 
 The tree is kept by a follower of its own, not by the projector's apply transaction: its cursor is
 the stored tree size (`merkle_state.tree_size`), it reads only `(position, hash)` from the journal
