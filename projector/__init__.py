@@ -1,1 +1,1 @@
-"""The projector: a follower of the journal that builds the read models (balances, vendor verifications)."""
+"""The projector: follows the journal into read models (balances, vendor verifications)."""
