@@ -1,5 +1,6 @@
-"""A token bucket per key (a principal, or a client address for failed authentication):
-`rate_per_s` tokens a second, at most `burst` saved up."""
+"""A token bucket per key: `rate_per_s` tokens a second, at most `burst` saved up.
+
+Keys are principals (requests) or client addresses (failed authentication, `api.auth`)."""
 
 from __future__ import annotations
 
