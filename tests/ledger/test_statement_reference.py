@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import uuid
 
+import psycopg
 import pytest_asyncio
+from psycopg import sql
 
+from ledger import store
 from ledger.store import accounts as account_store
 from tools.seed import seed_journal
 
@@ -75,3 +78,39 @@ async def test_the_route_pages_a_matching_reference_in_position_order(stack, lar
     positions = [item["position"] for item in reply.body["items"]]
     assert len(positions) == 5 and positions == sorted(positions) and reply.body["next"] is not None
     assert {item["reference"] for item in reply.body["items"]} == {SEEDED_REFERENCE}
+
+
+async def test_migration_0015_gives_postings_written_before_it_their_entrys_reference(postgres):
+    """A journal written before 0014 (postings without a reference): migrating on fills each
+    posting's from its entry, so the filtered statement finds the old entries too."""
+    name = f"reference_{uuid.uuid4().hex[:12]}"
+    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = postgres.url.rsplit("/", 1)[0] + "/" + name
+    a, b = uuid.uuid4(), uuid.uuid4()
+    try:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("CREATE TABLE schema_migrations (version INT8 PRIMARY KEY, name TEXT NOT NULL,"
+                               " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+            for version, file_name, text in store.migration_files():
+                if version <= 13:
+                    for statement in store.split_statements(text):
+                        await conn.execute(statement)
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                                       (version, file_name))
+            for position, reference in enumerate(["rent", "coffee"], start=1):
+                await conn.execute(
+                    "INSERT INTO journal (position, transfer_id, from_account_id, to_account_id, amount, currency,"
+                    " reference, metadata, committed_at, prev_hash, hash) VALUES (%s, %s, %s, %s, 5, 'USD', %s,"
+                    " '{}', now(), '', '')", (position, uuid.uuid4(), a, b, reference))
+                await conn.execute("INSERT INTO postings (position, account_id, amount, balance_after)"
+                                   " VALUES (%s, %s, -5, 0), (%s, %s, 5, 5)", (position, a, position, b))
+            await store.migrate(conn)
+            query, params = account_store.statement_query(b, after=0, limit=10, reference="coffee")
+            rows = await (await conn.execute(query, params)).fetchall()
+            references = await (await conn.execute("SELECT DISTINCT reference FROM postings ORDER BY 1")).fetchall()
+        assert [row[0] for row in rows] == [2]
+        assert references == [("coffee",), ("rent",)]
+    finally:
+        async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
+            await conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
