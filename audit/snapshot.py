@@ -151,7 +151,7 @@ async def _replay(
 ) -> tuple[Replay, int, int, TreeCheck | None]:
     head = await store.journal_head(conn)
     head_position, head_hash = head.position, head.hash
-    projector_position = await projections.checkpoint(conn, projector_name)
+    projector_position = await projections.cursor(conn, projector_name)
     start, start_missing = await _start(conn, from_position)
     at_projector = None
     if projector_position < from_position:

@@ -37,8 +37,8 @@ async def committer(stack):
     await pool.close()
 
 
-def _transfer(source, target, amount: int, currency: str = "USD", **extra) -> domain.TransferCommand:
-    return domain.TransferCommand(uuid.uuid4(), "admin", str(uuid.uuid4()), uuid.uuid4().bytes, uuid.UUID(source),
+def _transfer(source, target, amount: int, currency: str = "USD", **extra) -> domain.EntryCommand:
+    return domain.EntryCommand(uuid.uuid4(), "admin", str(uuid.uuid4()), uuid.uuid4().bytes, uuid.UUID(source),
                                   uuid.UUID(target), amount, currency, "", {}, **extra)
 
 
