@@ -113,4 +113,4 @@ async def test_migration_0015_gives_postings_written_before_it_their_entrys_refe
         assert references == [("coffee",), ("rent",)]
     finally:
         async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
-            await conn.execute(sql.SQL("DROP DATABASE {}").format(sql.Identifier(name)))
+            await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
