@@ -223,8 +223,19 @@ class EventBus:
         assert self.js is not None
         try:
             await self.js.add_stream(config)
-        except BadRequestError:
+        except BadRequestError:  # it exists with another configuration
+            await self._update_stream(config)
+
+    async def _update_stream(self, config: StreamConfig) -> None:
+        """Only the projector's NATS login may change the stream (deploy/nats.conf): another
+        process configured otherwise keeps the stream as it is and carries on. A refused request
+        gets no answer, so the refusal shows as a timeout."""
+        assert self.js is not None
+        try:
             await self.js.update_stream(config)
+        except (nats.errors.TimeoutError, APIError) as error:
+            log.warning("the %s stream differs from this process's settings and it may not change it"
+                        " (%s): the projector applies them", STREAM, error or type(error).__name__)
 
     async def subscribe_doorbells(self, durable: str, *, from_start: bool):
         """A durable pull subscription to the journal's events, as every follower of the journal
