@@ -80,3 +80,10 @@ async def test_an_api_given_a_metrics_port_serves_metrics_there_and_not_on_the_a
     finally:
         server.cancel()
         await asyncio.gather(server, return_exceptions=True)
+
+
+def test_only_the_api_and_the_webhook_worker_hold_the_webhook_key():
+    """The key decrypts every vendor's signing secret: the API encrypts with it, the worker signs."""
+    variable = config.VARIABLES["webhook_key"]
+    holders = {name for name, service in _services().items() if variable in service.get("environment", {})}
+    assert holders == {"api", "webhooks"}
