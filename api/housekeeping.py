@@ -100,8 +100,7 @@ class Readiness:
         except fork.ForkedHistory:
             self.tree_heads = "forked"
         except Exception:  # unknown this time: the database probe says why, the next check tells
-            return
-        metrics.TREE_HEADS_FORKED.set(self.tree_heads == "forked")
+            pass
 
     async def probe_forever(self) -> None:
         while True:

@@ -69,6 +69,6 @@ WEBHOOK_RECORD_FAILURES = Counter(
 HOLDS_EXPIRED = Counter("ledger_holds_expired_total", "Holds released by this process's expiry sweeper")
 TREE_HEADS_FORKED = Gauge(
     "ledger_tree_heads_forked",
-    "1 when this process found the journal's tree not an extension of the last signed tree head (RFC 9162"
-    " consistency): no tree head is signed until it is again; 0 when the last check passed.",
+    "1 when the tree follower's last signing round found the journal's tree not an extension of the last"
+    " signed tree head (RFC 9162 consistency): it signs nothing until it is again; 0 when that check passed.",
 )

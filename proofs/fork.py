@@ -7,7 +7,7 @@ subtrees, that the tree it is about to sign extends the last signed head: a cons
 that head's size to the new size, checked against the signed root (`merkle.verify_consistency`).
 It reads O(log n) subtrees in two statements, the same as one proof, so it costs little at every
 `LEDGER_CHECKPOINT_INTERVAL_S`. When the proof fails nothing is signed, and the latest head stays
-the last good one; the tree follower and `/readyz` report it (`ledger_tree_heads_forked`).
+the last good one; the signer's gauge `ledger_tree_heads_forked` and `/readyz` report it.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 import psycopg
+import pytest
 import pytest_asyncio
 from aiohttp import web
 from prometheus_client import REGISTRY
@@ -27,7 +28,8 @@ from api.app import build_app
 from cli import processes
 from ledger import db, domain, principals, store
 from ledger.config import Settings
-from proofs import signing
+from proofs import fork, signing
+from proofs import follower as tree_follower
 from proofs import store as tree_store
 from tests.conftest import Client, eventually
 from tools.embedded import EmbeddedNats, free_port
@@ -123,6 +125,7 @@ async def test_the_tree_follower_never_signs_a_rewritten_and_rebuilt_journal(own
                 return head if head and head["tree_size"] == SEEDED_ENTRIES else None
 
             good = await eventually(signed_all, timeout_s=20, what="the seeded journal's head signed")
+            assert REGISTRY.get_sample_value(FORKED_GAUGE) == 0  # set by the round that signed it
         # The tamper: stop the projector, rewrite an entry and everything after it, rebuild.
         await rewrite_history(url, REWRITTEN_POSITION, reference="rewritten")
         await processes.projector_rebuild(settings)
@@ -152,8 +155,9 @@ async def test_the_tree_follower_never_signs_a_rewritten_and_rebuilt_journal(own
                 signed_sizes = [head.tree_size for head in await tree_store.tree_heads(conn)]
             assert signed_sizes == [SEEDED_ENTRIES], signed_sizes
             assert await latest_head(client, admin) == good
-            metrics = await client.get("/metrics")
-            assert f"{FORKED_GAUGE} 1.0" in metrics.text
+            # The tree follower's gauge (the projector process serves it on its /metrics; here every
+            # server shares the test's registry).
+            assert REGISTRY.get_sample_value(FORKED_GAUGE) == 1
 
     # `ledger checkpoint` refuses the same way: exit 2, nothing signed.
     code = await asyncio.to_thread(signing.main, settings, key_path=settings.signing_key, out=None,
@@ -163,3 +167,46 @@ async def test_the_tree_follower_never_signs_a_rewritten_and_rebuilt_journal(own
         assert [head.tree_size for head in await tree_store.tree_heads(conn)] == [SEEDED_ENTRIES]
         signed_checkpoints = await (await conn.execute("SELECT count(*) FROM signed_checkpoints")).fetchone()
         assert signed_checkpoints == (0,)
+
+
+async def test_only_extensions_of_the_last_signed_head_pass_and_a_restored_journal_signs_again(own_database, tmp_path):
+    """The check itself (`proofs.fork`), on the tree as `projector rebuild` leaves it: a grown
+    journal passes, a rewritten or truncated one does not, and the original rows put back pass."""
+    url = own_database
+    key = signing.load_or_create_key(tmp_path / "key.pem")
+    await seed_journal(url, entries=SEEDED_ENTRIES, accounts=10)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await tree_follower.rebuild(conn)
+        first = await fork.sign_extension(conn, key, tree_size=SEEDED_ENTRIES)
+        original = await store.entries_after(conn, 0, JOURNAL_PAGE_LIMIT)
+    await seed_journal(url, entries=6, accounts=3)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        grown = await tree_follower.catch_up(conn)
+        assert (await fork.sign_extension(conn, key, tree_size=grown)).tree_size == SEEDED_ENTRIES + 6
+    await rewrite_history(url, REWRITTEN_POSITION, reference="rewritten")
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await tree_follower.rebuild(conn)
+        with pytest.raises(fork.ForkedHistory, match="not an extension"):
+            await fork.sign_extension(conn, key, tree_size=grown)
+        with pytest.raises(fork.ForkedHistory):
+            await fork.check_extension(conn, 0)  # the tree at the signed size itself
+    assert REGISTRY.get_sample_value(FORKED_GAUGE) == 1
+    async with await psycopg.AsyncConnection.connect(url) as conn:  # the journal restored, as a backup would
+        for entry in original[REWRITTEN_POSITION - 1:]:
+            await conn.execute("UPDATE journal SET reference = %s, prev_hash = %s, hash = %s WHERE position = %s",
+                               (entry.reference, entry.prev_hash, entry.hash, entry.position))
+    await rewrite_history(url, SEEDED_ENTRIES + 1)  # rehash the grown entries on top of the restored ones
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await tree_follower.rebuild(conn)
+        assert await fork.check_extension(conn, grown) is not None
+        assert REGISTRY.get_sample_value(FORKED_GAUGE) == 1  # only a signing round or a probe resets it
+        assert await fork.sign_extension(conn, key, tree_size=grown, newer_only=True) is None
+        assert REGISTRY.get_sample_value(FORKED_GAUGE) == 0
+    async with await psycopg.AsyncConnection.connect(url) as conn:  # a journal cut below the signed head
+        await conn.execute("DELETE FROM postings WHERE position > 45")
+        await conn.execute("DELETE FROM journal WHERE position > 45")
+        await conn.execute("UPDATE journal_head SET position = 45, hash = (SELECT hash FROM journal WHERE position = 45)")
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        with pytest.raises(fork.ForkedHistory, match="fewer than"):
+            await fork.check_extension(conn, 45)
+    assert first is not None and first.tree_size == SEEDED_ENTRIES
