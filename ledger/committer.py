@@ -5,6 +5,11 @@ lingering about a millisecond for more), reads the state the batch needs, decide
 with the pure `domain.decide_batch`, writes the result in a few multi-row statements, commits,
 answers every waiter, and only then hands the entries to the publisher. A serialization failure
 retries the whole batch with bounded, jittered backoff; the decision is simply made again.
+
+A batch that fails for a reason of its own (an invariant the decision asserts, a constraint the
+database refuses: a bug or a damaged state, never an outage) is split in halves, each committed
+apart, down to the command that fails: that one alone gets `Failed`, the others their answers.
+No waiter ever gets the database's text (hosts, ports, other accounts' ids): it goes to the log.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ RETRY_DELAY_MS_MAX = 200.0
 # of the database's) before the batch is refused: NTP keeps hosts within milliseconds, and a hold
 # is released within 10 s of expiring, so a batch never decides an expiry on a clock further off.
 CLOCK_SKEW_MAX_S = 5.0
+# What waiters hear of an outage: the driver's own text names hosts, ports and other users'
+# accounts, so it goes to the log only.
+DATABASE_UNAVAILABLE = "the database is unavailable"
+BATCH_FAILED = "the batch failed"
 
 
 class QueueFull(Exception):
@@ -42,9 +51,10 @@ class Unavailable(Exception):
     answer never came), so the outcome is unknown until the same key is retried."""
 
 
-class ClockSkewed(Exception):
+class ClockSkewed(Unavailable):
     """This process's clock, or the journal head's time, is too far from the database's clock to
-    decide a batch by (holds expire by it): the batch is refused, the caller answers 503."""
+    decide a batch by (holds expire by it): the whole batch is refused, nothing written, and the
+    caller answers 503 (an Unavailable, so the batch is not split as if a command were at fault)."""
 
 
 def check_clock(now: dt.datetime, *, database_now: dt.datetime, head_committed_at: dt.datetime | None) -> None:
@@ -59,6 +69,11 @@ def check_clock(now: dt.datetime, *, database_now: dt.datetime, head_committed_a
     if head_committed_at is not None and head_committed_at - database_now > bound:
         raise ClockSkewed(f"the journal head was committed {(head_committed_at - database_now).total_seconds():.1f} s"
                           " ahead of the database's clock: batches wait until the clocks agree")
+
+
+class Failed(Exception):
+    """This command fails its batch whenever it is in one (see the module's note): nothing of it
+    was written, and a retry fails the same way. The API answers 500 with a request id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,15 +154,33 @@ class Committer:
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._commit(batch)
+                await self._commit_isolating(batch)
             except Exception as error:  # answer every waiter, whatever broke
-                log.warning("batch of %d failed: %s", len(batch), error)
+                log.warning("batch of %d failed", len(batch), exc_info=error)
+                unavailable = error if isinstance(error, Unavailable) else Unavailable(BATCH_FAILED)
                 for waiter in batch:
                     if not waiter.future.done():
-                        waiter.future.set_exception(Unavailable(str(error)))
+                        waiter.future.set_exception(unavailable)
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _commit_isolating(self, batch: list[_Waiter]) -> None:
+        """Commit the batch, or, when it fails for a reason of its own, each half apart: a few
+        transactions more (about 2 log2(n) per failing command) instead of n failed requests."""
+        try:
+            await self._commit(batch)
+        except Unavailable:
+            raise  # an outage or a lasting conflict: every command of the batch shares it
+        except Exception as error:
+            if len(batch) == 1:
+                log.error("a %s failed its batch; the others are answered", batch[0].command.kind, exc_info=error)
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(Failed("the command failed; see the log"))
+                return
+            middle = len(batch) // 2
+            await self._commit_isolating(batch[:middle])
+            await self._commit_isolating(batch[middle:])
 
     async def _commit(self, batch: list[_Waiter]) -> None:
         commands = [waiter.command for waiter in batch]
@@ -159,12 +192,14 @@ class Committer:
                 break
             except store.Conflict as error:
                 if attempt == self._retries_max:
-                    raise Unavailable(f"still conflicting after {attempt} retries: {error}") from error
+                    log.warning("batch still conflicting after %d retries: %s", attempt, error)
+                    raise Unavailable(f"still conflicting after {attempt} retries") from error
                 metrics.SERIALIZATION_RETRIES.inc()
                 delay_ms = min(RETRY_DELAY_MS_MAX, RETRY_DELAY_MS_MIN * 2**attempt)
                 await asyncio.sleep(random.uniform(0, delay_ms) / 1000)
             except store.StoreUnavailable as error:
-                raise Unavailable(str(error)) from error
+                log.warning("database unavailable to the committer: %s", error)
+                raise Unavailable(DATABASE_UNAVAILABLE) from error
         metrics.BATCH_SIZE.observe(len(batch))
         for waiter, answer in zip(batch, answers):
             if not waiter.future.done():
