@@ -291,9 +291,9 @@ class EventBus:
         batch, would redeliver the rest after `ack_wait` and stall once `max_ack_pending` events
         are out. Deleting it loses nothing: events are doorbells, and a follower reads the
         journal from its own cursor, so the replacement starts at the next event, whatever
-        `from_start` says (replaying the whole stream as doorbells would only cost CPU). Every
-        NATS user that follows the journal (`reader` included) may publish on
-        `$JS.API.CONSUMER.>`, which covers the info, the delete and the create."""
+        `from_start` says (replaying the whole stream as doorbells would only cost CPU). Each
+        follower's NATS login may get the info of, delete and create its own durable only
+        (deploy/nats.conf, tools/embedded.py `consumer_subjects`)."""
         assert self.js is not None
         config = self._doorbell_config(durable, from_start=from_start)
         try:
