@@ -21,7 +21,8 @@ from projector import store as projections
 from ledger.store import audit as reads
 from audit import pool
 from audit.report import AuditReport, PROGRESS_EVERY_ENTRIES, Progress
-from audit.replay import Original, Replay, Start, Summary
+from audit.replay import Original, Replay, Start
+from audit.summary import Summary
 from audit.tree_check import TreeCheck
 from schemas import Verification
 

@@ -13,6 +13,7 @@ from psycopg.types.string import TextLoader
 from ledger import domain
 from ledger.store.base import AUDITOR_ROLE
 from ledger.store.journal import _ENTRIES
+from schemas import JournalEntry
 
 
 # ---- audit ----------------------------------------------------------------------------------
@@ -56,13 +57,13 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
 
 
 # An entry as the audit reads it: a plain tuple of the stored values in `AUDITED_COLUMNS` order,
-# UUIDs as text, the metadata decoded and the timestamp in the journal's form, ending with the
-# postings' accounts, amounts and stored balances after (`audit.replay` makes entries of it).
+# UUIDs as text, the metadata decoded and the timestamp in the journal's form (`audit.entries`
+# makes the hashed form and the entry of it). The columns are the entry's own fields but its
+# postings, in its order, then each posting's account, amount and stored balance after: what
+# `store.journal._ENTRIES` selects, checked against it when a cursor reads.
 AuditedRow = tuple
-AUDITED_COLUMNS = (
-    "position", "transfer_id", "from_account_id", "to_account_id", "amount", "currency", "reference", "metadata",
-    "committed_at", "prev_hash", "hash", "kind", "refund_of", "hold_id", "account_ids", "amounts", "balances_after",
-)
+POSTING_COLUMNS = ("account_ids", "amounts", "balances_after")
+AUDITED_COLUMNS = tuple(name for name in JournalEntry.__struct_fields__ if name != "postings") + POSTING_COLUMNS
 
 
 async def open_shared_snapshot(conn, dialect) -> str:
