@@ -56,7 +56,7 @@ from audit.tree_check import (  # noqa: F401
 from audit.snapshot import (  # noqa: F401
     _replay,
     _start,
-    _unusable_checkpoint,
+    _unusable_signed_head,
     _with_holds,
     run_audit,
 )

@@ -20,7 +20,6 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from proofs import signing
@@ -28,6 +27,7 @@ from ledger import domain, logs, store
 from proofs import merkle
 from proofs import store as tree_store
 from proofs.merkle import Key
+from schemas import SignedTreeHead
 
 log = logging.getLogger("proofs.tree")
 
@@ -136,16 +136,6 @@ async def rebuild(conn) -> int:
 # ---- signing tree heads ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SignedTreeHead:
-    tree_size: int
-    root_hash: str
-    hash: str
-    public_key: str
-    signature: str
-    signed_at: str
-
-
 async def sign_head(conn, key, *, tree_size: int | None = None) -> SignedTreeHead | None:
     """Sign the tree head at `tree_size` (default: the journal head) and store it; None when the
     journal is empty. A size already signed keeps its first signature."""
@@ -162,7 +152,8 @@ async def sign_head(conn, key, *, tree_size: int | None = None) -> SignedTreeHea
                                                    signed_at=signed_at)
     await tree_store.insert_tree_head(conn, tree_size=tree_size, root_hash=root_hash, digest=digest,
                                       public_key=public_key, signature=signature, signed_at=now)
-    return SignedTreeHead(tree_size, root_hash, digest, public_key, signature, signed_at)
+    return SignedTreeHead(tree_size=tree_size, root_hash=root_hash, hash=digest, signed_at=signed_at,
+                          signature=signature, public_key=public_key)
 
 
 class TreeFollower:

@@ -1,4 +1,4 @@
-"""The auditor's reads (inside one snapshot, as the auditor role) and the signed checkpoints it records."""
+"""The auditor's reads (inside one snapshot, as the auditor role) and the signed heads it records."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from schemas import JournalEntry
 
 
 # ---- audit ----------------------------------------------------------------------------------
-# Reads of the auditor (run as AUDITOR_ROLE inside one snapshot), the signed checkpoints it
+# Reads of the auditor (run as AUDITOR_ROLE inside one snapshot), the signed heads it
 # records, and the bulk append of `ledger.seed`, which bypasses the API as the migration role.
 
 # Rows the audit's server-side cursor fetches per round trip: enough to hide the latency,
@@ -213,10 +213,11 @@ async def first_orphan_posting(conn, after: int) -> int | None:
     return row[0]
 
 
-async def insert_signed_checkpoint(
+async def insert_signed_head(
     conn, *, position: int, digest: str, public_key: str, signature: str, signed_at: dt.datetime
 ) -> None:
-    """Keep the first signature of a position: the table is append-only for the auditor too."""
+    """Keep the first signature of a position: the table (named for the `ledger checkpoint` file)
+    is append-only for the auditor too."""
     await conn.execute(
         "INSERT INTO signed_checkpoints (position, hash, public_key, signature, signed_at)"
         " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (position) DO NOTHING",
