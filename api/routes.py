@@ -1,7 +1,9 @@
-"""The HTTP routes of the contract, declared once each: who may call it, what it answers and
-which problems its handler can raise. `api.framework` runs the checks before the handler and
-`api.openapi` documents the declarations. The handlers read straight down (decode, authorize,
-act) in `api.accounts`, `api.payments`, `api.vendors` and `api.journal`.
+"""The HTTP routes of the contract, each declared once: roles, answers, problems, headers.
+
+Each says who may call it, what it answers and which problems its handler can raise.
+`api.framework` runs the checks before the handler and `api.openapi` documents the declarations.
+The handlers read straight down (decode, authorize, act) in `api.accounts`, `api.payments`,
+`api.vendors` and `api.journal`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""The I/O around the replay: one read-only snapshot as the auditor role, streamed through
-server-side cursors, with the write model, the projection and the head row handed to
-`Replay.finish`."""
+"""The I/O around the replay: one read-only snapshot as the auditor role, read through cursors.
+
+The journal is streamed through server-side cursors; the write model, the projection and the
+head row are handed to `Replay.finish`.
+"""
 
 from __future__ import annotations
 

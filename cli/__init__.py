@@ -1,4 +1,4 @@
-"""The one command, `ledger`.
+"""The one command, `ledger`: every process of the ledger, and the tooling, start here.
 
 The service's commands (migrate, api, projector, audit, checkpoint, principal) run what production
 runs. The tooling commands (dev, bench, chaos, seed) live in the `tools` package, installed by the

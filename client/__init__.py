@@ -1,6 +1,8 @@
-"""The typed Python client of the ledger's HTTP API. It needs only aiohttp and msgspec (and the
-shared `schemas`), so `pip install wallet-ledger` installs it without the server's dependencies.
-`SyncLedgerClient` is the same client for code without asyncio."""
+"""The typed Python client of the ledger's HTTP API: aiohttp, msgspec and the schemas, no more.
+
+So `pip install wallet-ledger` installs it without the server's dependencies.
+`SyncLedgerClient` is the same client for code without asyncio.
+"""
 
 from client.aio import LedgerClient, LedgerProblem
 from client.sync import SyncLedgerClient

@@ -1,5 +1,6 @@
-"""The blocking face of the client, for plain scripts: the same methods as `client.LedgerClient`,
-with the same arguments, answers, errors and retries, without asyncio in sight.
+"""The blocking face of the client, for plain scripts: the same methods, without asyncio in sight.
+
+The same methods as `client.LedgerClient`, with the same arguments, answers, errors and retries.
 
     with SyncLedgerClient("http://127.0.0.1:8080", token=admin_token) as ledger:
         transfer = ledger.transfer(from_account_id=a, to_account_id=b, amount=450,

@@ -1,5 +1,4 @@
-"""The Merkle tree as a follower of the journal: appends the complete subtrees, answers proofs,
-signs tree heads.
+"""The Merkle tree as a follower of the journal: appends subtrees, answers proofs, signs tree heads.
 
 The tree is kept by a task of its own (`TreeFollower`, run beside the projector by
 `projector.consumer.serve`), not by the projector's apply transaction: it has its own

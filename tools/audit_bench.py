@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger import db
-from tools.bench import process_stat
 from tools.embedded import EmbeddedPostgres, free_port
+from tools.procstat import process_stat
 from tools.seed import seed_journal
 
 DEFAULT_SIZES = (100_000, 1_000_000)

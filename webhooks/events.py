@@ -1,5 +1,7 @@
-"""Vendor webhooks, the parts without I/O: which events an entry is, how an event is signed, the
-retry schedule, the signing secrets and their encryption at rest, and which URLs are allowed.
+"""Vendor webhooks without I/O: the events of an entry, their signature, retries, secrets, URL policy.
+
+Which events an entry is, how an event is signed, the retry schedule, the signing secrets and
+their encryption at rest, and which URLs are allowed.
 
 The worker that delivers them is `webhooks.worker`; their SQL is in `webhooks.store`.
 """

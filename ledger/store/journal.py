@@ -1,5 +1,7 @@
-"""The journal: the write path of the group commit, holds, reading entries back, the publisher cursor,
-idempotency upkeep and the seeder's bulk path."""
+"""The journal: the group commit's write path, holds, entries read back, the publisher cursor.
+
+Also the idempotency keys' upkeep and the seeder's bulk path.
+"""
 
 from __future__ import annotations
 
