@@ -1,5 +1,7 @@
-"""The journal entry as the audit reads it, and the two things made of it, all derived from the
-one `schemas.JournalEntry` so that a field added to the entry cannot be forgotten here.
+"""The entry as the audit reads it (a row), its hashed form and the entry, derived from JournalEntry.
+
+All three follow the one `schemas.JournalEntry`, so that a field added to the entry cannot be
+forgotten here.
 
 A row is a plain tuple of an entry's stored values (`ledger.store.audit.AUDITED_COLUMNS`: the
 entry's fields but `postings`, in the entry's order, then each posting's account, amount and

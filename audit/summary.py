@@ -1,5 +1,7 @@
-"""A range of plain transfers checked from its rows alone, in a worker process (`summarize`), and
-what the replay needs of it to go past it without its entries (`Summary`)."""
+"""A range of plain transfers checked from its rows alone, in a worker process, and its summary.
+
+`summarize` checks the rows; a `Summary` is what the replay needs of the range to go past it
+without its entries."""
 
 from __future__ import annotations
 

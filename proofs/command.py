@@ -1,5 +1,7 @@
-"""`ledger checkpoint`: sign the journal head (the signed head, written to a file) and the Merkle
-tree head at the same position (kept in `signed_tree_heads`), both as the auditor.
+"""`ledger checkpoint`: sign the journal head and the Merkle tree head there, as the auditor.
+
+The signed head is written to a file (`--out`, or stdout) and kept in `signed_checkpoints`; the
+tree head at the same position is kept in `signed_tree_heads`.
 
 Above `proofs.signing` (the keys and the signed bytes) and `proofs.tree` (the root it signs), so
 that neither of those imports the other's caller.

@@ -1,5 +1,7 @@
-"""Ed25519 keys and what they sign: the signed head (the journal head, kept outside the database
-in the file `ledger checkpoint` writes) and the signed tree head (the Merkle root as well).
+"""Ed25519 keys and what they sign: the journal head (the signed head) and the Merkle tree head.
+
+The signed head is kept outside the database, in the file `ledger checkpoint` writes; the signed
+tree head carries the Merkle root as well.
 
 Whoever can write the database can rewrite an entry and rehash every later one; the chain then
 looks sound. A head signed before the rewrite cannot be forged afterwards, so
