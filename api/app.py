@@ -18,9 +18,8 @@ from api.housekeeping import Readiness, Watermark
 from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
 from api.framework import ANSWER_STARTED, IDEMPOTENCY_KEY, wrap
-from api.payments import expire_command
 from api.routes import ROUTES
-from ledger import collector, db, logs, metrics
+from ledger import collector, db, logs, metrics, sweeper
 from ledger.bus import EventBus
 from ledger.committer import Committer
 from ledger.config import Settings
@@ -266,8 +265,7 @@ def _start_background(services: Services) -> list[asyncio.Task]:
             log.info("forgot %d idempotency keys older than %d s", deleted, settings.idempotency_retention_s)
 
     async def expire_holds() -> None:
-        await housekeeping.expire_due_holds(services.pool, services.committer, batch_max=settings.hold_sweep_batch_max,
-                                            command_for=expire_command)
+        await sweeper.expire_due_holds(services.pool, services.committer, batch_max=settings.hold_sweep_batch_max)
 
     return [
         asyncio.create_task(_follow_watermark(services), name="watermark"),

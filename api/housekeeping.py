@@ -8,9 +8,9 @@
 - `forget_idempotency_keys`: keys older than `idempotency_retention_s` are deleted in bounded
   batches; a retry after that is evaluated as a new request.
 - `flush_token_usage`: `last_used_at` of the tokens used, written once a minute, not per request.
-- `expire_due_holds`: pending holds past `expires_at` are released through the committer, as
-  `expire` commands decided like any other; each API process sweeps, and the batch decision (the
-  hold is no longer pending, or the sweeper's key is already used) keeps it to one expiry.
+
+`every` runs each on its schedule, and the hold-expiry sweeper of the ledger
+(`ledger.sweeper.expire_due_holds`) beside them, through this process's committer.
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ IDEMPOTENCY_SWEEP_INTERVAL_S = 60.0
 IDEMPOTENCY_SWEEP_BATCH_MAX = 1_000
 IDEMPOTENCY_SWEEP_BATCHES_MAX = 100  # per round: at most 100,000 keys, then the next round
 TOKEN_USAGE_FLUSH_INTERVAL_S = 60.0
-# A sweep round that finds a full batch of due holds goes on at once, this many passes at most,
-# so a burst of expiries is not paced by the sweep interval (bounded: then the next round).
-HOLD_SWEEP_PASSES_MAX = 10
 
 
 class Watermark:
@@ -111,38 +108,3 @@ async def every(interval_s: float, action, name: str) -> None:
             raise
         except Exception as error:
             logs.round_failed(log, "%s failed (next round in %.0f s)", error, name, interval_s)
-
-
-async def expire_due_holds(pool, committer, *, batch_max: int, command_for) -> int:
-    """One round: submit an `expire` for up to `batch_max` due holds at a time (all at once, so
-    they share batches), again at once while a full `batch_max` was due, up to
-    HOLD_SWEEP_PASSES_MAX times; returns how many expired here."""
-    expired = 0
-    for _ in range(HOLD_SWEEP_PASSES_MAX):
-        found, done = await _expire_pass(pool, committer, batch_max=batch_max, command_for=command_for)
-        expired += done
-        if found < batch_max:
-            break
-    return expired
-
-
-async def _expire_pass(pool, committer, *, batch_max: int, command_for) -> tuple[int, int]:
-    """(due holds found, expired here). A hold another process expired first is refused or
-    replayed, which is not an error; a full queue or an outage leaves the rest for the next round."""
-    from ledger import committer as committer_mod
-
-    async with pool.connection() as conn:
-        due = await store.due_holds(conn, now=dt.datetime.now(dt.timezone.utc), limit=batch_max)
-    if not due:
-        return 0, 0
-    answers = await asyncio.gather(*(committer.submit(command_for(hold)) for hold in due), return_exceptions=True)
-    expired = 0
-    for answer in answers:
-        if isinstance(answer, (committer_mod.QueueFull, committer_mod.Unavailable)):
-            continue
-        if isinstance(answer, BaseException):
-            raise answer
-        if answer.entry is not None and not answer.replayed:
-            expired += 1
-    metrics.HOLDS_EXPIRED.inc(expired)
-    return len(due), expired

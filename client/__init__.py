@@ -5,6 +5,7 @@ So `pip install wallet-ledger` installs it without the server's dependencies.
 """
 
 from client.aio import LedgerClient, LedgerProblem
+from client.proof import NotSignedYet, ProofError
 from client.sync import SyncLedgerClient
 
-__all__ = ["LedgerClient", "LedgerProblem", "SyncLedgerClient"]
+__all__ = ["LedgerClient", "LedgerProblem", "NotSignedYet", "ProofError", "SyncLedgerClient"]

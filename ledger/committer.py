@@ -49,7 +49,7 @@ class Answer:
 
 @dataclass(slots=True)
 class _Waiter:
-    command: domain.TransferCommand
+    command: domain.EntryCommand
     future: asyncio.Future
     request_id: str | None = None  # of the HTTP request that submitted it, for the event header
 
@@ -98,7 +98,7 @@ class Committer:
         if self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
 
-    async def submit(self, command: domain.TransferCommand) -> Answer:
+    async def submit(self, command: domain.EntryCommand) -> Answer:
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Waiter(command, future, logs.REQUEST_ID.get()))
@@ -160,7 +160,7 @@ class Committer:
             if answer.entry is not None and not answer.replayed and waiter.request_id
         }
 
-    async def _attempt(self, commands: list[domain.TransferCommand]) -> tuple[list[Answer], list[schemas.JournalEntry]]:
+    async def _attempt(self, commands: list[domain.EntryCommand]) -> tuple[list[Answer], list[schemas.JournalEntry]]:
         now = self._clock()
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             state = await store.read_batch_state(

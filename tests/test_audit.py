@@ -555,7 +555,7 @@ def sealed_journal(count: int) -> tuple[dict[uuid.UUID, tuple[str, str]], list[s
     accounts = {system: ("system", "EUR"), wallet: ("wallet", "EUR")}
     entries, prev_hash = [], domain.ZERO_HASH
     for position in range(1, count + 1):
-        command = domain.TransferCommand(
+        command = domain.EntryCommand(
             principal_id=uuid.uuid4(), principal_role="admin", idempotency_key=str(position), request_hash=b"",
             from_account_id=system, to_account_id=wallet, amount=position, currency="EUR", reference="",
             metadata={},

@@ -166,7 +166,7 @@ async def test_an_entry_whose_process_died_before_publishing_is_published_by_the
     try:
         silent = Committer(pool=pool, batch_max=8, queue_max=8, batch_linger_ms=0, commit_retries_max=5, publish=None)
         silent.start()
-        answer = await silent.submit(domain.TransferCommand(
+        answer = await silent.submit(domain.EntryCommand(
             uuid.uuid4(), "admin", "died-before-publishing", b"\x01" * 32, uuid.UUID(wallet.account_id),
             uuid.UUID(vendor.account_id), 9, "USD", "", {}))
         await silent.stop()
