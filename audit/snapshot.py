@@ -152,7 +152,7 @@ async def _replay(
     progress: Progress | None,
 ) -> tuple[Replay, int, int, TreeCheck | None]:
     head = await store.journal_head(conn)
-    projector_position = await projections.checkpoint(conn, projector_name)
+    projector_position = await projections.cursor(conn, projector_name)
     hold_rows = await store.holds_for_audit(conn)
     replay, signed = await _new_replay(conn, accounts, from_position=from_position, projector_position=projector_position,
                                        hold_rows=hold_rows, signed_head=signed_head, public_key=public_key)

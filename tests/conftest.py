@@ -23,7 +23,7 @@ from api.app import build_app
 from ledger import db, principals
 from ledger.config import Settings
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from projector import consumer
+from cli import processes
 
 
 @pytest.fixture(scope="session")
@@ -172,7 +172,7 @@ async def stack(migrated, postgres, nats_server):
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    projector = asyncio.create_task(consumer.serve(settings), name="test-projector")
+    projector = asyncio.create_task(processes.projector(settings), name="test-projector")
     _, admin = await principals.create_at(migrated, role="admin", name="test admin")
     async with aiohttp.ClientSession() as session:
         client = Client(session, f"http://{settings.http_host}:{settings.http_port}")

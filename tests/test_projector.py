@@ -285,7 +285,7 @@ async def test_rebuild_gives_exactly_the_same_read_models(stack):
 
 async def _read_models(stack):
     async with await stack.superuser() as conn:
-        position = await projections.checkpoint(conn)
+        position = await projections.cursor(conn)
         balances = await projections.balances(conn)
         # projected_at differs
         rows = [msgspec.structs.replace(v, projected_at=None) for v in await projections.verifications(conn)]
@@ -331,7 +331,7 @@ async def test_events_aged_out_of_the_stream_are_caught_up_from_the_journal(tmp_
         try:
             async def converged() -> bool:
                 async with await psycopg_connect(postgres.url) as conn:
-                    return (await projections.checkpoint(conn) == head
+                    return (await projections.cursor(conn) == head
                             and await projections.balances(conn) == await store.write_model_balances(conn))
 
             await eventually(converged, timeout_s=20)

@@ -113,7 +113,7 @@ async def project(database_url: str) -> None:
     await pool.open(wait=True)
     try:
         projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "audit-bench"))
-        await projector.load_checkpoint()
+        await projector.load_cursor()
         await projector.catch_up_from_journal()
     finally:
         await pool.close()
