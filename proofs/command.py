@@ -3,8 +3,9 @@
 The signed head is written to a file (`--out`, or stdout) and kept in `signed_checkpoints`; the
 tree head at the same position is kept in `signed_tree_heads`.
 
-Above `proofs.signing` (the keys and the signed bytes) and `proofs.tree` (the root it signs), so
-that neither of those imports the other's caller.
+Above `proofs.signing` (the keys and the signed bytes), `proofs.tree` (the root it signs) and
+`proofs.fork` (only an extension of the last signed head is signed), so that none of those
+imports its caller.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger import config, domain, store
-from proofs import signing, tree
+from proofs import fork, signing
 from schemas import SignedTreeHead
 
 EXIT_SIGNED = 0
@@ -38,6 +39,8 @@ async def take_signed_head(database_url: str, key: Ed25519PrivateKey) -> signing
             head = await store.journal_head(conn)
             if head.position == 0:
                 raise EmptyJournal()
+            # A forked journal is not vouched for; a command may read the whole tail the tree lacks.
+            await fork.check_extension(conn, head.position, tail_max=head.position)
             signed_at = dt.datetime.now(dt.timezone.utc)
             signed = signing.sign(key, position=head.position, digest=head.hash,
                                   signed_at=domain.format_timestamp(signed_at))
@@ -49,10 +52,11 @@ async def take_signed_head(database_url: str, key: Ed25519PrivateKey) -> signing
 
 
 async def take_tree_head(database_url: str, key: Ed25519PrivateKey, *, tree_size: int) -> SignedTreeHead | None:
-    """Sign the Merkle tree head at `tree_size` and record it in `signed_tree_heads`, as the auditor."""
+    """Sign the Merkle tree head at `tree_size` and record it in `signed_tree_heads`, as the auditor,
+    when it extends the last signed head (`fork.sign_extension`)."""
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await store.use_auditor_role(conn)
-        return await tree.sign_head(conn, key, tree_size=tree_size)
+        return await fork.sign_extension(conn, key, tree_size=tree_size, tail_max=tree_size)
 
 
 def main(settings: config.Settings, *, key_path: str, out: str | None, export_public_key: bool) -> int:
@@ -71,6 +75,9 @@ def main(settings: config.Settings, *, key_path: str, out: str | None, export_pu
     except EmptyJournal:
         print("ledger checkpoint: the journal is empty, nothing to sign", file=sys.stderr)
         return EXIT_NOTHING_TO_SIGN
+    except fork.ForkedHistory as error:
+        print(f"ledger checkpoint: refusing to sign a forked history: {error}", file=sys.stderr)
+        return EXIT_UNABLE
     except psycopg.OperationalError:
         raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:
