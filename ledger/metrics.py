@@ -67,3 +67,8 @@ WEBHOOK_RECORD_FAILURES = Counter(
     "Webhook attempts whose outcome could not be recorded (their rows are attempted again once the lease ends).",
 )
 HOLDS_EXPIRED = Counter("ledger_holds_expired_total", "Holds released by this process's expiry sweeper")
+FOLLOWER_STANDBY_UNCONFIRMED = Counter(
+    "ledger_follower_standby_unconfirmed_total",
+    "Steps of a journal follower held back because the synchronous standby did not confirm the journal head in time.",
+    ["follower"],
+)
