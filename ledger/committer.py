@@ -238,6 +238,10 @@ class Committer:
             result = domain.decide_batch(commands, state, committed_at=domain.format_timestamp(now), now=now)
             if result.entries:
                 await store.write_batch(conn, result, committed_at=now)
+            # A batch that only replays still commits a WAL record (the head row lock that
+            # `store.read_batch_state` takes is WAL-logged), so on PostgreSQL its COMMIT waits for
+            # the synchronous standby like a write's: a replay is answered 201 only once the
+            # standby holds the entry (`ledger.standby`; tests/ops/test_failover_replay.py).
             replays = await self._replayed_entries(conn, result)
         return [self._answer(outcome, replays) for outcome in result.outcomes], result.entries
 
