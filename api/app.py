@@ -65,8 +65,8 @@ class Services:
             self.accounts.clear()
         self.accounts[account.id] = account
 
-    async def rate_limit(self, principal: Principal) -> None:
-        wait_s = self.limiter.take(principal.id)
+    async def rate_limit(self, principal: Principal, cost: int = 1) -> None:
+        wait_s = self.limiter.take(principal.id, cost)
         if wait_s > 0:
             raise ApiError("rate_limited", retry_after_s=max(1, int(wait_s + 0.999)))
 
