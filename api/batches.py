@@ -58,6 +58,15 @@ def batch_handler(item_routes: Mapping[type, Route]) -> Callable[[object, Call],
     return create_batch
 
 
+def document_items_cap(document: dict, items_max: int) -> dict:
+    """The OpenAPI document with the running service's cap on items (LEDGER_BATCH_ITEMS_MAX)
+    rather than the contract's ceiling, which the request type allows so that the cap can be set."""
+    items = document["components"]["schemas"][BatchCreate.__name__]["properties"]["items"]
+    items["maxItems"] = items_max
+    items["description"] = f"1..{items_max} items (LEDGER_BATCH_ITEMS_MAX); keys unique in a batch."
+    return document
+
+
 def check_items(items: list[BatchItem], items_max: int) -> None:
     """What the item types cannot say: the service's cap on items, and keys unique in the batch."""
     if len(items) > items_max:
