@@ -1,4 +1,4 @@
-"""The client's batch calls: `batch` (one request, retried with the same keys) and `batches` (a long iterable, split).
+"""The client's batch calls: `batch`, retried with the same keys, and `batches` for a long iterable.
 
 Items are `schemas.batches` Structs (`TransferItem`, `RefundItem`, `HoldItem`, `CaptureItem`,
 `VoidItem`), each with its own `idempotency_key`. Every retry sends the same keys, so an item is
