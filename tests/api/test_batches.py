@@ -8,6 +8,9 @@ import asyncio
 import json
 import uuid
 
+import audit
+from api.ratelimit import RateLimiter
+
 FUNDS = 1000
 
 
@@ -243,3 +246,29 @@ async def test_an_atomic_batch_racing_a_single_request_for_the_same_money_conser
         else:
             assert (single.code, statuses) == ("insufficient_funds", [201, 201]) and balances == [100, 600, 300]
         assert sum(balances) == FUNDS
+
+
+async def test_batch_items_are_ordinary_entries_downstream(stack):
+    """The projection verifies an item's payment like any other, and the audit holds."""
+    wallet, vendor = await stack.funded_wallet(FUNDS), await stack.vendor()
+    reply = await _batch(stack, wallet.token, [_transfer(wallet.account_id, vendor.account_id, n) for n in (3, 4)],
+                         "atomic")
+    paid = reply.body["items"][1]["body"]
+    verification = await stack.client.get(
+        f"/v1/vendors/{vendor.account_id}/transfers/{paid['id']}/verification", token=vendor.token,
+        params={"min_position": paid["position"], "wait_ms": 5000})
+    assert verification.status == 200, verification.text
+    assert (verification.body["amount"], verification.body["position"]) == (4, paid["position"])
+    report = await audit.run_audit(stack.database_url)
+    failed = [c for c in report.checks if not c.ok and c.name not in ("projection", "verifications")]
+    assert not failed, failed
+
+
+def test_a_batch_costs_its_items_and_one_past_the_burst_leaves_the_bucket_in_debt():
+    now = [0.0]
+    limiter = RateLimiter(rate_per_s=100, burst=50, clock=lambda: now[0])
+    assert limiter.take("p", 30) == 0  # 20 left
+    assert limiter.take("p", 30) > 0  # not enough: refused, nothing spent
+    now[0] += 0.5  # +50, capped at the burst
+    assert limiter.take("p", 80) == 0  # a batch past the burst passes on a full bucket: -30
+    assert limiter.take("p") == (1 + 30) / 100  # and the next request waits until the debt is paid

@@ -61,10 +61,11 @@ async def test_the_blocking_client_sends_batches_too(stack):
     def script() -> list[int]:
         with SyncLedgerClient(stack.client.base, token=wallet.token) as ledger:
             answer = ledger.batch([_pay(wallet.account_id, vendor.account_id, 3)], mode="atomic")
-            return [item.status for item in answer.items]
+            split = ledger.batches((_pay(wallet.account_id, vendor.account_id, 1) for _ in range(3)), size=2)
+            return [item.status for item in answer.items] + [len(part.items) for part in split]
 
-    assert await asyncio.to_thread(script) == [201]
-    assert await stack.balance(vendor.account_id) == 3
+    assert await asyncio.to_thread(script) == [201, 2, 1]
+    assert await stack.balance(vendor.account_id) == 6
 
 
 def _answer(index: int, status: int, body: dict) -> BatchItemAnswer:
