@@ -36,6 +36,10 @@ log = logging.getLogger("ledger.committer")
 
 RETRY_DELAY_MS_MIN = 2.0
 RETRY_DELAY_MS_MAX = 200.0
+# How far a batch's clock may be from the database's (and the journal head's `committed_at` ahead
+# of the database's) before the batch is refused: NTP keeps hosts within milliseconds, and a hold
+# is released within 10 s of expiring, so a batch never decides an expiry on a clock further off.
+CLOCK_SKEW_MAX_S = 5.0
 # What waiters hear of an outage: the driver's own text names hosts, ports and other users'
 # accounts, so it goes to the log only.
 DATABASE_UNAVAILABLE = "the database is unavailable"
@@ -50,6 +54,26 @@ class Unavailable(Exception):
     """The database failed or kept conflicting past `commit_retries_max`. After a conflict nothing
     was written; after a lost connection the batch may have committed (the COMMIT was sent, its
     answer never came), so the outcome is unknown until the same key is retried."""
+
+
+class ClockSkewed(Unavailable):
+    """This process's clock, or the journal head's time, is too far from the database's clock to
+    decide a batch by (holds expire by it): the whole batch is refused, nothing written, and the
+    caller answers 503 (an Unavailable, so the batch is not split as if a command were at fault)."""
+
+
+def check_clock(now: dt.datetime, *, database_now: dt.datetime, head_committed_at: dt.datetime | None) -> None:
+    """Raise `ClockSkewed` unless `now` is within `CLOCK_SKEW_MAX_S` of the database's clock and
+    the head is not further ahead of it: a batch is stamped no earlier than the head
+    (`domain.stamp_after`), so one stamped far ahead would make every later batch expire holds
+    early, while the sweeper, on a correct clock, would not expire them."""
+    bound = dt.timedelta(seconds=CLOCK_SKEW_MAX_S)
+    if abs(now - database_now) > bound:
+        raise ClockSkewed(f"this process's clock is {(now - database_now).total_seconds():+.1f} s off the"
+                          f" database's (at most {CLOCK_SKEW_MAX_S:g} s): fix its time synchronisation")
+    if head_committed_at is not None and head_committed_at - database_now > bound:
+        raise ClockSkewed(f"the journal head was committed {(head_committed_at - database_now).total_seconds():.1f} s"
+                          " ahead of the database's clock: batches wait until the clocks agree")
 
 
 class Failed(Exception):
@@ -230,7 +254,6 @@ class Committer:
     async def _attempt(
         self, commands: list[domain.EntryCommand], groups: list[range]
     ) -> tuple[list[Answer], list[schemas.JournalEntry]]:
-        now = self._clock()
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             state = await store.read_batch_state(
                 conn,
@@ -244,6 +267,8 @@ class Committer:
                 refunded_ids=list({c.refund_of for c in commands if c.refund_of is not None}),
                 hold_ids=list({c.hold_id for c in commands if c.kind in domain.HOLD_CLOSING_KINDS}),
             )
+            now = self._clock()  # after the head lock, next to the database's clock read with it
+            check_clock(now, database_now=state.database_now, head_committed_at=state.head_committed_at)
             now = domain.stamp_after(now, state.head_committed_at)
             result, aborted = _decide(commands, groups, state, now)
             if result.entries:
