@@ -273,6 +273,10 @@ class Committer:
             result, aborted = _decide(commands, groups, state, now)
             if result.entries:
                 await store.write_batch(conn, result, committed_at=now)
+            # A batch that only replays still commits a WAL record (the head row lock that
+            # `store.read_batch_state` takes is WAL-logged), so on PostgreSQL its COMMIT waits for
+            # the synchronous standby like a write's: a replay is answered 201 only once the
+            # standby holds the entry (`ledger.standby`; tests/ops/test_failover_replay.py).
             replays = await self._replayed_entries(conn, result)
         decided = iter(result.outcomes)
         answers = [aborted[i] if i in aborted else self._answer(next(decided), replays) for i in range(len(commands))]
