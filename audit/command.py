@@ -37,7 +37,7 @@ def main(
         return Exit.USAGE
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
-        report = asyncio.run(run_audit(settings.database.url, from_position=from_position, checkpoint=signed,
+        report = asyncio.run(run_audit(settings.database.url, from_position=from_position, signed_head=signed,
                                        public_key=pinned, projector_name=settings.projector.name, progress=bar))
     except psycopg.OperationalError:
         raise  # the command line reports an unreachable database: one line, exit 3

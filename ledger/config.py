@@ -1,7 +1,8 @@
 """Configuration: every setting declared once, in its process's section, read from the environment once
 
 Each setting has its environment variable, default, range and meaning in one declaration, and is
-checked when its section is built. The sections follow the processes, so a reader sees what each one depends on:
+checked when its section is built. The sections follow the processes, so a reader sees what each
+one depends on:
 
 | section | read by |
 |---|---|
@@ -34,6 +35,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 BODY_BYTES_MAX = 64 * 1024
+BATCH_BODY_BYTES_MAX = 4 * 1024 * 1024  # the contract's body limit of `POST /v1/batches`
+BATCH_ITEMS_CAP = 10_000  # what LEDGER_BATCH_ITEMS_MAX may be raised to at most
 IDEMPOTENCY_KEY_CHARS_MAX = 255
 
 PORT_MAX = 65535
@@ -191,6 +194,9 @@ class Api(Section):
         500, "how long a token lookup (found or not) is reused; a revoked token fails everywhere within 1 s",
         variable="LEDGER_AUTH_CACHE_MS", range=(0, 1_000))
     body_bytes_max: int = setting(BODY_BYTES_MAX, "a request body's size at most", range=(1, 16 * 1024 * 1024))
+    batch_items_max: int = setting(
+        1000, "items one `POST /v1/batches` may carry (the contract's cap; 10,000 at most)",
+        variable="LEDGER_BATCH_ITEMS_MAX", range=(1, BATCH_ITEMS_CAP))
 
 
 @dataclass(frozen=True, kw_only=True)
