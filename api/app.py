@@ -242,7 +242,8 @@ async def _lifecycle(app: web.Application):
     services = Services(
         settings=settings, pool=pool, commit_pool=commit_pool, bus=bus, committer=committer, outbox=outbox,
         auth=Authenticator(pool, cache_ms=settings.api.auth_cache_ms),
-        limiter=RateLimiter(rate_per_s=settings.api.rate_per_s, burst=settings.api.rate_burst), readiness=Readiness(pool),
+        limiter=RateLimiter(rate_per_s=settings.api.rate_per_s, burst=settings.api.rate_burst),
+        readiness=Readiness(pool),
     )
     app[SERVICES] = services
     bus.start()
@@ -267,12 +268,14 @@ def _start_background(services: Services) -> list[asyncio.Task]:
     settings = services.settings
 
     async def forget_keys() -> None:
-        deleted = await housekeeping.forget_idempotency_keys(services.pool, retention_s=settings.committer.idempotency_retention_s)
+        retention_s = settings.committer.idempotency_retention_s
+        deleted = await housekeeping.forget_idempotency_keys(services.pool, retention_s=retention_s)
         if deleted:
-            log.info("forgot %d idempotency keys older than %d s", deleted, settings.committer.idempotency_retention_s)
+            log.info("forgot %d idempotency keys older than %d s", deleted, retention_s)
 
     async def expire_holds() -> None:
-        await sweeper.expire_due_holds(services.pool, services.committer, batch_max=settings.committer.hold_sweep_batch_max)
+        await sweeper.expire_due_holds(services.pool, services.committer,
+                                       batch_max=settings.committer.hold_sweep_batch_max)
 
     return [
         asyncio.create_task(_follow_watermark(services), name="watermark"),
@@ -281,8 +284,8 @@ def _start_background(services: Services) -> list[asyncio.Task]:
                                                "idempotency sweep"), name="idempotency-sweep"),
         asyncio.create_task(housekeeping.every(housekeeping.TOKEN_USAGE_FLUSH_INTERVAL_S, services.auth.flush_usage,
                                                "token usage flush"), name="token-usage"),
-        asyncio.create_task(housekeeping.every(settings.committer.hold_sweep_interval_ms / 1000, expire_holds, "hold expiry"),
-                            name="hold-expiry"),
+        asyncio.create_task(housekeeping.every(settings.committer.hold_sweep_interval_ms / 1000, expire_holds,
+                                               "hold expiry"), name="hold-expiry"),
     ]
 
 

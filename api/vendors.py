@@ -31,7 +31,8 @@ async def get_verification(services, call: Call) -> web.Response:
     vendor_id, transfer_id = call.ids["account_id"], call.ids["transfer_id"]
     query: WaitQuery = call.query
     async with services.pool.connection() as conn:
-        position, verification = await projections.verification(conn, vendor_id, transfer_id, services.settings.projector.name)
+        position, verification = await projections.verification(conn, vendor_id, transfer_id,
+                                                                 services.settings.projector.name)
     if position < query.min_position:
         position, verification = await _wait_for_projection(services, call, query)
     headers = {PROJECTION_POSITION: str(position)}

@@ -160,7 +160,8 @@ async def rebuild(settings: Settings, pool) -> int:
 
 async def rebuild_at(settings: Settings) -> int:
     """`ledger projector rebuild`: `rebuild` on a pool of its own."""
-    pool = db.make_pool(settings.database.url, role=store.PROJECTOR_ROLE, size_max=2, timeouts=db.timeouts_from(settings.database))
+    pool = db.make_pool(settings.database.url, role=store.PROJECTOR_ROLE, size_max=2,
+                        timeouts=db.timeouts_from(settings.database))
     await pool.open(wait=True)
     try:
         return await rebuild(settings, pool)

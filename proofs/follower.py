@@ -158,6 +158,7 @@ async def serve(settings: Settings) -> None:
     pool = _pool(settings, dialect=await db.wait_for_dialect(settings.database.url))
     await pool.open(wait=True)
     try:
-        await TreeFollower(pool, sign_interval_s=settings.proofs.sign_interval_s, key_path=settings.proofs.signing_key).run()
+        await TreeFollower(pool, sign_interval_s=settings.proofs.sign_interval_s,
+                           key_path=settings.proofs.signing_key).run()
     finally:
         await pool.close()

@@ -109,7 +109,8 @@ async def project(database_url: str) -> None:
     from ledger import config, store
 
     settings = config.Settings().replace(database={"url": database_url})
-    pool = db.make_pool(database_url, role=store.PROJECTOR_ROLE, size_max=2, timeouts=db.timeouts_from(settings.database))
+    pool = db.make_pool(database_url, role=store.PROJECTOR_ROLE, size_max=2,
+                        timeouts=db.timeouts_from(settings.database))
     await pool.open(wait=True)
     try:
         projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "audit-bench"))

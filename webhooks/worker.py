@@ -91,7 +91,8 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
         metrics_server, _ = start_http_server(settings.http.metrics_port, addr=settings.http.host)
     wake = asyncio.Event()
     sender = Sender(pool=pool, keyring=keyring, wake=wake, concurrency_max=settings.webhooks.concurrency_max,
-                    endpoint_max=settings.webhooks.endpoint_concurrency_max, allow_private=settings.webhooks.allow_private)
+                    endpoint_max=settings.webhooks.endpoint_concurrency_max,
+                    allow_private=settings.webhooks.allow_private)
     mapper = Mapper(pool=pool, bus=bus, name=name, wake=wake, sender=sender)
     tasks = [asyncio.create_task(mapper.run(), name="webhook-mapper"),
              asyncio.create_task(sender.run(), name="webhook-sender"),
@@ -117,7 +118,8 @@ async def rotate_key(settings: Settings) -> int:
     """`ledger webhooks rotate-key`: re-encrypt every stored secret with the first key of
     LEDGER_WEBHOOK_KEY; returns how many. Afterwards the older keys can be dropped."""
     keyring = keyring_from(settings)
-    pool = db.make_pool(settings.database.url, role=ws.WEBHOOKS_ROLE, size_max=1, timeouts=db.timeouts_from(settings.database))
+    pool = db.make_pool(settings.database.url, role=ws.WEBHOOKS_ROLE, size_max=1,
+                        timeouts=db.timeouts_from(settings.database))
     await pool.open(wait=True)
     try:
         async with pool.connection() as conn:
