@@ -31,14 +31,14 @@ from webhooks import store as ws
 log = logging.getLogger("webhooks.sender")
 
 ATTEMPT_S_MAX = 10.0  # the contract: a 2xx within 10 s ends it
-# A held row waits for three slots in turn (its endpoint's, its vendor's, one overall), at most
-# one attempt for each, as no more rows are held than twice the slots at each level; then it is
-# attempted. The lease outlasts all four and the recording, so a live sender always records
-# first, and a dead one's rows are due again after it.
+# A held row waits for its endpoint's slot (at most two attempts: those ahead of it wait at most
+# one for an overall slot, then make theirs), then for an overall slot (at most one: no more rows
+# are held than twice the slots), then is attempted. The lease outlasts the four and the
+# recording, so a live sender always records first, and a dead one's rows are due again after it.
 LEASE_S = 4 * ATTEMPT_S_MAX + 10.0
-# One vendor's attempts take at most this share of the slots, its held rows as much of the
-# queue: a vendor whose endpoints all hang leaves the rest to the others, whose rows go first at
-# each claim (`webhooks.store.claim_due` ranks the vendors by what they hold).
+# One vendor holds at most this share of the slots in rows (in flight or waiting), so its attempts
+# take no more: a vendor whose endpoints all hang leaves the rest to the others, whose rows go
+# first at each claim (`webhooks.store.claim_due` ranks the vendors by the rows they hold).
 VENDOR_SHARE = 0.5
 SENDER_POLL_S = 0.5  # due retries are looked for this often; new rows wake the senders at once
 CLAIM_INTERVAL_S = 0.02  # claims start at most this often: the rows of several rounds in one claim
@@ -90,8 +90,8 @@ class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
 class Sender:
     """Claims due deliveries and POSTs them, `concurrency_max` at once, `endpoint_max` per endpoint
     and `VENDOR_SHARE` of them per vendor. It holds at most `HELD_PER_SLOT` times as many claimed
-    rows as it has slots, overall, per endpoint and per vendor (the bounded queue), so a held row
-    waits at most one attempt for each of its slots."""
+    rows as it has slots, overall and per endpoint (the bounded queue), so a held row waits at
+    most one attempt for each of its slots, and as many per vendor as the vendor's share."""
 
     def __init__(self, *, pool, keyring: events.Keyring, wake: asyncio.Event, concurrency_max: int,
                  endpoint_max: int, allow_private: bool) -> None:
@@ -107,7 +107,6 @@ class Sender:
         self._per_endpoint: dict[uuid.UUID, int] = {}
         self._per_vendor: dict[uuid.UUID | None, int] = {}
         self._endpoint_slots: dict[uuid.UUID, asyncio.Semaphore] = {}
-        self._vendor_slots: dict[uuid.UUID | None, asyncio.Semaphore] = {}
         self._slots = asyncio.Semaphore(concurrency_max)
         # The endpoints attempted lately, by id; an endpoint's URL and secret never change, but it
         # may be deleted: `_check_endpoints` drops the deleted ones.
@@ -185,7 +184,7 @@ class Sender:
         if free <= 0:
             return True
         room = ws.Room(free, {endpoint: max(0, self._endpoint_room - held) for endpoint, held in self._per_endpoint.items()},
-                       self._endpoint_room, dict(self._per_vendor), HELD_PER_SLOT * self._vendor_max)
+                       self._endpoint_room, dict(self._per_vendor), self._vendor_max)
         self._backlogged_since_claim = {}
         async with self._pool.connection() as conn:
             claimed = await ws.claim_due(conn, room, lease_s=LEASE_S)
@@ -234,7 +233,7 @@ class Sender:
         for endpoint_id, vendor_id in rows:
             take = (free > 0 and endpoint_id not in self._backlogged
                     and self._per_endpoint.get(endpoint_id, 0) < self._endpoint_room
-                    and self._per_vendor.get(vendor_id, 0) < HELD_PER_SLOT * self._vendor_max)
+                    and self._per_vendor.get(vendor_id, 0) < self._vendor_max)
             if take:
                 free -= 1
                 self._hold(endpoint_id, vendor_id, 1)
@@ -260,8 +259,6 @@ class Sender:
         """Attempt a held row (counted in `_hold`) once its slots are free."""
         if row.endpoint_id not in self._endpoint_slots:
             self._endpoint_slots[row.endpoint_id] = asyncio.Semaphore(self._endpoint_max)
-        if row.vendor_id not in self._vendor_slots:
-            self._vendor_slots[row.vendor_id] = asyncio.Semaphore(self._vendor_max)
         # One task per held row: it waits for its slots like any other. Unnamed (the default name
         # costs a counter, a name with the event id formatted a UUID for every row), and its own
         # `finally` gives the row up, with no done-callback to schedule.
@@ -269,7 +266,7 @@ class Sender:
 
     async def _deliver(self, row: ws.Claimed) -> None:
         try:
-            async with self._endpoint_slots[row.endpoint_id], self._vendor_slots[row.vendor_id], self._slots:
+            async with self._endpoint_slots[row.endpoint_id], self._slots:
                 await self._attempt(row)
         except Exception:  # the row's lease ends and it is attempted again; the other rows go on
             log.exception("webhook delivery task failed")
@@ -281,8 +278,6 @@ class Sender:
         self._hold(row.endpoint_id, row.vendor_id, -1)
         if row.endpoint_id not in self._per_endpoint:
             self._endpoint_slots.pop(row.endpoint_id, None)
-        if row.vendor_id not in self._per_vendor:
-            self._vendor_slots.pop(row.vendor_id, None)
         if self._more_due or row.endpoint_id in self._backlogged or row.vendor_id in self._backlogged_vendors:
             self._wake.set()  # a slot is free, and due rows may wait for one
 
