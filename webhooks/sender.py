@@ -125,7 +125,8 @@ class Sender:
         # nothing, after every attempt (that cost PostgreSQL about 10 µs per delivered event).
         self._backlogged: dict[uuid.UUID, uuid.UUID | None] = {}
         self._backlogged_vendors: set[uuid.UUID | None] = set()
-        self._backlogged_since_claim: dict[uuid.UUID, uuid.UUID | None] = {}  # while a claim runs
+        # Those whose due rows the mapper is writing, not yet committed (so no claim sees them yet).
+        self._uncommitted: dict[uuid.UUID, uuid.UUID | None] = {}
         self._reserved_total = 0  # new rows the mapper is writing leased to this sender (`reserve`)
 
     async def run(self) -> None:
@@ -185,7 +186,7 @@ class Sender:
             return True
         room = ws.Room(free, {endpoint: max(0, self._endpoint_room - held) for endpoint, held in self._per_endpoint.items()},
                        self._endpoint_room, dict(self._per_vendor), self._vendor_max)
-        self._backlogged_since_claim = {}
+        unseen = dict(self._uncommitted)  # committed during the claim, perhaps after what it saw
         async with self._pool.connection() as conn:
             claimed = await ws.claim_due(conn, room, lease_s=LEASE_S)
         taken: dict[uuid.UUID, int] = {}
@@ -193,7 +194,7 @@ class Sender:
             taken[row.endpoint_id] = taken.get(row.endpoint_id, 0) + 1
             self._hold(row.endpoint_id, row.vendor_id, 1)
             self._start(row)
-        self._backlogged = self._still_backlogged(room, claimed, taken) | self._backlogged_since_claim
+        self._backlogged = self._still_backlogged(room, claimed, taken) | unseen | self._uncommitted
         self._backlogged_vendors = set(self._backlogged.values())
         return len(claimed) == free
 
@@ -239,18 +240,22 @@ class Sender:
                 self._hold(endpoint_id, vendor_id, 1)
                 self._reserved_total += 1
             else:  # written due: a claim takes it, oldest first, once there is room
-                self._backlogged[endpoint_id] = self._backlogged_since_claim[endpoint_id] = vendor_id
+                self._backlogged[endpoint_id] = self._uncommitted[endpoint_id] = vendor_id
                 self._backlogged_vendors.add(vendor_id)
             taken.append(take)
         return taken
 
     def release(self, rows: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        """Give up the rows `reserve` took (their transaction did not commit)."""
+        self._uncommitted.clear()
         for endpoint_id, vendor_id in rows:
             self._hold(endpoint_id, vendor_id, -1)
             self._reserved_total -= 1
 
     def hand(self, rows: list[ws.Claimed]) -> None:
-        """Take over rows written leased to this sender (their transaction committed)."""
+        """Take over rows written leased to this sender (their transaction committed, with the
+        rows `reserve` did not take, which the claims can see from now on)."""
+        self._uncommitted.clear()
         self._reserved_total -= len(rows)
         for row in rows:
             self._start(row)
