@@ -88,10 +88,10 @@ class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
 
 
 class Sender:
-    """Claims due deliveries and POSTs them, `concurrency_max` at once, `endpoint_max` per endpoint
-    and `VENDOR_SHARE` of them per vendor. It holds at most `HELD_PER_SLOT` times as many claimed
-    rows as it has slots, overall and per endpoint (the bounded queue), so a held row waits at
-    most one attempt for each of its slots, and as many per vendor as the vendor's share."""
+    """Claims due deliveries and POSTs them, `concurrency_max` at once and `endpoint_max` per
+    endpoint. It holds at most `HELD_PER_SLOT` times as many claimed rows as it has slots, overall
+    and per endpoint (the bounded queue, so a held row's wait is bounded: see `LEASE_S`), and per
+    vendor at most `VENDOR_SHARE` of its slots, so one vendor's attempts never take them all."""
 
     def __init__(self, *, pool, keyring: events.Keyring, wake: asyncio.Event, concurrency_max: int,
                  endpoint_max: int, allow_private: bool) -> None:
