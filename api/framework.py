@@ -248,7 +248,7 @@ def wrap(route: Route, services_of: Callable[[], Any]) -> Callable[[web.Request]
             services = services_of()
         principal = None
         if not route.public:
-            principal = await services.auth.authenticate(request.headers.get("Authorization"))
+            principal = await services.auth.authenticate(request.headers.get("Authorization"), client=request.remote)
             await services.rate_limit(principal)
         ids = _path_ids(request, route.path_ids) if route.path_ids else {}
         key = _idempotency_key(request) if route.idempotency else None

@@ -1,7 +1,8 @@
 """What an API process does besides answering requests, each on its own bounded schedule.
 
 - `Readiness`: probes the database once a second, so `/readyz` answers from the last probe
-  without taking a pool connection per request (a flood of probes costs nothing).
+  without taking a pool connection per request (a flood of probes costs nothing); and every
+  `HISTORY_CHECK_INTERVAL_S` whether the journal still extends the last signed tree head.
 - `Watermark`: the projector's announced position, used only as a wake-up for read-your-writes
   waits. It is never believed: a waiter re-reads the checkpoint from the database, and waits its
   poll interval unless a new announcement arrives, so a forged or stale watermark costs nothing.
@@ -21,6 +22,8 @@ import logging
 import time
 
 from ledger import logs, metrics, store
+from proofs import fork
+from proofs import store as tree_store
 
 log = logging.getLogger("ledger.api")
 
@@ -28,6 +31,8 @@ READINESS_PROBE_INTERVAL_S = 1.0
 READINESS_PROBE_TIMEOUT_S = 2.0
 # A probe older than this is stale (the probe task itself is stuck): not ready.
 READINESS_STALE_S = 5.0
+# The signed history's check (a few small statements) runs less often than the database probe.
+HISTORY_CHECK_INTERVAL_S = 5.0
 IDEMPOTENCY_SWEEP_INTERVAL_S = 60.0
 IDEMPOTENCY_SWEEP_BATCH_MAX = 1_000
 IDEMPOTENCY_SWEEP_BATCHES_MAX = 100  # per round: at most 100,000 keys, then the next round
@@ -62,6 +67,8 @@ class Readiness:
         self._pool = pool
         self.database_ok = False
         self._probed_at = float("-inf")
+        self.tree_heads = "unknown"  # "ok", or "forked": the journal does not extend the last signed head
+        self._history_due = float("-inf")
 
     @property
     def database(self) -> str:
@@ -79,9 +86,28 @@ class Readiness:
         metrics.READINESS_PROBES.labels("ok" if self.database_ok else "down").inc()
         self._probed_at = time.monotonic()
 
+    async def check_history(self) -> None:
+        """Whether the journal still extends the last signed tree head (`proofs.fork`): the tree
+        at that head's size, O(log n) subtrees in two statements. A check that cannot tell (the
+        database is down, the tree is rebuilding) keeps the last verdict."""
+        try:
+            async with asyncio.timeout(READINESS_PROBE_TIMEOUT_S):
+                async with self._pool.connection(timeout=READINESS_PROBE_TIMEOUT_S) as conn:
+                    async with conn.transaction():
+                        await tree_store.repeatable_read(conn)
+                        await fork.check_extension(conn, 0)
+            self.tree_heads = "ok"
+        except fork.ForkedHistory:
+            self.tree_heads = "forked"
+        except Exception:  # unknown this time: the database probe says why, the next check tells
+            pass
+
     async def probe_forever(self) -> None:
         while True:
             await self.probe_once()
+            if time.monotonic() >= self._history_due:
+                self._history_due = time.monotonic() + HISTORY_CHECK_INTERVAL_S
+                await self.check_history()
             await asyncio.sleep(READINESS_PROBE_INTERVAL_S)
 
 

@@ -139,9 +139,12 @@ async def healthz(services, call: Call) -> web.Response:
 
 
 async def readyz(services, call: Call) -> web.Response:
-    """From the last background probe (once a second): a probe request takes no connection."""
+    """From the last background probe (once a second): a probe request takes no connection.
+    Ready is the database and NATS; `tree_heads` says whether tree heads are still signed (a
+    forked journal is reported, while the service keeps answering its last good head)."""
     checks = {"database": services.readiness.database, "nats": "ok" if services.bus.connected else "down"}
     ready = all(v == "ok" for v in checks.values())
+    checks["tree_heads"] = services.readiness.tree_heads
     return json_response(schemas.Health(status="ready" if ready else "not_ready", checks=checks), status=200 if ready else 503)
 
 

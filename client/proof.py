@@ -154,7 +154,7 @@ def tree_head_bytes(head: schemas.SignedTreeHead) -> bytes:
 
 def check_signature(head: schemas.SignedTreeHead, public_key: str) -> None:
     """The head is signed by the pinned key (hex), never the key the answer names; or ProofError.
-    Needs `cryptography` (the server's dependency; a client that verifies installs it too)."""
+    Needs `cryptography`: `pip install 'wallet-ledger[verify]'` (the server extras have it)."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 

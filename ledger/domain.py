@@ -64,6 +64,13 @@ def holding_account_id(currency: str) -> uuid.UUID:
     return uuid.uuid5(_HOLDING_NAMESPACE, "holding:" + currency)
 
 
+def is_holding_account(account: "AccountState") -> bool:
+    """Money moves in and out of a holding account only through holds: a transfer by hand (an
+    admin's, from or to it) would leave it holding more or less than its pending holds, and every
+    later step of those holds would fail (issue 24 #10)."""
+    return account.id == holding_account_id(account.currency)
+
+
 @dataclass(frozen=True, slots=True)
 class AccountState:
     id: uuid.UUID
@@ -294,7 +301,8 @@ def check_hold_step(
 def check(
     command: EntryCommand, accounts: dict[uuid.UUID, AccountState], refunded: dict[uuid.UUID, int]
 ) -> Rejection | None:
-    """The contract's checks after idempotency, in its order: ownership, then business rules.
+    """The contract's checks after idempotency, in its order: ownership, then business rules
+    (a holding account is no one's to move by hand: `forbidden` once both accounts are found).
     A new hold is checked as a transfer from the wallet to the currency's holding account, with
     the vendor as the target whose existence and currency count."""
     source = accounts.get(command.from_account_id)
@@ -305,6 +313,8 @@ def check(
     target = accounts.get(command.to_account_id)
     if source is None or target is None:
         return Rejection.account_not_found
+    if is_holding_account(source) or is_holding_account(target):
+        return Rejection.forbidden
     if source.currency != command.currency or target.currency != command.currency:
         return Rejection.currency_mismatch
     if command.refund_of is not None and refunded.get(command.refund_of, 0) + command.amount > command.refundable_amount:

@@ -8,7 +8,8 @@ appends them to the frontier (the O(log n) complete subtrees of the stored size,
 size, in one transaction. The proofs (`proofs.tree`) hash on the fly the tail it has not reached.
 
 The projector process runs it beside the projector (`cli.processes`), on a pool of its own whose
-commits wait for the WAL flush: it signs tree heads that auditors keep.
+commits wait for the WAL flush: it signs tree heads that auditors keep, each only when it extends
+the last one signed (`proofs.fork`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from nats.aio.msg import Msg
 from ledger import db, store
 from ledger.config import Settings
 from ledger.follower import JournalFollower
-from proofs import merkle, signing
+from proofs import fork, merkle, signing
 from proofs import store as tree_store
-from proofs.tree import PAGE_ENTRIES_MAX, known_nodes, sign_head
+from proofs.tree import PAGE_ENTRIES_MAX, TreeBehind, known_nodes
 
 log = logging.getLogger("proofs.follower")
 
@@ -54,7 +55,7 @@ class TreeFollower(JournalFollower):
         self.page_max = page_max
         self._interval_s = sign_interval_s
         self._key = signing.load_or_create_key(Path(key_path)) if sign_interval_s and key_path else None
-        self._signed_size = 0
+        self.forked = False  # the last check found the tree not an extension of the signed head
         self._next_sign = time.monotonic()
         self.frontier: merkle.Frontier | None = None  # kept between steps: not read back each time
 
@@ -88,12 +89,23 @@ class TreeFollower(JournalFollower):
             await self._sign()
 
     async def _sign(self) -> None:
+        """Sign the stored tree when it grew past the last signed head and extends it (`proofs.fork`);
+        a tree that does not is never signed, however long it stays so: checked again each interval."""
         self._next_sign = time.monotonic() + self._interval_s
         async with self._pool.connection() as conn:
             size = await tree_store.tree_size(conn)
-            if size > self._signed_size:
-                await sign_head(conn, self._key, tree_size=size)
-                self._signed_size = size
+            try:
+                await fork.sign_extension(conn, self._key, tree_size=size, newer_only=True)
+            except fork.ForkedHistory as error:
+                if not self.forked:
+                    log.error("tree heads are no longer signed: %s", error)
+                self.forked = True
+                return
+            except TreeBehind:
+                return  # the stored tree is far behind the last signed head (a rebuild): next time
+        if self.forked:
+            log.warning("the journal's tree extends the last signed head again: signing resumes")
+        self.forked = False
 
 
 async def append_page(

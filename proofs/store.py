@@ -40,6 +40,12 @@ async def entries_behind(conn) -> int:
     return row[0] or 0
 
 
+async def repeatable_read(conn) -> None:
+    """First in a transaction: all its reads see one snapshot (a tree head is checked and signed
+    over the same tree)."""
+    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+
 async def lock_cursor(conn) -> int:
     """Inside a transaction: the tree follower's cursor, the stored size, locked until commit (one
     follower appends at a time)."""

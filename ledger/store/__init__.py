@@ -38,6 +38,7 @@ from ledger.store.accounts import (  # noqa: F401
     PastAccount,
     PrincipalRow,
     STATEMENT_SQL,
+    statement_query,
     TokenOwnerRow,
     TokenRow,
     _ACCOUNT_COLUMNS,
