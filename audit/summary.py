@@ -107,28 +107,32 @@ def _walk(rows: Sequence[Sequence], after: int, accounts: AccountsByText, projec
           digest: str) -> _Walked | None:
     """`summarize`'s checks, entry by entry from the position after `after` whose prev_hash is
     `digest`; None at the first that fails. Written out in one loop: it runs once per entry."""
-    position, written_out_hash = after, entries.written_out_hash
+    position, account, written_out_hash = after, accounts.get, entries.written_out_hash
     starts, ends, payments, hashes = {}, {}, [], []
-    for row in rows:
-        (at, prev_hash, stored, payer_id, payee_id, amount, currency, posted, amounts, balances_after) = _walked(row)
+    for row, (at, prev_hash, stored, payer_id, payee_id, amount, currency, posted, amounts, balances_after) in zip(
+            rows, map(_walked, rows)):
         position += 1
-        if at != position or prev_hash != digest or posted != [payer_id, payee_id] or amounts != [-amount, amount]:
+        if at != position or prev_hash != digest:
             return None
-        payer, payee = accounts.get(payer_id), accounts.get(payee_id)
+        try:
+            (debit, credit), (debited, credited), (payer_after, payee_after) = posted, amounts, balances_after
+        except (TypeError, ValueError):  # a column without postings, or not two
+            return None
+        if debit != payer_id or credit != payee_id or debited != -amount or credited != amount:
+            return None
+        payer, payee = account(payer_id), account(payee_id)
         if payer is None or payee is None or payer[1] != currency or payee[1] != currency:
-            return None
-        if balances_after is None or len(balances_after) != 2:
             return None
         # Each stored balance after: the one before plus the posting (the first of an account in
         # the range implies its start), not negative unless a system account's.
-        (payer_kind, _, payer_key), payer_after = payer, balances_after[0]
+        payer_kind, _, payer_key = payer
         before = ends.get(payer_key)
         if before is None:
             starts[payer_key] = payer_after + amount
         elif before - amount != payer_after:
             return None
         ends[payer_key] = payer_after
-        (payee_kind, _, payee_key), payee_after = payee, balances_after[1]
+        payee_kind, _, payee_key = payee
         before = ends.get(payee_key)
         if before is None:
             starts[payee_key] = payee_after - amount
