@@ -10,8 +10,10 @@ Made of it:
 
 - its hashed form, `HashedEntry`: a Struct made from the entry's own fields and defaults, less
   `hash`. msgspec encodes it with the keys sorted and the fields at their default left out: the
-  bytes of `domain.canonical_bytes`, without making UUID objects or the entry
-  (tests/audit/test_entry_bytes.py proves them equal for generated entries);
+  bytes of `domain.canonical_bytes`, without making UUID objects or the entry;
+- for a plain entry (nearly all of them), those bytes and its hash written out at once by
+  functions made at import from the entry's fields (`written_out`, `written_out_hash`), a third
+  of the time (tests/audit/test_entry_bytes.py proves both equal to canonical_bytes);
 - the entry itself, for the replay (`entries_from_rows`).
 """
 
@@ -21,7 +23,7 @@ import hashlib
 import typing
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 
 import msgspec
 
@@ -220,15 +222,6 @@ def canonical_bytes(row: Sequence) -> bytes:
 def recomputed_hash(row: Sequence) -> str:
     """The hash the row's content and its stored prev_hash call for (`domain.entry_hash`)."""
     return written_out_hash(row) or domain.entry_hash(row[_PREV_HASH], encoded(hashed_form(row)))
-
-
-def stored_hash(row: Sequence) -> str:
-    return row[_HASH]
-
-
-def balances_after(row: Sequence) -> list[int] | None:
-    """The stored balance after the entry of each of its postings, in order."""
-    return row[_BALANCES_AFTER]
 
 
 def hash_mismatches(rows: Iterable[Sequence]) -> dict[int, str]:
