@@ -12,8 +12,8 @@ Made of it:
   `hash`. msgspec encodes it with the keys sorted and the fields at their default left out: the
   bytes of `domain.canonical_bytes`, without making UUID objects or the entry;
 - for a plain entry (nearly all of them), those bytes and its hash written out at once by
-  functions made at import from the entry's fields (`written_out`, `written_out_hash`), a third
-  of the time (tests/audit/test_entry_bytes.py proves both equal to canonical_bytes);
+  functions made at import from the entry's fields (`written_out`, `written_out_hash`), in about
+  half the time (tests/audit/test_entry_bytes.py proves both equal to canonical_bytes);
 - the entry itself, for the replay (`entries_from_rows`).
 """
 
@@ -100,8 +100,8 @@ def encoded(hashed: HashedEntry) -> bytes:
 # which msgspec and json.dumps alike write into JSON as they stand. Its canonical bytes are then
 # the keys and values in a fixed order: one f-string, in functions made at import from the fields
 # of `JournalEntry` and `Posting` (`_source`), so that a field added to the entry is written out,
-# or sends every entry to the exact path, with no change here. A third of the time of making a
-# `HashedEntry` and encoding it; tests/audit/test_entry_bytes.py proves the bytes equal.
+# or sends every entry to the exact path, with no change here: about half the time of making a
+# `HashedEntry` and encoding it. tests/audit/test_entry_bytes.py proves the bytes equal.
 # A row's UUIDs are PostgreSQL's text of its uuid columns: hex and hyphens, written as they stand.
 POSTINGS_WRITTEN_OUT = 2  # a transfer's; another count (a capture that returns a rest) takes the exact path
 _OMITTED = domain._omitted_at_default(JournalEntry)  # encode name -> the default the hash leaves out
