@@ -16,14 +16,11 @@ import re
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import psycopg
 import pytest
-import pytest_asyncio
-from psycopg import sql
 
 import schemas
 from ledger import db, domain, store
@@ -34,41 +31,14 @@ from proofs import signing
 from tools.seed import seed_journal
 from projector import store as projections
 from tests.conftest import eventually
+from tests.plugins.journals import SEEDED_ENTRIES, execute, first_failure
 
-SEEDED_ENTRIES = 50
-SEEDED_ACCOUNTS = 12
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
 JOURNAL_PAGE_LIMIT = 10_000  # the contract's largest `limit` on GET /v1/journal
 TEMPORARY_POSITION = 1_000_000_000  # a free position to park a row on while swapping two
 
 
 # ---- fixtures and helpers -------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture
-async def own_database(postgres) -> AsyncIterator[str]:
-    """A fresh, migrated database on the session's server, dropped after the test."""
-    name = f"audit_{uuid.uuid4().hex[:12]}"
-    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = postgres.url.rsplit("/", 1)[0] + "/" + name
-    await db.migrate(url)
-    yield url
-    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest_asyncio.fixture
-async def seeded(own_database) -> str:
-    await seed_journal(own_database, entries=SEEDED_ENTRIES, accounts=SEEDED_ACCOUNTS)
-    return own_database
-
-
-async def execute(url: str, *statements: tuple[str, tuple]) -> None:
-    """Run statements as the superuser in one transaction: the tamperer's privileges."""
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        for statement, params in statements:
-            await conn.execute(statement, params)
 
 
 async def all_entries(url: str) -> list[schemas.JournalEntry]:
@@ -97,11 +67,6 @@ async def rewrite_history(url: str, position: int, **changes) -> None:
         prev_hash = digest
     statements.append(("UPDATE journal_head SET hash = %s WHERE id = 1", (prev_hash,)))
     await execute(url, *statements)
-
-
-def first_failure(report: audit.AuditReport) -> tuple[int, str]:
-    assert not report.ok and report.first_failure is not None, report
-    return report.first_failure.position, report.first_failure.check
 
 
 def failed_checks(report: audit.AuditReport) -> set[str]:

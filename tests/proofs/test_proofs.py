@@ -18,9 +18,9 @@ from proofs import tree
 from proofs import store as tree_store
 from proofs import signing
 from tests.conftest import eventually
-from tests.test_audit import execute, first_failure, own_database, seeded  # noqa: F401 (fixtures)
+from tests.plugins.journals import execute, first_failure
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "proofs.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "proofs.md"
 
 
 async def paid(stack):

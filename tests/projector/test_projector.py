@@ -14,10 +14,7 @@ from ledger.committer import Committer
 from projector import store as projections
 from projector.consumer import Projector
 from tests.conftest import eventually
-
-
-def verification_path(vendor_account: str, transfer_id: str) -> str:
-    return f"/v1/vendors/{vendor_account}/transfers/{transfer_id}/verification"
+from tests.plugins.helpers import verification_path
 
 
 async def test_vendor_verifies_a_payment_in_one_call_with_min_position(stack):
