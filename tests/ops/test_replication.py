@@ -2,7 +2,7 @@
 pools follow a promoted standby through the multi-host URL with no restart, and a COMMIT that the
 synchronous standby never confirmed is reported as unknown, never as done.
 
-The whole bank test on this topology is `tests/test_bank_ha.py`.
+The whole bank test on this topology is `tests/ops/test_bank_ha.py`.
 """
 
 from __future__ import annotations
