@@ -19,6 +19,8 @@ from ledger.config import ConfigError, Settings
 from tests.plugins import children
 from tools.embedded import free_port
 
+pytestmark = pytest.mark.slow  # child processes: every test runs the `ledger` command
+
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
 COMMAND_S_MAX = 60.0
 READY_S_MAX = 30.0

@@ -8,8 +8,12 @@ process, and every kind of fault (SIGKILL of the webhook worker included) at lea
 
 from __future__ import annotations
 
+import pytest
+
 from tests.plugins.chaos import SHORT_RUN
 from tools import chaos
+
+pytestmark = pytest.mark.slow  # the chaos run: its own servers and child processes under faults
 
 
 async def test_every_invariant_holds_under_every_kind_of_fault(tmp_path):

@@ -9,8 +9,12 @@ new one; the services find the new primary through their multi-host URL by thems
 
 from __future__ import annotations
 
+import pytest
+
 from tests.plugins.chaos import SHORT_RUN
 from tools import chaos
+
+pytestmark = pytest.mark.slow  # the chaos run on the HA topology: failovers and NATS node kills
 
 
 async def test_no_acknowledged_transfer_is_lost_across_failovers_and_nats_node_kills(tmp_path):

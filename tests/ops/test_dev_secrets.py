@@ -22,6 +22,8 @@ from tests.conftest import eventually
 from tests.plugins import children
 from tools.embedded import free_port
 
+pytestmark = pytest.mark.slow  # a child process: a whole `ledger dev`
+
 START_S_MAX = 60
 STOP_S_MAX = 30
 

@@ -18,6 +18,8 @@ from tests.conftest import eventually
 from tools.embedded import EmbeddedPostgres, free_port
 from tools.replication import PostgresPair
 
+pytestmark = pytest.mark.slow  # replication: PostgreSQL primaries and standbys of its own
+
 FOLLOW_S_MAX = 30.0
 
 

@@ -8,11 +8,14 @@ import os
 import signal
 import time
 
+import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from tests.conftest import eventually
 from tests.plugins import children
 from tests.plugins.receivers import Receiver
+
+pytestmark = pytest.mark.slow  # child processes: a `ledger webhooks` killed mid-flight
 
 PAYMENTS = 10
 SLOW_S = 3.0  # the receiver's answer time while the worker is to be killed
