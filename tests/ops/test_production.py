@@ -77,7 +77,7 @@ def test_cockroachdb_migrations_use_only_the_shared_subset():
 
 SQL_MODULES = [
     "ledger/store/migrations.py", "ledger/store/accounts.py", "ledger/store/journal.py", "ledger/store/audit.py",
-    "projector/store.py", "ledger/webhook_store.py", "ledger/tree_store.py",
+    "projector/store.py", "webhooks/store.py", "proofs/store.py",
 ]
 
 
