@@ -9,6 +9,7 @@ import time
 import uuid
 
 import aiohttp
+import pytest
 from prometheus_client import REGISTRY
 
 from api import housekeeping
@@ -58,6 +59,7 @@ async def test_token_routes_are_for_admins_and_name_real_principals(stack):
     assert unknown.status == 404 and unknown.code == "not_found"
 
 
+@pytest.mark.slow  # a child process: another `ledger api`
 async def test_a_revoked_token_is_refused_by_another_api_process_within_a_second(stack, tmp_path):
     principal_id, token = await stack.principal("client")
     port = free_port()

@@ -16,6 +16,7 @@ import uuid
 
 import nats
 import nats.js.errors
+import pytest
 
 from api.app import SERVICES
 from ledger import bus
@@ -117,6 +118,7 @@ async def test_events_past_the_journal_head_are_ignored_and_projection_goes_on(s
 # ---- finding 2: two projector instances count entries twice ----------------------------------
 
 
+@pytest.mark.slow  # child processes: two `ledger projector`s
 async def test_two_projector_processes_under_load_apply_each_entry_once(stack, tmp_path):
     env = children.stack_environment(stack, LEDGER_LOG_LEVEL="WARNING")
     with contextlib.ExitStack() as running:
