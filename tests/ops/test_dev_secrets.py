@@ -7,7 +7,6 @@ One real `ledger dev` in a subprocess, on free ports, in a temporary directory.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import stat
 import subprocess
@@ -32,7 +31,7 @@ STOP_S_MAX = 30
 def dev_stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("dev")
     data = root / ".ledger"
-    env = {**os.environ, "LEDGER_DEV_PG_PORT": str(free_port()), "LEDGER_DEV_NATS_PORT": str(free_port())}
+    env = children.environment(LEDGER_DEV_PG_PORT=str(free_port()), LEDGER_DEV_NATS_PORT=str(free_port()))
     child = children.start(["dev", "--data-dir", str(data), "--port", str(free_port())], root / "dev.log", env,
                            cwd=root)
     try:
