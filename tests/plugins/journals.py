@@ -3,20 +3,33 @@ the tamperer's tools, for the audit's and the proofs' tests."""
 
 from __future__ import annotations
 
-import pytest_asyncio
+from collections.abc import AsyncIterator
+
 import psycopg
+import pytest_asyncio
 
 import audit
+from tests.plugins.servers import create_database, database_copy, database_url
 from tools.seed import seed_journal
 
 SEEDED_ENTRIES = 50
 SEEDED_ACCOUNTS = 12
 
 
+@pytest_asyncio.fixture(scope="session")
+async def seeded_template(postgres, migrated_template) -> str:
+    """The seeded journal, made once; each test tampers with a copy of its own (`seeded`)."""
+    name = "template_seeded"
+    await create_database(postgres.url, name, template=migrated_template)
+    await seed_journal(database_url(postgres, name), entries=SEEDED_ENTRIES, accounts=SEEDED_ACCOUNTS)
+    return name
+
+
 @pytest_asyncio.fixture
-async def seeded(own_database) -> str:
-    await seed_journal(own_database, entries=SEEDED_ENTRIES, accounts=SEEDED_ACCOUNTS)
-    return own_database
+async def seeded(postgres, seeded_template) -> AsyncIterator[str]:
+    """A database of the test's own holding a journal of SEEDED_ENTRIES entries, dropped after."""
+    async with database_copy(postgres, seeded_template) as url:
+        yield url
 
 
 async def execute(url: str, *statements: tuple[str, tuple]) -> None:

@@ -3,6 +3,7 @@ migrated database on them, and servers or databases of a test's own for tests th
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -44,18 +45,44 @@ async def migrated(postgres) -> str:
     return postgres.url
 
 
+@pytest_asyncio.fixture(scope="session")
+async def migrated_template(postgres) -> str:
+    """A migrated database made once, that a test's own database copies: CREATE DATABASE from a
+    template is a file copy, much cheaper than running every migration again for each test."""
+    name = "template_migrated"
+    await create_database(postgres.url, name)
+    await db.migrate(database_url(postgres, name))
+    return name
+
+
 @pytest_asyncio.fixture
-async def own_database(postgres) -> AsyncIterator[str]:
+async def own_database(postgres, migrated_template) -> AsyncIterator[str]:
     """A fresh, migrated database on the session's server, dropped after the test: for tests that
     tamper with a journal, which the shared database must never see."""
-    name = f"audit_{uuid.uuid4().hex[:12]}"
-    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = postgres.url.rsplit("/", 1)[0] + "/" + name
-    await db.migrate(url)
-    yield url
-    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    async with database_copy(postgres, migrated_template) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def database_copy(postgres: EmbeddedPostgres, template: str) -> AsyncIterator[str]:
+    """A database of the test's own, copied from `template`, dropped on the way out."""
+    name = f"own_{uuid.uuid4().hex[:12]}"
+    await create_database(postgres.url, name, template=template)
+    try:
+        yield database_url(postgres, name)
+    finally:
+        async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
+            await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def database_url(postgres: EmbeddedPostgres, name: str) -> str:
+    return postgres.url.rsplit("/", 1)[0] + "/" + name
+
+
+async def create_database(server_url: str, name: str, *, template: str = "template1") -> None:
+    async with await psycopg.AsyncConnection.connect(server_url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
+                                                                           sql.Identifier(template)))
 
 
 @pytest.fixture
