@@ -18,9 +18,8 @@ from api.housekeeping import Readiness, Watermark
 from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
 from api.framework import ANSWER_STARTED, IDEMPOTENCY_KEY, wrap
-from api.payments import expire_command
 from api.routes import ROUTES
-from ledger import collector, db, logs, metrics
+from ledger import collector, db, logs, metrics, sweeper
 from ledger.bus import EventBus
 from ledger.committer import Committer
 from ledger.config import Settings
@@ -31,6 +30,12 @@ log = logging.getLogger("ledger.api")
 REQUEST_ID = "X-Request-Id"
 REQUEST_ID_CHARS_MAX = 128
 ACCOUNT_CACHE_MAX = 100_000
+# A connection must send a whole request head within this long of opening, or of its previous
+# answer, or it is closed: a client that trickles header bytes (slow loris) holds it no longer.
+# aiohttp has no timer of its own for headers; its keep-alive timer is that bound (it closes a
+# connection still waiting for a request head), and its default is an hour. Above the 15 s that
+# aiohttp's client keeps an idle connection, so a client never reuses one the server is closing.
+REQUEST_HEAD_S_MAX = 20.0
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", object)
 OPENAPI = web.AppKey("openapi", dict)
@@ -266,8 +271,7 @@ def _start_background(services: Services) -> list[asyncio.Task]:
             log.info("forgot %d idempotency keys older than %d s", deleted, settings.idempotency_retention_s)
 
     async def expire_holds() -> None:
-        await housekeeping.expire_due_holds(services.pool, services.committer, batch_max=settings.hold_sweep_batch_max,
-                                            command_for=expire_command)
+        await sweeper.expire_due_holds(services.pool, services.committer, batch_max=settings.hold_sweep_batch_max)
 
     return [
         asyncio.create_task(_follow_watermark(services), name="watermark"),
@@ -289,7 +293,8 @@ async def _follow_watermark(services: Services) -> None:
 async def serve(settings: Settings) -> None:
     """Run the API until cancelled (SIGTERM/SIGINT): stop accepting, finish the batches in flight."""
     app = build_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10,
+                           keepalive_timeout=REQUEST_HEAD_S_MAX)
     await runner.setup()
     # With LEDGER_HTTP_REUSE_PORT several API processes share one port and the kernel spreads
     # connections between them: Python's HTTP handling then uses every core.
@@ -300,7 +305,8 @@ async def serve(settings: Settings) -> None:
     if settings.metrics_port is not None:
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", metrics_handler)
-        metrics_runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False)
+        metrics_runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False,
+                                       keepalive_timeout=REQUEST_HEAD_S_MAX)
         await metrics_runner.setup()
         await web.TCPSite(metrics_runner, settings.http_host, settings.metrics_port).start()
     log.info("API listening on http://%s:%d", settings.http_host, settings.http_port)

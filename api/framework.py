@@ -6,8 +6,8 @@ which answers it gives and which response headers it sets. `wrap` enforces the r
 that needs a token, 413 for one with a body, ...) are added here from what the route declares.
 
 The wrapper checks in the contract's order: authentication (401), request shape (400/413:
-path, headers, query, body), role (403). Ownership and business rules come after, in the handler
-and the committer.
+path, headers, query, body), role (403), then ownership (403/404) for a route that declares whose
+its resource is (`Ownership`). Business rules come after, in the handler and the committer.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import re
 import typing
 import uuid
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Awaitable, Callable, Mapping
+from typing import Annotated, Any, Awaitable, Callable, Collection, Mapping
 
 import msgspec
 from aiohttp import web
@@ -144,6 +144,29 @@ class Header:
     schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string", "pattern": "^[0-9]+$"})
 
 
+@dataclass(frozen=True, slots=True)
+class Owned:
+    """What an owner lookup found: the resource a route acts on, and the principals that own it."""
+
+    resource: Any
+    owners: Collection[uuid.UUID | None]
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Whose the resource of a route is: `lookup(services, value, owners=...)` with the value of
+    the path id (or query field) `key` finds it, and its owners when `owners` is true (admin and
+    auditor need none), or None when there is no such resource. `absent` is the detail of the 404
+    that admin and auditor get then. With `readers_look` False admin and auditor act on anything
+    without a lookup, and the handler answers for an absent resource in its own terms (a proof
+    past the head is `position_out_of_range`)."""
+
+    key: str
+    lookup: Callable[..., Awaitable[Owned | None]]
+    absent: str | None = None
+    readers_look: bool = True
+
+
 @dataclass(frozen=True)
 class Route:
     method: str
@@ -156,6 +179,7 @@ class Route:
     body: type | None = None
     query: type = EmptyQuery
     path_ids: tuple[str, ...] = ()
+    ownership: Ownership | None = None
     idempotency: bool = False
     public: bool = False
     media: str = JSON
@@ -167,6 +191,9 @@ class Route:
         assert self.codes <= CODES.keys(), f"{self.name}: undocumented codes {self.codes - CODES.keys()}"
         clash = {CODES[code][0] for code in self.problem_codes} & self.answers.keys()
         assert not clash, f"{self.name}: statuses {clash} are both an answer and a problem"
+        if self.ownership is not None:
+            key, query_fields = self.ownership.key, {spec.name for spec in msgspec.structs.fields(self.query)}
+            assert key in self.path_ids or key in query_fields, f"{self.name}: owner key {key} is not a path id or query field"
 
     @property
     def name(self) -> str:
@@ -182,6 +209,10 @@ class Route:
             codes |= {"unauthenticated", "rate_limited", "unavailable", "timeout", "validation_error"}
             if self.roles != ALL_ROLES:
                 codes.add("forbidden")
+        if self.ownership is not None:
+            codes.add("forbidden")  # what the caller does not own, or what does not exist
+            if self.ownership.readers_look and self.roles & auth.READ_EVERYTHING:
+                codes.add("not_found")
         if self.path_ids:
             codes.add("validation_error")
         if self.idempotency:
@@ -201,6 +232,7 @@ class Call:
     query: Any
     ids: dict[str, uuid.UUID]
     idempotency_key: str | None
+    resource: Any = None  # what the route's ownership lookup found (None for a reader it skips)
 
 
 def wrap(route: Route, services_of: Callable[[], Any]) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -216,7 +248,7 @@ def wrap(route: Route, services_of: Callable[[], Any]) -> Callable[[web.Request]
             services = services_of()
         principal = None
         if not route.public:
-            principal = await services.auth.authenticate(request.headers.get("Authorization"))
+            principal = await services.auth.authenticate(request.headers.get("Authorization"), client=request.remote)
             await services.rate_limit(principal)
         ids = _path_ids(request, route.path_ids) if route.path_ids else {}
         key = _idempotency_key(request) if route.idempotency else None
@@ -230,9 +262,31 @@ def wrap(route: Route, services_of: Callable[[], Any]) -> Callable[[web.Request]
             body = _decode(body_decoder, route.body, raw)
         if principal is not None:
             auth.require_role(principal, route.roles, route.name)
-        return await route.handler(services, Call(request, principal, body, query, ids, key))
+        call = Call(request, principal, body, query, ids, key)
+        if route.ownership is not None:
+            owner_key = route.ownership.key
+            value = ids[owner_key] if owner_key in ids else getattr(query, owner_key)
+            call.resource = await authorize_owner(route.ownership, services, principal, value)
+        return await route.handler(services, call)
 
     return handler
+
+
+async def authorize_owner(ownership: Ownership, services, principal: Principal, value: Any) -> Any:
+    """The one ownership rule, for the resource that `value` names (a route's, or an item's of a
+    batch). Admin and auditor reach every resource, and get 404 for one that does not exist;
+    every other role reaches only what its principal owns, and a resource that does not exist is
+    no one's (403 as well, so ids cannot be probed). Returns the resource."""
+    reads_everything = principal.role in auth.READ_EVERYTHING
+    if reads_everything and not ownership.readers_look:
+        return None
+    owned = await ownership.lookup(services, value, owners=not reads_everything)
+    if reads_everything:
+        if owned is None:
+            raise ApiError("not_found", ownership.absent)
+    elif owned is None or principal.id not in owned.owners:
+        raise ApiError("forbidden")
+    return owned.resource
 
 
 def _empty_query(kind: type):

@@ -1,16 +1,17 @@
 """What an API process does besides answering requests, each on its own bounded schedule.
 
 - `Readiness`: probes the database once a second, so `/readyz` answers from the last probe
-  without taking a pool connection per request (a flood of probes costs nothing).
+  without taking a pool connection per request (a flood of probes costs nothing); and every
+  `HISTORY_CHECK_INTERVAL_S` whether the journal still extends the last signed tree head.
 - `Watermark`: the projector's announced position, used only as a wake-up for read-your-writes
   waits. It is never believed: a waiter re-reads the checkpoint from the database, and waits its
   poll interval unless a new announcement arrives, so a forged or stale watermark costs nothing.
 - `forget_idempotency_keys`: keys older than `idempotency_retention_s` are deleted in bounded
   batches; a retry after that is evaluated as a new request.
 - `flush_token_usage`: `last_used_at` of the tokens used, written once a minute, not per request.
-- `expire_due_holds`: pending holds past `expires_at` are released through the committer, as
-  `expire` commands decided like any other; each API process sweeps, and the batch decision (the
-  hold is no longer pending, or the sweeper's key is already used) keeps it to one expiry.
+
+`every` runs each on its schedule, and the hold-expiry sweeper of the ledger
+(`ledger.sweeper.expire_due_holds`) beside them, through this process's committer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import logging
 import time
 
 from ledger import logs, metrics, store
+from proofs import fork
+from proofs import store as tree_store
 
 log = logging.getLogger("ledger.api")
 
@@ -28,13 +31,12 @@ READINESS_PROBE_INTERVAL_S = 1.0
 READINESS_PROBE_TIMEOUT_S = 2.0
 # A probe older than this is stale (the probe task itself is stuck): not ready.
 READINESS_STALE_S = 5.0
+# The signed history's check (a few small statements) runs less often than the database probe.
+HISTORY_CHECK_INTERVAL_S = 5.0
 IDEMPOTENCY_SWEEP_INTERVAL_S = 60.0
 IDEMPOTENCY_SWEEP_BATCH_MAX = 1_000
 IDEMPOTENCY_SWEEP_BATCHES_MAX = 100  # per round: at most 100,000 keys, then the next round
 TOKEN_USAGE_FLUSH_INTERVAL_S = 60.0
-# A sweep round that finds a full batch of due holds goes on at once, this many passes at most,
-# so a burst of expiries is not paced by the sweep interval (bounded: then the next round).
-HOLD_SWEEP_PASSES_MAX = 10
 
 
 class Watermark:
@@ -65,6 +67,8 @@ class Readiness:
         self._pool = pool
         self.database_ok = False
         self._probed_at = float("-inf")
+        self.tree_heads = "unknown"  # "ok", or "forked": the journal does not extend the last signed head
+        self._history_due = float("-inf")
 
     @property
     def database(self) -> str:
@@ -82,9 +86,28 @@ class Readiness:
         metrics.READINESS_PROBES.labels("ok" if self.database_ok else "down").inc()
         self._probed_at = time.monotonic()
 
+    async def check_history(self) -> None:
+        """Whether the journal still extends the last signed tree head (`proofs.fork`): the tree
+        at that head's size, O(log n) subtrees in two statements. A check that cannot tell (the
+        database is down, the tree is rebuilding) keeps the last verdict."""
+        try:
+            async with asyncio.timeout(READINESS_PROBE_TIMEOUT_S):
+                async with self._pool.connection(timeout=READINESS_PROBE_TIMEOUT_S) as conn:
+                    async with conn.transaction():
+                        await tree_store.repeatable_read(conn)
+                        await fork.check_extension(conn, 0)
+            self.tree_heads = "ok"
+        except fork.ForkedHistory:
+            self.tree_heads = "forked"
+        except Exception:  # unknown this time: the database probe says why, the next check tells
+            pass
+
     async def probe_forever(self) -> None:
         while True:
             await self.probe_once()
+            if time.monotonic() >= self._history_due:
+                self._history_due = time.monotonic() + HISTORY_CHECK_INTERVAL_S
+                await self.check_history()
             await asyncio.sleep(READINESS_PROBE_INTERVAL_S)
 
 
@@ -111,38 +134,3 @@ async def every(interval_s: float, action, name: str) -> None:
             raise
         except Exception as error:
             logs.round_failed(log, "%s failed (next round in %.0f s)", error, name, interval_s)
-
-
-async def expire_due_holds(pool, committer, *, batch_max: int, command_for) -> int:
-    """One round: submit an `expire` for up to `batch_max` due holds at a time (all at once, so
-    they share batches), again at once while a full `batch_max` was due, up to
-    HOLD_SWEEP_PASSES_MAX times; returns how many expired here."""
-    expired = 0
-    for _ in range(HOLD_SWEEP_PASSES_MAX):
-        found, done = await _expire_pass(pool, committer, batch_max=batch_max, command_for=command_for)
-        expired += done
-        if found < batch_max:
-            break
-    return expired
-
-
-async def _expire_pass(pool, committer, *, batch_max: int, command_for) -> tuple[int, int]:
-    """(due holds found, expired here). A hold another process expired first is refused or
-    replayed, which is not an error; a full queue or an outage leaves the rest for the next round."""
-    from ledger import committer as committer_mod
-
-    async with pool.connection() as conn:
-        due = await store.due_holds(conn, now=dt.datetime.now(dt.timezone.utc), limit=batch_max)
-    if not due:
-        return 0, 0
-    answers = await asyncio.gather(*(committer.submit(command_for(hold)) for hold in due), return_exceptions=True)
-    expired = 0
-    for answer in answers:
-        if isinstance(answer, (committer_mod.QueueFull, committer_mod.Unavailable)):
-            continue
-        if isinstance(answer, BaseException):
-            raise answer
-        if answer.entry is not None and not answer.replayed:
-            expired += 1
-    metrics.HOLDS_EXPIRED.inc(expired)
-    return len(due), expired

@@ -1,6 +1,8 @@
-"""The OpenAPI 3.1 document, generated from the route declarations and the msgspec schemas (never by
-hand). Each operation lists exactly the statuses its route can answer; each problem status names,
-as an enum on `code`, exactly the codes that route can answer with it."""
+"""The OpenAPI 3.1 document, generated from the route declarations and the msgspec schemas.
+
+It is never written by hand. Each operation lists exactly the statuses its route can answer;
+each problem status names, as an enum on `code`, exactly the codes that route can answer with it.
+"""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ CODES: dict[str, tuple[int, str]] = {
     "owner_not_found": (422, "The owner principal does not exist"),
     "not_refundable": (422, "The transfer is a refund or was not paid to a vendor account"),
     "refund_exceeds_transfer": (422, "The refunds of the transfer would add up to more than its amount"),
-    "rate_limited": (429, "Too many requests for this principal"),
+    "rate_limited": (429, "Too many requests for this principal or client address"),
     "internal_error": (500, "Internal error"),
     "queue_full": (503, "The commit queue is full"),
     "unavailable": (503, "A dependency is unavailable"),

@@ -1,9 +1,11 @@
-"""A per-principal token bucket: `rate_per_s` tokens a second, at most `burst` saved up."""
+"""A token bucket per key: `rate_per_s` tokens a second, at most `burst` saved up.
+
+Keys are principals (requests) or client addresses (failed authentication, `api.auth`)."""
 
 from __future__ import annotations
 
 import time
-import uuid
+from collections.abc import Hashable
 
 BUCKETS_MAX = 100_000
 
@@ -14,19 +16,25 @@ class RateLimiter:
         self._rate = rate_per_s
         self._burst = float(burst)
         self._clock = clock
-        self._buckets: dict[uuid.UUID, tuple[float, float]] = {}
+        self._buckets: dict[Hashable, tuple[float, float]] = {}
 
-    def take(self, principal_id: uuid.UUID) -> float:
+    def take(self, key: Hashable) -> float:
         """Spend one token; returns 0 when allowed, else the seconds until one is available."""
         if self._rate <= 0:
             return 0.0
         now = self._clock()
-        tokens, since = self._buckets.get(principal_id, (self._burst, now))
+        tokens, since = self._buckets.get(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - since) * self._rate)
         if tokens < 1:
-            self._buckets[principal_id] = (tokens, now)
+            self._buckets[key] = (tokens, now)
             return (1 - tokens) / self._rate
-        if len(self._buckets) >= BUCKETS_MAX and principal_id not in self._buckets:
+        if len(self._buckets) >= BUCKETS_MAX and key not in self._buckets:
             self._buckets.clear()  # bounded memory; a full bucket for everyone is the safe reset
-        self._buckets[principal_id] = (tokens - 1, now)
+        self._buckets[key] = (tokens - 1, now)
         return 0.0
+
+    def give_back(self, key: Hashable) -> None:
+        """Return a token `take` spent on something that turned out not to count."""
+        if key in self._buckets:
+            tokens, since = self._buckets[key]
+            self._buckets[key] = (min(self._burst, tokens + 1), since)

@@ -1,14 +1,17 @@
-"""The HTTP routes of the contract, declared once each: who may call it, what it answers and
-which problems its handler can raise. `api.framework` runs the checks before the handler and
-`api.openapi` documents the declarations. The handlers read straight down (decode, authorize,
-act) in `api.accounts`, `api.payments`, `api.vendors` and `api.journal`.
+"""The HTTP routes of the contract, each declared once: roles, ownership, answers, problems, headers.
+
+Each says who may call it, whose resource it acts on, what it answers and which problems its
+handler can raise. `api.framework` runs the checks before the handler (roles, then ownership
+through the lookups of `api.owners`) and `api.openapi` documents the declarations. The handlers
+read straight down (decode, act) in `api.accounts`, `api.payments`, `api.vendors` and `api.journal`.
 """
 
 from __future__ import annotations
 
 import schemas
-from api import auth
-from api.framework import ALL_ROLES, NDJSON, PROJECTION_POSITION, Header, JournalQuery, PageQuery, Route, WaitQuery
+from api import auth, owners
+from api.framework import ALL_ROLES, NDJSON, PROJECTION_POSITION, Header, JournalQuery, Ownership, PageQuery, Route
+from api.framework import WaitQuery
 from api.framework import IdPageQuery, PointQuery, StatementQuery
 from ledger import domain
 from api.accounts import (
@@ -38,11 +41,21 @@ REJECTIONS = frozenset(
     rejection.value for rejection in domain.Rejection if rejection not in domain.REFUND_ONLY | domain.HOLD_ONLY
 )
 # A refund's accounts and currency are the original's, so same_account, account_not_found and
-# currency_mismatch cannot happen; what it can meet, in the contract's order.
+# currency_mismatch cannot happen; what it can meet after its ownership, in the contract's order.
 REFUND_CODES = frozenset({
-    "forbidden", "not_found", "idempotency_key_reused", "not_refundable", "refund_exceeds_transfer",
-    "insufficient_funds", "balance_limit_exceeded", "queue_full",
+    "idempotency_key_reused", "not_refundable", "refund_exceeds_transfer", "insufficient_funds",
+    "balance_limit_exceeded", "queue_full",
 })
+
+# Whose each resource is (`api.owners`): admin and auditor reach all, others only their own.
+OWN_ACCOUNT = Ownership("account_id", owners.account)
+OWN_VENDOR = Ownership("account_id", owners.vendor_account, absent="no such vendor account")
+OWN_TRANSFER = Ownership("transfer_id", owners.transfer)
+OWN_PAYMENT = Ownership("transfer_id", owners.payment)  # refunded by the receiver's owner
+OWN_HOLD = Ownership("hold_id", owners.hold_of_parties)
+OWN_HOLD_PAYEE = Ownership("hold_id", owners.hold_of_payee)
+# Admin and auditor prove any position; a position past the head is the handler's to answer.
+OWN_ENTRY = Ownership("position", owners.entry_at, readers_look=False)
 
 PROJECTED = Header(
     PROJECTION_POSITION, "Every journal entry with position <= N is in the projection.",
@@ -61,32 +74,33 @@ ROUTES: list[Route] = [
           roles=frozenset({"admin"}), codes=frozenset({"owner_not_found", "account_exists"}),
           body=schemas.AccountCreate, summary="Create an account (idempotent by id)."),
     Route("GET", "/v1/accounts/{account_id}", get_account, {200: schemas.Account}, roles=EVERYONE,
-          codes=frozenset({"forbidden", "not_found", "position_out_of_range"}), path_ids=("account_id",),
+          codes=frozenset({"position_out_of_range"}), path_ids=("account_id",), ownership=OWN_ACCOUNT,
           query=PointQuery, summary="An account with its committed balance, or its balance at a position or time."),
     Route("GET", "/v1/accounts", list_accounts, {200: schemas.AccountPage}, roles=EVERYONE, query=IdPageQuery,
           summary="The caller's own accounts (admin, auditor: all), in id order."),
     Route("GET", "/v1/accounts/{account_id}/entries", get_statement, {200: schemas.StatementPage}, roles=EVERYONE,
-          codes=frozenset({"forbidden", "not_found"}), path_ids=("account_id",), query=StatementQuery,
+          path_ids=("account_id",), ownership=OWN_ACCOUNT, query=StatementQuery,
           summary="The account's statement, read from the journal, oldest first."),
     Route("POST", "/v1/transfers/{transfer_id}/refunds", create_refund, {201: schemas.Transfer},
           roles=frozenset({"admin", "vendor"}),
           codes=REFUND_CODES,
-          headers=(REPLAYED,), body=schemas.RefundCreate, path_ids=("transfer_id",), idempotency=True,
+          headers=(REPLAYED,), body=schemas.RefundCreate, path_ids=("transfer_id",), ownership=OWN_PAYMENT,
+          idempotency=True,
           summary="Refund (part of) a payment to a vendor account, back to the payer."),
     Route("POST", "/v1/transfers", create_transfer, {201: schemas.Transfer}, roles=frozenset({"admin", "client"}),
           codes=REJECTIONS | {"queue_full"}, headers=(REPLAYED,),
           body=schemas.TransferCreate, idempotency=True, summary="Move money between two accounts of one currency."),
     Route("GET", "/v1/transfers/{transfer_id}", get_transfer, {200: schemas.Transfer}, roles=EVERYONE,
-          codes=frozenset({"forbidden", "not_found"}), path_ids=("transfer_id",),
+          path_ids=("transfer_id",), ownership=OWN_TRANSFER,
           summary="A committed transfer, read from the journal."),
     Route("GET", "/v1/vendors/{account_id}/transfers/{transfer_id}/verification", get_verification,
           {200: schemas.Verification}, roles=VENDOR_READERS,
-          codes=frozenset({"forbidden", "not_found", "projection_behind", "too_many_waiters"}), headers=(PROJECTED,),
-          path_ids=("account_id", "transfer_id"), query=WaitQuery,
+          codes=frozenset({"not_found", "projection_behind", "too_many_waiters"}), headers=(PROJECTED,),
+          path_ids=("account_id", "transfer_id"), ownership=OWN_VENDOR, query=WaitQuery,
           summary="Verify a transfer into a vendor account, from the projection."),
     Route("GET", "/v1/vendors/{account_id}/transfers", list_verifications, {200: schemas.VerificationPage},
-          roles=VENDOR_READERS, codes=frozenset({"forbidden", "not_found"}), headers=(PROJECTED,),
-          path_ids=("account_id",), query=PageQuery,
+          roles=VENDOR_READERS, headers=(PROJECTED,), path_ids=("account_id",), ownership=OWN_VENDOR,
+          query=PageQuery,
           summary="Transfers into a vendor account, from the projection, oldest first."),
     Route("GET", "/v1/journal", get_journal, {200: schemas.JournalEntry}, roles=READERS, query=JournalQuery,
           media=NDJSON, summary="Journal entries in position order, as NDJSON."),
@@ -108,7 +122,7 @@ ROUTES: list[Route] = [
           codes=frozenset({"tree_size_out_of_range", "tree_behind"}), query=TreeQuery,
           summary="The RFC 9162 Merkle root of the journal's first tree_size entries (default: all)."),
     Route("GET", "/v1/journal/proofs/inclusion", get_inclusion_proof, {200: schemas.InclusionProof}, roles=EVERYONE,
-          codes=frozenset({"forbidden", "tree_size_out_of_range", "position_out_of_range", "tree_behind"}),
+          codes=frozenset({"tree_size_out_of_range", "position_out_of_range", "tree_behind"}), ownership=OWN_ENTRY,
           query=InclusionQuery,
           summary="RFC 9162 inclusion proof of the entry at position in the tree of tree_size entries."),
     Route("GET", "/v1/journal/proofs/consistency", get_consistency_proof, {200: schemas.ConsistencyProof},
@@ -118,34 +132,34 @@ ROUTES: list[Route] = [
           roles=EVERYONE, codes=frozenset({"not_found"}),
           summary="The latest signed tree head (Ed25519); verify it against a pinned public key."),
     Route("POST", "/v1/vendors/{account_id}/webhooks", create_webhook, {201: schemas.WebhookCreated},
-          roles=WEBHOOK_OWNERS, codes=frozenset({"forbidden", "not_found", "webhook_url_not_allowed", "too_many_webhooks"}),
-          body=schemas.WebhookCreate, path_ids=("account_id",),
+          roles=WEBHOOK_OWNERS, codes=frozenset({"webhook_url_not_allowed", "too_many_webhooks"}),
+          body=schemas.WebhookCreate, path_ids=("account_id",), ownership=OWN_VENDOR,
           summary="Register a webhook endpoint; its signing secret is shown once."),
     Route("GET", "/v1/vendors/{account_id}/webhooks", list_webhooks, {200: schemas.WebhookPage},
-          roles=WEBHOOK_OWNERS, codes=frozenset({"forbidden", "not_found"}), path_ids=("account_id",), query=PageQuery,
+          roles=WEBHOOK_OWNERS, path_ids=("account_id",), ownership=OWN_VENDOR, query=PageQuery,
           summary="The vendor account's webhook endpoints, without their secrets."),
     Route("DELETE", "/v1/vendors/{account_id}/webhooks/{webhook_id}", delete_webhook, {204: None},
-          roles=WEBHOOK_OWNERS, codes=frozenset({"forbidden", "not_found"}), path_ids=("account_id", "webhook_id"),
-          summary="Delete a webhook endpoint: no delivery to it starts afterwards."),
+          roles=WEBHOOK_OWNERS, codes=frozenset({"not_found"}), path_ids=("account_id", "webhook_id"),
+          ownership=OWN_VENDOR, summary="Delete a webhook endpoint: no delivery to it starts afterwards."),
     Route("GET", "/v1/vendors/{account_id}/webhooks/{webhook_id}/deliveries", list_webhook_deliveries,
-          {200: schemas.WebhookDeliveryPage}, roles=WEBHOOK_OWNERS, codes=frozenset({"forbidden", "not_found"}),
-          path_ids=("account_id", "webhook_id"), query=PageQuery,
+          {200: schemas.WebhookDeliveryPage}, roles=WEBHOOK_OWNERS, codes=frozenset({"not_found"}),
+          path_ids=("account_id", "webhook_id"), ownership=OWN_VENDOR, query=PageQuery,
           summary="The endpoint's deliveries, in journal order, with their attempts."),
     Route("POST", "/v1/holds", create_hold, {201: schemas.Hold}, roles=frozenset({"admin", "client"}),
           codes=REJECTIONS | {"queue_full"}, headers=(REPLAYED,), body=schemas.HoldCreate, idempotency=True,
           summary="Reserve money of a wallet for a vendor, until captured, voided or expired."),
     Route("POST", "/v1/holds/{hold_id}/capture", capture_hold, {201: schemas.Hold},
           roles=frozenset({"admin", "client", "vendor"}),
-          codes=frozenset({"forbidden", "not_found", "idempotency_key_reused", "hold_not_pending", "hold_expired",
-                           "capture_exceeds_hold", "balance_limit_exceeded", "queue_full"}),
-          headers=(REPLAYED,), body=schemas.HoldCapture, path_ids=("hold_id",), idempotency=True,
+          codes=frozenset({"idempotency_key_reused", "hold_not_pending", "hold_expired", "capture_exceeds_hold",
+                           "balance_limit_exceeded", "queue_full"}),
+          headers=(REPLAYED,), body=schemas.HoldCapture, path_ids=("hold_id",), ownership=OWN_HOLD_PAYEE,
+          idempotency=True,
           summary="Pay (part of) a hold to its vendor; the rest goes back to the wallet, in one entry."),
     Route("POST", "/v1/holds/{hold_id}/void", void_hold, {201: schemas.Hold},
           roles=frozenset({"admin", "client", "vendor"}),
-          codes=frozenset({"forbidden", "not_found", "idempotency_key_reused", "hold_not_pending",
-                           "balance_limit_exceeded", "queue_full"}),
-          headers=(REPLAYED,), path_ids=("hold_id",), idempotency=True,
+          codes=frozenset({"idempotency_key_reused", "hold_not_pending", "balance_limit_exceeded", "queue_full"}),
+          headers=(REPLAYED,), path_ids=("hold_id",), ownership=OWN_HOLD, idempotency=True,
           summary="Release a hold: the whole amount goes back to the wallet."),
     Route("GET", "/v1/holds/{hold_id}", get_hold, {200: schemas.Hold}, roles=EVERYONE,
-          codes=frozenset({"forbidden", "not_found"}), path_ids=("hold_id",), summary="A hold, as it is now."),
+          path_ids=("hold_id",), ownership=OWN_HOLD, summary="A hold, as it is now."),
 ]

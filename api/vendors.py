@@ -9,13 +9,11 @@ import uuid
 from aiohttp import web
 
 import schemas
-from api import auth
-from api.auth import Principal
 from api.framework import (
     PROJECTION_POSITION, Call, PageQuery, WaitQuery, decode_cursor, encode_cursor, json_response,
 )
 from api.problems import ApiError, problem_response
-from ledger import metrics, store
+from ledger import metrics
 from webhooks import store as webhook_store
 from webhooks import events as webhooks
 from projector import store as projections
@@ -26,26 +24,11 @@ WAIT_RECHECK_S_MIN = 0.01  # and at most this often, whatever the watermark anno
 
 
 # ---- vendor verification (the projection) ---------------------------------------------------
-
-
-async def _authorize_vendor(services, principal: Principal, account_id: uuid.UUID) -> None:
-    account = services.accounts.get(account_id)
-    if account is None:
-        async with services.pool.connection() as conn:
-            account = await store.account_by_id(conn, account_id)
-        if account is not None:
-            services.remember_account(account)
-    if principal.role in auth.READ_EVERYTHING:
-        if account is None or account.kind != "vendor":
-            raise ApiError("not_found", "no such vendor account")
-        return
-    if account is None or account.kind != "vendor" or account.owner_id != principal.id:
-        raise ApiError("forbidden")
+# The routes' ownership (`owners.vendor_account`) has checked the vendor account before these run.
 
 
 async def get_verification(services, call: Call) -> web.Response:
     vendor_id, transfer_id = call.ids["account_id"], call.ids["transfer_id"]
-    await _authorize_vendor(services, call.principal, vendor_id)
     query: WaitQuery = call.query
     async with services.pool.connection() as conn:
         position, verification = await projections.verification(conn, vendor_id, transfer_id, services.settings.projector_name)
@@ -99,7 +82,6 @@ async def list_verifications(services, call: Call) -> web.Response:
     vendor_id = call.ids["account_id"]
     query: PageQuery = call.query
     after = decode_cursor(query.after)
-    await _authorize_vendor(services, call.principal, vendor_id)
     async with services.pool.connection() as conn:
         position, items = await projections.verifications_page(
             conn, vendor_id, after=after, limit=query.limit, name=services.settings.projector_name
@@ -109,14 +91,13 @@ async def list_verifications(services, call: Call) -> web.Response:
 
 
 # ---- vendor webhooks ------------------------------------------------------------------------
-# Who: the vendor account's owner and admin (`_authorize_vendor`: others 403, admin 404 for an
+# Who: the vendor account's owner and admin (the routes' ownership: others 403, admin 404 for an
 # account that is not a vendor's); the role list of the routes keeps out clients and auditors.
 
 
 async def create_webhook(services, call: Call) -> web.Response:
     body: schemas.WebhookCreate = call.body
     vendor_id = call.ids["account_id"]
-    await _authorize_vendor(services, call.principal, vendor_id)
     if services.settings.webhook_key is None:
         raise ApiError("unavailable", "webhooks are not configured on this service (LEDGER_WEBHOOK_KEY)", retry_after_s=60)
     try:
@@ -140,7 +121,6 @@ async def create_webhook(services, call: Call) -> web.Response:
 
 async def list_webhooks(services, call: Call) -> web.Response:
     vendor_id, query = call.ids["account_id"], call.query
-    await _authorize_vendor(services, call.principal, vendor_id)
     async with services.pool.connection() as conn:
         page = await webhook_store.endpoints_page(conn, vendor_id, after=decode_cursor(query.after), limit=query.limit)
     next_cursor = encode_cursor(page[-1][0]) if len(page) == query.limit else None
@@ -149,7 +129,6 @@ async def list_webhooks(services, call: Call) -> web.Response:
 
 async def delete_webhook(services, call: Call) -> web.Response:
     vendor_id = call.ids["account_id"]
-    await _authorize_vendor(services, call.principal, vendor_id)
     async with services.pool.connection() as conn:
         if not await webhook_store.delete_endpoint(conn, vendor_id, call.ids["webhook_id"]):
             raise ApiError("not_found", "no such webhook endpoint for this vendor account")
@@ -158,7 +137,6 @@ async def delete_webhook(services, call: Call) -> web.Response:
 
 async def list_webhook_deliveries(services, call: Call) -> web.Response:
     vendor_id, endpoint_id, query = call.ids["account_id"], call.ids["webhook_id"], call.query
-    await _authorize_vendor(services, call.principal, vendor_id)
     async with services.pool.connection() as conn:
         if not await webhook_store.live_endpoint_exists(conn, vendor_id, endpoint_id):
             raise ApiError("not_found", "no such webhook endpoint for this vendor account")

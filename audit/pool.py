@@ -1,6 +1,8 @@
-"""The audit's reading and checking, spread over processes: each worker joins the audit's
-snapshot, reads a bounded range of positions and checks there everything an entry's own row can
-prove (`replay.summarize`); the replay, which is order-dependent, stays in the audit's process.
+"""The audit's reading and checking, spread over worker processes; the replay stays in the audit's.
+
+Each worker joins the audit's snapshot, reads a bounded range of positions and checks there
+everything an entry's own row can prove (`replay.summarize`); the replay, which is
+order-dependent, stays in the audit's process.
 
 A range whose entries are all plain transfers that pass comes back as a `Summary` (the hashes at
 its ends, each account's balance before and after it, the payments the projection must have

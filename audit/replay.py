@@ -1,5 +1,8 @@
-"""The pure replay: fed entries one by one in position order, it checks each and keeps only a
-balance per account (and a total per refunded payment, a state per hold), never the entries."""
+"""The pure replay: fed entries in position order, it checks each and keeps balances, not entries.
+
+It keeps only a balance per account (and a total per refunded payment, a state per hold), never
+the entries.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The I/O around the replay: one read-only snapshot as the auditor role, streamed through
-server-side cursors, with the write model, the projection and the head row handed to
-`Replay.finish`."""
+"""The I/O around the replay: one read-only snapshot as the auditor role, read through cursors.
+
+The journal is streamed through server-side cursors; the write model, the projection and the
+head row are handed to `Replay.finish`.
+"""
 
 from __future__ import annotations
 
@@ -149,7 +151,7 @@ async def _replay(
 ) -> tuple[Replay, int, int, TreeCheck | None]:
     head = await store.journal_head(conn)
     head_position, head_hash = head.position, head.hash
-    projector_position = await projections.checkpoint(conn, projector_name)
+    projector_position = await projections.cursor(conn, projector_name)
     start, start_missing = await _start(conn, from_position)
     at_projector = None
     if projector_position < from_position:

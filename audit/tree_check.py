@@ -1,5 +1,7 @@
-"""The Merkle tree recomputed from the replayed entry hashes in O(log n) memory, and every
-signed tree head checked against it."""
+"""The Merkle tree recomputed from the replayed hashes in O(log n) memory; signed heads checked.
+
+Every signed tree head is checked against the recomputed tree.
+"""
 
 from __future__ import annotations
 

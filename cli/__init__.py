@@ -1,4 +1,4 @@
-"""The one command, `ledger`.
+"""The one command, `ledger`: every process of the ledger, and the tooling, start here.
 
 The service's commands (migrate, api, projector, audit, checkpoint, principal) run what production
 runs. The tooling commands (dev, bench, chaos, seed) live in the `tools` package, installed by the
@@ -182,12 +182,12 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
 
         run_until_signal(serve(settings))
     elif args.command == "projector":
-        from projector import consumer
+        from cli import processes
 
         if args.action == "rebuild":
-            print(f"rebuilt up to position {asyncio.run(consumer.rebuild_at(settings))}")
+            print(f"rebuilt up to position {asyncio.run(processes.projector_rebuild(settings))}")
         else:
-            run_until_signal(consumer.serve(settings, metrics_listener=True))
+            run_until_signal(processes.projector(settings, metrics_listener=True))
     elif args.command == "audit":
         import audit
 

@@ -1,3 +1,5 @@
+"""`python -m cli`, the same as `ledger`."""
+
 import sys
 
 from cli import main

@@ -1,5 +1,6 @@
-"""The blocking face of the client, for plain scripts: the same methods as `client.LedgerClient`,
-with the same arguments, answers, errors and retries, without asyncio in sight.
+"""The blocking face of the client, for plain scripts: the same methods, without asyncio in sight.
+
+The same methods as `client.LedgerClient`, with the same arguments, answers, errors and retries.
 
     with SyncLedgerClient("http://127.0.0.1:8080", token=admin_token) as ledger:
         transfer = ledger.transfer(from_account_id=a, to_account_id=b, amount=450,
@@ -134,14 +135,23 @@ def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
+def _reading(name: str) -> property:
+    return property(lambda self: getattr(self._client, name), doc=getattr(LedgerClient, name).__doc__)
+
+
 def _forward_public_methods() -> None:
-    for name, method in vars(LedgerClient).items():
-        if name.startswith("_") or name in _NOT_FORWARDED:
+    # LedgerClient's own and inherited members (transport, proof routes), as its MRO resolves them.
+    own = set(vars(SyncLedgerClient))
+    for name in dir(LedgerClient):
+        method = inspect.getattr_static(LedgerClient, name)
+        if name.startswith("_") or name in _NOT_FORWARDED or name in own:
             continue
         if inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method):
             setattr(SyncLedgerClient, name, _blocking(name, method))
         elif isinstance(method, staticmethod):  # pure helpers (verify_inclusion): the same function
             setattr(SyncLedgerClient, name, method)
+        elif isinstance(method, property):  # state read on the loop's client (trusted_head)
+            setattr(SyncLedgerClient, name, _reading(name))
 
 
 _forward_public_methods()

@@ -1,1 +1,1 @@
-"""The wallet ledger: an append-only double-entry journal with group commit."""
+"""The write side and the shared base: the journal, its group commit and outbox; config, pools, logs."""

@@ -4,7 +4,7 @@ NATS is transport, not truth: every event can be rebuilt from the journal, so a 
 delays events (they wait behind the publisher cursor), it never loses them. For the same reason the stream is
 bounded (`Settings.stream_max_age_s`, `Settings.stream_max_bytes`, oldest discarded first): an
 event that ages out before a projector read it costs nothing, because the projector follows the
-journal from its own checkpoint whenever the journal head is ahead of it.
+journal from its own cursor whenever the journal head is ahead of it.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ PULL_EXPIRES_MARGIN_S = 0.05
 # messages left, expired, or a conflict such as a deleted consumer).
 STATUS_HEARTBEAT = "100"
 STATUS_REQUEST_ENDED = frozenset({"404", "408", "409"})
+# A 409 that ends the request because the consumer is gone: the fetch raises, so the follower
+# subscribes again (which makes the consumer anew) instead of taking the silence for no events.
+CONSUMER_DELETED = "Consumer Deleted"
 REQUEST_ID = "X-Request-Id"
 
 
@@ -131,7 +134,7 @@ class Doorbells:
             if len(self._messages) >= self._batch_max:
                 self._ended.set()
         elif status != STATUS_HEARTBEAT and msg.subject == self._reply:
-            if status not in STATUS_REQUEST_ENDED:
+            if status not in STATUS_REQUEST_ENDED or msg.headers.get("Description") == CONSUMER_DELETED:
                 self._error = msg
             self._ended.set()
 
@@ -227,9 +230,12 @@ class EventBus:
         """A durable pull subscription to the journal's events, as every follower of the journal
         (projector, webhook worker) takes them: cumulative acks (a follower acks the last event of
         each fetched batch), a bounded number in flight. `from_start`: a new consumer starts at
-        the stream's first event, else at the next one."""
+        the stream's first event, else at the next one. A bus that manages the stream makes sure
+        of it first (it may have been deleted too)."""
         assert self.js is not None
         try:
+            if self._manage_stream:
+                await self.ensure_stream()
             await self._ensure_consumer(durable, from_start=from_start)
             subscription = Doorbells(self.nc, durable)
             await subscription.start()
@@ -273,7 +279,7 @@ class EventBus:
         place: a consumer made with explicit acks by an earlier version, acked only once per
         batch, would redeliver the rest after `ack_wait` and stall once `max_ack_pending` events
         are out. Deleting it loses nothing: events are doorbells, and a follower reads the
-        journal from its own checkpoint, so the replacement starts at the next event, whatever
+        journal from its own cursor, so the replacement starts at the next event, whatever
         `from_start` says (replaying the whole stream as doorbells would only cost CPU). Every
         NATS user that follows the journal (`reader` included) may publish on
         `$JS.API.CONSUMER.>`, which covers the info, the delete and the create."""

@@ -1,5 +1,6 @@
-"""The cyclic garbage collector: settled in a long-running service process (the API, the webhook
-worker), paused for the audit's replay.
+"""The cyclic garbage collector: settled in a long-running service, paused for the audit's replay.
+
+The services that settle it are the API and the webhook worker.
 
 What start-up built (modules, routes, pools, clients) lives as long as the process: `settled`
 moves it out of the collector's generations, so that full collections walk only what the work

@@ -5,6 +5,11 @@ lingering about a millisecond for more), reads the state the batch needs, decide
 with the pure `domain.decide_batch`, writes the result in a few multi-row statements, commits,
 answers every waiter, and only then hands the entries to the publisher. A serialization failure
 retries the whole batch with bounded, jittered backoff; the decision is simply made again.
+
+A batch that fails for a reason of its own (an invariant the decision asserts, a constraint the
+database refuses: a bug or a damaged state, never an outage) is split in halves, each committed
+apart, down to the command that fails: that one alone gets `Failed`, the others their answers.
+No waiter ever gets the database's text (hosts, ports, other accounts' ids): it goes to the log.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ log = logging.getLogger("ledger.committer")
 
 RETRY_DELAY_MS_MIN = 2.0
 RETRY_DELAY_MS_MAX = 200.0
+# What waiters hear of an outage: the driver's own text names hosts, ports and other users'
+# accounts, so it goes to the log only.
+DATABASE_UNAVAILABLE = "the database is unavailable"
+BATCH_FAILED = "the batch failed"
 
 
 class QueueFull(Exception):
@@ -36,6 +45,11 @@ class Unavailable(Exception):
     """The database failed or kept conflicting past `commit_retries_max`. After a conflict nothing
     was written; after a lost connection the batch may have committed (the COMMIT was sent, its
     answer never came), so the outcome is unknown until the same key is retried."""
+
+
+class Failed(Exception):
+    """This command fails its batch whenever it is in one (see the module's note): nothing of it
+    was written, and a retry fails the same way. The API answers 500 with a request id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +63,7 @@ class Answer:
 
 @dataclass(slots=True)
 class _Waiter:
-    command: domain.TransferCommand
+    command: domain.EntryCommand
     future: asyncio.Future
     request_id: str | None = None  # of the HTTP request that submitted it, for the event header
 
@@ -98,7 +112,7 @@ class Committer:
         if self._publishing:
             await asyncio.gather(*self._publishing, return_exceptions=True)
 
-    async def submit(self, command: domain.TransferCommand) -> Answer:
+    async def submit(self, command: domain.EntryCommand) -> Answer:
         future = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait(_Waiter(command, future, logs.REQUEST_ID.get()))
@@ -116,15 +130,33 @@ class Committer:
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._commit(batch)
+                await self._commit_isolating(batch)
             except Exception as error:  # answer every waiter, whatever broke
-                log.warning("batch of %d failed: %s", len(batch), error)
+                log.warning("batch of %d failed", len(batch), exc_info=error)
+                unavailable = error if isinstance(error, Unavailable) else Unavailable(BATCH_FAILED)
                 for waiter in batch:
                     if not waiter.future.done():
-                        waiter.future.set_exception(Unavailable(str(error)))
+                        waiter.future.set_exception(unavailable)
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _commit_isolating(self, batch: list[_Waiter]) -> None:
+        """Commit the batch, or, when it fails for a reason of its own, each half apart: a few
+        transactions more (about 2 log2(n) per failing command) instead of n failed requests."""
+        try:
+            await self._commit(batch)
+        except Unavailable:
+            raise  # an outage or a lasting conflict: every command of the batch shares it
+        except Exception as error:
+            if len(batch) == 1:
+                log.error("a %s failed its batch; the others are answered", batch[0].command.kind, exc_info=error)
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(Failed("the command failed; see the log"))
+                return
+            middle = len(batch) // 2
+            await self._commit_isolating(batch[:middle])
+            await self._commit_isolating(batch[middle:])
 
     async def _commit(self, batch: list[_Waiter]) -> None:
         commands = [waiter.command for waiter in batch]
@@ -136,12 +168,14 @@ class Committer:
                 break
             except store.Conflict as error:
                 if attempt == self._retries_max:
-                    raise Unavailable(f"still conflicting after {attempt} retries: {error}") from error
+                    log.warning("batch still conflicting after %d retries: %s", attempt, error)
+                    raise Unavailable(f"still conflicting after {attempt} retries") from error
                 metrics.SERIALIZATION_RETRIES.inc()
                 delay_ms = min(RETRY_DELAY_MS_MAX, RETRY_DELAY_MS_MIN * 2**attempt)
                 await asyncio.sleep(random.uniform(0, delay_ms) / 1000)
             except store.StoreUnavailable as error:
-                raise Unavailable(str(error)) from error
+                log.warning("database unavailable to the committer: %s", error)
+                raise Unavailable(DATABASE_UNAVAILABLE) from error
         metrics.BATCH_SIZE.observe(len(batch))
         for waiter, answer in zip(batch, answers):
             if not waiter.future.done():
@@ -160,7 +194,7 @@ class Committer:
             if answer.entry is not None and not answer.replayed and waiter.request_id
         }
 
-    async def _attempt(self, commands: list[domain.TransferCommand]) -> tuple[list[Answer], list[schemas.JournalEntry]]:
+    async def _attempt(self, commands: list[domain.EntryCommand]) -> tuple[list[Answer], list[schemas.JournalEntry]]:
         now = self._clock()
         async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
             state = await store.read_batch_state(

@@ -64,6 +64,13 @@ def holding_account_id(currency: str) -> uuid.UUID:
     return uuid.uuid5(_HOLDING_NAMESPACE, "holding:" + currency)
 
 
+def is_holding_account(account: "AccountState") -> bool:
+    """Money moves in and out of a holding account only through holds: a transfer by hand (an
+    admin's, from or to it) would leave it holding more or less than its pending holds, and every
+    later step of those holds would fail (issue 24 #10)."""
+    return account.id == holding_account_id(account.currency)
+
+
 @dataclass(frozen=True, slots=True)
 class AccountState:
     id: uuid.UUID
@@ -77,7 +84,7 @@ class AccountState:
         return self.kind == "system"
 
 
-class TransferCommand(msgspec.Struct, frozen=True):
+class EntryCommand(msgspec.Struct, frozen=True):
     """A validated request: shape, role and limits are already checked at the edge. A frozen
     Struct rather than a frozen dataclass: one is built per request, and the dataclass's
     `object.__setattr__` per field cost more than the rest of building it."""
@@ -213,7 +220,7 @@ def recompute_hash(entry: JournalEntry) -> str:
 
 
 def seal(
-    *, position: int, transfer_id: uuid.UUID, command: TransferCommand, committed_at: str, prev_hash: str,
+    *, position: int, transfer_id: uuid.UUID, command: EntryCommand, committed_at: str, prev_hash: str,
     hold: HoldState | None = None,
 ) -> JournalEntry:
     """Build the double entry for a decided command and chain it to its predecessor. A hold's
@@ -265,7 +272,7 @@ def hold_postings(kind: str, hold: HoldState, *, captured: int = 0) -> tuple[lis
 
 
 def check_hold_step(
-    command: TransferCommand, hold: HoldState | None, accounts: dict[uuid.UUID, AccountState], now: dt.datetime
+    command: EntryCommand, hold: HoldState | None, accounts: dict[uuid.UUID, AccountState], now: dt.datetime
 ) -> Rejection | None:
     """A capture, void or expiry of a hold, against the hold's state as the batch has it so far:
     exactly one closing step of a hold ever commits, and what the batch clock says about
@@ -292,9 +299,10 @@ def check_hold_step(
 
 
 def check(
-    command: TransferCommand, accounts: dict[uuid.UUID, AccountState], refunded: dict[uuid.UUID, int]
+    command: EntryCommand, accounts: dict[uuid.UUID, AccountState], refunded: dict[uuid.UUID, int]
 ) -> Rejection | None:
-    """The contract's checks after idempotency, in its order: ownership, then business rules.
+    """The contract's checks after idempotency, in its order: ownership, then business rules
+    (a holding account is no one's to move by hand: `forbidden` once both accounts are found).
     A new hold is checked as a transfer from the wallet to the currency's holding account, with
     the vendor as the target whose existence and currency count."""
     source = accounts.get(command.from_account_id)
@@ -305,6 +313,8 @@ def check(
     target = accounts.get(command.to_account_id)
     if source is None or target is None:
         return Rejection.account_not_found
+    if is_holding_account(source) or is_holding_account(target):
+        return Rejection.forbidden
     if source.currency != command.currency or target.currency != command.currency:
         return Rejection.currency_mismatch
     if command.refund_of is not None and refunded.get(command.refund_of, 0) + command.amount > command.refundable_amount:
@@ -352,7 +362,7 @@ class BatchResult:
 
 
 def decide_batch(
-    commands: list[TransferCommand],
+    commands: list[EntryCommand],
     state: BatchState,
     *,
     committed_at: str,
@@ -373,17 +383,11 @@ def decide_batch(
         scope = (command.principal_id, command.idempotency_key)
         stored = keys.get(scope)
         if stored is not None:
-            stored_hash, stored_position = stored
-            if stored_hash == command.request_hash:
-                result.outcomes.append(Replayed(stored_position))
-            else:
-                result.outcomes.append(Rejected(Rejection.idempotency_key_reused))
+            result.outcomes.append(_known_key(command, *stored))
             continue
-        hold = holds.get(command.hold_id) if command.kind in HOLD_CLOSING_KINDS else None
-        if command.kind in HOLD_CLOSING_KINDS:
-            rejection = check_hold_step(command, hold, accounts, now)
-        else:
-            rejection = check(command, accounts, refunded)
+        closing = command.kind in HOLD_CLOSING_KINDS
+        hold = holds.get(command.hold_id) if closing else None
+        rejection = check_hold_step(command, hold, accounts, now) if closing else check(command, accounts, refunded)
         if rejection is not None:
             result.outcomes.append(Rejected(rejection))
             continue
@@ -397,15 +401,7 @@ def decide_batch(
         if hold is not None:
             hold = holds[hold.id] = result.holds[hold.id] = after_step(hold, entry)
         prev_hash = entry.hash
-        after = result.balances_after[position] = []
-        for posting in entry.postings:
-            before = accounts[posting.account_id]
-            accounts[posting.account_id] = AccountState(
-                before.id, before.kind, before.currency, before.owner_id, before.balance + posting.amount
-            )
-            after.append(before.balance + posting.amount)
-            deltas = result.balance_deltas
-            deltas[posting.account_id] = deltas.get(posting.account_id, 0) + posting.amount
+        _post(entry, accounts, result)
         if command.refund_of is not None:
             total = refunded[command.refund_of] = refunded.get(command.refund_of, 0) + command.amount
             assert total <= command.refundable_amount, "refunds passed the original amount"
@@ -414,16 +410,40 @@ def decide_batch(
         result.new_keys.append((command.principal_id, command.idempotency_key, command.request_hash, position))
         result.entries.append(entry)
         result.outcomes.append(Committed(entry))
+    _assert_balances(accounts, result)
+    return result
+
+
+def _known_key(command: EntryCommand, stored_hash: bytes, stored_position: int) -> Outcome:
+    """A key its principal used before: a replay of the same request, or a reuse for another."""
+    if stored_hash == command.request_hash:
+        return Replayed(stored_position)
+    return Rejected(Rejection.idempotency_key_reused)
+
+
+def _post(entry: JournalEntry, accounts: dict[uuid.UUID, AccountState], result: BatchResult) -> None:
+    """Apply a decided entry's postings to the batch's balances, recording each balance after it."""
+    after = result.balances_after[entry.position] = []
+    deltas = result.balance_deltas
+    for posting in entry.postings:
+        before = accounts[posting.account_id]
+        accounts[posting.account_id] = AccountState(
+            before.id, before.kind, before.currency, before.owner_id, before.balance + posting.amount
+        )
+        after.append(before.balance + posting.amount)
+        deltas[posting.account_id] = deltas.get(posting.account_id, 0) + posting.amount
+
+
+def _assert_balances(accounts: dict[uuid.UUID, AccountState], result: BatchResult) -> None:
     assert all(
         accounts[a].may_go_negative or accounts[a].balance >= 0 for a in result.balance_deltas
     ), "a wallet or vendor account went below zero"
     for hold in result.holds.values():
         assert hold.captured_amount <= hold.amount, "a capture passed its hold"
         assert accounts[holding_account_id(hold.currency)].balance >= 0, "a holding account went below zero"
-    return result
 
 
-def _new_hold(command: TransferCommand, position: int, now: dt.datetime) -> HoldState:
+def _new_hold(command: EntryCommand, position: int, now: dt.datetime) -> HoldState:
     return HoldState(
         id=command.hold_id, from_account_id=command.from_account_id, to_account_id=command.to_account_id,
         amount=command.amount, currency=command.currency, reference=command.reference,

@@ -67,3 +67,8 @@ WEBHOOK_RECORD_FAILURES = Counter(
     "Webhook attempts whose outcome could not be recorded (their rows are attempted again once the lease ends).",
 )
 HOLDS_EXPIRED = Counter("ledger_holds_expired_total", "Holds released by this process's expiry sweeper")
+TREE_HEADS_FORKED = Gauge(
+    "ledger_tree_heads_forked",
+    "1 when the tree follower's last signing round found the journal's tree not an extension of the last"
+    " signed tree head (RFC 9162 consistency): it signs nothing until it is again; 0 when that check passed.",
+)

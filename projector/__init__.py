@@ -1,1 +1,1 @@
-"""The projector: JetStream events in, read models (balances, vendor verifications) out."""
+"""The projector: follows the journal into read models (balances, vendor verifications)."""

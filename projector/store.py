@@ -1,7 +1,8 @@
 """Every SQL statement of the read models (projections), in the PostgreSQL/CockroachDB subset.
 
-The projector writes here; the API's vendor routes read here. The checkpoint row is updated in
-the same transaction as the rows it covers, so "position N is in the projection" is exact.
+The projector writes here; the API's vendor routes read here. The projector's cursor (its row in
+`projector_checkpoint`) is moved in the same transaction as the rows it covers, so "position N is
+in the projection" is exact.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from ledger import domain
 DEFAULT_NAME = "main"
 
 
-async def checkpoint(conn, name: str = DEFAULT_NAME) -> int:
+async def cursor(conn, name: str = DEFAULT_NAME) -> int:
+    """How far the read models go: the projector's cursor (0 before its first step)."""
     row = await (await conn.execute("SELECT position FROM projector_checkpoint WHERE name = %s", (name,))).fetchone()
     return row[0] if row else 0
 
 
-async def lock_checkpoint(conn, name: str, *, now: dt.datetime) -> int:
-    """The checkpoint, its row created if missing and locked until the transaction ends: whoever
+async def lock_cursor(conn, name: str, *, now: dt.datetime) -> int:
+    """The cursor, its row created if missing and locked until the transaction ends: whoever
     applies entries holds it, so two projector instances take turns instead of both applying."""
     await conn.execute(
         "INSERT INTO projector_checkpoint (name, position, updated_at) VALUES (%s, 0, %s) ON CONFLICT (name) DO NOTHING",
@@ -37,7 +39,7 @@ async def lock_checkpoint(conn, name: str, *, now: dt.datetime) -> int:
 
 
 async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str, projected_at: dt.datetime) -> None:
-    """Apply contiguous entries (the caller guarantees order and no gaps) and move the checkpoint."""
+    """Apply contiguous entries (the caller guarantees order and no gaps) and move the cursor."""
     assert entries
     deltas: dict[uuid.UUID, tuple[str, int]] = {}
     for entry in entries:
@@ -86,7 +88,7 @@ async def apply_entries(conn, entries: list[schemas.JournalEntry], *, name: str,
 
 async def _add_refunds(conn, entries: list[schemas.JournalEntry]) -> None:
     """Add each refund to its original's `refunded_amount`. Entries are applied once (under the
-    locked checkpoint) and after their originals (position order), so the sum is exact."""
+    locked cursor) and after their originals (position order), so the sum is exact."""
     refunded: dict[uuid.UUID, int] = {}
     for entry in entries:
         if entry.kind == "refund" and entry.refund_of is not None:
@@ -109,7 +111,7 @@ async def _vendor_accounts(conn, account_ids: list[uuid.UUID]) -> set[uuid.UUID]
 
 
 async def reset(conn, name: str = DEFAULT_NAME) -> None:
-    """Drop every projected row and the checkpoint, for a rebuild from the journal."""
+    """Drop every projected row and the cursor, for a rebuild from the journal."""
     await conn.execute("DELETE FROM verifications WHERE true")
     await conn.execute("DELETE FROM projected_balances WHERE true")
     await conn.execute("DELETE FROM projector_checkpoint WHERE name = %s", (name,))
@@ -125,7 +127,7 @@ _VERIFICATION_COLUMNS = (
 async def verification(
     conn, vendor_account_id: uuid.UUID, transfer_id: uuid.UUID, name: str = DEFAULT_NAME
 ) -> tuple[int, schemas.Verification | None]:
-    """The checkpoint and the verification (or None), in one statement so the header is exact for it."""
+    """The cursor and the verification (or None), in one statement so the header is exact for it."""
     async with conn.cursor(row_factory=dict_row) as cursor:
         await cursor.execute(
             f"SELECT c.position AS projection_position, {_VERIFICATION_COLUMNS} FROM (SELECT %s::TEXT AS name) n"
@@ -141,13 +143,13 @@ async def verification(
 async def verifications_page(
     conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME
 ) -> tuple[int, list[schemas.Verification]]:
-    checkpoint_position = await checkpoint(conn, name)
+    cursor_position = await cursor(conn, name)
     page = await _verifications(
         conn,
         "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s",
-        (vendor_account_id, after, checkpoint_position, limit),
+        (vendor_account_id, after, cursor_position, limit),
     )
-    return checkpoint_position, page
+    return cursor_position, page
 
 
 async def balances(conn) -> dict[uuid.UUID, int]:

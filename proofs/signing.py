@@ -123,6 +123,8 @@ async def take_checkpoint(database_url: str, key: Ed25519PrivateKey) -> SignedCh
             head = await store.journal_head(conn)
             if head.position == 0:
                 raise EmptyJournal()
+            # A forked journal is not vouched for; a command may read the whole tail the tree lacks.
+            await _fork().check_extension(conn, head.position, tail_max=head.position)
             signed_at = dt.datetime.now(dt.timezone.utc)
             checkpoint = sign(key, position=head.position, digest=head.hash, signed_at=domain.format_timestamp(signed_at))
             await store.insert_signed_checkpoint(
@@ -134,11 +136,15 @@ async def take_checkpoint(database_url: str, key: Ed25519PrivateKey) -> SignedCh
 
 async def take_tree_head(database_url: str, key: Ed25519PrivateKey, *, tree_size: int):
     """Sign the Merkle tree head at `tree_size` and record it in `signed_tree_heads`, as the auditor."""
-    from proofs import tree
-
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await store.use_auditor_role(conn)
-        return await tree.sign_head(conn, key, tree_size=tree_size)
+        return await _fork().sign_extension(conn, key, tree_size=tree_size, tail_max=tree_size)
+
+
+def _fork():
+    from proofs import fork  # it imports proofs.tree, which imports this module
+
+    return fork
 
 
 def main(settings: config.Settings, *, key_path: str, out: str | None, export_public_key: bool) -> int:
@@ -157,6 +163,9 @@ def main(settings: config.Settings, *, key_path: str, out: str | None, export_pu
     except EmptyJournal:
         print("ledger checkpoint: the journal is empty, nothing to sign", file=sys.stderr)
         return EXIT_NOTHING_TO_SIGN
+    except _fork().ForkedHistory as error:
+        print(f"ledger checkpoint: refusing to sign a forked history: {error}", file=sys.stderr)
+        return EXIT_UNABLE
     except psycopg.OperationalError:
         raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:

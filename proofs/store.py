@@ -40,13 +40,21 @@ async def entries_behind(conn) -> int:
     return row[0] or 0
 
 
-async def lock_tree_size(conn) -> int:
-    """Inside a transaction: the stored size, locked until commit (one follower appends at a time)."""
+async def repeatable_read(conn) -> None:
+    """First in a transaction: all its reads see one snapshot (a tree head is checked and signed
+    over the same tree)."""
+    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
+
+async def lock_cursor(conn) -> int:
+    """Inside a transaction: the tree follower's cursor, the stored size, locked until commit (one
+    follower appends at a time)."""
     row = await (await conn.execute("SELECT tree_size FROM merkle_state WHERE id = 1 FOR UPDATE")).fetchone()
     return row[0]
 
 
-async def set_tree_size(conn, size: int) -> None:
+async def move_cursor(conn, size: int) -> None:
+    """The tree follower's cursor: the tree now holds the first `size` entries."""
     await conn.execute("UPDATE merkle_state SET tree_size = %s, updated_at = now() WHERE id = 1", (size,))
 
 
@@ -100,7 +108,7 @@ async def insert_nodes(conn, completed: list[tuple[Key, bytes]]) -> None:
 async def reset_tree(conn) -> None:
     """Forget the derived tree (the rebuild then replays it from the journal)."""
     await conn.execute("DELETE FROM merkle_nodes")
-    await set_tree_size(conn, 0)
+    await move_cursor(conn, 0)
 
 
 async def stream_nodes(conn, *, after: int, upto: int) -> AsyncIterator[tuple[int, Key, bytes]]:

@@ -1,39 +1,24 @@
-"""The Merkle tree as a follower of the journal: appends the complete subtrees, answers proofs,
-signs tree heads.
+"""The Merkle tree's reads: roots and proofs of the stored tree, and signed tree heads.
 
-The tree is kept by a task of its own (`TreeFollower`, run beside the projector by
-`projector.consumer.serve`), not by the projector's apply transaction: it has its own
-checkpoint (`merkle_state.tree_size`), reads only `(position, hash)` from the journal and needs
-no event, so the projector stays as it was. Each round locks its checkpoint row, reads up to
-`PAGE_ENTRIES_MAX` hashes after it, appends them to the frontier (the O(log n) complete subtrees
-of the stored size, read back from `merkle_nodes`) and writes every subtree they complete, with
-the new size, in one transaction.
-
-A proof for any size up to the journal head reads O(log n) stored subtrees in one statement
-(`proofs.merkle` plans which). When the follower is behind the asked size, the tail (at most
-`TAIL_ENTRIES_MAX` entries) is hashed on the fly from the journal, so a proof never waits for it.
+The tree is written by its follower (`proofs.follower.TreeFollower`), which keeps the complete
+subtrees in `merkle_nodes` and the stored size as its cursor. A proof for any size up to the
+journal head reads O(log n) stored subtrees in one statement (`proofs.merkle` plans which). When
+the follower is behind the asked size, the tail (at most `TAIL_ENTRIES_MAX` entries) is hashed on
+the fly from the journal, so a proof never waits for it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from proofs import signing
-from ledger import domain, logs, store
+from ledger import domain, store
 from proofs import merkle
 from proofs import store as tree_store
 from proofs.merkle import Key
 
-log = logging.getLogger("proofs.tree")
-
-PAGE_ENTRIES_MAX = 10_000  # leaves appended per transaction
-POLL_S = 0.1  # how often a caught-up follower looks for new entries (a round costs ~0.8 ms of CPU)
-RETRY_S = 0.5  # after a failed round (the database away)
+PAGE_ENTRIES_MAX = 10_000  # leaves read per page: a root's tail streamed, the follower's step
 TAIL_ENTRIES_MAX = 10_000  # entries a proof may hash on the fly past the stored tree
 
 
@@ -92,47 +77,6 @@ async def root_at(conn, size: int) -> bytes:
     return frontier.root()
 
 
-# ---- writing: the follower ------------------------------------------------------------------
-
-
-async def append_page(
-    conn, *, limit: int = PAGE_ENTRIES_MAX, frontier: merkle.Frontier | None = None
-) -> tuple[int, merkle.Frontier]:
-    """One transaction: lock the tree's size, append the next journal entries (at most `limit`),
-    store the subtrees they complete; returns how many were appended and the frontier at the new
-    size. `frontier` (the one a previous call returned) saves reading it back when it is still at
-    the stored size; it is changed in place, so after a failure the caller must drop it."""
-    async with conn.transaction():
-        size = await tree_store.lock_tree_size(conn)
-        page = await tree_store.journal_hashes(conn, after=size, limit=limit)
-        run = [digest for n, (position, digest) in enumerate(page) if position == size + n + 1]
-        if frontier is None or frontier.size != size:
-            frontier = merkle.Frontier.of(size, await known_nodes(conn, merkle.root_keys(size)))
-        if not run:
-            return 0, frontier
-        completed = [node for digest in run for node in frontier.append(merkle.entry_leaf(digest))
-                     if merkle.is_stored(node[0])]
-        await tree_store.insert_nodes(conn, completed)
-        await tree_store.set_tree_size(conn, frontier.size)
-    return len(run), frontier
-
-
-async def catch_up(conn) -> int:
-    """Append pages until the tree reaches the journal's end; returns the tree size."""
-    frontier = None
-    while True:
-        appended, frontier = await append_page(conn, frontier=frontier)
-        if appended < PAGE_ENTRIES_MAX:
-            return await tree_store.tree_size(conn)
-
-
-async def rebuild(conn) -> int:
-    """Forget the tree and replay it from the journal (derived data, like the read models)."""
-    async with conn.transaction():
-        await tree_store.reset_tree(conn)
-    return await catch_up(conn)
-
-
 # ---- signing tree heads ---------------------------------------------------------------------
 
 
@@ -163,44 +107,3 @@ async def sign_head(conn, key, *, tree_size: int | None = None) -> SignedTreeHea
     await tree_store.insert_tree_head(conn, tree_size=tree_size, root_hash=root_hash, digest=digest,
                                       public_key=public_key, signature=signature, signed_at=now)
     return SignedTreeHead(tree_size, root_hash, digest, public_key, signature, signed_at)
-
-
-class TreeFollower:
-    """Follows the journal by polling (`POLL_S`: the proofs hash the tail it has not reached
-    yet, so a tenth of a second behind costs them little, and rounds of more entries cost the
-    write path less per entry); signs the tree head every `sign_interval_s`
-    (0: never) with the key at `key_path`, when the tree has grown since the last signature."""
-
-    def __init__(self, pool, *, sign_interval_s: int = 0, key_path: str | None = None) -> None:
-        self._pool = pool
-        self._interval_s = sign_interval_s
-        self._key = signing.load_or_create_key(Path(key_path)) if sign_interval_s and key_path else None
-        self._signed_size = 0
-        self._next_sign = time.monotonic()
-        self._frontier: merkle.Frontier | None = None  # kept between rounds: not read back each time
-
-    async def run(self) -> None:
-        while True:
-            try:
-                async with self._pool.connection() as conn:
-                    appended = 0
-                    if await tree_store.entries_behind(conn) > 0:  # one cheap read while idle
-                        appended, self._frontier = await append_page(conn, frontier=self._frontier)
-                    if self._key is not None and time.monotonic() >= self._next_sign:
-                        await self._sign(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:  # the database away: the journal waits for us
-                self._frontier = None  # it may hold leaves of a round that did not commit
-                logs.round_failed(log, "tree round failed; retrying", error)
-                await asyncio.sleep(RETRY_S)
-                continue
-            if appended < PAGE_ENTRIES_MAX:
-                await asyncio.sleep(POLL_S)
-
-    async def _sign(self, conn) -> None:
-        self._next_sign = time.monotonic() + self._interval_s
-        size = await tree_store.tree_size(conn)
-        if size > self._signed_size:
-            await sign_head(conn, self._key, tree_size=size)
-            self._signed_size = size

@@ -174,6 +174,12 @@ class Transfer(Struct):
     kind: EntryKind = "transfer"
     refund_of: uuid.UUID | None = None
     hold_id: uuid.UUID | None = None  # the hold of a hold's step (kind hold, capture, void or expire)
+    # v3 proof binding: with these, the answer holds every field the entry's hash covers (`id` is
+    # its `transfer_id`), so a verifier recomputes `hash` from what it was shown (docs/proofs.md).
+    # Always sent; the defaults only let a newer client decode an older server's answer, whose
+    # verification then fails.
+    prev_hash: Annotated[Hash | None, Meta(description="The previous entry's `hash`, covered by this one's.")] = None
+    postings: Annotated[list[Posting], Meta(description="The entry's postings, covered by its `hash`.")] = []
 
 
 HoldStatus = Literal["pending", "captured", "voided", "expired"]

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ledger import db
-from tools.bench import process_stat
 from tools.embedded import EmbeddedPostgres, free_port
+from tools.procstat import process_stat
 from tools.seed import seed_journal
 
 DEFAULT_SIZES = (100_000, 1_000_000)
@@ -113,7 +113,7 @@ async def project(database_url: str) -> None:
     await pool.open(wait=True)
     try:
         projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "audit-bench"))
-        await projector.load_checkpoint()
+        await projector.load_cursor()
         await projector.catch_up_from_journal()
     finally:
         await pool.close()

@@ -52,6 +52,7 @@ from ledger import db, principals
 from proofs import store as tree_store
 from tools import loadgen
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tools.procstat import process_stat
 
 # The issue's targets.
 UNIFORM_VS_PGBENCH_MIN = 1.5
@@ -87,7 +88,7 @@ PGBENCH_THREADS = 2
 HOTSPOTS_SHOWN = 15
 PROFILE_RATE_HZ = 200
 # Frames under every sample of the API (start-up and the event loop's entry): no information inclusive.
-_ROOT_FRAMES = ("(<frozen runpy>)", "(ledger/cli.py)", "(tools/bench.py)", "(asyncio/runners.py)")
+_ROOT_FRAMES = ("(<frozen runpy>)", "(cli/__init__.py)", "(tools/bench.py)", "(asyncio/runners.py)")
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _TPS = re.compile(r"^tps = ([0-9.]+) \(without initial connection time\)", re.MULTILINE)
 _LATENCY = re.compile(r"^latency average = ([0-9.]+) ms", re.MULTILINE)
@@ -188,17 +189,6 @@ def _series(records: loadgen.Records, done: list[float]) -> dict[str, list[float
 
 
 # ---- the processes: CPU and memory, read from /proc -----------------------------------------
-
-
-def process_stat(pid: int) -> tuple[int, int, int] | None:
-    """(parent pid, CPU ticks in user and system mode, those of the children it has reaped) of a
-    live process."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the name may hold spaces and parentheses
-    return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
 
 
 def _memory_kb(pid: int) -> tuple[int, int]:

@@ -30,8 +30,8 @@ from tools.embedded import EmbeddedPostgres, free_port
 ADMIN = uuid.UUID(int=1)
 
 
-def _command(n: int, source: uuid.UUID, target: uuid.UUID, amount: int) -> domain.TransferCommand:
-    return domain.TransferCommand(ADMIN, "admin", f"bench-{n}", n.to_bytes(8, "big"), source, target, amount, "USD",
+def _command(n: int, source: uuid.UUID, target: uuid.UUID, amount: int) -> domain.EntryCommand:
+    return domain.EntryCommand(ADMIN, "admin", f"bench-{n}", n.to_bytes(8, "big"), source, target, amount, "USD",
                                   "", {})
 
 

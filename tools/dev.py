@@ -152,7 +152,7 @@ async def _serve(settings: config.Settings, projector_settings: config.Settings,
                  webhook_settings: config.Settings) -> None:
     from api.app import serve as serve_api
     from webhooks.worker import serve as serve_webhooks
-    from projector.consumer import serve as serve_projector
+    from cli.processes import projector as serve_projector
 
     api = asyncio.create_task(serve_api(settings), name="api")
     projector = asyncio.create_task(serve_projector(projector_settings), name="projector")

@@ -7,7 +7,7 @@ each round:
 - holds: the same workers place a hold and capture half of it, `--payments` times (two journal
   entries per flow, the capture a three-leg entry);
 reported as payments/s and flows/s (and entries/s). Then, with transfers still flowing and the
-expiry sweeper running (`api.housekeeping`, every `--sweep-interval-ms`), it places `--expiring`
+expiry sweeper running (`ledger.sweeper`, every `--sweep-interval-ms`), it places `--expiring`
 holds of `expires_in_s=1` over a few seconds until all are released, and reports the lag from
 `expires_at` to the expire entry's `committed_at`: p50, p99, max.
 
@@ -27,10 +27,8 @@ from pathlib import Path
 
 import psycopg
 
-from api import housekeeping
-from api.payments import expire_command
 from ledger import committer as committer_mod
-from ledger import db, dialect, domain, store
+from ledger import db, dialect, domain, store, sweeper
 from tools.embedded import EmbeddedPostgres, free_port
 
 ADMIN = uuid.UUID(int=1)
@@ -40,8 +38,8 @@ PLACE_PAUSE_S = 0.1
 
 
 def _command(key: str, source, target, amount: int, *, kind: str = "transfer", hold_id=None,
-             expires_in_s: int = 0) -> domain.TransferCommand:
-    return domain.TransferCommand(ADMIN, "admin", key, key.encode(), source, target, amount, "USD", key, {},
+             expires_in_s: int = 0) -> domain.EntryCommand:
+    return domain.EntryCommand(ADMIN, "admin", key, key.encode(), source, target, amount, "USD", key, {},
                                   kind=kind, hold_id=hold_id, expires_in_s=expires_in_s)
 
 
@@ -121,8 +119,7 @@ class Bench:
         async def sweep():
             while not stop.is_set():
                 await asyncio.sleep(sweep_interval_s)
-                await housekeeping.expire_due_holds(self.reads, self.committer, batch_max=500,
-                                                    command_for=expire_command)
+                await sweeper.expire_due_holds(self.reads, self.committer, batch_max=500)
 
         tasks = [asyncio.create_task(load()) for _ in range(self.concurrency // 2)] + [asyncio.create_task(sweep())]
         deadline = time.monotonic() + EXPIRY_WAIT_S_MAX

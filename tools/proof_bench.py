@@ -3,7 +3,7 @@
     python -m tools.proof_bench --entries 1000000 --samples 2000
 
 Seeds `--entries` journal entries (`tools.seed.seed_journal`, bypassing the API), rebuilds the
-Merkle tree from scratch in a child process (`proofs.tree.rebuild`: wall time and the child's
+Merkle tree from scratch in a child process (`proofs.follower.rebuild`: wall time and the child's
 peak RSS), then times random inclusion proofs (random position, random size at or above it) and
 consistency proofs (random pair of sizes) exactly as the API computes them (`tree.read_nodes`
 on one connection, then the hashing), and prints p50/p99 in milliseconds. HTTP is not included.
@@ -36,7 +36,7 @@ import psycopg
 
 from ledger import db
 from proofs import merkle
-from proofs import tree
+from proofs import follower, tree
 from proofs import store as tree_store
 from tools.bench import process_stat
 from tools.embedded import EmbeddedPostgres, free_port
@@ -49,14 +49,14 @@ CATCH_UP_TIMEOUT_S = 600
 
 async def _rebuild(url: str) -> int:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        return await tree.rebuild(conn)
+        return await follower.rebuild(conn)
 
 
 async def _follow(url: str) -> None:
     pool = db.make_pool(url, role=None, size_max=1)
     await pool.open(wait=True)
     try:
-        await tree.TreeFollower(pool).run()
+        await follower.TreeFollower(pool).run()
     finally:
         await pool.close()
 
@@ -152,7 +152,7 @@ async def round_cost(url: str, *, per_round: int, entries: int) -> tuple[float, 
         cpu, backend = time.process_time(), _backend_cpu_s(pid)
         done, frontier = 0, None
         while done < entries:
-            appended, frontier = await tree.append_page(conn, limit=min(per_round, entries - done), frontier=frontier)
+            appended, frontier = await follower.append_page(conn, limit=min(per_round, entries - done), frontier=frontier)
             assert appended, "the journal is shorter than --round-entries"
             done += appended
         return (time.process_time() - cpu) / done * 1e6, (_backend_cpu_s(pid) - backend) / done * 1e6

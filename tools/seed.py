@@ -79,7 +79,7 @@ async def _create_accounts(conn: psycopg.AsyncConnection, count: int, currency: 
     return seeded
 
 
-def _transfers(seeded: SeedAccounts, currency: str, hot_share: float) -> Iterator[domain.TransferCommand]:
+def _transfers(seeded: SeedAccounts, currency: str, hot_share: float) -> Iterator[domain.EntryCommand]:
     """Endless pairs: fund a wallet, then spend exactly that on a vendor. Amounts vary
     deterministically, so two seeds of the same size move the same money."""
     for n in itertools.count():
@@ -91,8 +91,8 @@ def _transfers(seeded: SeedAccounts, currency: str, hot_share: float) -> Iterato
         yield _command(f"seed {n} pay", wallet, vendor, amount, currency)
 
 
-def _command(key: str, source: uuid.UUID, target: uuid.UUID, amount: int, currency: str) -> domain.TransferCommand:
-    return domain.TransferCommand(
+def _command(key: str, source: uuid.UUID, target: uuid.UUID, amount: int, currency: str) -> domain.EntryCommand:
+    return domain.EntryCommand(
         principal_id=_SEED_PRINCIPAL,
         principal_role="admin",
         idempotency_key=key,
@@ -106,7 +106,7 @@ def _command(key: str, source: uuid.UUID, target: uuid.UUID, amount: int, curren
     )
 
 
-async def _append_batch(conn: psycopg.AsyncConnection, commands: list[domain.TransferCommand]) -> None:
+async def _append_batch(conn: psycopg.AsyncConnection, commands: list[domain.EntryCommand]) -> None:
     """Decide the batch on top of the locked head, as the committer does, and COPY it in."""
     state = await store.read_batch_state(
         conn,

@@ -85,7 +85,7 @@ async def measure(url: str, *, entries: int, hot_share: float, queries: int, pag
         # The plans of the store's own statements, for the hot and the cold account at mid-journal.
         for account, label in ((hot, "hot"), (cold, "cold")):
             for name, sql, params in (
-                ("statement", store.STATEMENT_SQL, (account, head // 2, None, None, page)),
+                ("statement", *store.statement_query(account, after=head // 2, limit=page, reference=None)),
                 ("at_position", store.ACCOUNT_AT_POSITION_SQL, {"id": account, "at": head // 2}),
             ):
                 rows = await (await conn.execute("EXPLAIN " + sql, params)).fetchall()

@@ -314,7 +314,7 @@ TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 async def _not_mapped(conn) -> int:
     """Journal entries after the worker's checkpoint: what its mapper has not reached yet."""
     head = await store.journal_head(conn)
-    return head.position - await ws.checkpoint(conn, webhook_worker.WORKER_NAME)
+    return head.position - await ws.cursor(conn, webhook_worker.WORKER_NAME)
 
 
 def _cpu_of(pid: int) -> float:

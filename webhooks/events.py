@@ -1,5 +1,7 @@
-"""Vendor webhooks, the parts without I/O: which events an entry is, how an event is signed, the
-retry schedule, the signing secrets and their encryption at rest, and which URLs are allowed.
+"""Vendor webhooks without I/O: the events of an entry, their signature, retries, secrets, URL policy.
+
+Which events an entry is, how an event is signed, the retry schedule, the signing secrets and
+their encryption at rest, and which URLs are allowed.
 
 The worker that delivers them is `webhooks.worker`; their SQL is in `webhooks.store`.
 """
@@ -167,13 +169,41 @@ class UrlNotAllowed(ValueError):
     """The URL is not http(s), or it resolves to an address a webhook must not reach."""
 
 
+# IPv6 prefixes whose addresses carry an IPv4 address that a router or a NAT64 gateway acts on, and
+# how far right of it the IPv4 address's bits end. `is_global` on Python 3.11 judges only the IPv6
+# address, so `64:ff9b::a9fe:a9fe` would reach the metadata address through a NAT64 gateway.
+IPV4_EMBEDDINGS: tuple[tuple[ipaddress.IPv6Network, int], ...] = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), 0),  # IPv4-mapped (RFC 4291)
+    (ipaddress.IPv6Network("::ffff:0:0:0/96"), 0),  # SIIT, IPv4-translated (RFC 2765)
+    (ipaddress.IPv6Network("::/96"), 0),  # IPv4-compatible (RFC 4291, deprecated): `::` and `::1` too
+    (ipaddress.IPv6Network("64:ff9b::/96"), 0),  # NAT64 well-known prefix (RFC 6052)
+    (ipaddress.IPv6Network("2002::/16"), 80),  # 6to4 (RFC 3056): bits 16..47
+)
+# Local-use NAT64 (RFC 8215): each network picks its own prefix length, so where the IPv4 address
+# sits is unknown; none of it is globally reachable.
+IPV6_NEVER_ALLOWED: tuple[ipaddress.IPv6Network, ...] = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address `ip` carries in one of `IPV4_EMBEDDINGS`, or None."""
+    for network, shift in IPV4_EMBEDDINGS:
+        if ip in network:
+            return ipaddress.IPv4Address((int(ip) >> shift) & 0xFFFF_FFFF)
+    return None
+
+
 def address_allowed(address: str) -> bool:
     """Only global unicast addresses: no loopback, private, link-local, multicast, reserved or
-    unspecified ones (an IPv4-mapped IPv6 address is judged as its IPv4 address)."""
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    unspecified ones. An IPv6 address that carries an IPv4 address (`IPV4_EMBEDDINGS`) is judged
+    as that IPv4 address."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        if any(ip in network for network in IPV6_NEVER_ALLOWED) or ip.is_site_local:
+            return False
+        embedded = embedded_ipv4(ip)
+        if embedded is not None:
+            ip = embedded
+    return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
 def split_url(url: str) -> tuple[str, int]:

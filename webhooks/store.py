@@ -3,8 +3,8 @@
 Apart from `ledger.store` (the journal's) as `projector.store` is apart for the read models: one
 module per kind of I/O. The API registers and lists endpoints and reads deliveries; the webhook
 worker (`webhooks.worker`, role `ledger_webhooks`) writes delivery rows together with its
-checkpoint, claims due rows with a lease (`FOR UPDATE SKIP LOCKED`, which CockroachDB has since
-23.1) and records each attempt. Driver errors are translated by the pool (`ledger.db`).
+cursor (its row in `webhook_checkpoint`), claims due rows with a lease (`FOR UPDATE SKIP
+LOCKED`, which CockroachDB has since 23.1) and records each attempt. Driver errors are translated by the pool (`ledger.db`).
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def _delivery(event_seq: int, **columns) -> tuple[int, schemas.WebhookDelivery]:
 # ---- the worker: the outbox of deliveries ---------------------------------------------------
 
 
-async def start_checkpoint(conn, name: str, *, margin_s: float) -> int:
-    """The worker's checkpoint, created on its first start where following the journal must
+async def start_cursor(conn, name: str, *, margin_s: float) -> int:
+    """The mapper's cursor, created on its first start where following the journal must
     begin: at the journal head when no live endpoint exists (nothing before it is anyone's event),
     else just before the earliest live endpoint was registered (less `margin_s`, for the clocks of
     the API processes that stamp entries). A new deployment never reads the whole journal."""
@@ -126,17 +126,17 @@ async def start_checkpoint(conn, name: str, *, margin_s: float) -> int:
             " ON CONFLICT (name) DO NOTHING",
             (name, margin_s),
         )
-        return await checkpoint(conn, name)
+        return await cursor(conn, name)
 
 
-async def lock_checkpoint(conn, name: str) -> int:
-    """The worker's checkpoint (`start_checkpoint` made it), locked until the transaction ends,
+async def lock_cursor(conn, name: str) -> int:
+    """The mapper's cursor (`start_cursor` made it), locked until the transaction ends,
     so two workers take turns and no entry is mapped twice."""
     row = await (await conn.execute("SELECT position FROM webhook_checkpoint WHERE name = %s FOR UPDATE", (name,))).fetchone()
     return row[0]
 
 
-async def checkpoint(conn, name: str) -> int:
+async def cursor(conn, name: str) -> int:
     row = await (await conn.execute("SELECT position FROM webhook_checkpoint WHERE name = %s", (name,))).fetchone()
     return row[0] if row else 0
 
@@ -186,7 +186,7 @@ async def insert_deliveries(conn, rows: list[tuple[uuid.UUID, Event]], *, leased
     )
 
 
-async def move_checkpoint(conn, name: str, position: int) -> None:
+async def move_cursor(conn, name: str, position: int) -> None:
     await conn.execute(
         "UPDATE webhook_checkpoint SET position = %s, updated_at = now() WHERE name = %s", (position, name)
     )

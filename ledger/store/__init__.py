@@ -1,9 +1,9 @@
-"""Every SQL statement of the ledger's write model, in the subset PostgreSQL and CockroachDB both accept.
+"""Every SQL statement of the ledger's write model, in the subset PostgreSQL and CockroachDB accept.
 
 One module per part: `base` (roles, grants, errors), `migrations`, `accounts` (principals,
 tokens, accounts, statements), `journal` (the write path, holds, entries, publisher cursor, bulk append)
 and `audit` (the auditor's snapshot reads). The read models' SQL is in `projector/store.py`, the
-webhooks' in `ledger/webhook_store.py`, the Merkle tree's in `ledger/tree_store.py`.
+webhooks' in `webhooks/store.py`, the Merkle tree's in `proofs/store.py`.
 Dialect differences (there are few) come from `ledger.dialect`.
 """
 
@@ -38,6 +38,7 @@ from ledger.store.accounts import (  # noqa: F401
     PastAccount,
     PrincipalRow,
     STATEMENT_SQL,
+    statement_query,
     TokenOwnerRow,
     TokenRow,
     _ACCOUNT_COLUMNS,

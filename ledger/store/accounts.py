@@ -236,26 +236,34 @@ def _past_account(row, position: int) -> PastAccount:
 async def statement(
     conn, account_id: uuid.UUID, *, after: int, limit: int, reference: str | None
 ) -> list[schemas.StatementItem]:
-    """The entries touching the account after position `after`, as the account sees them: a range
-    scan on postings_by_account (ordered as that index is), each posting's entry looked up by its
-    position (a lateral join whose LIMIT 1 keeps the planner from flattening it, so the plan is a
-    nested loop that stops at `limit`, never a merge join walking the journal from its start),
-    in one statement. A `reference` filter still walks
-    the account's postings (there is no index on reference)."""
-    return await fetch_all(
-        conn, kwargs_row(_statement_item), STATEMENT_SQL, (account_id, after, reference, reference, limit)
-    )
+    """The entries touching the account after position `after`, as the account sees them, in one
+    statement (`statement_query`)."""
+    query, params = statement_query(account_id, after=after, limit=limit, reference=reference)
+    return await fetch_all(conn, kwargs_row(_statement_item), query, params)
 
 
-STATEMENT_SQL = (
+def statement_query(account_id: uuid.UUID, *, after: int, limit: int, reference: str | None) -> tuple[str, tuple]:
+    """A range scan on postings_by_account, or with a `reference` on postings_by_reference (so a
+    reference that matches nothing reads nothing), ordered as the index is; each posting's entry
+    looked up by its position (a lateral join whose LIMIT 1 keeps the planner from flattening it,
+    so the plan is a nested loop that stops at `limit`, never a merge join walking the journal
+    from its start)."""
+    if reference is None:
+        return STATEMENT_SQL, (account_id, after, limit)
+    return STATEMENT_BY_REFERENCE_SQL, (account_id, after, reference, limit)
+
+
+_STATEMENT_SQL = (
     "SELECT p.position, j.transfer_id, j.kind, p.amount, p.balance_after,"
     " CASE WHEN j.from_account_id = p.account_id THEN j.to_account_id ELSE j.from_account_id END"
     " AS counterparty_account_id, j.reference, j.committed_at"
     " FROM postings p JOIN LATERAL (SELECT e.transfer_id, e.kind, e.from_account_id, e.to_account_id,"
     " e.reference, e.committed_at FROM journal e WHERE e.position = p.position LIMIT 1) j ON true"
-    " WHERE p.account_id = %s AND p.position > %s AND (%s::TEXT IS NULL OR j.reference = %s)"
-    " ORDER BY p.account_id, p.position LIMIT %s"
+    " WHERE p.account_id = %s AND p.position > %s{where}"
+    " ORDER BY p.account_id,{order} p.position LIMIT %s"
 )
+STATEMENT_SQL = _STATEMENT_SQL.format(where="", order="")
+STATEMENT_BY_REFERENCE_SQL = _STATEMENT_SQL.format(where=" AND p.reference = %s", order=" p.reference,")
 
 
 def _statement_item(*, committed_at: dt.datetime, **row) -> schemas.StatementItem:

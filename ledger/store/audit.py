@@ -1,4 +1,4 @@
-"""The auditor's reads (inside one snapshot, as the auditor role) and the signed checkpoints it records."""
+"""The auditor's reads (one snapshot, as the auditor role) and the signed checkpoints it records."""
 
 from __future__ import annotations
 

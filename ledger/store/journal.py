@@ -1,5 +1,7 @@
-"""The journal: the write path of the group commit, holds, reading entries back, the publisher cursor,
-idempotency upkeep and the seeder's bulk path."""
+"""The journal: the group commit's write path, holds, entries read back, the publisher cursor.
+
+Also the idempotency keys' upkeep and the seeder's bulk path.
+"""
 
 from __future__ import annotations
 
@@ -106,9 +108,9 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
     )
     postings = _postings_rows(result)
     await conn.execute(
-        "INSERT INTO postings (position, account_id, amount, balance_after)"
-        " SELECT * FROM unnest(%s::INT8[], %s::UUID[], %s::INT8[], %s::INT8[])",
-        tuple(_numbers([p[i] for p in postings]) for i in range(4)),
+        "INSERT INTO postings (position, account_id, amount, balance_after, reference)"
+        " SELECT * FROM unnest(%s::INT8[], %s::UUID[], %s::INT8[], %s::INT8[], %s::TEXT[])",
+        (*(_numbers([p[i] for p in postings]) for i in range(4)), _texts([p[4] for p in postings])),
     )
     await conn.execute(
         "INSERT INTO idempotency (principal_id, key, request_hash, position)"
@@ -123,10 +125,11 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
     await _move_balances_and_head(conn, result, committed_at=committed_at)
 
 
-def _postings_rows(result: domain.BatchResult) -> list[tuple[int, uuid.UUID, int, int]]:
-    """(position, account_id, amount, balance_after) of every posting of the batch."""
+def _postings_rows(result: domain.BatchResult) -> list[tuple[int, uuid.UUID, int, int, str]]:
+    """(position, account_id, amount, balance_after, reference) of every posting of the batch: the
+    entry's reference is repeated on its postings for `postings_by_reference` (statements)."""
     return [
-        (e.position, p.account_id, p.amount, after)
+        (e.position, p.account_id, p.amount, after, e.reference)
         for e in result.entries
         for p, after in zip(e.postings, result.balances_after[e.position], strict=True)
     ]
@@ -405,9 +408,9 @@ async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datet
                     e.reference, Jsonb(e.metadata), committed_at, e.prev_hash, e.hash, e.kind, e.refund_of,
                 ))
         async with cursor.copy(
-            "COPY postings (position, account_id, amount, balance_after) FROM STDIN WITH BINARY"
+            "COPY postings (position, account_id, amount, balance_after, reference) FROM STDIN WITH BINARY"
         ) as copy:
-            copy.set_types(["int8", "uuid", "int8", "int8"])
+            copy.set_types(["int8", "uuid", "int8", "int8", "text"])
             for row in _postings_rows(result):
                 await copy.write_row(row)
     await _move_balances_and_head(conn, result, committed_at=committed_at)

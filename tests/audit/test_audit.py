@@ -104,7 +104,7 @@ async def test_an_honest_journal_written_through_the_api_audits_clean(stack):
     async def projector_caught_up() -> bool:
         async with await stack.superuser() as conn:
             head = (await store.journal_head(conn)).position
-            return await projections.checkpoint(conn, stack.settings.projector_name) >= head
+            return await projections.cursor(conn, stack.settings.projector_name) >= head
 
     await eventually(projector_caught_up)
     report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
@@ -527,7 +527,7 @@ def sealed_journal(count: int) -> tuple[dict[uuid.UUID, tuple[str, str]], list[s
     accounts = {system: ("system", "EUR"), wallet: ("wallet", "EUR")}
     entries, prev_hash = [], domain.ZERO_HASH
     for position in range(1, count + 1):
-        command = domain.TransferCommand(
+        command = domain.EntryCommand(
             principal_id=uuid.uuid4(), principal_role="admin", idempotency_key=str(position), request_hash=b"",
             from_account_id=system, to_account_id=wallet, amount=position, currency="EUR", reference="",
             metadata={},

@@ -1,5 +1,5 @@
 """The command line as an operator meets it: every error is one line on stderr, never a traceback,
-with the exit code `ledger/cli.py` documents (2 usage or configuration, 3 a dependency is down).
+with the exit code `cli/__init__.py` documents (2 usage or configuration, 3 a dependency is down).
 
 Each test runs the real `ledger` command as a subprocess.
 """

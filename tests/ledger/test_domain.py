@@ -24,8 +24,8 @@ STAMP = "2026-01-01T00:00:00.000000Z"
 
 
 def command(amount=10, *, source=WALLET.id, target=VENDOR.id, key="k", currency="USD", principal=CLIENT,
-            role="client", body=b"same") -> domain.TransferCommand:
-    return domain.TransferCommand(principal, role, key, body, source, target, amount, currency, "", {})
+            role="client", body=b"same") -> domain.EntryCommand:
+    return domain.EntryCommand(principal, role, key, body, source, target, amount, currency, "", {})
 
 
 def state(*accounts: AccountState, keys=None) -> BatchState:
@@ -113,7 +113,7 @@ def test_the_fast_canonical_form_equals_the_documented_one_for_awkward_text():
 
 def test_sealed_hash_matches_the_hash_recomputed_from_the_export():
     awkward = command(5, key="x")
-    awkward = domain.TransferCommand(**{**{f: getattr(awkward, f) for f in domain.TransferCommand.__slots__},
+    awkward = domain.EntryCommand(**{**{f: getattr(awkward, f) for f in domain.EntryCommand.__slots__},
                                         "reference": "é\x7f", "metadata": {"z": "1", "a": "漢"}})
     (entry,) = decide([awkward], state(WALLET, VENDOR)).entries
     exported = json.loads(schemas.encode(entry))
@@ -146,9 +146,9 @@ def test_an_event_position_past_the_journal_column_range_is_rejected_when_decode
         raise AssertionError("a position past 2**63-1 was accepted")
 
 
-def _refund(amount, *, key, original, refundable=100) -> domain.TransferCommand:
+def _refund(amount, *, key, original, refundable=100) -> domain.EntryCommand:
     vendor_owner = VENDOR.owner_id
-    return domain.TransferCommand(vendor_owner, "vendor", key, key.encode(), VENDOR.id, WALLET.id, amount, "USD", "",
+    return domain.EntryCommand(vendor_owner, "vendor", key, key.encode(), VENDOR.id, WALLET.id, amount, "USD", "",
                                   {}, kind="refund", refund_of=original, refundable_amount=refundable)
 
 
@@ -191,14 +191,14 @@ HOLDING = AccountState(domain.holding_account_id("USD"), "system", "USD", None, 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 
-def hold_step(kind, hold_id, *, amount=0, key=None) -> domain.TransferCommand:
-    return domain.TransferCommand(CLIENT, "admin", key or f"{kind}-{amount}", kind.encode() + bytes([amount]),
+def hold_step(kind, hold_id, *, amount=0, key=None) -> domain.EntryCommand:
+    return domain.EntryCommand(CLIENT, "admin", key or f"{kind}-{amount}", kind.encode() + bytes([amount]),
                                   WALLET.id, VENDOR.id, amount, "USD", "", {}, kind=kind, hold_id=hold_id)
 
 
 def placed(amount=40, expires_in_s=60) -> tuple[domain.HoldState, BatchState]:
     hold_id = uuid.uuid4()
-    place = domain.TransferCommand(CLIENT, "client", "h", b"h", WALLET.id, VENDOR.id, amount, "USD", "r", {},
+    place = domain.EntryCommand(CLIENT, "client", "h", b"h", WALLET.id, VENDOR.id, amount, "USD", "r", {},
                                    kind="hold", hold_id=hold_id, expires_in_s=expires_in_s)
     result = domain.decide_batch([place], state(WALLET, VENDOR, HOLDING), committed_at=STAMP, now=NOW)
     (entry,) = result.entries

@@ -322,7 +322,7 @@ async def test_client_streams_the_journal_and_reads_the_head(admin_client):
 
 async def test_client_reports_readiness(admin_client):
     ready = await admin_client.ready()
-    assert ready.status == "ready" and ready.checks == {"database": "ok", "nats": "ok"}
+    assert ready.status == "ready" and ready.checks == {"database": "ok", "nats": "ok", "tree_heads": "ok"}
     assert (await admin_client.health()).status == "ok"
     assert (await admin_client.openapi())["openapi"].startswith("3.1")
 

@@ -19,9 +19,9 @@ import pytest_asyncio
 from aiohttp import web
 
 from api.app import build_app
+from cli import processes
 from ledger import principals
 from ledger.config import Settings
-from projector import consumer
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
 TEARDOWN_S_MAX = 30
@@ -145,7 +145,7 @@ async def stack(migrated, postgres, nats_server):
                         webhook_allow_private=True)
     app = build_app(settings)
     runner = await _listening(app, settings)
-    projector = asyncio.create_task(consumer.serve(settings), name="test-projector")
+    projector = asyncio.create_task(processes.projector(settings), name="test-projector")
     _, admin = await principals.create_at(migrated, role="admin", name="test admin")
     async with aiohttp.ClientSession() as session:
         client = Client(session, f"http://{settings.http_host}:{settings.http_port}")
@@ -168,7 +168,13 @@ async def api_with(stack: Stack, **changes):
     """Another API process's worth in the test's event loop, on a free port: its own app, committer
     and connection pools on the session's database and NATS, configured like the session's API but
     for `changes` (a small limit, another database URL). Yields a `Client` of it."""
-    settings = dataclasses.replace(stack.settings, http_port=free_port(), **changes)
+    async with api_at(dataclasses.replace(stack.settings, http_port=free_port(), **changes)) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def api_at(settings: Settings):
+    """An API listening in the test's event loop as `settings` say; yields a `Client` of it."""
     runner = await _listening(build_app(settings), settings)
     try:
         async with aiohttp.ClientSession() as session:

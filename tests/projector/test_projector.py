@@ -164,7 +164,7 @@ async def test_an_entry_whose_process_died_before_publishing_is_published_by_the
     try:
         silent = Committer(pool=pool, batch_max=8, queue_max=8, batch_linger_ms=0, commit_retries_max=5, publish=None)
         silent.start()
-        answer = await silent.submit(domain.TransferCommand(
+        answer = await silent.submit(domain.EntryCommand(
             uuid.uuid4(), "admin", "died-before-publishing", b"\x01" * 32, uuid.UUID(wallet.account_id),
             uuid.UUID(vendor.account_id), 9, "USD", "", {}))
         await silent.stop()
@@ -283,7 +283,7 @@ async def test_rebuild_gives_exactly_the_same_read_models(stack):
 
 async def _read_models(stack):
     async with await stack.superuser() as conn:
-        position = await projections.checkpoint(conn)
+        position = await projections.cursor(conn)
         balances = await projections.balances(conn)
         # projected_at differs
         rows = [msgspec.structs.replace(v, projected_at=None) for v in await projections.verifications(conn)]
@@ -330,7 +330,7 @@ async def test_events_aged_out_of_the_stream_are_caught_up_from_the_journal(tmp_
         try:
             async def converged() -> bool:
                 async with await psycopg_connect(postgres.url) as conn:
-                    return (await projections.checkpoint(conn) == head
+                    return (await projections.cursor(conn) == head
                             and await projections.balances(conn) == await store.write_model_balances(conn))
 
             await eventually(converged, timeout_s=20)

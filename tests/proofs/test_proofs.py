@@ -14,7 +14,7 @@ import pytest
 
 import audit
 from proofs import merkle
-from proofs import tree
+from proofs import follower, tree
 from proofs import store as tree_store
 from proofs import signing
 from tests.conftest import eventually
@@ -148,7 +148,7 @@ async def _run(script: Path, *args: str, env: dict) -> tuple[int, str, str]:
 
 async def _build_tree(url: str) -> int:
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        return await tree.catch_up(conn)
+        return await follower.catch_up(conn)
 
 
 @pytest.mark.slow  # exhaustive: thousands of proofs read over six stored tree sizes
@@ -169,7 +169,7 @@ async def test_proofs_for_every_size_are_right_whatever_the_stored_tree_size(see
             frontier.append(leaf)
             roots.append(frontier.root())
         for stored in (0, 13, 16, 37, 64, 77):
-            appended, _ = await tree.append_page(conn, limit=stored - await tree_store.tree_size(conn))
+            appended, _ = await follower.append_page(conn, limit=stored - await tree_store.tree_size(conn))
             assert await tree_store.tree_size(conn) == stored
             for size in range(max(1, stored - 20), min(len(leaves), stored + 20) + 1):
                 for index in range(0, size, 3):
@@ -205,7 +205,7 @@ async def test_a_rewritten_entry_fails_its_inclusion_and_consistency_proofs_and_
     await seed_journal(seeded, entries=10, accounts=3)
     await execute(seeded, ("UPDATE journal SET hash = %s WHERE position = 20", ("ab" * 32,)))
     async with await psycopg.AsyncConnection.connect(seeded, autocommit=True) as conn:
-        new_size = await tree.rebuild(conn)
+        new_size = await follower.rebuild(conn)
     tampered_hash, path, proof, new_root = await _proofs(seeded, position=20, old=old.tree_size, new=new_size)
     assert tampered_hash == "ab" * 32
     assert not merkle.verify_inclusion(19, old.tree_size, merkle.entry_leaf(tampered_hash), path, old_root)

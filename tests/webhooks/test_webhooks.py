@@ -24,6 +24,8 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from api.app import SERVICES
 from ledger import db
+from webhooks import mapper as webhook_mapper
+from webhooks import sender as webhook_sender
 from webhooks import worker as webhook_worker
 from webhooks import events as webhooks
 from ledger.config import ConfigError, Settings
@@ -298,7 +300,7 @@ async def test_a_deleted_endpoint_leaves_the_worker_cache_at_the_next_check(stac
     pool = db.make_pool(stack.database_url, role=ws.WEBHOOKS_ROLE, size_max=1, name="test-webhooks")
     await pool.open(wait=True)
     try:
-        sender = webhook_worker.Sender(pool=pool, keyring=webhook_worker.keyring_from(stack.settings),
+        sender = webhook_sender.Sender(pool=pool, keyring=webhook_worker.keyring_from(stack.settings),
                                        wake=asyncio.Event(), concurrency_max=1, endpoint_max=1, allow_private=True)
         await sender._check_endpoints()
         target = await sender._endpoint(endpoint_id)
@@ -320,7 +322,7 @@ async def test_the_worker_refuses_an_endpoint_whose_host_is_private_and_checks_i
     pool = db.make_pool(stack.database_url, role=ws.WEBHOOKS_ROLE, size_max=1, name="test-webhooks")
     await pool.open(wait=True)
     try:
-        sender = webhook_worker.Sender(pool=pool, keyring=webhook_worker.keyring_from(stack.settings),
+        sender = webhook_sender.Sender(pool=pool, keyring=webhook_worker.keyring_from(stack.settings),
                                        wake=asyncio.Event(), concurrency_max=1, endpoint_max=1, allow_private=False)
         for _ in range(2):
             with pytest.raises(webhooks.UrlNotAllowed):
@@ -332,7 +334,7 @@ async def test_the_worker_refuses_an_endpoint_whose_host_is_private_and_checks_i
 
 async def test_the_workers_resolver_refuses_a_host_with_a_private_address_on_every_lookup():
     """The connections' own lookups are checked (a DNS answer may change after the URL's check)."""
-    resolver = webhook_worker.PublicOnlyResolver()
+    resolver = webhook_sender.PublicOnlyResolver()
     try:
         with pytest.raises(OSError, match="non-public"):
             await resolver.resolve("localhost", 80)
@@ -341,7 +343,7 @@ async def test_the_workers_resolver_refuses_a_host_with_a_private_address_on_eve
 
 
 async def test_the_sender_takes_new_rows_only_within_its_bounded_queue_overall_and_per_endpoint(stack):
-    sender = webhook_worker.Sender(pool=None, keyring=webhook_worker.keyring_from(stack.settings), wake=asyncio.Event(),
+    sender = webhook_sender.Sender(pool=None, keyring=webhook_worker.keyring_from(stack.settings), wake=asyncio.Event(),
                                    concurrency_max=2, endpoint_max=1, allow_private=True)
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     assert sender.reserve([a]) == [False]  # not sending yet: the claims take the rows later
@@ -356,7 +358,7 @@ async def test_the_sender_takes_new_rows_only_within_its_bounded_queue_overall_a
 
 
 async def _fresh_start(conn, name: str) -> int:
-    return await ws.start_checkpoint(conn, name, margin_s=webhook_worker.START_MARGIN_S)
+    return await ws.start_cursor(conn, name, margin_s=webhook_mapper.START_MARGIN_S)
 
 
 async def test_a_new_worker_starts_at_the_journal_head_when_no_endpoint_is_live(stack):
@@ -376,7 +378,7 @@ async def test_a_new_worker_starts_just_before_the_earliest_live_endpoint_was_re
         start = await _fresh_start(conn, f"test-{uuid.uuid4()}")
         since = (await (await conn.execute(
             "SELECT min(created_at) - %s * INTERVAL '1 second' FROM webhook_endpoints WHERE deleted_at IS NULL",
-            (webhook_worker.START_MARGIN_S,))).fetchone())[0]
+            (webhook_mapper.START_MARGIN_S,))).fetchone())[0]
         first_unread = (await (await conn.execute("SELECT committed_at FROM journal WHERE position = %s",
                                                   (start + 1,))).fetchone())[0]
         last_skipped = (await (await conn.execute("SELECT committed_at FROM journal WHERE position = %s",

@@ -1,0 +1,1 @@
+"""Vendor webhooks, a process of its own (`ledger webhooks`): the journal to signed, retried POSTs."""
