@@ -84,6 +84,7 @@ async def tree_size(url: str) -> int:
         return await tree_store.tree_size(conn)
 
 
+@pytest.mark.slow  # a child process: a NATS server of its own
 async def test_the_tree_follower_never_signs_a_rewritten_and_rebuilt_journal(own_database, own_nats, tmp_path):
     url = own_database
     settings = Settings(database_url=url, nats_url=own_nats.url, http_port=free_port(),
