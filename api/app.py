@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import docs, housekeeping, openapi
+from api import batches, docs, housekeeping, openapi
 from api.auth import Authenticator, Principal
 from api.housekeeping import Readiness, Watermark
 from api.problems import ApiError, problem_response
@@ -65,8 +65,8 @@ class Services:
             self.accounts.clear()
         self.accounts[account.id] = account
 
-    async def rate_limit(self, principal: Principal) -> None:
-        wait_s = self.limiter.take(principal.id)
+    async def rate_limit(self, principal: Principal, cost: int = 1) -> None:
+        wait_s = self.limiter.take(principal.id, cost)
         if wait_s > 0:
             raise ApiError("rate_limited", retry_after_s=max(1, int(wait_s + 0.999)))
 
@@ -206,7 +206,8 @@ def build_app(settings: Settings) -> web.Application:
     docs.add_routes(app)
     if settings.metrics_port is None:
         app.router.add_get("/metrics", metrics_handler)
-    app[OPENAPI] = openapi.document(ROUTES, metrics=settings.metrics_port is None)
+    document = openapi.document(ROUTES, metrics=settings.metrics_port is None)
+    app[OPENAPI] = batches.document_items_cap(document, settings.batch_items_max)
     return app
 
 

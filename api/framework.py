@@ -184,6 +184,7 @@ class Route:
     public: bool = False
     media: str = JSON
     summary: str = ""
+    body_bytes_max: int | None = None  # this route's body limit, when not the settings' (bytes)
 
     def __post_init__(self) -> None:
         assert self.public == (not self.roles), f"{self.name}: a route is public exactly when it names no roles"
@@ -258,7 +259,7 @@ def wrap(route: Route, services_of: Callable[[], Any]) -> Callable[[web.Request]
             query = no_query if no_query is not None and not request.query_string else _query(request, route.query)
         body = None
         if body_decoder is not None:
-            raw = await _read_body(request, services.settings.body_bytes_max)
+            raw = await _read_body(request, route.body_bytes_max or services.settings.body_bytes_max)
             body = _decode(body_decoder, route.body, raw)
         if principal is not None:
             auth.require_role(principal, route.roles, route.name)
@@ -299,14 +300,15 @@ def _empty_query(kind: type):
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes:
+    too_large = f"the body exceeds this route's {limit} bytes"
     if request.content_length is not None and request.content_length > limit:
-        raise ApiError("body_too_large")
+        raise ApiError("body_too_large", too_large)
     content = request.content
     chunks, size = [], 0
     while chunk := await content.readany():
         size += len(chunk)
         if size > limit:
-            raise ApiError("body_too_large")
+            raise ApiError("body_too_large", too_large)
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 

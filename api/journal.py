@@ -125,10 +125,7 @@ async def get_latest_checkpoint(services, call: Call) -> web.Response:
         row = await tree_store.latest_tree_head(conn)
     if row is None:
         raise ApiError("not_found", "no tree head has been signed yet")
-    return json_response(schemas.SignedTreeHead(
-        tree_size=row.tree_size, root_hash=row.root_hash, hash=row.hash, signed_at=row.signed_at,
-        signature=row.signature, public_key=row.public_key,
-    ))
+    return json_response(row)
 
 
 # ---- operations -----------------------------------------------------------------------------

@@ -34,15 +34,19 @@ async def create_refund(services, call: Call) -> web.Response:
     caller owns the receiver). What cannot change (the original's accounts, kind and amount) is
     checked here; how much of it is already refunded is decided by the committer in batch order,
     so racing refunds never pass the original."""
-    payment: owners.Payment = call.resource
+    return await _commit(services, refund_command(_caller(call), call.resource, call.body))
+
+
+def refund_command(caller: commands.Caller, payment: owners.Payment, body: schemas.RefundCreate) -> domain.EntryCommand:
+    """The refund of a payment the caller may refund (a route's, or a batch item's)."""
     if payment.receiver is None or not commands.refundable(payment.entry, payment.receiver.kind):
         raise ApiError("not_refundable")
-    return await _commit(services, commands.refund(_caller(call), payment.entry, call.body))
+    return commands.refund(caller, payment.entry, body)
 
 
 async def _commit(services, command: domain.EntryCommand) -> web.Response:
     """Submit to the group commit and answer: 201 (new or replayed), or the rejection's problem."""
-    answer = await _submit(services, command)
+    answer = await submit(services, command)
     headers = {"Idempotency-Replayed": "true"} if answer.replayed else None
     return json_response(transfer_body(answer.entry), status=201, headers=headers)
 
@@ -70,10 +74,14 @@ def hold_body(hold: domain.HoldState, *, as_placed: bool = False) -> schemas.Hol
 async def create_hold(services, call: Call) -> web.Response:
     """Reserve money of a wallet for a vendor: one `hold` entry, wallet -> the currency's holding
     account. The holding account is created on first use (a system account with a derived id)."""
-    body: schemas.HoldCreate = call.body
-    await _ensure_holding_account(services, body.from_account_id, body.currency)
-    answer = await _submit(services, commands.hold(_caller(call), body))
+    answer = await submit(services, await hold_command(services, _caller(call), call.body))
     return await _hold_answer(services, answer, as_placed=True)
+
+
+async def hold_command(services, caller: commands.Caller, body: schemas.HoldCreate) -> domain.EntryCommand:
+    """A new hold (a route's, or a batch item's), its currency's holding account made first."""
+    await _ensure_holding_account(services, body.from_account_id, body.currency)
+    return commands.hold(caller, body)
 
 
 async def _ensure_holding_account(services, source_id: uuid.UUID, currency: str) -> None:
@@ -90,7 +98,7 @@ async def _ensure_holding_account(services, source_id: uuid.UUID, currency: str)
         services.remember_account(await store.account_by_id(conn, holding_id))
 
 
-async def _submit(services, command: domain.EntryCommand) -> committer_mod.Answer:
+async def submit(services, command: domain.EntryCommand) -> committer_mod.Answer:
     """The group commit's answer, or its failure as a problem. A lost connection may have come
     after COMMIT was sent: the outcome is unknown, and only a retry with the same key tells (a
     replay if it committed, a fresh decision if not)."""
@@ -120,12 +128,12 @@ async def _hold_answer(services, answer: committer_mod.Answer, *, as_placed: boo
 
 
 async def capture_hold(services, call: Call) -> web.Response:
-    answer = await _submit(services, commands.capture(_caller(call), call.resource, call.body))
+    answer = await submit(services, commands.capture(_caller(call), call.resource, call.body))
     return await _hold_answer(services, answer)
 
 
 async def void_hold(services, call: Call) -> web.Response:
-    answer = await _submit(services, commands.void(_caller(call), call.resource))
+    answer = await submit(services, commands.void(_caller(call), call.resource))
     return await _hold_answer(services, answer)
 
 

@@ -26,7 +26,7 @@ CODES: dict[str, tuple[int, str]] = {
     "method_not_allowed": (405, "Method not allowed on this route"),
     "account_exists": (409, "An account with this id exists with other attributes"),
     "idempotency_key_reused": (409, "Idempotency-Key was used with a different request"),
-    "body_too_large": (413, "Request body exceeds 64 KiB"),
+    "body_too_large": (413, "Request body exceeds 64 KiB (4 MiB for a batch)"),
     "same_account": (422, "Source and destination are the same account"),
     "account_not_found": (422, "An account of the transfer does not exist"),
     "currency_mismatch": (422, "The accounts' currencies differ from the transfer's"),
@@ -35,6 +35,7 @@ CODES: dict[str, tuple[int, str]] = {
     "owner_not_found": (422, "The owner principal does not exist"),
     "not_refundable": (422, "The transfer is a refund or was not paid to a vendor account"),
     "refund_exceeds_transfer": (422, "The refunds of the transfer would add up to more than its amount"),
+    "batch_aborted": (424, "Another item of the atomic batch failed, so none of it was written"),
     "rate_limited": (429, "Too many requests for this principal or client address"),
     "internal_error": (500, "Internal error"),
     "queue_full": (503, "The commit queue is full"),
@@ -74,8 +75,9 @@ class ApiError(Exception):
         self.retry_after_s = retry_after_s if retry_after_s is not None else RETRY_AFTER_S.get(code)
 
 
-def problem_response(error: ApiError) -> web.Response:
-    body = schemas.Problem(
+def problem_body(error: ApiError) -> schemas.Problem:
+    """The problem as a body: a response's, or a batch item's answer."""
+    return schemas.Problem(
         type=PROBLEM_TYPE_BASE + error.code,
         title=error.title,
         status=error.status,
@@ -83,6 +85,10 @@ def problem_response(error: ApiError) -> web.Response:
         code=error.code,
         errors=error.errors,
     )
+
+
+def problem_response(error: ApiError) -> web.Response:
+    body = problem_body(error)
     headers = {"Retry-After": str(error.retry_after_s)} if error.retry_after_s is not None else None
     return web.Response(
         body=schemas.encode(body), status=error.status, content_type="application/problem+json", headers=headers

@@ -18,19 +18,23 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[Hashable, tuple[float, float]] = {}
 
-    def take(self, key: Hashable) -> float:
-        """Spend one token; returns 0 when allowed, else the seconds until one is available."""
-        if self._rate <= 0:
+    def take(self, key: Hashable, cost: int = 1) -> float:
+        """Spend `cost` tokens (a request: 1; a batch: its items); returns 0 when allowed, else
+        the seconds until enough are available. A cost above the burst is allowed once the
+        bucket is full, and leaves it in debt: the next requests wait until the rate has paid it
+        back, so items per second stay at the rate and a large batch is never refused forever."""
+        if self._rate <= 0 or cost <= 0:
             return 0.0
         now = self._clock()
         tokens, since = self._buckets.get(key, (self._burst, now))
         tokens = min(self._burst, tokens + (now - since) * self._rate)
-        if tokens < 1:
+        needed = min(float(cost), self._burst)
+        if tokens < needed:
             self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self._rate
+            return (needed - tokens) / self._rate
         if len(self._buckets) >= BUCKETS_MAX and key not in self._buckets:
             self._buckets.clear()  # bounded memory; a full bucket for everyone is the safe reset
-        self._buckets[key] = (tokens - 1, now)
+        self._buckets[key] = (tokens - cost, now)
         return 0.0
 
     def give_back(self, key: Hashable) -> None:

@@ -9,11 +9,12 @@ read straight down (decode, act) in `api.accounts`, `api.payments`, `api.vendors
 from __future__ import annotations
 
 import schemas
-from api import auth, owners
+from api import auth, batches, owners
 from api.framework import ALL_ROLES, NDJSON, PROJECTION_POSITION, Header, JournalQuery, Ownership, PageQuery, Route
 from api.framework import WaitQuery
 from api.framework import IdPageQuery, PointQuery, StatementQuery
-from ledger import domain
+from ledger import config, domain
+from schemas.batches import BatchAnswer, BatchCreate
 from api.accounts import (
     create_account, create_principal, create_token, get_account, get_statement, list_accounts, list_tokens,
     revoke_token,
@@ -163,3 +164,14 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/holds/{hold_id}", get_hold, {200: schemas.Hold}, roles=EVERYONE,
           path_ids=("hold_id",), ownership=OWN_HOLD, summary="A hold, as it is now."),
 ]
+
+
+# A batch's items are checked against their single routes' declarations (roles, ownership).
+_BY_NAME = {route.name: route for route in ROUTES}
+ROUTES.append(
+    Route("POST", "/v1/batches",
+          batches.batch_handler({item: _BY_NAME[name] for item, name in batches.ITEM_ROUTE_NAMES.items()}),
+          {200: BatchAnswer}, roles=frozenset({"admin", "client", "vendor"}), body=BatchCreate,
+          body_bytes_max=config.BATCH_BODY_BYTES_MAX,
+          summary="Many transfers, refunds, holds, captures and voids; each item answered as its single route."),
+)

@@ -27,19 +27,28 @@ from audit.report import (  # noqa: F401
     PROGRESS_EVERY_ENTRIES,
     Progress,
 )
+from audit.entries import (  # noqa: F401
+    HashedEntry,
+    canonical_bytes,
+    entries_from_rows,
+    hash_mismatches,
+    hashed_form,
+)
+from audit.summary import (  # noqa: F401
+    AccountsByText,
+    Summary,
+    VERIFIED_FIELDS,
+    summarize,
+)
 from audit.replay import (  # noqa: F401
     HOLD_KINDS,
     Original,
     Replay,
     Start,
-    Summary,
     _NEVER,
     _moment,
     _postings_text,
     _verified_fields,
-    entries_from_rows,
-    hash_mismatches,
-    summarize,
 )
 from audit.tree_check import (  # noqa: F401
     TreeCheck,
@@ -47,7 +56,7 @@ from audit.tree_check import (  # noqa: F401
 from audit.snapshot import (  # noqa: F401
     _replay,
     _start,
-    _unusable_checkpoint,
+    _unusable_signed_head,
     _with_holds,
     run_audit,
 )

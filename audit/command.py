@@ -36,7 +36,7 @@ def main(
         return EXIT_UNABLE
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
-        report = asyncio.run(run_audit(settings.database_url, from_position=from_position, checkpoint=signed,
+        report = asyncio.run(run_audit(settings.database_url, from_position=from_position, signed_head=signed,
                                        public_key=pinned, projector_name=settings.projector_name, progress=bar))
     except psycopg.OperationalError:
         raise  # the command line reports an unreachable database: one line, exit 3

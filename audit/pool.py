@@ -1,7 +1,7 @@
 """The audit's reading and checking, spread over worker processes; the replay stays in the audit's.
 
 Each worker joins the audit's snapshot, reads a bounded range of positions and checks there
-everything an entry's own row can prove (`replay.summarize`); the replay, which is
+everything an entry's own row can prove (`summary.summarize`); the replay, which is
 order-dependent, stays in the audit's process.
 
 A range whose entries are all plain transfers that pass comes back as a `Summary` (the hashes at
@@ -28,7 +28,8 @@ import psycopg
 
 from ledger import db, dialect as dialects
 from ledger.store import audit as reads
-from audit.replay import AccountsByText, Summary, entries_from_rows, hash_mismatches, summarize
+from audit.entries import entries_from_rows, hash_mismatches
+from audit.summary import AccountsByText, Summary, summarize
 
 # Positions one worker reads and checks at a time: large enough that a task's overhead (a
 # query, a round trip between processes) is small beside it, small enough to keep in memory.

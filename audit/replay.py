@@ -7,16 +7,13 @@ the entries.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import msgspec
 
 from ledger import domain
 from schemas import JournalEntry, Posting, Verification
 from audit.report import Balances, EXAMPLES_IN_DETAIL_MAX, Findings
+from audit.summary import Summary, VERIFIED_FIELDS, verified_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +140,7 @@ class Replay:
         """Whether the verification rows at the summary's positions, read with their UUIDs as text,
         are exactly those its payments call for (what `check_verifications` would find nothing
         wrong with), in position order."""
-        return _payments_encoder.encode([msgspec.structs.astuple(row)[:_VERIFIED_COUNT] for row in rows]) == summary.payments
+        return verified_values(rows) == summary.payments
 
     def _check_position(self, entry: JournalEntry) -> None:
         expected = self.position + 1
@@ -396,219 +393,6 @@ class Replay:
                 self.findings.record("conservation", self.position, f"{currency} balances sum to {total}, not zero")
 
 
-# ---- rows to entries: the pure half of the audit's reading -------------------------------------
-# A row is a plain tuple of an entry's stored values (`ledger.store.audit.AUDITED_COLUMNS`):
-# cheap to read, to send between processes and to hash, and made an entry only for the replay.
-
-
-def hash_mismatches(rows: Iterable[Sequence]) -> dict[int, str]:
-    """Position -> recomputed hash, for each row whose stored `hash` is not the one its content
-    calls for. Each entry's hash needs only its own content and stored `prev_hash`, so the rows
-    of a journal can be judged in any order, in any process; the chain (each `prev_hash` the
-    previous entry's `hash`) is the replay's to judge, in order."""
-    mismatches = {}
-    for row in rows:
-        recomputed = domain.entry_hash(row[_PREV_HASH], _canonical_bytes(row))
-        if recomputed != row[_HASH]:
-            mismatches[row[_POSITION]] = recomputed
-    return mismatches
-
-
-def _canonical_bytes(row: Sequence) -> bytes:
-    """`domain.canonical_bytes` of the row's entry. The body is built with its keys already in
-    sorted order (the metadata pre-encoded by `domain.canonical_json`), so it is encoded as it
-    stands, without sorting; what is not plain ASCII takes `domain.canonical_json` itself."""
-    metadata = row[_METADATA]
-    encoded = _in_order.encode(_hashed_body(row, msgspec.Raw(domain.canonical_json(metadata)) if metadata else metadata))
-    if encoded.isascii() and b"\x7f" not in encoded:
-        return encoded
-    return domain.canonical_json(_hashed_body(row, metadata))
-
-
-def _hashed_body(row: Sequence, metadata: object) -> dict:
-    """The builtins form `domain.canonical_bytes` hashes, made from a row, its keys in sorted
-    order: every field but `hash`, those at their default left out."""
-    (position, transfer_id, from_account_id, to_account_id, amount, currency, reference, _, committed_at,
-     prev_hash, _, kind, refund_of, hold_id, account_ids, amounts, _) = row
-    body = {"amount": amount, "committed_at": committed_at, "currency": currency, "from_account_id": from_account_id}
-    if hold_id is not None:
-        body["hold_id"] = hold_id
-    if kind != _DEFAULT_KIND:
-        body["kind"] = kind
-    body["metadata"] = metadata
-    body["position"] = position
-    body["postings"] = [{"account_id": a, "amount": n} for a, n in zip(account_ids or (), amounts or ())]
-    body["prev_hash"] = prev_hash
-    body["reference"] = reference
-    if refund_of is not None:
-        body["refund_of"] = refund_of
-    body["to_account_id"] = to_account_id
-    body["transfer_id"] = transfer_id
-    return body
-
-
-_in_order = msgspec.json.Encoder()  # keeps a dict's order: `_hashed_body` makes it the sorted one
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """A range of positions (after, upto] that a worker found plain (`summarize`): what the replay
-    needs of it to go on, without its entries."""
-
-    after: int
-    upto: int
-    prev_hash: str  # the stored prev_hash of the range's first entry
-    hash: str  # the stored hash of its last entry
-    starts: dict[int, int]  # account (its UUID's integer) -> its balance before the range, as stored
-    ends: dict[int, int]  # account -> its balance after the range
-    payments: bytes  # `_verified_fields` of each payment the projection must have verified, in order (msgpack)
-    hashes: list[str] | None  # every entry's hash, in order, when the Merkle tree check needs them
-
-
-# An account as a worker knows it: its text form -> (kind, currency, its UUID's integer).
-AccountsByText = Mapping[str, tuple[str, str, int]]
-
-
-def summarize(
-    rows: Sequence[Sequence], *, after: int, upto: int, accounts: AccountsByText, projector_position: int,
-    with_hashes: bool,
-) -> Summary | None:
-    """The summary of the rows of the positions (after, upto], or None unless every entry there
-    is a plain transfer that no check of `Replay.feed` could fault given the state before the
-    range: positions after+1..upto exactly, each prev_hash the previous entry's hash, each hash
-    the recomputed one, the postings exactly (from, -amount), (to, +amount) between existing
-    accounts of the entry's currency, each stored balance after the previous one plus the posting
-    and not negative unless the account is a system one. What it cannot know in the range is
-    left to `Replay.feed_summary`: the chain into its first entry, and that the balances before it
-    (`starts`, implied by the stored balances after) are the replayed ones. Then every stored
-    balance after is the replayed one, so the overdraft check on the stored ones is exact. None
-    sends the range to the entry-by-entry replay, which locates whatever is wrong."""
-    position, digest = after, None
-    starts: dict[int, int] = {}
-    ends: dict[int, int] = {}
-    payments: list[tuple] = []
-    hashes: list[str] | None = [] if with_hashes else None
-    plain_texts: dict[str, bool] = {}  # reference + currency -> `_plain_text` of it: few distinct ones
-    sha256 = hashlib.sha256
-    for row in rows:
-        (at, transfer_id, from_account_id, to_account_id, amount, currency, reference, metadata, committed_at,
-         stored_prev, stored_hash, kind, refund_of, hold_id, posted_accounts, amounts, balances_after) = row
-        position += 1
-        if at != position or kind != _PLAIN_KIND or refund_of is not None or hold_id is not None:
-            return None
-        if digest is None:
-            if not _plain_text(stored_prev):  # the next ones are each the hex digest before them
-                return None
-            first_prev = stored_prev
-        elif stored_prev != digest:
-            return None
-        digest = stored_hash
-        # The two postings, exactly the entry's, each a known account of its currency.
-        if posted_accounts is None or len(posted_accounts) != 2 or balances_after is None or len(balances_after) != 2:
-            return None
-        debit, credit = posted_accounts
-        if debit != from_account_id or credit != to_account_id or amounts[0] != -amount or amounts[1] != amount:
-            return None
-        payer, payee = accounts.get(debit), accounts.get(credit)
-        if payer is None or payee is None or payer[1] != currency or payee[1] != currency:
-            return None
-        # Each stored balance after: the previous one plus the posting, not negative unless a system account's.
-        key, after_it = payer[2], balances_after[0]
-        before = ends.get(key)
-        if before is None:
-            starts[key] = after_it + amount
-        elif before - amount != after_it:
-            return None
-        ends[key] = after_it
-        if after_it < 0 and payer[0] != "system":
-            return None
-        key, after_it = payee[2], balances_after[1]
-        before = ends.get(key)
-        if before is None:
-            starts[key] = after_it - amount
-        elif before + amount != after_it:
-            return None
-        ends[key] = after_it
-        if after_it < 0 and payee[0] != "system":
-            return None
-        # The hash: the canonical bytes written out for the plain form, where every string is
-        # printable ASCII with nothing to escape; anything else takes `_canonical_bytes`.
-        text = reference + currency
-        plain = plain_texts.get(text)
-        if plain is None:
-            plain = plain_texts[text] = _plain_text(text)
-        if metadata or not plain:
-            if sha256(stored_prev.encode("ascii") + _canonical_bytes(row)).hexdigest() != digest:
-                return None
-        elif sha256(
-            f'{stored_prev}{{"amount":{amount},"committed_at":"{committed_at}","currency":"{currency}",'
-            f'"from_account_id":"{from_account_id}","metadata":{{}},"position":{at},"postings":[{{"account_id":'
-            f'"{debit}","amount":{-amount}}},{{"account_id":"{credit}","amount":{amount}}}],"prev_hash":'
-            f'"{stored_prev}","reference":"{reference}","to_account_id":"{to_account_id}",'
-            f'"transfer_id":"{transfer_id}"}}'.encode("ascii")
-        ).hexdigest() != digest:
-            return None
-        if payee[0] == "vendor" and at <= projector_position:
-            payments.append((transfer_id, to_account_id, from_account_id, amount, currency, reference, committed_at,
-                             at, digest))
-        if hashes is not None:
-            hashes.append(digest)
-    if position != upto or digest is None:
-        return None
-    return Summary(after, upto, first_prev, digest, starts, ends, _payments_encoder.encode(payments), hashes)
-
-
-_payments_encoder = msgspec.msgpack.Encoder()
-# A verification's fields up to its `hash` are what it must say of its entry (`_verified_fields`), in that order.
-_VERIFIED_COUNT = 9
-
-
-def _plain_text(text: str) -> bool:
-    """Whether `text` is written into JSON as it stands: printable ASCII, no quote, no backslash."""
-    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
-
-
-def entries_from_rows(
-    rows: Iterable[Sequence], account_ids: Mapping[str, uuid.UUID]
-) -> list[tuple[JournalEntry, list[int]]]:
-    """The rows as entries, each with its postings' stored balances after. `account_ids`: the
-    accounts by their text form, so that entries share one UUID object per account instead of
-    making one per mention (making a UUID costs more than the rest of the entry)."""
-    uuid_of = account_ids.get
-    entries = []
-    for (position, transfer_id, from_account_id, to_account_id, amount, currency, reference, metadata, committed_at,
-         prev_hash, digest, kind, refund_of, hold_id, posted_accounts, amounts, balances_after) in rows:
-        entry = JournalEntry(  # positionally, in the struct's field order: the fastest way to make one
-            position, _uuid(transfer_id),
-            uuid_of(from_account_id) or _uuid(from_account_id), uuid_of(to_account_id) or _uuid(to_account_id),
-            amount, currency, reference, metadata,
-            [Posting(uuid_of(a) or _uuid(a), n) for a, n in zip(posted_accounts or (), amounts or ())],
-            committed_at, prev_hash, digest,
-            _DEFAULT_KIND if kind == _DEFAULT_KIND else kind,
-            None if refund_of is None else _uuid(refund_of),
-            None if hold_id is None else _uuid(hold_id),
-        )
-        entries.append((entry, balances_after or []))
-    return entries
-
-
-def _uuid(text: str) -> uuid.UUID:
-    return msgspec.convert(text, uuid.UUID)  # made in C: half the time of uuid.UUID(text)
-
-
-_POSITION, _METADATA, _PREV_HASH, _HASH = 0, 7, 9, 10  # in a row, as `ledger.store.audit.AUDITED_COLUMNS` orders it
-_ENTRY_FIELDS = ("position", "transfer_id", "from_account_id", "to_account_id", "amount", "currency", "reference",
-                 "metadata", "postings", "committed_at", "prev_hash", "hash", "kind", "refund_of", "hold_id")
-assert tuple(spec.name for spec in msgspec.structs.fields(JournalEntry)) == _ENTRY_FIELDS, "entries_from_rows' order"
-# The struct's own default object, left to the struct: msgspec omits a default by identity.
-_DEFAULT_KIND = {spec.name: spec.default for spec in msgspec.structs.fields(JournalEntry)}["kind"]
-_PLAIN_KIND = "transfer"  # the only kind `summarize` takes: no hold, no refund
-_FULL_BODY = _hashed_body((1, "", "", "", 1, "", "", None, "", "", "", "refund", "", "", (), (), ()), {})
-assert tuple(spec.name for spec in msgspec.structs.fields(Verification))[:_VERIFIED_COUNT] == (
-    "transfer_id", "vendor_account_id", "payer_account_id", "amount", "currency", "reference", "committed_at", "position",
-    "hash"), "a summary's payments are in the order of a verification's fields"
-assert list(_FULL_BODY) == sorted(_FULL_BODY) == sorted(set(_ENTRY_FIELDS) - {"hash"}), "_hashed_body's key order"
-
 HOLD_KINDS = frozenset({"hold"}) | domain.HOLD_CLOSING_KINDS
 _NEVER = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
 
@@ -619,12 +403,7 @@ def _moment(committed_at: str) -> dt.datetime:
 
 def _verified_fields(entry: JournalEntry) -> dict[str, object]:
     """What a verification must say, field by field, to be the projection of `entry`."""
-    return {
-        "transfer_id": entry.transfer_id, "vendor_account_id": entry.to_account_id,
-        "payer_account_id": entry.from_account_id, "amount": entry.amount, "currency": entry.currency,
-        "reference": entry.reference, "committed_at": entry.committed_at, "position": entry.position,
-        "hash": entry.hash,
-    }
+    return {name: getattr(entry, of) for name, of in VERIFIED_FIELDS.items()}
 
 
 def _postings_text(postings: list[Posting]) -> str:

@@ -23,7 +23,8 @@ from projector import store as projections
 from ledger.store import audit as reads
 from audit import pool
 from audit.report import AuditReport, PROGRESS_EVERY_ENTRIES, Progress
-from audit.replay import Original, Replay, Start, Summary
+from audit.replay import Original, Replay, Start
+from audit.summary import Summary
 from audit.tree_check import TreeCheck
 from schemas import Verification
 
@@ -35,14 +36,15 @@ async def run_audit(
     database_url: str,
     *,
     from_position: int = 0,
-    checkpoint: signing.SignedCheckpoint | None = None,
+    signed_head: signing.SignedHead | None = None,
     public_key: str | None = None,
     projector_name: str = projections.DEFAULT_NAME,
     progress: Progress | None = None,
     workers: int | None = None,
 ) -> AuditReport:
     """Replay the journal after `from_position` (trusting the state there) and check it all. A
-    `checkpoint` counts only when signed by `public_key`, the key the auditor pinned. `workers`:
+    `signed_head` (a `ledger checkpoint` file) counts only when signed by `public_key`, the key the
+    auditor pinned. `workers`:
     processes that read and check the journal (`pool.default_workers` when None; 0 reads here)."""
     assert from_position >= 0, "from_position must not be negative"
     dialect = await db.detect_dialect(database_url)
@@ -62,7 +64,7 @@ async def run_audit(
                 async with await _joined(database_url, dialect, token) as text_conn:
                     replay, head_position, projector_position, tree_check = await _replay(
                         conn, text_conn, reader, accounts, from_position=from_position, last=last,
-                        checkpoint=checkpoint, public_key=public_key, projector_name=projector_name, progress=progress,
+                        signed_head=signed_head, public_key=public_key, projector_name=projector_name, progress=progress,
                     )
             finally:
                 reader.close()
@@ -75,7 +77,7 @@ async def run_audit(
         entries=replay.entries,
         accounts=replay.account_count,
         projector_position=projector_position,
-        checkpoint_position=checkpoint.position if checkpoint else None,
+        checkpoint_position=signed_head.position if signed_head else None,
         seconds=round(seconds, 3),
         entries_per_s=round(replay.entries / seconds, 1) if seconds > 0 else 0.0,
         checks=replay.findings.results(),
@@ -144,21 +146,49 @@ async def _replay(
     *,
     from_position: int,
     last: int,
-    checkpoint: signing.SignedCheckpoint | None,
+    signed_head: signing.SignedHead | None,
     public_key: str | None,
     projector_name: str,
     progress: Progress | None,
 ) -> tuple[Replay, int, int, TreeCheck | None]:
     head = await store.journal_head(conn)
-    head_position, head_hash = head.position, head.hash
     projector_position = await projections.cursor(conn, projector_name)
+    hold_rows = await store.holds_for_audit(conn)
+    replay, signed = await _new_replay(conn, accounts, from_position=from_position, projector_position=projector_position,
+                                       hold_rows=hold_rows, signed_head=signed_head, public_key=public_key)
+    walk = await _Walk.open(conn, text_conn, replay, from_position=from_position, public_key=public_key,
+                            progress=progress, head_position=head.position)
+    cuts = {projector_position} | ({signed[0]} if signed else set())
+    async for item in reader.ranges(after=from_position, upto=last, cuts=cuts, projector_position=projector_position,
+                                    hashes_upto=walk.hashes_upto):
+        if not isinstance(item, Summary):
+            await walk.feed(item)
+        elif not await walk.go_past(item):
+            await walk.feed(await reader.page(item.after, item.upto))  # the replay locates what is wrong
+    await walk.finish(conn)
+    replay.finish(
+        head=(head.position, head.hash),
+        write_model=await store.write_model_balances(conn),
+        projected=await projections.balances(conn),
+        orphan_position=await store.first_orphan_posting(conn, from_position),
+        refund_totals=await store.refund_totals(conn),
+        holds=hold_rows,
+    )
+    return replay, head.position, projector_position, walk.tree_check
+
+
+async def _new_replay(
+    conn: psycopg.AsyncConnection, accounts: dict, *, from_position: int, projector_position: int,
+    hold_rows: list[domain.HoldState], signed_head: signing.SignedHead | None, public_key: str | None,
+) -> tuple[Replay, tuple[int, str] | None]:
+    """The replay at its start, with what it cannot use already recorded; and the signed
+    (position, hash) it proves, when the signed head is usable."""
     start, start_missing = await _start(conn, from_position)
     at_projector = None
     if projector_position < from_position:
         at_projector = await store.balances_from_postings(conn, projector_position)
-    unusable = _unusable_checkpoint(checkpoint, from_position, public_key) if checkpoint else None
-    hold_rows = await store.holds_for_audit(conn)
-    signed = (checkpoint.position, checkpoint.hash) if checkpoint and not unusable else None
+    unusable = _unusable_signed_head(signed_head, from_position, public_key) if signed_head else None
+    signed = (signed_head.position, signed_head.hash) if signed_head and not unusable else None
     replay = Replay(
         accounts, start=_with_holds(start, hold_rows), projector_position=projector_position,
         balances_at_projector=at_projector, signed=signed,
@@ -166,76 +196,90 @@ async def _replay(
     )
     if start_missing:
         replay.findings.record("contiguous", from_position, f"there is no entry at --from position {from_position}")
-    if checkpoint and unusable:
-        replay.findings.record("checkpoint", checkpoint.position, unusable)
-    # The verifications are walked alongside the journal, both in position order, so memory
-    # stays bounded by a page of each however long the journal is.
-    # They are read on `text_conn`, their UUIDs as text (`_with_uuids` makes them objects where entries are fed).
-    verifications = await _InOrder(projections.stream_verifications(text_conn, from_position), _position).start()
-    # The tree is recomputed from the first leaf, so only a replay from the start checks it.
-    tree_check, stored_size, heads = None, await tree_store.tree_size(conn), []
-    if from_position == 0:
-        heads = await tree_store.tree_heads(conn)
-        tree_check = TreeCheck(replay.findings, stored_size=stored_size, heads=heads, public_key=public_key)
-    nodes = await _InOrder(tree_store.stream_nodes(conn, after=from_position, upto=stored_size if tree_check else 0),
-                           _first).start()
-    # The originals of the refunds, walked alongside too (in the refunds' position order).
-    originals = await _InOrder(store.refund_originals(conn, from_position), _first).start()
+    if signed_head and unusable:
+        replay.findings.record("checkpoint", signed_head.position, unusable)
+    return replay, signed
 
-    def grow_tree(position: int, digest: str, stored: list) -> None:
-        tree_check.feed(position, digest, {node[1]: node[2] for node in stored})
 
-    async def feed(page: pool.Page) -> None:
+@dataclasses.dataclass(slots=True)
+class _Walk:
+    """The journal fed to the replay in position order, entry by entry or a summary at a time,
+    with what is walked alongside it, also in position order, so that memory stays bounded by
+    a page of each however long the journal is: the verifications (read on the text
+    connection, their UUIDs as text: `_with_uuids` makes them objects where entries are fed),
+    the stored tree nodes and the originals of the refunds."""
+
+    replay: Replay
+    verifications: _InOrder
+    nodes: _InOrder
+    originals: _InOrder
+    tree_check: TreeCheck | None
+    stored_size: int
+    hashes_upto: int  # the summaries of ranges that start before it carry every entry's hash
+    progress: Progress | None
+    head_position: int
+
+    @classmethod
+    async def open(
+        cls, conn: psycopg.AsyncConnection, text_conn: psycopg.AsyncConnection, replay: Replay, *,
+        from_position: int, public_key: str | None, progress: Progress | None, head_position: int,
+    ) -> _Walk:
+        verifications = await _InOrder(projections.stream_verifications(text_conn, from_position), _position).start()
+        # The tree is recomputed from the first leaf, so only a replay from the start checks it.
+        tree_check, stored_size, hashes_upto = None, await tree_store.tree_size(conn), 0
+        if from_position == 0:
+            heads = await tree_store.tree_heads(conn)
+            tree_check = TreeCheck(replay.findings, stored_size=stored_size, heads=heads, public_key=public_key)
+            hashes_upto = max([stored_size] + [head.tree_size for head in heads])
+        nodes = await _InOrder(tree_store.stream_nodes(conn, after=from_position, upto=stored_size if tree_check else 0),
+                               _first).start()
+        originals = await _InOrder(store.refund_originals(conn, from_position), _first).start()
+        return cls(replay, verifications, nodes, originals, tree_check, stored_size, hashes_upto, progress,
+                   head_position)
+
+    async def feed(self, page: pool.Page) -> None:
         entries, mismatches = page
         for entry, balances_after in entries:
-            found = await originals.through(entry.position)
+            found = await self.originals.through(entry.position)
             original = Original(*found[-1][1:]) if found and found[-1][0] == entry.position and found[-1][1] is not None else None
-            replay.feed(entry, balances_after, original, mismatches.get(entry.position, entry.hash))
-            if tree_check is not None and tree_check.wants(entry.position):
-                grow_tree(entry.position, entry.hash, await nodes.through(entry.position))
+            self.replay.feed(entry, balances_after, original, mismatches.get(entry.position, entry.hash))
+            await self._grow_tree(entry.position, entry.hash)
             rows = []
-            for row in await verifications.through(entry.position):
+            for row in await self.verifications.through(entry.position):
                 if row.position < entry.position:
-                    replay.stray_verification(row)
+                    self.replay.stray_verification(row)
                 else:
                     rows.append(_with_uuids(row))
-            replay.check_verifications(entry, rows)
-            if progress is not None and entry.position % PROGRESS_EVERY_ENTRIES == 0:
-                progress(entry.position, head_position)
+            self.replay.check_verifications(entry, rows)
+            if self.progress is not None and entry.position % PROGRESS_EVERY_ENTRIES == 0:
+                self.progress(entry.position, self.head_position)
 
-    cuts = {projector_position} | ({signed[0]} if signed else set())
-    hashes_upto = max([stored_size] + [head.tree_size for head in heads]) if tree_check is not None else 0
-    async for item in reader.ranges(after=from_position, upto=last, cuts=cuts, projector_position=projector_position,
-                                    hashes_upto=hashes_upto):
-        if not isinstance(item, Summary):
-            await feed(item)
-            continue
-        rows = await verifications.through(item.upto)
-        if not (replay.verified_as_summarized(item, rows) and replay.feed_summary(item)):
-            verifications.give_back(rows)  # the range again, entry by entry: the replay locates what is wrong
-            await feed(await reader.page(item.after, item.upto))
-            continue
-        if tree_check is not None and item.hashes is not None:
-            for position, digest in enumerate(item.hashes, item.after + 1):
-                if tree_check.wants(position):
-                    grow_tree(position, digest, await nodes.through(position))
-        if progress is not None:
-            progress(item.upto, head_position)
-    for row in await verifications.through(_PAST_EVERY_POSITION):
-        replay.stray_verification(row)
-    if progress is not None:
-        progress(replay.position, head_position)
-    if tree_check is not None:
-        tree_check.finish(replay.position, await tree_store.nodes_beyond(conn, stored_size))
-    replay.finish(
-        head=(head_position, head_hash),
-        write_model=await store.write_model_balances(conn),
-        projected=await projections.balances(conn),
-        orphan_position=await store.first_orphan_posting(conn, from_position),
-        refund_totals=await store.refund_totals(conn),
-        holds=hold_rows,
-    )
-    return replay, head_position, projector_position, tree_check
+    async def go_past(self, summary: Summary) -> bool:
+        """Go past a range a worker summarized; False, with nothing taken, when the replay must
+        feed it entry by entry instead."""
+        rows = await self.verifications.through(summary.upto)
+        if not (self.replay.verified_as_summarized(summary, rows) and self.replay.feed_summary(summary)):
+            self.verifications.give_back(rows)
+            return False
+        for position, digest in enumerate(summary.hashes or (), summary.after + 1):
+            await self._grow_tree(position, digest)
+        if self.progress is not None:
+            self.progress(summary.upto, self.head_position)
+        return True
+
+    async def _grow_tree(self, position: int, digest: str) -> None:
+        if self.tree_check is not None and self.tree_check.wants(position):
+            stored = await self.nodes.through(position)
+            self.tree_check.feed(position, digest, {node[1]: node[2] for node in stored})
+
+    async def finish(self, conn: psycopg.AsyncConnection) -> None:
+        """What is left past the last entry: stray verifications, stored subtrees beyond the tree."""
+        for row in await self.verifications.through(_PAST_EVERY_POSITION):
+            self.replay.stray_verification(row)
+        if self.progress is not None:
+            self.progress(self.replay.position, self.head_position)
+        if self.tree_check is not None:
+            self.tree_check.finish(self.replay.position, await tree_store.nodes_beyond(conn, self.stored_size))
 
 
 _PAST_EVERY_POSITION = 2**63  # beyond any INT8 position
@@ -281,17 +325,15 @@ async def _start(conn: psycopg.AsyncConnection, from_position: int) -> tuple[Sta
     return Start(from_position, digest or domain.ZERO_HASH, balances, refunded), digest is None
 
 
-def _unusable_checkpoint(
-    checkpoint: signing.SignedCheckpoint, from_position: int, public_key: str | None
-) -> str | None:
-    """Why the replay cannot prove this checkpoint, or None when it can."""
+def _unusable_signed_head(signed_head: signing.SignedHead, from_position: int, public_key: str | None) -> str | None:
+    """Why the replay cannot prove this signed head, or None when it can."""
     if public_key is None:
         return "no public key is pinned, so the signature proves nothing (pass --public-key)"
-    if checkpoint.public_key != public_key:
-        return f"signed by key {checkpoint.public_key}, not by the pinned key {public_key}"
-    if not signing.verify(checkpoint, public_key):
+    if signed_head.public_key != public_key:
+        return f"signed by key {signed_head.public_key}, not by the pinned key {public_key}"
+    if not signing.verify(signed_head, public_key):
         return "the signature does not verify"
-    if checkpoint.position <= from_position:
+    if signed_head.position <= from_position:
         return f"the checkpoint is not after --from {from_position}, so the replay cannot prove it"
     return None
 

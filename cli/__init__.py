@@ -194,7 +194,7 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
         return audit.main(settings, as_json=args.json, from_position=args.from_position, checkpoint=args.checkpoint,
                           public_key=args.public_key)
     elif args.command == "checkpoint":
-        from proofs import signing as checkpoint
+        from proofs import command as checkpoint
 
         return checkpoint.main(settings, key_path=args.key, out=args.out, export_public_key=args.export_public_key)
     elif args.command == "principal":

@@ -4,7 +4,7 @@ Answers are decoded into the same msgspec Structs the server encodes them from (
 field the server adds later is ignored, not an error. Every problem answer (RFC 9457) is raised
 as `LedgerProblem` carrying its `status`, stable `code`, `detail` and validation `errors`. The
 session and the retries are `client.transport`'s; the proof routes and `verify` are
-`client.verifying`'s (docs/proofs.md).
+`client.verifying`'s (docs/proofs.md); `batch` and `batches` are `client.batches`'s (docs/batches.md).
 
     async with LedgerClient("http://127.0.0.1:8080", token=admin_token) as ledger:
         transfer = await ledger.transfer(from_account_id=a, to_account_id=b, amount=450,
@@ -27,10 +27,11 @@ from client.transport import (  # noqa: F401 (the names this module always offer
     RETRY_ATTEMPTS_MAX_DEFAULT, RETRY_TOTAL_S_DEFAULT, TIMEOUT_S_DEFAULT, LedgerProblem, Transport, _decoder,
     _raise_for_problem,
 )
+from client.batches import BatchRoutes
 from client.verifying import ProofRoutes, Trust
 
 
-class LedgerClient(ProofRoutes, Transport):
+class LedgerClient(BatchRoutes, ProofRoutes, Transport):
     """One principal's view of the API. `as_principal` gives another principal's view over the
     same connection pool (and the same trusted tree head); only the client that created the
     session closes it. `public_key` (hex) is the service's pinned Ed25519 key, which `verify`

@@ -223,8 +223,19 @@ class EventBus:
         assert self.js is not None
         try:
             await self.js.add_stream(config)
-        except BadRequestError:
+        except BadRequestError:  # it exists with another configuration
+            await self._update_stream(config)
+
+    async def _update_stream(self, config: StreamConfig) -> None:
+        """Only the projector's NATS login may change the stream (deploy/nats.conf): another
+        process configured otherwise keeps the stream as it is and carries on. A refused request
+        gets no answer, so the refusal shows as a timeout."""
+        assert self.js is not None
+        try:
             await self.js.update_stream(config)
+        except (nats.errors.TimeoutError, APIError) as error:
+            log.warning("the %s stream differs from this process's settings and it may not change it"
+                        " (%s): the projector applies them", STREAM, error or type(error).__name__)
 
     async def subscribe_doorbells(self, durable: str, *, from_start: bool):
         """A durable pull subscription to the journal's events, as every follower of the journal
@@ -280,9 +291,9 @@ class EventBus:
         batch, would redeliver the rest after `ack_wait` and stall once `max_ack_pending` events
         are out. Deleting it loses nothing: events are doorbells, and a follower reads the
         journal from its own cursor, so the replacement starts at the next event, whatever
-        `from_start` says (replaying the whole stream as doorbells would only cost CPU). Every
-        NATS user that follows the journal (`reader` included) may publish on
-        `$JS.API.CONSUMER.>`, which covers the info, the delete and the create."""
+        `from_start` says (replaying the whole stream as doorbells would only cost CPU). Each
+        follower's NATS login may get the info of, delete and create its own durable only
+        (deploy/nats.conf, tools/embedded.py `consumer_subjects`)."""
         assert self.js is not None
         config = self._doorbell_config(durable, from_start=from_start)
         try:

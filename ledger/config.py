@@ -9,6 +9,7 @@
 | LEDGER_HTTP_REUSE_PORT | (unset) | 1, true, yes / 0, false, no | `1`: several API processes share the port (SO_REUSEPORT) |
 | LEDGER_METRICS_PORT | (unset) | 0..65535 | a separate metrics listener; unset serves /metrics on the API |
 | LEDGER_BATCH_MAX | 256 | 1..10000 | transfers committed in one transaction at most |
+| LEDGER_BATCH_ITEMS_MAX | 1000 | 1..10000 | items one `POST /v1/batches` may carry (the contract's cap; 10,000 at most) |
 | LEDGER_QUEUE_MAX | 4096 | 1..1000000 | transfers waiting for the committer; a full queue answers 503 |
 | LEDGER_BATCH_LINGER_MS | 1 | 0..1000 | how long the committer waits for a batch to fill once work arrives |
 | LEDGER_COMMIT_RETRIES_MAX | 8 | 0..100 | whole-batch retries on a serialization failure |
@@ -46,6 +47,8 @@ import os
 from dataclasses import dataclass, fields
 
 BODY_BYTES_MAX = 64 * 1024
+BATCH_BODY_BYTES_MAX = 4 * 1024 * 1024  # the contract's body limit of `POST /v1/batches`
+BATCH_ITEMS_CAP = 10_000  # what LEDGER_BATCH_ITEMS_MAX may be raised to at most
 IDEMPOTENCY_KEY_CHARS_MAX = 255
 
 PORT_MAX = 65535
@@ -68,6 +71,7 @@ VARIABLES: dict[str, str] = {
     "metrics_port": "LEDGER_METRICS_PORT",
     "batch_max": "LEDGER_BATCH_MAX",
     "queue_max": "LEDGER_QUEUE_MAX",
+    "batch_items_max": "LEDGER_BATCH_ITEMS_MAX",
     "batch_linger_ms": "LEDGER_BATCH_LINGER_MS",
     "commit_retries_max": "LEDGER_COMMIT_RETRIES_MAX",
     "pool_size_max": "LEDGER_POOL_SIZE_MAX",
@@ -101,6 +105,7 @@ RANGES: dict[str, tuple[int, int]] = {
     "metrics_port": (0, PORT_MAX),
     "batch_max": (1, 10_000),
     "queue_max": (1, 1_000_000),
+    "batch_items_max": (1, BATCH_ITEMS_CAP),
     "batch_linger_ms": (0, 1_000),
     "commit_retries_max": (0, 100),
     "pool_size_max": (1, 200),
@@ -139,6 +144,7 @@ class Settings:
     metrics_port: int | None = None
     batch_max: int = 256
     queue_max: int = 4096
+    batch_items_max: int = 1000
     batch_linger_ms: float = 1.0
     commit_retries_max: int = 8
     pool_size_max: int = 8

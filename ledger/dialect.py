@@ -63,6 +63,18 @@ class Dialect:
             return None
         return "SET synchronous_commit = off"
 
+    def standby_probe(self) -> str | None:
+        """The statement that makes its transaction's COMMIT wait until the synchronous standby has
+        flushed it, and so everything committed before it (`ledger.standby`): a transactional
+        WAL record (an empty logical message; any role may emit one, at any `wal_level`), with
+        `synchronous_commit` back on for a relaxed session. With no synchronous standby named it
+        writes nothing and the COMMIT waits for nothing. CockroachDB needs none: a write it
+        acknowledges is on a quorum of replicas, and a read sees only such writes."""
+        if self.name == "cockroachdb":
+            return None
+        return ("SELECT set_config('synchronous_commit', 'on', true), pg_logical_emit_message(true, 'ledger.standby', '')"
+                " WHERE current_setting('synchronous_standby_names') <> ''")
+
     def snapshot_begin(self) -> str:
         """How the audit opens one consistent, read-only snapshot of the whole journal."""
         if self.name == "cockroachdb":

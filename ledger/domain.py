@@ -344,6 +344,8 @@ class BatchState:
     head_committed_at: dt.datetime | None = None
     # hold id -> its state, for the holds the batch's captures, voids and expiries name
     holds: dict[uuid.UUID, HoldState] = field(default_factory=dict)
+    # the database's clock, read with the head lock: a batch's own clock is checked against it
+    database_now: dt.datetime | None = None
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 
-from ledger import domain, logs, store
+from ledger import domain, logs, standby, store
 from ledger.bus import EventBus, raise_if_cancelled
 
 FETCH_BATCH_MAX = 1000  # doorbells taken in one fetch (acked together: the consumer acks cumulatively)
@@ -58,6 +58,8 @@ class JournalFollower:
         self._bus = bus
         self._durable = durable
         self._from_start = from_start
+        # Nothing the standby may lack is followed: a failover would take it back (`ledger.standby`).
+        self.standby = standby.StandbyGate(name)
 
     # ---- what a follower says -----------------------------------------------------------------
 
@@ -90,23 +92,26 @@ class JournalFollower:
     # ---- the journal ----------------------------------------------------------------------------
 
     async def step(self, conn=None) -> tuple[list[Any], bool]:
-        """One transaction: lock the cursor, read a page after it, write its contiguous run and move
-        the cursor. Returns the run and whether the page was full (there may be more). On `conn`
+        """One transaction: lock the cursor, read a page after it, write its contiguous run (up to
+        the position the synchronous standby holds) and move the cursor. Returns the run and
+        whether there may be more (a full page, or a run cut at the standby's position). On `conn`
         if given, else on a connection of the pool."""
         try:
             async with self._connection(conn) as conn:
+                confirmed = await self.standby.confirm(conn)
                 async with conn.transaction():
                     current = await self.lock_cursor(conn)
                     page = await self.read_page(conn, current)
                     run = domain.contiguous(page, after=current)
-                    if run:
-                        await self.write(conn, run)
+                    kept = run if confirmed is None else [entry for entry in run if entry.position <= confirmed]
+                    if kept:
+                        await self.write(conn, kept)
         except BaseException:
             self.abandoned()
             raise
-        self.position = run[-1].position if run else current
-        await self.stepped(run)
-        return run, len(page) == self.page_max
+        self.position = kept[-1].position if kept else current
+        await self.stepped(kept)
+        return kept, len(page) == self.page_max or len(kept) < len(run)
 
     async def follow(self, *, until: int | None = None) -> int:
         """Step until the journal's head (a page not full: what commits later rings again), a hole,

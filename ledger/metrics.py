@@ -72,3 +72,8 @@ TREE_HEADS_FORKED = Gauge(
     "1 when the tree follower's last signing round found the journal's tree not an extension of the last"
     " signed tree head (RFC 9162 consistency): it signs nothing until it is again; 0 when that check passed.",
 )
+FOLLOWER_STANDBY_UNCONFIRMED = Counter(
+    "ledger_follower_standby_unconfirmed_total",
+    "Steps of a journal follower held back because the synchronous standby did not confirm the journal head in time.",
+    ["follower"],
+)

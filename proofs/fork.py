@@ -15,6 +15,7 @@ from __future__ import annotations
 from ledger import metrics, store
 from proofs import merkle, tree
 from proofs import store as tree_store
+from schemas import SignedTreeHead
 
 
 class ForkedHistory(Exception):
@@ -46,7 +47,7 @@ async def check_extension(conn, size: int, *, tail_max: int = tree.TAIL_ENTRIES_
 
 
 async def sign_extension(conn, key, *, tree_size: int, newer_only: bool = False,
-                         tail_max: int = tree.TAIL_ENTRIES_MAX) -> tree.SignedTreeHead | None:
+                         tail_max: int = tree.TAIL_ENTRIES_MAX) -> SignedTreeHead | None:
     """Sign the tree head at `tree_size` if it extends the last signed head, checked and signed in
     one snapshot so that the root signed is the root checked; raise `ForkedHistory` if not. With
     `newer_only`, None when `tree_size` is not past the last signed head (nothing new to sign)."""

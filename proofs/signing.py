@@ -1,41 +1,38 @@
-"""Signed checkpoints: an Ed25519 signature over the journal head, kept outside the database.
+"""Ed25519 keys and what they sign: the journal head (the signed head) and the Merkle tree head.
+
+The signed head is kept outside the database, in the file `ledger checkpoint` writes; the signed
+tree head carries the Merkle root as well.
 
 Whoever can write the database can rewrite an entry and rehash every later one; the chain then
-looks sound. A checkpoint signed before the rewrite cannot be forged afterwards, so
+looks sound. A head signed before the rewrite cannot be forged afterwards, so
 `ledger audit --checkpoint FILE` proves that the journal up to the signed position still hashes
-to the signed hash. The signature covers `signed_bytes()`; the key never leaves its file.
+to the signed hash. The signature covers `signed_bytes()`; the key never leaves its file. No I/O
+but the key and head files: taking a signed head from the database is `proofs.command`'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import msgspec
-import psycopg
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ledger import config, domain, store
-
+# The signed head's version line and file format: named "checkpoint" outside, as the command.
 SIGNED_FORMAT_VERSION = "ledger-checkpoint-v1"
 KEY_FILE_MODE = 0o600
 KEY_DIR_MODE = 0o700
-EXIT_SIGNED = 0
-EXIT_NOTHING_TO_SIGN = 1
-EXIT_UNABLE = 2
 
 _HEX64 = "^[0-9a-f]{64}$"
 
 
-class SignedCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
-    """The checkpoint file: the head, the signer's raw public key and the signature, all hex."""
+class SignedHead(msgspec.Struct, frozen=True, kw_only=True):
+    """The signed journal head, as its file holds it (`ledger checkpoint --out`): the head, the
+    signer's raw public key and the signature, all hex."""
 
     position: Annotated[int, msgspec.Meta(ge=1)]
     hash: Annotated[str, msgspec.Meta(pattern=_HEX64)]
@@ -44,13 +41,9 @@ class SignedCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
     signed_at: str
 
 
-class EmptyJournal(Exception):
-    """There is no entry yet, so there is no history to vouch for."""
-
-
 def signed_bytes(position: int, digest: str, signed_at: str) -> bytes:
     """What the signature covers: a version line, then the head and the time, one per line.
-    The version line keeps a signature made for anything else from passing as a checkpoint."""
+    The version line keeps a signature made for anything else from passing as a signed head."""
     return f"{SIGNED_FORMAT_VERSION}\n{position}\n{digest}\n{signed_at}\n".encode("ascii")
 
 
@@ -74,23 +67,23 @@ def public_key_hex(key: Ed25519PrivateKey) -> str:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
 
 
-def sign(key: Ed25519PrivateKey, *, position: int, digest: str, signed_at: str) -> SignedCheckpoint:
+def sign(key: Ed25519PrivateKey, *, position: int, digest: str, signed_at: str) -> SignedHead:
     signature = key.sign(signed_bytes(position, digest, signed_at))
-    return SignedCheckpoint(
+    return SignedHead(
         position=position, hash=digest, public_key=public_key_hex(key), signature=signature.hex(), signed_at=signed_at
     )
 
 
-def verify(checkpoint: SignedCheckpoint, trusted_public_key: str) -> bool:
+def verify(head: SignedHead, trusted_public_key: str) -> bool:
     """True when `trusted_public_key` (hex, pinned by the verifier: `ledger checkpoint
     --export-public-key` prints it) signed the file's head. The key written inside the file is
     only a label: whoever rewrote the database can sign a new file with a key of their own."""
-    if checkpoint.public_key != trusted_public_key.strip().lower():
+    if head.public_key != trusted_public_key.strip().lower():
         return False
     public_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(trusted_public_key.strip()))
-    message = signed_bytes(checkpoint.position, checkpoint.hash, checkpoint.signed_at)
+    message = signed_bytes(head.position, head.hash, head.signed_at)
     try:
-        public_key.verify(bytes.fromhex(checkpoint.signature), message)
+        public_key.verify(bytes.fromhex(head.signature), message)
     except InvalidSignature:
         return False
     return True
@@ -106,80 +99,13 @@ def read_public_key(text: str) -> str:
     return candidate.lower()
 
 
-def read_file(path: Path) -> SignedCheckpoint:
-    """Raises OSError or msgspec.DecodeError/ValidationError when the file is not a checkpoint."""
-    return msgspec.json.decode(path.read_bytes(), type=SignedCheckpoint)
+def read_file(path: Path) -> SignedHead:
+    """Raises OSError or msgspec.DecodeError/ValidationError when the file is not a signed head."""
+    return msgspec.json.decode(path.read_bytes(), type=SignedHead)
 
 
-def encode(checkpoint: SignedCheckpoint) -> bytes:
-    return msgspec.json.encode(checkpoint) + b"\n"
-
-
-async def take_checkpoint(database_url: str, key: Ed25519PrivateKey) -> SignedCheckpoint:
-    """Sign the current head and record the signature in `signed_checkpoints`, as the auditor."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await store.use_auditor_role(conn)
-        async with conn.transaction():
-            head = await store.journal_head(conn)
-            if head.position == 0:
-                raise EmptyJournal()
-            # A forked journal is not vouched for; a command may read the whole tail the tree lacks.
-            await _fork().check_extension(conn, head.position, tail_max=head.position)
-            signed_at = dt.datetime.now(dt.timezone.utc)
-            checkpoint = sign(key, position=head.position, digest=head.hash, signed_at=domain.format_timestamp(signed_at))
-            await store.insert_signed_checkpoint(
-                conn, position=head.position, digest=head.hash, public_key=checkpoint.public_key,
-                signature=checkpoint.signature, signed_at=signed_at,
-            )
-    return checkpoint
-
-
-async def take_tree_head(database_url: str, key: Ed25519PrivateKey, *, tree_size: int):
-    """Sign the Merkle tree head at `tree_size` and record it in `signed_tree_heads`, as the auditor."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await store.use_auditor_role(conn)
-        return await _fork().sign_extension(conn, key, tree_size=tree_size, tail_max=tree_size)
-
-
-def _fork():
-    from proofs import fork  # it imports proofs.tree, which imports this module
-
-    return fork
-
-
-def main(settings: config.Settings, *, key_path: str, out: str | None, export_public_key: bool) -> int:
-    """`ledger checkpoint`: 0 signed (or key printed), 1 nothing to sign yet, 2 could not run; an
-    unreachable database is raised to the command line, which exits 3."""
-    try:
-        key = load_or_create_key(Path(key_path))
-    except (OSError, ValueError) as error:
-        print(f"ledger checkpoint: cannot use the key {key_path}: {error}", file=sys.stderr)
-        return EXIT_UNABLE
-    if export_public_key:
-        print(public_key_hex(key))
-        return EXIT_SIGNED
-    try:
-        checkpoint = asyncio.run(take_checkpoint(settings.database_url, key))
-    except EmptyJournal:
-        print("ledger checkpoint: the journal is empty, nothing to sign", file=sys.stderr)
-        return EXIT_NOTHING_TO_SIGN
-    except _fork().ForkedHistory as error:
-        print(f"ledger checkpoint: refusing to sign a forked history: {error}", file=sys.stderr)
-        return EXIT_UNABLE
-    except psycopg.OperationalError:
-        raise  # the command line reports an unreachable database: one line, exit 3
-    except psycopg.Error as error:
-        print(f"ledger checkpoint: cannot read the journal head: {str(error).strip().splitlines()[0]}",
-              file=sys.stderr)
-        return EXIT_UNABLE
-    head = asyncio.run(take_tree_head(settings.database_url, key, tree_size=checkpoint.position))
-    print(f"signed tree head {head.tree_size} root {head.root_hash}", file=sys.stderr)
-    if out is None:
-        sys.stdout.buffer.write(encode(checkpoint))
-    else:
-        Path(out).write_bytes(encode(checkpoint))
-        print(f"signed position {checkpoint.position} ({checkpoint.hash}) into {out}", file=sys.stderr)
-    return EXIT_SIGNED
+def encode(head: SignedHead) -> bytes:
+    return msgspec.json.encode(head) + b"\n"
 
 
 # ---- signed tree heads (v2: the Merkle root as well as the head) ------------------------------

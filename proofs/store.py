@@ -8,24 +8,14 @@ above this module writes SQL. Driver errors are translated by the pool, as for t
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 from ledger import domain
 from proofs.merkle import Key, key_end
+from schemas import SignedTreeHead
 
 # Nodes the audit's server-side cursor fetches per round trip.
 NODE_FETCH_ROWS = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class TreeHeadRow:
-    tree_size: int
-    root_hash: str
-    hash: str
-    public_key: str
-    signature: str
-    signed_at: str  # the signed text, as `domain.format_timestamp` wrote it
 
 
 async def tree_size(conn) -> int:
@@ -143,22 +133,31 @@ async def insert_tree_head(
     return cursor.rowcount == 1
 
 
-_HEAD_COLUMNS = "tree_size, root_hash, hash, public_key, signature, signed_at"
+# The columns are named as the wire shape's fields, in its order, so a row is read straight into it.
+_HEAD_COLUMNS = ", ".join(SignedTreeHead.__struct_fields__)
 
 
-def _head(row) -> TreeHeadRow:
-    size, root_hash, digest, public_key, signature, signed_at = row
-    return TreeHeadRow(size, root_hash, digest, public_key, signature, domain.format_timestamp(signed_at))
+def _signed_tree_head(cursor) -> Callable[[Sequence], SignedTreeHead]:
+    """A psycopg row factory: the row as the wire shape, `signed_at` as the signed text (the
+    journal's timestamp form, `domain.format_timestamp`), not the stored TIMESTAMPTZ."""
+    signed_at = [column.name for column in cursor.description].index("signed_at")
+
+    def make(values: Sequence) -> SignedTreeHead:
+        row = list(values)
+        row[signed_at] = domain.format_timestamp(row[signed_at])
+        return SignedTreeHead(*row)
+
+    return make
 
 
-async def latest_tree_head(conn) -> TreeHeadRow | None:
-    row = await (
-        await conn.execute(f"SELECT {_HEAD_COLUMNS} FROM signed_tree_heads ORDER BY tree_size DESC LIMIT 1")
-    ).fetchone()
-    return _head(row) if row else None
+async def latest_tree_head(conn) -> SignedTreeHead | None:
+    async with conn.cursor(row_factory=_signed_tree_head) as cursor:
+        await cursor.execute(f"SELECT {_HEAD_COLUMNS} FROM signed_tree_heads ORDER BY tree_size DESC LIMIT 1")
+        return await cursor.fetchone()
 
 
-async def tree_heads(conn) -> list[TreeHeadRow]:
+async def tree_heads(conn) -> list[SignedTreeHead]:
     """Every signed tree head, smallest first (the audit checks each; one row per signing)."""
-    rows = await (await conn.execute(f"SELECT {_HEAD_COLUMNS} FROM signed_tree_heads ORDER BY tree_size")).fetchall()
-    return [_head(row) for row in rows]
+    async with conn.cursor(row_factory=_signed_tree_head) as cursor:
+        await cursor.execute(f"SELECT {_HEAD_COLUMNS} FROM signed_tree_heads ORDER BY tree_size")
+        return await cursor.fetchall()

@@ -10,13 +10,13 @@ the fly from the journal, so a proof never waits for it.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 
 from proofs import signing
 from ledger import domain, store
 from proofs import merkle
 from proofs import store as tree_store
 from proofs.merkle import Key
+from schemas import SignedTreeHead
 
 PAGE_ENTRIES_MAX = 10_000  # leaves read per page: a root's tail streamed, the follower's step
 TAIL_ENTRIES_MAX = 10_000  # entries a proof may hash on the fly past the stored tree
@@ -80,16 +80,6 @@ async def root_at(conn, size: int) -> bytes:
 # ---- signing tree heads ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SignedTreeHead:
-    tree_size: int
-    root_hash: str
-    hash: str
-    public_key: str
-    signature: str
-    signed_at: str
-
-
 async def sign_head(conn, key, *, tree_size: int | None = None) -> SignedTreeHead | None:
     """Sign the tree head at `tree_size` (default: the journal head) and store it; None when the
     journal is empty. A size already signed keeps its first signature."""
@@ -106,4 +96,6 @@ async def sign_head(conn, key, *, tree_size: int | None = None) -> SignedTreeHea
                                                    signed_at=signed_at)
     await tree_store.insert_tree_head(conn, tree_size=tree_size, root_hash=root_hash, digest=digest,
                                       public_key=public_key, signature=signature, signed_at=now)
-    return SignedTreeHead(tree_size, root_hash, digest, public_key, signature, signed_at)
+    return SignedTreeHead(tree_size=tree_size, root_hash=root_hash, hash=digest, signed_at=signed_at,
+                          signature=signature, public_key=public_key)
+

@@ -356,7 +356,9 @@ class ConsistencyProof(Struct):
 
 class SignedTreeHead(Struct):
     """Ed25519 over `ledger-tree-head-v1\\n{tree_size}\\n{root_hash}\\n{hash}\\n{signed_at}\\n` (ASCII);
-    `hash` is the journal entry's hash at position `tree_size`. Trust it only with a pinned key."""
+    `hash` is the journal entry's hash at position `tree_size`. Trust it only with a pinned key.
+    The one shape of a signed tree head: the answer, the store's row and what `proofs.tree.sign_head`
+    makes."""
 
     tree_size: int
     root_hash: Hash

@@ -277,18 +277,35 @@ class EmbeddedPostgres(_ChildServer):
 
 
 # Who may publish and subscribe where, when the server runs with `auth=True` (`ledger dev`, the
-# bank test). deploy/nats.conf grants the same. Only the API publishes journal events, only the
-# projector announces its watermark; `reader` (a webhook worker, a monitor) may only consume.
-# `$JS.API.STREAM.*.LEDGER` lets each service create or update the stream it depends on.
-_STREAM_ADMIN = ["$JS.API.INFO", "$JS.API.STREAM.CREATE.LEDGER", "$JS.API.STREAM.UPDATE.LEDGER",
-                 "$JS.API.STREAM.INFO.LEDGER"]
-_CONSUME = ["$JS.API.CONSUMER.>", "$JS.ACK.LEDGER.>"]
+# bank test). deploy/nats.conf grants the same (tests/ops/test_nats_permissions.py runs both).
+# Only the API publishes journal events, only the projector announces its watermark; `reader`
+# (the webhook worker, the process that talks to untrusted URLs) may only consume. Each follower
+# reaches its own durable consumer and no other: it may not delete, pull or ack another's. The
+# API and the projector may create the stream; only the projector may change its configuration.
+_STREAM_CREATE = ["$JS.API.INFO", "$JS.API.STREAM.CREATE.LEDGER", "$JS.API.STREAM.INFO.LEDGER"]
+_STREAM_UPDATE = ["$JS.API.STREAM.UPDATE.LEDGER"]
+PROJECTOR_DURABLE = "projector-main"  # `projector-<Settings.projector_name>`
+WEBHOOKS_DURABLE = "webhooks-main"  # `webhooks-<webhooks.worker.WORKER_NAME>`
+
+
+def consumer_subjects(durable: str) -> list[str]:
+    """What a follower publishes to use its durable consumer of LEDGER (ledger/bus.py): its info,
+    its creation (nats-py names the filter subject after the name; DURABLE.CREATE before NATS 2.9),
+    its deletion (a consumer left with other settings is made anew), its pulls and its acks."""
+    consumer = f"LEDGER.{durable}"
+    return [f"$JS.API.CONSUMER.INFO.{consumer}", f"$JS.API.CONSUMER.CREATE.{consumer}",
+            f"$JS.API.CONSUMER.CREATE.{consumer}.>", f"$JS.API.CONSUMER.DURABLE.CREATE.{consumer}",
+            f"$JS.API.CONSUMER.DELETE.{consumer}", f"$JS.API.CONSUMER.MSG.NEXT.{consumer}",
+            f"$JS.ACK.{consumer}.>"]
+
+
 NATS_PERMISSIONS: dict[str, dict[str, list[str]]] = {
-    "api": {"publish": ["ledger.v1.transfers.committed", *_STREAM_ADMIN],
+    "api": {"publish": ["ledger.v1.transfers.committed", *_STREAM_CREATE],
             "subscribe": ["_INBOX.>", "ledger.v1.projector.watermark"]},
-    "projector": {"publish": ["ledger.v1.projector.watermark", *_STREAM_ADMIN, *_CONSUME],
+    "projector": {"publish": ["ledger.v1.projector.watermark", *_STREAM_CREATE, *_STREAM_UPDATE,
+                              *consumer_subjects(PROJECTOR_DURABLE)],
                   "subscribe": ["_INBOX.>"]},
-    "reader": {"publish": ["$JS.API.STREAM.INFO.LEDGER", *_CONSUME],
+    "reader": {"publish": ["$JS.API.STREAM.INFO.LEDGER", *consumer_subjects(WEBHOOKS_DURABLE)],
                "subscribe": ["_INBOX.>", "ledger.v1.projector.watermark"]},
 }
 

@@ -150,12 +150,17 @@ class PostgresPair:
         """What a failover manager does when the primary dies: SIGKILL it, promote the standby,
         name the dead node's slot as the next synchronous standby, and rebuild it from the new
         primary. Until the rebuilt standby streams, COMMITs wait: no transaction is acknowledged
-        that only one node holds."""
+        that only one node holds.
+
+        A standby that was down (`standby.stop()`) is started first, after the primary's death,
+        so it can no longer stream: it is promoted with only what it had when it went down, as
+        happens when the primary dies while its standby is away."""
         self.failing_over = True
         started = time.monotonic()
         try:
             dead, survivor = self.primary, self.standby
             dead.kill()
+            survivor.start()  # a no-op when it runs
             survivor.run_tool("pg_ctl", "promote", "-w", "-t", str(PROMOTE_TIMEOUT_S), "-D", ".",
                               cwd=survivor.data_dir, timeout_s=PROMOTE_TIMEOUT_S + 5)
             self.primary, self.standby = survivor, dead

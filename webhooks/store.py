@@ -14,10 +14,12 @@ import json
 import uuid
 from dataclasses import dataclass
 
+import psycopg
 from psycopg.rows import args_row, class_row, kwargs_row
 
 import schemas
 from ledger import store
+from ledger.dialect import is_retryable
 from ledger.store import WEBHOOKS_ROLE
 from webhooks.events import Event
 
@@ -37,11 +39,33 @@ class EndpointRow:
 # ---- endpoints (the API) --------------------------------------------------------------------
 
 
+# Registrations racing for a vendor's last places are serialized by the database: the loser of
+# each conflict runs again and counts the winner. A vendor's registrations rarely collide more.
+ENDPOINT_INSERT_ATTEMPTS_MAX = 16
+
+
 async def insert_endpoint(conn, *, endpoint_id: uuid.UUID, vendor_account_id: uuid.UUID, url: str,
                           event_types: list[str], secret_encrypted: str, live_max: int) -> dt.datetime | None:
-    """Register the endpoint unless the vendor has `live_max` live ones already (then None). The
-    count is a bound on resources, not an invariant: two registrations racing may pass it by one."""
+    """Register the endpoint unless the vendor has `live_max` live ones already (then None).
+
+    Under READ COMMITTED two registrations could both count `live_max - 1` and both insert; the
+    count and the insert run SERIALIZABLE instead (the API's role may not lock the vendor's
+    account row), and the one that loses the conflict (40001) counts again."""
+    fields = dict(endpoint_id=endpoint_id, vendor_account_id=vendor_account_id, url=url, event_types=event_types,
+                  secret_encrypted=secret_encrypted, live_max=live_max)
+    for _ in range(ENDPOINT_INSERT_ATTEMPTS_MAX - 1):
+        try:
+            return await _insert_endpoint_once(conn, **fields)
+        except psycopg.Error as error:
+            if not is_retryable(error):
+                raise
+    return await _insert_endpoint_once(conn, **fields)  # a last conflict reaches the pool: a Conflict, 503
+
+
+async def _insert_endpoint_once(conn, *, endpoint_id: uuid.UUID, vendor_account_id: uuid.UUID, url: str,
+                                event_types: list[str], secret_encrypted: str, live_max: int) -> dt.datetime | None:
     async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
         row = await (await conn.execute(
             "SELECT count(*) FROM webhook_endpoints WHERE vendor_account_id = %s AND deleted_at IS NULL",
             (vendor_account_id,),

@@ -101,7 +101,7 @@ from ledger.store.audit import (  # noqa: F401
     balances_from_postings,
     begin_snapshot,
     first_orphan_posting,
-    insert_signed_checkpoint,
+    insert_signed_head,
     refund_originals,
     refund_totals,
     refunded_up_to,

@@ -1,4 +1,4 @@
-"""The auditor's reads (one snapshot, as the auditor role) and the signed checkpoints it records."""
+"""The auditor's reads (one snapshot, as the auditor role) and the signed heads it records."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from psycopg.types.string import TextLoader
 from ledger import domain
 from ledger.store.base import AUDITOR_ROLE
 from ledger.store.journal import _ENTRIES
+from schemas import JournalEntry
 
 
 # ---- audit ----------------------------------------------------------------------------------
-# Reads of the auditor (run as AUDITOR_ROLE inside one snapshot), the signed checkpoints it
+# Reads of the auditor (run as AUDITOR_ROLE inside one snapshot), the signed heads it
 # records, and the bulk append of `ledger.seed`, which bypasses the API as the migration role.
 
 # Rows the audit's server-side cursor fetches per round trip: enough to hide the latency,
@@ -56,13 +57,13 @@ async def balances_from_postings(conn, position: int) -> dict[uuid.UUID, int]:
 
 
 # An entry as the audit reads it: a plain tuple of the stored values in `AUDITED_COLUMNS` order,
-# UUIDs as text, the metadata decoded and the timestamp in the journal's form, ending with the
-# postings' accounts, amounts and stored balances after (`audit.replay` makes entries of it).
+# UUIDs as text, the metadata decoded and the timestamp in the journal's form (`audit.entries`
+# makes the hashed form and the entry of it). The columns are the entry's own fields but its
+# postings, in its order, then each posting's account, amount and stored balance after: what
+# `store.journal._ENTRIES` selects, checked against it when a cursor reads.
 AuditedRow = tuple
-AUDITED_COLUMNS = (
-    "position", "transfer_id", "from_account_id", "to_account_id", "amount", "currency", "reference", "metadata",
-    "committed_at", "prev_hash", "hash", "kind", "refund_of", "hold_id", "account_ids", "amounts", "balances_after",
-)
+POSTING_COLUMNS = ("account_ids", "amounts", "balances_after")
+AUDITED_COLUMNS = tuple(name for name in JournalEntry.__struct_fields__ if name != "postings") + POSTING_COLUMNS
 
 
 async def open_shared_snapshot(conn, dialect) -> str:
@@ -212,10 +213,11 @@ async def first_orphan_posting(conn, after: int) -> int | None:
     return row[0]
 
 
-async def insert_signed_checkpoint(
+async def insert_signed_head(
     conn, *, position: int, digest: str, public_key: str, signature: str, signed_at: dt.datetime
 ) -> None:
-    """Keep the first signature of a position: the table is append-only for the auditor too."""
+    """Keep the first signature of a position: the table (named for the `ledger checkpoint` file)
+    is append-only for the auditor too."""
     await conn.execute(
         "INSERT INTO signed_checkpoints (position, hash, public_key, signature, signed_at)"
         " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (position) DO NOTHING",

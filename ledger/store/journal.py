@@ -23,7 +23,9 @@ from ledger.store.accounts import AccountRow, insert_account
 # ---- the journal write path -----------------------------------------------------------------
 
 # Every writer of the journal takes the head row first: it orders writers and makes positions gap-free.
-_HEAD_FOR_UPDATE = "SELECT position, hash, committed_at FROM journal_head WHERE id = 1 FOR UPDATE"
+# clock_timestamp(): the database's clock when the lock is held (after any wait for it), which a
+# batch's own clock is checked against (`committer.check_clock`).
+_HEAD_FOR_UPDATE = "SELECT position, hash, committed_at, clock_timestamp() FROM journal_head WHERE id = 1 FOR UPDATE"
 
 
 async def read_batch_state(
@@ -65,12 +67,12 @@ async def read_batch_state(
         holds_cursor = await conn.cursor(row_factory=class_row(domain.HoldState)).execute(
             f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE h.id = ANY(%s::UUID[])", (_numbers(hold_ids),)
         )
-    position, digest, committed_at = await head_cursor.fetchone()
+    position, digest, committed_at, database_now = await head_cursor.fetchone()
     accounts = {account.id: account for account in await accounts_cursor.fetchall()}
     stored = {(k.principal_id, k.key): (bytes(k.request_hash), k.position) for k in await keys_cursor.fetchall()}
     refunded = dict(await refunds_cursor.fetchall()) if refunds_cursor is not None else {}
     holds = {hold.id: hold for hold in await holds_cursor.fetchall()} if holds_cursor is not None else {}
-    return domain.BatchState(position, digest, accounts, stored, refunded, committed_at, holds)
+    return domain.BatchState(position, digest, accounts, stored, refunded, committed_at, holds, database_now)
 
 
 _HOLD_COLUMNS = (

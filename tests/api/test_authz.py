@@ -56,6 +56,8 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "capture_hold": {"admin": EVERYTHING, "client": OWN, "vendor": OWN},
     "void_hold": {"admin": EVERYTHING, "client": OWN, "vendor": OWN},
     "get_hold": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
+    # v3 "Batches": every role that writes; each item is checked as its single route (below)
+    "create_batch": {"admin": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -242,8 +244,33 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "void a closed hold": lambda w: Probe("void_hold", "POST", f"/v1/holds/{w.held['closed']}/void", 422,
                                           owners=frozenset({"client", "vendor"}), code="hold_not_pending"),
     "void absent hold": lambda w: Probe("void_hold", "POST", f"/v1/holds/{ABSENT}/void", 404, code="not_found"),
+    "pay in a batch": lambda w: Probe("create_batch", "POST", "/v1/batches", 200, json={
+        "mode": "independent", "items": [_item(_transfer(w.client_wallet, w.vendor_account), "transfer")]}),
 }
-MATRIX_CASES = 531  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 540  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+
+
+# The write probes whose single route a batch item takes, with the item's type: in a batch each
+# gets, as its item's answer, what the matrix expects of its single route.
+BATCH_ITEMS: dict[str, str] = {
+    "pay from client's wallet": "transfer", "pay from other client's wallet": "transfer",
+    "pay from vendor's account": "transfer", "pay from absent account": "transfer",
+    "refund payment": "refund", "refund absent transfer": "refund",
+    "place a hold": "hold", "place a hold from absent account": "hold",
+    "capture a closed hold": "capture", "capture absent hold": "capture",
+    "void a closed hold": "void", "void absent hold": "void",
+}
+
+
+def _item(body: dict | None, kind: str, path: str = "") -> dict:
+    """A batch item of `kind` with the body of its single route; the id in `path` (a refund's
+    transfer, a capture's or void's hold) becomes its field."""
+    item = {"type": kind, "idempotency_key": str(uuid.uuid4()), **(body or {})}
+    if kind == "refund":
+        item["transfer_id"] = path.split("/")[3]
+    elif kind in ("capture", "void"):
+        item["hold_id"] = path.split("/")[3]
+    return item
 
 
 def expected(probe: Probe, actor: str) -> tuple[int, str | None]:
@@ -324,3 +351,19 @@ async def signed_tree_head(stack, world, tmp_path_factory) -> None:
     key = checkpoint.load_or_create_key(tmp_path_factory.mktemp("authz") / "key.pem")
     async with await stack.superuser() as conn:
         await tree.sign_head(conn, key)
+
+
+@pytest.mark.parametrize("actor", list(ACTORS))
+@pytest.mark.parametrize("probe_name", list(BATCH_ITEMS))
+async def test_authorization_of_a_batch_item_is_its_single_routes(stack, world: World, probe_name: str, actor: str):
+    probe = PROBES[probe_name](world)
+    batch = {"mode": "independent", "items": [_item(probe.json, BATCH_ITEMS[probe_name], probe.path)]}
+    headers = {"Authorization": world.tokens[actor]} if world.tokens[actor] else {}
+    reply = await stack.client.post("/v1/batches", json=batch, headers=headers)
+    whole = expected(PROBES["pay in a batch"](world), actor)
+    if whole != (200, None):
+        assert (reply.status, reply.code) == whole, reply.text
+        return
+    assert reply.status == 200, reply.text
+    answer = reply.body["items"][0]
+    assert (answer["status"], answer["body"].get("code")) == expected(probe, actor), reply.text

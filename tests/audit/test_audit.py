@@ -27,7 +27,7 @@ from ledger import db, domain, store
 import audit
 from audit import pool as audit_pool
 from ledger.store import audit as audit_reads
-from proofs import signing
+from proofs import command, signing
 from tools.seed import seed_journal
 from projector import store as projections
 from tests.conftest import eventually
@@ -283,11 +283,11 @@ async def test_a_rehashed_history_passes_every_check_without_a_checkpoint(seeded
 
 
 async def test_a_checkpoint_signed_before_a_rehash_catches_it(seeded, tmp_path):
-    signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
-    assert (await audit_both(seeded, checkpoint=signed, public_key=signed.public_key)).ok
+    signed = await command.take_signed_head(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
+    assert (await audit_both(seeded, signed_head=signed, public_key=signed.public_key)).ok
     await seed_journal(seeded, entries=10, accounts=3)
     await rewrite_history(seeded, 20, reference="rewritten")
-    report = await audit_both(seeded, checkpoint=signed, public_key=signed.public_key)
+    report = await audit_both(seeded, signed_head=signed, public_key=signed.public_key)
     # A consistent rewrite leaves no trace of where it began: the checkpoint bounds it.
     assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
     assert failed_checks(report) == {"checkpoint"}
@@ -295,15 +295,15 @@ async def test_a_checkpoint_signed_before_a_rehash_catches_it(seeded, tmp_path):
 
 
 async def test_a_checkpoint_whose_hash_was_edited_does_not_verify(seeded, tmp_path):
-    signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
-    forged = signing.SignedCheckpoint(**{**msgspec.structs.asdict(signed), "hash": "f" * 64})
-    report = await audit_both(seeded, checkpoint=forged, public_key=signed.public_key)
+    signed = await command.take_signed_head(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
+    forged = signing.SignedHead(**{**msgspec.structs.asdict(signed), "hash": "f" * 64})
+    report = await audit_both(seeded, signed_head=forged, public_key=signed.public_key)
     assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
     assert report.first_failure.detail == "the signature does not verify"
 
 
 async def test_a_checkpoint_beyond_a_truncated_journal_is_caught(seeded, tmp_path):
-    signed = await signing.take_checkpoint(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
+    signed = await command.take_signed_head(seeded, signing.load_or_create_key(tmp_path / "key.pem"))
     await execute(
         seeded,
         ("DELETE FROM postings WHERE position > 45", ()),
@@ -313,7 +313,7 @@ async def test_a_checkpoint_beyond_a_truncated_journal_is_caught(seeded, tmp_pat
          " FROM accounts a LEFT JOIN postings p ON p.account_id = a.id GROUP BY a.id) s"
          " WHERE balances.account_id = s.id", ()),
     )
-    report = await audit_both(seeded, checkpoint=signed, public_key=signed.public_key)
+    report = await audit_both(seeded, signed_head=signed, public_key=signed.public_key)
     assert first_failure(report) == (SEEDED_ENTRIES, "checkpoint")
     assert failed_checks(report) == {"checkpoint"}
 
@@ -354,8 +354,8 @@ async def test_a_rewritten_journal_with_a_re_signed_checkpoint_fails_against_the
     pinned = signing.public_key_hex(honest_key)
     await rewrite_history(seeded, 20, reference="rewritten")
     forger_key = signing.load_or_create_key(tmp_path / "forger.pem")
-    forged = await signing.take_checkpoint(seeded, forger_key)
-    report = await audit_both(seeded, checkpoint=forged, public_key=pinned)
+    forged = await command.take_signed_head(seeded, forger_key)
+    report = await audit_both(seeded, signed_head=forged, public_key=pinned)
     assert failed_checks(report) == {"checkpoint"}
     assert "not by the pinned key" in report.first_failure.detail
     key_file = tmp_path / "pinned.hex"

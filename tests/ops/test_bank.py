@@ -34,3 +34,6 @@ async def test_every_invariant_holds_under_every_kind_of_fault(tmp_path):
     assert report.rejected["422 insufficient_funds"] > 0, summary
     assert sum(report.forged.values()) > 0, summary
     assert report.webhooks.startswith("ok"), summary
+    # Heads were signed all through the faults, and the audit found each one a prefix of the
+    # journal that survived them: no head was signed over an entry a fault took back.
+    assert report.signed_heads > 0, summary

@@ -34,3 +34,7 @@ async def test_no_acknowledged_transfer_is_lost_across_failovers_and_nats_node_k
         assert report.acknowledged_after_last.get(kind, 0) > 0, summary
     assert any(line.startswith("failover unavailability") and "p50" in line for line in report.notes), summary
     assert sum(report.forged.values()) > 0, summary
+    assert report.webhooks.startswith("ok"), summary
+    # Heads were signed all through the faults, and the audit found each one a prefix of the
+    # journal that survived them: no head was signed over an entry a fault took back.
+    assert report.signed_heads > 0, summary

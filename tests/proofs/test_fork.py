@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from cli import processes
 from ledger import domain, principals, store
 from ledger.config import Settings
-from proofs import fork, signing
+from proofs import command, fork, signing
 from proofs import follower as tree_follower
 from proofs import store as tree_store
 from tests.conftest import eventually
@@ -133,9 +133,9 @@ async def test_the_tree_follower_never_signs_a_rewritten_and_rebuilt_journal(own
             assert REGISTRY.get_sample_value(FORKED_GAUGE) == 1
 
     # `ledger checkpoint` refuses the same way: exit 2, nothing signed.
-    code = await asyncio.to_thread(signing.main, settings, key_path=settings.signing_key, out=None,
+    code = await asyncio.to_thread(command.main, settings, key_path=settings.signing_key, out=None,
                                    export_public_key=False)
-    assert code == signing.EXIT_UNABLE
+    assert code == command.EXIT_UNABLE
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         assert [head.tree_size for head in await tree_store.tree_heads(conn)] == [SEEDED_ENTRIES]
         signed_checkpoints = await (await conn.execute("SELECT count(*) FROM signed_checkpoints")).fetchone()

@@ -346,7 +346,9 @@ class Checks:
             verdict, outcome = False, repr(error)
         if verdict is None:
             return False
-        self.report.audit = "ok (run_audit)" if verdict else f"FAILED (run_audit): {str(outcome)[:500]}"
+        self.report.signed_heads = getattr(outcome, "tree_heads", 0)
+        checked = f"{self.report.signed_heads} signed tree heads checked"
+        self.report.audit = f"ok (run_audit, {checked})" if verdict else f"FAILED (run_audit): {str(outcome)[:500]}"
         if not verdict:
             self.log.violation(f"audit failed: {str(outcome)[:500]}")
         return True

@@ -25,6 +25,8 @@ from tools.chaos.options import (
 from tools.chaos.report import Observer, Report
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 
+SIGNING_INTERVAL_S = 1  # the tree follower signs a head this often while the journal grows
+
 
 class Child:
     """A `ledger` subprocess we start, SIGKILL and restart; its output is appended to a log."""
@@ -126,6 +128,10 @@ class Stack:
             PYTHONUNBUFFERED="1",
             LEDGER_WEBHOOK_KEY=self.webhook_key,
             LEDGER_WEBHOOK_ALLOW_PRIVATE="1",  # the receiver is on loopback
+            # Signed tree heads on, every second: the audit at the end checks each one against the
+            # journal, so a head signed over an entry that a fault (a failover) lost fails the run.
+            LEDGER_CHECKPOINT_INTERVAL_S=str(SIGNING_INTERVAL_S),
+            LEDGER_SIGNING_KEY=str(self.root / "keys" / "signing-key.pem"),
         )
         if port is not None:
             env["LEDGER_HTTP_PORT"] = str(port)

@@ -42,6 +42,7 @@ class Report:
     converged_s: float | None = None
     converged_after_last_fault_s: float | None = None
     audit: str = "not run"
+    signed_heads: int = 0  # signed tree heads the audit checked against the journal
     serialization_retries: int = 0
     batches: int = 0
     batches_failed_serialization: int = 0
