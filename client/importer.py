@@ -223,7 +223,7 @@ def _refused_by_shape(problem: LedgerProblem, batch: list[Row]) -> list[Row]:
     else:
         refused = []
     for row in refused:
-        errors = [{"path": issue.path, "message": issue.message} for issue in problem.errors]
+        errors = [{"path": issue.path, "message": issue.message} for issue in problem.errors or ()]
         row.rejection = Rejection(problem.status, problem.code, problem.detail, errors)
     return refused
 
@@ -248,7 +248,7 @@ def _settle(answered: list[tuple[Row, BatchItemAnswer | None]], tally: Tally, re
             undecided += 1
         else:
             body = answer.body
-            errors = [{"path": issue.path, "message": issue.message} for issue in body.errors]
+            errors = [{"path": issue.path, "message": issue.message} for issue in body.errors or ()]
             row.rejection = Rejection(answer.status, body.code, body.detail, errors)
             rejected.write(row, tally)
     if undecided:
