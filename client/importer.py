@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import json
 import os
@@ -46,6 +47,7 @@ EXIT_UNAVAILABLE = 3  # the service could not be reached, or did not decide, wit
 URL_DEFAULT = "http://127.0.0.1:8080"  # the contract's default listener of `ledger api`
 REJECTED_SUFFIX = ".rejected.ndjson"
 PLAIN_LINE_EVERY_ROWS = 1000  # off a terminal: one progress line per this many rows
+CONCURRENCY_MAX = 16  # batches in flight at once; past the service's cores it only queues
 BAR_REFRESH_S = 0.2  # on a terminal: the progress bar redraws at most this often
 
 
@@ -79,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
                         help="the principal's bearer token (default: LEDGER_TOKEN, which keeps it out of `ps`)")
     parser.add_argument("--batch-size", type=_whole_number(1, BATCH_ITEMS_CAP), default=BATCH_ITEMS_DEFAULT,
                         help=f"rows a request (default {BATCH_ITEMS_DEFAULT}, the service's default cap)")
+    parser.add_argument("--concurrency", type=_whole_number(1, CONCURRENCY_MAX), default=1,
+                        help="batches in flight at once (default 1: rows are decided in file order; more is faster "
+                             "but lets a row be decided before an earlier one in another batch)")
     parser.add_argument("--retry-s", type=_seconds, default=RETRY_TOTAL_S_DEFAULT,
                         help=f"how long to retry an unavailable service before exit 3 (default {RETRY_TOTAL_S_DEFAULT:g})")
     parser.add_argument("--dry-run", action="store_true", help="check every row's shape; send nothing")
@@ -157,20 +162,37 @@ def _check(source: Iterable[Row], tally: Tally, progress: Progress) -> None:
 
 async def _import(options: argparse.Namespace, source: Iterable[Row], tally: Tally, progress: Progress,
                   rejected: Rejected) -> None:
+    """Send the batches, up to `--concurrency` at a time, and settle their answers in file order."""
+    in_flight: collections.deque[tuple[list[Row], asyncio.Task]] = collections.deque()
     async with LedgerClient(options.url, token=options.token, retry_total_s=options.retry_s) as ledger:
         try:
             for batch in _batches(source, options.batch_size):
-                tally.rows += len(batch)
-                for row in batch:
-                    if row.rejection is not None:
-                        rejected.write(row, tally)
                 sendable = [row for row in batch if row.item is not None]
-                if sendable:
-                    _settle(await _send(ledger, sendable), tally, rejected)
-                rejected.flush()
-                progress.update(batch[-1].number, tally)
+                in_flight.append((batch, asyncio.create_task(_send(ledger, sendable)) if sendable else None))
+                if len(in_flight) >= options.concurrency:
+                    await _settle_first(in_flight, tally, progress, rejected)
+            while in_flight:
+                await _settle_first(in_flight, tally, progress, rejected)
         finally:
+            for _, task in in_flight:
+                if task is not None and not task.done():
+                    task.cancel()  # an answer lost here is a replay for the next run
+                elif task is not None and not task.cancelled():
+                    task.exception()  # retrieved: the first failure is the one raised
             rejected.close()
+
+
+async def _settle_first(in_flight: collections.deque, tally: Tally, progress: Progress, rejected: Rejected) -> None:
+    batch, task = in_flight[0]
+    answered = await task if task is not None else []
+    in_flight.popleft()
+    tally.rows += len(batch)
+    for row in batch:
+        if row.item is None:
+            rejected.write(row, tally)
+    _settle(answered, tally, rejected)
+    rejected.flush()
+    progress.update(batch[-1].number, tally)
 
 
 def _batches(source: Iterable[Row], size: int) -> Iterator[list[Row]]:
