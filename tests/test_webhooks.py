@@ -412,19 +412,20 @@ async def test_the_workers_resolver_refuses_a_host_with_a_private_address_on_eve
         await resolver.close()
 
 
-async def test_the_sender_takes_new_rows_only_within_its_bounded_queue_overall_and_per_endpoint(stack):
+async def test_the_sender_takes_new_rows_only_within_its_bounded_queue_overall_per_endpoint_and_per_vendor(stack):
     sender = webhook_sender.Sender(pool=None, keyring=webhook_worker.keyring_from(stack.settings), wake=asyncio.Event(),
-                                   concurrency_max=2, endpoint_max=1, allow_private=True)
-    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
-    assert sender.reserve([a]) == [False]  # not sending yet: the claims take the rows later
+                                   concurrency_max=4, endpoint_max=1, allow_private=True)
+    (a, b, c, d, e, f, g), vendors = [uuid.uuid4() for _ in range(7)], [uuid.uuid4() for _ in range(6)]
+    v1, v2, v3, v4, v5, v6 = vendors
+    assert sender.reserve([(a, v1)]) == [False]  # not sending yet: the claims take the rows later
     async with aiohttp.ClientSession() as http:
         sender._http = http
-        # 2 slots, 1 per endpoint: 4 rows held at most, 2 per endpoint.
-        assert sender.reserve([a, a, a, b, b, c]) == [True, True, False, True, True, False]
-        sender.release([a, a])
-        assert sender.reserve([c, c, c]) == [True, True, False]
-        sender.release([b, b, c, c])
-        assert sender.reserve([a]) == [True]
+        # 4 slots, 1 per endpoint: 8 rows held at most, 2 per endpoint; half the slots per vendor.
+        assert sender.reserve([(a, v1), (a, v1), (a, v1), (b, v1), (c, v2), (c, v2), (d, v3), (d, v3), (e, v4),
+                               (e, v4), (f, v5)]) == [True, True, False, False, True, True, True, True, True, True, False]
+        sender.release([(a, v1), (a, v1)])
+        # a has rows written due now: its new ones wait behind them (oldest first); g has room.
+        assert sender.reserve([(a, v1), (g, v6)]) == [False, True]
 
 
 async def _fresh_start(conn, name: str) -> int:

@@ -18,7 +18,8 @@ import secrets
 import socket
 import uuid
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+
+import yarl
 
 import schemas
 
@@ -206,18 +207,26 @@ def address_allowed(address: str) -> bool:
     return ip.is_global and not ip.is_multicast and not ip.is_reserved
 
 
-def split_url(url: str) -> tuple[str, int]:
-    """The host and port of an http(s) URL, or `UrlNotAllowed`."""
+def parse_url(url: str) -> yarl.URL:
+    """The http(s) URL as the senders parse it (yarl, aiohttp's parser), or `UrlNotAllowed`.
+    Registration parses with it too: `urlsplit` read `https://a\\@example.com/` as example.com,
+    which yarl refuses, so such an endpoint was accepted and then never sent to."""
     try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        parsed = yarl.URL(url)
+        port = parsed.port
     except ValueError as error:
         raise UrlNotAllowed(f"the URL does not parse: {error}") from None
-    if parts.scheme not in ("https", "http"):
+    if parsed.scheme not in ("https", "http"):
         raise UrlNotAllowed("the URL must be https:// or http://")
-    if not parts.hostname:
+    if not parsed.raw_host or port is None:
         raise UrlNotAllowed("the URL has no host")
-    return parts.hostname, port
+    return parsed
+
+
+def split_url(url: str) -> tuple[str, int]:
+    """The host and port of an http(s) URL, or `UrlNotAllowed`."""
+    parsed = parse_url(url)
+    return parsed.raw_host, parsed.port
 
 
 async def check_url(url: str, *, allow_private: bool) -> None:

@@ -68,7 +68,7 @@ class Mapper(JournalFollower):
         statement and a row update fewer); if this process dies before attempting them, their
         lease ends and any worker claims them."""
         self._rows = await self._deliveries(conn, run, dt.datetime.now(dt.timezone.utc))
-        self._leased = self._sender.reserve([endpoint_id for endpoint_id, _ in self._rows])
+        self._leased = self._sender.reserve([(endpoint_id, event.vendor_account_id) for endpoint_id, event in self._rows])
         await ws.insert_deliveries(conn, self._rows, leased=self._leased, lease_s=LEASE_S)
         await ws.move_cursor(conn, self._cursor_name, run[-1].position)
 
@@ -78,7 +78,7 @@ class Mapper(JournalFollower):
         return taken
 
     def abandoned(self) -> None:
-        self._sender.release([endpoint_id for endpoint_id, _ in self._taken()])
+        self._sender.release([(endpoint_id, event.vendor_account_id) for endpoint_id, event in self._taken()])
 
     async def stepped(self, run: list[schemas.JournalEntry]) -> None:
         metrics.WEBHOOK_CHECKPOINT.set(self.position)
@@ -111,4 +111,5 @@ class Mapper(JournalFollower):
 
 
 def _claimed(endpoint_id: uuid.UUID, event: events.Event) -> ws.Claimed:
-    return ws.Claimed(endpoint_id, event.seq, event.id, event.body, 0, domain.parse_timestamp(event.committed_at))
+    return ws.Claimed(endpoint_id, event.seq, event.id, event.body, 0, domain.parse_timestamp(event.committed_at),
+                      event.vendor_account_id)

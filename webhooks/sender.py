@@ -31,9 +31,15 @@ from webhooks import store as ws
 log = logging.getLogger("webhooks.sender")
 
 ATTEMPT_S_MAX = 10.0  # the contract: a 2xx within 10 s ends it
-# A claimed row waits at most one attempt for a slot, then is attempted: the lease outlasts both,
-# so a live sender always records first, and a dead one's rows are due again after it.
-LEASE_S = 2 * ATTEMPT_S_MAX + 10.0
+# A held row waits for its endpoint's slot (at most two attempts: those ahead of it wait at most
+# one for an overall slot, then make theirs), then for an overall slot (at most one: no more rows
+# are held than twice the slots), then is attempted. The lease outlasts the four and the
+# recording, so a live sender always records first, and a dead one's rows are due again after it.
+LEASE_S = 4 * ATTEMPT_S_MAX + 10.0
+# One vendor holds at most this share of the slots in rows (in flight or waiting), so its attempts
+# take no more: a vendor whose endpoints all hang leaves the rest to the others, whose rows go
+# first at each claim (`webhooks.store.claim_due` ranks the vendors by the rows they hold).
+VENDOR_SHARE = 0.5
 SENDER_POLL_S = 0.5  # due retries are looked for this often; new rows wake the senders at once
 CLAIM_INTERVAL_S = 0.02  # claims start at most this often: the rows of several rounds in one claim
 HELD_PER_SLOT = 2  # rows held (in flight or waiting for a slot) per slot: a bounded queue
@@ -84,7 +90,8 @@ class PublicOnlyResolver(aiohttp.abc.AbstractResolver):
 class Sender:
     """Claims due deliveries and POSTs them, `concurrency_max` at once and `endpoint_max` per
     endpoint. It holds at most `HELD_PER_SLOT` times as many claimed rows as it has slots, overall
-    and per endpoint (the bounded queue), so a claimed row waits at most one attempt for its slot."""
+    and per endpoint (the bounded queue, so a held row's wait is bounded: see `LEASE_S`), and per
+    vendor at most `VENDOR_SHARE` of its slots, so one vendor's attempts never take them all."""
 
     def __init__(self, *, pool, keyring: events.Keyring, wake: asyncio.Event, concurrency_max: int,
                  endpoint_max: int, allow_private: bool) -> None:
@@ -93,9 +100,12 @@ class Sender:
         self._wake = wake
         self._concurrency_max = concurrency_max
         self._endpoint_max = endpoint_max
+        self._vendor_max = max(1, int(concurrency_max * VENDOR_SHARE))
         self._allow_private = allow_private
         self._in_flight: dict[ws.Claimed, asyncio.Task] = {}  # held rows: in flight or waiting for a slot
-        self._per_endpoint: dict[uuid.UUID, int] = {}  # held rows per endpoint
+        # Rows held per endpoint and per vendor: started ones and those `reserve` took.
+        self._per_endpoint: dict[uuid.UUID, int] = {}
+        self._per_vendor: dict[uuid.UUID | None, int] = {}
         self._endpoint_slots: dict[uuid.UUID, asyncio.Semaphore] = {}
         self._slots = asyncio.Semaphore(concurrency_max)
         # The endpoints attempted lately, by id; an endpoint's URL and secret never change, but it
@@ -107,15 +117,17 @@ class Sender:
         self._outcomes: list[ws.Attempt] = []  # attempts made, not yet recorded (at most the rows held)
         self._outcome_ready = asyncio.Event()
         self._more_due = False  # the last claim may have left due rows for want of room overall
-        # Endpoints that may have due rows the sender had no room for: new rows it could not take
-        # (`reserve`), or a claim that took as many as one endpoint may have. A finished attempt
-        # of one of these, or any while `_more_due`, wakes the claims; any other does not, so a
-        # sender whose queue is full of one busy endpoint does not claim, and find nothing, after
-        # every attempt (that cost PostgreSQL about 10 µs per delivered event under full load).
-        self._backlogged: set[uuid.UUID] = set()
-        # New rows the mapper is writing leased to this sender, by endpoint (see `reserve`).
-        self._reserved: dict[uuid.UUID, int] = {}
-        self._reserved_total = 0
+        # Endpoints (with their vendor) that may have due rows the sender had no room for: new rows
+        # it could not take (`reserve`), or a claim that filled the room it had. New rows of these
+        # are written due, not handed over, so their oldest rows go first; a finished attempt of
+        # one of them or of their vendors, or any while `_more_due`, wakes the claims; any other
+        # does not, so a sender whose queue is full of one busy endpoint does not claim, and find
+        # nothing, after every attempt (that cost PostgreSQL about 10 µs per delivered event).
+        self._backlogged: dict[uuid.UUID, uuid.UUID | None] = {}
+        self._backlogged_vendors: set[uuid.UUID | None] = set()
+        # Those whose due rows the mapper is writing, not yet committed (so no claim sees them yet).
+        self._uncommitted: dict[uuid.UUID, uuid.UUID | None] = {}
+        self._reserved_total = 0  # new rows the mapper is writing leased to this sender (`reserve`)
 
     async def run(self) -> None:
         # No cap per host: the per-endpoint slots bound each endpoint, and endpoints of different
@@ -172,60 +184,84 @@ class Sender:
         free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight) - self._reserved_total
         if free <= 0:
             return True
-        full = [endpoint for endpoint in {*self._per_endpoint, *self._reserved} if self._held(endpoint) >= self._endpoint_max]
+        room = ws.Room(free, {endpoint: max(0, self._endpoint_room - held) for endpoint, held in self._per_endpoint.items()},
+                       self._endpoint_room, dict(self._per_vendor), self._vendor_max)
+        unseen = dict(self._uncommitted)  # committed during the claim, perhaps after what it saw
         async with self._pool.connection() as conn:
-            claimed = await ws.claim_due(conn, limit=free, per_endpoint=self._endpoint_max, lease_s=LEASE_S,
-                                         skip_endpoints=full)
+            claimed = await ws.claim_due(conn, room, lease_s=LEASE_S)
         taken: dict[uuid.UUID, int] = {}
         for row in claimed:
             taken[row.endpoint_id] = taken.get(row.endpoint_id, 0) + 1
+            self._hold(row.endpoint_id, row.vendor_id, 1)
             self._start(row)
-        # A skipped endpoint keeps what was known of it; one the claim looked at has more due rows
-        # only if it got as many as one endpoint may get.
-        skipped = set(full)
-        self._backlogged = ({endpoint for endpoint in self._backlogged if endpoint in skipped}
-                            | {endpoint for endpoint, count in taken.items() if count >= self._endpoint_max})
+        self._backlogged = self._still_backlogged(room, claimed, taken) | unseen | self._uncommitted
+        self._backlogged_vendors = set(self._backlogged.values())
         return len(claimed) == free
 
-    def _held(self, endpoint_id: uuid.UUID) -> int:
-        return self._per_endpoint.get(endpoint_id, 0) + self._reserved.get(endpoint_id, 0)
+    def _still_backlogged(self, room: ws.Room, claimed: list[ws.Claimed],
+                          taken: dict[uuid.UUID, int]) -> dict[uuid.UUID, uuid.UUID | None]:
+        """The endpoints that may still have due rows after a claim: all it knew of, if the claim
+        filled the queue; else those whose room, or whose vendor's, the claim filled."""
+        known = {**self._backlogged, **{row.endpoint_id: row.vendor_id for row in claimed}}
+        if len(claimed) == room.total:
+            return known
+        return {endpoint: vendor for endpoint, vendor in known.items()
+                if taken.get(endpoint, 0) >= room.endpoints.get(endpoint, room.endpoint_max)
+                or self._per_vendor.get(vendor, 0) >= room.vendor_max}
 
-    def reserve(self, endpoint_ids: list[uuid.UUID]) -> list[bool]:
-        """Which of these new rows (by endpoint, in order) this sender takes at once, within its
-        bounded queue: at most `HELD_PER_SLOT` times its slots held, overall and per endpoint.
-        Each taken row is then either handed over (`hand`) or released (`release`)."""
+    @property
+    def _endpoint_room(self) -> int:
+        return HELD_PER_SLOT * self._endpoint_max
+
+    def _hold(self, endpoint_id: uuid.UUID, vendor_id: uuid.UUID | None, change: int) -> None:
+        """Count rows held (or given up, `change` < 0) for an endpoint and its vendor."""
+        for counts, key in ((self._per_endpoint, endpoint_id), (self._per_vendor, vendor_id)):
+            left = counts.get(key, 0) + change
+            if left > 0:
+                counts[key] = left
+            else:
+                counts.pop(key, None)
+
+    def reserve(self, rows: list[tuple[uuid.UUID, uuid.UUID]]) -> list[bool]:
+        """Which of these new rows (endpoint and vendor, in order) this sender takes at once,
+        within its bounded queue, overall, per endpoint and per vendor; none of an endpoint that
+        may have due rows, so that its oldest rows go first. Each taken row is then either handed
+        over (`hand`) or released (`release`)."""
         if self._http is None:  # not sending (yet, or any more): the claims take the rows later
-            return [False] * len(endpoint_ids)
+            return [False] * len(rows)
         free = HELD_PER_SLOT * self._concurrency_max - len(self._in_flight) - self._reserved_total
         taken = []
-        for endpoint_id in endpoint_ids:
-            take = free > 0 and self._held(endpoint_id) < HELD_PER_SLOT * self._endpoint_max
+        for endpoint_id, vendor_id in rows:
+            take = (free > 0 and endpoint_id not in self._backlogged
+                    and self._per_endpoint.get(endpoint_id, 0) < self._endpoint_room
+                    and self._per_vendor.get(vendor_id, 0) < self._vendor_max)
             if take:
                 free -= 1
-                self._reserved[endpoint_id] = self._reserved.get(endpoint_id, 0) + 1
+                self._hold(endpoint_id, vendor_id, 1)
                 self._reserved_total += 1
-            else:  # written due: a claim takes it once this endpoint (or the queue) has room
-                self._backlogged.add(endpoint_id)
+            else:  # written due: a claim takes it, oldest first, once there is room
+                self._backlogged[endpoint_id] = self._uncommitted[endpoint_id] = vendor_id
+                self._backlogged_vendors.add(vendor_id)
             taken.append(take)
         return taken
 
-    def release(self, endpoint_ids: list[uuid.UUID]) -> None:
-        for endpoint_id in endpoint_ids:
-            left = self._reserved[endpoint_id] - 1
-            if left:
-                self._reserved[endpoint_id] = left
-            else:
-                del self._reserved[endpoint_id]
+    def release(self, rows: list[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        """Give up the rows `reserve` took (their transaction did not commit)."""
+        self._uncommitted.clear()
+        for endpoint_id, vendor_id in rows:
+            self._hold(endpoint_id, vendor_id, -1)
             self._reserved_total -= 1
 
     def hand(self, rows: list[ws.Claimed]) -> None:
-        """Take over rows written leased to this sender (their transaction committed)."""
-        self.release([row.endpoint_id for row in rows])
+        """Take over rows written leased to this sender (their transaction committed, with the
+        rows `reserve` did not take, which the claims can see from now on)."""
+        self._uncommitted.clear()
+        self._reserved_total -= len(rows)
         for row in rows:
             self._start(row)
 
     def _start(self, row: ws.Claimed) -> None:
-        self._per_endpoint[row.endpoint_id] = self._per_endpoint.get(row.endpoint_id, 0) + 1
+        """Attempt a held row (counted in `_hold`) once its slots are free."""
         if row.endpoint_id not in self._endpoint_slots:
             self._endpoint_slots[row.endpoint_id] = asyncio.Semaphore(self._endpoint_max)
         # One task per held row: it waits for its slots like any other. Unnamed (the default name
@@ -244,20 +280,21 @@ class Sender:
 
     def _finished(self, row: ws.Claimed) -> None:
         self._in_flight.pop(row, None)
-        endpoint_id = row.endpoint_id
-        left = self._per_endpoint.get(endpoint_id, 1) - 1
-        if left:
-            self._per_endpoint[endpoint_id] = left
-        else:
-            self._per_endpoint.pop(endpoint_id, None)
-            self._endpoint_slots.pop(endpoint_id, None)
-        if self._more_due or endpoint_id in self._backlogged:
+        self._hold(row.endpoint_id, row.vendor_id, -1)
+        if row.endpoint_id not in self._per_endpoint:
+            self._endpoint_slots.pop(row.endpoint_id, None)
+        if self._more_due or row.endpoint_id in self._backlogged or row.vendor_id in self._backlogged_vendors:
             self._wake.set()  # a slot is free, and due rows may wait for one
 
     async def _attempt(self, row: ws.Claimed) -> None:
         try:
             target = await self._endpoint(row.endpoint_id)
-        except events.UrlNotAllowed as refused:
+        except store.StoreError:
+            raise  # the database's fault, not the row's: its lease ends and it is attempted again
+        except _Undeliverable as never:
+            self._outcome(row, None, _error_text(never), final=True)
+            return
+        except Exception as refused:  # e.g. a host now private, a secret that does not decrypt
             self._outcome(row, None, _error_text(refused))
             return
         if target is None:
@@ -267,8 +304,8 @@ class Sender:
         metrics.WEBHOOK_ATTEMPT_SECONDS.observe(time.monotonic() - started)
         self._outcome(row, status_code, error)
 
-    def _outcome(self, row: ws.Claimed, status_code: int | None, error: str | None) -> None:
-        """Count the attempt and queue it for the recorder."""
+    def _outcome(self, row: ws.Claimed, status_code: int | None, error: str | None, *, final: bool = False) -> None:
+        """Count the attempt and queue it for the recorder; a `final` failure is not retried."""
         attempts = row.attempts + 1
         if status_code is not None and 200 <= status_code < 300:
             outcome, retry_in_s = "delivered", None
@@ -276,7 +313,7 @@ class Sender:
             metrics.WEBHOOK_DELIVERY_LATENCY_SECONDS.observe(max(0.0, latency))
             _DELIVERED.inc()
         else:
-            retry_in_s = events.retry_delay_s(attempts)
+            retry_in_s = None if final else events.retry_delay_s(attempts)
             outcome = "pending" if retry_in_s is not None else "failed"
             (_RETRIED if retry_in_s is not None else _FAILED).inc()
         self._outcomes.append(ws.Attempt(row, outcome, status_code, error, retry_in_s))
@@ -337,9 +374,11 @@ class Sender:
         self._endpoints_version = version
 
     async def _endpoint(self, endpoint_id: uuid.UUID) -> _Target | None:
-        """The live endpoint's target, or None once it is deleted; `UrlNotAllowed` (not cached, so
-        the next attempt checks again) if its URL is not http(s) or, unless private addresses are
-        allowed, its host now resolves to a non-public address.
+        """The live endpoint's target, or None once it is deleted; `_Undeliverable` if its URL
+        does not parse (as registration parses it today: an older release took URLs that cannot
+        be sent to); `UrlNotAllowed` (not cached, so the next attempt checks again) if, unless
+        private addresses are allowed, its host now resolves to a non-public address; the
+        keyring's error if its secret does not decrypt (a key missing from LEDGER_WEBHOOK_KEY).
 
         The URL is checked once per endpoint, not per attempt: its scheme and an IP literal never
         change, and the host's addresses are judged on every lookup a connection uses, by the
@@ -352,12 +391,20 @@ class Sender:
             row = await ws.endpoint(conn, endpoint_id)
         if row is None:
             return None
+        try:
+            url = events.parse_url(row.url)
+        except events.UrlNotAllowed as error:
+            raise _Undeliverable(str(error)) from None
         await events.check_url(row.url, allow_private=self._allow_private)
         if len(self._endpoints) >= ENDPOINT_CACHE_MAX:
             self._endpoints.clear()
         key = events.secret_key(self._keyring.decrypt(row.secret_encrypted))
-        self._endpoints[endpoint_id] = found = _Target(yarl.URL(row.url), key)
+        self._endpoints[endpoint_id] = found = _Target(url, key)
         return found
+
+
+class _Undeliverable(Exception):
+    """The endpoint as stored can never be sent to: each of its rows fails at its attempt."""
 
 
 def _error_text(error: Exception) -> str:

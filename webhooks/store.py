@@ -229,38 +229,64 @@ class Claimed:
     payload: bytes  # the body as sent, UTF-8 JSON
     attempts: int  # made before this one
     committed_at: dt.datetime
+    vendor_id: uuid.UUID | None = None  # the endpoint's vendor: the sender shares its slots fairly by it
 
 
 def _claimed_row(endpoint_id: uuid.UUID, event_seq: int, event_id: uuid.UUID, payload: str, attempts: int,
-                 committed_at: dt.datetime) -> Claimed:
-    return Claimed(endpoint_id, event_seq, event_id, payload.encode(), attempts, committed_at)
+                 committed_at: dt.datetime, vendor_id: uuid.UUID) -> Claimed:
+    return Claimed(endpoint_id, event_seq, event_id, payload.encode(), attempts, committed_at, vendor_id)
 
 
-async def claim_due(conn, *, limit: int, per_endpoint: int, lease_s: float,
-                    skip_endpoints: list[uuid.UUID]) -> list[Claimed]:
-    """Take due pending rows, oldest first: at most `per_endpoint` of each live endpoint (none of
-    `skip_endpoints`, which the caller holds enough of) and `limit` in all, so one endpoint's
-    backlog never crowds out the others. They are leased: `next_attempt_at` moves `lease_s` ahead,
-    so a worker that dies mid-attempt leaves each row to be retried once its lease ends, never
-    lost. Rows another worker holds locked are skipped, not waited for. One index probe per live
-    endpoint (`webhook_deliveries_due`).
+@dataclass(frozen=True, slots=True)
+class Room:
+    """What one claim may take: `total` rows in all; of each endpoint its room in `endpoints`
+    (`endpoint_max` for one not named); of each vendor as many as bring what it holds, from
+    `vendors_held` (0 for one not named), up to `vendor_max`."""
+
+    total: int
+    endpoints: dict[uuid.UUID, int]
+    endpoint_max: int
+    vendors_held: dict[uuid.UUID, int]
+    vendor_max: int
+
+
+# Each live endpoint's oldest due rows within its room (one index probe, `webhook_deliveries_due`),
+# ranked by how many rows their vendor would then hold: the vendors holding fewest go first (a
+# round-robin over vendors), and each vendor's oldest rows first within that.
+_CLAIM = (
+    "UPDATE webhook_deliveries d SET next_attempt_at = now() + %s * INTERVAL '1 second'"
+    " FROM (SELECT endpoint_id, event_seq, vendor_id FROM"
+    "  (SELECT q.endpoint_id, q.event_seq, q.next_attempt_at, e.vendor_account_id AS vendor_id,"
+    "   coalesce(v.held, 0) + row_number() OVER (PARTITION BY e.vendor_account_id ORDER BY q.next_attempt_at) AS holds"
+    "   FROM webhook_endpoints e"
+    "   LEFT JOIN unnest(%b::UUID[], %b::INT8[]) AS r (id, room) ON r.id = e.id"
+    "   LEFT JOIN unnest(%b::UUID[], %b::INT8[]) AS v (id, held) ON v.id = e.vendor_account_id"
+    "   CROSS JOIN LATERAL (SELECT endpoint_id, event_seq, next_attempt_at FROM webhook_deliveries"
+    "    WHERE endpoint_id = e.id AND status = 'pending' AND next_attempt_at <= now()"
+    "    ORDER BY next_attempt_at LIMIT coalesce(r.room, %s) FOR UPDATE SKIP LOCKED) q"
+    "   WHERE e.deleted_at IS NULL) ranked"
+    "  WHERE holds <= %s ORDER BY holds, next_attempt_at LIMIT %s) due"
+    " WHERE d.endpoint_id = due.endpoint_id AND d.event_seq = due.event_seq AND d.status = 'pending'"
+    " RETURNING d.endpoint_id, d.event_seq, d.event_id, d.payload, d.attempts, d.committed_at, due.vendor_id"
+)
+
+
+async def claim_due(conn, room: Room, *, lease_s: float) -> list[Claimed]:
+    """Take due pending rows within `room`, oldest first within each vendor, the vendors holding
+    fewest first, so that neither one endpoint's nor one vendor's backlog crowds out the others.
+    They are leased: `next_attempt_at` moves `lease_s` ahead, so a worker that dies mid-attempt
+    leaves each row to be retried once its lease ends, never lost. Rows another worker holds
+    locked are skipped, not waited for. Returned in journal order (`event_seq`).
 
     One statement, so its own transaction on the pool's autocommit connections: no BEGIN and
     COMMIT round trips around it (under a backlog a claim runs every `CLAIM_INTERVAL_S`)."""
     async with conn.cursor(row_factory=args_row(_claimed_row)) as cursor:
-        await cursor.execute(
-            "UPDATE webhook_deliveries d SET next_attempt_at = now() + %s * INTERVAL '1 second'"
-            " FROM (SELECT q.endpoint_id, q.event_seq FROM webhook_endpoints e CROSS JOIN LATERAL"
-            "  (SELECT endpoint_id, event_seq, next_attempt_at FROM webhook_deliveries"
-            "   WHERE endpoint_id = e.id AND status = 'pending' AND next_attempt_at <= now()"
-            "   ORDER BY next_attempt_at LIMIT %s FOR UPDATE SKIP LOCKED) q"
-            "  WHERE e.deleted_at IS NULL AND NOT (e.id = ANY(%s::UUID[]))"
-            "  ORDER BY q.next_attempt_at LIMIT %s) due"
-            " WHERE d.endpoint_id = due.endpoint_id AND d.event_seq = due.event_seq AND d.status = 'pending'"
-            " RETURNING d.endpoint_id, d.event_seq, d.event_id, d.payload, d.attempts, d.committed_at",
-            (lease_s, per_endpoint, skip_endpoints, limit),
-        )
-        return await cursor.fetchall()
+        await cursor.execute(_CLAIM, (
+            lease_s, list(room.endpoints), list(room.endpoints.values()), list(room.vendors_held),
+            list(room.vendors_held.values()), room.endpoint_max, room.vendor_max, room.total,
+        ))
+        claimed = await cursor.fetchall()
+    return sorted(claimed, key=lambda row: row.event_seq)
 
 
 @dataclass(frozen=True, slots=True)
