@@ -6,9 +6,10 @@ the server never imports the client (pyproject.toml, the `server-client` contrac
 says how to use it; `client.rows` how a file becomes items and keys.
 
 The file is read twice, each time as a stream: once for its digest (the derived keys) and its
-number of lines (the progress), once to send it `--batch-size` rows at a time, one batch after the
-other, in `independent` mode, so rows are decided in file order. Memory stays flat in the file's
-size: one batch of rows is held at a time, and rejected rows are written out as they come.
+number of lines (the progress), once to send it `--batch-size` rows at a time in `independent` mode,
+one batch after the other by default, so rows are decided in file order (`--concurrency` keeps more
+in flight). Memory stays flat in the file's size: only the batches in flight are held, and
+rejected rows are written out as they come.
 
 Its own settings are its options; `LEDGER_API_URL` and `LEDGER_TOKEN` are their defaults, read
 here because the importer runs on an operator's machine, not as a process of the service.
