@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench chaos chaos-ha install clean
+.PHONY: run test check bench chaos chaos-ha install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The inner loop: every test but those marked slow (the chaos, HA, replication and fuzz suites and
+# the ones that run `ledger` child processes). `make test`, what CI runs, runs them all.
+check: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # The bench extra (matplotlib for the chart) on top of the test one. BENCH_ARGS=--quick skips the
 # million-entry journal; `ledger bench --help` lists the rest.

@@ -5,7 +5,6 @@ without its entries."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -42,10 +41,8 @@ VERIFIED_FIELDS = {name: _AS_PAYMENT.get(name, name) for name in Verification.__
                    if _AS_PAYMENT.get(name, name) in JournalEntry.__struct_fields__}
 # Those the hashed form holds (all but the entry's own hash), in the verification's order.
 _HASHED_VERIFIED = {name: of for name, of in VERIFIED_FIELDS.items() if of in HashedEntry.__struct_fields__}
-_payment_values = attrgetter(*_HASHED_VERIFIED.values())
 _verified_values = attrgetter(*_HASHED_VERIFIED)
 _payments_encoder = msgspec.msgpack.Encoder()
-_PLAIN_KIND = "transfer"  # the only kind `summarize` takes: no hold, no refund
 
 
 def verified_values(rows: list[Verification]) -> bytes:
@@ -68,82 +65,86 @@ def summarize(
     (`starts`, implied by the stored balances after) are the replayed ones. Then every stored
     balance after is the replayed one, so the overdraft check on the stored ones is exact. None
     sends the range to the entry-by-entry replay, which locates whatever is wrong."""
-    walk = _PlainWalk(after, accounts, projector_position, with_hashes)
-    for row in rows:
-        if not walk.take(entries.hashed_form(row), entries.stored_hash(row), entries.balances_after(row)):
-            return None
-    return walk.summary(upto)
+    if not rows:
+        return None
+    (first_prev,) = _prev_hash(rows[0])
+    if not first_prev.isascii():  # as the hash takes it; each next one is the digest before it
+        return None
+    walked = _walk(rows, after, accounts, projector_position, first_prev)
+    if walked is None or walked.position != upto:
+        return None
+    return Summary(after, upto, first_prev, walked.digest, walked.starts, walked.ends,
+                   _payments_encoder.encode(walked.payments), walked.hashes if with_hashes else None)
 
 
 @dataclass(slots=True)
-class _PlainWalk:
-    """The state of `summarize` through its range, entry by entry."""
+class _Walked:
+    """What `_walk` found in a range of plain transfers."""
 
-    after: int
-    accounts: AccountsByText
-    projector_position: int
-    with_hashes: bool
-    position: int = -1
-    first_prev: str | None = None
-    digest: str | None = None
-    starts: dict[int, int] = field(default_factory=dict)
-    ends: dict[int, int] = field(default_factory=dict)
-    payments: list[tuple] = field(default_factory=list)
-    hashes: list[str] = field(default_factory=list)
+    position: int  # the last entry's
+    digest: str  # its stored hash
+    starts: dict[int, int]  # account (its UUID's integer) -> its balance before the range, as stored
+    ends: dict[int, int]  # account -> its balance after the range
+    payments: list[tuple]
+    hashes: list[str]
 
-    def __post_init__(self) -> None:
-        self.position = self.after
 
-    def take(self, entry: HashedEntry, digest: str, balances_after: list[int] | None) -> bool:
-        """Whether the entry is plain and passes, its effects then taken in."""
-        self.position += 1
-        if (entry.position != self.position or entry.kind != _PLAIN_KIND or entry.refund_of is not None
-                or entry.hold_id is not None or not self._chained(entry.prev_hash)):
-            return False
-        self.digest = digest
-        postings = entry.postings
-        if balances_after is None or len(postings) != 2 or len(balances_after) != 2:
-            return False
-        debit, credit = postings
-        if (debit.account_id != entry.from_account_id or credit.account_id != entry.to_account_id
-                or debit.amount != -entry.amount or credit.amount != entry.amount):
-            return False
-        payer, payee = self.accounts.get(debit.account_id), self.accounts.get(credit.account_id)
-        if payer is None or payee is None or payer[1] != entry.currency or payee[1] != entry.currency:
-            return False
-        if not (self._moved(payer, -entry.amount, balances_after[0]) and self._moved(payee, entry.amount, balances_after[1])):
-            return False
-        if hashlib.sha256(entry.prev_hash.encode("ascii") + entries.encoded(entry)).hexdigest() != digest:
-            return False
-        if payee[0] == "vendor" and entry.position <= self.projector_position:
-            self.payments.append((*_payment_values(entry), digest))
-        if self.with_hashes:
-            self.hashes.append(digest)
-        return True
+# What `_walk` reads of a row. A plain transfer is an entry whose fields with a default all hold
+# it (its kind "transfer", no refund, no hold): `entries.at_defaults`.
+_walked = entries.columns("position", "prev_hash", "hash", "from_account_id", "to_account_id", "amount", "currency",
+                          "account_ids", "amounts", "balances_after")
+_prev_hash = entries.columns("prev_hash")
+_payment = entries.columns(*_HASHED_VERIFIED.values(), "hash")  # as `verified_values` reads a verification
 
-    def _chained(self, prev_hash: str) -> bool:
-        """Each prev_hash is the previous entry's hash (hex, as it hashed to it); the first, ASCII at
-        least, as the hash takes it (the replay judges whether it is the hash before the range)."""
-        if self.digest is None:
-            self.first_prev = prev_hash
-            return prev_hash.isascii()
-        return prev_hash == self.digest
 
-    def _moved(self, account: tuple[str, str, int], amount: int, after_it: int) -> bool:
-        """The stored balance after: the previous one plus the posting, not negative unless a
-        system account's; the first one of an account in the range implies its start."""
-        kind, _, key = account
-        before = self.ends.get(key)
-        if before is None:
-            self.starts[key] = after_it - amount
-        elif before + amount != after_it:
-            return False
-        self.ends[key] = after_it
-        return after_it >= 0 or kind == "system"
+def _plain_transfer_hash(row: Sequence) -> str | None:
+    """The recomputed hash of a plain transfer that is not written out (its metadata, or text
+    that JSON escapes), None for any other entry (`written_out_hash` is so only for plain ones)."""
+    return entries.recomputed_hash(row) if entries.at_defaults(row) else None
 
-    def summary(self, upto: int) -> Summary | None:
-        if self.position != upto or self.digest is None:
+
+def _walk(rows: Sequence[Sequence], after: int, accounts: AccountsByText, projector_position: int,
+          digest: str) -> _Walked | None:
+    """`summarize`'s checks, entry by entry from the position after `after` whose prev_hash is
+    `digest`; None at the first that fails. Written out in one loop: it runs once per entry."""
+    position, account, written_out_hash = after, accounts.get, entries.written_out_hash
+    starts, ends, payments, hashes = {}, {}, [], []
+    for row, (at, prev_hash, stored, payer_id, payee_id, amount, currency, posted, amounts, balances_after) in zip(
+            rows, map(_walked, rows)):
+        position += 1
+        if at != position or prev_hash != digest:
             return None
-        return Summary(self.after, upto, self.first_prev, self.digest, self.starts, self.ends,
-                       _payments_encoder.encode(self.payments), self.hashes if self.with_hashes else None)
-
+        try:
+            (debit, credit), (debited, credited), (payer_after, payee_after) = posted, amounts, balances_after
+        except (TypeError, ValueError):  # a column without postings, or not two
+            return None
+        if debit != payer_id or credit != payee_id or debited != -amount or credited != amount:
+            return None
+        payer, payee = account(payer_id), account(payee_id)
+        if payer is None or payee is None or payer[1] != currency or payee[1] != currency:
+            return None
+        # Each stored balance after: the one before plus the posting (the first of an account in
+        # the range implies its start), not negative unless a system account's.
+        payer_kind, _, payer_key = payer
+        before = ends.get(payer_key)
+        if before is None:
+            starts[payer_key] = payer_after + amount
+        elif before - amount != payer_after:
+            return None
+        ends[payer_key] = payer_after
+        payee_kind, _, payee_key = payee
+        before = ends.get(payee_key)
+        if before is None:
+            starts[payee_key] = payee_after - amount
+        elif before + amount != payee_after:
+            return None
+        ends[payee_key] = payee_after
+        if (payer_after < 0 and payer_kind != "system") or (payee_after < 0 and payee_kind != "system"):
+            return None
+        if (written_out_hash(row) or _plain_transfer_hash(row)) != stored:
+            return None
+        digest = stored
+        if payee_kind == "vendor" and at <= projector_position:
+            payments.append(_payment(row))
+        hashes.append(digest)
+    return _Walked(position, digest, starts, ends, payments, hashes)

@@ -105,3 +105,66 @@ def test_a_field_at_its_default_is_left_out_and_any_other_value_kept():
 
 def test_the_hashed_form_has_every_field_of_the_entry_but_its_hash():
     assert set(audit.HashedEntry.__struct_fields__) == set(JournalEntry.__struct_fields__) - {"hash"}
+
+
+# ---- the written-out path (`audit.entries.written_out`), taken by plain entries ----------------
+
+# Strings JSON holds as they stand: printable ASCII but `"` and `\`.
+plain_chars = st.characters(min_codepoint=0x20, max_codepoint=0x7e, exclude_characters='"\\')
+
+
+@st.composite
+def plain_entries(draw) -> JournalEntry:
+    """An entry the written-out path takes: its fields with a default at it, no metadata, two
+    postings, every string plain (any such string, edge integers included)."""
+    payer, payee = draw(st.uuids()), draw(st.uuids())
+    amount = draw(int8)
+    return JournalEntry(
+        position=draw(st.integers(1, INT8_MAX)), transfer_id=draw(st.uuids()), from_account_id=payer,
+        to_account_id=payee, amount=amount, currency=draw(st.text(plain_chars, max_size=5)),
+        reference=draw(st.text(plain_chars, max_size=24)), metadata={},
+        postings=[Posting(payer, draw(int8)), Posting(payee, draw(int8))],
+        committed_at=draw(st.text(plain_chars, max_size=30)), prev_hash=draw(st.text(plain_chars, max_size=70)),
+        hash=draw(st.text(plain_chars, max_size=64)),
+    )
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(plain_entries())
+def test_a_plain_entry_is_written_out_to_its_canonical_bytes_and_hash(entry):
+    row = as_row(entry)
+    assert audit.entries.written_out(row) == domain.canonical_bytes(entry)
+    assert audit.entries.written_out_hash(row) == domain.recompute_hash(entry)
+
+
+# One change each that takes an otherwise plain entry off the written-out path: a field with a
+# default away from it (every kind), metadata, another count of postings, and each kind of
+# character JSON escapes (or canonical_json does: DEL, non-ASCII) in each string field.
+_ESCAPED_CHARACTERS = ('"', "\\", "\x00", "\n", "\x1f", "\x7f", "é", "\u2028", "\U0001f600")
+NOT_PLAIN = [
+    *({"kind": kind} for kind in typing.get_args(EntryKind) if kind != "transfer"),
+    {"refund_of": uuid.UUID(int=7)}, {"hold_id": uuid.UUID(int=8)},
+    {"metadata": {"a": "b"}}, {"postings": []}, {"postings": [Posting(uuid.UUID(int=2), 0)]},
+    {"postings": [Posting(uuid.UUID(int=2), -5), Posting(uuid.UUID(int=3), 2), Posting(uuid.UUID(int=2), 3)]},
+    *({name: f"a{char}b"} for name in ("currency", "reference", "committed_at", "prev_hash")
+      for char in _ESCAPED_CHARACTERS),
+]
+
+
+def test_every_entry_but_a_plain_one_takes_the_exact_path_to_its_canonical_bytes():
+    for change in NOT_PLAIN:
+        entry = msgspec.structs.replace(A_PLAIN_TRANSFER, **change)
+        row = as_row(entry)
+        assert audit.entries.written_out(row) is None and audit.entries.written_out_hash(row) is None, change
+        assert audit.canonical_bytes(row) == domain.canonical_bytes(entry), change
+        if entry.prev_hash.isascii():  # the hash takes it as ASCII (`domain.entry_hash`)
+            assert audit.entries.recomputed_hash(row) == domain.recompute_hash(entry), change
+
+
+def test_the_written_out_path_is_made_from_every_hashed_field_of_the_entry():
+    """Each field the hash covers is in the written-out source: a field added to the entry is
+    written out (or sends every entry to the exact path) without a change to the audit."""
+    source = audit.entries.WRITTEN_OUT_SOURCE
+    for name in set(JournalEntry.__struct_fields__) - {"hash"}:
+        assert name in source, name
+    assert audit.entries.written_out(as_row(A_PLAIN_TRANSFER)) == domain.canonical_bytes(A_PLAIN_TRANSFER)

@@ -26,7 +26,8 @@ from api.app import build_app
 from cli import processes
 from ledger import db, principals
 from ledger.config import Settings
-from tests.conftest import WEBHOOK_KEY, Client, Stack, eventually
+from tests.conftest import eventually
+from tests.plugins.stack import WEBHOOK_KEY, Client, Stack
 from tools.embedded import EmbeddedNats, free_port
 from tools.replication import PostgresPair
 from webhooks import worker as webhook_worker

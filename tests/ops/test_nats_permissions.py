@@ -17,6 +17,8 @@ from ledger import bus
 from tests.conftest import eventually
 from tools.embedded import EmbeddedNats, free_port, write_private
 
+pytestmark = pytest.mark.slow  # child processes: a NATS server of its own for every test
+
 DEPLOY_CONF = Path(__file__).resolve().parents[2] / "deploy" / "nats.conf"
 USERS = ("api", "projector", "reader")
 # The durable consumer each follower login uses in production (projector `main`, worker `main`).

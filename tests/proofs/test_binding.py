@@ -25,7 +25,7 @@ import schemas
 from client import LedgerClient, NotSignedYet, ProofError, SyncLedgerClient
 from client import proof
 from proofs import signing, tree
-from tests.conftest import free_port
+from tools.embedded import free_port
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "proofs.md"
 MILLION = 1_000_000

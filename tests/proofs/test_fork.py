@@ -15,23 +15,20 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-import aiohttp
 import msgspec
 import psycopg
 import pytest
 import pytest_asyncio
-from aiohttp import web
 from prometheus_client import REGISTRY
-from psycopg import sql
 
-from api.app import build_app
 from cli import processes
-from ledger import db, domain, principals, store
+from ledger import domain, principals, store
 from ledger.config import Settings
 from proofs import command, fork, signing
 from proofs import follower as tree_follower
 from proofs import store as tree_store
-from tests.conftest import Client, eventually
+from tests.conftest import eventually
+from tests.plugins.stack import Client, api_at
 from tools.embedded import EmbeddedNats, free_port
 from tools.seed import seed_journal
 
@@ -43,36 +40,11 @@ JOURNAL_PAGE_LIMIT = 10_000
 
 
 @pytest_asyncio.fixture
-async def own_database(postgres) -> AsyncIterator[str]:
-    """A fresh, migrated database on the session's server, dropped after the test."""
-    name = f"fork_{uuid.uuid4().hex[:12]}"
-    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = postgres.url.rsplit("/", 1)[0] + "/" + name
-    await db.migrate(url)
-    yield url
-    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest_asyncio.fixture
 async def own_nats(tmp_path) -> AsyncIterator[EmbeddedNats]:
     server = EmbeddedNats(data_dir=tmp_path / "nats", port=free_port())
     server.start()
     yield server
     server.stop()
-
-
-@contextlib.asynccontextmanager
-async def api_server(settings: Settings) -> AsyncIterator[Client]:
-    runner = web.AppRunner(build_app(settings), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield Client(session, f"http://{settings.http_host}:{settings.http_port}")
-    finally:
-        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager
@@ -112,13 +84,14 @@ async def tree_size(url: str) -> int:
         return await tree_store.tree_size(conn)
 
 
+@pytest.mark.slow  # a child process: a NATS server of its own
 async def test_the_tree_follower_never_signs_a_rewritten_and_rebuilt_journal(own_database, own_nats, tmp_path):
     url = own_database
     settings = Settings(database_url=url, nats_url=own_nats.url, http_port=free_port(),
                         checkpoint_interval_s=SIGN_INTERVAL_S, signing_key=str(tmp_path / "signing-key.pem"))
     await seed_journal(url, entries=SEEDED_ENTRIES, accounts=10)
     _, admin = await principals.create_at(url, role="admin", name="fork test admin")
-    async with api_server(settings) as client:
+    async with api_at(settings) as client:
         async with projector_process(settings):
             async def signed_all() -> dict | None:
                 head = await latest_head(client, admin)

@@ -16,14 +16,11 @@ import re
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
 import psycopg
 import pytest
-import pytest_asyncio
-from psycopg import sql
 
 import schemas
 from ledger import db, domain, store
@@ -34,41 +31,14 @@ from proofs import command, signing
 from tools.seed import seed_journal
 from projector import store as projections
 from tests.conftest import eventually
+from tests.plugins.journals import SEEDED_ENTRIES, execute, first_failure
 
-SEEDED_ENTRIES = 50
-SEEDED_ACCOUNTS = 12
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "audit.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
 JOURNAL_PAGE_LIMIT = 10_000  # the contract's largest `limit` on GET /v1/journal
 TEMPORARY_POSITION = 1_000_000_000  # a free position to park a row on while swapping two
 
 
 # ---- fixtures and helpers -------------------------------------------------------------------
-
-
-@pytest_asyncio.fixture
-async def own_database(postgres) -> AsyncIterator[str]:
-    """A fresh, migrated database on the session's server, dropped after the test."""
-    name = f"audit_{uuid.uuid4().hex[:12]}"
-    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = postgres.url.rsplit("/", 1)[0] + "/" + name
-    await db.migrate(url)
-    yield url
-    async with await psycopg.AsyncConnection.connect(postgres.url, autocommit=True) as conn:
-        await conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-@pytest_asyncio.fixture
-async def seeded(own_database) -> str:
-    await seed_journal(own_database, entries=SEEDED_ENTRIES, accounts=SEEDED_ACCOUNTS)
-    return own_database
-
-
-async def execute(url: str, *statements: tuple[str, tuple]) -> None:
-    """Run statements as the superuser in one transaction: the tamperer's privileges."""
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        for statement, params in statements:
-            await conn.execute(statement, params)
 
 
 async def all_entries(url: str) -> list[schemas.JournalEntry]:
@@ -97,11 +67,6 @@ async def rewrite_history(url: str, position: int, **changes) -> None:
         prev_hash = digest
     statements.append(("UPDATE journal_head SET hash = %s WHERE id = 1", (prev_hash,)))
     await execute(url, *statements)
-
-
-def first_failure(report: audit.AuditReport) -> tuple[int, str]:
-    assert not report.ok and report.first_failure is not None, report
-    return report.first_failure.position, report.first_failure.check
 
 
 def failed_checks(report: audit.AuditReport) -> set[str]:
@@ -353,6 +318,7 @@ async def test_a_checkpoint_beyond_a_truncated_journal_is_caught(seeded, tmp_pat
     assert failed_checks(report) == {"checkpoint"}
 
 
+@pytest.mark.slow  # child processes: the `ledger checkpoint` and `ledger audit` commands
 async def test_the_checkpoint_command_signs_the_head_and_the_audit_command_proves_it(seeded, tmp_path):
     key, out = tmp_path / "keys" / "signing.pem", tmp_path / "checkpoint.json"
     signed = await run_cli(seeded, "checkpoint", "--key", str(key), "--out", str(out))
@@ -370,6 +336,7 @@ async def test_the_checkpoint_command_signs_the_head_and_the_audit_command_prove
     assert audited.stdout.startswith("ledger audit ok")
 
 
+@pytest.mark.slow  # child processes: the `ledger` commands
 async def test_a_checkpoint_without_a_pinned_key_is_refused_by_the_command(seeded, tmp_path):
     out = tmp_path / "checkpoint.json"
     signed = await run_cli(seeded, "checkpoint", "--key", str(tmp_path / "key.pem"), "--out", str(out))
@@ -379,6 +346,7 @@ async def test_a_checkpoint_without_a_pinned_key_is_refused_by_the_command(seede
     assert "--public-key" in audited.stderr and len(audited.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # child processes: the `ledger` commands
 async def test_a_rewritten_journal_with_a_re_signed_checkpoint_fails_against_the_pinned_key(seeded, tmp_path):
     """The attack: rewrite the database, then sign a fresh checkpoint over it with a key of one's
     own. The file verifies against the key written inside it; the audit must not believe that."""
@@ -399,6 +367,7 @@ async def test_a_rewritten_journal_with_a_re_signed_checkpoint_fails_against_the
     assert "check checkpoint" in audited.stdout
 
 
+@pytest.mark.slow  # child processes: the `ledger audit` command
 async def test_the_audit_command_exits_1_and_names_the_first_bad_position(seeded):
     await execute(seeded, ("UPDATE journal SET amount = amount + 1 WHERE position = 17", ()))
     human = await run_cli(seeded, "audit")
@@ -413,6 +382,7 @@ async def test_the_audit_command_exits_1_and_names_the_first_bad_position(seeded
 
 
 
+@pytest.mark.slow  # child processes: the audit's worker processes
 async def test_worker_processes_reach_the_verdict_of_the_audit_alone_on_a_tampered_journal(seeded, monkeypatch):
     monkeypatch.setattr(audit_pool, "AUDIT_RANGE_ENTRIES", RANGE_ENTRIES_SMALL)
     await execute(
@@ -432,6 +402,7 @@ async def test_worker_processes_reach_the_verdict_of_the_audit_alone_on_a_tamper
         3, 29, 30)
 
 
+@pytest.mark.slow  # child processes: the audit's worker processes
 async def test_worker_processes_reach_the_verdict_of_the_audit_alone_on_an_honest_journal(seeded, monkeypatch):
     monkeypatch.setattr(audit_pool, "AUDIT_RANGE_ENTRIES", RANGE_ENTRIES_SMALL)
     with_workers = await audit.run_audit(seeded, workers=2)
@@ -500,6 +471,7 @@ async def test_only_plain_ranges_are_summarized(seeded):
     assert {what: summary(variant) for what, variant in not_plain.items()} == dict.fromkeys(not_plain)
 
 
+@pytest.mark.slow  # child processes: the audit's worker processes
 async def test_an_honest_projected_journal_is_summarized_range_by_range(seeded, monkeypatch):
     """Every range of an honest journal of plain transfers is checked in a worker and summarized:
     the audit's process feeds no entry and reads no range again."""
@@ -665,6 +637,7 @@ async def run_verifier(script: Path, export: Path) -> Completed:
     return Completed(child.returncode, stdout.decode(), stderr.decode())
 
 
+@pytest.mark.slow  # a child process: the documented verifier
 async def test_the_documented_verifier_accepts_a_real_export(stack, tmp_path):
     wallet = await stack.funded_wallet(500)
     vendor = await stack.vendor()
@@ -678,6 +651,7 @@ async def test_the_documented_verifier_accepts_a_real_export(stack, tmp_path):
     assert verified.stdout.strip().startswith(f"ok: {last} entries, head ")
 
 
+@pytest.mark.slow  # a child process: the documented verifier
 async def test_the_documented_verifier_rejects_an_edited_export(stack, tmp_path):
     await stack.funded_wallet(500)
     export = tmp_path / "journal.ndjson"

@@ -18,9 +18,9 @@ from proofs import follower, tree
 from proofs import store as tree_store
 from proofs import signing
 from tests.conftest import eventually
-from tests.test_audit import execute, first_failure, own_database, seeded  # noqa: F401 (fixtures)
+from tests.plugins.journals import execute, first_failure
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "proofs.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "proofs.md"
 
 
 async def paid(stack):
@@ -112,6 +112,7 @@ async def test_the_latest_signed_tree_head_verifies_against_the_signing_key(stac
     assert root.body["root_hash"] == body["root_hash"]
 
 
+@pytest.mark.slow  # child processes: the documented verifier
 async def test_the_documented_verifier_checks_a_payment_end_to_end(stack, tmp_path):
     _, vendor, payment = await paid(stack)
     key = signing.load_or_create_key(tmp_path / "key.pem")
@@ -150,6 +151,7 @@ async def _build_tree(url: str) -> int:
         return await follower.catch_up(conn)
 
 
+@pytest.mark.slow  # exhaustive: thousands of proofs read over six stored tree sizes
 async def test_proofs_for_every_size_are_right_whatever_the_stored_tree_size(seeded):
     """Proofs combine three sources: stored subtrees (16 leaves and more), small subtrees hashed
     from their 16-entry block, and the tail past the stored tree. With the stored tree stopped at

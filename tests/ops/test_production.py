@@ -28,7 +28,7 @@ from tools.embedded import free_port
 from projector import consumer
 from tests.conftest import eventually
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # What CockroachDB lacks, or DESIGN.md keeps out of shared code.
 FORBIDDEN_SQL = {

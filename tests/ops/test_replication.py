@@ -2,7 +2,7 @@
 pools follow a promoted standby through the multi-host URL with no restart, and a COMMIT that the
 synchronous standby never confirmed is reported as unknown, never as done.
 
-The whole bank test on this topology is `tests/test_bank_ha.py`.
+The whole bank test on this topology is `tests/ops/test_bank_ha.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from ledger import db, store
 from tests.conftest import eventually
 from tools.embedded import EmbeddedPostgres, free_port
 from tools.replication import PostgresPair
+
+pytestmark = pytest.mark.slow  # replication: PostgreSQL primaries and standbys of its own
 
 FOLLOW_S_MAX = 30.0
 

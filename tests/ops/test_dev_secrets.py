@@ -7,11 +7,9 @@ One real `ledger dev` in a subprocess, on free ports, in a temporary directory.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -20,32 +18,27 @@ import psycopg
 import pytest
 
 from tests.conftest import eventually
+from tests.plugins import children
 from tools.embedded import free_port
 
+pytestmark = pytest.mark.slow  # a child process: a whole `ledger dev`
+
 START_S_MAX = 60
+STOP_S_MAX = 30
 
 
 @pytest.fixture(scope="module")
 def dev_stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("dev")
     data = root / ".ledger"
-    env = {**os.environ, "LEDGER_DEV_PG_PORT": str(free_port()), "LEDGER_DEV_NATS_PORT": str(free_port())}
-    log = open(root / "dev.log", "wb")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "cli", "dev", "--data-dir", str(data), "--port", str(free_port())],
-        env=env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    env = children.environment(LEDGER_DEV_PG_PORT=str(free_port()), LEDGER_DEV_NATS_PORT=str(free_port()))
+    child = children.start(["dev", "--data-dir", str(data), "--port", str(free_port())], root / "dev.log", env,
+                           cwd=root)
     try:
         _wait_for_text(root / "dev.log", "Ledger is running", child)
         yield data, json.loads((data / "dev.json").read_text())
     finally:
-        child.send_signal(signal.SIGINT)
-        try:
-            child.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait(10)
-        log.close()
+        children.stop(child, by=signal.SIGINT, timeout_s=STOP_S_MAX)
 
 
 def _wait_for_text(path: Path, text: str, child: subprocess.Popen) -> None:
@@ -123,7 +116,7 @@ async def test_the_dev_stack_delivers_webhooks_with_the_reader_login(dev_stack):
     """The worker runs inside `ledger dev` and consumes as NATS `reader`; loopback URLs are allowed."""
     from standardwebhooks.webhooks import Webhook as StandardWebhook
 
-    from tests.test_webhooks import Receiver
+    from tests.plugins.receivers import Receiver
 
     _, info = dev_stack
     tokens, accounts = info["tokens"], info["accounts"]

@@ -8,26 +8,16 @@ process, and every kind of fault (SIGKILL of the webhook worker included) at lea
 
 from __future__ import annotations
 
+import pytest
+
+from tests.plugins.chaos import SHORT_RUN
 from tools import chaos
 
-OPTIONS = dict(
-    duration_s=22.0,
-    api_processes=2,
-    projectors=2,
-    forger=True,
-    wallets=12,
-    vendors=3,
-    workers=24,
-    fault_interval_s=1.0,
-    quiet_s=3.0,
-    min_faults_per_kind=1,
-    overrun_s_max=60.0,
-    drain_s=30.0,
-)
+pytestmark = pytest.mark.slow  # the chaos run: its own servers and child processes under faults
 
 
 async def test_every_invariant_holds_under_every_kind_of_fault(tmp_path):
-    options = chaos.Options(seed=20240611, data_dir=tmp_path / "chaos", **OPTIONS)
+    options = chaos.Options(seed=20240611, data_dir=tmp_path / "chaos", **SHORT_RUN)
     report = await chaos.run(options)
     summary = "\n".join(report.lines())
     print(summary)

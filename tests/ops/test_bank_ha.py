@@ -9,13 +9,17 @@ new one; the services find the new primary through their multi-host URL by thems
 
 from __future__ import annotations
 
-from tests.test_bank import OPTIONS
+import pytest
+
+from tests.plugins.chaos import SHORT_RUN
 from tools import chaos
+
+pytestmark = pytest.mark.slow  # the chaos run on the HA topology: failovers and NATS node kills
 
 
 async def test_no_acknowledged_transfer_is_lost_across_failovers_and_nats_node_kills(tmp_path):
     options = chaos.Options(seed=20261126, data_dir=tmp_path / "chaos", topology="ha",
-                            **{**OPTIONS, "min_faults_per_kind": 2})
+                            **{**SHORT_RUN, "min_faults_per_kind": 2})
     report = await chaos.run(options)
     summary = "\n".join(report.lines())
     print(summary)

@@ -18,6 +18,7 @@ import dataclasses
 import threading
 
 import hypothesis
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, strategies as st
@@ -28,6 +29,8 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+
+pytestmark = pytest.mark.slow  # fuzz: generated requests against every operation
 
 
 def no_server_error(ctx, response, case) -> None:

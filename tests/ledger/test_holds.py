@@ -12,7 +12,7 @@ import uuid
 from ledger import domain
 import audit
 from tests.conftest import eventually
-from tests.test_refunds import second_api
+from tests.plugins.stack import api_with
 
 FUNDS = 1000
 
@@ -158,7 +158,7 @@ async def test_a_capture_and_a_void_at_once_one_wins(stack):
 
 async def test_racing_captures_and_voids_across_two_api_processes_one_wins(stack):
     wallet, vendor, hold = await _placed(stack)
-    async with second_api(stack) as other:
+    async with api_with(stack) as other:
         clients = [stack.client, other] * 5
         replies = await asyncio.gather(
             *[_capture(c, vendor.token, hold["id"], 50) for c in clients],
@@ -187,7 +187,7 @@ async def test_an_expired_hold_is_released_by_the_service_and_cannot_be_captured
 
 async def test_a_capture_at_the_instant_of_expiry_has_one_outcome_across_two_processes(stack):
     wallet, vendor, hold = await _placed(stack, expires_in_s=1)
-    async with second_api(stack) as other:
+    async with api_with(stack) as other:
         replies = []
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

@@ -7,32 +7,12 @@ sharing the session's PostgreSQL and NATS; the token bucket is also tested alone
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import time
 import uuid
 
-import aiohttp
-from aiohttp import web
-
-from api.app import build_app
 from api.ratelimit import RateLimiter
 from tests.conftest import eventually
-from tools.embedded import free_port
-
-
-@contextlib.asynccontextmanager
-async def api_with(stack, **limits):
-    """Another API listener on a free port, configured like the session's but for `limits`."""
-    settings = dataclasses.replace(stack.settings, http_port=free_port(), **limits)
-    runner = web.AppRunner(build_app(settings), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield type(stack.client)(session, f"http://{settings.http_host}:{settings.http_port}")
-    finally:
-        await runner.cleanup()
+from tests.plugins.stack import api_with
 
 
 def assert_retry_later(reply, status: int, code: str) -> None:

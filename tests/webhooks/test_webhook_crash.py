@@ -6,28 +6,20 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
+import pytest
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from tests.conftest import eventually
-from tests.test_webhooks import Receiver
+from tests.plugins import children
+from tests.plugins.receivers import Receiver
+
+pytestmark = pytest.mark.slow  # child processes: a `ledger webhooks` killed mid-flight
 
 PAYMENTS = 10
 SLOW_S = 3.0  # the receiver's answer time while the worker is to be killed
 DELIVERED_S_MAX = 90.0  # the lease (30 s) plus a loaded machine
-
-
-def _start_worker(stack, log_path) -> subprocess.Popen:
-    env = {**os.environ, "LEDGER_DATABASE_URL": stack.database_url, "LEDGER_NATS_URL": stack.nats.url,
-           "LEDGER_WEBHOOK_KEY": stack.settings.webhook_key, "LEDGER_WEBHOOK_ALLOW_PRIVATE": "1",
-           "LEDGER_LOG_FORMAT": "text"}
-    env.pop("LEDGER_METRICS_PORT", None)
-    with open(log_path, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "cli", "webhooks"], env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 async def test_a_worker_killed_mid_flight_loses_no_event(stack, tmp_path):
@@ -38,7 +30,9 @@ async def test_a_worker_killed_mid_flight_loses_no_event(stack, tmp_path):
     assert created.status == 201, created.text
     endpoint, secret = created.body["id"], created.body["secret"]
     payer = await stack.funded_wallet(PAYMENTS * 100)
-    worker = _start_worker(stack, tmp_path / "worker.log")
+    env = children.stack_environment(stack, LEDGER_WEBHOOK_KEY=stack.settings.webhook_key,
+                                     LEDGER_WEBHOOK_ALLOW_PRIVATE="1", LEDGER_LOG_FORMAT="text")
+    worker = children.start(["webhooks"], tmp_path / "worker.log", env)
     try:
         for _ in range(PAYMENTS):
             reply = await stack.transfer(payer.token, payer.account_id, vendor.account_id, 100)
@@ -52,7 +46,7 @@ async def test_a_worker_killed_mid_flight_loses_no_event(stack, tmp_path):
         worker.wait(10)
         killed_at = time.monotonic()
         receiver.delay_s = 0.0
-        worker = _start_worker(stack, tmp_path / "worker.log")
+        worker = children.start(["webhooks"], tmp_path / "worker.log", env)
 
         async def all_delivered():
             reply = await stack.client.get(f"/v1/vendors/{vendor.account_id}/webhooks/{endpoint}/deliveries",
@@ -62,11 +56,7 @@ async def test_a_worker_killed_mid_flight_loses_no_event(stack, tmp_path):
 
         items = await eventually(all_delivered, timeout_s=DELIVERED_S_MAX, interval_s=0.5)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        children.stop(worker, timeout_s=20)
         await receiver.stop()
 
     print(f"\ndelivered {PAYMENTS} events {time.monotonic() - killed_at:.1f} s after the kill; "

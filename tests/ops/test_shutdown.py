@@ -24,6 +24,8 @@ from tests.conftest import eventually
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tools.chaos import Child, metric_value
 
+pytestmark = pytest.mark.slow  # child processes: `ledger api` under signals and a database outage
+
 BURST = 300
 EXIT_S_MAX = 15.0
 # With the database gone, a request waits at most for the pool (then 503): never for the request timeout.

@@ -7,6 +7,7 @@ import uuid
 
 import msgspec
 import nats
+import pytest
 
 
 from ledger import bus, db, domain, metrics, store
@@ -14,10 +15,7 @@ from ledger.committer import Committer
 from projector import store as projections
 from projector.consumer import Projector
 from tests.conftest import eventually
-
-
-def verification_path(vendor_account: str, transfer_id: str) -> str:
-    return f"/v1/vendors/{vendor_account}/transfers/{transfer_id}/verification"
+from tests.plugins.helpers import verification_path
 
 
 async def test_vendor_verifies_a_payment_in_one_call_with_min_position(stack):
@@ -292,6 +290,7 @@ async def _read_models(stack):
     return position, balances, rows
 
 
+@pytest.mark.slow  # child processes: servers of its own
 async def test_events_aged_out_of_the_stream_are_caught_up_from_the_journal(tmp_path):
     """The stream is bounded; what ages out before a projector reads it is read from the journal."""
     import asyncio
@@ -388,6 +387,7 @@ async def test_concurrent_instances_applying_the_same_range_apply_it_once(stack)
     assert await _projected_balance(stack, vendor.account_id) == 15
 
 
+@pytest.mark.slow  # a child process: a NATS server of its own
 async def test_a_subscription_refused_while_nats_is_up_is_an_error_once_and_counted_every_time(tmp_path, caplog):
     """NATS answers but will not create the consumer (here a user without consumer rights): the
     follower falls back to reading the journal, slower, and the operator hears of it: one ERROR

@@ -156,6 +156,7 @@ async def _tokens(stack) -> dict[str, str]:
     return {"admin": stack.admin, "client": wallet.token, "vendor": vendor.token, "auditor": auditor}
 
 
+@pytest.mark.slow  # fuzz: schemathesis, every check, per role
 @pytest.mark.parametrize("role", ROLES)
 async def test_every_schemathesis_check_passes_with_the_token_of_a(stack, role):
     document = (await stack.client.get("/openapi.json")).body

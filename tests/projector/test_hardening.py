@@ -1,35 +1,28 @@
-"""The security review's findings (issue 11), each reproduced against the real servers.
+"""The security review's findings (issue 11) that the projector answers, each reproduced against
+the real servers: nothing but the journal is believed (a forged event, a forged watermark), two
+projector processes never count an entry twice, and waits on the projection are capped.
 
-Nothing but the journal is believed (a forged event, a forged watermark), two projectors never
-count an entry twice, nothing waits forever, and an export that fails mid-stream is cut, not
-answered twice.
+The other findings sit with their features: tests/audit, tests/api and tests/ledger test_hardening.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 
-import aiohttp
 import nats
 import nats.js.errors
-from aiohttp import web
+import pytest
 
-from api.app import SERVICES, build_app
+from api.app import SERVICES
 from ledger import bus
 from tests.conftest import eventually
-from tools.embedded import free_port
-
-
-def verification_path(vendor_account: str, transfer_id: str) -> str:
-    return f"/v1/vendors/{vendor_account}/transfers/{transfer_id}/verification"
+from tests.plugins import children
+from tests.plugins.helpers import verification_path
 
 
 async def journal_head(stack) -> dict:
@@ -122,43 +115,15 @@ async def test_events_past_the_journal_head_are_ignored_and_projection_goes_on(s
     assert await projected_matches_journal(stack, [wallet.account_id, vendor.account_id])
 
 
-async def test_the_audit_checks_every_verification_against_its_entry(stack):
-    import audit
-
-    wallet = await stack.funded_wallet(1_000)
-    vendor = await stack.vendor()
-    paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 40)
-    await stack.client.get(verification_path(vendor.account_id, paid.body["id"]), token=vendor.token,
-                           params={"min_position": paid.body["position"], "wait_ms": 5000})
-    async with await stack.superuser() as conn:
-        await conn.execute("UPDATE verifications SET amount = 4000 WHERE transfer_id = %s", (paid.body["id"],))
-    try:
-        report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
-        failed = [c for c in report.checks if not c.ok]
-        assert [c.name for c in failed] == ["verifications"], [(c.name, c.first) for c in failed]
-        assert failed[0].first.position == paid.body["position"]
-    finally:
-        async with await stack.superuser() as conn:
-            await conn.execute("UPDATE verifications SET amount = 40 WHERE transfer_id = %s", (paid.body["id"],))
-    report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
-    assert report.ok, report.first_failure
-
-
 # ---- finding 2: two projector instances count entries twice ----------------------------------
 
 
-def projector_process(stack, tmp_path, name: str) -> subprocess.Popen:
-    env = {**os.environ, "LEDGER_DATABASE_URL": stack.database_url, "LEDGER_NATS_URL": stack.nats.url,
-           "LEDGER_LOG_LEVEL": "WARNING"}
-    env.pop("LEDGER_METRICS_PORT", None)
-    return subprocess.Popen([sys.executable, "-m", "cli", "projector"], env=env,
-                            stdout=open(tmp_path / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
+@pytest.mark.slow  # child processes: two `ledger projector`s
 async def test_two_projector_processes_under_load_apply_each_entry_once(stack, tmp_path):
-    extra = [projector_process(stack, tmp_path, f"projector-{n}") for n in range(2)]
-    try:
+    env = children.stack_environment(stack, LEDGER_LOG_LEVEL="WARNING")
+    with contextlib.ExitStack() as running:
+        extra = [running.enter_context(children.running(["projector"], tmp_path / f"projector-{n}.log", env))
+                 for n in range(2)]
         wallets = [await stack.funded_wallet(100_000) for _ in range(8)]
         vendors = [await stack.vendor() for _ in range(4)]
 
@@ -180,15 +145,6 @@ async def test_two_projector_processes_under_load_apply_each_entry_once(stack, t
 
         await eventually(converged, timeout_s=30)
         assert all(p.poll() is None for p in extra), "a projector process died"
-    finally:
-        for process in extra:
-            process.send_signal(signal.SIGTERM)
-        for process in extra:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
     assert await projected_matches_journal(stack, accounts)
 
 
@@ -237,73 +193,3 @@ async def test_waiters_past_the_cap_get_503_with_retry_after(stack):
     assert codes.count("too_many_waiters") >= 20, sorted(set(codes))
     assert all(r.headers.get("Retry-After") for r in replies if r.code == "too_many_waiters")
     assert set(codes) <= {"too_many_waiters", "projection_behind"}
-
-
-# ---- finding 5: an export that fails mid-stream answers twice ---------------------------------
-
-
-async def test_a_journal_export_that_fails_mid_stream_is_cut_not_answered_twice(stack, tmp_path):
-    from tools.seed import seed_journal
-
-    await seed_journal(stack.database_url, entries=3000, accounts=10)
-    name = f"export-{uuid.uuid4().hex[:8]}"
-    separator = "&" if "?" in stack.database_url else "?"
-    settings = stack.settings.__class__(**{**stack.settings.__dict__,
-                                           "database_url": f"{stack.database_url}{separator}application_name={name}",
-                                           "http_port": free_port()})
-    runner = web.AppRunner(build_app(settings), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    try:
-        url = f"http://{settings.http_host}:{settings.http_port}/v1/journal"
-        async with aiohttp.ClientSession() as session:
-            async with session.get(url, params={"limit": 10000},
-                                   headers={"Authorization": f"Bearer {stack.admin}"}) as response:
-                assert response.status == 200
-                first = await response.content.readline()
-                async with await stack.superuser() as conn:
-                    await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                       " WHERE application_name = %s", (name,))
-                body, cut = first, False
-                try:
-                    async with asyncio.timeout(20):
-                        body += await response.content.read()
-                except aiohttp.ClientPayloadError:
-                    cut = True
-    finally:
-        await runner.cleanup()
-    lines = body.decode(errors="replace").splitlines()
-    assert "problems/" not in body.decode(errors="replace"), "a problem answer was written into the 200 body"
-    assert all(line.startswith('{"position"') for line in lines[:-1])
-    assert cut or len(lines) == 10000, "the export ended early without cutting the connection"
-
-
-# ---- finding 4: nothing times out in the database --------------------------------------------
-
-
-async def test_a_paused_process_holding_the_head_lock_is_cut_off_by_the_database(stack):
-    import psycopg
-
-    from ledger import db, store
-
-    wallet = await stack.funded_wallet(1_000)
-    vendor = await stack.vendor()
-    # A connection set up exactly as the API's are, which then stops answering mid-transaction
-    # while holding the journal head, as a SIGSTOPped API replica would.
-    paused = await psycopg.AsyncConnection.connect(stack.database_url)
-    await db.configure_session(paused, role=store.API_ROLE, timeouts=db.Timeouts(idle_in_transaction_ms=1_000))
-    await paused.execute("SELECT position FROM journal_head WHERE id = 1 FOR UPDATE")
-    try:
-        started = time.monotonic()
-        reply = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
-        elapsed_s = time.monotonic() - started
-        assert reply.status == 201, reply.text
-        assert elapsed_s < 8, f"the write waited {elapsed_s:.1f} s behind a paused lock holder"
-        try:
-            await paused.execute("SELECT 1")
-            cut = False
-        except psycopg.Error:  # 25P03: terminating connection due to idle-in-transaction timeout
-            cut = True
-        assert cut, "the paused session still holds its transaction"
-    finally:
-        await paused.close()

@@ -5,21 +5,19 @@ unknown tokens, /readyz, timeouts, and how long idempotency keys are kept."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 
 import aiohttp
+import pytest
 from prometheus_client import REGISTRY
 
 from api import housekeeping
 from api.app import SERVICES
 from ledger import db, store
 from tests.conftest import eventually
-from tests.test_limits import api_with
+from tests.plugins import children
+from tests.plugins.stack import api_with
 from tools.embedded import free_port
 
 REVOCATION_S_MAX = 1.0
@@ -61,19 +59,12 @@ async def test_token_routes_are_for_admins_and_name_real_principals(stack):
     assert unknown.status == 404 and unknown.code == "not_found"
 
 
-def api_process(stack, tmp_path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "LEDGER_DATABASE_URL": stack.database_url, "LEDGER_NATS_URL": stack.nats.url,
-           "LEDGER_HTTP_PORT": str(port), "LEDGER_LOG_LEVEL": "WARNING"}
-    env.pop("LEDGER_METRICS_PORT", None)
-    return subprocess.Popen([sys.executable, "-m", "cli", "api"], env=env, start_new_session=True,
-                            stdout=open(tmp_path / "api.log", "wb"), stderr=subprocess.STDOUT)
-
-
+@pytest.mark.slow  # a child process: another `ledger api`
 async def test_a_revoked_token_is_refused_by_another_api_process_within_a_second(stack, tmp_path):
     principal_id, token = await stack.principal("client")
     port = free_port()
-    other = api_process(stack, tmp_path, port)
-    try:
+    env = children.stack_environment(stack, LEDGER_HTTP_PORT=str(port), LEDGER_LOG_LEVEL="WARNING")
+    with children.running(["api"], tmp_path / "api.log", env):
         async with aiohttp.ClientSession() as session:
             client = type(stack.client)(session, f"http://127.0.0.1:{port}")
 
@@ -98,13 +89,6 @@ async def test_a_revoked_token_is_refused_by_another_api_process_within_a_second
 
             await eventually(refused, timeout_s=5, interval_s=0.02)
             assert time.monotonic() - started <= REVOCATION_S_MAX
-    finally:
-        other.send_signal(signal.SIGTERM)
-        try:
-            other.wait(15)
-        except subprocess.TimeoutExpired:
-            other.kill()
-            other.wait(5)
 
 
 async def test_a_flood_of_one_unknown_token_costs_one_lookup_per_cache_period(stack):

@@ -7,15 +7,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import contextlib
-import dataclasses
 import uuid
 
-import aiohttp
-from aiohttp import web
-
-from api.app import build_app
-from tools.embedded import free_port
+from tests.plugins.stack import api_with
 
 PAID = 1000
 
@@ -114,24 +108,9 @@ async def test_refunds_racing_in_one_batch_never_pass_the_original(stack):
     assert await stack.balance(wallet.account_id) == 900 and await stack.balance(vendor.account_id) == 100
 
 
-@contextlib.asynccontextmanager
-async def second_api(stack):
-    """Another API process's worth: its own app, committer and connection pools, on the same
-    database, so its batches race the session API's in separate transactions."""
-    settings = dataclasses.replace(stack.settings, http_port=free_port())
-    runner = web.AppRunner(build_app(settings), access_log=None, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield type(stack.client)(session, f"http://{settings.http_host}:{settings.http_port}")
-    finally:
-        await runner.cleanup()
-
-
 async def test_refunds_racing_across_two_api_processes_never_pass_the_original(stack):
     wallet, vendor, paid = await _paid(stack)
-    async with second_api(stack) as other:
+    async with api_with(stack) as other:
         clients = [stack.client, other] * 10
         replies = await asyncio.gather(*[_refund(c, vendor.token, paid["id"], 70) for c in clients])
     assert sorted(r.status for r in replies).count(201) == PAID // 70

@@ -4,8 +4,11 @@ import socket
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+
+pytestmark = pytest.mark.slow  # child processes: servers killed and started again
 
 
 def test_postgres_survives_kill(tmp_path: Path) -> None:

@@ -6,8 +6,6 @@ Each test runs the real `ledger` command as a subprocess.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +16,10 @@ import pytest
 
 import cli
 from ledger.config import ConfigError, Settings
+from tests.plugins import children
 from tools.embedded import free_port
+
+pytestmark = pytest.mark.slow  # child processes: every test runs the `ledger` command
 
 UNREACHABLE_DATABASE_URL = "postgresql://postgres@127.0.0.1:1/postgres"
 COMMAND_S_MAX = 60.0
@@ -27,12 +28,9 @@ READY_S_MAX = 30.0
 
 def ledger(*argv: str, python_flags: tuple[str, ...] = (), **variables: str) -> subprocess.CompletedProcess:
     """`ledger argv...` with only `variables` of the LEDGER_ settings set."""
-    return subprocess.run([sys.executable, *python_flags, "-m", "cli", *argv], env=_environment(**variables),
+    return subprocess.run([sys.executable, *python_flags, "-m", "cli", *argv],
+                          env=children.environment(inherit_ledger=False, **variables),
                           capture_output=True, text=True, timeout=COMMAND_S_MAX)
-
-
-def _environment(**variables: str) -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("LEDGER_")}, **variables}
 
 
 def assert_one_line(done: subprocess.CompletedProcess, exit_code: int, line: str) -> None:
@@ -81,14 +79,11 @@ async def test_a_valid_environment_starts_the_api_and_it_stops_cleanly(migrated,
     port = free_port()
     variables = dict(LEDGER_DATABASE_URL=migrated, LEDGER_NATS_URL=nats_server.url, LEDGER_HTTP_PORT=str(port),
                      LEDGER_BATCH_MAX="64", LEDGER_STREAM_REPLICAS="1", LEDGER_HTTP_REUSE_PORT="no")
-    with open(tmp_path / "api.log", "wb") as log:
-        api = subprocess.Popen([sys.executable, "-m", "cli", "api"], env=_environment(**variables),
-                               stdout=log, stderr=subprocess.STDOUT)
+    api = children.start(["api"], tmp_path / "api.log", children.environment(inherit_ledger=False, **variables))
     try:
         assert _ready(f"http://127.0.0.1:{port}/healthz", api), (tmp_path / "api.log").read_text()[-3000:]
     finally:
-        api.send_signal(signal.SIGTERM)
-        code = api.wait(COMMAND_S_MAX)
+        code = children.stop(api, timeout_s=COMMAND_S_MAX)
     assert code == cli.EXIT_OK, (tmp_path / "api.log").read_text()[-3000:]
 
 
