@@ -29,6 +29,11 @@ TOOLS: dict[str, tuple[str, str]] = {
     "chaos": ("tools.chaos", "the bank test under faults (see `ledger chaos --help`)"),
     "seed": ("tools.seed", "append valid entries in bulk, bypassing the API (see `ledger seed --help`)"),
 }
+# Client-side commands: the typed client over HTTP, reached by name as the tooling is, since the
+# server never imports the client (pyproject.toml, the `server-client` contract). Options their own.
+CLIENT_COMMANDS: dict[str, tuple[str, str]] = {
+    "import": ("client.importer", "send a CSV or NDJSON file of commands through POST /v1/batches (docs/import.md)"),
+}
 TOOLS_MISSING = "`ledger {name}` is tooling, installed with the dev extra: pip install 'wallet-ledger[dev]' (or `make run`)"
 
 
@@ -89,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     _principal_parser(commands)
     webhooks = commands.add_parser("webhooks", help="the webhook worker, or re-encrypt the secrets with the first key")
     webhooks.add_argument("action", nargs="?", choices=["run", "rotate-key"], default="run")
-    for name, (_, help_text) in TOOLS.items():
+    for name, (_, help_text) in (TOOLS | CLIENT_COMMANDS).items():
         commands.add_parser(name, help=help_text, add_help=False)
     return parser
 
@@ -135,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else list(argv))
     if args.command in TOOLS:
         return _run_tool(args.command, rest)
+    if args.command in CLIENT_COMMANDS:
+        return importlib.import_module(CLIENT_COMMANDS[args.command][0]).main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from ledger import config, logs
