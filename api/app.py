@@ -39,7 +39,7 @@ REQUEST_HEAD_S_MAX = 20.0
 SETTINGS = web.AppKey("settings", Settings)
 SERVICES = web.AppKey("services", object)
 OPENAPI = web.AppKey("openapi", dict)
-TIMEOUT_S = web.AppKey("timeout_s", float)  # settings.request_timeout_ms, in the unit asyncio.timeout takes
+TIMEOUT_S = web.AppKey("timeout_s", float)  # settings.api.request_timeout_ms, in the unit asyncio.timeout takes
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
@@ -56,7 +56,7 @@ class Services:
     readiness: Readiness
     watermark: Watermark = field(default_factory=Watermark)
     accounts: dict = field(default_factory=dict)  # id -> AccountRow; accounts never change
-    waiters: int = 0  # requests inside a `min_position` wait now; at most settings.waiters_max
+    waiters: int = 0  # requests inside a `min_position` wait now; at most settings.api.waiters_max
 
     def remember_account(self, account) -> None:
         """Accounts are immutable once created, so a cached row never goes stale; the cache is
@@ -196,18 +196,18 @@ async def openapi_handler(request: web.Request) -> web.Response:
 
 
 def build_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[problems_middleware], client_max_size=settings.body_bytes_max)
+    app = web.Application(middlewares=[problems_middleware], client_max_size=settings.api.body_bytes_max)
     app[SETTINGS] = settings
-    app[TIMEOUT_S] = settings.request_timeout_ms / 1000
+    app[TIMEOUT_S] = settings.api.request_timeout_ms / 1000
     app.cleanup_ctx.append(_lifecycle)
     for route in ROUTES:
         app.router.add_route(route.method, route.path, _late_bound(route, app))
     app.router.add_get("/openapi.json", openapi_handler)
     docs.add_routes(app)
-    if settings.metrics_port is None:
+    if settings.http.metrics_port is None:
         app.router.add_get("/metrics", metrics_handler)
-    document = openapi.document(ROUTES, metrics=settings.metrics_port is None)
-    app[OPENAPI] = batches.document_items_cap(document, settings.batch_items_max)
+    document = openapi.document(ROUTES, metrics=settings.http.metrics_port is None)
+    app[OPENAPI] = batches.document_items_cap(document, settings.api.batch_items_max)
     return app
 
 
@@ -218,31 +218,32 @@ def _late_bound(route, app: web.Application):
 
 async def _lifecycle(app: web.Application):
     settings: Settings = app[SETTINGS]
-    dialect = await db.wait_for_dialect(settings.database_url)
-    timeouts = db.timeouts_from(settings)
-    pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=settings.pool_size_max,
+    dialect = await db.wait_for_dialect(settings.database.url)
+    timeouts = db.timeouts_from(settings.database)
+    pool = db.make_pool(settings.database.url, role=settings.api.db_role, size_max=settings.api.pool_size_max,
                         dialect=dialect, name="api-read", timeouts=timeouts)
-    commit_pool = db.make_pool(settings.database_url, role=settings.db_role, size_max=2, serializable=True,
+    commit_pool = db.make_pool(settings.database.url, role=settings.api.db_role, size_max=2, serializable=True,
                                dialect=dialect, name="api-commit", timeouts=timeouts)
     await pool.open(wait=True)
     await commit_pool.open(wait=True)
-    bus = EventBus(settings.nats_url, name="ledger-api", stream_replicas=settings.stream_replicas,
-                   stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes)
-    outbox = Outbox(pool=pool, bus=bus, sweep_interval_ms=settings.outbox_sweep_interval_ms,
+    bus = EventBus(settings.nats.url, name="ledger-api", stream_replicas=settings.nats.stream_replicas,
+                   stream_max_age_s=settings.nats.stream_max_age_s, stream_max_bytes=settings.nats.stream_max_bytes)
+    outbox = Outbox(pool=pool, bus=bus, sweep_interval_ms=settings.committer.outbox_sweep_interval_ms,
                     relaxed_commit=dialect.relaxed_commit())
     committer = Committer(
         pool=commit_pool,
-        batch_max=settings.batch_max,
-        queue_max=settings.queue_max,
-        batch_linger_ms=settings.batch_linger_ms,
-        commit_retries_max=settings.commit_retries_max,
+        batch_max=settings.committer.batch_max,
+        queue_max=settings.committer.queue_max,
+        batch_linger_ms=settings.committer.batch_linger_ms,
+        commit_retries_max=settings.committer.commit_retries_max,
         publish=outbox.publish,
         sql_dialect=dialect,
     )
     services = Services(
         settings=settings, pool=pool, commit_pool=commit_pool, bus=bus, committer=committer, outbox=outbox,
-        auth=Authenticator(pool, cache_ms=settings.auth_cache_ms),
-        limiter=RateLimiter(rate_per_s=settings.rate_per_s, burst=settings.rate_burst), readiness=Readiness(pool),
+        auth=Authenticator(pool, cache_ms=settings.api.auth_cache_ms),
+        limiter=RateLimiter(rate_per_s=settings.api.rate_per_s, burst=settings.api.rate_burst),
+        readiness=Readiness(pool),
     )
     app[SERVICES] = services
     bus.start()
@@ -267,12 +268,14 @@ def _start_background(services: Services) -> list[asyncio.Task]:
     settings = services.settings
 
     async def forget_keys() -> None:
-        deleted = await housekeeping.forget_idempotency_keys(services.pool, retention_s=settings.idempotency_retention_s)
+        retention_s = settings.committer.idempotency_retention_s
+        deleted = await housekeeping.forget_idempotency_keys(services.pool, retention_s=retention_s)
         if deleted:
-            log.info("forgot %d idempotency keys older than %d s", deleted, settings.idempotency_retention_s)
+            log.info("forgot %d idempotency keys older than %d s", deleted, retention_s)
 
     async def expire_holds() -> None:
-        await sweeper.expire_due_holds(services.pool, services.committer, batch_max=settings.hold_sweep_batch_max)
+        await sweeper.expire_due_holds(services.pool, services.committer,
+                                       batch_max=settings.committer.hold_sweep_batch_max)
 
     return [
         asyncio.create_task(_follow_watermark(services), name="watermark"),
@@ -281,8 +284,8 @@ def _start_background(services: Services) -> list[asyncio.Task]:
                                                "idempotency sweep"), name="idempotency-sweep"),
         asyncio.create_task(housekeeping.every(housekeeping.TOKEN_USAGE_FLUSH_INTERVAL_S, services.auth.flush_usage,
                                                "token usage flush"), name="token-usage"),
-        asyncio.create_task(housekeeping.every(settings.hold_sweep_interval_ms / 1000, expire_holds, "hold expiry"),
-                            name="hold-expiry"),
+        asyncio.create_task(housekeeping.every(settings.committer.hold_sweep_interval_ms / 1000, expire_holds,
+                                               "hold expiry"), name="hold-expiry"),
     ]
 
 
@@ -299,18 +302,18 @@ async def serve(settings: Settings) -> None:
     await runner.setup()
     # With LEDGER_HTTP_REUSE_PORT several API processes share one port and the kernel spreads
     # connections between them: Python's HTTP handling then uses every core.
-    site = web.TCPSite(runner, settings.http_host, settings.http_port, reuse_address=True,
-                       reuse_port=settings.http_reuse_port or None)
+    site = web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True,
+                       reuse_port=settings.http.reuse_port or None)
     await site.start()
     metrics_runner = None
-    if settings.metrics_port is not None:
+    if settings.http.metrics_port is not None:
         metrics_app = web.Application()
         metrics_app.router.add_get("/metrics", metrics_handler)
         metrics_runner = web.AppRunner(metrics_app, access_log=None, handle_signals=False,
                                        keepalive_timeout=REQUEST_HEAD_S_MAX)
         await metrics_runner.setup()
-        await web.TCPSite(metrics_runner, settings.http_host, settings.metrics_port).start()
-    log.info("API listening on http://%s:%d", settings.http_host, settings.http_port)
+        await web.TCPSite(metrics_runner, settings.http.host, settings.http.metrics_port).start()
+    log.info("API listening on http://%s:%d", settings.http.host, settings.http.port)
     try:
         with collector.settled():
             await asyncio.Event().wait()

@@ -45,7 +45,7 @@ def batch_handler(item_routes: Mapping[type, Route]) -> Callable[[object, Call],
 
     async def create_batch(services, call: Call) -> web.Response:
         body: BatchCreate = call.body
-        check_items(body.items, services.settings.batch_items_max)
+        check_items(body.items, services.settings.api.batch_items_max)
         await services.rate_limit(call.principal, cost=len(body.items) - 1)
         prepared = [await _prepare(services, call.principal, item, item_routes[type(item)]) for item in body.items]
         if body.mode == "atomic":

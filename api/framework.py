@@ -259,7 +259,7 @@ def wrap(route: Route, services_of: Callable[[], Any]) -> Callable[[web.Request]
             query = no_query if no_query is not None and not request.query_string else _query(request, route.query)
         body = None
         if body_decoder is not None:
-            raw = await _read_body(request, route.body_bytes_max or services.settings.body_bytes_max)
+            raw = await _read_body(request, route.body_bytes_max or services.settings.api.body_bytes_max)
             body = _decode(body_decoder, route.body, raw)
         if principal is not None:
             auth.require_role(principal, route.roles, route.name)

@@ -31,7 +31,8 @@ async def get_verification(services, call: Call) -> web.Response:
     vendor_id, transfer_id = call.ids["account_id"], call.ids["transfer_id"]
     query: WaitQuery = call.query
     async with services.pool.connection() as conn:
-        position, verification = await projections.verification(conn, vendor_id, transfer_id, services.settings.projector_name)
+        position, verification = await projections.verification(conn, vendor_id, transfer_id,
+                                                                 services.settings.projector.name)
     if position < query.min_position:
         position, verification = await _wait_for_projection(services, call, query)
     headers = {PROJECTION_POSITION: str(position)}
@@ -47,10 +48,10 @@ async def _wait_for_projection(services, call: Call, query: WaitQuery):
     out. The database says where the projection is; the projector's announcements only wake the
     wait early, and never more often than `WAIT_RECHECK_S_MIN`, so a forged or stale watermark
     cannot turn the wait into a busy loop. Waiters per process are capped (`waiters_max`)."""
-    if services.waiters >= services.settings.waiters_max:
+    if services.waiters >= services.settings.api.waiters_max:
         raise ApiError("too_many_waiters", f"{services.waiters} requests are already waiting in this process")
     vendor_id, transfer_id = call.ids["account_id"], call.ids["transfer_id"]
-    deadline = time.monotonic() + min(query.wait_ms, services.settings.wait_ms_max) / 1000
+    deadline = time.monotonic() + min(query.wait_ms, services.settings.api.wait_ms_max) / 1000
     services.waiters += 1
     metrics.WAITERS.set(services.waiters)
     try:
@@ -63,7 +64,7 @@ async def _wait_for_projection(services, call: Call, query: WaitQuery):
             await asyncio.sleep(max(0.0, WAIT_RECHECK_S_MIN - (time.monotonic() - checked)))
             async with services.pool.connection() as conn:
                 position, verification = await projections.verification(
-                    conn, vendor_id, transfer_id, services.settings.projector_name
+                    conn, vendor_id, transfer_id, services.settings.projector.name
                 )
             if position >= query.min_position:
                 return position, verification
@@ -84,7 +85,7 @@ async def list_verifications(services, call: Call) -> web.Response:
     after = decode_cursor(query.after)
     async with services.pool.connection() as conn:
         position, items = await projections.verifications_page(
-            conn, vendor_id, after=after, limit=query.limit, name=services.settings.projector_name
+            conn, vendor_id, after=after, limit=query.limit, name=services.settings.projector.name
         )
     next_cursor = encode_cursor(items[-1].position) if len(items) == query.limit else None
     return json_response(schemas.VerificationPage(items=items, next=next_cursor), headers={PROJECTION_POSITION: str(position)})
@@ -98,15 +99,15 @@ async def list_verifications(services, call: Call) -> web.Response:
 async def create_webhook(services, call: Call) -> web.Response:
     body: schemas.WebhookCreate = call.body
     vendor_id = call.ids["account_id"]
-    if services.settings.webhook_key is None:
+    if services.settings.webhooks.key is None:
         raise ApiError("unavailable", "webhooks are not configured on this service (LEDGER_WEBHOOK_KEY)", retry_after_s=60)
     try:
-        await webhooks.check_url(body.url, allow_private=services.settings.webhook_allow_private)
+        await webhooks.check_url(body.url, allow_private=services.settings.webhooks.allow_private)
     except webhooks.UrlNotAllowed as error:
         raise ApiError("webhook_url_not_allowed", str(error)) from None
     event_types = [name for name in schemas.WEBHOOK_EVENT_TYPES if body.event_types is None or name in body.event_types]
     secret, endpoint_id = webhooks.new_secret(), uuid.uuid4()
-    encrypted = webhooks.Keyring(services.settings.webhook_key).encrypt(secret)
+    encrypted = webhooks.Keyring(services.settings.webhooks.key).encrypt(secret)
     async with services.pool.connection() as conn:
         created_at = await webhook_store.insert_endpoint(
             conn, endpoint_id=endpoint_id, vendor_account_id=vendor_id, url=body.url, event_types=event_types,

@@ -12,7 +12,8 @@ import psycopg
 
 from proofs import signing
 from ledger import config
-from audit.report import AuditReport, EXIT_CLEAN, EXIT_FAILED, EXIT_UNABLE, PROGRESS_BAR_CHARS
+from ledger.exits import Exit
+from audit.report import AuditReport, PROGRESS_BAR_CHARS
 from audit.snapshot import run_audit
 
 
@@ -27,27 +28,27 @@ def main(
     if checkpoint and not public_key:
         print("ledger audit: --checkpoint needs --public-key (or LEDGER_AUDIT_PUBLIC_KEY): a checkpoint is"
               " proof only when signed by a key you pinned", file=sys.stderr)
-        return EXIT_UNABLE
+        return Exit.USAGE
     try:
         signed = signing.read_file(Path(checkpoint)) if checkpoint else None
         pinned = signing.read_public_key(public_key) if public_key else None
     except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError) as error:
         print(f"ledger audit: cannot read the checkpoint or the public key: {error}", file=sys.stderr)
-        return EXIT_UNABLE
+        return Exit.USAGE
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:
-        report = asyncio.run(run_audit(settings.database_url, from_position=from_position, signed_head=signed,
-                                       public_key=pinned, projector_name=settings.projector_name, progress=bar))
+        report = asyncio.run(run_audit(settings.database.url, from_position=from_position, signed_head=signed,
+                                       public_key=pinned, projector_name=settings.projector.name, progress=bar))
     except psycopg.OperationalError:
         raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:
         print(f"ledger audit: cannot read the journal: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-        return EXIT_UNABLE
+        return Exit.USAGE
     finally:
         if bar is not None:
             bar.close()
     sys.stdout.write(msgspec.json.encode(report).decode() + "\n" if as_json else render(report))
-    return EXIT_CLEAN if report.ok else EXIT_FAILED
+    return Exit.OK if report.ok else Exit.CHECK_FAILED
 
 
 def render(report: AuditReport) -> str:

@@ -127,10 +127,7 @@ def _join(database_url: str, dialect_name: str, token: str, accounts: AccountsBy
     gc.disable()
     _accounts = accounts
     dialect = dialects.COCKROACHDB if dialect_name == dialects.COCKROACHDB.name else dialects.POSTGRESQL
-    connection_class = psycopg.Connection
-    if dialect is dialects.COCKROACHDB:
-        from psycopg.crdb import CrdbConnection as connection_class
-    _connection = connection_class.connect(database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S)
+    _connection = db.connect_blocking(database_url, dialect=dialect)
     reads.join_snapshot(_connection, dialect, token)
 
 

@@ -33,9 +33,6 @@ CHECKS: tuple[str, ...] = (
 PROGRESS_EVERY_ENTRIES = 10_000
 EXAMPLES_IN_DETAIL_MAX = 3  # accounts named in a balance mismatch's detail, at most
 PROGRESS_BAR_CHARS = 40
-EXIT_CLEAN = 0
-EXIT_FAILED = 1
-EXIT_UNABLE = 2
 
 Balances = dict[uuid.UUID, int]
 Progress = Callable[[int, int], None]  # (position reached, head position)

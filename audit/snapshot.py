@@ -120,7 +120,7 @@ class _InOrder:
 
 
 async def _connect(database_url: str, dialect) -> psycopg.AsyncConnection:
-    return await dialect.connection_class.connect(database_url, autocommit=True, connect_timeout=db.CONNECT_TIMEOUT_S)
+    return await db.connect(database_url, dialect=dialect)
 
 
 async def _joined(database_url: str, dialect, token: str) -> psycopg.AsyncConnection:

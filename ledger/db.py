@@ -1,7 +1,11 @@
-"""Connection pools: one for reads, one for the committer, both switched to a service role.
+"""Database connections, opened one way: one connection (`connect`), or a pool (`make_pool`)
+
+`connect_blocking` is `connect` in a worker process without an event loop. Every runtime caller
+opens its connections here, so the connect timeout, the TCP keepalives, the dialect's connection
+class and the driver-error translation are written once.
 
 The login in LEDGER_DATABASE_URL may be powerful (in `ledger dev` it is the superuser); every
-pooled connection runs `SET ROLE` first, so the service only ever holds the privileges of its
+service connection runs `SET ROLE` first, so the service only ever holds the privileges of its
 role and the journal stays append-only whatever URL it was given.
 """
 
@@ -22,7 +26,7 @@ from ledger import dialect as dialects
 from ledger import store
 
 if TYPE_CHECKING:
-    from ledger.config import Settings
+    from ledger import config
 
 log = logging.getLogger("ledger.db")
 
@@ -73,17 +77,38 @@ class Timeouts:
 DEFAULT_TIMEOUTS = Timeouts()
 
 
-def timeouts_from(settings: Settings) -> Timeouts:
-    """The database timeouts a service's `Settings` ask for (the keepalives keep their defaults)."""
+def timeouts_from(database: config.Database) -> Timeouts:
+    """The database timeouts the settings ask for (the keepalives keep their defaults)."""
     return Timeouts(
-        lock_ms=settings.lock_timeout_ms,
-        statement_ms=settings.statement_timeout_ms,
-        idle_in_transaction_ms=settings.idle_in_transaction_timeout_ms,
+        lock_ms=database.lock_timeout_ms,
+        statement_ms=database.statement_timeout_ms,
+        idle_in_transaction_ms=database.idle_in_transaction_timeout_ms,
     )
 
 
+def _connect_kwargs(timeouts: Timeouts) -> dict[str, object]:
+    """What every connection is opened with, pooled or not: autocommit (a transaction is always
+    explicit), a bounded connect, and keepalives that notice a dead peer."""
+    return {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S, **timeouts.connect_kwargs()}
+
+
+async def connect(url: str, *, dialect: dialects.Dialect = dialects.POSTGRESQL) -> psycopg.AsyncConnection:
+    """One connection outside a pool, for a command or a long read (migrations, the audit, a
+    signature): autocommit, and without the services' statement timeouts, which a migration or a
+    whole-journal read would outlast. The caller switches its role (`store.use_auditor_role`)."""
+    return await dialect.connection_class.connect(url, **_connect_kwargs(DEFAULT_TIMEOUTS))
+
+
+def connect_blocking(url: str, *, dialect: dialects.Dialect = dialects.POSTGRESQL) -> psycopg.Connection:
+    """`connect` for a worker process without an event loop (the audit's range checkers)."""
+    connection_class = psycopg.Connection
+    if dialect is dialects.COCKROACHDB:
+        from psycopg.crdb import CrdbConnection as connection_class
+    return connection_class.connect(url, **_connect_kwargs(DEFAULT_TIMEOUTS))
+
+
 async def detect_dialect(url: str) -> dialects.Dialect:
-    async with await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    async with await connect(url) as conn:
         return dialects.from_version(await store.server_version(conn))
 
 
@@ -100,7 +125,7 @@ async def wait_for_dialect(url: str) -> dialects.Dialect:
 
 async def migrate(url: str) -> list[str]:
     """Apply the schema migrations with the login in `url` (it must own the schema)."""
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+    async with await connect(url) as conn:
         return await store.migrate(conn)
 
 
@@ -170,7 +195,7 @@ def make_pool(
         open=False,
         configure=configure,
         connection_class=dialect.connection_class,
-        kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "autocommit": True, **timeouts.connect_kwargs()},
+        kwargs=_connect_kwargs(timeouts),
         timeout=POOL_TIMEOUT_S,
         name=name,
     )

@@ -12,13 +12,13 @@ import contextvars
 import datetime as dt
 import json
 import logging
-import os
 import re
 import sys
 
+from ledger.config import LOG_FORMATS
+
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
-FORMATS = ("json", "text")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 REDACTED = "[redacted]"
 
@@ -86,11 +86,11 @@ def _timestamp(created: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def chosen_format(default: str | None = None) -> str:
-    """LEDGER_LOG_FORMAT wins; then the caller's default; then text at a terminal, JSON elsewhere."""
-    named = os.environ.get("LEDGER_LOG_FORMAT", "").lower()
-    if named in FORMATS:
-        return named
+def chosen_format(named: str | None, default: str | None = None) -> str:
+    """The format `named` by the settings (LEDGER_LOG_FORMAT) wins; then the caller's default; then
+    text at a terminal, JSON elsewhere."""
+    if named is not None:
+        return named.lower()
     if default is not None:
         return default
     return "text" if sys.stderr.isatty() else "json"
@@ -98,7 +98,7 @@ def chosen_format(default: str | None = None) -> str:
 
 def configure(*, level: str, log_format: str) -> None:
     """Replace the root handlers with one stderr handler that redacts, then formats."""
-    assert log_format in FORMATS, f"unknown log format {log_format}"
+    assert log_format in LOG_FORMATS, f"unknown log format {log_format}"
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactSecrets())
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 
 import psycopg
 
-from ledger import store
+from ledger import db, store
 
 TOKEN_PREFIX = "lt_"
 TOKEN_BYTES = 32
-CONNECT_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,4 +93,4 @@ async def tokens_at(database_url: str, principal_id: uuid.UUID) -> list[store.To
 
 
 async def _connect(database_url: str) -> psycopg.AsyncConnection:
-    return await psycopg.AsyncConnection.connect(database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+    return await db.connect(database_url)

@@ -40,10 +40,10 @@ class Projector(JournalFollower):
     page_max = JOURNAL_PAGE_MAX
 
     def __init__(self, *, settings: Settings, pool, bus: EventBus) -> None:
-        super().__init__(name=f"projector {settings.projector_name}", pool=pool, log=log, bus=bus,
-                         durable=f"projector-{settings.projector_name}", from_start=True)
+        super().__init__(name=f"projector {settings.projector.name}", pool=pool, log=log, bus=bus,
+                         durable=f"projector-{settings.projector.name}", from_start=True)
         self._settings = settings
-        self._cursor_name = settings.projector_name
+        self._cursor_name = settings.projector.name
         self._behind_since: float | None = None
         self._claimed: dict[int, schemas.JournalEntry] = {}
         self._now = dt.datetime.now(dt.timezone.utc)  # the current step's: projected_at, and the lag
@@ -145,22 +145,23 @@ class Projector(JournalFollower):
 
 
 def _bus(settings: Settings, name: str) -> EventBus:
-    return EventBus(settings.nats_url, name=name, stream_replicas=settings.stream_replicas,
-                    stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes)
+    return EventBus(settings.nats.url, name=name, stream_replicas=settings.nats.stream_replicas,
+                    stream_max_age_s=settings.nats.stream_max_age_s, stream_max_bytes=settings.nats.stream_max_bytes)
 
 
 async def rebuild(settings: Settings, pool) -> int:
     """Drop the read models and replay them from the journal (stop the projector first)."""
     async with pool.connection() as conn:
         async with conn.transaction():
-            await projections.reset(conn, settings.projector_name)
+            await projections.reset(conn, settings.projector.name)
     projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "ledger-rebuild"))
     return await projector.catch_up_from_journal()
 
 
 async def rebuild_at(settings: Settings) -> int:
     """`ledger projector rebuild`: `rebuild` on a pool of its own."""
-    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=2, timeouts=db.timeouts_from(settings))
+    pool = db.make_pool(settings.database.url, role=store.PROJECTOR_ROLE, size_max=2,
+                        timeouts=db.timeouts_from(settings.database))
     await pool.open(wait=True)
     try:
         return await rebuild(settings, pool)
@@ -171,17 +172,17 @@ async def rebuild_at(settings: Settings) -> int:
 async def serve(settings: Settings, *, metrics_listener: bool = False) -> None:
     """`metrics_listener`: serve /metrics on LEDGER_METRICS_PORT, when the projector runs in its own
     process (`ledger projector`); inside `ledger dev` the API's listener already shows its metrics."""
-    dialect = await db.wait_for_dialect(settings.database_url)
+    dialect = await db.wait_for_dialect(settings.database.url)
     # The read models are derived from the journal with their cursor in the same transaction: a
     # commit lost in a crash is applied again, so they need not wait for the WAL flush.
-    pool = db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=1, dialect=dialect, name="projector",
-                        timeouts=db.timeouts_from(settings), relaxed=True)
+    pool = db.make_pool(settings.database.url, role=store.PROJECTOR_ROLE, size_max=1, dialect=dialect, name="projector",
+                        timeouts=db.timeouts_from(settings.database), relaxed=True)
     await pool.open(wait=True)
     bus = _bus(settings, "ledger-projector")
     bus.start()
     metrics_server = None
-    if metrics_listener and settings.metrics_port is not None:
-        metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.http_host)
+    if metrics_listener and settings.http.metrics_port is not None:
+        metrics_server, _ = start_http_server(settings.http.metrics_port, addr=settings.http.host)
     try:
         await Projector(settings=settings, pool=pool, bus=bus).run()
     finally:

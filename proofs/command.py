@@ -18,13 +18,10 @@ from pathlib import Path
 import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ledger import config, domain, store
+from ledger import config, db, domain, store
+from ledger.exits import Exit
 from proofs import fork, signing
 from schemas import SignedTreeHead
-
-EXIT_SIGNED = 0
-EXIT_NOTHING_TO_SIGN = 1
-EXIT_UNABLE = 2
 
 
 class EmptyJournal(Exception):
@@ -33,7 +30,7 @@ class EmptyJournal(Exception):
 
 async def take_signed_head(database_url: str, key: Ed25519PrivateKey) -> signing.SignedHead:
     """Sign the current head and record the signature in `signed_checkpoints`, as the auditor."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+    async with await db.connect(database_url) as conn:
         await store.use_auditor_role(conn)
         async with conn.transaction():
             head = await store.journal_head(conn)
@@ -54,7 +51,7 @@ async def take_signed_head(database_url: str, key: Ed25519PrivateKey) -> signing
 async def take_tree_head(database_url: str, key: Ed25519PrivateKey, *, tree_size: int) -> SignedTreeHead | None:
     """Sign the Merkle tree head at `tree_size` and record it in `signed_tree_heads`, as the auditor,
     when it extends the last signed head (`fork.sign_extension`)."""
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+    async with await db.connect(database_url) as conn:
         await store.use_auditor_role(conn)
         return await fork.sign_extension(conn, key, tree_size=tree_size, tail_max=tree_size)
 
@@ -66,29 +63,29 @@ def main(settings: config.Settings, *, key_path: str, out: str | None, export_pu
         key = signing.load_or_create_key(Path(key_path))
     except (OSError, ValueError) as error:
         print(f"ledger checkpoint: cannot use the key {key_path}: {error}", file=sys.stderr)
-        return EXIT_UNABLE
+        return Exit.USAGE
     if export_public_key:
         print(signing.public_key_hex(key))
-        return EXIT_SIGNED
+        return Exit.OK
     try:
-        signed = asyncio.run(take_signed_head(settings.database_url, key))
+        signed = asyncio.run(take_signed_head(settings.database.url, key))
     except EmptyJournal:
         print("ledger checkpoint: the journal is empty, nothing to sign", file=sys.stderr)
-        return EXIT_NOTHING_TO_SIGN
+        return Exit.CHECK_FAILED
     except fork.ForkedHistory as error:
         print(f"ledger checkpoint: refusing to sign a forked history: {error}", file=sys.stderr)
-        return EXIT_UNABLE
+        return Exit.USAGE
     except psycopg.OperationalError:
         raise  # the command line reports an unreachable database: one line, exit 3
     except psycopg.Error as error:
         print(f"ledger checkpoint: cannot read the journal head: {str(error).strip().splitlines()[0]}",
               file=sys.stderr)
-        return EXIT_UNABLE
-    head = asyncio.run(take_tree_head(settings.database_url, key, tree_size=signed.position))
+        return Exit.USAGE
+    head = asyncio.run(take_tree_head(settings.database.url, key, tree_size=signed.position))
     print(f"signed tree head {head.tree_size} root {head.root_hash}", file=sys.stderr)
     if out is None:
         sys.stdout.buffer.write(signing.encode(signed))
     else:
         Path(out).write_bytes(signing.encode(signed))
         print(f"signed position {signed.position} ({signed.hash}) into {out}", file=sys.stderr)
-    return EXIT_SIGNED
+    return Exit.OK

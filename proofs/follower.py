@@ -138,8 +138,8 @@ async def rebuild(conn) -> int:
 
 
 def _pool(settings: Settings, **options):
-    return db.make_pool(settings.database_url, role=store.PROJECTOR_ROLE, size_max=1, name="tree",
-                        timeouts=db.timeouts_from(settings), **options)
+    return db.make_pool(settings.database.url, role=store.PROJECTOR_ROLE, size_max=1, name="tree",
+                        timeouts=db.timeouts_from(settings.database), **options)
 
 
 async def rebuild_at(settings: Settings) -> int:
@@ -155,9 +155,10 @@ async def rebuild_at(settings: Settings) -> int:
 
 async def serve(settings: Settings) -> None:
     """Follow the journal until cancelled, on a pool of its own (durable commits)."""
-    pool = _pool(settings, dialect=await db.wait_for_dialect(settings.database_url))
+    pool = _pool(settings, dialect=await db.wait_for_dialect(settings.database.url))
     await pool.open(wait=True)
     try:
-        await TreeFollower(pool, sign_interval_s=settings.checkpoint_interval_s, key_path=settings.signing_key).run()
+        await TreeFollower(pool, sign_interval_s=settings.proofs.sign_interval_s,
+                           key_path=settings.proofs.signing_key).run()
     finally:
         await pool.close()

@@ -108,8 +108,9 @@ async def project(database_url: str) -> None:
     from projector.consumer import Projector, _bus
     from ledger import config, store
 
-    settings = config.Settings(database_url=database_url)
-    pool = db.make_pool(database_url, role=store.PROJECTOR_ROLE, size_max=2, timeouts=db.timeouts_from(settings))
+    settings = config.Settings().replace(database={"url": database_url})
+    pool = db.make_pool(database_url, role=store.PROJECTOR_ROLE, size_max=2,
+                        timeouts=db.timeouts_from(settings.database))
     await pool.open(wait=True)
     try:
         projector = Projector(settings=settings, pool=pool, bus=_bus(settings, "audit-bench"))

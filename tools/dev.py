@@ -7,16 +7,17 @@ by the API (only their hashes are stored), so they are kept in `.ledger/dev.json
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import os
+import sys
 import uuid
 from pathlib import Path
 
 import psycopg
 
 from ledger import config, db, logs, principals, store
+from ledger.exits import Exit
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, write_private
 
 log = logging.getLogger("ledger.dev")
@@ -107,10 +108,9 @@ async def run(*, data_dir: str, port: int) -> None:
     await asyncio.to_thread(nats_server.start)
     try:
         await db.migrate(postgres.url)
-        settings = config.Settings.from_env(
-            database_url=postgres.url, nats_url=nats_server.url_for("api"), http_host="127.0.0.1", http_port=port,
-            webhook_key=_webhook_key(root), webhook_allow_private=True,
-        )
+        settings = config.Settings.from_env(database={"url": postgres.url}, nats={"url": nats_server.url_for("api")},
+                                            http={"host": "127.0.0.1", "port": port},
+                                            webhooks={"key": _webhook_key(root), "allow_private": True})
         info_path = root / "dev.json"
         saved = await _existing_tokens(postgres.url, info_path)
         fresh = saved is None
@@ -118,17 +118,17 @@ async def run(*, data_dir: str, port: int) -> None:
             tokens, accounts = await _demo_world(postgres.url)
         else:
             tokens, accounts = saved["tokens"], saved["accounts"]
-        api_url = f"http://{settings.http_host}:{settings.http_port}"
+        api_url = f"http://{settings.http.host}:{settings.http.port}"
         info = {"api_url": api_url, "database_url": postgres.url, "nats_url": nats_server.url_for("reader"),
                 "tokens": tokens, "accounts": accounts}
-        if settings.metrics_port is not None:
-            info["metrics_url"] = f"http://{settings.http_host}:{settings.metrics_port}/metrics"
+        if settings.http.metrics_port is not None:
+            info["metrics_url"] = f"http://{settings.http.host}:{settings.http.metrics_port}/metrics"
         write_private(info_path, json.dumps(info, indent=2) + "\n")
         # The tree follower signs tree heads often in development, with a key kept beside the data.
-        signing = {"checkpoint_interval_s": settings.checkpoint_interval_s or DEV_CHECKPOINT_INTERVAL_S,
+        signing = {"sign_interval_s": settings.proofs.sign_interval_s or DEV_CHECKPOINT_INTERVAL_S,
                    "signing_key": os.environ.get("LEDGER_SIGNING_KEY", str(root / "signing-key.pem"))}
-        await _serve(settings, dataclasses.replace(settings, nats_url=nats_server.url_for("projector"), **signing), info,
-                     fund=fresh, webhook_settings=dataclasses.replace(settings, nats_url=nats_server.url_for("reader")))
+        await _serve(settings, settings.replace(nats={"url": nats_server.url_for("projector")}, proofs=signing), info,
+                     fund=fresh, webhook_settings=settings.replace(nats={"url": nats_server.url_for("reader")}))
     finally:
         await asyncio.to_thread(nats_server.stop)
         await asyncio.to_thread(postgres.stop)
@@ -198,9 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ledger dev", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=".ledger")
     parser.add_argument("--port", type=int, default=int(os.environ.get("LEDGER_HTTP_PORT", 8080)))
-    parser.add_argument("--log-level", default=os.environ.get("LEDGER_LOG_LEVEL", "INFO"))
+    try:
+        log_settings = config.Log.from_env()
+    except config.ConfigError as error:
+        print(f"ledger dev: {error}", file=sys.stderr)
+        return Exit.USAGE
+    parser.add_argument("--log-level", default=log_settings.level)
     args = parser.parse_args(argv)
     # `ledger dev` is watched by a person; the services' lines go to a collector as JSON.
-    logs.configure(level=args.log_level, log_format=logs.chosen_format("text"))
+    logs.configure(level=args.log_level, log_format=logs.chosen_format(log_settings.format, "text"))
     run_until_signal(run(data_dir=args.data_dir, port=args.port))
     return 0

@@ -284,7 +284,7 @@ class EmbeddedPostgres(_ChildServer):
 # API and the projector may create the stream; only the projector may change its configuration.
 _STREAM_CREATE = ["$JS.API.INFO", "$JS.API.STREAM.CREATE.LEDGER", "$JS.API.STREAM.INFO.LEDGER"]
 _STREAM_UPDATE = ["$JS.API.STREAM.UPDATE.LEDGER"]
-PROJECTOR_DURABLE = "projector-main"  # `projector-<Settings.projector_name>`
+PROJECTOR_DURABLE = "projector-main"  # `projector-<Settings.projector.name>`
 WEBHOOKS_DURABLE = "webhooks-main"  # `webhooks-<webhooks.worker.WORKER_NAME>`
 
 

@@ -67,36 +67,37 @@ async def _retention_sweep(pool, *, retention_s: float) -> None:
 
 
 def keyring_from(settings: Settings) -> events.Keyring:
-    if settings.webhook_key is None:
+    if settings.webhooks.key is None:
         raise ConfigError("LEDGER_WEBHOOK_KEY is not set: webhook secrets cannot be encrypted or decrypted")
-    return events.Keyring(settings.webhook_key)
+    return events.Keyring(settings.webhooks.key)
 
 
 async def serve(settings: Settings, *, metrics_listener: bool = False, name: str = WORKER_NAME) -> None:
     """Run the mapper and the senders until cancelled."""
     keyring = keyring_from(settings)
-    dialect = await db.wait_for_dialect(settings.database_url)
+    dialect = await db.wait_for_dialect(settings.database.url)
     # Every write here is derived from the journal or records an attempt: a commit lost in a crash
     # maps the entries again or sends the event again (at least once, the same webhook-id), so the
     # commits need not wait for the WAL flush.
-    pool = db.make_pool(settings.database_url, role=ws.WEBHOOKS_ROLE, size_max=4, dialect=dialect, name="webhooks",
-                        timeouts=db.timeouts_from(settings), relaxed=True)
+    pool = db.make_pool(settings.database.url, role=ws.WEBHOOKS_ROLE, size_max=4, dialect=dialect, name="webhooks",
+                        timeouts=db.timeouts_from(settings.database), relaxed=True)
     await pool.open(wait=True)
-    bus = EventBus(settings.nats_url, name="ledger-webhooks", stream_replicas=settings.stream_replicas,
-                   stream_max_age_s=settings.stream_max_age_s, stream_max_bytes=settings.stream_max_bytes,
+    bus = EventBus(settings.nats.url, name="ledger-webhooks", stream_replicas=settings.nats.stream_replicas,
+                   stream_max_age_s=settings.nats.stream_max_age_s, stream_max_bytes=settings.nats.stream_max_bytes,
                    manage_stream=False)
     bus.start()
     metrics_server = None
-    if metrics_listener and settings.metrics_port is not None:
-        metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.http_host)
+    if metrics_listener and settings.http.metrics_port is not None:
+        metrics_server, _ = start_http_server(settings.http.metrics_port, addr=settings.http.host)
     wake = asyncio.Event()
-    sender = Sender(pool=pool, keyring=keyring, wake=wake, concurrency_max=settings.webhook_concurrency_max,
-                    endpoint_max=settings.webhook_endpoint_concurrency_max, allow_private=settings.webhook_allow_private)
+    sender = Sender(pool=pool, keyring=keyring, wake=wake, concurrency_max=settings.webhooks.concurrency_max,
+                    endpoint_max=settings.webhooks.endpoint_concurrency_max,
+                    allow_private=settings.webhooks.allow_private)
     mapper = Mapper(pool=pool, bus=bus, name=name, wake=wake, sender=sender)
     tasks = [asyncio.create_task(mapper.run(), name="webhook-mapper"),
              asyncio.create_task(sender.run(), name="webhook-sender"),
              asyncio.create_task(_oldest_undelivered_gauge(pool), name="webhook-gauge"),
-             asyncio.create_task(_retention_sweep(pool, retention_s=settings.webhook_retention_s),
+             asyncio.create_task(_retention_sweep(pool, retention_s=settings.webhooks.retention_s),
                                  name="webhook-retention")]
     log.info("webhook worker running")
     try:
@@ -117,7 +118,8 @@ async def rotate_key(settings: Settings) -> int:
     """`ledger webhooks rotate-key`: re-encrypt every stored secret with the first key of
     LEDGER_WEBHOOK_KEY; returns how many. Afterwards the older keys can be dropped."""
     keyring = keyring_from(settings)
-    pool = db.make_pool(settings.database_url, role=ws.WEBHOOKS_ROLE, size_max=1, timeouts=db.timeouts_from(settings))
+    pool = db.make_pool(settings.database.url, role=ws.WEBHOOKS_ROLE, size_max=1,
+                        timeouts=db.timeouts_from(settings.database))
     await pool.open(wait=True)
     try:
         async with pool.connection() as conn:

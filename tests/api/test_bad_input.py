@@ -238,7 +238,7 @@ async def test_control_character_in_a_header_is_400_before_the_application(stack
         b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     async with NothingWritten(stack, payer):
-        reader, writer = await asyncio.open_connection(stack.settings.http_host, stack.settings.http_port)
+        reader, writer = await asyncio.open_connection(stack.settings.http.host, stack.settings.http.port)
         writer.write(request)
         answer = await asyncio.wait_for(reader.read(), timeout=5)
         writer.close()

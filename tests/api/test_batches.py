@@ -133,7 +133,7 @@ async def test_two_items_with_one_key_refuse_the_whole_batch(stack):
 
 async def test_items_past_the_cap_are_refused_and_the_cap_itself_commits(stack):
     wallet, vendor = await stack.funded_wallet(FUNDS), await stack.vendor()
-    items = [_transfer(wallet.account_id, vendor.account_id, 1) for _ in range(stack.settings.batch_items_max + 1)]
+    items = [_transfer(wallet.account_id, vendor.account_id, 1) for _ in range(stack.settings.api.batch_items_max + 1)]
     head = await _head(stack)
     reply = await _batch(stack, wallet.token, items)
     assert (reply.status, reply.code) == (400, "validation_error"), reply.text

@@ -16,7 +16,7 @@ async def test_a_journal_export_that_fails_mid_stream_is_cut_not_answered_twice(
     await seed_journal(stack.database_url, entries=3000, accounts=10)
     name = f"export-{uuid.uuid4().hex[:8]}"
     separator = "&" if "?" in stack.database_url else "?"
-    async with api_with(stack, database_url=f"{stack.database_url}{separator}application_name={name}") as client:
+    async with api_with(stack, database={"url": f"{stack.database_url}{separator}application_name={name}"}) as client:
         async with client.session.get(client.base + "/v1/journal", params={"limit": 10000},
                                       headers={"Authorization": f"Bearer {stack.admin}"}) as response:
             assert response.status == 200

@@ -73,7 +73,7 @@ def test_rate_zero_means_no_limit():
 async def test_fourth_rapid_request_is_429_and_another_principal_is_unaffected(stack):
     wallet = await stack.funded_wallet(0)
     other = await stack.funded_wallet(0)
-    async with api_with(stack, rate_per_s=5, rate_burst=3) as client:
+    async with api_with(stack, api={"rate_per_s": 5, "rate_burst": 3}) as client:
         path = f"/v1/accounts/{wallet.account_id}"
         # Sent together, so the 200 ms a token takes to accrue cannot pass between them.
         replies = await asyncio.gather(*[client.get(path, token=wallet.token) for _ in range(4)])
@@ -99,7 +99,7 @@ FLOOD = 40
 async def test_a_full_commit_queue_answers_503_queue_full_and_every_201_is_committed(stack):
     wallet = await stack.funded_wallet(FLOOD * 10)
     vendor = await stack.vendor()
-    async with api_with(stack, queue_max=1, batch_linger_ms=200) as client:
+    async with api_with(stack, committer={"queue_max": 1, "batch_linger_ms": 200}) as client:
         body = {"from_account_id": wallet.account_id, "to_account_id": vendor.account_id, "amount": 10,
                 "currency": "USD"}
         replies = await asyncio.gather(*[
@@ -126,7 +126,7 @@ TIMEOUT_MS = 300
 async def test_a_wait_longer_than_the_request_timeout_answers_503_timeout(stack):
     vendor = await stack.vendor()
     path = f"/v1/vendors/{vendor.account_id}/transfers/{uuid.uuid4()}/verification"
-    async with api_with(stack, request_timeout_ms=TIMEOUT_MS) as client:
+    async with api_with(stack, api={"request_timeout_ms": TIMEOUT_MS}) as client:
         started = time.monotonic()
         reply = await client.get(path, token=vendor.token, params={"min_position": 10**12, "wait_ms": 5000})
         elapsed_s = time.monotonic() - started

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 
 import pytest
 
@@ -22,12 +21,12 @@ SLACK_S = 5.0  # the server's own timer is coarse (aiohttp rounds it up), and th
 @contextlib.asynccontextmanager
 async def _serving(stack, monkeypatch):
     monkeypatch.setattr(api_app, "REQUEST_HEAD_S_MAX", HEAD_S_MAX)
-    settings = dataclasses.replace(stack.settings, http_port=free_port(), metrics_port=None)
+    settings = stack.settings.replace(http={"port": free_port(), "metrics_port": None})
     server = asyncio.create_task(api_app.serve(settings), name="test-api-serve")
     try:
         for _ in range(200):
             with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection(settings.http_host, settings.http_port)
+                _, writer = await asyncio.open_connection(settings.http.host, settings.http.port)
                 writer.close()
                 break
             await asyncio.sleep(0.05)
@@ -46,7 +45,7 @@ async def _trickle(writer: asyncio.StreamWriter, head: bytes) -> None:
 
 async def test_a_request_head_trickled_byte_by_byte_is_cut_off_within_the_bound(stack, monkeypatch):
     async with _serving(stack, monkeypatch) as settings:
-        reader, writer = await asyncio.open_connection(settings.http_host, settings.http_port)
+        reader, writer = await asyncio.open_connection(settings.http.host, settings.http.port)
         started = asyncio.get_running_loop().time()
         head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 1000
         trickling = asyncio.create_task(_trickle(writer, head))
@@ -62,7 +61,7 @@ async def test_a_request_head_trickled_byte_by_byte_is_cut_off_within_the_bound(
 
 async def test_a_request_sent_at_once_is_answered(stack, monkeypatch):
     async with _serving(stack, monkeypatch) as settings:
-        reader, writer = await asyncio.open_connection(settings.http_host, settings.http_port)
+        reader, writer = await asyncio.open_connection(settings.http.host, settings.http.port)
         writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         async with asyncio.timeout(SLACK_S):
             answer = await reader.read()

@@ -99,7 +99,7 @@ async def test_a_flood_of_one_unknown_token_costs_one_lookup_per_cache_period(st
     elapsed_s = time.monotonic() - started
     assert {r.status for r in replies} == {401}
     lookups = counter("ledger_auth_lookups_total", result="unknown") - before
-    periods = 1 + elapsed_s / (stack.settings.auth_cache_ms / 1000)
+    periods = 1 + elapsed_s / (stack.settings.api.auth_cache_ms / 1000)
     # Concurrent requests that miss while a lookup of their token is in flight wait for it: one
     # lookup per cache period (and one for a period cut by the end of the flood), not one per
     # request that arrived before the first answer was cached.
@@ -129,7 +129,7 @@ async def test_a_transfer_that_times_out_says_it_may_have_committed(stack):
     body = {"from_account_id": wallet.account_id, "to_account_id": vendor.account_id, "amount": 5, "currency": "USD"}
     # The journal head is held by another session, so the batch waits and the request times out
     # while its transfer is still in flight; then the head is let go and the batch commits.
-    async with api_with(stack, request_timeout_ms=300) as client:
+    async with api_with(stack, api={"request_timeout_ms": 300}) as client:
         blocker = await stack.superuser()
         try:
             await blocker.execute("BEGIN")
@@ -157,7 +157,7 @@ async def test_idempotency_keys_past_the_retention_are_forgotten_and_newer_ones_
     pool = db.make_pool(stack.database_url, role=store.API_ROLE, size_max=1)
     await pool.open(wait=True)
     try:
-        deleted = await housekeeping.forget_idempotency_keys(pool, retention_s=stack.settings.idempotency_retention_s)
+        deleted = await housekeeping.forget_idempotency_keys(pool, retention_s=stack.settings.committer.idempotency_retention_s)
     finally:
         await pool.close()
     assert deleted >= 1

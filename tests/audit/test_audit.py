@@ -104,10 +104,10 @@ async def test_an_honest_journal_written_through_the_api_audits_clean(stack):
     async def projector_caught_up() -> bool:
         async with await stack.superuser() as conn:
             head = (await store.journal_head(conn)).position
-            return await projections.cursor(conn, stack.settings.projector_name) >= head
+            return await projections.cursor(conn, stack.settings.projector.name) >= head
 
     await eventually(projector_caught_up)
-    report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
+    report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector.name)
     assert report.ok, report.first_failure
     assert failed_checks(report) == set()
     assert report.entries == report.last_position == report.head_position >= 4

@@ -16,12 +16,12 @@ async def test_the_audit_checks_every_verification_against_its_entry(stack):
     async with await stack.superuser() as conn:
         await conn.execute("UPDATE verifications SET amount = 4000 WHERE transfer_id = %s", (paid.body["id"],))
     try:
-        report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
+        report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector.name)
         failed = [c for c in report.checks if not c.ok]
         assert [c.name for c in failed] == ["verifications"], [(c.name, c.first) for c in failed]
         assert failed[0].first.position == paid.body["position"]
     finally:
         async with await stack.superuser() as conn:
             await conn.execute("UPDATE verifications SET amount = 40 WHERE transfer_id = %s", (paid.body["id"],))
-    report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector_name)
+    report = await audit.run_audit(stack.database_url, projector_name=stack.settings.projector.name)
     assert report.ok, report.first_failure

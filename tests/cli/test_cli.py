@@ -1,5 +1,5 @@
 """The command line as an operator meets it: every error is one line on stderr, never a traceback,
-with the exit code `cli/__init__.py` documents (2 usage or configuration, 3 a dependency is down).
+with the exit code `ledger.exits.Exit` declares (2 usage or configuration, 3 a dependency is down).
 
 Each test runs the real `ledger` command as a subprocess.
 """
@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-import cli
 from ledger.config import ConfigError, Settings
+from ledger.exits import Exit
 from tests.plugins import children
 from tools.embedded import free_port
 
@@ -42,36 +42,36 @@ def assert_one_line(done: subprocess.CompletedProcess, exit_code: int, line: str
 
 def test_a_setting_that_is_not_a_whole_number_is_one_line_and_exit_2():
     done = ledger("api", LEDGER_BATCH_MAX="abc")
-    assert_one_line(done, cli.EXIT_USAGE, "ledger: LEDGER_BATCH_MAX='abc' is not a whole number")
+    assert_one_line(done, Exit.USAGE, "ledger: LEDGER_BATCH_MAX='abc' is not a whole number")
 
 
 def test_a_setting_out_of_range_is_one_line_and_exit_2():
     done = ledger("api", LEDGER_STREAM_REPLICAS="7")
-    assert_one_line(done, cli.EXIT_USAGE, "ledger: LEDGER_STREAM_REPLICAS=7 is out of range 1..5")
+    assert_one_line(done, Exit.USAGE, "ledger: LEDGER_STREAM_REPLICAS=7 is out of range 1..5")
 
 
 def test_settings_are_checked_under_python_minus_o_too():
     done = ledger("projector", python_flags=("-O",), LEDGER_BATCH_MAX="0")
-    assert_one_line(done, cli.EXIT_USAGE, "ledger: LEDGER_BATCH_MAX=0 is out of range 1..10000")
+    assert_one_line(done, Exit.USAGE, "ledger: LEDGER_BATCH_MAX=0 is out of range 1..10000")
 
 
 def test_a_database_url_libpq_cannot_parse_is_a_configuration_error():
     done = ledger("migrate", LEDGER_DATABASE_URL="nonsense")
-    assert done.returncode == cli.EXIT_USAGE and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.returncode == Exit.USAGE and len(done.stderr.splitlines()) == 1, done.stderr
     assert done.stderr.startswith("ledger: LEDGER_DATABASE_URL is not a connection string"), done.stderr
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("batch_max", 0, "LEDGER_BATCH_MAX=0 is out of range 1..10000"),
-    ("pool_size_max", 2.5, "LEDGER_POOL_SIZE_MAX=2.5 is not a whole number"),
-    ("rate_per_s", float("nan"), "LEDGER_RATE_PER_S=nan is out of range 0..1000000"),
-    ("stream_replicas", 6, "LEDGER_STREAM_REPLICAS=6 is out of range 1..5"),
-    ("db_role", "", "LEDGER_DB_ROLE='' must not be empty"),
-    ("outbox_sweep_interval_ms", 0, "outbox_sweep_interval_ms=0 is out of range 1..60000"),
+@pytest.mark.parametrize("section, field, value, message", [
+    ("committer", "batch_max", 0, "LEDGER_BATCH_MAX=0 is out of range 1..10000"),
+    ("api", "pool_size_max", 2.5, "LEDGER_POOL_SIZE_MAX=2.5 is not a whole number"),
+    ("api", "rate_per_s", float("nan"), "LEDGER_RATE_PER_S=nan is out of range 0..1000000"),
+    ("nats", "stream_replicas", 6, "LEDGER_STREAM_REPLICAS=6 is out of range 1..5"),
+    ("api", "db_role", "", "LEDGER_DB_ROLE='' must not be empty"),
+    ("committer", "outbox_sweep_interval_ms", 0, "outbox_sweep_interval_ms=0 is out of range 1..60000"),
 ])
-def test_settings_built_in_code_are_checked_the_same_way(field, value, message):
+def test_settings_built_in_code_are_checked_the_same_way(section, field, value, message):
     with pytest.raises(ConfigError) as raised:
-        Settings(**{field: value})
+        Settings().replace(**{section: {field: value}})
     assert str(raised.value) == message
 
 
@@ -84,7 +84,7 @@ async def test_a_valid_environment_starts_the_api_and_it_stops_cleanly(migrated,
         assert _ready(f"http://127.0.0.1:{port}/healthz", api), (tmp_path / "api.log").read_text()[-3000:]
     finally:
         code = children.stop(api, timeout_s=COMMAND_S_MAX)
-    assert code == cli.EXIT_OK, (tmp_path / "api.log").read_text()[-3000:]
+    assert code == Exit.OK, (tmp_path / "api.log").read_text()[-3000:]
 
 
 def _ready(url: str, process: subprocess.Popen) -> bool:
@@ -106,20 +106,20 @@ def test_an_unreachable_database_is_one_line_and_exit_3(command, tmp_path):
     argv = {"checkpoint": ["--key", str(tmp_path / "key.pem")],
             "principal": ["create", "--role", "admin", "--name", "ops"]}.get(command, [])
     done = ledger(command, *argv, LEDGER_DATABASE_URL=UNREACHABLE_DATABASE_URL)
-    assert done.returncode == cli.EXIT_UNREACHABLE, done.stderr
+    assert done.returncode == Exit.UNREACHABLE, done.stderr
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith(f"ledger {command}: the database is unreachable: "), done.stderr
 
 
 def test_a_negative_audit_position_is_a_usage_error():
     done = ledger("audit", "--from", "-1")
-    assert_one_line(done, cli.EXIT_USAGE,
+    assert_one_line(done, Exit.USAGE,
                     "ledger audit: argument --from: -1 is negative; positions start at 0 (see `ledger audit --help`)")
 
 
 def test_an_unknown_command_is_a_usage_error():
     done = ledger("frobnicate")
-    assert done.returncode == cli.EXIT_USAGE and len(done.stderr.splitlines()) == 1, done.stderr
+    assert done.returncode == Exit.USAGE and len(done.stderr.splitlines()) == 1, done.stderr
 
 
 # ---- principals and tokens ----------------------------------------------------------------------

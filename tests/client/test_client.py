@@ -280,7 +280,7 @@ async def test_a_transfer_retried_after_a_dropped_connection_is_a_replay(stack):
     shop = await stack.vendor()
     head = await stack.client.get("/v1/journal/head", token=stack.admin)
     key = f"dropped-{uuid.uuid4()}"
-    proxy = DroppingProxy(stack.settings.http_port)
+    proxy = DroppingProxy(stack.settings.http.port)
     async with proxy as url, LedgerClient(url, token=wallet.token) as payer:
         paid = await payer.transfer(from_account_id=uuid.UUID(wallet.account_id),
                                     to_account_id=uuid.UUID(shop.account_id), amount=300, currency="USD",

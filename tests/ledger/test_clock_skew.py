@@ -36,7 +36,7 @@ async def _head(stack) -> tuple[dt.datetime, dt.datetime]:
 async def test_a_process_with_a_clock_hours_ahead_is_refused_and_holds_stay_capturable(stack):
     wallet, vendor = await stack.funded_wallet(FUNDS), await stack.vendor()
     hold = await _hold(stack, wallet, vendor)
-    pool = db.make_pool(stack.database_url, role=stack.settings.db_role, size_max=1, serializable=True,
+    pool = db.make_pool(stack.database_url, role=stack.settings.api.db_role, size_max=1, serializable=True,
                         name="skewed-commit")
     await pool.open(wait=True)
     ahead = committer.Committer(pool=pool, batch_max=8, queue_max=8, batch_linger_ms=0, commit_retries_max=2,

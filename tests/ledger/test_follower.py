@@ -114,7 +114,7 @@ async def test_a_failed_step_keeps_the_cursor_and_the_loop_logs_a_bug_apart_from
 async def test_doorbells_ring_the_follower_and_are_acked_and_a_deleted_consumer_is_made_again(stack, pool):
     head = await _head_after_transfers(stack, 1)
     durable = f"test-follower-{uuid.uuid4().hex[:8]}"
-    events = EventBus(stack.nats.url, name=durable, stream_replicas=stack.settings.stream_replicas,
+    events = EventBus(stack.nats.url, name=durable, stream_replicas=stack.settings.nats.stream_replicas,
                           manage_stream=False)
     events.start()
     assert await events.wait_connected(10)
@@ -155,7 +155,7 @@ async def _stream_last_seq(js) -> int:
 async def test_a_deleted_consumer_is_made_again_and_rings_the_doorbells_again(stack):
     """Issue 24 #7: the projector's consumer is deleted while NATS stays up. The projector must
     make it again and take the next events through it, not follow the journal by polling for good."""
-    durable = f"projector-{stack.settings.projector_name}"
+    durable = f"projector-{stack.settings.projector.name}"
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()
     client = await nats.connect(stack.nats.url, allow_reconnect=False)

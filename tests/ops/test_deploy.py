@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 from pathlib import Path, PurePosixPath
 
 import aiohttp
 import pytest
 
 from api import app as api_app
-from ledger import config
 from tests.conftest import eventually
 from tools.embedded import free_port
 
@@ -29,7 +27,7 @@ def _services() -> dict:
 def test_every_process_serves_metrics_on_its_own_port_which_no_service_publishes():
     services = _services()
     for name in LEDGER_PROCESSES:
-        assert services[name]["environment"][config.VARIABLES["metrics_port"]] == METRICS_PORT, name
+        assert services[name]["environment"]["LEDGER_METRICS_PORT"] == METRICS_PORT, name
     for name, service in services.items():
         for published in service.get("ports", []):
             assert not str(published).endswith(f":{METRICS_PORT}"), f"{name} publishes {published}"
@@ -51,7 +49,7 @@ def _named_volume_mounts(service: dict) -> dict[str, str]:
 def test_the_signing_key_lives_on_a_volume_not_on_the_tmpfs(name):
     services = _services()
     service = services[name]
-    key = PurePosixPath(service["environment"][config.VARIABLES["signing_key"]])
+    key = PurePosixPath(service["environment"]["LEDGER_SIGNING_KEY"])
     assert key.is_absolute()
     assert not any(key.is_relative_to(tmpfs) for tmpfs in service.get("tmpfs", [])), f"{key} is on a tmpfs"
     mounts = _named_volume_mounts(service)
@@ -61,21 +59,21 @@ def test_the_signing_key_lives_on_a_volume_not_on_the_tmpfs(name):
 
 
 async def test_an_api_given_a_metrics_port_serves_metrics_there_and_not_on_the_api_port(stack):
-    settings = dataclasses.replace(stack.settings, http_port=free_port(), metrics_port=free_port())
+    settings = stack.settings.replace(http={"port": free_port(), "metrics_port": free_port()})
     server = asyncio.create_task(api_app.serve(settings))
-    base = f"http://{settings.http_host}"
+    base = f"http://{settings.http.host}"
     try:
         async with aiohttp.ClientSession() as http:
             async def metrics_served() -> bool:
                 with contextlib.suppress(aiohttp.ClientConnectionError):
-                    async with http.get(f"{base}:{settings.metrics_port}/metrics") as reply:
+                    async with http.get(f"{base}:{settings.http.metrics_port}/metrics") as reply:
                         return reply.status == 200 and "ledger_" in await reply.text()
                 return False
 
             await eventually(metrics_served, what="/metrics on the metrics port")
-            async with http.get(f"{base}:{settings.http_port}/metrics") as reply:
+            async with http.get(f"{base}:{settings.http.port}/metrics") as reply:
                 assert reply.status == 404
-            async with http.get(f"{base}:{settings.http_port}/openapi.json") as reply:
+            async with http.get(f"{base}:{settings.http.port}/openapi.json") as reply:
                 assert "/metrics" not in (await reply.json())["paths"]
     finally:
         server.cancel()
@@ -84,6 +82,6 @@ async def test_an_api_given_a_metrics_port_serves_metrics_there_and_not_on_the_a
 
 def test_only_the_api_and_the_webhook_worker_hold_the_webhook_key():
     """The key decrypts every vendor's signing secret: the API encrypts with it, the worker signs."""
-    variable = config.VARIABLES["webhook_key"]
+    variable = "LEDGER_WEBHOOK_KEY"
     holders = {name for name, service in _services().items() if variable in service.get("environment", {})}
     assert holders == {"api", "webhooks"}

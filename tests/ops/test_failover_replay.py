@@ -72,19 +72,20 @@ async def services(pair: PostgresPair, nats: EmbeddedNats, tmp_path):
     """The API, the projector process (read models and the tree follower, signing every second) and
     the webhook worker, in this event loop, on the pair's multi-host URL."""
     await db.migrate(pair.url)
-    settings = Settings(database_url=pair.url, nats_url=nats.url, http_port=free_port(), webhook_key=WEBHOOK_KEY,
-                        webhook_allow_private=True, checkpoint_interval_s=1,
-                        signing_key=str(tmp_path / "signing-key.pem"), outbox_sweep_interval_ms=200)
+    settings = Settings().replace(database={"url": pair.url}, nats={"url": nats.url}, http={"port": free_port()},
+                                  webhooks={"key": WEBHOOK_KEY, "allow_private": True},
+                                  proofs={"sign_interval_s": 1, "signing_key": str(tmp_path / "signing-key.pem")},
+                                  committer={"outbox_sweep_interval_ms": 200})
     app = build_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    await web.TCPSite(runner, settings.http.host, settings.http.port).start()
     tasks = [asyncio.create_task(processes.projector(settings), name="test-projector"),
              asyncio.create_task(webhook_worker.serve(settings), name="test-webhook-worker")]
     _, admin = await principals.create_at(pair.url, role="admin", name="test admin")
     try:
         async with aiohttp.ClientSession() as session:
-            client = Client(session, f"http://{settings.http_host}:{settings.http_port}")
+            client = Client(session, f"http://{settings.http.host}:{settings.http.port}")
             yield Stack(settings, client, admin, pair.url, pair, nats, app)
     finally:
         for task in tasks:

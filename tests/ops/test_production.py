@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import dataclasses
 import io
 import json
 import logging
@@ -133,13 +132,13 @@ async def test_metrics_cover_http_commits_publishing_projector_and_events(stack)
 
 
 async def test_a_projector_of_its_own_serves_metrics_on_the_metrics_port(stack):
-    settings = dataclasses.replace(stack.settings, metrics_port=free_port())
+    settings = stack.settings.replace(http={"metrics_port": free_port()})
     projector = asyncio.create_task(consumer.serve(settings, metrics_listener=True))
     try:
         async with aiohttp.ClientSession() as http:
             async def scraped() -> str | None:
                 try:
-                    async with http.get(f"http://{settings.http_host}:{settings.metrics_port}/metrics") as response:
+                    async with http.get(f"http://{settings.http.host}:{settings.http.metrics_port}/metrics") as response:
                         return await response.text() if response.status == 200 else None
                 except aiohttp.ClientConnectionError:
                     return None
@@ -196,12 +195,12 @@ def test_logs_never_carry_tokens_or_passwords():
 
 
 def test_log_format_is_json_unless_a_person_is_watching(monkeypatch):
-    monkeypatch.setenv("LEDGER_LOG_FORMAT", "json")
-    assert logs.chosen_format("text") == "json"
-    monkeypatch.delenv("LEDGER_LOG_FORMAT")
-    assert logs.chosen_format("text") == "text"
+    named = config.Settings.from_env({"LEDGER_LOG_FORMAT": "json"}).log.format
+    assert logs.chosen_format(named, "text") == "json"
+    unset = config.Settings.from_env({}).log.format
+    assert logs.chosen_format(unset, "text") == "text"
     monkeypatch.setattr("sys.stderr", io.StringIO())  # not a TTY: a collector reads it
-    assert logs.chosen_format() == "json"
+    assert logs.chosen_format(unset) == "json"
 
 
 async def test_a_request_id_is_echoed_and_one_is_made_when_missing(stack):
@@ -358,7 +357,7 @@ def test_compose_file_has_the_production_shape():
     assert services["migrate"]["depends_on"]["db-setup"]["condition"] == "service_completed_successfully"
     assert services["api"]["command"] == ["api"] and services["api"]["deploy"]["replicas"] == 2
     assert services["projector"]["environment"]["LEDGER_METRICS_PORT"] == "9100"
-    assert services["api"]["environment"][config.VARIABLES["stream_replicas"]] == "3"
+    assert services["api"]["environment"]["LEDGER_STREAM_REPLICAS"] == "3"
     for name in ("nats1", "nats2", "nats3"):
         assert services[name]["command"][-2:] == ["--name", name]
     scraped = (ROOT / "deploy" / "prometheus.yml").read_text()

@@ -140,15 +140,15 @@ class Vendor:
 async def stack(migrated, postgres, nats_server):
     # A small waiters cap, so the test of the cap stays within one client's 100 connections.
     # Webhook receivers in tests are loopback servers the tests start, hence allow_private.
-    settings = Settings(database_url=migrated, nats_url=nats_server.url, http_port=free_port(),
-                        outbox_sweep_interval_ms=200, waiters_max=50, webhook_key=WEBHOOK_KEY,
-                        webhook_allow_private=True)
+    settings = Settings().replace(database={"url": migrated}, nats={"url": nats_server.url}, http={"port": free_port()},
+                                  committer={"outbox_sweep_interval_ms": 200}, api={"waiters_max": 50},
+                                  webhooks={"key": WEBHOOK_KEY, "allow_private": True})
     app = build_app(settings)
     runner = await _listening(app, settings)
     projector = asyncio.create_task(processes.projector(settings), name="test-projector")
     _, admin = await principals.create_at(migrated, role="admin", name="test admin")
     async with aiohttp.ClientSession() as session:
-        client = Client(session, f"http://{settings.http_host}:{settings.http_port}")
+        client = Client(session, f"http://{settings.http.host}:{settings.http.port}")
         yield Stack(settings, client, admin, migrated, postgres, nats_server, app)
     async def teardown() -> None:
         projector.cancel()
@@ -168,7 +168,7 @@ async def api_with(stack: Stack, **changes):
     """Another API process's worth in the test's event loop, on a free port: its own app, committer
     and connection pools on the session's database and NATS, configured like the session's API but
     for `changes` (a small limit, another database URL). Yields a `Client` of it."""
-    async with api_at(dataclasses.replace(stack.settings, http_port=free_port(), **changes)) as client:
+    async with api_at(stack.settings.replace(http={"port": free_port()}, **changes)) as client:
         yield client
 
 
@@ -178,7 +178,7 @@ async def api_at(settings: Settings):
     runner = await _listening(build_app(settings), settings)
     try:
         async with aiohttp.ClientSession() as session:
-            yield Client(session, f"http://{settings.http_host}:{settings.http_port}")
+            yield Client(session, f"http://{settings.http.host}:{settings.http.port}")
     finally:
         await runner.cleanup()
 
@@ -186,7 +186,7 @@ async def api_at(settings: Settings):
 async def _listening(app: web.Application, settings: Settings) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, settings.http_host, settings.http_port).start()
+    await web.TCPSite(runner, settings.http.host, settings.http.port).start()
     return runner
 
 

@@ -45,7 +45,7 @@ async def publish_raw(stack, subject: str, payload: bytes, *, msg_id: str | None
 
         async def consumed() -> bool:
             try:
-                info = await js.consumer_info(bus.STREAM, f"projector-{stack.settings.projector_name}")
+                info = await js.consumer_info(bus.STREAM, f"projector-{stack.settings.projector.name}")
             except nats.js.errors.NotFoundError:  # the projector has not subscribed yet
                 return False
             return info.ack_floor.stream_seq >= ack.seq
@@ -139,7 +139,7 @@ async def test_two_projector_processes_under_load_apply_each_entry_once(stack, t
         async def converged() -> bool:
             async with await stack.superuser() as conn:
                 row = await (await conn.execute(
-                    "SELECT position FROM projector_checkpoint WHERE name = %s", (stack.settings.projector_name,)
+                    "SELECT position FROM projector_checkpoint WHERE name = %s", (stack.settings.projector.name,)
                 )).fetchone()
             return row is not None and row[0] >= last and await projected_matches_journal(stack, accounts)
 
@@ -183,7 +183,7 @@ async def test_waiters_past_the_cap_get_503_with_retry_after(stack):
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()
     paid = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
-    cap = stack.settings.waiters_max
+    cap = stack.settings.api.waiters_max
     params = {"min_position": paid.body["position"] + 10**9, "wait_ms": 1500}
     replies = await asyncio.gather(*(
         stack.client.get(verification_path(vendor.account_id, paid.body["id"]), token=vendor.token, params=params)

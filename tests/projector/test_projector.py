@@ -247,7 +247,7 @@ async def test_redelivered_events_are_applied_once(stack):
     await pool.open(wait=True)
     try:
         replay = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(
-            stack.nats.url, name="replay", stream_replicas=stack.settings.stream_replicas))
+            stack.nats.url, name="replay", stream_replicas=stack.settings.nats.stream_replicas))
         replay.watermark = paid["position"] - 1  # as if it had crashed before acking
         await replay.apply(entries)
         await replay.apply(entries)
@@ -309,7 +309,8 @@ async def test_events_aged_out_of_the_stream_are_caught_up_from_the_journal(tmp_
     try:
         await db.migrate(postgres.url)
         await seed_journal(postgres.url, entries=40, accounts=10)  # the publisher cursor moves with it: nothing published
-        settings = Settings(database_url=postgres.url, nats_url=nats_server.url, stream_max_age_s=1)
+        settings = Settings().replace(database={"url": postgres.url},
+                                      nats={"url": nats_server.url, "stream_max_age_s": 1})
         publisher = bus.EventBus(nats_server.url, name="aged", stream_replicas=1, stream_max_age_s=1)
         publisher.start()
         assert await publisher.wait_connected(10)
@@ -365,7 +366,7 @@ async def test_concurrent_instances_applying_the_same_range_apply_it_once(stack)
     async with await stack.superuser() as conn:
         entries = await store.entries_by_positions(conn, [p["position"] for p in paid])
         await conn.execute("UPDATE projector_checkpoint SET position = %s WHERE name = %s",
-                           (last - 1, stack.settings.projector_name))
+                           (last - 1, stack.settings.projector.name))
         await conn.execute("UPDATE projected_balances SET balance = balance - 3 WHERE account_id = %s",
                            (uuid.UUID(vendor.account_id),))
         await conn.execute("UPDATE projected_balances SET balance = balance + 3 WHERE account_id = %s",
@@ -378,7 +379,7 @@ async def test_concurrent_instances_applying_the_same_range_apply_it_once(stack)
         racers = []
         for n, pool in enumerate(pools):
             racer = Projector(settings=stack.settings, pool=pool, bus=bus.EventBus(
-                stack.nats.url, name=f"racer-{n}", stream_replicas=stack.settings.stream_replicas))
+                stack.nats.url, name=f"racer-{n}", stream_replicas=stack.settings.nats.stream_replicas))
             racer.watermark = last - 1
             racers.append(racer)
         await asyncio.gather(*(racer.apply(entries) for racer in racers))

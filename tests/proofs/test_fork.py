@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY
 from cli import processes
 from ledger import domain, principals, store
 from ledger.config import Settings
+from ledger.exits import Exit
 from proofs import command, fork, signing
 from proofs import follower as tree_follower
 from proofs import store as tree_store
@@ -87,8 +88,8 @@ async def tree_size(url: str) -> int:
 @pytest.mark.slow  # a child process: a NATS server of its own
 async def test_the_tree_follower_never_signs_a_rewritten_and_rebuilt_journal(own_database, own_nats, tmp_path):
     url = own_database
-    settings = Settings(database_url=url, nats_url=own_nats.url, http_port=free_port(),
-                        checkpoint_interval_s=SIGN_INTERVAL_S, signing_key=str(tmp_path / "signing-key.pem"))
+    settings = Settings().replace(database={"url": url}, nats={"url": own_nats.url}, http={"port": free_port()},
+                                  proofs={"sign_interval_s": SIGN_INTERVAL_S, "signing_key": str(tmp_path / "signing-key.pem")})
     await seed_journal(url, entries=SEEDED_ENTRIES, accounts=10)
     _, admin = await principals.create_at(url, role="admin", name="fork test admin")
     async with api_at(settings) as client:
@@ -133,9 +134,9 @@ async def test_the_tree_follower_never_signs_a_rewritten_and_rebuilt_journal(own
             assert REGISTRY.get_sample_value(FORKED_GAUGE) == 1
 
     # `ledger checkpoint` refuses the same way: exit 2, nothing signed.
-    code = await asyncio.to_thread(command.main, settings, key_path=settings.signing_key, out=None,
+    code = await asyncio.to_thread(command.main, settings, key_path=settings.proofs.signing_key, out=None,
                                    export_public_key=False)
-    assert code == command.EXIT_UNABLE
+    assert code == command.Exit.USAGE
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         assert [head.tree_size for head in await tree_store.tree_heads(conn)] == [SEEDED_ENTRIES]
         signed_checkpoints = await (await conn.execute("SELECT count(*) FROM signed_checkpoints")).fetchone()

@@ -9,7 +9,6 @@ holds it until the test lets it go (or the sender's attempt timeout ends it). Th
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import time
 
@@ -91,7 +90,7 @@ async def start_worker(stack):
     tasks: list[asyncio.Task] = []
 
     async def start(**changed) -> None:
-        settings = dataclasses.replace(stack.settings, **changed)
+        settings = stack.settings.replace(**changed)
         tasks.append(asyncio.create_task(webhook_worker.serve(settings), name="test-webhook-worker"))
 
     yield start
@@ -149,7 +148,7 @@ async def test_a_vendor_whose_receivers_hang_does_not_delay_another_vendors_even
 
         async def hanging():  # the slow vendor's rows are mapped and hold their share of the slots
             holding = sum(receiver.holding for receiver in slow)
-            return await _mapped(stack, positions[-1]) and holding >= settings.webhook_concurrency_max // 2
+            return await _mapped(stack, positions[-1]) and holding >= settings.webhooks.concurrency_max // 2
 
         await eventually(hanging, timeout_s=SETTLE_S_MAX, what="the slow vendor's POSTs hanging")
         [paid] = await _payments(stack, vendor, 1)
@@ -160,14 +159,14 @@ async def test_a_vendor_whose_receivers_hang_does_not_delay_another_vendors_even
 
         await eventually(delivered, timeout_s=FAIR_DELIVERY_S_MAX, what="the other vendor's event delivered")
         assert healthy.arrived_at[healthy.positions.index(paid)] - paid_at < FAIR_DELIVERY_S_MAX
-        assert sum(receiver.holding for receiver in slow) <= settings.webhook_concurrency_max
+        assert sum(receiver.holding for receiver in slow) <= settings.webhooks.concurrency_max
     finally:
         await _delete_endpoints(stack, slow_vendor, slow_endpoints)
 
 
 async def test_under_a_backlog_an_endpoints_oldest_rows_are_sent_first(stack, receivers, start_worker):
     # One slot for the endpoint (two rows held), so the order of the POSTs is the order of sending.
-    await start_worker(webhook_concurrency_max=4, webhook_endpoint_concurrency_max=1)
+    await start_worker(webhooks={"concurrency_max": 4, "endpoint_concurrency_max": 1})
     gate = asyncio.Event()
     receiver = await receivers(gate=gate, delay_s=0.1)
     vendor, payer = await stack.vendor(), await stack.funded_wallet(10_000)

@@ -91,7 +91,7 @@ async def test_a_row_whose_secret_does_not_decrypt_is_counted_retried_and_finall
     try:
         await _counted_then_failed(stack, vendor, endpoint_id)
     finally:  # `ledger webhooks rotate-key` (another test) must be able to read every secret
-        readable = events.Keyring(stack.settings.webhook_key).encrypt(events.new_secret())
+        readable = events.Keyring(stack.settings.webhooks.key).encrypt(events.new_secret())
         async with await stack.superuser() as conn:
             await conn.execute("UPDATE webhook_endpoints SET secret_encrypted = %s, deleted_at = now()"
                                " WHERE id = %s", (readable, endpoint_id))

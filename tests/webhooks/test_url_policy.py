@@ -5,7 +5,6 @@ forms refused before stay refused, and the public addresses stay allowed."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import pytest
 
@@ -58,7 +57,7 @@ def _private_urls_refused(stack):
     """The test stack allows loopback receivers; this test needs the production policy."""
     services = stack.app[SERVICES]
     allowing = services.settings
-    services.settings = dataclasses.replace(allowing, webhook_allow_private=False)
+    services.settings = allowing.replace(webhooks={"allow_private": False})
     try:
         yield
     finally:

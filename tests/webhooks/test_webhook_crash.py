@@ -30,7 +30,7 @@ async def test_a_worker_killed_mid_flight_loses_no_event(stack, tmp_path):
     assert created.status == 201, created.text
     endpoint, secret = created.body["id"], created.body["secret"]
     payer = await stack.funded_wallet(PAYMENTS * 100)
-    env = children.stack_environment(stack, LEDGER_WEBHOOK_KEY=stack.settings.webhook_key,
+    env = children.stack_environment(stack, LEDGER_WEBHOOK_KEY=stack.settings.webhooks.key,
                                      LEDGER_WEBHOOK_ALLOW_PRIVATE="1", LEDGER_LOG_FORMAT="text")
     worker = children.start(["webhooks"], tmp_path / "worker.log", env)
     try:

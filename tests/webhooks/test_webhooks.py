@@ -87,7 +87,7 @@ async def test_the_secret_is_stored_encrypted(stack):
         stored = (await (await conn.execute("SELECT secret_encrypted FROM webhook_endpoints WHERE id = %s",
                                             (reply.body["id"],))).fetchone())[0]
     assert reply.body["secret"] not in stored and reply.body["secret"][6:] not in stored
-    assert webhooks.Keyring(stack.settings.webhook_key).decrypt(stored) == reply.body["secret"]
+    assert webhooks.Keyring(stack.settings.webhooks.key).decrypt(stored) == reply.body["secret"]
 
 
 async def test_event_types_are_kept_in_the_contract_order(stack):
@@ -110,7 +110,7 @@ def _private_urls_refused(stack):
     """The test stack allows loopback receivers; these tests need the production policy."""
     services = stack.app[SERVICES]
     allowing = services.settings
-    services.settings = dataclasses.replace(allowing, webhook_allow_private=False)
+    services.settings = allowing.replace(webhooks={"allow_private": False})
     try:
         yield
     finally:
@@ -244,7 +244,7 @@ async def test_a_dead_receiver_never_slows_transfers_or_other_vendors(stack, wor
     await eventually(lambda: _true(healthy.requests), timeout_s=DELIVERY_S_MAX)
     assert healthy.requests[0].at - paid_at < DELIVERY_S_MAX
     assert paying_s < 20 * 2.0, paying_s  # each payment (with its funding) answered without waiting for webhooks
-    assert hanging.requests and hanging.active_max <= stack.settings.webhook_endpoint_concurrency_max
+    assert hanging.requests and hanging.active_max <= stack.settings.webhooks.endpoint_concurrency_max
 
 
 async def test_a_hanging_endpoint_never_slows_another_vendors_endpoint_on_the_same_host(stack, worker, receivers):
@@ -252,11 +252,11 @@ async def test_a_hanging_endpoint_never_slows_another_vendors_endpoint_on_the_sa
     stuck_vendor, vendor = await stack.vendor(), await stack.vendor()
     await _register(stack, stuck_vendor, hanging.url)
     await _register(stack, vendor, hanging.prompt_url)
-    for _ in range(stack.settings.webhook_endpoint_concurrency_max + 4):
+    for _ in range(stack.settings.webhooks.endpoint_concurrency_max + 4):
         await _pay(stack, stuck_vendor, 1)
 
     async def all_slots_hang():
-        return hanging.active >= stack.settings.webhook_endpoint_concurrency_max
+        return hanging.active >= stack.settings.webhooks.endpoint_concurrency_max
 
     await eventually(all_slots_hang, timeout_s=DELIVERY_S_MAX)
     await _pay(stack, vendor)
@@ -474,10 +474,10 @@ async def test_a_first_failure_and_a_later_one_are_recorded_in_one_statement(sta
 
 
 def test_the_retention_is_a_setting_of_at_least_an_hour():
-    assert Settings().webhook_retention_s == 7 * 86_400
-    assert Settings.from_env(webhook_retention_s=3_600).webhook_retention_s == 3_600
+    assert Settings().webhooks.retention_s == 7 * 86_400
+    assert Settings.from_env(webhooks={"retention_s": 3_600}).webhooks.retention_s == 3_600
     with pytest.raises(ConfigError, match="LEDGER_WEBHOOK_RETENTION_S"):
-        Settings(webhook_retention_s=60)
+        Settings().replace(webhooks={"retention_s": 60})
 
 
 # ---- the pure parts -------------------------------------------------------------------------
@@ -538,7 +538,7 @@ async def test_rotate_key_re_encrypts_every_secret_so_the_old_key_can_go(stack):
     vendor = await stack.vendor()
     secret = (await _register(stack, vendor, "https://example.com/h")).body["secret"]
     new_key = webhooks.new_key()
-    both = dataclasses.replace(stack.settings, webhook_key=f"{new_key},{stack.settings.webhook_key}")
+    both = stack.settings.replace(webhooks={"key": f"{new_key},{stack.settings.webhooks.key}"})
     try:
         assert await webhook_worker.rotate_key(both) >= 1
         async with await stack.superuser() as conn:
@@ -547,7 +547,7 @@ async def test_rotate_key_re_encrypts_every_secret_so_the_old_key_can_go(stack):
         assert secret in {only_new.decrypt(row[0]) for row in rows}
     finally:
         # Back to the stack's key, for the other tests of the session.
-        back = dataclasses.replace(stack.settings, webhook_key=f"{stack.settings.webhook_key},{new_key}")
+        back = stack.settings.replace(webhooks={"key": f"{stack.settings.webhooks.key},{new_key}"})
         await webhook_worker.rotate_key(back)
 
 
