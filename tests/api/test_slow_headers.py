@@ -43,6 +43,7 @@ async def _trickle(writer: asyncio.StreamWriter, head: bytes) -> None:
         await asyncio.sleep(TRICKLE_S)
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_a_request_head_trickled_byte_by_byte_is_cut_off_within_the_bound(stack, monkeypatch):
     async with _serving(stack, monkeypatch) as settings:
         reader, writer = await asyncio.open_connection(settings.http.host, settings.http.port)

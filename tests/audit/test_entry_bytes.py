@@ -8,6 +8,7 @@ import typing
 import uuid
 
 import msgspec
+import pytest
 from hypothesis import example, given, settings, strategies as st
 
 import audit
@@ -79,6 +80,7 @@ A_PLAIN_TRANSFER = JournalEntry(
                                  postings=[Posting(uuid.UUID(int=0), INT8_MAX), Posting(uuid.UUID(int=2**128 - 1), INT8_MIN)]))
 @example(msgspec.structs.replace(A_PLAIN_TRANSFER, reference='Grüße "\\\x7f\u2028\U0001f600', currency="\x01\t",
                                  metadata={"zeta": "é", "alpha": "\x7f", "": ""}, kind="refund", refund_of=uuid.uuid4()))
+@pytest.mark.slow  # hundreds of generated entries: the property runs in `make test`
 @example(msgspec.structs.replace(A_PLAIN_TRANSFER, kind="expire", hold_id=uuid.uuid4(), postings=[]))
 def test_the_hashed_form_of_a_row_encodes_to_the_entrys_canonical_bytes(entry):
     row = as_row(entry)
@@ -87,6 +89,7 @@ def test_the_hashed_form_of_a_row_encodes_to_the_entrys_canonical_bytes(entry):
                                             else {entry.position: domain.recompute_hash(entry)})
 
 
+@pytest.mark.slow  # hundreds of generated entries: the property runs in `make test`
 @settings(max_examples=EXAMPLES // 2, deadline=None)
 @given(entries())
 def test_the_entry_made_from_a_row_is_the_entry_and_exports_as_it(entry):
@@ -129,6 +132,7 @@ def plain_entries(draw) -> JournalEntry:
     )
 
 
+@pytest.mark.slow  # hundreds of generated entries: the property runs in `make test`
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(plain_entries())
 def test_a_plain_entry_is_written_out_to_its_canonical_bytes_and_hash(entry):

@@ -100,6 +100,7 @@ def pay(ledger: LedgerClient, key: str = "order-1"):
 @pytest.mark.parametrize("refusal", [problem(503, "unavailable", retry_after_s=1),
                                      problem(503, "queue_full", retry_after_s=1),
                                      problem(429, "rate_limited", retry_after_s=1)])
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_a_refused_transfer_is_retried_after_retry_after_with_the_same_key(refusal):
     script = lambda attempt, body: refusal if attempt <= 2 else committed(body)
     async with scripted_api(script) as (url, seen), LedgerClient(url, token="t") as ledger:
@@ -112,6 +113,7 @@ async def test_a_refused_transfer_is_retried_after_retry_after_with_the_same_key
     assert elapsed_s >= 2 * 1.0  # two Retry-After: 1
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_retrying_stops_at_retry_total_s():
     script = lambda attempt, body: problem(503, "unavailable", retry_after_s=1)
     async with scripted_api(script) as (url, seen), LedgerClient(url, token="t", retry_total_s=2.8) as ledger:
@@ -171,6 +173,7 @@ async def test_principal_creation_is_not_repeated_after_an_unknown_outcome():
     assert (refused.value.code, len(seen.bodies)) == ("unavailable", 1)
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_principal_creation_is_repeated_after_a_rate_limit():
     principal = {"id": str(uuid.uuid4()), "role": "client", "name": "Alice", "token": "lt_x"}
     created = (201, {"Content-Type": "application/json"}, json.dumps(principal).encode())
@@ -188,6 +191,7 @@ async def test_account_creation_is_repeated_with_the_same_client_chosen_id():
     assert len(ids) == 2 and ids[0] == ids[1] == str(account.id)
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_projection_behind_is_retried_only_when_the_caller_asked_to_wait():
     script = lambda attempt, body: problem(503, "projection_behind", retry_after_s=1)
     async with scripted_api(script) as (url, seen), LedgerClient(url, token="t", retry_total_s=1.5) as ledger:

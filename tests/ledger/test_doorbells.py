@@ -3,6 +3,7 @@ fetched batch), and a durable left by an earlier version with other settings rep
 
 from __future__ import annotations
 
+import pytest
 import asyncio
 import uuid
 
@@ -94,6 +95,7 @@ async def test_a_durable_with_the_wanted_settings_is_kept(stack):
         await events.close()
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_acking_the_last_of_each_batch_leaves_nothing_pending_and_nothing_redelivered(stack, monkeypatch):
     monkeypatch.setattr(bus, "CONSUMER_ACK_WAIT_S", ACK_WAIT_S_SHORT)
     durable = f"doorbells-all-{uuid.uuid4().hex[:8]}"

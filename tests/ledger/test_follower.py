@@ -3,6 +3,7 @@ its recovery when NATS or its consumer goes away, against the real PostgreSQL an
 
 from __future__ import annotations
 
+import pytest
 import asyncio
 import contextlib
 import logging
@@ -96,6 +97,7 @@ async def test_follow_reads_pages_to_the_head_and_stops_at_a_hole(stack, pool):
     assert follower.position == follower.cursor == head
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_a_failed_step_keeps_the_cursor_and_the_loop_logs_a_bug_apart_from_an_outage(stack, pool, caplog):
     head = await _head_after_transfers(stack, 1)
     follower = Recorder(pool, start=head - 1, fail=[ValueError("a bug"), psycopg.OperationalError("the database is away")])

@@ -5,6 +5,7 @@ batch or across two API processes."""
 
 from __future__ import annotations
 
+import pytest
 import asyncio
 import time
 import uuid
@@ -169,6 +170,7 @@ async def test_racing_captures_and_voids_across_two_api_processes_one_wins(stack
     assert await stack.balance(wallet.account_id) + await stack.balance(vendor.account_id) == FUNDS
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_an_expired_hold_is_released_by_the_service_and_cannot_be_captured(stack):
     wallet, vendor, hold = await _placed(stack, expires_in_s=1)
     placed_at = time.monotonic()

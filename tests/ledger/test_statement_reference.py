@@ -6,6 +6,7 @@ wall time."""
 
 from __future__ import annotations
 
+import pytest
 import json
 import uuid
 
@@ -48,6 +49,7 @@ def _postings_read(plan: dict) -> int:
                if node.get("Relation Name") == "postings")
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_a_reference_that_matches_nothing_reads_no_posting_of_a_large_account(stack, large_account):
     plan = await _plan(stack, large_account, "matches-nothing")
     assert _postings_read(plan) == 0, json.dumps(plan, indent=1)
@@ -80,6 +82,7 @@ async def test_the_route_pages_a_matching_reference_in_position_order(stack, lar
     assert {item["reference"] for item in reply.body["items"]} == {SEEDED_REFERENCE}
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_migration_0015_gives_postings_written_before_it_their_entrys_reference(postgres):
     """A journal written before 0014 (postings without a reference): migrating on fills each
     posting's from its entry, so the filtered statement finds the old entries too."""

@@ -151,6 +151,7 @@ async def test_two_projector_processes_under_load_apply_each_entry_once(stack, t
 # ---- finding 3: a forged watermark turns waits into a busy loop -------------------------------
 
 
+@pytest.mark.slow  # waits out a retry, an outage or a timer by design
 async def test_a_forged_watermark_does_not_turn_a_wait_into_a_busy_loop(stack):
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()
@@ -179,6 +180,7 @@ async def test_a_forged_watermark_does_not_turn_a_wait_into_a_busy_loop(stack):
     assert cpu_s < 0.25, f"the wait burned {cpu_s:.2f} s of CPU in {wall_s:.2f} s"
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_waiters_past_the_cap_get_503_with_retry_after(stack):
     wallet = await stack.funded_wallet(100)
     vendor = await stack.vendor()

@@ -132,6 +132,7 @@ async def _all_published(stack) -> bool:
     return cursor == head
 
 
+@pytest.mark.slow  # waits out a retry, an outage or a timer by design
 async def test_with_nats_down_payments_commit_and_every_event_flows_when_it_returns(stack):
     wallet = await stack.funded_wallet(1000)
     vendor = await stack.vendor()
@@ -208,6 +209,7 @@ async def _is(awaitable, expected):
     return (await awaitable) == expected
 
 
+@pytest.mark.slow  # waits out a retry, an outage or a timer by design
 async def test_an_event_never_published_is_recovered_from_the_journal(stack):
     """An event that is never published (here: the publisher cursor moved past it while NATS was
     down, as if JetStream had lost it) leaves a hole; the projector fills it from the journal."""
@@ -261,6 +263,7 @@ async def test_redelivered_events_are_applied_once(stack):
     assert rows[0] == 1
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_rebuild_gives_exactly_the_same_read_models(stack):
     wallet = await stack.funded_wallet(1000)
     vendor = await stack.vendor()

@@ -8,6 +8,7 @@ holds it until the test lets it go (or the sender's attempt timeout ends it). Th
 
 from __future__ import annotations
 
+import pytest
 import asyncio
 import json
 import time
@@ -132,6 +133,7 @@ async def _mapped(stack, position: int) -> bool:
     return row is not None and row[0] >= position
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_a_vendor_whose_receivers_hang_does_not_delay_another_vendors_events(stack, receivers, start_worker):
     await start_worker()
     settings = stack.settings
@@ -164,6 +166,7 @@ async def test_a_vendor_whose_receivers_hang_does_not_delay_another_vendors_even
         await _delete_endpoints(stack, slow_vendor, slow_endpoints)
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_under_a_backlog_an_endpoints_oldest_rows_are_sent_first(stack, receivers, start_worker):
     # One slot for the endpoint (two rows held), so the order of the POSTs is the order of sending.
     await start_worker(webhooks={"concurrency_max": 4, "endpoint_concurrency_max": 1})

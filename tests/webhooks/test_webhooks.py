@@ -207,6 +207,7 @@ async def test_a_payment_is_not_an_event_for_the_payer_or_for_an_endpoint_not_su
     assert len(await _deliveries(stack, vendor, created["id"])) == 1
 
 
+@pytest.mark.slow  # waits out a retry, an expiry or a timer by design
 async def test_a_failed_attempt_is_retried_about_5_s_later_with_the_same_id(stack, worker, receivers):
     receiver = await receivers(status=500)
     vendor = await stack.vendor()
