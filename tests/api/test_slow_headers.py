@@ -11,6 +11,7 @@ import contextlib
 import pytest
 
 from api import app as api_app
+from tests.plugins.helpers import eventually
 from tools.embedded import free_port
 
 HEAD_S_MAX = 1.0  # the test's bound; production's is api.app.REQUEST_HEAD_S_MAX
@@ -24,12 +25,15 @@ async def _serving(stack, monkeypatch):
     settings = stack.settings.replace(http={"port": free_port(), "metrics_port": None})
     server = asyncio.create_task(api_app.serve(settings), name="test-api-serve")
     try:
-        for _ in range(200):
-            with contextlib.suppress(OSError):
+        async def listening() -> bool:
+            try:
                 _, writer = await asyncio.open_connection(settings.http.host, settings.http.port)
-                writer.close()
-                break
-            await asyncio.sleep(0.05)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        await eventually(listening, what="the API listening")
         yield settings
     finally:
         server.cancel()
@@ -40,7 +44,7 @@ async def _trickle(writer: asyncio.StreamWriter, head: bytes) -> None:
     for byte in head:
         writer.write(bytes([byte]))
         await writer.drain()
-        await asyncio.sleep(TRICKLE_S)
+        await asyncio.sleep(TRICKLE_S)  # the pace of the attack under test, not a wait for anything
 
 
 @pytest.mark.slow  # waits out a retry, an expiry or a timer by design

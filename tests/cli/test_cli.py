@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 
@@ -17,6 +16,7 @@ import pytest
 from ledger.config import ConfigError, Settings
 from ledger.exits import Exit
 from tests.plugins import children
+from tests.plugins.helpers import poll_until
 from tools.embedded import free_port
 
 pytestmark = pytest.mark.slow  # child processes: every test runs the `ledger` command
@@ -88,14 +88,20 @@ async def test_a_valid_environment_starts_the_api_and_it_stops_cleanly(migrated,
 
 
 def _ready(url: str, process: subprocess.Popen) -> bool:
-    deadline = time.monotonic() + READY_S_MAX
-    while time.monotonic() < deadline and process.poll() is None:
+    def answered() -> bool:
+        if process.poll() is not None:
+            return True  # exited: nothing more to wait for, and not ready
         try:
             with urllib.request.urlopen(url, timeout=1) as reply:
                 return reply.status == 200
         except OSError:
-            time.sleep(0.1)
-    return False
+            return False
+
+    try:
+        poll_until(answered, timeout_s=READY_S_MAX, what=f"{url} answering")
+    except AssertionError:
+        return False
+    return process.poll() is None
 
 
 # ---- unreachable dependencies and usage errors -------------------------------------------------

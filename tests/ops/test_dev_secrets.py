@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from tests.conftest import eventually
+from tests.plugins.helpers import poll_until
 from tests.plugins import children
 from tools.embedded import free_port
 
@@ -42,13 +43,11 @@ def dev_stack(tmp_path_factory):
 
 
 def _wait_for_text(path: Path, text: str, child: subprocess.Popen) -> None:
-    import time
-
-    deadline = time.monotonic() + START_S_MAX
-    while text not in path.read_text(errors="replace"):
+    def written() -> bool:
         assert child.poll() is None, f"ledger dev exited:\n{path.read_text(errors='replace')[-3000:]}"
-        assert time.monotonic() < deadline, f"ledger dev not up in {START_S_MAX}s"
-        time.sleep(0.1)
+        return text in path.read_text(errors="replace")
+
+    poll_until(written, timeout_s=START_S_MAX, what="ledger dev up")
 
 
 def _private(path: Path) -> bool:
