@@ -226,8 +226,7 @@ async def _lifecycle(app: web.Application):
                                dialect=dialect, name="api-commit", timeouts=timeouts)
     await pool.open(wait=True)
     await commit_pool.open(wait=True)
-    bus = EventBus(settings.nats.url, name="ledger-api", stream_replicas=settings.nats.stream_replicas,
-                   stream_max_age_s=settings.nats.stream_max_age_s, stream_max_bytes=settings.nats.stream_max_bytes)
+    bus = EventBus.from_settings(settings.nats, name="ledger-api")
     outbox = Outbox(pool=pool, bus=bus, sweep_interval_ms=settings.committer.outbox_sweep_interval_ms,
                     relaxed_commit=dialect.relaxed_commit())
     committer = Committer(

@@ -27,6 +27,7 @@ from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 import schemas
 from ledger import metrics
+from ledger.config import Nats as NatsSettings
 
 log = logging.getLogger("ledger.bus")
 
@@ -141,6 +142,12 @@ class Doorbells:
 
 class EventBus:
     """A NATS connection that keeps reconnecting, and the JetStream stream of journal entries."""
+
+    @classmethod
+    def from_settings(cls, nats: "NatsSettings", *, name: str, manage_stream: bool = True) -> "EventBus":
+        """The bus of a process, from its `settings.nats` section."""
+        return cls(nats.url, name=name, stream_replicas=nats.stream_replicas, stream_max_age_s=nats.stream_max_age_s,
+                   stream_max_bytes=nats.stream_max_bytes, manage_stream=manage_stream)
 
     def __init__(
         self, url: str, *, name: str, stream_replicas: int, stream_max_age_s: float = STREAM_MAX_AGE_S_DEFAULT,

@@ -145,8 +145,7 @@ class Projector(JournalFollower):
 
 
 def _bus(settings: Settings, name: str) -> EventBus:
-    return EventBus(settings.nats.url, name=name, stream_replicas=settings.nats.stream_replicas,
-                    stream_max_age_s=settings.nats.stream_max_age_s, stream_max_bytes=settings.nats.stream_max_bytes)
+    return EventBus.from_settings(settings.nats, name=name)
 
 
 async def rebuild(settings: Settings, pool) -> int:

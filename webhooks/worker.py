@@ -82,9 +82,7 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
     pool = db.make_pool(settings.database.url, role=ws.WEBHOOKS_ROLE, size_max=4, dialect=dialect, name="webhooks",
                         timeouts=db.timeouts_from(settings.database), relaxed=True)
     await pool.open(wait=True)
-    bus = EventBus(settings.nats.url, name="ledger-webhooks", stream_replicas=settings.nats.stream_replicas,
-                   stream_max_age_s=settings.nats.stream_max_age_s, stream_max_bytes=settings.nats.stream_max_bytes,
-                   manage_stream=False)
+    bus = EventBus.from_settings(settings.nats, name="ledger-webhooks", manage_stream=False)
     bus.start()
     metrics_server = None
     if metrics_listener and settings.http.metrics_port is not None:
