@@ -34,9 +34,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from schemas.batches import BATCH_ITEMS_CAP  # what LEDGER_BATCH_ITEMS_MAX may be raised to at most
+
 BODY_BYTES_MAX = 64 * 1024
 BATCH_BODY_BYTES_MAX = 4 * 1024 * 1024  # the contract's body limit of `POST /v1/batches`
-BATCH_ITEMS_CAP = 10_000  # what LEDGER_BATCH_ITEMS_MAX may be raised to at most
 IDEMPOTENCY_KEY_CHARS_MAX = 255
 
 PORT_MAX = 65535
