@@ -36,7 +36,7 @@ _COLUMN = {name: index for index, name in enumerate(AUDITED_COLUMNS)}
 _ACCOUNTS, _AMOUNTS, _BALANCES_AFTER = (_COLUMN[name] for name in POSTING_COLUMNS)
 _POSITION, _PREV_HASH, _HASH = _COLUMN["position"], _COLUMN["prev_hash"], _COLUMN["hash"]
 # What the hash leaves out whatever it holds (`domain.canonical_bytes`).
-_UNHASHED = frozenset(domain._UNHASHED)
+_UNHASHED = frozenset(domain.UNHASHED_FIELDS)
 
 
 def _field(spec: msgspec.structs.FieldInfo) -> tuple:

@@ -183,7 +183,7 @@ def canonical_json(body: dict) -> bytes:
 _sorted_json = msgspec.json.Encoder(order="sorted")
 
 # Fields outside the hashed form whatever they hold.
-_UNHASHED = ("hash",)
+UNHASHED_FIELDS = ("hash",)
 
 
 @functools.cache
@@ -201,7 +201,7 @@ def canonical_bytes(entry: JournalEntry) -> bytes:
     """The bytes an entry's hash covers: `canonical_json` of every field but `hash`, leaving out
     the fields that have a default and hold it (docs/audit.md)."""
     body = msgspec.to_builtins(entry)
-    for name in _UNHASHED:
+    for name in UNHASHED_FIELDS:
         del body[name]
     for name, default in _omitted_at_default(type(entry)).items():
         if body.get(name, default) == default:
