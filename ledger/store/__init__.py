@@ -97,7 +97,9 @@ from ledger.store.journal import (  # noqa: F401
 )
 from ledger.store.audit import (  # noqa: F401
     AUDIT_FETCH_ROWS,
+    account_controls,
     account_kinds,
+    controls_up_to,
     balances_from_postings,
     begin_snapshot,
     first_orphan_posting,
