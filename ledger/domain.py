@@ -457,13 +457,13 @@ def _post(entry: JournalEntry, accounts: dict[uuid.UUID, AccountState], result: 
 def _assert_balances(
     started: dict[uuid.UUID, AccountState], accounts: dict[uuid.UUID, AccountState], result: BatchResult
 ) -> None:
-    """No account ends the batch below the lowest credit line it had in it, unless it started lower
-    (a line raised above the balance blocks debits only)."""
+    """No account ends below the lowest credit line it had in the batch, unless it started lower."""
     lines = [(e.account_id, e.min_balance) for e in result.entries if e.kind == "account"] if result.controls else []
     for account_id in result.balance_deltas:
-        start, end = started[account_id], accounts[account_id]
-        floors = [start.min_balance, start.balance] + [low for a, low in lines if a == account_id]
-        assert None in floors or end.balance >= min(floors), "an account went below its min_balance"
+        start, balance = started[account_id], accounts[account_id].balance
+        if start.min_balance is not None and balance < min(start.min_balance, start.balance):
+            floors = [low for a, low in lines if a == account_id]
+            assert None in floors or balance >= min(floors, default=start.min_balance), "below its min_balance"
     for hold in result.holds.values():
         assert hold.captured_amount <= hold.amount, "a capture passed its hold"
         assert accounts[holding_account_id(hold.currency)].balance >= 0, "a holding account went below zero"
