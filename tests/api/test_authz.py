@@ -58,6 +58,8 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "get_hold": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
     # v3 "Batches": every role that writes; each item is checked as its single route (below)
     "create_batch": {"admin": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
+    # v3 "Account controls": admin only (a client may not change its own limits, a vendor may not unfreeze)
+    "update_account": {"admin": EVERYTHING},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -246,8 +248,15 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "void absent hold": lambda w: Probe("void_hold", "POST", f"/v1/holds/{ABSENT}/void", 404, code="not_found"),
     "pay in a batch": lambda w: Probe("create_batch", "POST", "/v1/batches", 200, json={
         "mode": "independent", "items": [_item(_transfer(w.client_wallet, w.vendor_account), "transfer")]}),
+    # The values are those in force, so the matrix's admin changes nothing any other probe depends on.
+    "set client's credit line": lambda w: Probe("update_account", "PATCH", f"/v1/accounts/{w.client_wallet}", 200,
+                                                owners=frozenset({"client"}), json={"min_balance": 0}),
+    "unfreeze vendor's account": lambda w: Probe("update_account", "PATCH", f"/v1/accounts/{w.vendor_account}", 200,
+                                                 owners=frozenset({"vendor"}), json={"status": "active"}),
+    "change absent account's controls": lambda w: Probe("update_account", "PATCH", f"/v1/accounts/{ABSENT}", 404,
+                                                        json={"status": "frozen"}, code="not_found"),
 }
-MATRIX_CASES = 540  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 567  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 # The write probes whose single route a batch item takes, with the item's type: in a batch each
