@@ -454,6 +454,7 @@ async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datet
     cursor moves with the head, as if these entries' events had come and gone."""
     entries = result.entries
     assert entries, "an empty batch writes nothing"
+    assert not result.controls, "the bulk path writes no account entries"
     async with conn.cursor() as cursor:
         async with cursor.copy(
             "COPY journal (position, transfer_id, from_account_id, to_account_id, amount, currency, reference,"
