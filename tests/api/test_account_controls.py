@@ -13,6 +13,8 @@ import pytest
 import audit
 import schemas
 from ledger import domain
+from proofs import merkle
+from tests.conftest import eventually
 
 PAYMENTS_RACING = 50
 
@@ -209,6 +211,15 @@ async def test_a_change_is_an_entry_its_owner_reads_that_statements_leave_out(st
     assert (await stack.client.get(f"/v1/transfers/{entry.transfer_id}", token=outsider)).status == 403
     statement = await stack.client.get(f"/v1/accounts/{wallet.account_id}/entries", token=wallet.token)
     assert [item["kind"] for item in statement.body["items"]] == ["transfer"]
+    # In the Merkle tree like every entry: its owner proves it (the tree follower went past it).
+    proof = await eventually(lambda: _proof(stack, wallet.token, entry.position), what="the tree reaching the entry")
+    assert proof.body["leaf_hash"] == merkle.entry_leaf(entry.hash).hex()
+
+
+async def _proof(stack, token: str, position: int):
+    reply = await stack.client.get("/v1/journal/proofs/inclusion", token=token, params={"position": position})
+    assert reply.status in (200, 503), reply.text  # 503 tree_behind while the follower catches up
+    return reply if reply.status == 200 else None
 
 
 # ---- who may change controls, and bad input ----------------------------------------------------
