@@ -21,9 +21,11 @@ ADMIN = uuid.UUID(int=7)
 RANGE_ENTRIES_SMALL = 7  # positions per worker range, so that plain ranges around the entry are summarized
 
 
-async def _audited(url: str) -> audit.AuditReport:
-    """The verdict alone and with workers over small ranges: both must be the same."""
+async def _audited(url: str, *, with_workers: bool = False) -> audit.AuditReport:
+    """The verdict alone, and (`with_workers`) with workers over small ranges: both the same."""
     alone = await audit.run_audit(url, workers=0)
+    if not with_workers:
+        return alone
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(audit_pool, "AUDIT_RANGE_ENTRIES", RANGE_ENTRIES_SMALL)
         with_workers = await audit.run_audit(url, workers=2)
@@ -77,7 +79,7 @@ async def test_a_journal_with_honest_control_changes_audits_clean(seeded):
     (system, _), (vendor, balance) = accounts["system"][0], accounts["vendor"][0]
     await _commit(seeded, [_change(vendor, max_balance=balance + 20), _pay(system, vendor, 10)])
     await _commit(seeded, [_change(vendor, status="frozen"), _pay(system, vendor, 1)])  # credits reach a frozen one
-    report = await _audited(seeded)
+    report = await _audited(seeded, with_workers=True)
     assert report.ok, report.first_failure
 
 
@@ -99,7 +101,7 @@ async def test_a_payment_past_a_cap_is_caught_at_its_position(seeded):
     await _commit(seeded, [_pay(system, other_vendor, 1) for _ in range(2 * RANGE_ENTRIES_SMALL)])  # plain ranges
     uncapped = controls.Controls("active", 0, None)
     (position,) = await _commit(seeded, [_pay(system, vendor, 25)], forge={vendor: lambda a: a.controlled(uncapped)})
-    report = await _audited(seeded)
+    report = await _audited(seeded, with_workers=True)
     assert first_failure(report) == (position, "controls")
     assert "above its max_balance" in report.first_failure.detail
     print(f"\npayment past a cap: first failure {report.first_failure}")
