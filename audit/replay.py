@@ -249,11 +249,13 @@ class Replay:
         if why is not None:
             self.findings.record("controls", entry.position, f"the account entry {entry.transfer_id} {why}")
             return
-        self._controls[entry.account_id.int] = controls.Controls(entry.account_status, entry.min_balance, entry.max_balance)
+        in_force = controls.Controls(entry.account_status, entry.min_balance, entry.max_balance)
+        self._controls[entry.account_id.int] = in_force
 
     def _why_not_closable(self, account_id: uuid.UUID) -> str | None:
         balance = self._balances.get(account_id.int, 0)
-        pending = sum(1 for h in self._holds.values() if h.status == "pending" and account_id in (h.from_account_id, h.to_account_id))
+        pending = sum(1 for h in self._holds.values()
+                      if h.status == "pending" and account_id in (h.from_account_id, h.to_account_id))
         return f"closes an account at balance {balance} with {pending} pending holds" if balance or pending else None
 
     def _controls_of(self, key: int) -> controls.Controls:
