@@ -56,7 +56,8 @@ async def revoke_token(services, call: Call) -> web.Response:
 async def create_account(services, call: Call) -> web.Response:
     """Create the account with its kind's default controls; other controls asked for are set by
     an account entry right after (contract v3). The same id again is 200 only when the account
-    is the same, its controls included when the request names them."""
+    is the same, its controls included when the request names them; an account still at its
+    kind's defaults gets them then (its creation was cut off before its account entry)."""
     body: schemas.AccountCreate = call.body
     wanted = store.AccountRow(body.id or uuid.uuid4(), body.kind, body.currency, body.owner_id, body.name, None)
     change = controls.ControlChange(min_balance=body.min_balance, max_balance=body.max_balance)
@@ -70,7 +71,7 @@ async def create_account(services, call: Call) -> web.Response:
     services.remember_account(stored)
     current = controls.Controls(answer.status, answer.min_balance, answer.max_balance)
     if change.differs_from(current):
-        if not created:
+        if not created and current != controls.defaults(stored.kind):
             raise ApiError("account_exists", "the account exists with other controls")
         answer = await _change_controls(services, call, stored, change)
     return json_response(answer, status=201 if created else 200)

@@ -83,6 +83,16 @@ async def test_an_account_created_with_limits_has_them_from_an_account_entry(sta
     assert (other.status, other.code) == (409, "account_exists")
 
 
+async def test_a_creation_cut_off_before_its_account_entry_completes_when_repeated(stack):
+    owner, _ = await stack.principal("client")
+    plain = await stack.client.post("/v1/accounts", token=stack.admin,
+                                    json={"kind": "wallet", "currency": "USD", "owner_id": owner})
+    body = {"id": plain.body["id"], "kind": "wallet", "currency": "USD", "owner_id": owner, "max_balance": 700}
+    again = await stack.client.post("/v1/accounts", token=stack.admin, json=body)
+    assert (again.status, again.body["max_balance"]) == (200, 700), again.text
+    assert len(await _account_entries(stack, plain.body["id"])) == 1
+
+
 # ---- freeze ------------------------------------------------------------------------------------
 
 
