@@ -93,10 +93,6 @@ class AccountState:
     def controls(self) -> controls.Controls:
         return controls.Controls(self.status, self.min_balance, self.max_balance)
 
-    def moved(self, amount: int) -> "AccountState":
-        return AccountState(self.id, self.kind, self.currency, self.owner_id, self.balance + amount,
-                            self.status, self.min_balance, self.max_balance)
-
     def controlled(self, new: controls.Controls) -> "AccountState":
         return AccountState(self.id, self.kind, self.currency, self.owner_id, self.balance,
                             new.status, new.min_balance, new.max_balance)
@@ -449,7 +445,10 @@ def _post(entry: JournalEntry, accounts: dict[uuid.UUID, AccountState], result: 
     deltas = result.balance_deltas
     for posting in entry.postings:
         before = accounts[posting.account_id]
-        accounts[posting.account_id] = before.moved(posting.amount)
+        accounts[posting.account_id] = AccountState(  # not dataclasses.replace: this runs per posting
+            before.id, before.kind, before.currency, before.owner_id, before.balance + posting.amount,
+            before.status, before.min_balance, before.max_balance,
+        )
         after.append(before.balance + posting.amount)
         deltas[posting.account_id] = deltas.get(posting.account_id, 0) + posting.amount
 

@@ -125,7 +125,8 @@ def test_a_hold_placed_earlier_in_the_batch_keeps_the_account_open():
 def placed_hold(amount=40) -> tuple[domain.HoldState, dict[uuid.UUID, AccountState]]:
     hold_id = uuid.uuid4()
     result = decide([pay(amount, kind="hold", hold_id=hold_id, expires_in_s=60)], WALLET, VENDOR, HOLDING)
-    moved = {a.id: a.moved(result.balance_deltas.get(a.id, 0)) for a in (WALLET, VENDOR, HOLDING)}
+    moved = {a.id: dataclasses.replace(a, balance=a.balance + result.balance_deltas.get(a.id, 0))
+             for a in (WALLET, VENDOR, HOLDING)}
     return result.holds[hold_id], moved
 
 
