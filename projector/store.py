@@ -149,13 +149,20 @@ async def verifications_page(
     planner starts from the metadata's inverted index when it finds fewer rows)."""
     cursor_position = await cursor(conn, name)
     if entry_filter is None or entry_filter == store.EntryFilter():
-        where, params, join = "", [], ""
-    else:
-        (where, params), join = store.search_conditions(entry_filter, "v.position"), " JOIN journal j ON j.position = v.position"
-    page = await _verifications(
-        conn,
-        f"{join} WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s{where}"
-        " ORDER BY v.position LIMIT %s",
+        page = await _verifications(
+            conn,
+            "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s",
+            (vendor_account_id, after, cursor_position, limit),
+        )
+        return cursor_position, page
+    positions = await store.positions_of(conn, entry_filter)
+    if positions.empty:
+        return cursor_position, []
+    where, params = store.search_conditions(entry_filter, positions, "v.position")
+    page = await store.fetch_planned(
+        conn, kwargs_row(schemas.Verification),
+        f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v JOIN journal j ON j.position = v.position"
+        f" WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s{where} ORDER BY v.position LIMIT %s",
         (vendor_account_id, after, cursor_position, *params, limit),
     )
     return cursor_position, page

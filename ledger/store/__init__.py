@@ -98,7 +98,10 @@ from ledger.store.journal import (  # noqa: F401
 )
 from ledger.store.search import (  # noqa: F401
     EntryFilter,
-    entries_search_where,
+    Positions,
+    entries_search_query,
+    fetch_planned,
+    positions_of,
     search_conditions,
     search_entries,
     statement_search,
