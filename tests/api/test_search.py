@@ -152,3 +152,17 @@ async def test_clients_and_vendors_may_not_search_the_whole_journal(stack, shop)
     for token in (shop.wallet.token, shop.vendor.token):
         reply = await stack.client.get("/v1/transfers", token=token, params={"metadata.run": shop.run})
         assert_problem(reply, 403, "forbidden")
+
+
+async def test_a_client_with_a_fifth_filter_on_the_whole_journal_is_400_shape_before_role(stack, shop):
+    params = {f"metadata.k{n}": "v" for n in range(5)}
+    reply = await stack.client.get("/v1/transfers", token=shop.wallet.token, params=params)
+    assert_problem(reply, 400, "validation_error", "$.query.metadata")
+
+
+async def test_four_filters_are_accepted(stack, shop):
+    params = {"metadata.run": shop.run, "metadata.channel": "web", "metadata.order_id": f"{shop.run}-2",
+              "metadata.absent": ""}
+    assert await _ids(stack, "/v1/transfers", stack.admin, params, key="id") == []
+    params.pop("metadata.absent")
+    assert await _ids(stack, "/v1/transfers", stack.admin, params, key="id") == [shop.paid[2]["id"]]
