@@ -3,7 +3,8 @@
 Each says who may call it, whose resource it acts on, what it answers and which problems its
 handler can raise. `api.framework` runs the checks before the handler (roles, then ownership
 through the lookups of `api.owners`) and `api.openapi` documents the declarations. The handlers
-read straight down (decode, act) in `api.accounts`, `api.payments`, `api.vendors` and `api.journal`.
+read straight down (decode, act) in `api.accounts`, `api.payments`, `api.vendors`, `api.journal`
+and `api.search`.
 """
 
 from __future__ import annotations
