@@ -69,7 +69,9 @@ class Positions:
 async def positions_of(conn, entry_filter: EntryFilter) -> Positions:
     """The filter's time bounds as positions, read before the search itself: the planner then
     knows how much of the journal they keep (a bound it cannot see, it guesses at a third) and
-    picks the metadata index or the position range accordingly."""
+    picks the metadata index or the position range accordingly. A statement of its own, and
+    still one consistent answer: entries never change and positions only grow, so every position
+    these bounds keep reads the same in the search's snapshot as in this one."""
     if entry_filter.since is None and entry_filter.until is None:
         return Positions()
     since, until = entry_filter.since or _TIME_MIN, entry_filter.until or _TIME_MAX
