@@ -36,6 +36,5 @@ UPDATE balances SET balance_floor = 0 WHERE kind <> 'system';
 -- Closing an account needs no pending hold from or to it: holds_by_payer finds the first, this the second.
 CREATE INDEX IF NOT EXISTS holds_by_payee ON holds (to_account_id, status);
 
--- The account entries of an account, newest last: `ledger audit --from` starts from the controls
--- the last one at or before its position set.
-CREATE INDEX IF NOT EXISTS journal_account_entries ON journal (account_id, position) WHERE kind = 'account';
+-- The account entries of an account (`ledger audit --from` starts from the controls the last one
+-- at or before its position set) are found by 0018's journal_account_entries.

@@ -60,6 +60,8 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "create_batch": {"admin": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
     # v3 "Account controls": admin only (a client may not change its own limits, a vendor may not unfreeze)
     "update_account": {"admin": EVERYTHING},
+    # v3 "Searching entries by metadata": the whole journal for admin and auditor only
+    "list_transfers": {"admin": EVERYTHING, "auditor": EVERYTHING},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -255,8 +257,18 @@ PROBES: dict[str, Callable[[World], Probe]] = {
                                                  owners=frozenset({"vendor"}), json={"status": "active"}),
     "change absent account's controls": lambda w: Probe("update_account", "PATCH", f"/v1/accounts/{ABSENT}", 404,
                                                         json={"status": "frozen"}, code="not_found"),
+    "list transfers": lambda w: Probe("list_transfers", "GET", "/v1/transfers", 200, params={"limit": 1}),
+    "search transfers of an account": lambda w: Probe("list_transfers", "GET", "/v1/transfers", 200,
+                                                      params={"account_id": w.client_wallet, "metadata.order": "1"}),
+    "search client's statement": lambda w: Probe("get_statement", "GET", f"/v1/accounts/{w.client_wallet}/entries",
+                                                 200, owners=frozenset({"client"}),
+                                                 params={"metadata.order": "1", "kind": "transfer"}),
+    "search vendor's transfers": lambda w: Probe("list_verifications", "GET",
+                                                 f"/v1/vendors/{w.vendor_account}/transfers", 200,
+                                                 owners=frozenset({"vendor"}),
+                                                 params={"metadata.order": "1", "from": "2026-01-01T00:00:00Z"}),
 }
-MATRIX_CASES = 567  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 603  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 # The write probes whose single route a batch item takes, with the item's type: in a batch each
