@@ -221,6 +221,10 @@ async def test_a_change_is_an_entry_its_owner_reads_that_statements_leave_out(st
     assert (await stack.client.get(f"/v1/transfers/{entry.transfer_id}", token=outsider)).status == 403
     statement = await stack.client.get(f"/v1/accounts/{wallet.account_id}/entries", token=wallet.token)
     assert [item["kind"] for item in statement.body["items"]] == ["transfer"]
+    asked = await stack.client.get(f"/v1/accounts/{wallet.account_id}/entries", token=wallet.token,
+                                   params={"kind": "account"})
+    assert [(i["transfer_id"], i["amount"], i["balance_after"]) for i in asked.body["items"]] == [
+        (str(entry.transfer_id), 0, 100)]
     # In the Merkle tree like every entry: its owner proves it (the tree follower went past it).
     proof = await eventually(lambda: _proof(stack, wallet.token, entry.position), what="the tree reaching the entry")
     assert proof.body["leaf_hash"] == merkle.entry_leaf(entry.hash).hex()
