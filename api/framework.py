@@ -70,6 +70,13 @@ class PageQuery(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100
 
 
+class VendorPageQuery(msgspec.Struct, forbid_unknown_fields=True):
+    after: Cursor = ""
+    limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100
+    order: Annotated[typing.Literal["asc", "desc"], msgspec.Meta(
+        description="`desc`: newest first (a console's live list); `next` then pages further back.")] = "asc"
+
+
 class IdPageQuery(msgspec.Struct, forbid_unknown_fields=True):
     after: IdCursor = ""
     limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100

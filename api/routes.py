@@ -12,11 +12,11 @@ import schemas
 from api import auth, batches, owners
 from api.framework import ALL_ROLES, NDJSON, PROJECTION_POSITION, Header, JournalQuery, Ownership, PageQuery, Route
 from api.framework import WaitQuery
-from api.framework import IdPageQuery, PointQuery, StatementQuery
+from api.framework import IdPageQuery, PointQuery, StatementQuery, VendorPageQuery
 from ledger import config, domain
 from schemas.batches import BatchAnswer, BatchCreate
 from api.accounts import (
-    create_account, create_principal, create_token, get_account, get_statement, list_accounts, list_tokens,
+    create_account, create_principal, create_token, get_account, get_me, get_statement, list_accounts, list_tokens,
     revoke_token,
 )
 from api.payments import (
@@ -101,8 +101,8 @@ ROUTES: list[Route] = [
           summary="Verify a transfer into a vendor account, from the projection."),
     Route("GET", "/v1/vendors/{account_id}/transfers", list_verifications, {200: schemas.VerificationPage},
           roles=VENDOR_READERS, headers=(PROJECTED,), path_ids=("account_id",), ownership=OWN_VENDOR,
-          query=PageQuery,
-          summary="Transfers into a vendor account, from the projection, oldest first."),
+          query=VendorPageQuery,
+          summary="Transfers into a vendor account, from the projection, oldest first (`order=desc`: newest)."),
     Route("GET", "/v1/journal", get_journal, {200: schemas.JournalEntry}, roles=READERS, query=JournalQuery,
           media=NDJSON, summary="Journal entries in position order, as NDJSON."),
     Route("GET", "/v1/journal/head", get_journal_head, {200: schemas.JournalHead}, roles=READERS,
@@ -116,6 +116,8 @@ ROUTES: list[Route] = [
     Route("DELETE", "/v1/principals/{principal_id}/tokens/{token_id}", revoke_token, {204: None},
           roles=frozenset({"admin"}), codes=frozenset({"not_found"}), path_ids=("principal_id", "token_id"),
           summary="Revoke a token: refused on every API process within a second."),
+    Route("GET", "/v1/me", get_me, {200: schemas.Caller}, roles=EVERYONE,
+          summary="The caller's own principal: its id, role and name (never its token)."),
     Route("GET", "/healthz", healthz, {200: schemas.Health}, public=True, summary="Liveness."),
     Route("GET", "/readyz", readyz, {200: schemas.Health, 503: schemas.Health}, public=True,
           summary="Database and NATS reachable."),

@@ -238,12 +238,12 @@ class LedgerClient(BatchRoutes, ProofRoutes, Transport):
         return await self._call("GET", path, schemas.Verification, params=params, also_retry=also)
 
     async def vendor_transfers(
-        self, vendor_account_id: uuid.UUID, *, limit: int = 100, after: str = ""
+        self, vendor_account_id: uuid.UUID, *, limit: int = 100, after: str = "", newest_first: bool = False
     ) -> AsyncIterator[schemas.VerificationPage]:
-        """Every page of the vendor's verified transfers, oldest first, until `next` is null."""
+        """Every page of the vendor's verified transfers, oldest first (or newest), until `next` is null."""
         cursor: str | None = after
         while cursor is not None:
-            params = {"limit": limit, "after": cursor}
+            params = {"limit": limit, "after": cursor} | ({"order": "desc"} if newest_first else {})
             page = await self._call(
                 "GET", f"/v1/vendors/{vendor_account_id}/transfers", schemas.VerificationPage, params=params
             )

@@ -141,14 +141,20 @@ async def verification(
 
 
 async def verifications_page(
-    conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME
+    conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME,
+    newest_first: bool = False,
 ) -> tuple[int, list[schemas.Verification]]:
+    """A page of the vendor's verifications up to the projection's cursor. Oldest first, `after`
+    is the last position already seen; newest first, it is the oldest seen (0: start at the newest).
+    Either way one range of the primary key (vendor_account_id, position), read forwards or back."""
     cursor_position = await cursor(conn, name)
-    page = await _verifications(
-        conn,
-        "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s",
-        (vendor_account_id, after, cursor_position, limit),
-    )
+    if newest_first:
+        below = min(after - 1, cursor_position) if after else cursor_position
+        where = "WHERE v.vendor_account_id = %s AND v.position <= %s ORDER BY v.position DESC LIMIT %s"
+        page = await _verifications(conn, where, (vendor_account_id, below, limit))
+    else:
+        where = "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s"
+        page = await _verifications(conn, where, (vendor_account_id, after, cursor_position, limit))
     return cursor_position, page
 
 

@@ -58,6 +58,8 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "get_hold": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
     # v3 "Batches": every role that writes; each item is checked as its single route (below)
     "create_batch": {"admin": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
+    # v3 "The console": every role learns its own principal
+    "get_me": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -194,6 +196,7 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "revoke an absent token": lambda w: Probe("revoke_token", "DELETE",
                                               f"/v1/principals/{w.ids['other_client']}/tokens/{ABSENT}", 404,
                                               code="not_found"),
+    "who am I": lambda w: Probe("get_me", "GET", "/v1/me", 200),
     "liveness": lambda w: Probe("healthz", "GET", "/healthz", 200),
     "readiness": lambda w: Probe("readyz", "GET", "/readyz", 200),
     "openapi document": lambda w: Probe("openapi", "GET", "/openapi.json", 200),
@@ -247,7 +250,7 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "pay in a batch": lambda w: Probe("create_batch", "POST", "/v1/batches", 200, json={
         "mode": "independent", "items": [_item(_transfer(w.client_wallet, w.vendor_account), "transfer")]}),
 }
-MATRIX_CASES = 540  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 549  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 # The write probes whose single route a batch item takes, with the item's type: in a batch each
