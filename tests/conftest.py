@@ -21,4 +21,5 @@ pytest_plugins = [
     "tests.plugins.problems",
     "tests.plugins.children",
     "tests.plugins.chaos",
+    "tests.plugins.browser",
 ]
