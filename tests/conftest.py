@@ -22,4 +22,5 @@ pytest_plugins = [
     "tests.plugins.children",
     "tests.plugins.chaos",
     "tests.plugins.browser",
+    "tests.plugins.console",
 ]
