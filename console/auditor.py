@@ -1,4 +1,4 @@
-"""The auditor's pages: the journal head, signed tree heads, consistency checked in the browser, the export."""
+"""The auditor's pages: journal head, signed tree heads, consistency checked in the browser, export."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Console sessions: the API token kept server-side, in memory, under a random id, bounded in number and age.
+"""Sessions: the API token kept server-side in memory under a random id, bounded in count and age
 
 The browser holds only the session id (an `HttpOnly` cookie); the token never reaches a page's
 scripts or a URL. A session ends when it is signed out, idle too long, too old, evicted as the
