@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from aiohttp import web
 
 from console.upstream import ApiFailure
@@ -14,6 +16,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get(f"{PREFIX}/audit", audit)
     router.add_get(f"{PREFIX}/consistency.json", consistency)
     router.add_get(f"{PREFIX}/audit/journal.ndjson", export)
+    router.add_get(f"{PREFIX}/audit/head.json", latest_head)
 
 
 async def _latest_signed(request: web.Request) -> dict | None:
@@ -25,33 +28,46 @@ async def _latest_signed(request: web.Request) -> dict | None:
         return None
 
 
-def _size(text: str, default: int, largest: int) -> int:
-    """A tree size from the query, kept within 1..largest."""
-    return min(max(int(text), 1), largest) if text.isdigit() else default
-
-
 async def audit(request: web.Request) -> web.Response:
     head = await upstream(request).get("/v1/journal/head", session_of(request).token)
+    return render(request, "audit.html", head=head, signed=await _latest_signed(request),
+                  public_key=public_key(request), export_max=EXPORT_ENTRIES_MAX)
+
+
+async def latest_head(request: web.Request) -> web.Response:
+    """The latest signed tree head as a file to keep: the `first` of a later consistency check."""
     signed = await _latest_signed(request)
-    largest = signed["tree_size"] if signed else 1
-    second = _size(request.query.get("second", ""), largest, largest)
-    first = _size(request.query.get("first", ""), max(1, second // 2), second)
-    return render(request, "audit.html", head=head, signed=signed, public_key=public_key(request), first=first,
-                  second=second, export_max=EXPORT_ENTRIES_MAX)
+    if signed is None:
+        raise web.HTTPNotFound()
+    return web.json_response(signed, headers={"Content-Disposition": "attachment"})
+
+
+def _earlier_head(text: str, latest: dict) -> dict | None:
+    """The pasted head, if it is an object with a tree size within the latest head's; whether it is
+    signed by the pinned key is for the browser to check, not for this server to vouch for."""
+    try:
+        head = json.loads(text)
+    except ValueError:
+        return None
+    size = head.get("tree_size") if isinstance(head, dict) else None
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= latest["tree_size"]:
+        return None
+    return head
 
 
 async def consistency(request: web.Request) -> web.Response:
-    """Two tree heads and the RFC 9162 proof between them. `second` is the latest signed tree head
-    itself when it names that head's size (so its signature can be checked), else the API's tree head."""
-    token, signed = session_of(request).token, await _latest_signed(request)
-    first, second = request.query.get("first", ""), request.query.get("second", "")
-    if not (first.isdigit() and second.isdigit() and 1 <= int(first) <= int(second)):
-        return web.json_response({"error": "Give two tree sizes, the first no larger than the second."}, status=400)
-    trees = [await upstream(request).get("/v1/journal/tree", token, tree_size=size) for size in (first, second)]
-    if signed is not None and signed["tree_size"] == int(second):
-        trees[1] = signed
-    proof = await upstream(request).get("/v1/journal/proofs/consistency", token, from_size=first, to_size=second)
-    return web.json_response({"first": trees[0], "second": trees[1], "proof": proof})
+    """`first`, a signed tree head the auditor kept; `second`, the latest signed tree head; and the
+    API's RFC 9162 consistency proof between their sizes."""
+    token, latest = session_of(request).token, await _latest_signed(request)
+    if latest is None:
+        return web.json_response({"detail": "No tree head has been signed yet."}, status=409)
+    first = _earlier_head(request.query.get("first", ""), latest)
+    if first is None:
+        return web.json_response({"detail": "Paste a signed tree head saved from this page (JSON with a tree_size"
+                                            f" between 1 and {latest['tree_size']})."}, status=400)
+    proof = await upstream(request).get("/v1/journal/proofs/consistency", token, from_size=first["tree_size"],
+                                        to_size=latest["tree_size"])
+    return web.json_response({"first": first, "second": latest, "proof": proof})
 
 
 async def export(request: web.Request) -> web.StreamResponse:

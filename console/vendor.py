@@ -118,9 +118,9 @@ async def proof(request: web.Request) -> web.Response:
     except ApiFailure as failure:
         if failure.status != 404:
             raise
-        return web.json_response({"error": "No tree head has been signed yet; try again shortly."}, status=409)
+        return web.json_response({"detail": "No tree head has been signed yet; try again shortly."}, status=409)
     if head["tree_size"] < entry["position"]:
-        return web.json_response({"error": "The latest signed tree head is older than this payment; try again"
+        return web.json_response({"detail": "The latest signed tree head is older than this payment; try again"
                                            " in a few seconds."}, status=409)
     inclusion = await upstream(request).get("/v1/journal/proofs/inclusion", token, position=entry["position"],
                                             tree_size=head["tree_size"])
