@@ -181,7 +181,7 @@ function count(value, what) {
 }
 
 /** RFC 9162 §2.1.3.2: `leaf` is leaf `index` (0-based) of the tree of `size` leaves with `root`. */
-export async function verifyInclusion(index, size, leaf, path, root) {
+export async function merkleInclusion(index, size, leaf, path, root) {
   let fn = count(index, 'the leaf index');
   let sn = count(size, 'the tree size') - 1n;
   if (fn < 0n || fn > sn) return false;
@@ -200,7 +200,7 @@ export async function verifyInclusion(index, size, leaf, path, root) {
 }
 
 /** RFC 9162 §2.1.4.2: the tree of `oldSize` leaves is a prefix of the tree of `size`. */
-export async function verifyConsistency(oldSize, size, oldRoot, newRoot, proof) {
+export async function merkleConsistency(oldSize, size, oldRoot, newRoot, proof) {
   const m = count(oldSize, 'the first tree size');
   const n = count(size, 'the second tree size');
   if (m < 1n || m > n) return false;
@@ -329,7 +329,7 @@ export async function verifyEntry(entry, inclusion, head, publicKeyHex, options 
     const path = inclusion.audit_path.map((h, i) => hexToBytes(h, `audit path hash ${i + 1}`, 32));
     const root = hexToBytes(head.root_hash, 'the head\'s root hash', 32);
     const leaf = await leafHash(entry.hash);
-    if (!await verifyInclusion(count(entry.position, 'the position') - 1n, head.tree_size, leaf, path, root)) {
+    if (!await merkleInclusion(count(entry.position, 'the position') - 1n, head.tree_size, leaf, path, root)) {
       throw new Refused(`the audit path does not lead from this entry to the root ${head.root_hash}`);
     }
     return `${path.length} hashes lead to the root ${head.root_hash} of the tree of ${head.tree_size} entries`;
@@ -357,7 +357,7 @@ export async function verifyConsistency(first, second, proof, publicKeyHex, opti
     const hashes = old.tree_size === now.tree_size ? [] : proof.proof;
     const path = hashes.map((h, i) => hexToBytes(h, `consistency proof hash ${i + 1}`, 32));
     const roots = [old, now].map((h) => hexToBytes(h.root_hash, `the root of the tree of ${h.tree_size}`, 32));
-    if (!await verifyConsistency(old.tree_size, now.tree_size, roots[0], roots[1], path)) {
+    if (!await merkleConsistency(old.tree_size, now.tree_size, roots[0], roots[1], path)) {
       throw new Refused(`the tree of ${now.tree_size} entries does not extend the tree of ${old.tree_size}: `
         + 'the history was rewritten, or the proof is wrong');
     }
