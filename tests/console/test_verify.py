@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import pytest_asyncio
 from aiohttp import web
 
@@ -30,6 +31,7 @@ CSP = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'sel
 # units): U+FB01 sorts before U+1F600 in Python, after it in UTF-16.
 UNICODE_METADATA = {"\ufb01le": "r\u00e9sum\u00e9 \u2028", "\U0001f600": "caf\u00e9 \U0001f4b6 \"q\" \\", "a": "\x7f\t"}
 ZERO_KEY = "00" * 32
+OTHER_KEY = Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
 # Runs a named export of verify.js in the page: `call(page, "verifyEntry", ...)`.
 CALL = "async ([name, args]) => { const m = await import('/static/verify.js'); return m[name](...args); }"
 
@@ -65,6 +67,9 @@ async def site(pages: dict[str, str], answers: dict[str, object]) -> AsyncIterat
         return web.Response(text={"blank": page_html(""), **pages}[request.match_info["name"]], content_type="text/html",
                             headers={"Content-Security-Policy": CSP})
 
+    async def no_icon(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
     async def answer(request: web.Request) -> web.Response:
         return web.json_response(answers[request.match_info["name"]])
 
@@ -72,6 +77,7 @@ async def site(pages: dict[str, str], answers: dict[str, object]) -> AsyncIterat
     app.router.add_get("/page/{name}", page)
     app.router.add_get("/proof/{name}", answer)
     app.router.add_static("/static/", STATIC)
+    app.router.add_get("/favicon.ico", no_icon)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     port = free_port()
@@ -169,3 +175,109 @@ async def test_every_entry_kind_hashes_in_the_browser_as_in_python_and_the_journ
         tricky = {"metadata": {**UNICODE_METADATA, "\uffff": "\u0000\u001f\u0080", "\U00010000": "\ud7ff"},
                   "n": [0, -1, 2**53 - 1], "t": True, "z": None}
         assert await call(page, "canonicalJson", tricky) == domain.canonical_json(tricky).decode("ascii")
+
+
+def oks(outcome: dict) -> tuple[bool, list[bool]]:
+    return outcome["ok"], [step["ok"] for step in outcome["steps"]]
+
+
+async def entry_outcomes(page, world: dict, ed25519: str) -> dict[str, dict]:
+    """verifyEntry on the real payment, honest and forged, with one Ed25519 implementation."""
+    payment, inclusion, head, key = world["payment"], world["inclusion"], world["head"], world["key"]
+    options = {"ed25519": ed25519}
+    cases = {
+        "real": (payment, inclusion, head, key),
+        "proof of another entry": (payment, world["other_inclusion"], head, key),
+        "tampered amount": ({**payment, "amount": payment["amount"] + 1}, inclusion, head, key),
+        "wrong pinned key": (payment, inclusion, head, ZERO_KEY[:-2] + "01"),
+        "another real key": (payment, inclusion, head, OTHER_KEY),
+        "tampered head root": (payment, inclusion, {**head, "root_hash": ZERO_KEY}, key),
+        "no pinned key": (payment, inclusion, head, ""),
+    }
+    return {name: await call(page, "verifyEntry", *args, options) for name, args in cases.items()}
+
+
+async def test_verify_entry_passes_a_real_payment_and_fails_each_forgery_with_both_ed25519s(world, page):
+    async with site({}, {}) as base:
+        await page.goto(base + "/page/blank")
+        native = await entry_outcomes(page, world, "webcrypto")
+        assert oks(native["real"]) == (True, [True] * 4), native["real"]
+        assert oks(native["proof of another entry"]) == (False, [True, False, False, True])
+        assert oks(native["tampered amount"]) == (False, [False, True, True, True])
+        assert oks(native["wrong pinned key"]) == (False, [True, True, True, False])
+        assert oks(native["another real key"]) == (False, [True, True, True, False])
+        assert oks(native["tampered head root"]) == (False, [True, True, False, False])
+        assert oks(native["no pinned key"]) == (False, [True, True, True, False])
+        assert "no published public key" in native["no pinned key"]["steps"][3]["detail"]
+        assert "not signed by the published key" in native["wrong pinned key"]["steps"][3]["detail"]
+        noble = await entry_outcomes(page, world, "noble")
+        assert noble == native
+
+
+async def test_verify_consistency_passes_two_real_heads_and_fails_a_forged_proof(world, page):
+    first, second, consistency, key = world["first_head"], world["head"], world["consistency"], world["key"]
+    assert consistency["proof"], "the heads are of different sizes, so the proof has hashes"
+    forged = {**consistency, "proof": [ZERO_KEY] + consistency["proof"][1:]}
+    async with site({}, {}) as base:
+        await page.goto(base + "/page/blank")
+        for ed25519 in ("webcrypto", "noble"):
+            options = {"ed25519": ed25519}
+            real = await call(page, "verifyConsistency", first, second, consistency, key, options)
+            assert oks(real) == (True, [True] * 3), real
+            swapped = await call(page, "verifyConsistency", second, first, consistency, key, options)
+            assert oks(swapped) == (True, [True] * 3), swapped
+            bad = await call(page, "verifyConsistency", first, second, forged, key, options)
+            assert oks(bad) == (False, [True, True, False]), bad
+            assert "does not extend" in bad["steps"][2]["detail"]
+            unsigned = await call(page, "verifyConsistency", first, {**second, "signature": "00" * 64}, consistency,
+                                  key, options)
+            assert oks(unsigned) == (False, [True, False, True]), unsigned
+
+
+async def result_after(page, url: str, control: str, result: str) -> str:
+    await page.goto(url)
+    await page.click(control)
+    await page.wait_for_function(f"['Verified', 'Failed'].includes(document.querySelector('{result}').textContent)")
+    return await page.text_content(result)
+
+
+async def test_the_page_says_verified_or_failed_under_a_strict_csp(world, page):
+    """verify-page.js on the console's markup, served with a CSP without unsafe-inline; the proof
+    routes answer as the console's would, honestly or with another entry's proof."""
+    key, head = world["key"], world["head"]
+    pages = {"real": verify_markup(world["payment"], "/proof/real", key),
+             "other": verify_markup(world["payment"], "/proof/other", key),
+             "consistency": consistency_markup("/proof/consistency", key)}
+    answers = {"real": {"inclusion": world["inclusion"], "head": head},
+               "other": {"inclusion": world["other_inclusion"], "head": head},
+               "consistency": {"first": world["first_head"], "second": head, "proof": world["consistency"]}}
+    async with site(pages, answers) as base:
+        assert await result_after(page, base + "/page/real", "#verify-button", "#verify-result") == "Verified"
+        steps = await page.locator("#verify-steps li").all_text_contents()
+        assert len(steps) == 4 and all(step.startswith("Passed: ") for step in steps), steps
+        assert await result_after(page, base + "/page/other", "#verify-button", "#verify-result") == "Failed"
+        steps = await page.locator("#verify-steps li").all_text_contents()
+        assert [step.split(":")[0] for step in steps] == ["Passed", "Failed", "Failed", "Passed"], steps
+        assert await result_after(page, base + "/page/consistency", "#consistency button",
+                                  "#consistency-result") == "Verified"
+    assert not page.console_lines, page.console_lines  # no CSP violation, no script error
+
+
+async def test_without_webcrypto_ed25519_the_vendored_one_gives_the_same_answers(world, page):
+    """A browser whose WebCrypto has no Ed25519 (simulated: importKey refuses it, as such a
+    browser does) checks signatures with the vendored @noble/ed25519."""
+    await page.add_init_script("""{
+        const importKey = crypto.subtle.importKey.bind(crypto.subtle);
+        crypto.subtle.importKey = (format, data, algorithm, ...rest) =>
+          (algorithm && (algorithm.name || algorithm) === 'Ed25519')
+            ? Promise.reject(new DOMException('Unrecognized name.', 'NotSupportedError'))
+            : importKey(format, data, algorithm, ...rest);
+    }""")
+    async with site({}, {}) as base:
+        await page.goto(base + "/page/blank")
+        fallback = await entry_outcomes(page, world, "auto")
+        assert oks(fallback["real"]) == (True, [True] * 4), fallback["real"]
+        assert oks(fallback["another real key"]) == (False, [True, True, True, False])
+        assert oks(fallback["wrong pinned key"]) == (False, [True, True, True, False])
+        loaded = await page.evaluate("performance.getEntriesByType('resource').map(r => r.name)")
+        assert any(name.endswith("/static/vendor/noble-ed25519/index.js") for name in loaded), loaded
