@@ -10,8 +10,13 @@
 
 const LEAF_PREFIX = 0x00;
 const NODE_PREFIX = 0x01;
-// The hashed form leaves out a field added after v1 while it holds its default (docs/audit.md).
-const DEFAULTS_LEFT_OUT = { kind: 'transfer', refund_of: null, hold_id: null };
+// The hashed form leaves out a field added after v1 while it holds its default (docs/audit.md):
+// v2's kind, refund_of and hold_id; v3's account entries (kind `account`, no postings) carry the
+// account and the controls in force from them on, a null one left out like any default.
+const DEFAULTS_LEFT_OUT = {
+  kind: 'transfer', refund_of: null, hold_id: null,
+  account_id: null, account_status: null, min_balance: null, max_balance: null,
+};
 // The entry's fields a transfer answer shows under their own names; its `id` is `transfer_id`.
 const SHOWN_ENTRY_FIELDS = [
   'position', 'from_account_id', 'to_account_id', 'amount', 'currency', 'reference', 'metadata',
