@@ -45,7 +45,7 @@ function render(list, result, outcome) {
     item.className = s.ok ? 'step-passed' : 'step-failed';
     const verdict = document.createElement('strong');
     verdict.textContent = `${s.ok ? PASSED : FAILED}: `;
-    item.append(verdict, `${s.step}. ${s.detail}`);
+    item.append(verdict, `${s.step} — ${s.detail}`);
     return item;
   }));
   result.textContent = outcome.ok ? 'Verified' : 'Failed';

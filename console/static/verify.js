@@ -303,42 +303,72 @@ function outcome(steps) {
   return { ok: steps.length > 0 && steps.every((s) => s.ok), steps };
 }
 
+function hashList(hashes, what) {
+  if (!Array.isArray(hashes)) throw new Refused(`the proof has no list of ${what}es`);
+  return hashes.map((h, i) => hexToBytes(h, `${what} ${i + 1}`, 32));
+}
+
+async function hashStep(entry) {
+  const recomputed = await entryHash(entry);
+  if (recomputed !== entry.hash) {
+    throw new Refused(`the fields shown hash to ${recomputed}, not to the entry's hash ${entry.hash}`);
+  }
+  return `SHA-256 of prev_hash and the canonical fields is ${recomputed}, the entry's hash`;
+}
+
+async function leafStep(entry, inclusion) {
+  const leaf = bytesToHex(await leafHash(entry.hash));
+  if (inclusion.leaf_hash !== leaf) {
+    throw new Refused(`the proof is for leaf ${inclusion.leaf_hash}, not this entry's ${leaf}`);
+  }
+  if (inclusion.position !== entry.position) {
+    throw new Refused(`the proof is for position ${inclusion.position}, the entry is at ${entry.position}`);
+  }
+  return `leaf ${leaf} at position ${entry.position}`;
+}
+
+async function rootStep(entry, inclusion, head) {
+  const position = count(entry.position, 'the position');
+  if (position > count(head.tree_size, 'the tree size')) {
+    throw new Refused(`position ${entry.position} is newer than the latest signed tree head (${head.tree_size} `
+      + 'entries); try again after the next signature');
+  }
+  if (inclusion.tree_size !== head.tree_size) {
+    throw new Refused(`the proof is for a tree of ${inclusion.tree_size} entries, the head has ${head.tree_size}`);
+  }
+  const path = hashList(inclusion.audit_path, 'audit path hash');
+  const root = hexToBytes(head.root_hash, 'the head\'s root hash', 32);
+  if (!await merkleInclusion(position - 1n, head.tree_size, await leafHash(entry.hash), path, root)) {
+    throw new Refused(`the audit path does not lead from this entry to the root ${head.root_hash}`);
+  }
+  return `${path.length} hashes lead to the root ${head.root_hash} of the tree of ${head.tree_size} entries`;
+}
+
+async function extensionStep(first, second, proof) {
+  const inOrder = count(first.tree_size, 'the first tree size') <= count(second.tree_size, 'the second tree size');
+  const [old, now] = inOrder ? [first, second] : [second, first];
+  const same = old.tree_size === now.tree_size;
+  if (!same && (proof.from_size !== old.tree_size || proof.to_size !== now.tree_size)) {
+    throw new Refused(`the proof is from ${proof.from_size} to ${proof.to_size} entries, the heads have `
+      + `${old.tree_size} and ${now.tree_size}`);
+  }
+  const path = same ? [] : hashList(proof.proof, 'consistency proof hash');
+  const roots = [old, now].map((h) => hexToBytes(h.root_hash, `the root of the tree of ${h.tree_size}`, 32));
+  if (!await merkleConsistency(old.tree_size, now.tree_size, roots[0], roots[1], path)) {
+    throw new Refused(`the tree of ${now.tree_size} entries does not extend the tree of ${old.tree_size}: `
+      + 'the history was rewritten, or the proof is wrong');
+  }
+  return `the tree of ${old.tree_size} entries is a prefix of the tree of ${now.tree_size} (${path.length} hashes)`;
+}
+
 /** Verify `entry` (a transfer answer) against its inclusion proof under `head`, a signed tree head
  * checked with the pinned key `publicKeyHex` (never the key the head names).
  * options.ed25519: 'auto' (default), 'webcrypto' or 'noble'. */
 export async function verifyEntry(entry, inclusion, head, publicKeyHex, options = {}) {
   const steps = [];
-  await step(steps, 'Recompute the entry\'s hash from the fields shown', async () => {
-    const recomputed = await entryHash(entry);
-    if (recomputed !== entry.hash) {
-      throw new Refused(`the fields shown hash to ${recomputed}, not to the entry's hash ${entry.hash}`);
-    }
-    return `SHA-256 of prev_hash and the canonical fields is ${recomputed}, the entry's hash`;
-  });
-  await step(steps, 'Check the proof is for this entry', async () => {
-    const leaf = bytesToHex(await leafHash(entry.hash));
-    if (inclusion.leaf_hash !== leaf) throw new Refused(`the proof is for leaf ${inclusion.leaf_hash}, not this entry's ${leaf}`);
-    if (inclusion.position !== entry.position) {
-      throw new Refused(`the proof is for position ${inclusion.position}, the entry is at ${entry.position}`);
-    }
-    return `leaf ${leaf} at position ${entry.position}`;
-  });
-  await step(steps, 'Recompute the tree root from the audit path', async () => {
-    if (count(entry.position, 'the position') > count(head.tree_size, 'the tree size')) {
-      throw new Refused(`position ${entry.position} is newer than the latest signed tree head (${head.tree_size} `
-        + 'entries); try again after the next signature');
-    }
-    if (inclusion.tree_size !== head.tree_size) {
-      throw new Refused(`the proof is for a tree of ${inclusion.tree_size} entries, the head has ${head.tree_size}`);
-    }
-    const path = inclusion.audit_path.map((h, i) => hexToBytes(h, `audit path hash ${i + 1}`, 32));
-    const root = hexToBytes(head.root_hash, 'the head\'s root hash', 32);
-    const leaf = await leafHash(entry.hash);
-    if (!await merkleInclusion(count(entry.position, 'the position') - 1n, head.tree_size, leaf, path, root)) {
-      throw new Refused(`the audit path does not lead from this entry to the root ${head.root_hash}`);
-    }
-    return `${path.length} hashes lead to the root ${head.root_hash} of the tree of ${head.tree_size} entries`;
-  });
+  await step(steps, 'Recompute the entry\'s hash from the fields shown', () => hashStep(entry));
+  await step(steps, 'Check the proof is for this entry', () => leafStep(entry, inclusion));
+  await step(steps, 'Recompute the tree root from the audit path', () => rootStep(entry, inclusion, head));
   await step(steps, 'Check the tree head\'s signature with the published key',
     () => signatureStep('tree head', head, publicKeyHex, options));
   return outcome(steps);
@@ -352,21 +382,6 @@ export async function verifyConsistency(first, second, proof, publicKeyHex, opti
     () => signatureStep('first tree head', first, publicKeyHex, options));
   await step(steps, 'Check the second tree head\'s signature with the published key',
     () => signatureStep('second tree head', second, publicKeyHex, options));
-  await step(steps, 'Check the larger tree extends the smaller one', async () => {
-    const [old, now] = count(first.tree_size, 'the first tree size') <= count(second.tree_size, 'the second tree size')
-      ? [first, second] : [second, first];
-    if (old.tree_size !== now.tree_size && (proof.from_size !== old.tree_size || proof.to_size !== now.tree_size)) {
-      throw new Refused(`the proof is from ${proof.from_size} to ${proof.to_size} entries, the heads have `
-        + `${old.tree_size} and ${now.tree_size}`);
-    }
-    const hashes = old.tree_size === now.tree_size ? [] : proof.proof;
-    const path = hashes.map((h, i) => hexToBytes(h, `consistency proof hash ${i + 1}`, 32));
-    const roots = [old, now].map((h) => hexToBytes(h.root_hash, `the root of the tree of ${h.tree_size}`, 32));
-    if (!await merkleConsistency(old.tree_size, now.tree_size, roots[0], roots[1], path)) {
-      throw new Refused(`the tree of ${now.tree_size} entries does not extend the tree of ${old.tree_size}: `
-        + 'the history was rewritten, or the proof is wrong');
-    }
-    return `the tree of ${old.tree_size} entries is a prefix of the tree of ${now.tree_size} (${path.length} hashes)`;
-  });
+  await step(steps, 'Check the larger tree extends the smaller one', () => extensionStep(first, second, proof));
   return outcome(steps);
 }

@@ -31,6 +31,8 @@ CSP = "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'sel
 # units): U+FB01 sorts before U+1F600 in Python, after it in UTF-16.
 UNICODE_METADATA = {"\ufb01le": "r\u00e9sum\u00e9 \u2028", "\U0001f600": "caf\u00e9 \U0001f4b6 \"q\" \\", "a": "\x7f\t"}
 ZERO_KEY = "00" * 32
+NOT_SIGNED_YET = {"type": "about:blank", "title": "Not found", "status": 404, "code": "not_found",
+                  "detail": "no tree head is signed yet"}
 OTHER_KEY = Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
 # Runs a named export of verify.js in the page: `call(page, "verifyEntry", ...)`.
 CALL = "async ([name, args]) => { const m = await import('/static/verify.js'); return m[name](...args); }"
@@ -75,6 +77,8 @@ async def site(pages: dict[str, str], answers: dict[str, object]) -> AsyncIterat
         return web.Response(status=204)
 
     async def answer(request: web.Request) -> web.Response:
+        if request.match_info["name"] not in answers:
+            return web.json_response(NOT_SIGNED_YET, status=404, content_type="application/problem+json")
         return web.json_response(answers[request.match_info["name"]])
 
     app = web.Application()
@@ -266,7 +270,11 @@ async def test_the_page_says_verified_or_failed_under_a_strict_csp(world, page):
         assert [step.split(":")[0] for step in steps] == ["Passed", "Failed", "Failed", "Passed"], steps
         assert await result_after(page, base + "/page/consistency", "#consistency button",
                                   "#consistency-result") == "Verified"
-    assert not page.console_lines, page.console_lines  # no CSP violation, no script error
+        assert not page.console_lines, page.console_lines  # no CSP violation, no script error
+        pages["unsigned"] = verify_markup(world["payment"], "/proof/unsigned", key)
+        assert await result_after(page, base + "/page/unsigned", "#verify-button", "#verify-result") == "Failed"
+        said = await page.text_content("#verify-steps")
+        assert said == "Failed: Fetch the proof — the server could not give the proof (404): no tree head is signed yet"
 
 
 async def test_without_webcrypto_ed25519_the_vendored_one_gives_the_same_answers(world, page):
