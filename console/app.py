@@ -104,10 +104,14 @@ async def _guarded(request: web.Request, handler) -> web.StreamResponse:
 
 
 def _same_origin(request: web.Request) -> bool:
-    """A browser names the page a POST comes from; one from another origin is refused, the sign-in
-    form included (so no other site can sign a browser in under its own token)."""
+    """A browser says where a POST comes from; one from another site is refused, the sign-in form
+    included (so no other site can sign a browser in under its own token). `Sec-Fetch-Site` first:
+    under `Referrer-Policy: no-referrer` a browser sends `Origin: null` even for this origin's forms."""
+    fetched_from = request.headers.get("Sec-Fetch-Site")
+    if fetched_from is not None:
+        return fetched_from in ("same-origin", "none")
     origin = request.headers.get("Origin")
-    return origin is None or origin == f"{request.scheme}://{request.host}"
+    return origin in (None, "null") or origin == f"{request.scheme}://{request.host}"
 
 
 def _to_sign_in() -> web.Response:

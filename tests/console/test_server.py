@@ -59,6 +59,8 @@ async def test_a_write_without_the_csrf_token_is_refused_and_writes_nothing(cons
         csrf = await browser.csrf("/wallets")
         status, _, _ = await browser.post("/pay", {**pay, "csrf": csrf}, Origin="https://evil.example")
         assert status == 403
+        status, _, _ = await browser.post("/pay", {**pay, "csrf": csrf}, **{"Sec-Fetch-Site": "cross-site"})
+        assert status == 403
     assert await stack.balance(wallet.account_id) == 1_000
 
 
