@@ -81,7 +81,7 @@ async def test_the_auditor_checks_consistency_between_two_signed_heads_in_the_br
     await page.context.close()
 
 
-async def test_a_payment_shows_live_is_refunded_and_verifies_in_the_browser(browser, console):
+async def test_a_payment_shows_live_is_refunded_and_verifies_in_the_browser(browser, console, tmp_path):
     stack = console.stack
     wallet, vendor = await stack.funded_wallet(10_000), await stack.vendor()
     shop = await _signed_in(browser, console, vendor.token)
@@ -105,6 +105,7 @@ async def test_a_payment_shows_live_is_refunded_and_verifies_in_the_browser(brow
     await console.sign_tree_head()
     await shop.get_by_role("button", name="Verify independently").click()
     await expect(shop.locator("#verify-result")).to_have_text("Verified")
+    await shop.screenshot(path=str(_shots(tmp_path) / "payment.png"), full_page=True)
 
     other = await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 1)
     await console.sign_tree_head()
