@@ -139,3 +139,17 @@ def test_sessions_end_when_idle_too_old_or_least_recently_used_past_the_bound():
     assert len(store) == 2 and store.get(second.id) is None
     assert store.get(first.id) is not None and store.get(third.id) is not None
     assert first.csrf_matches(first.csrf) and not first.csrf_matches(second.csrf) and not first.csrf_matches(None)
+
+
+def test_the_pinned_key_is_the_setting_else_the_signing_keys_public_half_never_none_made_up(tmp_path):
+    from cli.processes import console_public_key
+    from ledger.config import Settings
+    from proofs import signing
+
+    key_path = tmp_path / "signing-key.pem"
+    missing = Settings().replace(proofs={"signing_key": str(key_path)})
+    assert console_public_key(missing) == "" and not key_path.exists()  # the API never makes a signing key
+    key = signing.load_or_create_key(key_path)
+    assert console_public_key(missing) == signing.public_key_hex(key)
+    other = signing.public_key_hex(signing.load_or_create_key(tmp_path / "other.pem"))
+    assert console_public_key(missing.replace(console={"public_key": other.upper()})) == other
