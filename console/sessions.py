@@ -24,14 +24,14 @@ CSRF_BYTES = 32
 
 @dataclass(slots=True)
 class Session:
-    id: str
-    token: str
+    id: str = field(repr=False)
+    token: str = field(repr=False)  # never in a log line or a traceback's locals as printed
     principal_id: str
     role: str
     name: str
     created_at: float  # time.monotonic()
     seen_at: float
-    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(CSRF_BYTES))
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(CSRF_BYTES), repr=False)
 
     def csrf_matches(self, presented: str | None) -> bool:
         """Constant time, so the token cannot be learned a character at a time."""
