@@ -6,10 +6,11 @@ import json
 
 from aiohttp import web
 
+import schemas
 from console.upstream import ApiFailure
 from console.web import PREFIX, public_key, render, session_of, upstream
 
-EXPORT_ENTRIES_MAX = 100_000  # one download; the API's own route pages further
+EXPORT_ENTRIES_MAX = schemas.JOURNAL_LIMIT_MAX  # one download, the API's page; its route pages further
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
