@@ -14,13 +14,13 @@ ACCOUNT_ROWS = 50
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get(f"{PREFIX}/admin", admin)
-    router.add_post(f"{PREFIX}/admin/principals", create_principal)
-    router.add_post(f"{PREFIX}/admin/accounts", create_account)
-    router.add_get(f"{PREFIX}/admin/principal", find_principal)
-    router.add_get(f"{PREFIX}/admin/principals/{{principal_id}}", principal)
-    router.add_post(f"{PREFIX}/admin/principals/{{principal_id}}/tokens", issue_token)
-    router.add_post(f"{PREFIX}/admin/principals/{{principal_id}}/tokens/{{token_id}}/revoke", revoke_token)
+    router.add_get("/admin", admin)
+    router.add_post("/admin/principals", create_principal)
+    router.add_post("/admin/accounts", create_account)
+    router.add_get("/admin/principal", find_principal)
+    router.add_get("/admin/principals/{principal_id}", principal)
+    router.add_post("/admin/principals/{principal_id}/tokens", issue_token)
+    router.add_post("/admin/principals/{principal_id}/tokens/{token_id}/revoke", revoke_token)
 
 
 def _uuid(text: str) -> str:

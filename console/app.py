@@ -37,31 +37,27 @@ _OPEN_PATHS = (f"{PREFIX}/sign-in", f"{PREFIX}/static/")
 
 
 def mount(app: web.Application, settings: Settings, *, public_key: str = "") -> None:
-    """Serve the console from `app` under /console/, calling the API at the configured URL."""
-    api_url = settings.console.api_url or f"http://127.0.0.1:{settings.http.port}"
-    app[STORE] = SessionStore()
-    app[UPSTREAM] = Upstream(api_url)
-    app[TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
-                                        undefined=jinja2.StrictUndefined)
-    app[CONFIG] = {"public_key": public_key, "secure_cookie": settings.console.secure_cookie}
-    app.on_cleanup.append(_close_upstream)
-    app.middlewares.append(console_middleware)
-    app.router.add_get(PREFIX, _to_home)
-    app.router.add_get(f"{PREFIX}/", home)
-    app.router.add_get(f"{PREFIX}/sign-in", sign_in_page)
-    app.router.add_post(f"{PREFIX}/sign-in", sign_in)
-    app.router.add_post(f"{PREFIX}/sign-out", sign_out)
-    app.router.add_static(f"{PREFIX}/static/", HERE / "static", append_version=False)
+    """Serve the console from `app` under /console/, calling the API at the configured URL. A sub-
+    application: its middleware runs on its own pages only, never on the API's requests."""
+    console = web.Application(middlewares=[console_middleware])
+    console[STORE] = SessionStore()
+    console[UPSTREAM] = Upstream(settings.console.api_url or f"http://127.0.0.1:{settings.http.port}")
+    console[TEMPLATES] = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
+                                            undefined=jinja2.StrictUndefined)
+    console[CONFIG] = {"public_key": public_key, "secure_cookie": settings.console.secure_cookie}
+    console.on_cleanup.append(_close_upstream)
+    console.router.add_get("/", home)
+    console.router.add_get("/sign-in", sign_in_page)
+    console.router.add_post("/sign-in", sign_in)
+    console.router.add_post("/sign-out", sign_out)
+    console.router.add_static("/static/", HERE / "static", append_version=False)
     for module in (vendor, wallet, auditor, admin):
-        module.add_routes(app.router)
+        module.add_routes(console.router)
+    app.add_subapp(PREFIX, console)
 
 
 async def _close_upstream(app: web.Application) -> None:
     await app[UPSTREAM].close()
-
-
-async def _to_home(request: web.Request) -> web.StreamResponse:
-    return redirect(f"{PREFIX}/")
 
 
 # ---- the middleware: headers, session, CSRF, the API's failures -------------------------------
@@ -69,8 +65,6 @@ async def _to_home(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def console_middleware(request: web.Request, handler) -> web.StreamResponse:
-    if not request.path.startswith(PREFIX):
-        return await handler(request)
     try:
         response = await _guarded(request, handler)
     except web.HTTPException as answer:  # aiohttp's own: an unknown page, a wrong method, a large form
@@ -84,6 +78,8 @@ async def console_middleware(request: web.Request, handler) -> web.StreamRespons
 
 
 async def _guarded(request: web.Request, handler) -> web.StreamResponse:
+    if request.path == PREFIX:  # the sub-application's own root, which no route of it can name
+        return redirect(f"{PREFIX}/")
     if request.method == "POST" and not _same_origin(request):
         return refusal(request, 403, "This form came from another site.")
     if request.path.startswith(_OPEN_PATHS):

@@ -14,10 +14,10 @@ EXPORT_ENTRIES_MAX = schemas.JOURNAL_LIMIT_MAX  # one download, the API's page; 
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get(f"{PREFIX}/audit", audit)
-    router.add_get(f"{PREFIX}/consistency.json", consistency)
-    router.add_get(f"{PREFIX}/audit/journal.ndjson", export)
-    router.add_get(f"{PREFIX}/audit/head.json", latest_head)
+    router.add_get("/audit", audit)
+    router.add_get("/consistency.json", consistency)
+    router.add_get("/audit/journal.ndjson", export)
+    router.add_get("/audit/head.json", latest_head)
 
 
 async def _latest_signed(request: web.Request) -> dict | None:

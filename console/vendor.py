@@ -18,15 +18,15 @@ EVENT_TYPES = ("transfer.received", "refund.created", "hold.created", "hold.capt
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get(f"{PREFIX}/vendor", payments)
-    router.add_get(f"{PREFIX}/vendor/{{account}}/payments.fragment", payments_fragment)
-    router.add_get(f"{PREFIX}/payments/{{transfer_id}}", payment)
-    router.add_get(f"{PREFIX}/payments/{{transfer_id}}/proof.json", proof)
-    router.add_post(f"{PREFIX}/payments/{{transfer_id}}/refunds", refund)
-    router.add_get(f"{PREFIX}/vendor/webhooks", webhooks)
-    router.add_post(f"{PREFIX}/vendor/webhooks", add_webhook)
-    router.add_post(f"{PREFIX}/vendor/webhooks/{{webhook_id}}/delete", delete_webhook)
-    router.add_get(f"{PREFIX}/vendor/webhooks/{{webhook_id}}", deliveries)
+    router.add_get("/vendor", payments)
+    router.add_get("/vendor/{account}/payments.fragment", payments_fragment)
+    router.add_get("/payments/{transfer_id}", payment)
+    router.add_get("/payments/{transfer_id}/proof.json", proof)
+    router.add_post("/payments/{transfer_id}/refunds", refund)
+    router.add_get("/vendor/webhooks", webhooks)
+    router.add_post("/vendor/webhooks", add_webhook)
+    router.add_post("/vendor/webhooks/{webhook_id}/delete", delete_webhook)
+    router.add_get("/vendor/webhooks/{webhook_id}", deliveries)
 
 
 def _id(request: web.Request, name: str) -> str:

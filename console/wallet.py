@@ -12,14 +12,14 @@ STATEMENT_ROWS = 50  # entries on a statement page
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
-    router.add_get(f"{PREFIX}/wallets", wallets)
-    router.add_get(f"{PREFIX}/wallets/{{account}}/statement", statement)
-    router.add_post(f"{PREFIX}/pay", pay)
-    router.add_post(f"{PREFIX}/holds", place_hold)
-    router.add_get(f"{PREFIX}/holds", find_hold)
-    router.add_get(f"{PREFIX}/holds/{{hold_id}}", hold)
-    router.add_post(f"{PREFIX}/holds/{{hold_id}}/capture", capture)
-    router.add_post(f"{PREFIX}/holds/{{hold_id}}/void", void)
+    router.add_get("/wallets", wallets)
+    router.add_get("/wallets/{account}/statement", statement)
+    router.add_post("/pay", pay)
+    router.add_post("/holds", place_hold)
+    router.add_get("/holds", find_hold)
+    router.add_get("/holds/{hold_id}", hold)
+    router.add_post("/holds/{hold_id}/capture", capture)
+    router.add_post("/holds/{hold_id}/void", void)
 
 
 def _uuid(text: str) -> str:

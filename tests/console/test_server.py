@@ -20,6 +20,8 @@ async def test_sign_in_keeps_the_token_server_side_behind_a_strict_http_only_coo
         assert token not in cookie
         status, _, page = await browser.get("/wallets")
         assert status == 200 and "Wallets" in page and token not in page
+        async with browser.http.get(console.url, allow_redirects=True) as home:
+            assert home.status == 200 and str(home.url).endswith("/console/wallets")
 
 
 async def test_every_console_answer_carries_the_security_headers(console):
