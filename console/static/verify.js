@@ -269,6 +269,7 @@ async function ed25519Verify(signature, message, key, ed25519 = 'auto') {
   try {
     imported = await subtle().importKey('raw', key, { name: 'Ed25519' }, false, ['verify']);
   } catch (error) {
+    if (error.name === 'NotSupportedError') throw new Refused('this browser\'s WebCrypto has no Ed25519');
     return false;  // not a point on the curve: no signature verifies under it
   }
   return subtle().verify({ name: 'Ed25519' }, imported, signature, message);

@@ -293,5 +293,8 @@ async def test_without_webcrypto_ed25519_the_vendored_one_gives_the_same_answers
         assert oks(fallback["real"]) == (True, [True] * 4), fallback["real"]
         assert oks(fallback["another real key"]) == (False, [True, True, True, False])
         assert oks(fallback["wrong pinned key"]) == (False, [True, True, True, False])
+        forced = await call(page, "verifyEntry", world["payment"], world["inclusion"], world["head"], world["key"],
+                            {"ed25519": "webcrypto"})
+        assert forced["steps"][3]["detail"] == "this browser's WebCrypto has no Ed25519", forced
         loaded = await page.evaluate("performance.getEntriesByType('resource').map(r => r.name)")
         assert any(name.endswith("/static/vendor/noble-ed25519/index.js") for name in loaded), loaded
