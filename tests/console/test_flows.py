@@ -72,6 +72,8 @@ async def test_an_admin_creates_a_principal_whose_token_is_shown_once_and_an_acc
 
 async def test_an_auditor_downloads_the_journal_as_the_api_exports_it(console):
     stack = console.stack
+    wallet, vendor = await stack.funded_wallet(10), await stack.vendor()
+    await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
     _, auditor = await stack.principal("auditor")
     async with console.session() as browser:
         await browser.sign_in(auditor)

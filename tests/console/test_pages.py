@@ -68,10 +68,10 @@ async def test_each_role_signs_in_to_its_main_page(browser, console, tmp_path):
 async def test_the_auditor_checks_consistency_between_two_signed_heads_in_the_browser(browser, console):
     stack = console.stack
     _, auditor = await stack.principal("auditor")
+    wallet, vendor = await stack.funded_wallet(100), await stack.vendor()  # the journal is never empty here
     await console.sign_tree_head()
     page = await _signed_in(browser, console, auditor)
     earlier = await (await page.request.get(f"{console.url}/audit/head.json")).text()
-    wallet, vendor = await stack.funded_wallet(100), await stack.vendor()
     await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
     await console.sign_tree_head()
     await page.reload()
