@@ -21,13 +21,17 @@ async def api(settings: Settings) -> None:
     """`ledger api`: the HTTP API and, when on, the web console mounted onto it, until cancelled."""
     from api.app import serve
 
-    mounts = []
-    if settings.console.enabled:
-        from console.app import mount
+    await serve(settings, mounts=api_mounts(settings))
 
-        key = console_public_key(settings)
-        mounts.append(lambda app: mount(app, settings, public_key=key))
-    await serve(settings, mounts=mounts)
+
+def api_mounts(settings: Settings) -> list:
+    """What `ledger api` adds to the API's application: the console, unless LEDGER_CONSOLE=0."""
+    if not settings.console.enabled:
+        return []
+    from console.app import mount
+
+    key = console_public_key(settings)
+    return [lambda app: mount(app, settings, public_key=key)]
 
 
 def console_public_key(settings: Settings) -> str:

@@ -69,6 +69,8 @@ async def console_middleware(request: web.Request, handler) -> web.StreamRespons
         response = await _guarded(request, handler)
     except web.HTTPException as answer:  # aiohttp's own: an unknown page, a wrong method, a large form
         response = web.Response(status=answer.status, text=answer.text, headers=answer.headers)
+    except ConnectionResetError:  # a download cut after its answer began: no page can follow it
+        raise
     except Exception:
         log.exception("console page %s failed", request.path)
         response = refusal(request, 500, "Something went wrong on this page; the error is in the service's log.")
@@ -129,9 +131,11 @@ async def sign_in(request: web.Request) -> web.Response:
     try:
         me = await request.app[UPSTREAM].get("/v1/me", token) if token else None
     except ApiFailure as failure:
-        return render(request, "sign_in.html", status=401 if failure.status == 401 else 502, error=words(failure))
+        return render(request, "sign_in.html", status=failure.status if failure.status < 500 else 502,
+                      error=words(failure))
     if me is None:
         return render(request, "sign_in.html", status=400, error="Paste an API token to sign in.")
+    request.app[STORE].end(request.cookies.get(COOKIE, ""))  # a new sign-in never keeps an older session
     session = request.app[STORE].create(token=token, principal_id=me["id"], role=me["role"], name=me["name"])
     response = redirect(f"{PREFIX}/")
     response.set_cookie(COOKIE, session.id, path=PREFIX, httponly=True, samesite="Strict",

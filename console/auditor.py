@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 from aiohttp import web
 
 import schemas
@@ -79,7 +80,14 @@ async def export(request: web.Request) -> web.StreamResponse:
                                            "Content-Disposition": 'attachment; filename="journal.ndjson"'})
     async with http.stream("/v1/journal", session_of(request).token, limit=EXPORT_ENTRIES_MAX) as chunks:
         await response.prepare(request)
-        async for chunk in chunks:
-            await response.write(chunk)
+        try:
+            async for chunk in chunks:
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            # The API's answer broke off after ours began: a cut connection, never a short file that
+            # looks whole.
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("the journal export was cut short") from error
     await response.write_eof()
     return response

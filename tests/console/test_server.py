@@ -155,3 +155,17 @@ def test_the_pinned_key_is_the_setting_else_the_signing_keys_public_half_never_n
     assert console_public_key(missing) == signing.public_key_hex(key)
     other = signing.public_key_hex(signing.load_or_create_key(tmp_path / "other.pem"))
     assert console_public_key(missing.replace(console={"public_key": other.upper()})) == other
+
+
+def test_ledger_api_mounts_the_console_onto_the_api_unless_it_is_turned_off():
+    from api.app import build_app
+    from cli.processes import api_mounts
+    from ledger.config import Settings
+
+    settings = Settings()
+    app = build_app(settings)
+    for mount in api_mounts(settings):
+        mount(app)
+    paths = {resource.canonical for resource in app.router.resources()}
+    assert "/console" in paths and "/v1/me" in paths
+    assert api_mounts(settings.replace(console={"enabled": False})) == []

@@ -1,8 +1,13 @@
-"""The console on the session's stack: an API process with the console mounted, as `ledger api`
-composes it, a signing key the console pins, and a cookie-keeping HTTP client that signs in."""
+"""The console on the session's stack: the console's pages on a listener of their own, calling the
+stack's API over HTTP as the console inside `ledger api` calls its own (`tests/ops` runs `ledger dev`,
+where `cli.processes.api` mounts it onto the API); a signing key it pins; an HTTP client that signs in.
+
+A second API application in the test's loop would do the same at the cost of its pools, committer and
+NATS connection, and of its shutdown, which once in a few runs outlived the teardown's bound here."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from pathlib import Path
@@ -11,10 +16,9 @@ import aiohttp
 import pytest_asyncio
 from aiohttp import web
 
-from api.app import build_app
 from console.app import mount
 from proofs import signing, tree
-from tests.plugins.stack import Stack, _listening
+from tests.plugins.stack import TEARDOWN_S_MAX, Stack, _listening, print_pending_tasks
 from tools.embedded import free_port
 
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
@@ -74,10 +78,15 @@ class Browserless:
 @pytest_asyncio.fixture(scope="session")
 async def console(stack, tmp_path_factory) -> Console:
     key = signing.load_or_create_key(Path(tmp_path_factory.mktemp("console")) / "signing-key.pem")
-    settings = stack.settings.replace(http={"port": free_port()})
-    app = build_app(settings)
+    settings = stack.settings.replace(http={"port": free_port()}, console={"api_url": stack.client.base})
+    app = web.Application()
     mount(app, settings, public_key=signing.public_key_hex(key))
     runner = await _listening(app, settings)
     origin = f"http://{settings.http.host}:{settings.http.port}"
     yield Console(f"{origin}/console", origin, stack, key)
-    await runner.cleanup()
+    closing = asyncio.create_task(runner.cleanup(), name="console-teardown")  # bounded, as the stack's
+    done, _ = await asyncio.wait([closing], timeout=TEARDOWN_S_MAX)
+    if not done:
+        print_pending_tasks()
+        raise AssertionError(f"the console did not shut down within {TEARDOWN_S_MAX}s")
+    closing.result()
