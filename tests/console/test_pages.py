@@ -1,7 +1,7 @@
 """The console in a real Chromium against the real stack: each role's main page, a payment seen live,
 refunded and verified in the browser, and a revoked token signed out.
 
-One browser per session (tests/plugins/browser.py), one API process with the console (tests/plugins/
+One browser per session (tests/plugins/browser.py), the console on the session's stack (tests/plugins/
 console.py). Screenshots of each role's main page go to docs/console/ when LEDGER_CONSOLE_SCREENSHOTS
 is set (how docs/console.md's were taken), else to the test's temporary folder.
 """
