@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from psycopg.rows import dict_row, kwargs_row
 
 import schemas
-from ledger import domain
+from ledger import domain, store
 
 DEFAULT_NAME = "main"
 
@@ -142,19 +142,35 @@ async def verification(
 
 async def verifications_page(
     conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME,
-    newest_first: bool = False,
+    entry_filter: store.EntryFilter | None = None, newest_first: bool = False,
 ) -> tuple[int, list[schemas.Verification]]:
-    """A page of the vendor's verifications up to the projection's cursor. Oldest first, `after`
-    is the last position already seen; newest first, it is the oldest seen (0: start at the newest).
-    Either way one range of the primary key (vendor_account_id, position), read forwards or back."""
+    """A page of the vendor's verifications up to the projection's cursor; with a search's
+    filter, those whose journal entry passes it (`ledger.store.search`: a plain join, so the
+    planner starts from the metadata's inverted index when it finds fewer rows). Oldest first,
+    `after` is the last position already seen; newest first, the oldest seen (0: from the newest):
+    either way one range of the primary key (vendor_account_id, position), read forwards or back."""
     cursor_position = await cursor(conn, name)
     if newest_first:
         below = min(after - 1, cursor_position) if after else cursor_position
-        where = "WHERE v.vendor_account_id = %s AND v.position <= %s ORDER BY v.position DESC LIMIT %s"
-        page = await _verifications(conn, where, (vendor_account_id, below, limit))
+        bounds, bound_params, order = "v.position <= %s", (below,), "DESC"
     else:
-        where = "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s"
-        page = await _verifications(conn, where, (vendor_account_id, after, cursor_position, limit))
+        bounds, bound_params, order = "v.position > %s AND v.position <= %s", (after, cursor_position), "ASC"
+    if entry_filter is None or entry_filter == store.EntryFilter():
+        page = await _verifications(
+            conn, f"WHERE v.vendor_account_id = %s AND {bounds} ORDER BY v.position {order} LIMIT %s",
+            (vendor_account_id, *bound_params, limit),
+        )
+        return cursor_position, page
+    positions = await store.positions_of(conn, entry_filter)
+    if positions.empty:
+        return cursor_position, []
+    where, params = store.search_conditions(entry_filter, positions, "v.position")
+    page = await store.fetch_planned(
+        conn, kwargs_row(schemas.Verification),
+        f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v JOIN journal j ON j.position = v.position"
+        f" WHERE v.vendor_account_id = %s AND {bounds}{where} ORDER BY v.position {order} LIMIT %s",
+        (vendor_account_id, *bound_params, *params, limit),
+    )
     return cursor_position, page
 
 

@@ -90,6 +90,19 @@ async def test_vendor_lists_its_transfers_page_by_page(stack):
     assert await _pages(stack, vendor, order="desc") == ids[::-1]
 
 
+async def test_newest_first_pages_back_through_a_metadata_search_too(stack):
+    vendor, wallet = await stack.vendor(), await stack.funded_wallet(1000)
+    web = []
+    for n in range(6):
+        channel = "web" if n % 2 == 0 else "app"
+        paid = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 1 + n,
+                                     metadata={"channel": channel})).body
+        web += [paid["id"]] if channel == "web" else []
+    await stack.client.get(verification_path(vendor.account_id, paid["id"]), token=vendor.token,
+                           params={"min_position": paid["position"], "wait_ms": 5000})
+    assert await _pages(stack, vendor, order="desc", **{"metadata.channel": "web", "limit": 2}) == web[::-1]
+
+
 async def _pages(stack, vendor, **params) -> list[str]:
     """Every transfer id of the vendor's list, read 4 a page with `params`."""
     seen, cursor = [], ""
