@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -30,12 +31,15 @@ from tools.embedded import EmbeddedPostgres, free_port
 ADMIN = uuid.UUID(int=1)
 
 
-def _command(n: int, source: uuid.UUID, target: uuid.UUID, amount: int) -> domain.EntryCommand:
+def _command(n: int, source: uuid.UUID, target: uuid.UUID, amount: int,
+             metadata: dict[str, str] | None = None) -> domain.EntryCommand:
     return domain.EntryCommand(ADMIN, "admin", f"bench-{n}", n.to_bytes(8, "big"), source, target, amount, "USD",
-                                  "", {})
+                                  "", metadata or {})
 
 
-async def _one_round(url: str, *, payments: int, concurrency: int, wallets: int, vendors: int) -> tuple[float, float]:
+async def _one_round(url: str, *, payments: int, concurrency: int, wallets: int, vendors: int,
+                     metadata_of: Callable[[int], dict[str, str]] | None = None) -> tuple[float, float]:
+    """`metadata_of(n)`: payment n's metadata (none by default; the search bench's order ids)."""
     funding = uuid.uuid4()
     wallet_ids = [uuid.uuid4() for _ in range(wallets)]
     vendor_ids = [uuid.uuid4() for _ in range(vendors)]
@@ -60,7 +64,8 @@ async def _one_round(url: str, *, payments: int, concurrency: int, wallets: int,
         async def worker():
             for n in queue:
                 answer = await committer.submit(_command(base + wallets + n, wallet_ids[n % wallets],
-                                                         vendor_ids[n % vendors], 1 + n % 1000))
+                                                         vendor_ids[n % vendors], 1 + n % 1000,
+                                                         metadata_of(base + n) if metadata_of else None))
                 assert answer.entry is not None, answer
 
         started = time.perf_counter()
