@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -293,9 +294,12 @@ async def _follow_watermark(services: Services) -> None:
         await services.bus.on_watermark(services.watermark.announce)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the API until cancelled (SIGTERM/SIGINT): stop accepting, finish the batches in flight."""
+async def serve(settings: Settings, *, mounts: Sequence[Callable[[web.Application], None]] = ()) -> None:
+    """Run the API until cancelled (SIGTERM/SIGINT): stop accepting, finish the batches in flight.
+    `mounts` add routes of the composition root's choosing (the console) before it starts."""
     app = build_app(settings)
+    for mount in mounts:
+        mount(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10,
                            keepalive_timeout=REQUEST_HEAD_S_MAX)
     await runner.setup()
