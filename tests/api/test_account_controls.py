@@ -288,17 +288,23 @@ async def test_a_freeze_racing_payments_lands_at_one_position(stack):
     async def pay():
         return await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 10)
 
-    half = PAYMENTS_RACING // 2
-    tasks = [asyncio.create_task(pay()) for _ in range(half)]
+    async def paying() -> bool:
+        return await stack.balance(wallet.account_id) < 10 * PAYMENTS_RACING
+
+    # A first wave is under way before the freeze is sent amid the rest, so that it lands among them.
+    first, middle = PAYMENTS_RACING // 5, PAYMENTS_RACING * 3 // 5
+    tasks = [asyncio.create_task(pay()) for _ in range(first)]
+    await eventually(paying, what="a first payment")
+    tasks += [asyncio.create_task(pay()) for _ in range(middle - first)]
     tasks.append(asyncio.create_task(_patch(stack, wallet.account_id, {"status": "frozen"})))
-    tasks += [asyncio.create_task(pay()) for _ in range(PAYMENTS_RACING - half)]
+    tasks += [asyncio.create_task(pay()) for _ in range(PAYMENTS_RACING - middle)]
     replies = await asyncio.gather(*tasks)
-    freeze_reply, payments = replies[half], replies[:half] + replies[half + 1:]
+    freeze_reply, payments = replies[middle], replies[:middle] + replies[middle + 1:]
     assert freeze_reply.status == 200, freeze_reply.text
     (freeze,) = await _account_entries(stack, wallet.account_id, start)
     committed = [r.body["position"] for r in payments if r.status == 201]
     refused = [r.code for r in payments if r.status != 201]
-    assert all(position < freeze.position for position in committed), (freeze.position, committed)
+    assert committed and all(position < freeze.position for position in committed), (freeze.position, committed)
     assert refused == ["account_frozen"] * len(refused)
     after = [e for e in await _journal(stack, freeze.position)
              if any(str(p.account_id) == wallet.account_id and p.amount < 0 for p in e.postings)]
