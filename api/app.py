@@ -20,7 +20,7 @@ from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
 from api.framework import ANSWER_STARTED, IDEMPOTENCY_KEY, wrap
 from api.routes import ROUTES
-from ledger import collector, db, logs, metrics, sweeper
+from ledger import collector, db, logs, metrics, sweeper, tasks
 from ledger.bus import EventBus
 from ledger.committer import Committer
 from ledger.config import Settings
@@ -254,12 +254,10 @@ async def _lifecycle(app: web.Application):
     try:
         yield
     finally:
-        for task in background:
-            task.cancel()
+        await tasks.cancel_all(background)
         await committer.stop()
         await outbox.stop()
         await bus.close()
-        await asyncio.gather(*background, return_exceptions=True)
         await commit_pool.close()
         await pool.close()
 

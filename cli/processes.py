@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 
 from ledger.config import Settings
+from ledger.tasks import cancel_all
 
 
 async def api(settings: Settings) -> None:
@@ -63,9 +64,7 @@ async def projector(settings: Settings, *, metrics_listener: bool = False) -> No
         for task in done:
             task.result()  # a follower that failed: its error is the process's
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
 
 
 async def projector_rebuild(settings: Settings) -> int:
