@@ -19,7 +19,7 @@ from ledger import config, domain
 from schemas.batches import BatchAnswer, BatchCreate
 from api.accounts import (
     create_account, create_principal, create_token, get_account, get_me, get_statement, list_accounts, list_tokens,
-    revoke_token,
+    revoke_token, update_account,
 )
 from api.payments import (
     capture_hold, create_hold, create_refund, create_transfer, get_hold, get_transfer, void_hold,
@@ -41,13 +41,14 @@ READERS = auth.READ_EVERYTHING
 VENDOR_READERS = auth.READ_EVERYTHING | {"vendor"}
 WEBHOOK_OWNERS = frozenset({"admin", "vendor"})
 REJECTIONS = frozenset(
-    rejection.value for rejection in domain.Rejection if rejection not in domain.REFUND_ONLY | domain.HOLD_ONLY
+    rejection.value for rejection in domain.Rejection
+    if rejection not in domain.REFUND_ONLY | domain.HOLD_ONLY | domain.CONTROL_ONLY
 )
 # A refund's accounts and currency are the original's, so same_account, account_not_found and
 # currency_mismatch cannot happen; what it can meet after its ownership, in the contract's order.
 REFUND_CODES = frozenset({
-    "idempotency_key_reused", "not_refundable", "refund_exceeds_transfer", "insufficient_funds",
-    "balance_limit_exceeded", "queue_full",
+    "idempotency_key_reused", "not_refundable", "refund_exceeds_transfer", "account_closed", "account_frozen",
+    "insufficient_funds", "balance_limit_exceeded", "queue_full",
 })
 
 # Whose each resource is (`api.owners`): admin and auditor reach all, others only their own.
@@ -74,8 +75,12 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/principals", create_principal, {201: schemas.Principal}, roles=frozenset({"admin"}),
           body=schemas.PrincipalCreate, summary="Create a principal; its token is shown once."),
     Route("POST", "/v1/accounts", create_account, {200: schemas.Account, 201: schemas.Account},
-          roles=frozenset({"admin"}), codes=frozenset({"owner_not_found", "account_exists"}),
+          roles=frozenset({"admin"}), codes=frozenset({"owner_not_found", "account_exists", "queue_full"}),
           body=schemas.AccountCreate, summary="Create an account (idempotent by id)."),
+    Route("PATCH", "/v1/accounts/{account_id}", update_account, {200: schemas.Account}, roles=frozenset({"admin"}),
+          codes=frozenset({"account_not_empty", "queue_full"}), body=schemas.AccountUpdate, path_ids=("account_id",),
+          ownership=OWN_ACCOUNT,
+          summary="Change an account's controls (status, min_balance, max_balance): one journal entry."),
     Route("GET", "/v1/accounts/{account_id}", get_account, {200: schemas.Account}, roles=EVERYONE,
           codes=frozenset({"position_out_of_range"}), path_ids=("account_id",), ownership=OWN_ACCOUNT,
           query=PointQuery, summary="An account with its committed balance, or its balance at a position or time."),
@@ -159,7 +164,7 @@ ROUTES: list[Route] = [
     Route("POST", "/v1/holds/{hold_id}/capture", capture_hold, {201: schemas.Hold},
           roles=frozenset({"admin", "client", "vendor"}),
           codes=frozenset({"idempotency_key_reused", "hold_not_pending", "hold_expired", "capture_exceeds_hold",
-                           "balance_limit_exceeded", "queue_full"}),
+                           "account_closed", "balance_limit_exceeded", "queue_full"}),
           headers=(REPLAYED,), body=schemas.HoldCapture, path_ids=("hold_id",), ownership=OWN_HOLD_PAYEE,
           idempotency=True,
           summary="Pay (part of) a hold to its vendor; the rest goes back to the wallet, in one entry."),

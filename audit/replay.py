@@ -1,7 +1,7 @@
 """The pure replay: fed entries in position order, it checks each and keeps balances, not entries.
 
-It keeps only a balance per account (and a total per refunded payment, a state per hold), never
-the entries.
+It keeps only a balance per account (and a total per refunded payment, a state per hold, the
+controls of each account an account entry changed), never the entries.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 
-from ledger import domain
+from ledger import controls, domain
 from schemas import JournalEntry, Posting, Verification
 from audit.report import Balances, EXAMPLES_IN_DETAIL_MAX, Findings
 from audit.summary import Summary, VERIFIED_FIELDS, verified_values
@@ -25,6 +25,7 @@ class Start:
     balances: Balances = field(default_factory=dict)
     refunded: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)  # original -> (amount, refunded)
     holds: dict[uuid.UUID, domain.HoldState] = field(default_factory=dict)  # placed at or before it, as there
+    controls: dict[uuid.UUID, controls.Controls] = field(default_factory=dict)  # set by account entries up to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,9 @@ class Replay:
         # hold id -> the hold as replayed so far: bounded by the holds
         self._holds: dict[uuid.UUID, domain.HoldState] = dict(start.holds)
         self._hold_expiries = hold_expiries or {}
+        # account -> the controls in force, for the accounts an account entry changed (the others
+        # have their kind's defaults): bounded by the accounts
+        self._controls: dict[int, controls.Controls] = {a.int: c for a, c in start.controls.items()}
 
     @property
     def account_count(self) -> int:
@@ -104,8 +108,11 @@ class Replay:
             self._check_position(entry)
         if recomputed is None or recomputed != entry.hash or entry.prev_hash != self.hash:
             recomputed = self._check_hash(entry, recomputed)
-        hold = self._check_hold(entry) if entry.kind in HOLD_KINDS or entry.hold_id is not None else None
-        self._check_postings(entry, hold)
+        if entry.kind == "account" or entry.account_id is not None:
+            self._check_account_entry(entry)
+        else:
+            hold = self._check_hold(entry) if entry.kind in HOLD_KINDS or entry.hold_id is not None else None
+            self._check_postings(entry, hold)
         self._apply(entry)
         if balances_after is not None:
             self._check_balances_after(entry, balances_after)
@@ -122,6 +129,8 @@ class Replay:
         ranges, a balance before it that is not the replayed one) or it straddles the projector's
         checkpoint or the signed position: the range must then be fed entry by entry."""
         balances, signed = self._balances, self._signed
+        if self._controls and not self._controls.keys().isdisjoint(summary.starts):
+            return False  # a worker does not know the controls an account entry set: judged entry by entry
         if (summary.after != self.position or summary.prev_hash != self.hash
                 or summary.after < self._projector_position < summary.upto
                 or (signed is not None and summary.after < signed[0] < summary.upto)
@@ -220,8 +229,41 @@ class Replay:
             stored, wanted = _postings_text(entry.postings), _postings_text(expected)
             self.findings.record("postings", entry.position, f"postings {stored} are not {wanted}")
 
+    def _check_account_entry(self, entry: JournalEntry) -> None:
+        """An account entry moves no money, names an existing account as both parties, sets
+        controls an account of its kind may have, and closes only an empty account; from it on,
+        its controls are those in force (`_apply` judges each later posting by them)."""
+        known = self._kinds.get(entry.from_account_id.int)
+        why = None
+        if entry.kind != "account" or entry.account_id is None or entry.account_status not in controls.STATUSES:
+            why = f"is of kind {entry.kind} with account {entry.account_id} and status {entry.account_status}"
+        elif entry.postings or entry.amount != 0 or not entry.account_id == entry.from_account_id == entry.to_account_id:
+            why = "moves money, or names parties other than its account"
+        elif known is None or known[1] != entry.currency:
+            why = f"names account {entry.account_id}, which does not exist in {entry.currency}"
+        elif (entry.min_balance is None and known[0] != "system") or (entry.min_balance or 0) > 0 or (
+                entry.max_balance is not None and entry.max_balance < 0):
+            why = f"sets limits a {known[0]} account may not have: {entry.min_balance}..{entry.max_balance}"
+        elif entry.account_status == "closed" and self._controls_of(entry.account_id.int).status != "closed":
+            why = self._why_not_closable(entry.account_id)
+        if why is not None:
+            self.findings.record("controls", entry.position, f"the account entry {entry.transfer_id} {why}")
+            return
+        in_force = controls.Controls(entry.account_status, entry.min_balance, entry.max_balance)
+        self._controls[entry.account_id.int] = in_force
+
+    def _why_not_closable(self, account_id: uuid.UUID) -> str | None:
+        balance = self._balances.get(account_id.int, 0)
+        pending = sum(1 for h in self._holds.values()
+                      if h.status == "pending" and account_id in (h.from_account_id, h.to_account_id))
+        return f"closes an account at balance {balance} with {pending} pending holds" if balance or pending else None
+
+    def _controls_of(self, key: int) -> controls.Controls:
+        found = self._controls.get(key)
+        return found if found is not None else controls.defaults(self._kinds.get(key, ("wallet",))[0])
+
     def _apply(self, entry: JournalEntry) -> None:
-        balances, kinds = self._balances, self._kinds
+        balances, kinds, controlled = self._balances, self._kinds, self._controls
         for posting in entry.postings:
             account_id = posting.account_id
             key = account_id.int
@@ -236,8 +278,20 @@ class Replay:
             if currency != entry.currency:
                 detail = f"account {account_id} holds {currency}, the entry moves {entry.currency}"
                 self.findings.record("accounts", entry.position, detail)
-            if balance < 0 and kind != "system":
+            if key in controlled:
+                self._check_controls(entry, posting, controlled[key], balance)
+            elif balance < 0 and kind != "system":
                 self.findings.record("non_negative", entry.position, f"{kind} {account_id} at {balance}")
+
+    def _check_controls(self, entry: JournalEntry, posting: Posting, in_force: controls.Controls, balance: int) -> None:
+        """A posting judged by the controls an account entry set: money coming back (a refund, a
+        release, a capture's rest to the wallet) passes any cap."""
+        release = entry.kind in controls.RELEASE_KINDS or (
+            entry.kind == "capture" and posting.account_id == entry.from_account_id)
+        why = controls.posting_violation(in_force, before=balance - posting.amount, after=balance, release=release)
+        if why is not None:
+            self.findings.record("controls", entry.position, f"the {entry.kind} {entry.transfer_id} {why}"
+                                 f" (account {posting.account_id}, {in_force.status})")
 
     def _check_balances_after(self, entry: JournalEntry, balances_after: list[int]) -> None:
         replayed = [self._balances[p.account_id.int] for p in entry.postings]
@@ -313,6 +367,7 @@ class Replay:
         self, *, head: tuple[int, str], write_model: Balances, projected: Balances, orphan_position: int | None,
         refund_totals: dict[uuid.UUID, int] | None = None,
         holds: list[domain.HoldState] | None = None,
+        account_controls: dict[uuid.UUID, controls.Controls] | None = None,
     ) -> None:
         """The checks that compare the replayed state with what the database holds."""
         if self._signed is not None:
@@ -333,6 +388,11 @@ class Replay:
         if holds is not None:
             self._check_holding_accounts(head[0])
             self._compare_holds(head[0], holds)
+        if account_controls is not None:
+            differing = sorted(a for a, stored in account_controls.items() if self._controls_of(a.int) != stored)
+            if differing:
+                self.findings.record("controls", head[0], f"{len(differing)} accounts' controls differ from the"
+                                     f" accounts table (first {differing[0]})")
         if refund_totals is not None:
             replayed = {original: total for original, (_, total) in self._refunded.items()}
             differing = sorted(t for t in replayed.keys() | refund_totals.keys()

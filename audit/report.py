@@ -18,6 +18,7 @@ CHECKS: tuple[str, ...] = (
     "non_negative",  # no wallet or vendor account below zero after any entry
     "balance_after",  # every posting's stored balance_after is the replayed balance after its entry
     "refunds",  # a refund returns an earlier payment (transfer or capture) to a vendor, never more than it in total
+    "controls",  # each account entry sets controls its account may have; every entry keeps the controls in force at its position; the accounts table agrees
     "holds",  # each hold placed once, closed at most once, captured <= held, closed before its expiry unless by expiry; holding accounts hold exactly the pending holds; the holds table agrees
     "checkpoint",  # the signature holds and the journal still hashes to the signed hash
     "orphan_postings",  # no postings without their journal entry

@@ -173,6 +173,7 @@ async def _replay(
         orphan_position=await store.first_orphan_posting(conn, from_position),
         refund_totals=await store.refund_totals(conn),
         holds=hold_rows,
+        account_controls=await store.account_controls(conn),
     )
     return replay, head.position, projector_position, walk.tree_check
 
@@ -322,7 +323,9 @@ async def _start(conn: psycopg.AsyncConnection, from_position: int) -> tuple[Sta
     digest = await store.stored_hash(conn, from_position)
     balances = await store.balances_from_postings(conn, from_position)
     refunded = await store.refunded_up_to(conn, from_position)
-    return Start(from_position, digest or domain.ZERO_HASH, balances, refunded), digest is None
+    account_controls = await store.controls_up_to(conn, from_position)
+    start = Start(from_position, digest or domain.ZERO_HASH, balances, refunded, controls=account_controls)
+    return start, digest is None
 
 
 def _unusable_signed_head(signed_head: signing.SignedHead, from_position: int, public_key: str | None) -> str | None:

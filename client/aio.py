@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from msgspec import UNSET, UnsetType
 
 import schemas
 from client.transport import (  # noqa: F401 (the names this module always offered)
@@ -95,12 +96,29 @@ class LedgerClient(BatchRoutes, ProofRoutes, Transport):
         id: uuid.UUID | None = None,
         owner_id: uuid.UUID | None = None,
         name: str = "",
+        min_balance: int | None | UnsetType = UNSET,
+        max_balance: int | None | UnsetType = UNSET,
     ) -> schemas.Account:
         """Idempotent by `id`: the same id with the same kind, currency and owner returns it again.
         Without an `id` the client chooses one (a random UUID, as the contract allows), so that a
-        retry after a lost answer returns the same account instead of creating a second one."""
-        body = schemas.AccountCreate(kind=kind, currency=currency, id=id or uuid.uuid4(), owner_id=owner_id, name=name)
+        retry after a lost answer returns the same account instead of creating a second one.
+        `min_balance` (a credit line, <= 0) and `max_balance` (a cap) left out take the kind's defaults."""
+        body = schemas.AccountCreate(kind=kind, currency=currency, id=id or uuid.uuid4(), owner_id=owner_id, name=name,
+                                     min_balance=min_balance, max_balance=max_balance)
         return await self._call("POST", "/v1/accounts", schemas.Account, body=body)
+
+    async def update_account(
+        self,
+        account_id: uuid.UUID,
+        *,
+        status: schemas.AccountStatus | UnsetType = UNSET,
+        min_balance: int | None | UnsetType = UNSET,
+        max_balance: int | None | UnsetType = UNSET,
+    ) -> schemas.Account:
+        """Change an account's controls (admin): what is left out stays; None is "unbounded" (a
+        `min_balance` of a system account) or "no cap". One journal entry, at one position."""
+        body = schemas.AccountUpdate(status=status, min_balance=min_balance, max_balance=max_balance)
+        return await self._call("PATCH", f"/v1/accounts/{account_id}", schemas.Account, body=body)
 
     async def get_account(self, account_id: uuid.UUID) -> schemas.Account:
         return await self._call("GET", f"/v1/accounts/{account_id}", schemas.Account)

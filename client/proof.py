@@ -25,7 +25,11 @@ import schemas
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
 # The hashed form leaves out a field added after v1 while it holds its default (docs/audit.md).
-DEFAULTS_LEFT_OUT: dict[str, object] = {"kind": "transfer", "refund_of": None, "hold_id": None}
+DEFAULTS_LEFT_OUT: dict[str, object] = {
+    "kind": "transfer", "refund_of": None, "hold_id": None,
+    # v3 account entries: a null limit is left out like any field at its default.
+    "account_id": None, "account_status": None, "min_balance": None, "max_balance": None,
+}
 # The fields of the entry a transfer answer shows under the entry's own names; its `id` is the
 # entry's `transfer_id`, and `hash` is what is recomputed.
 SHOWN_ENTRY_FIELDS = (

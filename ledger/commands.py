@@ -23,6 +23,7 @@ from typing import Any, Callable
 import msgspec
 
 import schemas
+from ledger import controls
 from ledger.domain import EntryCommand, HoldState
 
 # The principal the hold-expiry sweeper submits as: no one's key space, so its keys never meet a caller's.
@@ -114,4 +115,16 @@ def _closing(caller: Caller, hold: HoldState, kind: str, amount: int, digest: by
         principal_id=caller.principal_id, principal_role=caller.role, idempotency_key=caller.idempotency_key,
         request_hash=digest, from_account_id=hold.from_account_id, to_account_id=hold.to_account_id,
         amount=amount, currency=hold.currency, reference=hold.reference, metadata={}, kind=kind, hold_id=hold.id,
+    )
+
+
+def account_change(principal_id: uuid.UUID, account_id: uuid.UUID, currency: str,
+                   change: controls.ControlChange) -> EntryCommand:
+    """A change of an account's controls (an admin's): an account entry, from and to the account,
+    no amount. It has no idempotency key: it sets fields to values, so a repeat changes nothing
+    more (it only records the same controls again)."""
+    return EntryCommand(
+        principal_id=principal_id, principal_role="admin", idempotency_key="", request_hash=b"",
+        from_account_id=account_id, to_account_id=account_id, amount=0, currency=currency, reference="",
+        metadata={}, kind="account", change=change,
     )

@@ -266,6 +266,8 @@ class Committer:
                 keys=[c.idempotency_key for c in commands],
                 refunded_ids=list({c.refund_of for c in commands if c.refund_of is not None}),
                 hold_ids=list({c.hold_id for c in commands if c.kind in domain.HOLD_CLOSING_KINDS}),
+                closing_ids=list({c.from_account_id for c in commands
+                                  if c.change is not None and c.change.status == "closed"}),
             )
             now = self._clock()  # after the head lock, next to the database's clock read with it
             check_clock(now, database_now=state.database_now, head_committed_at=state.head_committed_at)

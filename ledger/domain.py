@@ -10,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import functools
-import hashlib
-import json
 import uuid
 from dataclasses import dataclass, field
 
 import msgspec
 
+from ledger import controls
+# The canonical form has its own module; its names stay reachable here, where callers know them.
+from ledger.canonical import UNHASHED_FIELDS, _omitted_at_default, canonical_bytes, canonical_json  # noqa: F401
+from ledger.canonical import entry_hash, recompute_hash  # noqa: F401
 from schemas import JournalEntry, Posting
 
 ZERO_HASH = "0" * 64
@@ -34,6 +35,9 @@ class Rejection(enum.Enum):
     same_account = "same_account"
     account_not_found = "account_not_found"
     currency_mismatch = "currency_mismatch"
+    account_closed = "account_closed"
+    account_frozen = "account_frozen"
+    account_not_empty = "account_not_empty"
     refund_exceeds_transfer = "refund_exceeds_transfer"
     hold_not_pending = "hold_not_pending"
     hold_expired = "hold_expired"
@@ -46,6 +50,8 @@ class Rejection(enum.Enum):
 REFUND_ONLY = frozenset({Rejection.refund_exceeds_transfer})
 # Rejections only a step of a hold (capture, void, expire) can get.
 HOLD_ONLY = frozenset({Rejection.hold_not_pending, Rejection.hold_expired, Rejection.capture_exceeds_hold})
+# Rejections only a control change can get.
+CONTROL_ONLY = frozenset({Rejection.account_not_empty})
 
 # The steps of a hold after it is placed: each closes it, so each needs it pending.
 HOLD_CLOSING_KINDS = frozenset({"capture", "void", "expire"})
@@ -78,10 +84,18 @@ class AccountState:
     currency: str
     owner_id: uuid.UUID | None
     balance: int
+    # Its controls (`ledger.controls`), as stored: the defaults here are a wallet's.
+    status: str = "active"
+    min_balance: int | None = 0
+    max_balance: int | None = None
 
     @property
-    def may_go_negative(self) -> bool:
-        return self.kind == "system"
+    def controls(self) -> controls.Controls:
+        return controls.Controls(self.status, self.min_balance, self.max_balance)
+
+    def controlled(self, new: controls.Controls) -> "AccountState":
+        return AccountState(self.id, self.kind, self.currency, self.owner_id, self.balance,
+                            new.status, new.min_balance, new.max_balance)
 
 
 class EntryCommand(msgspec.Struct, frozen=True):
@@ -110,6 +124,8 @@ class EntryCommand(msgspec.Struct, frozen=True):
     # here from the hold's state in `BatchState.holds`, never from the request.
     hold_id: uuid.UUID | None = None
     expires_in_s: int = 0
+    # An account entry's controls asked for, applied to those in force when decided (no key).
+    change: controls.ControlChange | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,58 +183,6 @@ def stamp_after(now: dt.datetime, head_committed_at: dt.datetime | None) -> dt.d
     return now if head_committed_at is None or now >= head_committed_at else head_committed_at
 
 
-def canonical_json(body: dict) -> bytes:
-    """The documented byte form of a JSON object: compact, keys sorted at every level, ASCII-only
-    (non-ASCII escaped), UUIDs as lower-case hyphenated strings. An auditor rebuilds it from an
-    exported line with nothing but the json module."""
-    fast = _sorted_json.encode(body)
-    # msgspec writes the same bytes as json.dumps(ensure_ascii=True) for every ASCII character
-    # but DEL, which it leaves raw; anything else (non-ASCII, DEL) takes the reference path.
-    if fast.isascii() and b"\x7f" not in fast:
-        return fast
-    plain = json.loads(fast)
-    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
-
-
-_sorted_json = msgspec.json.Encoder(order="sorted")
-
-# Fields outside the hashed form whatever they hold.
-UNHASHED_FIELDS = ("hash",)
-
-
-@functools.cache
-def _omitted_at_default(entry_type: type) -> dict[str, object]:
-    """Fields left out of the hashed form while they hold their default (as builtins): what lets
-    a field added with a default keep the bytes of every entry written before it existed."""
-    return {
-        spec.encode_name: msgspec.to_builtins(spec.default)
-        for spec in msgspec.structs.fields(entry_type)
-        if spec.default is not msgspec.NODEFAULT
-    }
-
-
-def canonical_bytes(entry: JournalEntry) -> bytes:
-    """The bytes an entry's hash covers: `canonical_json` of every field but `hash`, leaving out
-    the fields that have a default and hold it (docs/audit.md)."""
-    body = msgspec.to_builtins(entry)
-    for name in UNHASHED_FIELDS:
-        del body[name]
-    for name, default in _omitted_at_default(type(entry)).items():
-        if body.get(name, default) == default:
-            body.pop(name, None)
-    return canonical_json(body)
-
-
-def entry_hash(prev_hash: str, canonical: bytes) -> str:
-    """hash = hex SHA-256 over the previous hash (64 ASCII hex chars) followed by the canonical bytes."""
-    return hashlib.sha256(prev_hash.encode("ascii") + canonical).hexdigest()
-
-
-def recompute_hash(entry: JournalEntry) -> str:
-    """The hash the entry's content and its `prev_hash` call for, whatever `hash` it carries."""
-    return entry_hash(entry.prev_hash, canonical_bytes(entry))
-
-
 def seal(
     *, position: int, transfer_id: uuid.UUID, command: EntryCommand, committed_at: str, prev_hash: str,
     hold: HoldState | None = None,
@@ -249,6 +213,20 @@ def seal(
         kind=command.kind,
         refund_of=command.refund_of,
         hold_id=command.hold_id,
+    )
+    return msgspec.structs.replace(unsealed, hash=recompute_hash(unsealed))
+
+
+def seal_account(
+    *, position: int, transfer_id: uuid.UUID, account: AccountState, new: controls.Controls, committed_at: str,
+    prev_hash: str,
+) -> JournalEntry:
+    """An account entry: the controls from here on; no money moves (amount 0, no postings)."""
+    unsealed = JournalEntry(
+        position=position, transfer_id=transfer_id, from_account_id=account.id, to_account_id=account.id,
+        amount=0, currency=account.currency, reference="", metadata={}, postings=[], committed_at=committed_at,
+        prev_hash=prev_hash, hash="", kind="account", account_id=account.id, account_status=new.status,
+        min_balance=new.min_balance, max_balance=new.max_balance,
     )
     return msgspec.structs.replace(unsealed, hash=recompute_hash(unsealed))
 
@@ -291,6 +269,10 @@ def check_hold_step(
         return Rejection.hold_not_pending
     if command.kind == "capture" and command.amount > hold.amount:
         return Rejection.capture_exceeds_hold
+    if command.kind == "capture":
+        refusal = controls.capture_refusal(accounts[hold.to_account_id], command.amount)
+        if refusal is not None:
+            return Rejection(refusal)
     postings, _ = hold_postings(command.kind, hold, captured=command.amount)
     for posting in postings:
         if posting.amount > 0 and accounts[posting.account_id].balance + posting.amount > BALANCE_MAX:
@@ -319,8 +301,9 @@ def check(
         return Rejection.currency_mismatch
     if command.refund_of is not None and refunded.get(command.refund_of, 0) + command.amount > command.refundable_amount:
         return Rejection.refund_exceeds_transfer
-    if not source.may_go_negative and source.balance < command.amount:
-        return Rejection.insufficient_funds
+    refusal = controls.movement_refusal(source, target, command.amount, capped=command.kind == "transfer")
+    if refusal is not None:
+        return Rejection(refusal)
     if command.kind == "hold":
         target = accounts.get(holding_account_id(command.currency))
         assert target is not None, "the handler creates the currency's holding account before a hold"
@@ -346,6 +329,8 @@ class BatchState:
     holds: dict[uuid.UUID, HoldState] = field(default_factory=dict)
     # the database's clock, read with the head lock: a batch's own clock is checked against it
     database_now: dt.datetime | None = None
+    # account id -> its pending holds (as payer or payee), for the accounts the batch may close
+    pending_holds: dict[uuid.UUID, frozenset[uuid.UUID]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -361,6 +346,8 @@ class BatchResult:
     refunded: dict[uuid.UUID, tuple[int, int]] = field(default_factory=dict)
     # hold id -> its state after the batch, for the holds placed or closed here
     holds: dict[uuid.UUID, HoldState] = field(default_factory=dict)
+    # account id -> its controls after the batch, for the accounts whose controls changed here
+    controls: dict[uuid.UUID, controls.Controls] = field(default_factory=dict)
 
 
 def decide_batch(
@@ -382,6 +369,13 @@ def decide_batch(
     if now is None:
         now = parse_timestamp(committed_at)
     for command in commands:
+        if command.kind == "account":
+            outcome = _change(command, accounts, holds, state.pending_holds, result, position=position + 1,
+                              prev_hash=prev_hash, committed_at=committed_at, transfer_id=new_id())
+            result.outcomes.append(outcome)
+            if isinstance(outcome, Committed):
+                position, prev_hash = outcome.entry.position, outcome.entry.hash
+            continue
         scope = (command.principal_id, command.idempotency_key)
         stored = keys.get(scope)
         if stored is not None:
@@ -412,8 +406,30 @@ def decide_batch(
         result.new_keys.append((command.principal_id, command.idempotency_key, command.request_hash, position))
         result.entries.append(entry)
         result.outcomes.append(Committed(entry))
-    _assert_balances(accounts, result)
+    _assert_balances(state.accounts, accounts, result)
     return result
+
+
+def _change(
+    command: EntryCommand, accounts: dict[uuid.UUID, AccountState], holds: dict[uuid.UUID, HoldState],
+    pending_holds: dict[uuid.UUID, frozenset[uuid.UUID]], result: BatchResult, *, position: int, prev_hash: str,
+    committed_at: str, transfer_id: uuid.UUID,
+) -> Outcome:
+    """An account entry: the change applied to the controls in force at its position, unless it
+    closes an account that is not empty. Who may change what was checked before submitting."""
+    account = accounts[command.from_account_id]
+    new = command.change.applied_to(account.controls)
+    pending = controls.pending_hold_count(account.id, pending_holds.get(account.id, frozenset()), holds)
+    refusal = controls.change_refusal(account, new, pending)
+    if refusal is not None:
+        return Rejected(Rejection(refusal))
+    entry = seal_account(position=position, transfer_id=transfer_id, account=account, new=new,
+                         committed_at=committed_at, prev_hash=prev_hash)
+    accounts[account.id] = account.controlled(new)
+    result.controls[account.id] = new
+    result.balances_after[position] = []
+    result.entries.append(entry)
+    return Committed(entry)
 
 
 def _known_key(command: EntryCommand, stored_hash: bytes, stored_position: int) -> Outcome:
@@ -429,17 +445,24 @@ def _post(entry: JournalEntry, accounts: dict[uuid.UUID, AccountState], result: 
     deltas = result.balance_deltas
     for posting in entry.postings:
         before = accounts[posting.account_id]
-        accounts[posting.account_id] = AccountState(
-            before.id, before.kind, before.currency, before.owner_id, before.balance + posting.amount
+        accounts[posting.account_id] = AccountState(  # not dataclasses.replace: this runs per posting
+            before.id, before.kind, before.currency, before.owner_id, before.balance + posting.amount,
+            before.status, before.min_balance, before.max_balance,
         )
         after.append(before.balance + posting.amount)
         deltas[posting.account_id] = deltas.get(posting.account_id, 0) + posting.amount
 
 
-def _assert_balances(accounts: dict[uuid.UUID, AccountState], result: BatchResult) -> None:
-    assert all(
-        accounts[a].may_go_negative or accounts[a].balance >= 0 for a in result.balance_deltas
-    ), "a wallet or vendor account went below zero"
+def _assert_balances(
+    started: dict[uuid.UUID, AccountState], accounts: dict[uuid.UUID, AccountState], result: BatchResult
+) -> None:
+    """No account ends below the lowest credit line it had in the batch, unless it started lower."""
+    lines = [(e.account_id, e.min_balance) for e in result.entries if e.kind == "account"] if result.controls else []
+    for account_id in result.balance_deltas:
+        start, balance = started[account_id], accounts[account_id].balance
+        if start.min_balance is not None and balance < min(start.min_balance, start.balance):
+            floors = [low for a, low in lines if a == account_id]
+            assert None in floors or balance >= min(floors, default=start.min_balance), "below its min_balance"
     for hold in result.holds.values():
         assert hold.captured_amount <= hold.amount, "a capture passed its hold"
         assert accounts[holding_account_id(hold.currency)].balance >= 0, "a holding account went below zero"

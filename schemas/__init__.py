@@ -14,7 +14,7 @@ import uuid
 from typing import Annotated, ClassVar, Literal
 
 import msgspec
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 AMOUNT_MAX = 2**53 - 1
 REFERENCE_CHARS_MAX = 128
@@ -45,9 +45,12 @@ Hash = Annotated[str, Meta(pattern="^[0-9a-f]{64}$", description="Hex SHA-256.")
 Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with exactly six fractional digits, e.g. 2026-11-25T14:22:47.123456Z; kept as text so the hashed form is byte-exact.")]
 Role = Literal["admin", "client", "vendor", "auditor"]
 AccountKind = Literal["wallet", "vendor", "system"]
-EntryKind = Literal["transfer", "refund", "hold", "capture", "void", "expire"]
-# What a search's `kind=` may name: every entry kind, and `account` (control changes, issue 26),
-# which statements list only when asked for it.
+EntryKind = Literal["transfer", "refund", "hold", "capture", "void", "expire", "account"]
+AccountStatus = Literal["active", "frozen", "closed"]
+MinBalance = Annotated[int, Meta(ge=-POSITION_MAX, le=0, description="A credit line: the lowest balance debits may leave.")]
+MaxBalance = Annotated[int, Meta(ge=0, le=POSITION_MAX, description="A cap: the highest balance credits may leave.")]
+# What a search's `kind=` may name: every entry kind, `account` (control changes, issue 26)
+# included, which statements list only when asked for it.
 SearchKind = Literal[tuple(dict.fromkeys((*typing.get_args(EntryKind), "account")))]
 
 
@@ -69,11 +72,18 @@ class AccountCreate(Strict):
     id: uuid.UUID | None = None
     owner_id: uuid.UUID | None = None
     name: Annotated[str, Meta(max_length=NAME_CHARS_MAX, pattern=_NO_NUL)] = ""
+    # Absent: the kind's default (0 for wallets and vendor accounts, unbounded for system ones).
+    min_balance: MinBalance | None | UnsetType = UNSET
+    max_balance: MaxBalance | None | UnsetType = UNSET  # absent: no cap
 
     # What __post_init__ checks, in JSON Schema, for the OpenAPI document to add to this type's.
     json_schema_extra: ClassVar[dict] = {
-        "if": {"properties": {"kind": {"const": "system"}}, "required": ["kind"]},
-        "then": {"properties": {"owner_id": {"type": "null"}}},
+        "allOf": [
+            {"if": {"properties": {"kind": {"const": "system"}}, "required": ["kind"]},
+             "then": {"properties": {"owner_id": {"type": "null"}}}},
+            {"if": {"properties": {"kind": {"enum": ["wallet", "vendor"]}}, "required": ["kind"]},
+             "then": {"properties": {"min_balance": {"type": "integer"}}}},
+        ],
     }
 
     def __post_init__(self) -> None:
@@ -81,6 +91,17 @@ class AccountCreate(Strict):
         # level, so the message is kept as it is, path included.
         if self.kind == "system" and self.owner_id is not None:
             raise ValueError("system accounts have no owner - at `$.owner_id`")
+        if self.kind != "system" and self.min_balance is None:
+            raise ValueError("only system accounts may be unbounded below - at `$.min_balance`")
+
+
+class AccountUpdate(Strict):
+    """`PATCH /v1/accounts/{id}`: the controls to change; a field left out stays as it is, and
+    `min_balance: null` (unbounded below) is for system accounts only."""
+
+    status: AccountStatus | UnsetType = UNSET
+    min_balance: MinBalance | None | UnsetType = UNSET
+    max_balance: MaxBalance | None | UnsetType = UNSET
 
 
 class TransferCreate(Strict):
@@ -151,6 +172,9 @@ class Account(Struct):
     position: Annotated[int, Meta(ge=0, description="Journal head the balance is exact at.")]
     created_at: dt.datetime
     held: Annotated[int, Meta(ge=0, description="The sum of the account's pending holds as payer (already out of `balance`).")] = 0
+    status: AccountStatus = "active"
+    min_balance: Annotated[int | None, Meta(description="The lowest balance debits may leave; null: unbounded.")] = 0
+    max_balance: Annotated[int | None, Meta(description="The highest balance credits may leave; null: no cap.")] = None
 
 
 class TokenCreated(Struct):
@@ -193,6 +217,11 @@ class Transfer(Struct):
     # verification then fails.
     prev_hash: Annotated[Hash | None, Meta(description="The previous entry's `hash`, covered by this one's.")] = None
     postings: Annotated[list[Posting], Meta(description="The entry's postings, covered by its `hash`.")] = []
+    # v3 account entries (kind `account`): the account and the controls in force from it on.
+    account_id: uuid.UUID | None = None
+    account_status: AccountStatus | None = None
+    min_balance: int | None = None
+    max_balance: int | None = None
 
 
 HoldStatus = Literal["pending", "captured", "voided", "expired"]
@@ -277,6 +306,12 @@ class JournalEntry(Struct, frozen=True, omit_defaults=True):
     kind: EntryKind = "transfer"
     refund_of: uuid.UUID | None = None
     hold_id: uuid.UUID | None = None  # the hold of a hold's step
+    # v3 account entries (kind `account`, no postings): the account and the controls in force on
+    # it from this position on. In the hashed form, as everywhere, a null limit is left out.
+    account_id: uuid.UUID | None = None
+    account_status: AccountStatus | None = None
+    min_balance: int | None = None
+    max_balance: int | None = None
 
 
 # What the answer to a transfer shares with its journal entry, under the same names.

@@ -109,7 +109,9 @@ from ledger.store.search import (  # noqa: F401
 )
 from ledger.store.audit import (  # noqa: F401
     AUDIT_FETCH_ROWS,
+    account_controls,
     account_kinds,
+    controls_up_to,
     balances_from_postings,
     begin_snapshot,
     first_orphan_posting,

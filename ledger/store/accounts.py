@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from psycopg.rows import class_row, kwargs_row, namedtuple_row
 
 import schemas
-from ledger import domain
+from ledger import controls, domain
 from ledger.store.base import fetch_all, fetch_one, _numbers
 
 
@@ -107,22 +107,26 @@ class AccountRow:
 
 
 _ACCOUNT_COLUMNS = "a.id, a.kind, a.currency, a.owner_id, a.name, a.created_at"
+# The controls in force now (`ledger.controls`), shown with every account.
+_CONTROL_COLUMNS = "a.status, a.min_balance, a.max_balance"
 
 
 async def insert_account(conn, account: AccountRow) -> tuple[AccountRow, bool]:
-    """Create the account and its zero balance, or return the one already stored under that id."""
+    """Create the account with its kind's default controls (others are set by an account entry)
+    and its zero balance, or return the one already stored under that id."""
+    floor = controls.defaults(account.kind).min_balance
     async with conn.transaction():
         inserted = await (
             await conn.execute(
-                "INSERT INTO accounts (id, kind, currency, owner_id, name) VALUES (%s, %s, %s, %s, %s)"
+                "INSERT INTO accounts (id, kind, currency, owner_id, name, min_balance) VALUES (%s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (id) DO NOTHING RETURNING created_at",
-                (account.id, account.kind, account.currency, account.owner_id, account.name),
+                (account.id, account.kind, account.currency, account.owner_id, account.name, floor),
             )
         ).fetchone()
         if inserted is not None:
             await conn.execute(
-                "INSERT INTO balances (account_id, kind, balance, position) VALUES (%s, %s, 0, 0)",
-                (account.id, account.kind),
+                "INSERT INTO balances (account_id, kind, balance, position, balance_floor) VALUES (%s, %s, 0, 0, %s)",
+                (account.id, account.kind, floor),
             )
             return dataclasses.replace(account, created_at=inserted[0]), True
     existing = await account_by_id(conn, account.id)
@@ -154,7 +158,7 @@ async def account_with_balance(conn, account_id: uuid.UUID) -> schemas.Account |
     return await fetch_one(
         conn,
         kwargs_row(schemas.Account),
-        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position, {_HELD} FROM accounts a"
+        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position, {_HELD}, {_CONTROL_COLUMNS} FROM accounts a"
         " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
         " WHERE a.id = %s AND h.id = 1",
         (account_id,),
@@ -169,7 +173,7 @@ async def accounts_page(
     return await fetch_all(
         conn,
         kwargs_row(schemas.Account),
-        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position, {_HELD} FROM accounts a"
+        f"SELECT {_ACCOUNT_COLUMNS}, b.balance, h.position, {_HELD}, {_CONTROL_COLUMNS} FROM accounts a"
         " JOIN balances b ON b.account_id = a.id CROSS JOIN journal_head h"
         " WHERE h.id = 1 AND (%s::UUID IS NULL OR a.owner_id = %s) AND (%s::UUID IS NULL OR a.id > %s)"
         " ORDER BY a.id LIMIT %s",
@@ -211,7 +215,7 @@ async def account_as_of(conn, account_id: uuid.UUID, moment: dt.datetime) -> Pas
         "WITH t AS (SELECT coalesce((SELECT j.position FROM journal j WHERE j.committed_at <= %(moment)s"
         " ORDER BY j.committed_at DESC, j.position DESC LIMIT 1), 0) AS at)"
         f" SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='t.at')} AS balance, {_HELD_AT.format(at='t.at')},"
-        " h.position AS head, t.at"
+        f" {_CONTROL_COLUMNS}, h.position AS head, t.at"
         " FROM accounts a CROSS JOIN journal_head h CROSS JOIN t WHERE a.id = %(id)s AND h.id = 1",
         {"id": account_id, "moment": moment},
     )
@@ -220,7 +224,7 @@ async def account_as_of(conn, account_id: uuid.UUID, moment: dt.datetime) -> Pas
 
 ACCOUNT_AT_POSITION_SQL = (
     f"SELECT {_ACCOUNT_COLUMNS}, {_BALANCE_AT.format(at='%(at)s')} AS balance, {_HELD_AT.format(at='%(at)s')},"
-    " h.position AS head"
+    f" {_CONTROL_COLUMNS}, h.position AS head"
     " FROM accounts a CROSS JOIN journal_head h WHERE a.id = %(id)s AND h.id = 1"
 )
 
@@ -229,6 +233,7 @@ def _past_account(row, position: int) -> PastAccount:
     account = schemas.Account(
         id=row.id, kind=row.kind, currency=row.currency, owner_id=row.owner_id, name=row.name,
         balance=row.balance, position=position, created_at=row.created_at, held=row.held,
+        status=row.status, min_balance=row.min_balance, max_balance=row.max_balance,  # the controls now
     )
     return PastAccount(account, row.head)
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from psycopg import sql
 from psycopg.types.string import TextLoader
 
-from ledger import domain
+from ledger import controls, domain
 from ledger.store.base import AUDITOR_ROLE
 from ledger.store.journal import _ENTRIES
 from schemas import JournalEntry
@@ -39,6 +39,24 @@ async def account_kinds(conn) -> dict[uuid.UUID, tuple[str, str]]:
     """Every account's (kind, currency): what the audit needs to judge a balance."""
     rows = await (await conn.execute("SELECT id, kind, currency FROM accounts")).fetchall()
     return {row[0]: (row[1], row[2]) for row in rows}
+
+
+async def account_controls(conn) -> dict[uuid.UUID, controls.Controls]:
+    """Every account's controls in force, as the write side keeps them (compared with the replay's)."""
+    rows = await (await conn.execute("SELECT id, status, min_balance, max_balance FROM accounts")).fetchall()
+    return {row[0]: controls.Controls(row[1], row[2], row[3]) for row in rows}
+
+
+async def controls_up_to(conn, position: int) -> dict[uuid.UUID, controls.Controls]:
+    """The controls the last account entry at or before `position` set, per account it names: the
+    trusted start of `ledger audit --from` (journal_account_entries)."""
+    rows = await (await conn.execute(
+        "SELECT j.account_id, j.account_status, j.min_balance, j.max_balance FROM journal j"
+        " WHERE j.kind = 'account' AND j.position <= %s AND j.position = (SELECT max(k.position) FROM journal k"
+        " WHERE k.kind = 'account' AND k.account_id = j.account_id AND k.position <= %s)",
+        (position, position),
+    )).fetchall()
+    return {row[0]: controls.Controls(row[1], row[2], row[3]) for row in rows}
 
 
 async def stored_hash(conn, position: int) -> str | None:

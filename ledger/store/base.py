@@ -22,7 +22,7 @@ GRANTS: dict[str, dict[str, str]] = {
     API_ROLE: {
         "principals": "SELECT, INSERT",
         "tokens": "SELECT, INSERT, UPDATE",
-        "accounts": "SELECT, INSERT",
+        "accounts": "SELECT, INSERT, UPDATE",  # UPDATE: controls, changed only with an account entry
         "balances": "SELECT, INSERT, UPDATE",
         "journal": "SELECT, INSERT",
         "postings": "SELECT, INSERT",

@@ -37,16 +37,18 @@ async def read_batch_state(
     keys: list[str],
     refunded_ids: list[uuid.UUID] = (),
     hold_ids: list[uuid.UUID] = (),
+    closing_ids: list[uuid.UUID] = (),
 ) -> domain.BatchState:
     """Lock the journal head, then read the batch's accounts and stored keys. The statements are
     sent before any result is awaited, so in pipeline mode they cost one round trip; the head
     lock comes first, so it orders batches across processes. `batch_lock` is the dialect's
-    statement that waits for the previous batch before any snapshot is taken."""
+    statement that waits for the previous batch before any snapshot is taken. `closing_ids`:
+    accounts the batch may close, whose pending holds (as payer or payee) are read."""
     if batch_lock:
         await conn.execute(batch_lock)
     head_cursor = await conn.execute(_HEAD_FOR_UPDATE)
     accounts_cursor = await conn.cursor(row_factory=class_row(domain.AccountState)).execute(
-        "SELECT a.id, a.kind, a.currency, a.owner_id, b.balance FROM accounts a"
+        "SELECT a.id, a.kind, a.currency, a.owner_id, b.balance, a.status, a.min_balance, a.max_balance FROM accounts a"
         " JOIN balances b ON b.account_id = a.id WHERE a.id = ANY(%s::UUID[])",
         (_numbers(account_ids),),
     )
@@ -67,12 +69,25 @@ async def read_batch_state(
         holds_cursor = await conn.cursor(row_factory=class_row(domain.HoldState)).execute(
             f"SELECT {_HOLD_COLUMNS} FROM holds h WHERE h.id = ANY(%s::UUID[])", (_numbers(hold_ids),)
         )
+    pending_cursor = None
+    if closing_ids:
+        pending_cursor = await conn.execute(
+            "SELECT id, from_account_id, to_account_id FROM holds WHERE status = 'pending'"
+            " AND (from_account_id = ANY(%s::UUID[]) OR to_account_id = ANY(%s::UUID[]))",
+            (_numbers(closing_ids), _numbers(closing_ids)),
+        )
     position, digest, committed_at, database_now = await head_cursor.fetchone()
     accounts = {account.id: account for account in await accounts_cursor.fetchall()}
     stored = {(k.principal_id, k.key): (bytes(k.request_hash), k.position) for k in await keys_cursor.fetchall()}
     refunded = dict(await refunds_cursor.fetchall()) if refunds_cursor is not None else {}
     holds = {hold.id: hold for hold in await holds_cursor.fetchall()} if holds_cursor is not None else {}
-    return domain.BatchState(position, digest, accounts, stored, refunded, committed_at, holds, database_now)
+    pending = _pending_by_account(closing_ids, await pending_cursor.fetchall()) if pending_cursor is not None else {}
+    return domain.BatchState(position, digest, accounts, stored, refunded, committed_at, holds, database_now, pending)
+
+
+def _pending_by_account(account_ids: list[uuid.UUID], rows: list[tuple]) -> dict[uuid.UUID, frozenset[uuid.UUID]]:
+    """Each account's pending holds, from rows (hold id, payer, payee)."""
+    return {a: frozenset(hold for hold, payer, payee in rows if a in (payer, payee)) for a in account_ids}
 
 
 _HOLD_COLUMNS = (
@@ -85,6 +100,9 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
     """Append the batch's entries in a few multi-row statements and move each balance once."""
     entries = result.entries
     assert entries, "an empty batch writes nothing"
+    if result.controls:
+        await _write_account_entries(conn, result, committed_at=committed_at)
+        entries = [e for e in entries if e.kind != "account"]
     await conn.execute(
         "INSERT INTO journal (position, transfer_id, from_account_id, to_account_id, amount, currency,"
         " reference, metadata, committed_at, prev_hash, hash, kind, refund_of, hold_id)"
@@ -125,6 +143,41 @@ async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.date
         ),
     )
     await _move_balances_and_head(conn, result, committed_at=committed_at)
+
+
+async def _write_account_entries(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
+    """The batch's account entries (no postings, no key) and the controls they set: the account's
+    row, and its balance's floor (the lowest credit line it ever had; migration 0017)."""
+    entries = [e for e in result.entries if e.kind == "account"]
+    await conn.execute(
+        "INSERT INTO journal (position, transfer_id, from_account_id, to_account_id, amount, currency, reference,"
+        " metadata, committed_at, prev_hash, hash, kind, account_id, account_status, min_balance, max_balance)"
+        " SELECT p, t, a, a, 0, c, '', '{}'::JSONB, %s, ph, h, 'account', a, s, mi, ma FROM unnest(%s::INT8[],"
+        " %s::UUID[], %s::UUID[], %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::INT8[], %s::INT8[])"
+        " AS e (p, t, a, c, ph, h, s, mi, ma)",
+        (committed_at, *(_numbers([getattr(e, name) for e in entries]) for name in _ACCOUNT_ENTRY_FIELDS)),
+    )
+    changed = list(result.controls.items())
+    ids = _numbers([account_id for account_id, _ in changed])
+    statuses, lows, highs = (_numbers([getattr(c, name) for _, c in changed]) for name in _CONTROLS)
+    await conn.execute(
+        "UPDATE accounts SET status = c.s, min_balance = c.mi, max_balance = c.ma"
+        " FROM unnest(%s::UUID[], %s::TEXT[], %s::INT8[], %s::INT8[]) AS c (i, s, mi, ma) WHERE accounts.id = c.i",
+        (ids, statuses, lows, highs),
+    )
+    await conn.execute(
+        "UPDATE balances SET balance_floor = CASE WHEN balances.balance_floor IS NULL OR c.mi IS NULL THEN NULL"
+        " ELSE least(balances.balance_floor, c.mi) END"
+        " FROM unnest(%s::UUID[], %s::INT8[]) AS c (i, mi) WHERE balances.account_id = c.i",
+        (ids, lows),
+    )
+
+
+_ACCOUNT_ENTRY_FIELDS = (
+    "position", "transfer_id", "account_id", "currency", "prev_hash", "hash", "account_status", "min_balance",
+    "max_balance",
+)
+_CONTROLS = ("status", "min_balance", "max_balance")
 
 
 def _postings_rows(result: domain.BatchResult) -> list[tuple[int, uuid.UUID, int, int, str]]:
@@ -241,7 +294,8 @@ async def holds_for_audit(conn) -> list[domain.HoldState]:
 # columns of `schemas.JournalEntry`: `_entry_row` builds the entry straight from them.
 _ENTRIES = (
     "SELECT j.position, j.transfer_id, j.from_account_id, j.to_account_id, j.amount, j.currency, j.reference,"
-    " j.metadata, j.committed_at, j.prev_hash, j.hash, j.kind, j.refund_of, j.hold_id, p.account_ids, p.amounts,"
+    " j.metadata, j.committed_at, j.prev_hash, j.hash, j.kind, j.refund_of, j.hold_id, j.account_id, j.account_status,"
+    " j.min_balance, j.max_balance, p.account_ids, p.amounts,"
     " p.balances_after FROM journal j"
     " LEFT JOIN LATERAL (SELECT array_agg(q.account_id ORDER BY q.amount, q.account_id) AS account_ids,"
     " array_agg(q.amount ORDER BY q.amount, q.account_id) AS amounts,"
@@ -375,14 +429,16 @@ async def delete_idempotency_before(conn, *, before: dt.datetime, limit: int) ->
 async def insert_accounts(conn, accounts: list[tuple[uuid.UUID, str, str, str]]) -> None:
     """Bulk-create (id, kind, currency, name) accounts with no owner, and their zero balances."""
     columns = [list(column) for column in zip(*accounts)]
+    # With their kind's default controls (`ledger.controls.defaults`): no credit but for system accounts.
     await conn.execute(
-        "INSERT INTO accounts (id, kind, currency, name)"
-        " SELECT * FROM unnest(%s::UUID[], %s::TEXT[], %s::TEXT[], %s::TEXT[])",
+        "INSERT INTO accounts (id, kind, currency, name, min_balance)"
+        " SELECT i, k, c, n, CASE WHEN k = 'system' THEN NULL ELSE 0 END"
+        " FROM unnest(%s::UUID[], %s::TEXT[], %s::TEXT[], %s::TEXT[]) AS a (i, k, c, n)",
         columns,
     )
     await conn.execute(
-        "INSERT INTO balances (account_id, kind, balance, position)"
-        " SELECT i, k, 0, 0 FROM unnest(%s::UUID[], %s::TEXT[]) AS a (i, k)",
+        "INSERT INTO balances (account_id, kind, balance, position, balance_floor)"
+        " SELECT i, k, 0, 0, CASE WHEN k = 'system' THEN NULL ELSE 0 END FROM unnest(%s::UUID[], %s::TEXT[]) AS a (i, k)",
         columns[:2],
     )
 
@@ -398,6 +454,7 @@ async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datet
     cursor moves with the head, as if these entries' events had come and gone."""
     entries = result.entries
     assert entries, "an empty batch writes nothing"
+    assert not result.controls, "the bulk path writes no account entries"
     async with conn.cursor() as cursor:
         async with cursor.copy(
             "COPY journal (position, transfer_id, from_account_id, to_account_id, amount, currency, reference,"

@@ -58,6 +58,8 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "get_hold": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
     # v3 "Batches": every role that writes; each item is checked as its single route (below)
     "create_batch": {"admin": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
+    # v3 "Account controls": admin only (a client may not change its own limits, a vendor may not unfreeze)
+    "update_account": {"admin": EVERYTHING},
     # v3 "Searching entries by metadata": the whole journal for admin and auditor only
     "list_transfers": {"admin": EVERYTHING, "auditor": EVERYTHING},
     # v3 "The console": every role learns its own principal
@@ -251,6 +253,13 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "void absent hold": lambda w: Probe("void_hold", "POST", f"/v1/holds/{ABSENT}/void", 404, code="not_found"),
     "pay in a batch": lambda w: Probe("create_batch", "POST", "/v1/batches", 200, json={
         "mode": "independent", "items": [_item(_transfer(w.client_wallet, w.vendor_account), "transfer")]}),
+    # The values are those in force, so the matrix's admin changes nothing any other probe depends on.
+    "set client's credit line": lambda w: Probe("update_account", "PATCH", f"/v1/accounts/{w.client_wallet}", 200,
+                                                owners=frozenset({"client"}), json={"min_balance": 0}),
+    "unfreeze vendor's account": lambda w: Probe("update_account", "PATCH", f"/v1/accounts/{w.vendor_account}", 200,
+                                                 owners=frozenset({"vendor"}), json={"status": "active"}),
+    "change absent account's controls": lambda w: Probe("update_account", "PATCH", f"/v1/accounts/{ABSENT}", 404,
+                                                        json={"status": "frozen"}, code="not_found"),
     "list transfers": lambda w: Probe("list_transfers", "GET", "/v1/transfers", 200, params={"limit": 1}),
     "search transfers of an account": lambda w: Probe("list_transfers", "GET", "/v1/transfers", 200,
                                                       params={"account_id": w.client_wallet, "metadata.order": "1"}),
@@ -262,7 +271,7 @@ PROBES: dict[str, Callable[[World], Probe]] = {
                                                  owners=frozenset({"vendor"}),
                                                  params={"metadata.order": "1", "from": "2026-01-01T00:00:00Z"}),
 }
-MATRIX_CASES = 585  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 612  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 # The write probes whose single route a batch item takes, with the item's type: in a batch each

@@ -373,7 +373,7 @@ async def test_unknown_route_is_a_404_problem(stack, path):
 @pytest.mark.parametrize("method, path, allowed", [
     ("DELETE", "/v1/transfers", "GET, POST"), ("PUT", "/v1/transfers", "GET, POST"), ("TRACE", "/v1/transfers", "GET, POST"),
     ("GET", "/v1/batches", "POST"),
-    ("DELETE", f"/v1/accounts/{ABSENT}", "GET"), ("POST", "/v1/journal", "GET"), ("PATCH", "/v1/principals", "POST"),
+    ("DELETE", f"/v1/accounts/{ABSENT}", "GET, PATCH"), ("POST", "/v1/journal", "GET"), ("PATCH", "/v1/principals", "POST"),
     ("POST", "/healthz", "GET"),
 ])
 async def test_wrong_method_is_a_405_problem_that_says_what_is_allowed(stack, method, path, allowed):

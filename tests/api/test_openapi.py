@@ -48,7 +48,9 @@ async def test_each_problem_status_lists_exactly_the_codes_the_route_can_answer(
     assert _codes(document, "/v1/transfers", "post", 400) == [
         "idempotency_key_required", "invalid_idempotency_key", "invalid_json", "validation_error"]
     assert _codes(document, "/v1/transfers", "post", 422) == [
-        "account_not_found", "balance_limit_exceeded", "currency_mismatch", "insufficient_funds", "same_account"]
+        "account_closed", "account_frozen", "account_not_found", "balance_limit_exceeded", "currency_mismatch",
+        "insufficient_funds", "same_account"]
+    assert _codes(document, "/v1/accounts/{account_id}", "patch", 422) == ["account_not_empty"]
     assert _codes(document, "/v1/journal", "get", 503) == ["timeout", "unavailable"]
     assert "413" not in document["paths"]["/v1/journal"]["get"]["responses"]
     assert _codes(document, "/v1/accounts/{account_id}", "get", 403) == ["forbidden"]

@@ -564,7 +564,8 @@ def as_row(entry: schemas.JournalEntry) -> tuple:
     text = lambda value: None if value is None else str(value)  # noqa: E731
     return (entry.position, str(entry.transfer_id), str(entry.from_account_id), str(entry.to_account_id), entry.amount,
             entry.currency, entry.reference, entry.metadata, entry.committed_at, entry.prev_hash, entry.hash,
-            entry.kind, text(entry.refund_of), text(entry.hold_id), [str(p.account_id) for p in entry.postings],
+            entry.kind, text(entry.refund_of), text(entry.hold_id), text(entry.account_id), entry.account_status,
+            entry.min_balance, entry.max_balance, [str(p.account_id) for p in entry.postings],
             [p.amount for p in entry.postings], [0] * len(entry.postings))
 
 
@@ -576,6 +577,8 @@ def test_the_rows_hash_exactly_as_the_entries_whatever_they_hold():
         msgspec.structs.replace(first, metadata={"zeta": "1", "alpha": "é ünïcode", "quote": '"\\', "del": "\x7f"}),
         msgspec.structs.replace(first, reference="Grüße \u2028 <tab>\t", kind="refund", refund_of=uuid.uuid4()),
         msgspec.structs.replace(first, kind="capture", hold_id=uuid.uuid4(), metadata={"b": "2", "a": "1"}),
+        msgspec.structs.replace(first, kind="account", account_id=first.from_account_id, account_status="frozen",
+                                min_balance=-5, amount=0, postings=[], metadata={}),
     ]
     sealed = [msgspec.structs.replace(v, hash=domain.recompute_hash(v)) for v in variants]
     assert audit.hash_mismatches([as_row(entry) for entry in sealed]) == {}

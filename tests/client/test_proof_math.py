@@ -36,6 +36,9 @@ KINDS = {
     "refund": {"kind": "refund", "refund_of": uuid.UUID(int=3), "from_account_id": VENDOR, "to_account_id": PAYER},
     "capture": {"kind": "capture", "hold_id": uuid.UUID(int=4)},
     "no metadata": {"metadata": {}, "reference": ""},
+    # v3: an account entry moves nothing; its unbounded max_balance is left out like any null
+    "account": {"kind": "account", "account_id": PAYER, "account_status": "frozen", "min_balance": -500,
+                "to_account_id": PAYER, "amount": 0, "postings": [], "metadata": {}, "reference": ""},
 }
 
 
@@ -51,8 +54,9 @@ def test_the_hash_recomputed_from_a_transfer_answer_is_the_entrys(changes):
             proof.check_entry(msgspec.structs.replace(shown, **{field: value}))
     with pytest.raises(ProofError, match="cannot be recomputed"):
         proof.check_entry(msgspec.structs.replace(shown, prev_hash=None, postings=[]))  # an older server's answer
+    changed = {"postings": []} if shown.postings else {"account_status": "active", "min_balance": None}
     with pytest.raises(ProofError, match="do not hash to"):
-        proof.check_entry(msgspec.structs.replace(shown, postings=[]))
+        proof.check_entry(msgspec.structs.replace(shown, **changed))
 
 
 def test_the_fields_rebuilt_are_every_field_the_entry_hashes():

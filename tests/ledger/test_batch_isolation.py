@@ -118,11 +118,12 @@ async def test_a_void_that_fails_is_500_without_the_reason_and_others_still_comm
 
 
 async def test_a_database_error_is_never_echoed_in_the_problem(stack):
-    """A wallet the decision takes for a system account (its `accounts` row says so) overdrawn:
-    the database's no_overdraft CHECK refuses it, with the account's id in its DETAIL."""
+    """A wallet the decision takes for one unbounded below (its `accounts` row says so) overdrawn:
+    the database's overdraft CHECK (no_overdraft_below_floor) refuses it, with the account's id
+    in its DETAIL."""
     wallet = await stack.funded_wallet(100)
     system = await stack.account("system")
-    async with _damaged(stack, "accounts", "kind", "system", wallet.account_id):
+    async with _damaged(stack, "accounts", "min_balance", None, wallet.account_id):
         reply = await stack.transfer(stack.admin, wallet.account_id, system, 500)
     assert (reply.status, reply.code) == (500, "internal_error"), reply.text
     for driver_text in ("no_overdraft", "violates", "DETAIL", "balances", wallet.account_id):

@@ -19,7 +19,7 @@ CLIENT = uuid.uuid4()
 WALLET = AccountState(uuid.uuid4(), "wallet", "USD", CLIENT, 100)
 VENDOR = AccountState(uuid.uuid4(), "vendor", "USD", uuid.uuid4(), 0)
 EURO_VENDOR = AccountState(uuid.uuid4(), "vendor", "EUR", uuid.uuid4(), 0)
-SYSTEM = AccountState(uuid.uuid4(), "system", "USD", None, 0)
+SYSTEM = AccountState(uuid.uuid4(), "system", "USD", None, 0, min_balance=None)
 STAMP = "2026-01-01T00:00:00.000000Z"
 
 
@@ -187,7 +187,7 @@ def test_a_batch_is_never_stamped_before_the_previous_entry():
 
 # ---- holds ----------------------------------------------------------------------------------
 
-HOLDING = AccountState(domain.holding_account_id("USD"), "system", "USD", None, 0)
+HOLDING = AccountState(domain.holding_account_id("USD"), "system", "USD", None, 0, min_balance=None)
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 
 

@@ -34,6 +34,8 @@ async def test_every_invariant_holds_under_every_kind_of_fault(tmp_path):
     assert report.rejected["422 insufficient_funds"] > 0, summary
     assert sum(report.forged.values()) > 0, summary
     assert report.webhooks.startswith("ok"), summary
+    # Controls changed under load, and no entry broke the ones in force at its position.
+    assert report.controls.startswith("ok") and sum(report.controls_changed.values()) > 0, summary
     # Heads were signed all through the faults, and the audit found each one a prefix of the
     # journal that survived them: no head was signed over an entry a fault took back.
     assert report.signed_heads > 0, summary

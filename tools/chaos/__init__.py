@@ -47,6 +47,7 @@ from pathlib import Path
 import aiohttp
 
 from tools.chaos.checks import Checks, Metrics, metric_value
+from tools.chaos.controls import controls_violations
 from tools.chaos.faults import Child, FaultInjector, Stack, supervise
 from tools.chaos.forger import Forger
 from tools.chaos.options import FAULT_KINDS, HA_FAULT_KINDS, TOPOLOGIES, KeyResult, Options
@@ -99,6 +100,8 @@ class Chaos:
                                 faults=self.injector.faults, writes_end=self.writes_end,
                                 holds=self.workload.holder.records)
                 await checks.check()
+                if self.o.controls:
+                    await self._check_controls()
                 await checks.converge()
                 if self.witness is not None:
                     last = max([self.writes_end, *(f.ended for f in self.injector.faults)])
@@ -118,6 +121,15 @@ class Chaos:
                 self.ha.summarize(self.report, self.workload, self.injector, self.stack)
         return self.report
 
+    async def _check_controls(self) -> None:
+        """From the journal alone, with the audit's replay: no entry broke the controls in force."""
+        account_entries, broken = await controls_violations(self.stack.pg.url)
+        for violation in broken:
+            self.log.violation(violation)
+        self.report.controls_changed = self.workload.controller.changes
+        self.report.controls = (f"{'ok' if not broken else 'VIOLATED'} ({account_entries} account entries;"
+                                f" {self.workload.controller.line()})")
+
     async def traffic(self) -> None:
         """Traffic for `duration_s` (longer while faults of some kind are short), then the drain."""
         workload, faults = self.workload, self.injector.faults
@@ -129,6 +141,8 @@ class Chaos:
         workers = [asyncio.create_task(workload.worker(i), name=f"worker-{i}") for i in range(self.o.workers)]
         workers.append(asyncio.create_task(workload.treasurer(), name="treasurer"))
         workers += [asyncio.create_task(workload.holder.run(i), name=f"holder-{i}") for i in range(HOLDERS)]
+        if self.o.controls:
+            workers.append(asyncio.create_task(workload.controller.run(), name="controller"))
         if self.o.forger:
             forger = Forger(self.o, self.stack, self.log, self.report,
                             wallets=[wallet for _, _, wallet in workload.world.clients],
@@ -177,6 +191,8 @@ def parse_args(argv: list[str] | None) -> Options:
                         help="publish junk on every ledger subject during the run (default on)")
     parser.add_argument("--webhooks", action=argparse.BooleanOptionalAction, default=True,
                         help="a webhook receiver on every vendor and a `ledger webhooks` process to kill (default on)")
+    parser.add_argument("--controls", action=argparse.BooleanOptionalAction, default=True,
+                        help="freeze, cap and give credit lines to accounts while payments race (default on)")
     parser.add_argument("--wallets", type=int, default=20)
     parser.add_argument("--vendors", type=int, default=3)
     parser.add_argument("--workers", type=int, default=32, help="concurrent clients")
@@ -197,7 +213,7 @@ def parse_args(argv: list[str] | None) -> Options:
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     return Options(
         duration_s=args.duration, seed=seed, api_processes=args.api_processes, projectors=args.projectors,
-        forger=args.forger, webhooks=args.webhooks, wallets=args.wallets,
+        forger=args.forger, webhooks=args.webhooks, controls=args.controls, wallets=args.wallets,
         vendors=args.vendors, workers=args.workers, faults=not args.no_faults, fault_interval_s=args.fault_interval,
         quiet_s=args.quiet, min_faults_per_kind=args.min_faults, drain_s=args.drain, converge_s=args.converge, data_dir=args.data_dir,
         keep_data=args.keep_data, topology=args.topology,

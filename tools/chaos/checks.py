@@ -91,6 +91,7 @@ class Snapshot:
     keys: list  # (principal id, key, position)
     publish_cursor: int  # the last position known published; never past the head
     holds: list = dataclasses.field(default_factory=list)  # (id, from, to, amount, status, captured, reference)
+    floors: dict = dataclasses.field(default_factory=dict)  # account id -> the lowest min_balance an account entry gave it
 
     @classmethod
     async def read(cls, database_url: str) -> "Snapshot":
@@ -111,6 +112,8 @@ class Snapshot:
                 publish_cursor=(await rows("SELECT position FROM publish_cursor WHERE id = 1"))[0][0],
                 holds=await rows("SELECT id::TEXT, from_account_id::TEXT, to_account_id::TEXT, amount, status,"
                                  " captured_amount, reference FROM holds"),
+                floors=dict(await rows("SELECT account_id::TEXT, min(min_balance) FROM journal WHERE kind = 'account'"
+                                       " GROUP BY account_id")),
             )
 
 
@@ -223,8 +226,9 @@ class Checks:
                 report.lost += 1
                 self.log.violation(f"journal entry {row} differs from acknowledged {r.key}: {b}")
             acked_ids[r.transfer_id] = r
-        # A hold's steps share its reference; `check_holds` judges them.
-        journal = [row for row in journal if row[7] not in HOLD_KINDS]
+        # A hold's steps share its reference; `check_holds` judges them. Account entries answer no
+        # key (`tools.chaos.controls` judges them).
+        journal = [row for row in journal if row[7] not in HOLD_KINDS and row[7] != "account"]
         for reference, count in Counter(row[6] for row in journal).items():
             if count > 1:
                 report.duplicated += 1
@@ -262,7 +266,7 @@ class Checks:
         held = 0
         for account_id, kind, currency, balance in snapshot.balances:
             sums[currency] += balance
-            if kind != "system" and balance < 0:
+            if kind != "system" and balance < min(0, snapshot.floors.get(account_id) or 0):  # past any credit line
                 report.negative += 1
                 self.log.violation(f"{kind} account {account_id} is at {balance}")
             if kind != "system" and currency == CURRENCY:
@@ -315,8 +319,9 @@ class Checks:
                     " WHERE coalesce(b.balance, 0) <> coalesce(p.balance, 0)")).fetchone())[0]
                 vendor_entries = (await (await conn.execute(
                     "SELECT count(*) FROM journal j JOIN accounts a ON a.id = j.to_account_id AND a.kind = 'vendor'"
-                    # a hold, a void and an expiry name the vendor but pay it nothing
-                    " WHERE j.kind NOT IN ('hold', 'void', 'expire')"
+                    # a hold, a void and an expiry name the vendor but pay it nothing; an account
+                    # entry names the account whose controls it changes
+                    " WHERE j.kind NOT IN ('hold', 'void', 'expire', 'account')"
                     " AND NOT EXISTS (SELECT 1 FROM verifications v WHERE v.transfer_id = j.transfer_id)"
                 )).fetchone())[0]
         checkpoint = checkpoint[0] if checkpoint else 0

@@ -82,7 +82,7 @@ class Holder:
         status, code, answer = await self._send(rng, "/v1/holds", wallet_token, record.key, body)
         record.placed = (status, code)
         if status != 201:
-            if code not in ("insufficient_funds", None):
+            if code not in ("insufficient_funds", "account_frozen", None):  # a freeze (`controls`) refuses it
                 self.w.log.violation(f"hold {record.key} answered {status} {code}")
             return
         record.hold_id = answer["id"]

@@ -12,8 +12,10 @@ FAULT_KINDS = ("api_kill", "projector_kill", "nats_restart", "postgres_restart",
 # `--topology ha` (`tools/chaos/ha.py`): the database and NATS faults are node failures instead.
 HA_FAULT_KINDS = ("api_kill", "projector_kill", "primary_failover", "nats_node_kill")
 TOPOLOGIES = ("single", "ha")
+# What the controls changed during the run (`tools.chaos.controls`) refuse: a frozen payer, a capped payee.
+CONTROL_REJECTIONS = frozenset({"account_frozen", "balance_limit_exceeded"})
 EXPECTED_REJECTIONS = frozenset({"insufficient_funds", "same_account", "account_not_found", "currency_mismatch",
-                                 "refund_exceeds_transfer"})
+                                 "refund_exceeds_transfer", *CONTROL_REJECTIONS})
 # Answers that say "not now, try again": the key is retried, with the same body.
 RETRIED_STATUSES = frozenset({429, 503})
 
@@ -60,6 +62,9 @@ class Options:
     # A webhook receiver on every vendor account and a `ledger webhooks` process, SIGKILLed as a
     # fault kind of its own: every payment to a vendor must reach the receiver, correctly signed.
     webhooks: bool = True
+    # An admin freezing, capping and extending credit to accounts during the run; afterwards the
+    # journal alone is replayed to show no entry broke the controls in force (`tools/chaos/controls.py`).
+    controls: bool = True
     wallets: int = 20
     vendors: int = 3
     workers: int = 32

@@ -39,6 +39,8 @@ class Report:
     read_backs: Counter = dataclasses.field(default_factory=Counter)
     conservation: str = "not checked"
     holds: str = "not checked"
+    controls: str = "off"  # account controls changed under load, checked from the journal
+    controls_changed: Counter = dataclasses.field(default_factory=Counter)  # change -> acknowledged
     converged_s: float | None = None
     converged_after_last_fault_s: float | None = None
     audit: str = "not run"
@@ -99,6 +101,7 @@ class Report:
             f"vendor refunds: {self.refunds[0]} committed of {self.refunds[1]} asked, {self.refunds[2]} payments"
             " refunded",
             f"holds: {self.holds}",
+            f"controls: {self.controls}",
             f"conservation {self.conservation}",
             f"projection converged in {converged}{since_fault}",
             f"audit: {self.audit}",

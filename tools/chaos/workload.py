@@ -17,9 +17,10 @@ import uuid
 import aiohttp
 
 from tools.chaos.faults import Stack
+from tools.chaos.controls import Controller
 from tools.chaos.holds import Holder
 from tools.chaos.options import (
-    BACKOFF_S_MAX, BACKOFF_S_MIN, CURRENCY, EXPECTED_REJECTIONS, OTHER_CURRENCY, PROCESS_READY_S_MAX,
+    BACKOFF_S_MAX, BACKOFF_S_MIN, CONTROL_REJECTIONS, CURRENCY, EXPECTED_REJECTIONS, OTHER_CURRENCY, PROCESS_READY_S_MAX,
     READ_BACK_WAIT_MS, REFUND_INTERVAL_S, RETRIED_STATUSES, SHARE_LARGE, SHARE_OTHER_CURRENCY, SHARE_READ_BACK,
     SHARE_REFUND_RACE, SHARE_REFUNDED, SHARE_SAME_ACCOUNT, SHARE_TWIN, SHARE_UNKNOWN_TARGET, SHARE_VENDOR,
     SMALL_AMOUNT_MAX, KeyResult, Options,
@@ -113,6 +114,7 @@ class Workload:
         self.report = report
         self.world = World(options)
         self.holder = Holder(self)
+        self.controller = Controller(self)
         self.results: list[KeyResult] = []
         # Clients stop starting new keys once this is set, and every retry stops at `final_deadline`.
         self.stopped = asyncio.Event()
@@ -279,7 +281,8 @@ class Workload:
                                            "refund")
                 # Vendors now also refund payments, so a vendor may have paid some back between
                 # the read and this transfer: insufficient funds is then an answer, not a fault.
-                if result.status is not None and result.status != 201 and result.code != "insufficient_funds":
+                if result.status is not None and result.status != 201 and result.code not in (
+                        "insufficient_funds", *CONTROL_REJECTIONS):
                     self.log.violation(f"refund of {balance} from vendor {vendor} answered {result.status}"
                                        f" {result.code}")
             number += 1
