@@ -50,7 +50,7 @@ from psycopg import conninfo
 
 from ledger import db, principals
 from proofs import store as tree_store
-from tools import loadgen
+from tools import bulk_bench, loadgen
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tools.procstat import process_stat
 
@@ -81,6 +81,7 @@ SAMPLE_INTERVAL_S = 0.25
 NOISE_CORES_WARN = 0.5  # other tenants' CPU during a phase above which the table carries a warning
 BUCKET_S = 1.0
 SEED_CATCH_UP_TIMEOUT_S = 1800.0  # the projector replaying a seeded journal of a million entries
+BENCH_RATE_PER_S = 1_000_000  # LEDGER_RATE_PER_S for the bench's API unless the caller sets it
 PGBENCH_DATABASE = "ledger_pgbench"
 PGBENCH_SCALE = 10
 PGBENCH_CLIENTS = 8
@@ -322,6 +323,9 @@ def _service_env(stack: Stack, port: int) -> dict[str, str]:
                LEDGER_HTTP_HOST="127.0.0.1", LEDGER_HTTP_PORT=str(port),
                # Webhooks on, to a receiver on loopback that the bench starts (`start_receiver`).
                LEDGER_WEBHOOK_KEY=stack.webhook_key, LEDGER_WEBHOOK_ALLOW_PRIVATE="1")
+    # The per-principal rate limit (500 items/s by default) would cap the bulk path and the
+    # import, which run as one client at a time; the limiter still runs on every request.
+    env.setdefault("LEDGER_RATE_PER_S", str(BENCH_RATE_PER_S))
     return env
 
 
@@ -894,7 +898,8 @@ def _cpu_rows(phase: Phase, pgbench: Pgbench) -> list[Row]:
 HISTORY_FILE = "history.jsonl"
 
 
-def append_history(out_dir: Path, run_id: str, phases: dict[str, Phase], pgbench: Pgbench) -> list[dict]:
+def append_history(out_dir: Path, run_id: str, phases: dict[str, Phase], pgbench: Pgbench,
+                   bulk: bulk_bench.Bulk | None = None) -> list[dict]:
     """One line per run in `out_dir/history.jsonl`; returns every run so far, oldest first."""
     uniform = phases["uniform"]
     per = cpu_us_per_transfer(uniform)
@@ -908,6 +913,7 @@ def append_history(out_dir: Path, run_id: str, phases: dict[str, Phase], pgbench
         "cpu_ratio": round(per["server"] / yardstick, 3) if per and yardstick else None,
         "p99_at_half_ms": phases["uniform-50%"].latency_ms.get("p99"),
         **_median_history(phases, pgbench, yardstick),
+        **(bulk_bench.history(bulk, pgbench) if bulk is not None else {}),
         "others_cores_max": round(max(p.cpu_cores.get("others", 0.0) for p in phases.values()), 2),
     }
     path = out_dir / HISTORY_FILE
@@ -946,6 +952,9 @@ def history_chart(history: list[dict], path: Path) -> str | None:
     axis.plot(runs, [h.get("median_ratio") for h in history], marker="^", label="median uniform ÷ pgbench tps")
     axis.plot(runs, [h.get("median_cpu_ratio") for h in history], marker="v",
               label="median uniform: server CPU ÷ postgres CPU per tx")
+    axis.plot(runs, [h.get("bulk_ratio") for h in history], marker="D", label="bulk (batches of 100) ÷ pgbench tps")
+    axis.plot(runs, [h.get("bulk_cpu_ratio") for h in history], marker="x",
+              label="bulk: server CPU ÷ postgres CPU per tx")
     axis.axhline(UNIFORM_VS_PGBENCH_MIN, color="grey", linestyle=":", linewidth=0.8)
     axis.axhline(SERVER_CPU_VS_PGBENCH_MAX, color="grey", linestyle="--", linewidth=0.8)
     axis.set_ylim(bottom=0)
@@ -1064,6 +1073,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nats-url", help="use this NATS instead of an embedded one")
     parser.add_argument("--out-dir", type=Path, default=Path(".ledger/bench"))
     parser.add_argument("--keep-data", action="store_true", help="keep the embedded servers' data directories")
+    bulk_bench.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.big_journal = 0
@@ -1075,9 +1085,10 @@ def _start_stack(args: argparse.Namespace, run_dir: Path) -> Stack:
     postgres = nats = None
     database_url, nats_url = args.database_url, args.nats_url
     if database_url is None:
-        # `--profile` also breaks PostgreSQL's time down by statement (pg_stat_statements, which must
-        # be loaded at start: its hooks then cost every phase of such a run a little).
-        settings = {"shared_preload_libraries": "pg_stat_statements"} if args.profile else {}
+        # PostgreSQL's time by statement (pg_stat_statements) must be loaded at start: `--profile`
+        # counts in every phase (its hooks then cost each a little); the bulk path's statement
+        # profile switches counting on for its own phase only (`bulk_bench.statement_profile`).
+        settings = {"shared_preload_libraries": "pg_stat_statements"}
         postgres = EmbeddedPostgres(data_dir=run_dir / "pg", port=free_port(), settings=settings)
         postgres.start()
         database_url = postgres.url
@@ -1115,6 +1126,8 @@ def _stop_stack(stack: Stack, *, keep_data: bool) -> None:
 
 async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
     await db.migrate(stack.database_url)
+    if stack.postgres is not None and not args.profile:
+        await bulk_bench.track_statements(stack, "none")
     port = free_port()
     stack.api_url = f"http://127.0.0.1:{port}"
     stack.api = _spawn(stack, "api", port)
@@ -1163,6 +1176,10 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
     profile = None
     if args.profile:
         profile = await _profile(stack, sampler, options, native=args.profile == "native", scenario=args.profile_scenario)
+    bulk = bulk_bench.Bulk()
+    if not args.no_bulk:
+        bulk = await bulk_bench.measure(stack, sampler, options, args)
+        phases.update(bulk.phases)
     big = None
     if args.big_journal > 0:
         progress(f"growing the journal to {args.big_journal:,} entries (tools.seed)")
@@ -1171,13 +1188,15 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
             progress(f"seeded in {big.seed_s} s, projector at the head {big.projector_replay_s} s later;"
                      f" uniform again, {args.duration:.0f} s")
             phases["uniform-1M"] = await run_phase(stack, sampler, options, name="uniform-1M", scenario="uniform")
-    audit = None
-    if big is not None and big.skipped is None:
-        progress("ledger audit of the big journal (tools.audit_bench)")
-        from tools.audit_bench import measure_audit
-        audit = await asyncio.to_thread(measure_audit, stack.database_url)
+    progress("ledger audit of the journal (tools.audit_bench)")
+    from tools.audit_bench import measure_audit
+    audit = await asyncio.to_thread(measure_audit, stack.database_url)
+    if not args.no_bulk and (rows := bulk_bench.import_rows(args)) > 0:
+        progress(f"ledger import of a generated file of {rows:,} transfers, last (its followers' backlog would"
+                 " weigh on any phase after it)")
+        bulk.imported = await bulk_bench.run_import(stack, sampler, world, rows)
     return {"phases": phases, "pgbench": pgbench, "big": big, "profile": profile, "tree_lag": await tree_lag,
-            "audit": audit, "webhooks": webhooks}
+            "audit": audit, "webhooks": webhooks, "bulk": bulk}
 
 
 def start_receiver(stack: Stack, sampler: Sampler) -> str:
@@ -1415,13 +1434,14 @@ def main(argv: list[str]) -> int:
              f" {args.wallets} wallets, {args.vendors} vendors, {os.cpu_count()} cores, one API process"
              + (f", {_environment()}" if _environment() else ""))
     rows = (table_rows(phases, pgbench, big, sampler.peak_kb) + tree_rows(phases, measured["tree_lag"])
-            + webhook_rows(measured["webhooks"]))
+            + webhook_rows(measured["webhooks"]) + bulk_bench.rows(measured["bulk"], phases, pgbench))
     if (audit := measured["audit"]) is not None:
         rows.append(Row(f"ledger audit entries/s, journal of {audit.entries:,}",
                         f"{audit.entries_per_s:,.0f}/s ({audit.cpu_us_per_entry} µs CPU/entry, peak RSS"
                         f" {audit.peak_rss_mib:.0f} MiB, ok {audit.ok})", f"≥ {AUDIT_ENTRIES_PER_S_MIN:,}/s",
                         audit.ok and audit.entries_per_s >= AUDIT_ENTRIES_PER_S_MIN))
-    text = render(rows, title) + _noise_warning(phases, pgbench) + "\n\n" + detail_lines(phases, pgbench)
+    text = (render(rows, title) + _noise_warning(phases, pgbench) + "\n\n" + detail_lines(phases, pgbench)
+            + bulk_bench.details(measured["bulk"]))
     for name, one in (profile or {}).items():
         if name == "postgres":
             text += "\n\n" + _statements_text(one)
@@ -1429,7 +1449,7 @@ def main(argv: list[str]) -> int:
         text += "\n\n" + (_profile_text(name, one) if one.get("self") else
                            f"{name} profile: {one.get('error', 'no samples')}")
     chart_note = chart(phases, run_dir / "chart.png")
-    history = append_history(args.out_dir, run_id, phases, pgbench)
+    history = append_history(args.out_dir, run_id, phases, pgbench, bulk=measured["bulk"])
     history_note = history_chart(history, args.out_dir / "history.png")
     elapsed = time.monotonic() - started
     text += f"\n\nresults: {run_dir / 'result.json'}" + (f"\nchart: {run_dir / 'chart.png'}" if chart_note is None
@@ -1449,6 +1469,7 @@ def main(argv: list[str]) -> int:
         "profile": profile,
         "audit": asdict(audit) if audit is not None else None,
         "webhooks": asdict(measured["webhooks"]),
+        "bulk": asdict(measured["bulk"]),
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (run_dir / "table.txt").write_text(text + "\n")
