@@ -53,7 +53,7 @@ BIG_BATCH = 1000  # the large batch whose latency is measured at half speed
 BULK_CONCURRENCY = 16  # batches in flight: 1,600 transfers, past what one committer batch takes
 IMPORT_ROWS = 1_000_000
 IMPORT_ROWS_QUICK = 50_000
-IMPORT_CONCURRENCY = 3  # batches of 1,000 in flight: under LEDGER_QUEUE_MAX (4,096)
+IMPORT_CONCURRENCY = 4  # batches of 1,000 in flight: under LEDGER_QUEUE_MAX (4,096)
 IMPORT_TIMEOUT_S = 1800.0
 
 AB_ORDER = (("bulk-1", "independent"), ("bulk-atomic-1", "atomic"), ("bulk-2", "independent"),
