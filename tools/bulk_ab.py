@@ -4,7 +4,7 @@ The machine is shared and noisy, so a cut is kept only on a comparison made side
 starts the bench's stack once (`tools.bench`: embedded PostgreSQL and NATS, the projector, the
 webhook worker and its receiver, the world), then runs the bulk path (`tools.bulk_bench`, batches
 of 100) and optionally the single path (`tools.loadgen`, closed loop) with the API process
-restarted from checkout A, then B, then A, ... (`--pairs` times each), and prints one line per
+restarted from checkout A, then B, then B, A, A, B ... (`--pairs` times each), and prints one line per
 phase and the mean of each side with B ÷ A and the spread between pairs.
 
     git worktree add --detach /tmp/bench-base main
@@ -27,6 +27,7 @@ import msgspec
 from tools import bench, bulk_bench
 from tools.embedded import free_port
 
+DRAIN_S_MAX = 30.0
 SHOWN_GROUPS = ("server", "api", "postgres", "nats", "projector", "webhooks")
 
 
@@ -64,8 +65,11 @@ async def _alternate(stack: bench.Stack, sampler: bench.Sampler, args) -> list[t
     port = int(stack.api_url.rsplit(":", 1)[1])
     measured = []
     for pair in range(args.pairs):
-        for side, (code, env) in sides.items():
+        # A B, B A, A B, ...: a drift over the run (the tables growing) weighs on both sides alike.
+        for side in ("A", "B") if pair % 2 == 0 else ("B", "A"):
+            code, env = sides[side]
             await _restart_api(stack, sampler, port, code, env)
+            await _drain_webhooks(stack)
             name = f"{side}{pair + 1}"
             bench.progress(f"{name}: bulk, {args.duration:.0f} s")
             measured.append((side, "bulk", await bulk_bench.run_bulk_phase(
@@ -75,6 +79,17 @@ async def _alternate(stack: bench.Stack, sampler: bench.Sampler, args) -> list[t
                 measured.append((side, "single", await bench.run_phase(stack, sampler, options, name=f"single-{name}",
                                                                        scenario="uniform")))
     return measured
+
+
+async def _drain_webhooks(stack: bench.Stack) -> None:
+    """Wait (bounded) until the webhook worker has no pending delivery left, so that one phase's
+    backlog does not weigh on the next, which is the other side's."""
+    deadline = time.monotonic() + DRAIN_S_MAX
+    while time.monotonic() < deadline:
+        if not await bench._scalar(stack.database_url,
+                                   "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"):
+            return
+        await asyncio.sleep(0.2)
 
 
 def _env(pairs: list[str]) -> dict[str, str]:

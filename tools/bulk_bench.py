@@ -186,7 +186,9 @@ async def statement_profile(stack: bench.Stack, sampler: bench.Sampler, options:
             "SELECT regexp_replace(query, '\\s+', ' ', 'g'), calls, total_exec_time, rows, wal_bytes"
             " FROM pg_stat_statements ORDER BY total_exec_time DESC")).fetchall()
     tables_after = await _table_counts(stack.database_url)
-    profile = _profile(rows, transfers, max(1, phase.committer.get("batches", 0)), tables_before, tables_after)
+    # The counters run from before the warm-up to after the catch-up: batches over the same span.
+    batches = max(1, round(transfers / phase.committer["batch_mean"])) if phase.committer else 1
+    profile = _profile(rows, transfers, batches, tables_before, tables_after)
     profile["wal_bytes_per_transfer"] = round((await _wal_lsn(stack.database_url) - lsn_before) / transfers)
     return phase, profile
 
