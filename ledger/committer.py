@@ -254,20 +254,19 @@ class Committer:
     async def _attempt(
         self, commands: list[domain.EntryCommand], groups: list[range]
     ) -> tuple[list[Answer], list[schemas.JournalEntry]]:
-        async with self._pool.connection() as conn, conn.transaction():
-            async with conn.pipeline():  # the reads in one round trip; the writes use COPY, which cannot pipeline
-                state = await store.read_batch_state(
-                    conn,
-                    batch_lock=self._batch_lock,
-                    account_ids=list(
-                        {c.from_account_id for c in commands} | {c.to_account_id for c in commands}
-                        | {domain.holding_account_id(c.currency) for c in commands if c.hold_id is not None}
-                    ),
-                    principal_ids=[c.principal_id for c in commands],
-                    keys=[c.idempotency_key for c in commands],
-                    refunded_ids=list({c.refund_of for c in commands if c.refund_of is not None}),
-                    hold_ids=list({c.hold_id for c in commands if c.kind in domain.HOLD_CLOSING_KINDS}),
-                )
+        async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            state = await store.read_batch_state(
+                conn,
+                batch_lock=self._batch_lock,
+                account_ids=list(
+                    {c.from_account_id for c in commands} | {c.to_account_id for c in commands}
+                    | {domain.holding_account_id(c.currency) for c in commands if c.hold_id is not None}
+                ),
+                principal_ids=[c.principal_id for c in commands],
+                keys=[c.idempotency_key for c in commands],
+                refunded_ids=list({c.refund_of for c in commands if c.refund_of is not None}),
+                hold_ids=list({c.hold_id for c in commands if c.kind in domain.HOLD_CLOSING_KINDS}),
+            )
             now = self._clock()  # after the head lock, next to the database's clock read with it
             check_clock(now, database_now=state.database_now, head_committed_at=state.head_committed_at)
             now = domain.stamp_after(now, state.head_committed_at)

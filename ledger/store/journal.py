@@ -82,55 +82,49 @@ _HOLD_COLUMNS = (
 
 
 async def write_batch(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
-    """Append the batch's entries, postings and keys by COPY and move each balance once. COPY
-    (binary) leaves PostgreSQL no SQL and no arrays to parse and takes its multi-row insert path
-    (one WAL record a page, not a row); it cannot run in pipeline mode, so the caller's reads
-    must be done before (`committer`), and the updates after are pipelined here."""
-    await _copy_entries(conn, result, committed_at=committed_at)
-    async with conn.cursor() as cursor:
-        async with cursor.copy(
-            "COPY idempotency (principal_id, key, request_hash, position) FROM STDIN WITH BINARY"
-        ) as copy:
-            copy.set_types(["uuid", "text", "bytea", "int8"])
-            for key in result.new_keys:
-                await copy.write_row(key)
-    async with conn.pipeline():
-        await _move_balances_and_head(conn, result, committed_at=committed_at)
-
-
-_JOURNAL_COPY = (
-    "COPY journal (position, transfer_id, from_account_id, to_account_id, amount, currency, reference,"
-    " metadata, committed_at, prev_hash, hash, kind, refund_of, hold_id) FROM STDIN WITH BINARY"
-)
-_JOURNAL_COPY_TYPES = [
-    "int8", "uuid", "uuid", "uuid", "int8", "text", "text", "jsonb", "timestamptz", "text", "text", "text", "uuid",
-    "uuid",
-]
-
-
-def _json_text(value) -> str:
-    return _encode_json(value).decode()
-
-
-async def _copy_entries(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
-    """The batch's journal rows and postings, by COPY (the write path's and the seeder's)."""
+    """Append the batch's entries in a few multi-row statements and move each balance once."""
     entries = result.entries
     assert entries, "an empty batch writes nothing"
-    async with conn.cursor() as cursor:
-        async with cursor.copy(_JOURNAL_COPY) as copy:
-            copy.set_types(_JOURNAL_COPY_TYPES)
-            for e in entries:
-                await copy.write_row((
-                    e.position, e.transfer_id, e.from_account_id, e.to_account_id, e.amount, e.currency,
-                    e.reference, Jsonb(e.metadata, dumps=_json_text), committed_at, e.prev_hash, e.hash, e.kind,
-                    e.refund_of, e.hold_id,
-                ))
-        async with cursor.copy(
-            "COPY postings (position, account_id, amount, balance_after, reference) FROM STDIN WITH BINARY"
-        ) as copy:
-            copy.set_types(["int8", "uuid", "int8", "int8", "text"])
-            for row in _postings_rows(result):
-                await copy.write_row(row)
+    await conn.execute(
+        "INSERT INTO journal (position, transfer_id, from_account_id, to_account_id, amount, currency,"
+        " reference, metadata, committed_at, prev_hash, hash, kind, refund_of, hold_id)"
+        " SELECT p, t, f, o, a, c, r, m::JSONB, %s, ph, h, k, ro, ho FROM unnest("
+        "%s::INT8[], %s::UUID[], %s::UUID[], %s::UUID[], %s::INT8[], %s::TEXT[], %s::TEXT[], %s::TEXT[],"
+        " %s::TEXT[], %s::TEXT[], %s::TEXT[], %s::UUID[], %s::UUID[]) AS e (p, t, f, o, a, c, r, m, ph, h, k, ro, ho)",
+        (
+            committed_at,
+            _numbers([e.position for e in entries]),
+            _numbers([e.transfer_id for e in entries]),
+            _numbers([e.from_account_id for e in entries]),
+            _numbers([e.to_account_id for e in entries]),
+            _numbers([e.amount for e in entries]),
+            _texts([e.currency for e in entries]),
+            _texts([e.reference for e in entries]),
+            _texts([_encode_json(e.metadata).decode() for e in entries]),
+            _numbers([e.prev_hash for e in entries]),
+            _numbers([e.hash for e in entries]),
+            _numbers([e.kind for e in entries]),
+            _numbers([e.refund_of for e in entries]),
+            _numbers([e.hold_id for e in entries]),
+        ),
+    )
+    postings = _postings_rows(result)
+    await conn.execute(
+        "INSERT INTO postings (position, account_id, amount, balance_after, reference)"
+        " SELECT * FROM unnest(%s::INT8[], %s::UUID[], %s::INT8[], %s::INT8[], %s::TEXT[])",
+        (*(_numbers([p[i] for p in postings]) for i in range(4)), _texts([p[4] for p in postings])),
+    )
+    await conn.execute(
+        "INSERT INTO idempotency (principal_id, key, request_hash, position)"
+        " SELECT * FROM unnest(%s::UUID[], %s::TEXT[], %s::BYTEA[], %s::INT8[])",
+        (
+            _numbers([k[0] for k in result.new_keys]),
+            _texts([k[1] for k in result.new_keys]),
+            _texts(["\\x" + k[2].hex() for k in result.new_keys]),
+            _numbers([k[3] for k in result.new_keys]),
+        ),
+    )
+    await _move_balances_and_head(conn, result, committed_at=committed_at)
 
 
 def _postings_rows(result: domain.BatchResult) -> list[tuple[int, uuid.UUID, int, int, str]]:
@@ -393,15 +387,36 @@ async def insert_accounts(conn, accounts: list[tuple[uuid.UUID, str, str, str]])
     )
 
 
+_JOURNAL_COPY_TYPES = [
+    "int8", "uuid", "uuid", "uuid", "int8", "text", "text", "jsonb", "timestamptz", "text", "text", "text", "uuid",
+]
 
 
 async def copy_batch(conn, result: domain.BatchResult, *, committed_at: dt.datetime) -> None:
     """The bulk twin of `write_batch` for `tools.seed`: the same entries, postings, balances and
-    head, without idempotency keys. Nothing is published: the publisher cursor moves with the
-    head, as if these entries' events had come and gone."""
-    await _copy_entries(conn, result, committed_at=committed_at)
+    head, appended with COPY, without idempotency keys. Nothing is published: the publisher
+    cursor moves with the head, as if these entries' events had come and gone."""
+    entries = result.entries
+    assert entries, "an empty batch writes nothing"
+    async with conn.cursor() as cursor:
+        async with cursor.copy(
+            "COPY journal (position, transfer_id, from_account_id, to_account_id, amount, currency, reference,"
+            " metadata, committed_at, prev_hash, hash, kind, refund_of) FROM STDIN WITH BINARY"
+        ) as copy:
+            copy.set_types(_JOURNAL_COPY_TYPES)
+            for e in entries:
+                await copy.write_row((
+                    e.position, e.transfer_id, e.from_account_id, e.to_account_id, e.amount, e.currency,
+                    e.reference, Jsonb(e.metadata), committed_at, e.prev_hash, e.hash, e.kind, e.refund_of,
+                ))
+        async with cursor.copy(
+            "COPY postings (position, account_id, amount, balance_after, reference) FROM STDIN WITH BINARY"
+        ) as copy:
+            copy.set_types(["int8", "uuid", "int8", "int8", "text"])
+            for row in _postings_rows(result):
+                await copy.write_row(row)
     await _move_balances_and_head(conn, result, committed_at=committed_at)
     await conn.execute(
         "UPDATE publish_cursor SET position = greatest(position, %s), updated_at = now() WHERE id = 1",
-        (result.entries[-1].position,),
+        (entries[-1].position,),
     )
