@@ -41,6 +41,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -50,7 +51,7 @@ from psycopg import conninfo
 
 from ledger import db, principals
 from proofs import store as tree_store
-from tools import bulk_bench, loadgen
+from tools import loadgen
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from tools.procstat import process_stat
 
@@ -899,7 +900,7 @@ HISTORY_FILE = "history.jsonl"
 
 
 def append_history(out_dir: Path, run_id: str, phases: dict[str, Phase], pgbench: Pgbench,
-                   bulk: bulk_bench.Bulk | None = None) -> list[dict]:
+                   extra: dict | None = None) -> list[dict]:
     """One line per run in `out_dir/history.jsonl`; returns every run so far, oldest first."""
     uniform = phases["uniform"]
     per = cpu_us_per_transfer(uniform)
@@ -913,7 +914,7 @@ def append_history(out_dir: Path, run_id: str, phases: dict[str, Phase], pgbench
         "cpu_ratio": round(per["server"] / yardstick, 3) if per and yardstick else None,
         "p99_at_half_ms": phases["uniform-50%"].latency_ms.get("p99"),
         **_median_history(phases, pgbench, yardstick),
-        **(bulk_bench.history(bulk, pgbench) if bulk is not None else {}),
+        **(extra or {}),  # the extensions' figures (the bulk ratio)
         "others_cores_max": round(max(p.cpu_cores.get("others", 0.0) for p in phases.values()), 2),
     }
     path = out_dir / HISTORY_FILE
@@ -1050,7 +1051,7 @@ def chart(phases: dict[str, Phase], path: Path) -> str | None:
 # ---- the run ---------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str], extensions: Sequence[Any] = ()) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ledger bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per phase (default 20)")
@@ -1073,7 +1074,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nats-url", help="use this NATS instead of an embedded one")
     parser.add_argument("--out-dir", type=Path, default=Path(".ledger/bench"))
     parser.add_argument("--keep-data", action="store_true", help="keep the embedded servers' data directories")
-    bulk_bench.add_arguments(parser)
+    for extension in extensions:
+        extension.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.big_journal = 0
@@ -1087,7 +1089,7 @@ def _start_stack(args: argparse.Namespace, run_dir: Path) -> Stack:
     if database_url is None:
         # PostgreSQL's time by statement (pg_stat_statements) must be loaded at start: `--profile`
         # counts in every phase (its hooks then cost each a little); the bulk path's statement
-        # profile switches counting on for its own phase only (`bulk_bench.statement_profile`).
+        # profile switches counting on for its own phase only (`tools.bulk_bench`).
         settings = {"shared_preload_libraries": "pg_stat_statements"}
         postgres = EmbeddedPostgres(data_dir=run_dir / "pg", port=free_port(), settings=settings)
         postgres.start()
@@ -1124,10 +1126,11 @@ def _stop_stack(stack: Stack, *, keep_data: bool) -> None:
                 shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
-async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run_id: str,
+                   extensions: Sequence[Any] = ()) -> dict[str, Any]:
     await db.migrate(stack.database_url)
-    if stack.postgres is not None and not args.profile:
-        await bulk_bench.track_statements(stack, "none")
+    for extension in extensions:
+        await extension.prepare(stack, args)
     port = free_port()
     stack.api_url = f"http://127.0.0.1:{port}"
     stack.api = _spawn(stack, "api", port)
@@ -1176,10 +1179,10 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
     profile = None
     if args.profile:
         profile = await _profile(stack, sampler, options, native=args.profile == "native", scenario=args.profile_scenario)
-    bulk = bulk_bench.Bulk()
-    if not args.no_bulk:
-        bulk = await bulk_bench.measure(stack, sampler, options, args)
-        phases.update(bulk.phases)
+    extended = {}
+    for extension in extensions:
+        extended[extension.NAME] = await extension.measure(stack, sampler, options, args)
+        phases.update(extended[extension.NAME].phases)
     big = None
     if args.big_journal > 0:
         progress(f"growing the journal to {args.big_journal:,} entries (tools.seed)")
@@ -1191,12 +1194,10 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
     progress("ledger audit of the journal (tools.audit_bench)")
     from tools.audit_bench import measure_audit
     audit = await asyncio.to_thread(measure_audit, stack.database_url)
-    if not args.no_bulk and (rows := bulk_bench.import_rows(args)) > 0:
-        progress(f"ledger import of a generated file of {rows:,} transfers, last (its followers' backlog would"
-                 " weigh on any phase after it)")
-        bulk.imported = await bulk_bench.run_import(stack, sampler, world, rows)
+    for extension in extensions:
+        await extension.finish(stack, sampler, world, args, extended[extension.NAME])
     return {"phases": phases, "pgbench": pgbench, "big": big, "profile": profile, "tree_lag": await tree_lag,
-            "audit": audit, "webhooks": webhooks, "bulk": bulk}
+            "audit": audit, "webhooks": webhooks, "extended": extended}
 
 
 def start_receiver(stack: Stack, sampler: Sampler) -> str:
@@ -1413,8 +1414,13 @@ def _environment() -> dict[str, str]:
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith("LEDGER_") and k not in hidden}
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def main(argv: list[str], extensions: Sequence[Any] = ()) -> int:
+    """The run. `extensions` add phases and rows without this module importing them (`ledger
+    bench` is `tools.bulk_bench`, which passes itself): each has `NAME`, `add_arguments(parser)`,
+    `prepare(stack, args)` after the migrations, `measure(stack, sampler, options, args)` after
+    the tree follower's A/B (a result with `phases`), `finish(stack, sampler, world, args,
+    result)` after the audit, and `rows`, `details` and `history` for the report."""
+    args = parse_args(argv, extensions)
     started = time.monotonic()
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = (args.out_dir / f"run-{run_id}").absolute()
@@ -1425,7 +1431,7 @@ def main(argv: list[str]) -> int:
     stack = _start_stack(args, run_dir)
     _watch_servers(sampler)
     try:
-        measured = asyncio.run(_measure(stack, sampler, args, run_id))
+        measured = asyncio.run(_measure(stack, sampler, args, run_id, extensions))
     finally:
         _stop_stack(stack, keep_data=args.keep_data)
         sampler.stop()
@@ -1434,14 +1440,16 @@ def main(argv: list[str]) -> int:
              f" {args.wallets} wallets, {args.vendors} vendors, {os.cpu_count()} cores, one API process"
              + (f", {_environment()}" if _environment() else ""))
     rows = (table_rows(phases, pgbench, big, sampler.peak_kb) + tree_rows(phases, measured["tree_lag"])
-            + webhook_rows(measured["webhooks"]) + bulk_bench.rows(measured["bulk"], phases, pgbench))
+            + webhook_rows(measured["webhooks"]))
+    for extension in extensions:
+        rows += extension.rows(measured["extended"][extension.NAME], phases, pgbench)
     if (audit := measured["audit"]) is not None:
         rows.append(Row(f"ledger audit entries/s, journal of {audit.entries:,}",
                         f"{audit.entries_per_s:,.0f}/s ({audit.cpu_us_per_entry} µs CPU/entry, peak RSS"
                         f" {audit.peak_rss_mib:.0f} MiB, ok {audit.ok})", f"≥ {AUDIT_ENTRIES_PER_S_MIN:,}/s",
                         audit.ok and audit.entries_per_s >= AUDIT_ENTRIES_PER_S_MIN))
     text = (render(rows, title) + _noise_warning(phases, pgbench) + "\n\n" + detail_lines(phases, pgbench)
-            + bulk_bench.details(measured["bulk"]))
+            + "".join(extension.details(measured["extended"][extension.NAME]) for extension in extensions))
     for name, one in (profile or {}).items():
         if name == "postgres":
             text += "\n\n" + _statements_text(one)
@@ -1449,7 +1457,9 @@ def main(argv: list[str]) -> int:
         text += "\n\n" + (_profile_text(name, one) if one.get("self") else
                            f"{name} profile: {one.get('error', 'no samples')}")
     chart_note = chart(phases, run_dir / "chart.png")
-    history = append_history(args.out_dir, run_id, phases, pgbench, bulk=measured["bulk"])
+    history = append_history(args.out_dir, run_id, phases, pgbench, extra={
+        key: value for extension in extensions
+        for key, value in extension.history(measured["extended"][extension.NAME], pgbench).items()})
     history_note = history_chart(history, args.out_dir / "history.png")
     elapsed = time.monotonic() - started
     text += f"\n\nresults: {run_dir / 'result.json'}" + (f"\nchart: {run_dir / 'chart.png'}" if chart_note is None
@@ -1469,7 +1479,7 @@ def main(argv: list[str]) -> int:
         "profile": profile,
         "audit": asdict(audit) if audit is not None else None,
         "webhooks": asdict(measured["webhooks"]),
-        "bulk": asdict(measured["bulk"]),
+        **{name: asdict(one) for name, one in measured["extended"].items()},
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (run_dir / "table.txt").write_text(text + "\n")

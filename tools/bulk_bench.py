@@ -1,6 +1,8 @@
 """The bulk path in `make bench` (issue 25): `POST /v1/batches` against pgbench in the same run.
 
-Called by `tools.bench` once its own phases are done, on the same stack, world and settings:
+`ledger bench` runs `main` here, which is `tools.bench`'s run with this module as its extension
+(so that bench.py, which this module uses, need not import it back). After bench's own phases,
+on the same stack, world and settings:
 
 - bulk-1, bulk-atomic-1, bulk-2, bulk-atomic-2: closed loop, `--bulk-concurrency` batches of 100
   transfers in flight (`tools.bulk_load`), independent and atomic alternated, so that a drift over
@@ -69,6 +71,29 @@ def add_arguments(parser) -> None:
                         help=f"rows of the generated `ledger import` file (default {IMPORT_ROWS:,};"
                              f" --quick {IMPORT_ROWS_QUICK:,}; 0 skips the import)")
     parser.add_argument("--no-bulk", action="store_true", help="skip the bulk path's phases")
+
+
+NAME = "bulk"
+
+
+def main(argv: list[str]) -> int:
+    return bench.main(argv, extensions=(sys.modules[__name__],))
+
+
+async def prepare(stack: bench.Stack, args) -> None:
+    """pg_stat_statements is loaded in every run but counts only in the statement profile's phase
+    (and, with `--profile`, everywhere): with `track = none` its hooks return at once."""
+    if stack.postgres is not None and not args.profile:
+        await track_statements(stack, "none")
+
+
+async def finish(stack: bench.Stack, sampler: bench.Sampler, world, args, bulk: "Bulk") -> None:
+    """Last of the run: `ledger import`, whose followers' backlog would weigh on any phase after it."""
+    if args.no_bulk or (rows := import_rows(args)) <= 0:
+        return
+    bench.progress(f"ledger import of a generated file of {rows:,} transfers (last: its followers' backlog"
+                   " would weigh on any phase after it)")
+    bulk.imported = await run_import(stack, sampler, world, rows)
 
 
 def import_rows(args) -> int:
@@ -318,6 +343,8 @@ class Bulk:
 
 async def measure(stack: bench.Stack, sampler: bench.Sampler, options: bench.Options, args) -> Bulk:
     bulk, concurrency = Bulk(), args.bulk_concurrency
+    if args.no_bulk:
+        return bulk
     bench.progress(f"bulk path: batches of {BULK_BATCH}, {concurrency} in flight, independent and atomic alternated,"
                    f" {options.duration_s:.0f} s each")
     for name, mode in AB_ORDER:
@@ -357,6 +384,8 @@ def mean_cpu(phases: dict[str, bench.Phase], mode: str) -> dict[str, float]:
 
 
 def rows(bulk: Bulk, phases: dict[str, bench.Phase], pgbench: bench.Pgbench) -> list[bench.Row]:
+    if not bulk.phases:
+        return []
     out = _throughput_rows(bulk, pgbench)
     single, today = bulk.phases.get("single-1000-per-s"), bench.median_uniform(phases)
     big = bulk.phases.get("bulk-1000-50%")
@@ -444,3 +473,7 @@ def history(bulk: Bulk, pgbench: bench.Pgbench) -> dict[str, float | None]:
             "bulk_server_cpu_us": round(per["server"], 1) if per else None,
             "bulk_cpu_ratio": round(per["server"] / yardstick, 3) if per and yardstick else None,
             "atomic_ratio": round(mean_rate(bulk.phases, "atomic") / independent, 3)}
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
