@@ -322,9 +322,12 @@ async def run_import(stack: bench.Stack, sampler: bench.Sampler, world, rows: in
     sampler.unwatch("import")
     result.exit_code = process.returncode
     result.peak_rss_mb = round(sampler.peak_kb.get("import", 0) / 1024, 1)
-    with_summary = output.decode().strip().splitlines()
-    if with_summary:
-        summary = json.loads(with_summary[-1])
+    lines = output.decode(errors="replace").strip().splitlines()
+    try:
+        summary = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        bench.progress(f"ledger import printed no summary (exit {process.returncode})")
+    else:
         result.rows, result.committed = summary["rows"], summary["committed"] + summary["replayed"]
         result.rejected, result.seconds, result.rows_per_s = summary["rejected"], summary["seconds"], summary["rows_per_s"]
     path.unlink(missing_ok=True)
