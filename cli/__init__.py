@@ -16,6 +16,8 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import logging
+import os
 import signal
 import sys
 
@@ -34,6 +36,11 @@ TOOLS: dict[str, tuple[str, str]] = {
 CLIENT_COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("client.importer", "send a CSV or NDJSON file of commands through POST /v1/batches (docs/import.md)"),
 }
+# How long a graceful stop (SIGTERM/SIGINT) may take before the process names what it still waits
+# on and exits (code 3): under an orchestrator's usual 30 s before SIGKILL, well over a clean
+# stop's few seconds (the HTTP server's 10 s for requests in flight is the longest part).
+STOP_GRACE_S = 25.0
+STACK_FRAMES_MAX = 6  # innermost frames shown per task still running when the stop is overdue
 TOOLS_MISSING = "`ledger {name}` is tooling, installed with the dev extra: pip install 'wallet-ledger[dev]' (or `make run`)"
 
 
@@ -54,11 +61,37 @@ def run_until_signal(coroutine) -> None:
             # are finished, the outbox is left consistent); SIGKILL is there for impatience.
             if not task.cancelling():
                 task.cancel()
+                loop.call_later(STOP_GRACE_S, _stop_overdue, loop)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop_once)
         with contextlib.suppress(asyncio.CancelledError):
             runner.run(_await(task))
+
+
+def _stop_overdue(loop: asyncio.AbstractEventLoop) -> None:
+    """The graceful stop outlived its bound: say what it still waits on, then exit at once, so a
+    stop never hangs on a dependency that stopped answering (what is uncommitted is not lost: the
+    committer answered nobody for it, and the outbox's sweeper republishes what was not recorded)."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    lines = [f"stop overdue after {STOP_GRACE_S:g} s; {len(pending)} tasks still running:"]
+    for task in pending:
+        lines.append(f"  {task.get_name()}: {_awaiting(task.get_coro()) or '(not started)'}")
+    logging.getLogger("ledger").error("\n".join(lines))
+    logging.shutdown()
+    os._exit(Exit.UNREACHABLE)
+
+
+def _awaiting(coroutine) -> str:
+    """Where a suspended coroutine waits: its chain of awaits, innermost last (Task.get_stack
+    shows only the outermost frame of a suspended task)."""
+    frames = []
+    while coroutine is not None:
+        frame = getattr(coroutine, "cr_frame", None) or getattr(coroutine, "gi_frame", None)
+        if frame is not None:
+            frames.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        coroutine = getattr(coroutine, "cr_await", None) or getattr(coroutine, "gi_yieldfrom", None)
+    return " -> ".join(frames[-STACK_FRAMES_MAX:])
 
 
 async def _await(task):

@@ -6,6 +6,7 @@ Each test runs the real `ledger` command as a subprocess.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -157,3 +158,35 @@ async def test_principal_commands_create_rotate_list_and_revoke_tokens(stack):
     assert [item["revoked_at"] is not None for item in listed] == [True, False]
     unknown = await run("revoke", principal["id"], str(uuid.uuid4()))
     assert unknown.returncode == 1 and len(unknown.stderr.splitlines()) == 1, unknown.stderr
+
+
+HUNG_STOP = """
+import asyncio, sys
+import cli
+cli.STOP_GRACE_S = 0.5
+
+async def deaf_to_cancel():
+    print("running", flush=True)
+    while True:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            pass  # a dependency that never lets the stop finish
+
+cli.run_until_signal(deaf_to_cancel())
+"""
+HUNG_STOP_EXIT_S_MAX = 20.0  # the grace (0.5 s here) plus an interpreter's start on a loaded machine
+
+
+def test_a_stop_that_outlives_its_grace_names_what_it_waits_on_and_exits_3():
+    child = subprocess.Popen([sys.executable, "-c", HUNG_STOP], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline() == "running\n"
+        child.send_signal(signal.SIGTERM)
+        _, stderr = child.communicate(timeout=HUNG_STOP_EXIT_S_MAX)
+    finally:
+        child.kill()
+    assert child.returncode == Exit.UNREACHABLE, stderr
+    assert stderr.startswith("stop overdue after 0.5 s;"), stderr
+    assert "deaf_to_cancel -> tasks.py" in stderr, stderr  # where it waits, down to the innermost await
