@@ -27,7 +27,6 @@ import msgspec
 from tools import bench, bulk_bench
 from tools.embedded import free_port
 
-DRAIN_S_MAX = 30.0
 SHOWN_GROUPS = ("server", "api", "postgres", "nats", "projector", "webhooks")
 
 
@@ -69,7 +68,7 @@ async def _alternate(stack: bench.Stack, sampler: bench.Sampler, args) -> list[t
         for side in ("A", "B") if pair % 2 == 0 else ("B", "A"):
             code, env = sides[side]
             await _restart_api(stack, sampler, port, code, env)
-            await _drain_webhooks(stack)
+            await bulk_bench.drain_webhooks(stack)
             name = f"{side}{pair + 1}"
             bench.progress(f"{name}: bulk, {args.duration:.0f} s")
             measured.append((side, "bulk", await bulk_bench.run_bulk_phase(
@@ -79,17 +78,6 @@ async def _alternate(stack: bench.Stack, sampler: bench.Sampler, args) -> list[t
                 measured.append((side, "single", await bench.run_phase(stack, sampler, options, name=f"single-{name}",
                                                                        scenario="uniform")))
     return measured
-
-
-async def _drain_webhooks(stack: bench.Stack) -> None:
-    """Wait (bounded) until the webhook worker has no pending delivery left, so that one phase's
-    backlog does not weigh on the next, which is the other side's."""
-    deadline = time.monotonic() + DRAIN_S_MAX
-    while time.monotonic() < deadline:
-        if not await bench._scalar(stack.database_url,
-                                   "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"):
-            return
-        await asyncio.sleep(0.2)
 
 
 def _env(pairs: list[str]) -> dict[str, str]:

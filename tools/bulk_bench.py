@@ -28,6 +28,7 @@ import random
 import re
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ IMPORT_TIMEOUT_S = 1800.0
 AB_ORDER = (("bulk-1", "independent"), ("bulk-atomic-1", "atomic"), ("bulk-2", "independent"),
             ("bulk-atomic-2", "atomic"))
 STATEMENTS_SHOWN = 14
+DRAIN_S_MAX = 30.0  # the webhook backlog left by one phase is delivered before the next starts, at most this long
 _WRITE = re.compile(r"^\s*(?:INSERT INTO|UPDATE|DELETE FROM|COPY)\s+(\w+)", re.IGNORECASE)
 
 
@@ -93,6 +95,7 @@ async def finish(stack: bench.Stack, sampler: bench.Sampler, world, args, bulk: 
         return
     bench.progress(f"ledger import of a generated file of {rows:,} transfers (last: its followers' backlog"
                    " would weigh on any phase after it)")
+    await drain_webhooks(stack)
     bulk.imported = await run_import(stack, sampler, world, rows)
 
 
@@ -127,6 +130,17 @@ def summarize(phase: bench.Phase, records: BulkRecords) -> None:
                     "p50_ms": [float("nan")] * buckets, "p99_ms": [float("nan")] * buckets}
 
 
+async def drain_webhooks(stack: bench.Stack) -> None:
+    """Wait (bounded) until no webhook delivery is pending, so that one phase's backlog does not
+    weigh on the next: a phase of 2,000 transfers/s leaves the worker seconds behind."""
+    deadline = time.monotonic() + DRAIN_S_MAX
+    while time.monotonic() < deadline:
+        if not await bench._scalar(stack.database_url,
+                                   "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending'"):
+            return
+        await asyncio.sleep(0.2)
+
+
 async def run_bulk_phase(stack: bench.Stack, sampler: bench.Sampler, options: bench.Options, *, name: str,
                          mode: str = "independent", batch: int = BULK_BATCH, concurrency: int = BULK_CONCURRENCY,
                          batches_per_s: float = 0.0) -> bench.Phase:
@@ -135,6 +149,7 @@ async def run_bulk_phase(stack: bench.Stack, sampler: bench.Sampler, options: be
     phase = bench.Phase(name=name, scenario=f"batches of {batch}, {mode}", mode="open" if batches_per_s else "closed",
                         concurrency=concurrency, rate_per_s=round(batches_per_s * batch, 1),
                         duration_s=options.duration_s)
+    await drain_webhooks(stack)
     await bench._execute(stack.database_url, "CHECKPOINT")
     command = [sys.executable, "-m", "tools.bulk_load", "--world", str(options.world_path), "--out", str(out),
                "--batch", str(batch), "--mode", mode, "--concurrency", str(concurrency), "--rate", str(batches_per_s),
@@ -359,6 +374,7 @@ async def measure(stack: bench.Stack, sampler: bench.Sampler, options: bench.Opt
     bulk.phases["bulk-1000-50%"] = await run_bulk_phase(stack, sampler, options, name="bulk-1000-50%", batch=BIG_BATCH,
                                                         batches_per_s=rate)
     bench.progress(f"single requests, open loop at {SINGLE_OPEN_RATE_PER_S:,.0f}/s")
+    await drain_webhooks(stack)
     bulk.phases["single-1000-per-s"] = await bench.run_phase(stack, sampler, options, name="single-1000-per-s",
                                                          scenario="uniform", rate_per_s=SINGLE_OPEN_RATE_PER_S)
     bench.progress("bulk path with pg_stat_statements counting: the statement profile")
