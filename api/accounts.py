@@ -9,7 +9,8 @@ from aiohttp import web
 import schemas
 from api import auth
 from api.framework import Call, decode_cursor, encode_cursor, json_response
-from api.framework import IdPageQuery, PointQuery, StatementQuery, decode_id_cursor, encode_id_cursor, parse_time
+from api.framework import IdPageQuery, PointQuery, decode_id_cursor, encode_id_cursor, parse_time
+from api.search import StatementSearchQuery
 from api.problems import ApiError
 from ledger import principals, store
 
@@ -103,11 +104,12 @@ async def list_accounts(services, call: Call) -> web.Response:
 
 
 async def get_statement(services, call: Call) -> web.Response:
-    """The account's entries from the journal (never stale), one consistent read."""
-    query: StatementQuery = call.query
+    """The account's entries from the journal (never stale), one consistent read, with the
+    search's filters (`api.search`)."""
+    query: StatementSearchQuery = call.query
     async with services.pool.connection() as conn:
-        items = await store.statement(
-            conn, call.ids["account_id"], after=decode_cursor(query.after), limit=query.limit,
+        items = await store.statement_search(
+            conn, call.ids["account_id"], query.entry_filter(), after=decode_cursor(query.after), limit=query.limit,
             reference=query.reference,
         )
     next_cursor = encode_cursor(items[-1].position) if len(items) == query.limit else None

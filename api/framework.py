@@ -75,12 +75,6 @@ class IdPageQuery(msgspec.Struct, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100
 
 
-class StatementQuery(msgspec.Struct, forbid_unknown_fields=True):
-    after: Cursor = ""
-    limit: Annotated[int, msgspec.Meta(ge=1, le=schemas.PAGE_LIMIT_MAX)] = 100
-    reference: Annotated[schemas.Reference, msgspec.Meta(description="Only entries with exactly this reference.")] | None = None
-
-
 # An RFC 3339 date-time with its offset, as JSON Schema's `date-time` format means it; the pattern
 # keeps out what msgspec alone would take for a time (a bare number is a Unix time to it).
 RFC3339_PATTERN = (
@@ -366,10 +360,26 @@ def _query(request: web.Request, kind: type):
     params = dict(request.query)
     if len(params) != len(request.query):
         raise ApiError("validation_error", "a query parameter is repeated")
+    prefix = getattr(kind, "PREFIXED", None)
+    if prefix is not None:
+        params = _gather_prefixed(params, prefix)
     try:
         return msgspec.convert(params, kind, strict=False)
     except msgspec.ValidationError as error:
         raise from_validation(str(error), root="$.query") from None
+
+
+def _gather_prefixed(params: dict[str, str], prefix: str) -> dict[str, Any]:
+    """A family of parameters `PREFIX.NAME=VALUE` (a query type's `PREFIXED`, such as the metadata
+    filters of a search) as one field `PREFIX` holding {NAME: VALUE}, which the type then checks.
+    The bare name is not a parameter."""
+    if prefix in params:
+        raise ApiError("validation_error", f"give `{prefix}.NAME=VALUE`, not `{prefix}`",
+                       errors=[schemas.ValidationIssue(path=f"$.query.{prefix}", message="Unknown parameter")])
+    dotted = prefix + "."
+    gathered = {name: value for name, value in params.items() if not name.startswith(dotted)}
+    gathered[prefix] = {name[len(dotted):]: value for name, value in params.items() if name.startswith(dotted)}
+    return gathered
 
 
 def _path_ids(request: web.Request, names: tuple[str, ...]) -> dict[str, uuid.UUID]:

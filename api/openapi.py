@@ -34,7 +34,10 @@ def _parameters(route: Route) -> list[dict]:
     ]
     query_schema = msgspec.json.schema(route.query)
     query_def = query_schema.get("$defs", {}).get(route.query.__name__, {})
+    gathered = getattr(route.query, "PREFIXED", None)  # a family of parameters, described on the operation
     for name, prop in query_def.get("properties", {}).items():
+        if name == gathered:
+            continue
         params.append({"name": name, "in": "query", "required": name in query_def.get("required", ()), "schema": prop})
     if route.idempotency:
         params.append({
@@ -74,6 +77,8 @@ def _headers(route: Route, status: int, codes: list[str]) -> dict[str, dict]:
 
 def _operation(route: Route, ref_of: dict) -> dict:
     operation: dict[str, Any] = {"operationId": route.name, "summary": route.summary, "responses": {}}
+    if getattr(route.query, "PREFIXED_DOC", None):
+        operation["description"] = route.query.PREFIXED_DOC
     if not route.public:
         operation["security"] = [{"bearer": []}]
     params = _parameters(route)

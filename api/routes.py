@@ -3,7 +3,8 @@
 Each says who may call it, whose resource it acts on, what it answers and which problems its
 handler can raise. `api.framework` runs the checks before the handler (roles, then ownership
 through the lookups of `api.owners`) and `api.openapi` documents the declarations. The handlers
-read straight down (decode, act) in `api.accounts`, `api.payments`, `api.vendors` and `api.journal`.
+read straight down (decode, act) in `api.accounts`, `api.payments`, `api.vendors`, `api.journal`
+and `api.search`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import schemas
 from api import auth, batches, owners
 from api.framework import ALL_ROLES, NDJSON, PROJECTION_POSITION, Header, JournalQuery, Ownership, PageQuery, Route
 from api.framework import WaitQuery
-from api.framework import IdPageQuery, PointQuery, StatementQuery
+from api.framework import IdPageQuery, PointQuery
+from api.search import SearchQuery, StatementSearchQuery, TransfersQuery, list_transfers
 from ledger import config, domain
 from schemas.batches import BatchAnswer, BatchCreate
 from api.accounts import (
@@ -80,8 +82,8 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/accounts", list_accounts, {200: schemas.AccountPage}, roles=EVERYONE, query=IdPageQuery,
           summary="The caller's own accounts (admin, auditor: all), in id order."),
     Route("GET", "/v1/accounts/{account_id}/entries", get_statement, {200: schemas.StatementPage}, roles=EVERYONE,
-          path_ids=("account_id",), ownership=OWN_ACCOUNT, query=StatementQuery,
-          summary="The account's statement, read from the journal, oldest first."),
+          path_ids=("account_id",), ownership=OWN_ACCOUNT, query=StatementSearchQuery,
+          summary="The account's statement, read from the journal, oldest first; searchable by metadata."),
     Route("POST", "/v1/transfers/{transfer_id}/refunds", create_refund, {201: schemas.Transfer},
           roles=frozenset({"admin", "vendor"}),
           codes=REFUND_CODES,
@@ -101,8 +103,10 @@ ROUTES: list[Route] = [
           summary="Verify a transfer into a vendor account, from the projection."),
     Route("GET", "/v1/vendors/{account_id}/transfers", list_verifications, {200: schemas.VerificationPage},
           roles=VENDOR_READERS, headers=(PROJECTED,), path_ids=("account_id",), ownership=OWN_VENDOR,
-          query=PageQuery,
-          summary="Transfers into a vendor account, from the projection, oldest first."),
+          query=SearchQuery,
+          summary="Transfers into a vendor account, from the projection, oldest first; searchable by metadata."),
+    Route("GET", "/v1/transfers", list_transfers, {200: schemas.TransferPage}, roles=READERS, query=TransfersQuery,
+          summary="Entries of the whole journal (or of one account), oldest first; searchable by metadata."),
     Route("GET", "/v1/journal", get_journal, {200: schemas.JournalEntry}, roles=READERS, query=JournalQuery,
           media=NDJSON, summary="Journal entries in position order, as NDJSON."),
     Route("GET", "/v1/journal/head", get_journal_head, {200: schemas.JournalHead}, roles=READERS,

@@ -128,13 +128,16 @@ class LedgerClient(BatchRoutes, ProofRoutes, Transport):
             cursor = page.next
 
     async def statement(
-        self, account_id: uuid.UUID, *, limit: int = 100, after: str = "", reference: str | None = None
+        self, account_id: uuid.UUID, *, limit: int = 100, after: str = "", reference: str | None = None,
+        metadata: dict[str, str] | None = None, kind: schemas.SearchKind | None = None,
+        since: dt.datetime | None = None, until: dt.datetime | None = None,
     ) -> AsyncIterator[schemas.StatementPage]:
         """Every page of the account's statement from the journal, oldest first, until `next` is
-        null; only entries with exactly `reference` when given."""
+        null; only entries with exactly `reference` when given, and those the search filters keep
+        (`_search_params`)."""
         cursor: str | None = after
         while cursor is not None:
-            params: dict[str, Any] = {"limit": limit, "after": cursor}
+            params: dict[str, Any] = {"limit": limit, "after": cursor, **_search_params(metadata, kind, since, until)}
             if reference is not None:
                 params["reference"] = reference
             page = await self._call("GET", f"/v1/accounts/{account_id}/entries", schemas.StatementPage, params=params)
@@ -223,6 +226,23 @@ class LedgerClient(BatchRoutes, ProofRoutes, Transport):
     async def get_hold(self, hold_id: uuid.UUID) -> schemas.Hold:
         return await self._call("GET", f"/v1/holds/{hold_id}", schemas.Hold)
 
+    async def transfers(
+        self, *, limit: int = 100, after: str = "", account_id: uuid.UUID | None = None,
+        metadata: dict[str, str] | None = None, kind: schemas.SearchKind | None = None,
+        since: dt.datetime | None = None, until: dt.datetime | None = None,
+    ) -> AsyncIterator[schemas.TransferPage]:
+        """Every page of the journal's entries (admin, auditor), oldest first, until `next` is
+        null: those with a posting on `account_id` when given, and that the search filters keep
+        (`_search_params`)."""
+        cursor: str | None = after
+        while cursor is not None:
+            params: dict[str, Any] = {"limit": limit, "after": cursor, **_search_params(metadata, kind, since, until)}
+            if account_id is not None:
+                params["account_id"] = str(account_id)
+            page = await self._call("GET", "/v1/transfers", schemas.TransferPage, params=params)
+            yield page
+            cursor = page.next
+
     # ---- vendor verification ----------------------------------------------------------------
 
     async def verification(
@@ -238,12 +258,15 @@ class LedgerClient(BatchRoutes, ProofRoutes, Transport):
         return await self._call("GET", path, schemas.Verification, params=params, also_retry=also)
 
     async def vendor_transfers(
-        self, vendor_account_id: uuid.UUID, *, limit: int = 100, after: str = ""
+        self, vendor_account_id: uuid.UUID, *, limit: int = 100, after: str = "",
+        metadata: dict[str, str] | None = None, kind: schemas.SearchKind | None = None,
+        since: dt.datetime | None = None, until: dt.datetime | None = None,
     ) -> AsyncIterator[schemas.VerificationPage]:
-        """Every page of the vendor's verified transfers, oldest first, until `next` is null."""
+        """Every page of the vendor's verified transfers, oldest first, until `next` is null; only
+        those the search filters keep (`_search_params`)."""
         cursor: str | None = after
         while cursor is not None:
-            params = {"limit": limit, "after": cursor}
+            params = {"limit": limit, "after": cursor, **_search_params(metadata, kind, since, until)}
             page = await self._call(
                 "GET", f"/v1/vendors/{vendor_account_id}/transfers", schemas.VerificationPage, params=params
             )
@@ -348,3 +371,18 @@ class LedgerClient(BatchRoutes, ProofRoutes, Transport):
 
     async def openapi(self) -> dict[str, Any]:
         return await self._call("GET", "/openapi.json", dict[str, Any])
+
+
+def _search_params(
+    metadata: dict[str, str] | None, kind: str | None, since: dt.datetime | None, until: dt.datetime | None,
+) -> dict[str, str]:
+    """The search filters as query parameters: `metadata.KEY=VALUE` for each pair of `metadata`
+    (up to 4, all must hold), `kind`, and `from`/`to` (`since`/`until`, aware datetimes) on
+    `committed_at`."""
+    params = {f"metadata.{key}": value for key, value in (metadata or {}).items()}
+    if kind is not None:
+        params["kind"] = kind
+    for name, moment in (("from", since), ("to", until)):
+        if moment is not None:
+            params[name] = moment.astimezone(dt.timezone.utc).isoformat()
+    return params

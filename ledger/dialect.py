@@ -107,6 +107,18 @@ class Dialect:
             return "CREATE INDEX IF NOT EXISTS journal_position_sharded ON journal (position) USING HASH"
         return ""
 
+    def metadata_index_ddl(self) -> str:
+        """The inverted index that answers a search's `metadata @> {...}` (ledger/store/search.py).
+        PostgreSQL's `jsonb_path_ops` makes one entry per key/value pair (its default class makes
+        one per key and one per value, twice the entries, and a common key's list is then read
+        for every search); `fastupdate = off` inserts each entry at commit instead of queueing it
+        in a pending list that every search would scan and that some commit would pay to merge.
+        CockroachDB has one JSONB inverted index, keyed on pairs already."""
+        if self.name == "cockroachdb":
+            return "CREATE INDEX IF NOT EXISTS journal_by_metadata ON journal USING GIN (metadata)"
+        return ("CREATE INDEX IF NOT EXISTS journal_by_metadata ON journal USING GIN (metadata jsonb_path_ops)"
+                " WITH (fastupdate = off)")
+
 
 POSTGRESQL = Dialect("postgresql")
 COCKROACHDB = Dialect("cockroachdb")

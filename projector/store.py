@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from psycopg.rows import dict_row, kwargs_row
 
 import schemas
-from ledger import domain
+from ledger import domain, store
 
 DEFAULT_NAME = "main"
 
@@ -141,13 +141,29 @@ async def verification(
 
 
 async def verifications_page(
-    conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME
+    conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME,
+    entry_filter: store.EntryFilter | None = None,
 ) -> tuple[int, list[schemas.Verification]]:
+    """A page of the vendor's verifications up to the projection's cursor; with a search's
+    filter, those whose journal entry passes it (`ledger.store.search`: a plain join, so the
+    planner starts from the metadata's inverted index when it finds fewer rows)."""
     cursor_position = await cursor(conn, name)
-    page = await _verifications(
-        conn,
-        "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s",
-        (vendor_account_id, after, cursor_position, limit),
+    if entry_filter is None or entry_filter == store.EntryFilter():
+        page = await _verifications(
+            conn,
+            "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s",
+            (vendor_account_id, after, cursor_position, limit),
+        )
+        return cursor_position, page
+    positions = await store.positions_of(conn, entry_filter)
+    if positions.empty:
+        return cursor_position, []
+    where, params = store.search_conditions(entry_filter, positions, "v.position")
+    page = await store.fetch_planned(
+        conn, kwargs_row(schemas.Verification),
+        f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v JOIN journal j ON j.position = v.position"
+        f" WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s{where} ORDER BY v.position LIMIT %s",
+        (vendor_account_id, after, cursor_position, *params, limit),
     )
     return cursor_position, page
 

@@ -9,6 +9,7 @@ New fields always get defaults, so older readers keep decoding newer events.
 from __future__ import annotations
 
 import datetime as dt
+import typing
 import uuid
 from typing import Annotated, ClassVar, Literal
 
@@ -24,6 +25,7 @@ NAME_CHARS_MAX = 200
 PAGE_LIMIT_MAX = 1000
 JOURNAL_LIMIT_MAX = 10000
 POSITION_MAX = 2**63 - 1  # the journal's INT8 position column
+SEARCH_METADATA_FILTERS_MAX = 4  # `metadata.KEY=VALUE` filters one search may combine
 
 # PostgreSQL TEXT cannot hold NUL, so it is refused at the edge instead of failing in the database.
 _NO_NUL = "^[^\x00]*$"
@@ -44,6 +46,9 @@ Timestamp = Annotated[str, Meta(description="RFC 3339 UTC with exactly six fract
 Role = Literal["admin", "client", "vendor", "auditor"]
 AccountKind = Literal["wallet", "vendor", "system"]
 EntryKind = Literal["transfer", "refund", "hold", "capture", "void", "expire"]
+# What a search's `kind=` may name: every entry kind, and `account` (control changes, issue 26),
+# which statements list only when asked for it.
+SearchKind = Literal[tuple(dict.fromkeys((*typing.get_args(EntryKind), "account")))]
 
 
 class Strict(Struct, forbid_unknown_fields=True, omit_defaults=False):
@@ -223,6 +228,11 @@ class StatementItem(Struct):
 
 class StatementPage(Struct):
     items: list[StatementItem]
+    next: str | None
+
+
+class TransferPage(Struct):
+    items: list[Transfer]
     next: str | None
 
 

@@ -1070,6 +1070,9 @@ def parse_args(argv: list[str], extensions: Sequence[Any] = ()) -> argparse.Name
                              " frames: uvloop, psycopg's and msgspec's C code)")
     parser.add_argument("--profile-scenario", choices=["uniform", "hot"], default="uniform",
                         help="the load of the profiled phase (default uniform)")
+    parser.add_argument("--search", action="store_true",
+                        help="then searches by metadata (tools.search_bench) on a PostgreSQL of its own, in a journal"
+                             " of --big-journal entries (1,000,000 if 0), 10%% of them on one account")
     parser.add_argument("--database-url", help="use this PostgreSQL/CockroachDB instead of an embedded one")
     parser.add_argument("--nats-url", help="use this NATS instead of an embedded one")
     parser.add_argument("--out-dir", type=Path, default=Path(".ledger/bench"))
@@ -1435,6 +1438,7 @@ def main(argv: list[str], extensions: Sequence[Any] = ()) -> int:
     finally:
         _stop_stack(stack, keep_data=args.keep_data)
         sampler.stop()
+    search = _search_bench(args)
     phases, pgbench, big, profile = measured["phases"], measured["pgbench"], measured["big"], measured["profile"]
     title = (f"ledger bench {run_id}: {args.duration:.0f} s per phase, {args.concurrency} closed-loop workers,"
              f" {args.wallets} wallets, {args.vendors} vendors, {os.cpu_count()} cores, one API process"
@@ -1456,6 +1460,9 @@ def main(argv: list[str], extensions: Sequence[Any] = ()) -> int:
             continue
         text += "\n\n" + (_profile_text(name, one) if one.get("self") else
                            f"{name} profile: {one.get('error', 'no samples')}")
+    if search is not None:
+        from tools.search_bench import report as search_report
+        text += "\n\n" + search_report(search)
     chart_note = chart(phases, run_dir / "chart.png")
     history = append_history(args.out_dir, run_id, phases, pgbench, extra={
         key: value for extension in extensions
@@ -1479,12 +1486,23 @@ def main(argv: list[str], extensions: Sequence[Any] = ()) -> int:
         "profile": profile,
         "audit": asdict(audit) if audit is not None else None,
         "webhooks": asdict(measured["webhooks"]),
+        "search": search,
         **{name: asdict(one) for name, one in measured["extended"].items()},
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (run_dir / "table.txt").write_text(text + "\n")
     print(text)
     return 0
+
+
+def _search_bench(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`--search`: tools.search_bench, once the stack is stopped, so it has the machine to itself."""
+    if not args.search:
+        return None
+    from tools import search_bench
+
+    progress("searches by metadata (tools.search_bench)")
+    return search_bench.run(entries=args.big_journal or 1_000_000)
 
 
 def _noise_warning(phases: dict[str, Phase], pgbench: Pgbench) -> str:

@@ -22,7 +22,7 @@ import itertools
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -46,18 +46,19 @@ class SeedAccounts:
 
 async def seed_journal(
     database_url: str, *, entries: int, accounts: int = 1000, currency: str = "USD", batch: int = 10_000,
-    hot_share: float = 0.0,
+    hot_share: float = 0.0, payment_metadata: Callable[[int], dict[str, str]] | None = None,
 ) -> SeedAccounts:
     """Append `entries` entries between `accounts` new accounts: a system account funds each
     wallet, and the wallet then pays a vendor the same amount, so no wallet ever goes negative.
-    `hot_share` of the payments go to the first vendor account (`SeedAccounts.vendors[0]`)."""
+    `hot_share` of the payments go to the first vendor account (`SeedAccounts.vendors[0]`), and
+    payment n carries `payment_metadata(n)` (none by default; the search bench's order ids)."""
     assert entries >= 0, "entries must not be negative"
     assert 0.0 <= hot_share <= 1.0, "hot_share must be in 0..1"
     assert accounts >= SEED_ACCOUNTS_MIN, f"accounts must be at least {SEED_ACCOUNTS_MIN}"
     assert 1 <= batch <= SEED_BATCH_MAX, f"batch must be in 1..{SEED_BATCH_MAX}"
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         seeded = await _create_accounts(conn, accounts, currency)
-        plan = _transfers(seeded, currency, hot_share)
+        plan = _transfers(seeded, currency, hot_share, payment_metadata or (lambda n: {}))
         for start in range(0, entries, batch):
             async with conn.transaction():
                 await _append_batch(conn, list(itertools.islice(plan, min(batch, entries - start))))
@@ -79,19 +80,27 @@ async def _create_accounts(conn: psycopg.AsyncConnection, count: int, currency: 
     return seeded
 
 
-def _transfers(seeded: SeedAccounts, currency: str, hot_share: float) -> Iterator[domain.EntryCommand]:
+def hot_payment(n: int, hot_share: float) -> bool:
+    """Whether payment n of a seed goes to the hot vendor (it is entry 2n + 2 of a fresh journal)."""
+    return int((n + 1) * hot_share) > int(n * hot_share)
+
+
+def _transfers(
+    seeded: SeedAccounts, currency: str, hot_share: float, payment_metadata: Callable[[int], dict[str, str]]
+) -> Iterator[domain.EntryCommand]:
     """Endless pairs: fund a wallet, then spend exactly that on a vendor. Amounts vary
     deterministically, so two seeds of the same size move the same money."""
     for n in itertools.count():
         wallet = seeded.wallets[n % len(seeded.wallets)]
-        hot = int((n + 1) * hot_share) > int(n * hot_share)
-        vendor = seeded.vendors[0] if hot else seeded.vendors[n % len(seeded.vendors)]
+        vendor = seeded.vendors[0] if hot_payment(n, hot_share) else seeded.vendors[n % len(seeded.vendors)]
         amount = 1 + (n * 7919) % SEED_AMOUNT_MAX
         yield _command(f"seed {n} fund", seeded.system, wallet, amount, currency)
-        yield _command(f"seed {n} pay", wallet, vendor, amount, currency)
+        yield _command(f"seed {n} pay", wallet, vendor, amount, currency, payment_metadata(n))
 
 
-def _command(key: str, source: uuid.UUID, target: uuid.UUID, amount: int, currency: str) -> domain.EntryCommand:
+def _command(
+    key: str, source: uuid.UUID, target: uuid.UUID, amount: int, currency: str, metadata: dict[str, str] | None = None,
+) -> domain.EntryCommand:
     return domain.EntryCommand(
         principal_id=_SEED_PRINCIPAL,
         principal_role="admin",
@@ -102,7 +111,7 @@ def _command(key: str, source: uuid.UUID, target: uuid.UUID, amount: int, curren
         amount=amount,
         currency=currency,
         reference="seed",
-        metadata={},
+        metadata=metadata or {},
     )
 
 

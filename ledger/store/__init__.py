@@ -1,9 +1,10 @@
 """Every SQL statement of the ledger's write model, in the subset PostgreSQL and CockroachDB accept.
 
 One module per part: `base` (roles, grants, errors), `migrations`, `accounts` (principals,
-tokens, accounts, statements), `journal` (the write path, holds, entries, publisher cursor, bulk append)
-and `audit` (the auditor's snapshot reads). The read models' SQL is in `projector/store.py`, the
-webhooks' in `webhooks/store.py`, the Merkle tree's in `proofs/store.py`.
+tokens, accounts, statements), `journal` (the write path, holds, entries, publisher cursor, bulk
+append), `search` (entries by metadata, kind and time) and `audit` (the auditor's snapshot reads).
+The read models' SQL is in `projector/store.py`, the webhooks' in `webhooks/store.py`, the Merkle
+tree's in `proofs/store.py`.
 Dialect differences (there are few) come from `ledger.dialect`.
 """
 
@@ -94,6 +95,17 @@ from ledger.store.journal import (  # noqa: F401
     read_batch_state,
     server_version,
     write_batch,
+)
+from ledger.store.search import (  # noqa: F401
+    EntryFilter,
+    Positions,
+    entries_search_query,
+    fetch_planned,
+    positions_of,
+    search_conditions,
+    search_entries,
+    statement_search,
+    statement_search_query,
 )
 from ledger.store.audit import (  # noqa: F401
     AUDIT_FETCH_ROWS,

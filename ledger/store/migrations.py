@@ -47,12 +47,14 @@ async def migrate(conn: psycopg.AsyncConnection) -> list[str]:
 
 
 async def _dialect_ddl(conn: psycopg.AsyncConnection) -> None:
-    """What only one database has (the hash-sharded journal index on CockroachDB)."""
+    """What only one database has (the hash-sharded journal index on CockroachDB), or has in a
+    form of its own (the metadata's inverted index)."""
     from ledger.dialect import from_version
 
-    ddl = from_version(await server_version(conn)).journal_index_ddl()
-    if ddl:
-        await conn.execute(ddl)
+    sql_dialect = from_version(await server_version(conn))
+    for ddl in (sql_dialect.journal_index_ddl(), sql_dialect.metadata_index_ddl()):
+        if ddl:
+            await conn.execute(ddl)
 
 
 def split_statements(text: str) -> list[str]:

@@ -58,6 +58,8 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "get_hold": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": OWN, "vendor": OWN},
     # v3 "Batches": every role that writes; each item is checked as its single route (below)
     "create_batch": {"admin": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
+    # v3 "Searching entries by metadata": the whole journal for admin and auditor only
+    "list_transfers": {"admin": EVERYTHING, "auditor": EVERYTHING},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -246,8 +248,18 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "void absent hold": lambda w: Probe("void_hold", "POST", f"/v1/holds/{ABSENT}/void", 404, code="not_found"),
     "pay in a batch": lambda w: Probe("create_batch", "POST", "/v1/batches", 200, json={
         "mode": "independent", "items": [_item(_transfer(w.client_wallet, w.vendor_account), "transfer")]}),
+    "list transfers": lambda w: Probe("list_transfers", "GET", "/v1/transfers", 200, params={"limit": 1}),
+    "search transfers of an account": lambda w: Probe("list_transfers", "GET", "/v1/transfers", 200,
+                                                      params={"account_id": w.client_wallet, "metadata.order": "1"}),
+    "search client's statement": lambda w: Probe("get_statement", "GET", f"/v1/accounts/{w.client_wallet}/entries",
+                                                 200, owners=frozenset({"client"}),
+                                                 params={"metadata.order": "1", "kind": "transfer"}),
+    "search vendor's transfers": lambda w: Probe("list_verifications", "GET",
+                                                 f"/v1/vendors/{w.vendor_account}/transfers", 200,
+                                                 owners=frozenset({"vendor"}),
+                                                 params={"metadata.order": "1", "from": "2026-01-01T00:00:00Z"}),
 }
-MATRIX_CASES = 540  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 576  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 # The write probes whose single route a batch item takes, with the item's type: in a batch each

@@ -302,6 +302,20 @@ BAD_QUERIES = {
     "as_of a date": ("/v1/accounts/{vendor}", {"as_of": "2026-01-01"}, "$.query.as_of"),
     "at_position and as_of": ("/v1/accounts/{vendor}", {"at_position": "1", "as_of": "2026-01-01T00:00:00Z"},
                               "$.query.as_of"),
+    # v3: searching entries by metadata
+    "search fifth metadata filter": ("/v1/accounts/{vendor}/entries", {f"metadata.k{n}": "v" for n in range(5)},
+                                     "$.query.metadata"),
+    "search metadata key over 64": ("/v1/vendors/{vendor}/transfers", {"metadata." + "k" * 65: "v"},
+                                    "$.query.metadata." + "k" * 64),
+    "search metadata key empty": ("/v1/transfers", {"metadata.": "v"}, "$.query.metadata"),
+    "search metadata value over 256": ("/v1/transfers", {"metadata.order": "v" * 257}, "$.query.metadata.order"),
+    "search metadata value with NUL": ("/v1/transfers", {"metadata.order": "a\u0000"}, "$.query.metadata.order"),
+    "search bare metadata": ("/v1/transfers", {"metadata": "order"}, "$.query.metadata"),
+    "search from not a time": ("/v1/transfers", {"from": "yesterday"}, "$.query.from"),
+    "search to not a real time": ("/v1/accounts/{vendor}/entries", {"to": "2026-02-30T00:00:00Z"}, "$.query.to"),
+    "search from without a zone": ("/v1/vendors/{vendor}/transfers", {"from": "2026-01-01T00:00:00"}, "$.query.from"),
+    "search unknown kind": ("/v1/vendors/{vendor}/transfers", {"kind": "gift"}, "$.query.kind"),
+    "search account_id not a UUID": ("/v1/transfers", {"account_id": "wallet"}, "$.query.account_id"),
 }
 
 
@@ -357,7 +371,8 @@ async def test_unknown_route_is_a_404_problem(stack, path):
 
 
 @pytest.mark.parametrize("method, path, allowed", [
-    ("GET", "/v1/transfers", "POST"), ("PUT", "/v1/transfers", "POST"), ("TRACE", "/v1/transfers", "POST"),
+    ("DELETE", "/v1/transfers", "GET, POST"), ("PUT", "/v1/transfers", "GET, POST"), ("TRACE", "/v1/transfers", "GET, POST"),
+    ("GET", "/v1/batches", "POST"),
     ("DELETE", f"/v1/accounts/{ABSENT}", "GET"), ("POST", "/v1/journal", "GET"), ("PATCH", "/v1/principals", "POST"),
     ("POST", "/healthz", "GET"),
 ])
