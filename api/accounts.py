@@ -25,6 +25,12 @@ async def create_principal(services, call: Call) -> web.Response:
     return json_response(schemas.Principal(id=principal.id, role=body.role, name=body.name, token=token), status=201)
 
 
+async def get_me(services, call: Call) -> web.Response:
+    """The caller's own principal: a token learns its role and id without probing routes."""
+    principal = call.principal
+    return json_response(schemas.Caller(id=principal.id, role=principal.role, name=principal.name))
+
+
 async def create_token(services, call: Call) -> web.Response:
     async with services.pool.connection() as conn:
         if not await store.principal_exists(conn, call.ids["principal_id"]):

@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -19,7 +20,7 @@ from api.problems import ApiError, problem_response
 from api.ratelimit import RateLimiter
 from api.framework import ANSWER_STARTED, IDEMPOTENCY_KEY, wrap
 from api.routes import ROUTES
-from ledger import collector, db, logs, metrics, sweeper
+from ledger import collector, db, logs, metrics, sweeper, tasks
 from ledger.bus import EventBus
 from ledger.committer import Committer
 from ledger.config import Settings
@@ -253,12 +254,10 @@ async def _lifecycle(app: web.Application):
     try:
         yield
     finally:
-        for task in background:
-            task.cancel()
+        await tasks.cancel_all(background)
         await committer.stop()
         await outbox.stop()
         await bus.close()
-        await asyncio.gather(*background, return_exceptions=True)
         await commit_pool.close()
         await pool.close()
 
@@ -293,9 +292,12 @@ async def _follow_watermark(services: Services) -> None:
         await services.bus.on_watermark(services.watermark.announce)
 
 
-async def serve(settings: Settings) -> None:
-    """Run the API until cancelled (SIGTERM/SIGINT): stop accepting, finish the batches in flight."""
+async def serve(settings: Settings, *, mounts: Sequence[Callable[[web.Application], None]] = ()) -> None:
+    """Run the API until cancelled (SIGTERM/SIGINT): stop accepting, finish the batches in flight.
+    `mounts` add routes of the composition root's choosing (the console) before it starts."""
     app = build_app(settings)
+    for mount in mounts:
+        mount(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10,
                            keepalive_timeout=REQUEST_HEAD_S_MAX)
     await runner.setup()

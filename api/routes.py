@@ -14,11 +14,11 @@ from api import auth, batches, owners
 from api.framework import ALL_ROLES, NDJSON, PROJECTION_POSITION, Header, JournalQuery, Ownership, PageQuery, Route
 from api.framework import WaitQuery
 from api.framework import IdPageQuery, PointQuery
-from api.search import SearchQuery, StatementSearchQuery, TransfersQuery, list_transfers
+from api.search import StatementSearchQuery, TransfersQuery, VendorSearchQuery, list_transfers
 from ledger import config, domain
 from schemas.batches import BatchAnswer, BatchCreate
 from api.accounts import (
-    create_account, create_principal, create_token, get_account, get_statement, list_accounts, list_tokens,
+    create_account, create_principal, create_token, get_account, get_me, get_statement, list_accounts, list_tokens,
     revoke_token,
 )
 from api.payments import (
@@ -103,8 +103,9 @@ ROUTES: list[Route] = [
           summary="Verify a transfer into a vendor account, from the projection."),
     Route("GET", "/v1/vendors/{account_id}/transfers", list_verifications, {200: schemas.VerificationPage},
           roles=VENDOR_READERS, headers=(PROJECTED,), path_ids=("account_id",), ownership=OWN_VENDOR,
-          query=SearchQuery,
-          summary="Transfers into a vendor account, from the projection, oldest first; searchable by metadata."),
+          query=VendorSearchQuery,
+          summary="Transfers into a vendor account, from the projection, oldest first (`order=desc`: newest);"
+                  " searchable by metadata."),
     Route("GET", "/v1/transfers", list_transfers, {200: schemas.TransferPage}, roles=READERS, query=TransfersQuery,
           summary="Entries of the whole journal (or of one account), oldest first; searchable by metadata."),
     Route("GET", "/v1/journal", get_journal, {200: schemas.JournalEntry}, roles=READERS, query=JournalQuery,
@@ -120,6 +121,8 @@ ROUTES: list[Route] = [
     Route("DELETE", "/v1/principals/{principal_id}/tokens/{token_id}", revoke_token, {204: None},
           roles=frozenset({"admin"}), codes=frozenset({"not_found"}), path_ids=("principal_id", "token_id"),
           summary="Revoke a token: refused on every API process within a second."),
+    Route("GET", "/v1/me", get_me, {200: schemas.Caller}, roles=EVERYONE,
+          summary="The caller's own principal: its id, role and name (never its token)."),
     Route("GET", "/healthz", healthz, {200: schemas.Health}, public=True, summary="Liveness."),
     Route("GET", "/readyz", readyz, {200: schemas.Health, 503: schemas.Health}, public=True,
           summary="Database and NATS reachable."),

@@ -10,7 +10,7 @@ declare them once; `api.framework` gathers the `metadata.*` parameters into `met
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import msgspec
 from aiohttp import web
@@ -82,6 +82,11 @@ def check_metadata_filters(filters: dict[str, str]) -> None:
 
 class StatementSearchQuery(SearchQuery, forbid_unknown_fields=True):
     reference: Annotated[schemas.Reference, msgspec.Meta(description="Only entries with exactly this reference.")] | None = None
+
+
+class VendorSearchQuery(SearchQuery, forbid_unknown_fields=True):
+    order: Annotated[Literal["asc", "desc"], msgspec.Meta(
+        description="`desc`: newest first (a console's live list); `next` then pages further back.")] = "asc"
 
 
 class TransfersQuery(SearchQuery, forbid_unknown_fields=True):

@@ -10,10 +10,10 @@ from aiohttp import web
 
 import schemas
 from api.framework import (
-    PROJECTION_POSITION, Call, PageQuery, WaitQuery, decode_cursor, encode_cursor, json_response,
+    PROJECTION_POSITION, Call, WaitQuery, decode_cursor, encode_cursor, json_response,
 )
 from api.problems import ApiError, problem_response
-from api.search import SearchQuery
+from api.search import VendorSearchQuery
 from ledger import metrics
 from webhooks import store as webhook_store
 from webhooks import events as webhooks
@@ -82,12 +82,12 @@ def _problem_with_headers(error: ApiError, headers: dict[str, str]) -> web.Respo
 
 async def list_verifications(services, call: Call) -> web.Response:
     vendor_id = call.ids["account_id"]
-    query: SearchQuery = call.query
+    query: VendorSearchQuery = call.query
     after = decode_cursor(query.after)
     async with services.pool.connection() as conn:
         position, items = await projections.verifications_page(
             conn, vendor_id, after=after, limit=query.limit, name=services.settings.projector.name,
-            entry_filter=query.entry_filter(),
+            entry_filter=query.entry_filter(), newest_first=query.order == "desc",
         )
     next_cursor = encode_cursor(items[-1].position) if len(items) == query.limit else None
     return json_response(schemas.VerificationPage(items=items, next=next_cursor), headers={PROJECTION_POSITION: str(position)})

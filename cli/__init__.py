@@ -217,9 +217,9 @@ def _dispatch(args: argparse.Namespace, settings) -> int:
         applied = asyncio.run(db.migrate(settings.database.url))
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     elif args.command == "api":
-        from api.app import serve
+        from cli import processes
 
-        run_until_signal(serve(settings))
+        run_until_signal(processes.api(settings))
     elif args.command == "projector":
         from cli import processes
 

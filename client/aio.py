@@ -260,13 +260,15 @@ class LedgerClient(BatchRoutes, ProofRoutes, Transport):
     async def vendor_transfers(
         self, vendor_account_id: uuid.UUID, *, limit: int = 100, after: str = "",
         metadata: dict[str, str] | None = None, kind: schemas.SearchKind | None = None,
-        since: dt.datetime | None = None, until: dt.datetime | None = None,
+        since: dt.datetime | None = None, until: dt.datetime | None = None, newest_first: bool = False,
     ) -> AsyncIterator[schemas.VerificationPage]:
-        """Every page of the vendor's verified transfers, oldest first, until `next` is null; only
-        those the search filters keep (`_search_params`)."""
+        """Every page of the vendor's verified transfers, oldest first (or newest), until `next` is
+        null; only those the search filters keep (`_search_params`)."""
         cursor: str | None = after
         while cursor is not None:
             params = {"limit": limit, "after": cursor, **_search_params(metadata, kind, since, until)}
+            if newest_first:
+                params["order"] = "desc"
             page = await self._call(
                 "GET", f"/v1/vendors/{vendor_account_id}/transfers", schemas.VerificationPage, params=params
             )

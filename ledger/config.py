@@ -15,6 +15,7 @@ one depends on:
 | `proofs` | the tree follower (in the projector process) and `ledger checkpoint` |
 | `webhooks` | the webhook worker, and the API that registers endpoints (their secrets' key) |
 | `audit` | `ledger audit` |
+| `console` | the API process, which serves the web console under `/console/` |
 | `log` | every process |
 
 Each setting is a field declared with `setting(...)`: the README's table of variables is
@@ -273,6 +274,21 @@ class Audit(Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Console(Section):
+    enabled: bool = setting(True, "`0`: the API process serves no web console", variable="LEDGER_CONSOLE")
+    api_url: str | None = setting(
+        None, "the API the console's pages call with the signed-in token; unset: this process, on"
+        " `http://127.0.0.1:LEDGER_HTTP_PORT`", variable="LEDGER_CONSOLE_API_URL")
+    public_key: str | None = setting(
+        None, "the operator's Ed25519 public key (hex, or a file holding it) the console's in-browser verifier"
+        " pins; unset: the public half of `LEDGER_SIGNING_KEY` when that file is readable here (`ledger dev`)",
+        variable="LEDGER_CONSOLE_PUBLIC_KEY")
+    secure_cookie: bool = setting(
+        False, "`1`: the session cookie is always `Secure` (TLS ends at a proxy in front); else only over TLS",
+        variable="LEDGER_CONSOLE_SECURE_COOKIE")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Log(Section):
     level: str = setting("INFO", "the lowest level logged; `--log-level` wins", variable="LEDGER_LOG_LEVEL",
                          choices=LOG_LEVELS)
@@ -294,6 +310,7 @@ class Settings:
     proofs: Proofs = field(default_factory=Proofs)
     webhooks: Webhooks = field(default_factory=Webhooks)
     audit: Audit = field(default_factory=Audit)
+    console: Console = field(default_factory=Console)
     log: Log = field(default_factory=Log)
 
     @classmethod

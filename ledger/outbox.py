@@ -27,6 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 import schemas
 from ledger import logs, metrics, store
 from ledger.bus import EventBus
+from ledger.tasks import cancel_all
 
 log = logging.getLogger("ledger.outbox")
 
@@ -90,9 +91,7 @@ class Outbox:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(self._tasks)
         self._tasks = []
         with contextlib.suppress(Exception):  # best effort: what is not recorded is republished
             await self.advance_cursor()

@@ -142,17 +142,23 @@ async def verification(
 
 async def verifications_page(
     conn, vendor_account_id: uuid.UUID, *, after: int, limit: int, name: str = DEFAULT_NAME,
-    entry_filter: store.EntryFilter | None = None,
+    entry_filter: store.EntryFilter | None = None, newest_first: bool = False,
 ) -> tuple[int, list[schemas.Verification]]:
     """A page of the vendor's verifications up to the projection's cursor; with a search's
     filter, those whose journal entry passes it (`ledger.store.search`: a plain join, so the
-    planner starts from the metadata's inverted index when it finds fewer rows)."""
+    planner starts from the metadata's inverted index when it finds fewer rows). Oldest first,
+    `after` is the last position already seen; newest first, the oldest seen (0: from the newest):
+    either way one range of the primary key (vendor_account_id, position), read forwards or back."""
     cursor_position = await cursor(conn, name)
+    if newest_first:
+        below = min(after - 1, cursor_position) if after else cursor_position
+        bounds, bound_params, order = "v.position <= %s", (below,), "DESC"
+    else:
+        bounds, bound_params, order = "v.position > %s AND v.position <= %s", (after, cursor_position), "ASC"
     if entry_filter is None or entry_filter == store.EntryFilter():
         page = await _verifications(
-            conn,
-            "WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s ORDER BY v.position LIMIT %s",
-            (vendor_account_id, after, cursor_position, limit),
+            conn, f"WHERE v.vendor_account_id = %s AND {bounds} ORDER BY v.position {order} LIMIT %s",
+            (vendor_account_id, *bound_params, limit),
         )
         return cursor_position, page
     positions = await store.positions_of(conn, entry_filter)
@@ -162,8 +168,8 @@ async def verifications_page(
     page = await store.fetch_planned(
         conn, kwargs_row(schemas.Verification),
         f"SELECT {_VERIFICATION_COLUMNS} FROM verifications v JOIN journal j ON j.position = v.position"
-        f" WHERE v.vendor_account_id = %s AND v.position > %s AND v.position <= %s{where} ORDER BY v.position LIMIT %s",
-        (vendor_account_id, after, cursor_position, *params, limit),
+        f" WHERE v.vendor_account_id = %s AND {bounds}{where} ORDER BY v.position {order} LIMIT %s",
+        (vendor_account_id, *bound_params, *params, limit),
     )
     return cursor_position, page
 

@@ -133,6 +133,14 @@ class Principal(Struct):
     token: str
 
 
+class Caller(Struct):
+    """The principal a token belongs to (`GET /v1/me`): what a console needs to know which pages to show."""
+
+    id: uuid.UUID
+    role: Role
+    name: str
+
+
 class Account(Struct):
     id: uuid.UUID
     kind: AccountKind

@@ -21,4 +21,6 @@ pytest_plugins = [
     "tests.plugins.problems",
     "tests.plugins.children",
     "tests.plugins.chaos",
+    "tests.plugins.browser",
+    "tests.plugins.console",
 ]

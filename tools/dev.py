@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 
 from ledger import config, db, logs, principals, store
+from proofs import signing as signing_keys
 from ledger.exits import Exit
 from tools.embedded import EmbeddedNats, EmbeddedPostgres, write_private
 
@@ -92,6 +93,7 @@ Ledger is running: {api}   (Ctrl-C stops everything)
   curl -s {api}/v1/journal -H 'Authorization: Bearer {t['auditor']}'
   curl -s {api}/v1/journal/head -H 'Authorization: Bearer {t['auditor']}'
 
+The console: {api}/console/ (sign in with one of the tokens above).
 Tokens and ids are in .ledger/dev.json.
 """
 
@@ -127,6 +129,8 @@ async def run(*, data_dir: str, port: int) -> None:
         # The tree follower signs tree heads often in development, with a key kept beside the data.
         signing = {"sign_interval_s": settings.proofs.sign_interval_s or DEV_CHECKPOINT_INTERVAL_S,
                    "signing_key": os.environ.get("LEDGER_SIGNING_KEY", str(root / "signing-key.pem"))}
+        # Made now, not by the tree follower's first round, so the console pins its key from the start.
+        signing_keys.load_or_create_key(Path(signing["signing_key"]))
         await _serve(settings, settings.replace(nats={"url": nats_server.url_for("projector")}, proofs=signing), info,
                      fund=fresh, webhook_settings=settings.replace(nats={"url": nats_server.url_for("reader")}))
     finally:
@@ -150,11 +154,13 @@ def _webhook_key(root: Path) -> str:
 
 async def _serve(settings: config.Settings, projector_settings: config.Settings, info: dict, *, fund: bool,
                  webhook_settings: config.Settings) -> None:
-    from api.app import serve as serve_api
     from webhooks.worker import serve as serve_webhooks
+    from cli.processes import api as serve_api
     from cli.processes import projector as serve_projector
 
-    api = asyncio.create_task(serve_api(settings), name="api")
+    # The API (and its console) knows the signing key's path, so the console pins its public half.
+    api = asyncio.create_task(serve_api(settings.replace(proofs={"signing_key": projector_settings.proofs.signing_key})),
+                              name="api")
     projector = asyncio.create_task(serve_projector(projector_settings), name="projector")
     # Its own task and NATS login (`reader`: may consume, may not publish): deliveries never share
     # the projector's consumer, so a slow receiver cannot hold the projection back.

@@ -22,7 +22,7 @@ README = REPO / "README.md"
 
 # The runtime, in the order of the dependency rule (pyproject.toml, [tool.importlinter]): each
 # package imports only those listed before it; the client, on the side, the schemas alone.
-RUNTIME_PACKAGES = ("schemas", "ledger", "projector", "webhooks", "proofs", "audit", "api", "cli", "client")
+RUNTIME_PACKAGES = ("schemas", "ledger", "projector", "webhooks", "proofs", "audit", "api", "cli", "client", "console")
 MIGRATIONS = Path("ledger") / "migrations"
 MIGRATIONS_SUMMARY = "The versioned schema, applied in order by `ledger migrate`:"
 

@@ -22,6 +22,7 @@ from prometheus_client import start_http_server
 from ledger import collector, db, metrics, store
 from ledger.bus import EventBus
 from ledger.config import ConfigError, Settings
+from ledger.tasks import cancel_all
 from webhooks import events
 from webhooks import store as ws
 from webhooks.mapper import Mapper
@@ -102,9 +103,7 @@ async def serve(settings: Settings, *, metrics_listener: bool = False, name: str
         with collector.settled():  # as the API: the attempts' garbage, not start-up's, is collected
             await asyncio.gather(*tasks)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()

@@ -60,6 +60,8 @@ CONTRACT_ROLES: dict[str, dict[str, str]] = {
     "create_batch": {"admin": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
     # v3 "Searching entries by metadata": the whole journal for admin and auditor only
     "list_transfers": {"admin": EVERYTHING, "auditor": EVERYTHING},
+    # v3 "The console": every role learns its own principal
+    "get_me": {"admin": EVERYTHING, "auditor": EVERYTHING, "client": EVERYTHING, "vendor": EVERYTHING},
 }
 PUBLIC_ROUTES = frozenset({"healthz", "readyz", "openapi", "metrics"})
 
@@ -196,6 +198,7 @@ PROBES: dict[str, Callable[[World], Probe]] = {
     "revoke an absent token": lambda w: Probe("revoke_token", "DELETE",
                                               f"/v1/principals/{w.ids['other_client']}/tokens/{ABSENT}", 404,
                                               code="not_found"),
+    "who am I": lambda w: Probe("get_me", "GET", "/v1/me", 200),
     "liveness": lambda w: Probe("healthz", "GET", "/healthz", 200),
     "readiness": lambda w: Probe("readyz", "GET", "/readyz", 200),
     "openapi document": lambda w: Probe("openapi", "GET", "/openapi.json", 200),
@@ -259,7 +262,7 @@ PROBES: dict[str, Callable[[World], Probe]] = {
                                                  owners=frozenset({"vendor"}),
                                                  params={"metadata.order": "1", "from": "2026-01-01T00:00:00Z"}),
 }
-MATRIX_CASES = 576  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
+MATRIX_CASES = 585  # len(PROBES) * len(ACTORS), stated so a shrinking matrix is noticed
 
 
 # The write probes whose single route a batch item takes, with the item's type: in a batch each

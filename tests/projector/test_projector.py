@@ -87,6 +87,32 @@ async def test_vendor_lists_its_transfers_page_by_page(stack):
         if cursor is None:
             break
     assert seen == ids
+    assert await _pages(stack, vendor, order="desc") == ids[::-1]
+
+
+async def test_newest_first_pages_back_through_a_metadata_search_too(stack):
+    vendor, wallet = await stack.vendor(), await stack.funded_wallet(1000)
+    web = []
+    for n in range(6):
+        channel = "web" if n % 2 == 0 else "app"
+        paid = (await stack.transfer(wallet.token, wallet.account_id, vendor.account_id, 1 + n,
+                                     metadata={"channel": channel})).body
+        web += [paid["id"]] if channel == "web" else []
+    await stack.client.get(verification_path(vendor.account_id, paid["id"]), token=vendor.token,
+                           params={"min_position": paid["position"], "wait_ms": 5000})
+    assert await _pages(stack, vendor, order="desc", **{"metadata.channel": "web", "limit": 2}) == web[::-1]
+
+
+async def _pages(stack, vendor, **params) -> list[str]:
+    """Every transfer id of the vendor's list, read 4 a page with `params`."""
+    seen, cursor = [], ""
+    while cursor is not None:
+        page = await stack.client.get(f"/v1/vendors/{vendor.account_id}/transfers", token=vendor.token,
+                                      params={"limit": 4, **params} | ({"after": cursor} if cursor else {}))
+        assert page.status == 200, page.text
+        seen += [item["transfer_id"] for item in page.body["items"]]
+        cursor = page.body["next"]
+    return seen
 
 
 async def test_every_committed_entry_is_published_once_with_its_transfer_id(stack):

@@ -1,0 +1,103 @@
+"""The client's pages: wallets with balance and held, statements, paying a vendor, holds."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from console.web import PREFIX, form, redirect, render, session_of, upstream
+
+STATEMENT_ROWS = 50  # entries on a statement page
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    router.add_get("/wallets", wallets)
+    router.add_get("/wallets/{account}/statement", statement)
+    router.add_post("/pay", pay)
+    router.add_post("/holds", place_hold)
+    router.add_get("/holds", find_hold)
+    router.add_get("/holds/{hold_id}", hold)
+    router.add_post("/holds/{hold_id}/capture", capture)
+    router.add_post("/holds/{hold_id}/void", void)
+
+
+def _uuid(text: str) -> str:
+    """An id as a UUID's text; anything else is a 404 before the API is asked."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise web.HTTPNotFound() from None
+
+
+def _whole(text: str | None) -> int | str | None:
+    """A whole number as int, empty as None; other text goes to the API as is, to be refused in words."""
+    if not text or not text.strip():
+        return None
+    return int(text) if text.strip().isdigit() else text
+
+
+async def wallets(request: web.Request) -> web.Response:
+    """Each render carries fresh idempotency keys: the same form sent twice pays once."""
+    page = await upstream(request).get("/v1/accounts", session_of(request).token, limit=100)
+    mine = [account for account in page["items"] if account["kind"] == "wallet"]
+    return render(request, "wallets.html", wallets=mine, pay_key=str(uuid.uuid4()), hold_key=str(uuid.uuid4()))
+
+
+async def statement(request: web.Request) -> web.Response:
+    account_id, token = _uuid(request.match_info["account"]), session_of(request).token
+    account = await upstream(request).get(f"/v1/accounts/{account_id}", token)
+    page = await upstream(request).get(f"/v1/accounts/{account_id}/entries", token, limit=STATEMENT_ROWS,
+                                       after=request.query.get("after", ""))
+    return render(request, "statement.html", account=account, entries=page["items"], next=page["next"])
+
+
+def _payment_body(posted: dict[str, str], currency: str) -> dict:
+    return {"from_account_id": posted.get("from_account_id", ""), "to_account_id": posted.get("to_account_id", "").strip(),
+            "amount": _whole(posted.get("amount")), "currency": currency, "reference": posted.get("reference", "")}
+
+
+async def _currency_of(request: web.Request, account_id: str) -> str:
+    return (await upstream(request).get(f"/v1/accounts/{_uuid(account_id)}", session_of(request).token))["currency"]
+
+
+async def pay(request: web.Request) -> web.Response:
+    posted = await form(request)
+    body = _payment_body(posted, await _currency_of(request, posted.get("from_account_id", "")))
+    answer = await upstream(request).call("POST", "/v1/transfers", session_of(request).token, body=body,
+                                          idempotency_key=posted.get("idempotency_key") or str(uuid.uuid4()))
+    return render(request, "paid.html", status=201, transfer=answer.body, replayed=answer.replayed)
+
+
+async def place_hold(request: web.Request) -> web.Response:
+    posted = await form(request)
+    body = _payment_body(posted, await _currency_of(request, posted.get("from_account_id", "")))
+    body["expires_in_s"] = _whole(posted.get("expires_in_s"))
+    answer = await upstream(request).call("POST", "/v1/holds", session_of(request).token, body=body,
+                                          idempotency_key=posted.get("idempotency_key") or str(uuid.uuid4()))
+    return redirect(f"{PREFIX}/holds/{answer.body['id']}")
+
+
+async def find_hold(request: web.Request) -> web.Response:
+    return redirect(f"{PREFIX}/holds/{_uuid(request.query.get('id', ''))}")
+
+
+async def hold(request: web.Request) -> web.Response:
+    found = await upstream(request).get(f"/v1/holds/{_uuid(request.match_info['hold_id'])}", session_of(request).token)
+    return render(request, "hold.html", hold=found, capture_key=str(uuid.uuid4()), void_key=str(uuid.uuid4()))
+
+
+async def capture(request: web.Request) -> web.Response:
+    hold_id, posted = _uuid(request.match_info["hold_id"]), await form(request)
+    amount = _whole(posted.get("amount"))
+    await upstream(request).call("POST", f"/v1/holds/{hold_id}/capture", session_of(request).token,
+                                 body={} if amount is None else {"amount": amount},
+                                 idempotency_key=posted.get("idempotency_key") or str(uuid.uuid4()))
+    return redirect(f"{PREFIX}/holds/{hold_id}")
+
+
+async def void(request: web.Request) -> web.Response:
+    hold_id, posted = _uuid(request.match_info["hold_id"]), await form(request)
+    await upstream(request).call("POST", f"/v1/holds/{hold_id}/void", session_of(request).token,
+                                 idempotency_key=posted.get("idempotency_key") or str(uuid.uuid4()))
+    return redirect(f"{PREFIX}/holds/{hold_id}")
