@@ -27,7 +27,7 @@ from ledger.exits import Exit
 # Tooling commands: name -> (module with `main(argv) -> int`, help). Their options are their own.
 TOOLS: dict[str, tuple[str, str]] = {
     "dev": ("tools.dev", "the whole local stack in the foreground, on embedded servers"),
-    "bench": ("tools.bench", "the benchmark (see `ledger bench --help`)"),
+    "bench": ("tools.bulk_bench", "the benchmark (see `ledger bench --help`)"),
     "chaos": ("tools.chaos", "the bank test under faults (see `ledger chaos --help`)"),
     "seed": ("tools.seed", "append valid entries in bulk, bypassing the API (see `ledger seed --help`)"),
 }

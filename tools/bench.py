@@ -41,6 +41,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -81,6 +82,7 @@ SAMPLE_INTERVAL_S = 0.25
 NOISE_CORES_WARN = 0.5  # other tenants' CPU during a phase above which the table carries a warning
 BUCKET_S = 1.0
 SEED_CATCH_UP_TIMEOUT_S = 1800.0  # the projector replaying a seeded journal of a million entries
+BENCH_RATE_PER_S = 1_000_000  # LEDGER_RATE_PER_S for the bench's API unless the caller sets it
 PGBENCH_DATABASE = "ledger_pgbench"
 PGBENCH_SCALE = 10
 PGBENCH_CLIENTS = 8
@@ -322,6 +324,9 @@ def _service_env(stack: Stack, port: int) -> dict[str, str]:
                LEDGER_HTTP_HOST="127.0.0.1", LEDGER_HTTP_PORT=str(port),
                # Webhooks on, to a receiver on loopback that the bench starts (`start_receiver`).
                LEDGER_WEBHOOK_KEY=stack.webhook_key, LEDGER_WEBHOOK_ALLOW_PRIVATE="1")
+    # The per-principal rate limit (500 items/s by default) would cap the bulk path and the
+    # import, which run as one client at a time; the limiter still runs on every request.
+    env.setdefault("LEDGER_RATE_PER_S", str(BENCH_RATE_PER_S))
     return env
 
 
@@ -894,7 +899,8 @@ def _cpu_rows(phase: Phase, pgbench: Pgbench) -> list[Row]:
 HISTORY_FILE = "history.jsonl"
 
 
-def append_history(out_dir: Path, run_id: str, phases: dict[str, Phase], pgbench: Pgbench) -> list[dict]:
+def append_history(out_dir: Path, run_id: str, phases: dict[str, Phase], pgbench: Pgbench,
+                   extra: dict | None = None) -> list[dict]:
     """One line per run in `out_dir/history.jsonl`; returns every run so far, oldest first."""
     uniform = phases["uniform"]
     per = cpu_us_per_transfer(uniform)
@@ -908,6 +914,7 @@ def append_history(out_dir: Path, run_id: str, phases: dict[str, Phase], pgbench
         "cpu_ratio": round(per["server"] / yardstick, 3) if per and yardstick else None,
         "p99_at_half_ms": phases["uniform-50%"].latency_ms.get("p99"),
         **_median_history(phases, pgbench, yardstick),
+        **(extra or {}),  # the extensions' figures (the bulk ratio)
         "others_cores_max": round(max(p.cpu_cores.get("others", 0.0) for p in phases.values()), 2),
     }
     path = out_dir / HISTORY_FILE
@@ -946,6 +953,9 @@ def history_chart(history: list[dict], path: Path) -> str | None:
     axis.plot(runs, [h.get("median_ratio") for h in history], marker="^", label="median uniform ÷ pgbench tps")
     axis.plot(runs, [h.get("median_cpu_ratio") for h in history], marker="v",
               label="median uniform: server CPU ÷ postgres CPU per tx")
+    axis.plot(runs, [h.get("bulk_ratio") for h in history], marker="D", label="bulk (batches of 100) ÷ pgbench tps")
+    axis.plot(runs, [h.get("bulk_cpu_ratio") for h in history], marker="x",
+              label="bulk: server CPU ÷ postgres CPU per tx")
     axis.axhline(UNIFORM_VS_PGBENCH_MIN, color="grey", linestyle=":", linewidth=0.8)
     axis.axhline(SERVER_CPU_VS_PGBENCH_MAX, color="grey", linestyle="--", linewidth=0.8)
     axis.set_ylim(bottom=0)
@@ -1041,7 +1051,7 @@ def chart(phases: dict[str, Phase], path: Path) -> str | None:
 # ---- the run ---------------------------------------------------------------------------------
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+def parse_args(argv: list[str], extensions: Sequence[Any] = ()) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ledger bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per phase (default 20)")
@@ -1067,6 +1077,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--nats-url", help="use this NATS instead of an embedded one")
     parser.add_argument("--out-dir", type=Path, default=Path(".ledger/bench"))
     parser.add_argument("--keep-data", action="store_true", help="keep the embedded servers' data directories")
+    for extension in extensions:
+        extension.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.big_journal = 0
@@ -1078,9 +1090,10 @@ def _start_stack(args: argparse.Namespace, run_dir: Path) -> Stack:
     postgres = nats = None
     database_url, nats_url = args.database_url, args.nats_url
     if database_url is None:
-        # `--profile` also breaks PostgreSQL's time down by statement (pg_stat_statements, which must
-        # be loaded at start: its hooks then cost every phase of such a run a little).
-        settings = {"shared_preload_libraries": "pg_stat_statements"} if args.profile else {}
+        # PostgreSQL's time by statement (pg_stat_statements) must be loaded at start: `--profile`
+        # counts in every phase (its hooks then cost each a little); the bulk path's statement
+        # profile switches counting on for its own phase only (`tools.bulk_bench`).
+        settings = {"shared_preload_libraries": "pg_stat_statements"}
         postgres = EmbeddedPostgres(data_dir=run_dir / "pg", port=free_port(), settings=settings)
         postgres.start()
         database_url = postgres.url
@@ -1116,8 +1129,11 @@ def _stop_stack(stack: Stack, *, keep_data: bool) -> None:
                 shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
-async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run_id: str) -> dict[str, Any]:
+async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run_id: str,
+                   extensions: Sequence[Any] = ()) -> dict[str, Any]:
     await db.migrate(stack.database_url)
+    for extension in extensions:
+        await extension.prepare(stack, args)
     port = free_port()
     stack.api_url = f"http://127.0.0.1:{port}"
     stack.api = _spawn(stack, "api", port)
@@ -1166,6 +1182,10 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
     profile = None
     if args.profile:
         profile = await _profile(stack, sampler, options, native=args.profile == "native", scenario=args.profile_scenario)
+    extended = {}
+    for extension in extensions:
+        extended[extension.NAME] = await extension.measure(stack, sampler, options, args)
+        phases.update(extended[extension.NAME].phases)
     big = None
     if args.big_journal > 0:
         progress(f"growing the journal to {args.big_journal:,} entries (tools.seed)")
@@ -1174,13 +1194,13 @@ async def _measure(stack: Stack, sampler: Sampler, args: argparse.Namespace, run
             progress(f"seeded in {big.seed_s} s, projector at the head {big.projector_replay_s} s later;"
                      f" uniform again, {args.duration:.0f} s")
             phases["uniform-1M"] = await run_phase(stack, sampler, options, name="uniform-1M", scenario="uniform")
-    audit = None
-    if big is not None and big.skipped is None:
-        progress("ledger audit of the big journal (tools.audit_bench)")
-        from tools.audit_bench import measure_audit
-        audit = await asyncio.to_thread(measure_audit, stack.database_url)
+    progress("ledger audit of the journal (tools.audit_bench)")
+    from tools.audit_bench import measure_audit
+    audit = await asyncio.to_thread(measure_audit, stack.database_url)
+    for extension in extensions:
+        await extension.finish(stack, sampler, world, args, extended[extension.NAME])
     return {"phases": phases, "pgbench": pgbench, "big": big, "profile": profile, "tree_lag": await tree_lag,
-            "audit": audit, "webhooks": webhooks}
+            "audit": audit, "webhooks": webhooks, "extended": extended}
 
 
 def start_receiver(stack: Stack, sampler: Sampler) -> str:
@@ -1397,8 +1417,13 @@ def _environment() -> dict[str, str]:
     return {k: v for k, v in sorted(os.environ.items()) if k.startswith("LEDGER_") and k not in hidden}
 
 
-def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+def main(argv: list[str], extensions: Sequence[Any] = ()) -> int:
+    """The run. `extensions` add phases and rows without this module importing them (`ledger
+    bench` is `tools.bulk_bench`, which passes itself): each has `NAME`, `add_arguments(parser)`,
+    `prepare(stack, args)` after the migrations, `measure(stack, sampler, options, args)` after
+    the tree follower's A/B (a result with `phases`), `finish(stack, sampler, world, args,
+    result)` after the audit, and `rows`, `details` and `history` for the report."""
+    args = parse_args(argv, extensions)
     started = time.monotonic()
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = (args.out_dir / f"run-{run_id}").absolute()
@@ -1409,7 +1434,7 @@ def main(argv: list[str]) -> int:
     stack = _start_stack(args, run_dir)
     _watch_servers(sampler)
     try:
-        measured = asyncio.run(_measure(stack, sampler, args, run_id))
+        measured = asyncio.run(_measure(stack, sampler, args, run_id, extensions))
     finally:
         _stop_stack(stack, keep_data=args.keep_data)
         sampler.stop()
@@ -1420,12 +1445,15 @@ def main(argv: list[str]) -> int:
              + (f", {_environment()}" if _environment() else ""))
     rows = (table_rows(phases, pgbench, big, sampler.peak_kb) + tree_rows(phases, measured["tree_lag"])
             + webhook_rows(measured["webhooks"]))
+    for extension in extensions:
+        rows += extension.rows(measured["extended"][extension.NAME], phases, pgbench)
     if (audit := measured["audit"]) is not None:
         rows.append(Row(f"ledger audit entries/s, journal of {audit.entries:,}",
                         f"{audit.entries_per_s:,.0f}/s ({audit.cpu_us_per_entry} µs CPU/entry, peak RSS"
                         f" {audit.peak_rss_mib:.0f} MiB, ok {audit.ok})", f"≥ {AUDIT_ENTRIES_PER_S_MIN:,}/s",
                         audit.ok and audit.entries_per_s >= AUDIT_ENTRIES_PER_S_MIN))
-    text = render(rows, title) + _noise_warning(phases, pgbench) + "\n\n" + detail_lines(phases, pgbench)
+    text = (render(rows, title) + _noise_warning(phases, pgbench) + "\n\n" + detail_lines(phases, pgbench)
+            + "".join(extension.details(measured["extended"][extension.NAME]) for extension in extensions))
     for name, one in (profile or {}).items():
         if name == "postgres":
             text += "\n\n" + _statements_text(one)
@@ -1436,7 +1464,9 @@ def main(argv: list[str]) -> int:
         from tools.search_bench import report as search_report
         text += "\n\n" + search_report(search)
     chart_note = chart(phases, run_dir / "chart.png")
-    history = append_history(args.out_dir, run_id, phases, pgbench)
+    history = append_history(args.out_dir, run_id, phases, pgbench, extra={
+        key: value for extension in extensions
+        for key, value in extension.history(measured["extended"][extension.NAME], pgbench).items()})
     history_note = history_chart(history, args.out_dir / "history.png")
     elapsed = time.monotonic() - started
     text += f"\n\nresults: {run_dir / 'result.json'}" + (f"\nchart: {run_dir / 'chart.png'}" if chart_note is None
@@ -1457,6 +1487,7 @@ def main(argv: list[str]) -> int:
         "audit": asdict(audit) if audit is not None else None,
         "webhooks": asdict(measured["webhooks"]),
         "search": search,
+        **{name: asdict(one) for name, one in measured["extended"].items()},
     }
     (run_dir / "result.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     (run_dir / "table.txt").write_text(text + "\n")

@@ -9,12 +9,21 @@ committer's own histogram). The same script runs against another checkout's code
 balance_after / refund_totals change was measured against main.
 
     python -m tools.commit_bench [--payments 20000] [--concurrency 128] [--rounds 3]
+    python -m tools.commit_bench --code /tmp/main,. [--pairs 3]   # an A/B on one server, alternated
+
+With `--code A,B` the rounds run in child processes, each with one checkout first on its path
+(`PYTHONPATH`), in the order A B B A A B ... on one PostgreSQL, and each round also reports the
+CPU per payment of the committing process and of PostgreSQL (every backend, from /proc): CPU
+time is much less at the mercy of other tenants than payments/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,7 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wallets", type=int, default=200)
     parser.add_argument("--vendors", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--url", help="a migrated database to use instead of starting one (one round, JSON out)")
+    parser.add_argument("--code", help="A,B: two checkouts to alternate, each round in a child process")
+    parser.add_argument("--pairs", type=int, default=3, help="with --code: rounds of each side")
     args = parser.parse_args(argv)
+    if args.url:
+        cpu_started = time.process_time()  # the round's setup (accounts, funding) included
+        rate, batch_ms = asyncio.run(_one_round(args.url, payments=args.payments, concurrency=args.concurrency,
+                                                wallets=args.wallets, vendors=args.vendors))
+        cpu_us = (time.process_time() - cpu_started) / args.payments * 1e6
+        print(json.dumps({"rate": rate, "batch_ms": batch_ms, "cpu_us": cpu_us}), flush=True)
+        return 0
+    if args.code:
+        return _alternate(args)
     with tempfile.TemporaryDirectory(prefix="ledger-commit-bench-") as root:
         postgres = EmbeddedPostgres(data_dir=Path(root) / "pg", port=free_port())
         postgres.start()
@@ -100,6 +121,39 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
         finally:
             postgres.stop()
+    return 0
+
+
+def _alternate(args) -> int:
+    """Rounds of checkouts A and B in child processes on one PostgreSQL, A B B A A B ..."""
+    from tools.audit_bench import postgres_cpu_s
+
+    sides = dict(zip("AB", (str(Path(code).absolute()) for code in args.code.split(","))))
+    results: dict[str, list[tuple[float, float, float, float]]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory(prefix="ledger-commit-bench-") as root:
+        postgres = EmbeddedPostgres(data_dir=Path(root) / "pg", port=free_port())
+        postgres.start()
+        try:
+            asyncio.run(db.migrate(postgres.url))
+            for pair in range(args.pairs):
+                for side in ("A", "B") if pair % 2 == 0 else ("B", "A"):
+                    pg_before = postgres_cpu_s(postgres._proc.pid)
+                    child = subprocess.run(
+                        [sys.executable, str(Path(__file__).absolute()), "--url", postgres.url,
+                         "--payments", str(args.payments), "--concurrency", str(args.concurrency)],
+                        env={**os.environ, "PYTHONPATH": sides[side]}, cwd=sides[side], check=True,
+                        stdout=subprocess.PIPE).stdout
+                    one = json.loads(child.decode().strip().splitlines()[-1])
+                    pg_us = (postgres_cpu_s(postgres._proc.pid) - pg_before) / args.payments * 1e6
+                    results[side].append((one["rate"], one["batch_ms"], one["cpu_us"], pg_us))
+                    print(f"{side}{pair + 1}: {one['rate']:,.0f} payments/s, batch {one['batch_ms']:.1f} ms,"
+                          f" committer process CPU {one['cpu_us']:.0f} µs/payment, postgres CPU {pg_us:.0f} µs/payment", flush=True)
+        finally:
+            postgres.stop()
+    mean = {side: [sum(column) / len(column) for column in zip(*rows)] for side, rows in results.items()}
+    names = ("payments/s", "batch ms", "committer process CPU µs", "postgres CPU µs (each with the round's setup)")
+    print("B ÷ A: " + "; ".join(f"{name} {mean['A'][i]:,.1f} → {mean['B'][i]:,.1f} ({mean['B'][i] / mean['A'][i]:.3f})"
+                                for i, name in enumerate(names)))
     return 0
 
 
