@@ -266,7 +266,7 @@ _CLAIM = (
     "    ORDER BY next_attempt_at LIMIT coalesce(r.room, %s) FOR UPDATE SKIP LOCKED) q"
     "   WHERE e.deleted_at IS NULL) ranked"
     "  WHERE holds <= %s ORDER BY holds, next_attempt_at LIMIT %s) due"
-    " WHERE d.endpoint_id = due.endpoint_id AND d.event_seq = due.event_seq AND d.status = 'pending'"
+    " WHERE d.endpoint_id = due.endpoint_id AND d.event_seq = due.event_seq"
     " RETURNING d.endpoint_id, d.event_seq, d.event_id, d.payload, d.attempts, d.committed_at, due.vendor_id"
 )
 
@@ -319,7 +319,7 @@ async def record_attempts(conn, attempts: list[Attempt]) -> None:
         " FROM unnest(%b::UUID[], %b::INT8[], %b::TEXT[], %b::INT8[], %b::TEXT[], %b::FLOAT8[])"
         "  AS o (endpoint_id, event_seq, status, code, error, retry_s)"
         " WHERE d.endpoint_id = ANY(%b::UUID[]) AND d.event_seq = ANY(%b::INT8[])"
-        "  AND d.endpoint_id = o.endpoint_id AND d.event_seq = o.event_seq AND d.status = 'pending'",
+        "  AND d.endpoint_id = o.endpoint_id AND d.event_seq = o.event_seq AND d.status NOT IN ('delivered', 'failed')",
         (
             endpoint_ids,
             event_seqs,
