@@ -8,8 +8,9 @@ import uuid
 from aiohttp import web
 from markupsafe import Markup
 
-from console.web import PREFIX, form, public_key, redirect, render, session_of, upstream
+from console import search
 from console.upstream import ApiFailure
+from console.web import PREFIX, form, public_key, redirect, render, session_of, upstream
 
 PAGE_ROWS = 25  # payments on a page; the live list refreshes the newest page only
 DELIVERIES_SCANNED_MAX = 100  # per endpoint, the newest page scanned for a payment's deliveries
@@ -48,18 +49,23 @@ def _chosen(accounts: list[dict], wanted: str) -> str:
     return wanted if wanted in ids else (ids[0] if ids else "")
 
 
-async def _newest(request: web.Request, account: str, after: str = "") -> dict:
+async def _newest(request: web.Request, account: str, after: str = "", filters: dict | None = None) -> dict:
     return await upstream(request).get(f"/v1/vendors/{account}/transfers", session_of(request).token,
-                                       order="desc", limit=PAGE_ROWS, after=after)
+                                       order="desc", limit=PAGE_ROWS, after=after, **(filters or {}))
 
 
 async def payments(request: web.Request) -> web.Response:
+    """The newest payments, live; or, with the search form filled in, the matching ones (not live:
+    the live refresh would put the unfiltered newest rows back)."""
     accounts = await _vendor_accounts(request)
     account = _chosen(accounts, request.query.get("account", ""))
-    after = request.query.get("after", "")
-    page = await _newest(request, account, after) if account else {"items": [], "next": None}
-    return render(request, "vendor.html", accounts=accounts, account=account, payments=page["items"],
-                  next=page["next"], live=not after)
+    after, fields = request.query.get("after", ""), search.asked(request.query)
+    page = {"items": [], "next": None}
+    if account:
+        page = await _newest(request, account, after, search.api_filters(fields))
+    shown = next((a for a in accounts if a["id"] == account), None)
+    return render(request, "vendor.html", accounts=accounts, account=account, shown=shown, payments=page["items"],
+                  next=page["next"], live=not after and not fields, fields=fields, more=search.query_string(fields))
 
 
 async def payments_fragment(request: web.Request) -> web.Response:
