@@ -78,13 +78,21 @@ async def payment(request: web.Request) -> web.Response:
     transfer_id, token = _id(request, "transfer_id"), session_of(request).token
     answer = await upstream(request).call("GET", f"/v1/transfers/{transfer_id}", token)
     entry = answer.body
-    mine = entry["to_account_id"] in {a["id"] for a in await _vendor_accounts(request)}
+    mine = await _receiving_vendor(request, entry)
     verification, note = await _verification(request, entry, request.query.get("seen", ""))
     return render(request, "payment.html", entry=entry, entry_json=_script_json(answer.raw),
                   public_key=public_key(request), verification=verification, verification_note=note,
                   can_refund=mine and entry.get("kind", "transfer") != "refund",
                   idempotency_key=str(uuid.uuid4()),
                   deliveries=await _deliveries_of(request, entry) if mine else None)
+
+
+async def _receiving_vendor(request: web.Request, entry: dict) -> bool:
+    """Whether the signed-in vendor received this payment (so it may refund it and see its webhook
+    deliveries). An admin or auditor lists every account, which says nothing about that."""
+    if session_of(request).role != "vendor":
+        return False
+    return entry["to_account_id"] in {a["id"] for a in await _vendor_accounts(request)}
 
 
 def _script_json(raw: bytes) -> Markup:
