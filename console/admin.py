@@ -1,4 +1,4 @@
-"""The admin's pages: principals and their tokens (created, listed, revoked), accounts and their controls."""
+"""The admin's pages: principals and their tokens (created, listed, revoked), accounts, their controls."""
 
 from __future__ import annotations
 

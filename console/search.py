@@ -1,8 +1,8 @@
-"""Searching payments: the search form's fields as the API's filters, and the admin/auditor search page.
+"""Searching payments: the search form's fields as the API's filters; the admin and auditor page.
 
-The vendor's payments, the client's statement and this page share one form (`_search.html`): an
-order id (`metadata.order_id`), any one metadata key and value, and a date range. They become the
-API's own parameters (CONTRACT v3, "Searching entries by metadata"); the API checks them and a
+The vendor's payments, the client's statement and this page share one form (`search_form` in
+`_macros.html`): an order id (`metadata.order_id`), any one metadata key and value, and a date
+range. They become the API's own parameters (CONTRACT v3, "Searching entries by metadata"); the API checks them and a
 refusal is shown in words like any other.
 """
 
