@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from console.web import PREFIX, form, redirect, render, session_of, upstream
 ROLES = ("client", "vendor", "auditor", "admin")
 KINDS = ("wallet", "vendor", "system")
 STATUSES = ("active", "frozen", "closed")
+_INTEGER = re.compile(r"^-?[0-9]+$")
 ACCOUNT_ROWS = 50
 
 
@@ -63,11 +65,11 @@ async def create_account(request: web.Request) -> web.Response:
 
 def _limit(kind: str, field: str, text: str) -> dict:
     """A limit field of a form as the API's control. The form speaks of a credit line (how far below
-    zero the balance may go, a whole number >= 0) and a cap; the API of `min_balance` <= 0 and
-    `max_balance`. Empty clears it: no credit line (for a system account, unbounded below, its
-    default) and no cap. Other text goes to the API as is, to be refused in words."""
+    zero the balance may go) and a cap; the API of `min_balance` <= 0 and `max_balance`. Empty
+    clears it: no credit line (for a system account, unbounded below, its default) and no cap. Other
+    text, or a negative credit line, goes to the API as it comes out, to be refused in words."""
     text = text.strip()
-    amount: int | str | None = int(text) if text.isdigit() else (text or None)
+    amount: int | str | None = int(text) if _INTEGER.match(text) else (text or None)
     if field == "cap":
         return {"max_balance": amount}
     if amount is None:
