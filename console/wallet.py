@@ -6,6 +6,7 @@ import uuid
 
 from aiohttp import web
 
+from console import search
 from console.web import PREFIX, form, redirect, render, session_of, upstream
 
 STATEMENT_ROWS = 50  # entries on a statement page
@@ -46,15 +47,21 @@ async def wallets(request: web.Request) -> web.Response:
 
 async def statement(request: web.Request) -> web.Response:
     account_id, token = _uuid(request.match_info["account"]), session_of(request).token
+    fields = search.asked(request.query)
     account = await upstream(request).get(f"/v1/accounts/{account_id}", token)
     page = await upstream(request).get(f"/v1/accounts/{account_id}/entries", token, limit=STATEMENT_ROWS,
-                                       after=request.query.get("after", ""))
-    return render(request, "statement.html", account=account, entries=page["items"], next=page["next"])
+                                       after=request.query.get("after", ""), **search.api_filters(fields))
+    return render(request, "statement.html", account=account, entries=page["items"], next=page["next"],
+                  fields=fields, more=search.query_string(fields))
 
 
 def _payment_body(posted: dict[str, str], currency: str) -> dict:
-    return {"from_account_id": posted.get("from_account_id", ""), "to_account_id": posted.get("to_account_id", "").strip(),
+    """The form as the API's body; an order id, if given, goes into metadata, where search finds it."""
+    body = {"from_account_id": posted.get("from_account_id", ""), "to_account_id": posted.get("to_account_id", "").strip(),
             "amount": _whole(posted.get("amount")), "currency": currency, "reference": posted.get("reference", "")}
+    if posted.get("order_id", "").strip():
+        body["metadata"] = {search.ORDER_ID_KEY: posted["order_id"].strip()}
+    return body
 
 
 async def _currency_of(request: web.Request, account_id: str) -> str:
