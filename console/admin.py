@@ -7,7 +7,7 @@ import uuid
 
 from aiohttp import web
 
-from console.web import PREFIX, form, redirect, render, session_of, upstream
+from console.web import PREFIX, form, redirect, render, session_of, upstream, uuid_or_404
 
 ROLES = ("client", "vendor", "auditor", "admin")
 KINDS = ("wallet", "vendor", "system")
@@ -27,12 +27,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/admin/principals/{principal_id}/tokens", issue_token)
     router.add_post("/admin/principals/{principal_id}/tokens/{token_id}/revoke", revoke_token)
 
-
-def _uuid(text: str) -> str:
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise web.HTTPNotFound() from None
 
 
 async def admin(request: web.Request, **created) -> web.Response:
@@ -78,7 +72,7 @@ def _limit(kind: str, field: str, text: str) -> dict:
 
 
 async def account_page(request: web.Request) -> web.Response:
-    account_id = _uuid(request.match_info["account_id"])
+    account_id = uuid_or_404(request.match_info["account_id"])
     account = await upstream(request).get(f"/v1/accounts/{account_id}", session_of(request).token)
     return render(request, "account.html", account=account, statuses=STATUSES)
 
@@ -86,7 +80,7 @@ async def account_page(request: web.Request) -> web.Response:
 async def change_controls(request: web.Request) -> web.Response:
     """PATCH only what the form changes: an unchanged control is no journal entry. A refusal (closing
     an account that still holds money, say) is the API's 422, shown in words."""
-    account_id, posted, token = _uuid(request.match_info["account_id"]), await form(request), session_of(request).token
+    account_id, posted, token = uuid_or_404(request.match_info["account_id"]), await form(request), session_of(request).token
     account = await upstream(request).get(f"/v1/accounts/{account_id}", token)
     wanted = {"status": posted.get("status", account["status"]),
               **_limit(account["kind"], "credit_line", posted.get("credit_line", "")),
@@ -98,23 +92,23 @@ async def change_controls(request: web.Request) -> web.Response:
 
 
 async def find_principal(request: web.Request) -> web.Response:
-    return redirect(f"{PREFIX}/admin/principals/{_uuid(request.query.get('id', ''))}")
+    return redirect(f"{PREFIX}/admin/principals/{uuid_or_404(request.query.get('id', ''))}")
 
 
 async def principal(request: web.Request, issued: dict | None = None) -> web.Response:
-    principal_id = _uuid(request.match_info["principal_id"])
+    principal_id = uuid_or_404(request.match_info["principal_id"])
     listed = await upstream(request).get(f"/v1/principals/{principal_id}/tokens", session_of(request).token)
     return render(request, "principal.html", principal_id=principal_id, tokens=listed["items"], issued=issued)
 
 
 async def issue_token(request: web.Request) -> web.Response:
-    principal_id = _uuid(request.match_info["principal_id"])
+    principal_id = uuid_or_404(request.match_info["principal_id"])
     answer = await upstream(request).call("POST", f"/v1/principals/{principal_id}/tokens", session_of(request).token)
     return await principal(request, issued=answer.body)
 
 
 async def revoke_token(request: web.Request) -> web.Response:
-    principal_id, token_id = _uuid(request.match_info["principal_id"]), _uuid(request.match_info["token_id"])
+    principal_id, token_id = uuid_or_404(request.match_info["principal_id"]), uuid_or_404(request.match_info["token_id"])
     await upstream(request).call("DELETE", f"/v1/principals/{principal_id}/tokens/{token_id}",
                                  session_of(request).token)
     return redirect(f"{PREFIX}/admin/principals/{principal_id}")

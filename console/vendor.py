@@ -10,7 +10,7 @@ from markupsafe import Markup
 
 from console import search
 from console.upstream import ApiFailure
-from console.web import PREFIX, form, public_key, redirect, render, session_of, upstream
+from console.web import PREFIX, form, public_key, redirect, render, session_of, upstream, uuid_or_404
 
 PAGE_ROWS = 25  # payments on a page; the live list refreshes the newest page only
 DELIVERIES_SCANNED_MAX = 100  # per endpoint, the newest page scanned for a payment's deliveries
@@ -32,11 +32,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 def _id(request: web.Request, name: str) -> str:
     """A path or form id as a UUID's text; anything else is a 404 before the API is asked."""
-    text = request.match_info.get(name) or request.query.get(name, "")
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise web.HTTPNotFound() from None
+    return uuid_or_404(request.match_info.get(name) or request.query.get(name, ""))
 
 
 async def _vendor_accounts(request: web.Request) -> list[dict]:
