@@ -13,7 +13,7 @@ import logging
 import jinja2
 from aiohttp import web
 
-from console import admin, auditor, vendor, wallet
+from console import admin, auditor, search, vendor, wallet
 from console.sessions import SessionStore
 from console.upstream import ApiFailure, Upstream, words
 from console.web import CONFIG, HERE, PREFIX, SESSION, STORE, TEMPLATES, UPSTREAM, form, redirect, refusal, render
@@ -51,7 +51,7 @@ def mount(app: web.Application, settings: Settings, *, public_key: str = "") -> 
     console.router.add_post("/sign-in", sign_in)
     console.router.add_post("/sign-out", sign_out)
     console.router.add_static("/static/", HERE / "static", append_version=False)
-    for module in (vendor, wallet, auditor, admin):
+    for module in (vendor, wallet, auditor, admin, search):
         module.add_routes(console.router)
     app.add_subapp(PREFIX, console)
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 import schemas
 from console.upstream import ApiFailure
-from console.web import PREFIX, public_key, render, session_of, upstream
+from console.web import public_key, render, session_of, upstream
 
 EXPORT_ENTRIES_MAX = schemas.JOURNAL_LIMIT_MAX  # one download, the API's page; its route pages further
 

@@ -8,8 +8,9 @@ import uuid
 from aiohttp import web
 from markupsafe import Markup
 
-from console.web import PREFIX, form, public_key, redirect, render, session_of, upstream
+from console import search
 from console.upstream import ApiFailure
+from console.web import PREFIX, form, public_key, redirect, render, session_of, upstream, uuid_or_404
 
 PAGE_ROWS = 25  # payments on a page; the live list refreshes the newest page only
 DELIVERIES_SCANNED_MAX = 100  # per endpoint, the newest page scanned for a payment's deliveries
@@ -31,11 +32,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
 
 def _id(request: web.Request, name: str) -> str:
     """A path or form id as a UUID's text; anything else is a 404 before the API is asked."""
-    text = request.match_info.get(name) or request.query.get(name, "")
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise web.HTTPNotFound() from None
+    return uuid_or_404(request.match_info.get(name) or request.query.get(name, ""))
 
 
 async def _vendor_accounts(request: web.Request) -> list[dict]:
@@ -48,18 +45,23 @@ def _chosen(accounts: list[dict], wanted: str) -> str:
     return wanted if wanted in ids else (ids[0] if ids else "")
 
 
-async def _newest(request: web.Request, account: str, after: str = "") -> dict:
+async def _newest(request: web.Request, account: str, after: str = "", filters: dict | None = None) -> dict:
     return await upstream(request).get(f"/v1/vendors/{account}/transfers", session_of(request).token,
-                                       order="desc", limit=PAGE_ROWS, after=after)
+                                       order="desc", limit=PAGE_ROWS, after=after, **(filters or {}))
 
 
 async def payments(request: web.Request) -> web.Response:
+    """The newest payments, live; or, with the search form filled in, the matching ones (not live:
+    the live refresh would put the unfiltered newest rows back)."""
     accounts = await _vendor_accounts(request)
     account = _chosen(accounts, request.query.get("account", ""))
-    after = request.query.get("after", "")
-    page = await _newest(request, account, after) if account else {"items": [], "next": None}
-    return render(request, "vendor.html", accounts=accounts, account=account, payments=page["items"],
-                  next=page["next"], live=not after)
+    after, fields = request.query.get("after", ""), search.asked(request.query)
+    page = {"items": [], "next": None}
+    if account:
+        page = await _newest(request, account, after, search.api_filters(fields))
+    shown = next((a for a in accounts if a["id"] == account), None)
+    return render(request, "vendor.html", accounts=accounts, account=account, shown=shown, payments=page["items"],
+                  next=page["next"], live=not after and not fields, fields=fields, more=search.query_string(fields))
 
 
 async def payments_fragment(request: web.Request) -> web.Response:
@@ -72,13 +74,21 @@ async def payment(request: web.Request) -> web.Response:
     transfer_id, token = _id(request, "transfer_id"), session_of(request).token
     answer = await upstream(request).call("GET", f"/v1/transfers/{transfer_id}", token)
     entry = answer.body
-    mine = entry["to_account_id"] in {a["id"] for a in await _vendor_accounts(request)}
+    mine = await _receiving_vendor(request, entry)
     verification, note = await _verification(request, entry, request.query.get("seen", ""))
     return render(request, "payment.html", entry=entry, entry_json=_script_json(answer.raw),
                   public_key=public_key(request), verification=verification, verification_note=note,
                   can_refund=mine and entry.get("kind", "transfer") != "refund",
                   idempotency_key=str(uuid.uuid4()),
                   deliveries=await _deliveries_of(request, entry) if mine else None)
+
+
+async def _receiving_vendor(request: web.Request, entry: dict) -> bool:
+    """Whether the signed-in vendor received this payment (so it may refund it and see its webhook
+    deliveries). An admin or auditor lists every account, which says nothing about that."""
+    if session_of(request).role != "vendor":
+        return False
+    return entry["to_account_id"] in {a["id"] for a in await _vendor_accounts(request)}
 
 
 def _script_json(raw: bytes) -> Markup:

@@ -6,7 +6,8 @@ import uuid
 
 from aiohttp import web
 
-from console.web import PREFIX, form, redirect, render, session_of, upstream
+from console import search
+from console.web import PREFIX, form, redirect, render, session_of, upstream, uuid_or_404
 
 STATEMENT_ROWS = 50  # entries on a statement page
 
@@ -21,13 +22,6 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/holds/{hold_id}/capture", capture)
     router.add_post("/holds/{hold_id}/void", void)
 
-
-def _uuid(text: str) -> str:
-    """An id as a UUID's text; anything else is a 404 before the API is asked."""
-    try:
-        return str(uuid.UUID(text))
-    except ValueError:
-        raise web.HTTPNotFound() from None
 
 
 def _whole(text: str | None) -> int | str | None:
@@ -45,20 +39,26 @@ async def wallets(request: web.Request) -> web.Response:
 
 
 async def statement(request: web.Request) -> web.Response:
-    account_id, token = _uuid(request.match_info["account"]), session_of(request).token
+    account_id, token = uuid_or_404(request.match_info["account"]), session_of(request).token
+    fields = search.asked(request.query)
     account = await upstream(request).get(f"/v1/accounts/{account_id}", token)
     page = await upstream(request).get(f"/v1/accounts/{account_id}/entries", token, limit=STATEMENT_ROWS,
-                                       after=request.query.get("after", ""))
-    return render(request, "statement.html", account=account, entries=page["items"], next=page["next"])
+                                       after=request.query.get("after", ""), **search.api_filters(fields))
+    return render(request, "statement.html", account=account, entries=page["items"], next=page["next"],
+                  fields=fields, more=search.query_string(fields))
 
 
 def _payment_body(posted: dict[str, str], currency: str) -> dict:
-    return {"from_account_id": posted.get("from_account_id", ""), "to_account_id": posted.get("to_account_id", "").strip(),
+    """The form as the API's body; an order id, if given, goes into metadata, where search finds it."""
+    body = {"from_account_id": posted.get("from_account_id", ""), "to_account_id": posted.get("to_account_id", "").strip(),
             "amount": _whole(posted.get("amount")), "currency": currency, "reference": posted.get("reference", "")}
+    if posted.get("order_id", "").strip():
+        body["metadata"] = {search.ORDER_ID_KEY: posted["order_id"].strip()}
+    return body
 
 
 async def _currency_of(request: web.Request, account_id: str) -> str:
-    return (await upstream(request).get(f"/v1/accounts/{_uuid(account_id)}", session_of(request).token))["currency"]
+    return (await upstream(request).get(f"/v1/accounts/{uuid_or_404(account_id)}", session_of(request).token))["currency"]
 
 
 async def pay(request: web.Request) -> web.Response:
@@ -79,16 +79,16 @@ async def place_hold(request: web.Request) -> web.Response:
 
 
 async def find_hold(request: web.Request) -> web.Response:
-    return redirect(f"{PREFIX}/holds/{_uuid(request.query.get('id', ''))}")
+    return redirect(f"{PREFIX}/holds/{uuid_or_404(request.query.get('id', ''))}")
 
 
 async def hold(request: web.Request) -> web.Response:
-    found = await upstream(request).get(f"/v1/holds/{_uuid(request.match_info['hold_id'])}", session_of(request).token)
+    found = await upstream(request).get(f"/v1/holds/{uuid_or_404(request.match_info['hold_id'])}", session_of(request).token)
     return render(request, "hold.html", hold=found, capture_key=str(uuid.uuid4()), void_key=str(uuid.uuid4()))
 
 
 async def capture(request: web.Request) -> web.Response:
-    hold_id, posted = _uuid(request.match_info["hold_id"]), await form(request)
+    hold_id, posted = uuid_or_404(request.match_info["hold_id"]), await form(request)
     amount = _whole(posted.get("amount"))
     await upstream(request).call("POST", f"/v1/holds/{hold_id}/capture", session_of(request).token,
                                  body={} if amount is None else {"amount": amount},
@@ -97,7 +97,7 @@ async def capture(request: web.Request) -> web.Response:
 
 
 async def void(request: web.Request) -> web.Response:
-    hold_id, posted = _uuid(request.match_info["hold_id"]), await form(request)
+    hold_id, posted = uuid_or_404(request.match_info["hold_id"]), await form(request)
     await upstream(request).call("POST", f"/v1/holds/{hold_id}/void", session_of(request).token,
                                  idempotency_key=posted.get("idempotency_key") or str(uuid.uuid4()))
     return redirect(f"{PREFIX}/holds/{hold_id}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import jinja2
@@ -59,3 +60,11 @@ def upstream(request: web.Request) -> Upstream:
 
 def public_key(request: web.Request) -> str:
     return request.app[CONFIG]["public_key"]
+
+
+def uuid_or_404(text: str) -> str:
+    """An id from a URL as a UUID's text; anything else is a 404 before the API is asked."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise web.HTTPNotFound() from None

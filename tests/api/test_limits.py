@@ -75,13 +75,15 @@ async def test_fourth_rapid_request_is_429_and_another_principal_is_unaffected(s
     other = await stack.funded_wallet(0)
     async with api_with(stack, api={"rate_per_s": 5, "rate_burst": 3}) as client:
         path = f"/v1/accounts/{wallet.account_id}"
-        # Sent together, so the 200 ms a token takes to accrue cannot pass between them.
+        # Sent together, so the 200 ms a token takes to accrue cannot pass between them. The bucket
+        # is emptied after `started`, so a token cannot accrue before started + 200 ms, however long
+        # a loaded machine takes to serve the four.
+        started = asyncio.get_running_loop().time()
         replies = await asyncio.gather(*[client.get(path, token=wallet.token) for _ in range(4)])
         replies.sort(key=lambda reply: reply.status)
         assert [r.status for r in replies] == [200, 200, 200, 429]
         assert_retry_later(replies[3], 429, "rate_limited")
         assert (await client.get(f"/v1/accounts/{other.account_id}", token=other.token)).status == 200
-        started = asyncio.get_running_loop().time()
 
         async def token_accrued() -> bool:  # a refused request spends nothing, so polling is fair
             return (await client.get(path, token=wallet.token)).status == 200

@@ -1,9 +1,9 @@
 """console/static/verify.js in real Chromium against real entries, proofs and signed tree heads.
 
-The entries (a payment with unicode metadata, a refund, holds captured and voided), proofs and
-heads come from the real stack; the browser gets them from a loopback server of the test's own,
-which serves console/static under a Content-Security-Policy without `unsafe-inline`, as the
-console does. What the browser computes is compared with the journal and with client.proof.
+The entries (a payment with unicode metadata, a refund, holds captured and voided, account
+controls), proofs and heads come from the real stack; the browser gets them from a loopback server
+of the test's own, which serves console/static under a Content-Security-Policy without
+`unsafe-inline`, as the console does. What the browser computes is compared with the journal and with client.proof.
 """
 
 from __future__ import annotations
@@ -113,13 +113,18 @@ async def payments(stack) -> tuple[object, object, dict, dict]:
     return wallet, vendor, unicode_payment, plain
 
 
-async def refund_and_holds(stack, wallet, vendor, plain: dict) -> None:
-    """A refund of part of `plain`, a hold captured and one voided."""
+async def refund_holds_and_controls(stack, wallet, vendor, plain: dict) -> None:
+    """A refund of part of `plain`, a hold captured and one voided, and account entries (a cap past
+    2^53, which the page must keep exact, a credit line, a freeze and its end)."""
     await post(stack, f"/v1/transfers/{plain['id']}/refunds", vendor.token, {"amount": 300, "metadata": {"why": "n\u00f8"}})
     pay = {"from_account_id": wallet.account_id, "to_account_id": vendor.account_id, "currency": "USD"}
     for finish in ("capture", "void"):
         hold = await post(stack, "/v1/holds", wallet.token, {**pay, "amount": 40})
         await post(stack, f"/v1/holds/{hold['id']}/{finish}", vendor.token)
+    for change in ({"max_balance": 2**63 - 1, "min_balance": -5}, {"status": "frozen"},
+                   {"status": "active", "max_balance": None}):
+        reply = await stack.client.request("PATCH", f"/v1/accounts/{wallet.account_id}", token=stack.admin, json=change)
+        assert reply.status == 200, reply.text
 
 
 async def sign(stack, key) -> dict:
@@ -143,7 +148,7 @@ async def world(stack, tmp_path_factory) -> dict:
     start = (await proof_of(stack, "/v1/journal/head"))["position"]
     wallet, vendor, payment, plain = await payments(stack)
     first_head = await sign(stack, key)
-    await refund_and_holds(stack, wallet, vendor, plain)
+    await refund_holds_and_controls(stack, wallet, vendor, plain)
     head = await sign(stack, key)
     journal = await stack.client.get("/v1/journal", token=stack.admin, params={"after": start, "limit": 1000})
     # not splitlines(): U+2028 in metadata is no line end in ndjson
@@ -180,7 +185,7 @@ async def test_every_entry_kind_hashes_in_the_browser_as_in_python_and_the_journ
             in_browser = await page.evaluate(CALL_ON_TEXT, ["entryHash", json.dumps(shown)])
             assert in_browser == python == entry["hash"], entry
             kinds.add(entry.get("kind", "transfer"))
-        assert {"transfer", "refund", "hold", "capture", "void"} <= kinds, kinds
+        assert {"transfer", "refund", "hold", "capture", "void", "account"} <= kinds, kinds
         tricky = {"metadata": {**UNICODE_METADATA, "\uffff": "\u0000\u001f\u0080", "\U00010000": "\ud7ff"},
                   "n": [0, -1, 2**53 - 1, 2**53 + 1, -(2**63 - 1)], "t": True, "z": None}
         canonical = await page.evaluate(CALL_ON_TEXT, ["canonicalJson", json.dumps(tricky)])
