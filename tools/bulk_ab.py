@@ -11,7 +11,8 @@ phase and the mean of each side with B ÷ A and the spread between pairs.
     python -m tools.bulk_ab --a /tmp/bench-base --b . [--pairs 3] [--duration 10] [--single] [--b-env K=V]
 
 Only the API runs from the checkout under test (`-m` puts the working directory first on the
-path), so the cuts it measures are those of the API's process: the committer and the store.
+path), so the cuts it measures are those of the API's process: the committer and the store;
+`--webhooks` runs the webhook worker from it too (for cuts of the delivery path).
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ async def _restart_api(stack: bench.Stack, sampler: bench.Sampler, port: int, co
     stack.api = bench._spawn(stack, "api", port, cwd=code, **env)
     sampler.watch("api", stack.api.pid, memory=True)
     await bench._wait_ready(stack)
+
+
+async def _restart_webhooks(stack: bench.Stack, sampler: bench.Sampler, code: Path) -> None:
+    """The webhook worker from `code` (`--webhooks`); it follows the journal from its cursor, and
+    rows the stopped one held leased are claimed again once their lease ends."""
+    bench._stop_process(stack.webhooks)
+    sampler.unwatch("webhooks")
+    stack.webhooks = bench._spawn(stack, "webhooks", free_port(), cwd=code)
+    sampler.watch("webhooks", stack.webhooks.pid, memory=True)
 
 
 async def _setup(stack: bench.Stack, sampler: bench.Sampler, args, code: Path, env: dict[str, str]) -> bench.Options:
@@ -68,6 +78,8 @@ async def _alternate(stack: bench.Stack, sampler: bench.Sampler, args) -> list[t
         for side in ("A", "B") if pair % 2 == 0 else ("B", "A"):
             code, env = sides[side]
             await _restart_api(stack, sampler, port, code, env)
+            if args.webhooks:
+                await _restart_webhooks(stack, sampler, code)
             await bulk_bench.drain_webhooks(stack)
             name = f"{side}{pair + 1}"
             bench.progress(f"{name}: bulk, {args.duration:.0f} s")
@@ -123,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--bulk-concurrency", type=int, default=bulk_bench.BULK_CONCURRENCY)
+    parser.add_argument("--webhooks", action="store_true",
+                        help="also run the webhook worker from each side's checkout (restarted before each phase)")
     parser.add_argument("--single", action="store_true", help="also the single path (closed loop) per side")
     parser.add_argument("--out-dir", type=Path, default=Path(".ledger/bench"))
     args = parser.parse_args(argv)

@@ -474,6 +474,30 @@ async def test_a_first_failure_and_a_later_one_are_recorded_in_one_statement(sta
     assert [round(wait.total_seconds()) for _, _, wait in rows] == [round(retry) for retry in retries]
 
 
+async def test_an_attempt_recorded_after_its_row_was_settled_changes_nothing(stack):
+    """A sender whose lease ran out records late: the row another one settled meanwhile stays as
+    it is (the recorder tests the status as a join clause, `d.status = o.was`)."""
+    vendor = await stack.vendor()
+    endpoint_id = uuid.UUID((await _register(stack, vendor, "https://example.com/hooks")).body["id"])
+    reply = await stack.client.request("DELETE", f"/v1/vendors/{vendor.account_id}/webhooks/{endpoint_id}",
+                                       token=vendor.token)
+    assert reply.status == 204  # no worker attempts its rows; they are written here by hand
+    now = dt.datetime.now(dt.timezone.utc)
+    rows = [ws.Claimed(endpoint_id, seq, uuid.uuid4(), b"{}", 0, now) for seq in (8, 16)]
+    async with await stack.superuser() as conn:
+        for row, status in zip(rows, ("delivered", "pending")):
+            await conn.execute(
+                "INSERT INTO webhook_deliveries (endpoint_id, event_seq, event_id, type, position, payload,"
+                " committed_at, status, attempts, last_status_code, next_attempt_at) VALUES (%s, %s, %s,"
+                " 'transfer.received', %s, '{}', now(), %s, 0, 204, now())",
+                (endpoint_id, row.event_seq, row.event_id, row.event_seq // 8, status))
+        await ws.record_attempts(conn, [ws.Attempt(row, "pending", 500, "late", 5.0) for row in rows])
+        found = await (await conn.execute(
+            "SELECT status, attempts, last_status_code FROM webhook_deliveries WHERE endpoint_id = %s"
+            " ORDER BY event_seq", (endpoint_id,))).fetchall()
+    assert found == [("delivered", 0, 204), ("pending", 1, 500)]
+
+
 def test_the_retention_is_a_setting_of_at_least_an_hour():
     assert Settings().webhooks.retention_s == 7 * 86_400
     assert Settings.from_env(webhooks={"retention_s": 3_600}).webhooks.retention_s == 3_600
