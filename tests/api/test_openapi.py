@@ -86,7 +86,10 @@ def _excused(response) -> bool:
     `min_position`s are far ahead of the journal. And the contract's 400 for an account asked at
     a position and a time at once: OpenAPI 3.1 cannot say that two query parameters exclude each
     other, so each is documented alone (its description says so) and the pair is checked in
-    test_bad_input. And the 400 for a batch whose items repeat a key."""
+    test_bad_input. And the 400 for a batch whose items repeat a key. And the 400 for
+    `min_balance: null` on an account that is not a system account: whether null is allowed
+    depends on the account's kind, which the body's schema cannot see (tests/api/test_account_controls.py
+    checks that 400)."""
     if response is None or response.status_code not in (400, 503):
         return False
     try:
@@ -97,7 +100,8 @@ def _excused(response) -> bool:
         # Nor that the items of a batch have unique `idempotency_key`s (uniqueItems compares
         # whole items); tests/api/test_batches.py checks that 400.
         detail = problem.get("detail", "")
-        return detail.startswith("give at most one of at_position and as_of") or "keys are unique in a batch" in detail
+        return (detail.startswith("give at most one of at_position and as_of") or "keys are unique in a batch" in detail
+                or detail.startswith("only system accounts may be unbounded below"))
     return problem.get("code") == "projection_behind"
 
 
@@ -113,6 +117,11 @@ def _config(base_url: str, token: str) -> SchemathesisConfig:
         "parameters": {"query.wait_ms": 0},
         "checks": {"enabled": True, "positive_data_acceptance": {"expected-statuses": ACCEPTED}},
         "generation": {"max-examples": EXAMPLES_PER_OPERATION, "deterministic": True, "mode": "all"},
+        # Off: the stateful phase chains calls along links it infers, and fills a path parameter
+        # that the source answer lacks with None (`POST /v1/holds/None/void`), then reports the
+        # 400 as "schema-valid data rejected". Under the 8 s budget it never ran (`stateful:skip`);
+        # the 12 s one reached it.
+        "phases": {"stateful": {"enabled": False}},
     })
 
 
