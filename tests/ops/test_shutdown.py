@@ -21,7 +21,7 @@ import pytest
 
 from ledger import db, principals
 from tests.conftest import eventually
-from tools.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from tools.embedded import free_port
 from tools.chaos import Child, metric_value
 
 pytestmark = pytest.mark.slow  # child processes: `ledger api` under signals and a database outage
@@ -173,21 +173,6 @@ async def _refused(api: Api) -> bool:
     except aiohttp.ClientConnectorError:
         return True
     return False
-
-
-@pytest.fixture
-def own_servers(tmp_path):
-    """A PostgreSQL and a NATS of this test alone: it kills the database, which the session's
-    servers (shared by every other test) must never see."""
-    postgres = EmbeddedPostgres(data_dir=tmp_path / "pg", port=free_port(), settings={"fsync": "off"})
-    nats_server = EmbeddedNats(data_dir=tmp_path / "nats", port=free_port())
-    postgres.start()
-    nats_server.start()
-    try:
-        yield postgres, nats_server
-    finally:
-        nats_server.stop()
-        postgres.kill()
 
 
 async def _timed(call) -> tuple[float, int, dict]:
